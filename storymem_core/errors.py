@@ -1,0 +1,25 @@
+"""Errors a user can act on: each message names the input at fault and the fix."""
+
+
+class StoryMemError(Exception):
+    """Base class: one sentence naming what was wrong, where, and what to do."""
+
+
+class StoryScriptError(StoryMemError):
+    """A story script (JSON) is malformed or violates the schema."""
+
+
+class CheckpointError(StoryMemError):
+    """A model or LoRA file is missing, of the wrong kind, or does not match the model."""
+
+
+class ConditioningError(StoryMemError):
+    """Shot inputs (frames, sizes, memory) cannot be turned into conditioning."""
+
+
+class MemoryBankError(StoryMemError):
+    """A memory bank operation or a saved bank folder is invalid."""
+
+
+class GenerationInterrupted(StoryMemError):
+    """The user stopped generation; nothing of the interrupted shot was kept."""

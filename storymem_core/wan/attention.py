@@ -1,0 +1,43 @@
+"""One attention entry point for the whole engine; the kernel is chosen once and logged.
+
+flash-attn is used when importable and the inputs are half precision on CUDA; otherwise
+torch's scaled_dot_product_attention (which itself picks flash / cuDNN / memory-efficient kernels).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+def _load_flash_attn():
+    try:
+        from flash_attn_interface import flash_attn_func  # flash-attn 3 (Hopper)
+
+        return "flash-attn 3", flash_attn_func
+    except ImportError:
+        pass
+    try:
+        from flash_attn import flash_attn_func
+
+        return "flash-attn 2", flash_attn_func
+    except ImportError:
+        return None, None
+
+
+FLASH_NAME, _flash_attn_func = _load_flash_attn()
+BACKEND = FLASH_NAME or "torch SDPA"
+log.info("StoryMem attention backend: %s", BACKEND)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Full (non-causal) attention. q: [B, Lq, N, D], k/v: [B, Lk, N, D] -> [B, Lq, N, D]."""
+    if _flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out = _flash_attn_func(q, k, v)
+        return out[0] if isinstance(out, tuple) else out
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
