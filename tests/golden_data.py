@@ -43,3 +43,35 @@ def load_case(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors under `prefix` with the prefix removed (e.g. 'weight.' -> a state dict)."""
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _shapes_match(model_type: str, config: dict, weights: dict[str, torch.Tensor]) -> bool:
+    patch = weights["patch_embedding.weight"]
+    layers = len({k.split(".")[1] for k in weights if k.startswith("blocks.")})
+    return (
+        patch.shape[0] == config["dim"]
+        and patch.shape[1] == config["in_dim"]
+        and layers == config["num_layers"]
+        and weights["text_embedding.0.weight"].shape[1] == config["text_dim"]
+    )
+
+
+def dit_config_for(weights: dict[str, torch.Tensor]) -> dict:
+    """The DiT config (with model_type) of a `dit_*` case whose sizes fit these expert weights.
+
+    Loop cases store expert weights without a config ("dit config as dit_i2v"), and head count
+    and text length cannot be read from shapes, so the config comes from the matching DiT case.
+    """
+    for path in case_paths("dit_"):
+        case = json.loads(path.read_text())
+        if _shapes_match(case["model_type"], case["config"], weights):
+            return {**case["config"], "model_type": case["model_type"]}
+    raise LookupError(f"no dit_* case in {golden_dir()} matches these expert weights")
+
+
+def vae_case() -> tuple[dict, dict[str, torch.Tensor]]:
+    """Config and weights of the first `vae_*` case (loop cases say 'vae as vae_tiny')."""
+    paths = case_paths("vae_")
+    if not paths:
+        raise LookupError(f"no vae_* case in {golden_dir()}")
+    return load_case(paths[0])

@@ -1,0 +1,81 @@
+"""`python -m storymem_core`: inspect model files, validate story scripts, run stories, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import GenerationInterrupted, StoryMemError
+
+
+def _add_story_options(parser: argparse.ArgumentParser) -> None:
+    first = parser.add_mutually_exclusive_group()
+    first.add_argument("--t2v-first-shot", dest="first_shot", action="store_const", const="t2v", help="first shot from text (default)")
+    first.add_argument("--m2v-first-shot", dest="first_shot", action="store_const", const="mr2v", help="first shot from --reference images (MR2V)")
+    parser.set_defaults(first_shot="t2v")
+    parser.add_argument("--reference", action="append", default=[], metavar="IMAGE", help="reference image for MR2V (repeatable)")
+    cont = parser.add_mutually_exclusive_group()
+    cont.add_argument("--mi2v", dest="continuation", action="store_const", const="mi2v", help="shots without a cut start from the last frame")
+    cont.add_argument("--mm2v", dest="continuation", action="store_const", const="mm2v", help="shots without a cut continue the last 5 frames")
+    parser.set_defaults(continuation="m2v")
+    parser.add_argument("--max-memory", type=int, default=10, help="keyframes kept in memory (default 10)")
+    parser.add_argument("--fixed-memory", type=int, default=3, help="first keyframes always kept (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of shot 1; shot k uses seed + k - 1")
+    parser.add_argument("--size", default="832x480", help="WIDTHxHEIGHT, divisible by 16 (default 832x480)")
+    parser.add_argument("--frames", type=int, default=81, help="frames per shot, 4n+1 (default 81)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 40)")
+    parser.add_argument("--shift", type=float, default=None, help="flow shift (default: 4 for M2V, 12 for T2V)")
+    parser.add_argument("--guide", type=float, default=None, help="CFG scale for both experts (default 3.5 M2V; 3/4 T2V)")
+    parser.add_argument("--solver", default="unipc", choices=["unipc", "dpm++", "euler"], help="sampler (default unipc)")
+    parser.add_argument("--offload", action="store_true", help="keep only the active expert on the GPU")
+    parser.add_argument("--from-shot", type=int, default=None, metavar="N", help="regenerate from shot N (1-based) using the bank before it")
+    parser.add_argument("--out", required=True, help="output folder (re-running continues where it stopped)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m storymem_core", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    inspect = sub.add_parser("inspect", help="say what model files are and whether they are usable")
+    inspect.add_argument("files", nargs="+")
+    validate = sub.add_parser("validate", help="check story scripts")
+    validate.add_argument("scripts", nargs="+")
+    story = sub.add_parser("story", help="generate a whole story")
+    story.add_argument("script")
+    story.add_argument("--models-dir", required=True, help="folder with diffusion_models/, text_encoders/, vae/, loras/, clip_vision/ (ComfyUI layout)")
+    _add_story_options(story)
+    demo = sub.add_parser("demo", help="a built-in 3-shot story on tiny random models (noise pixels, CPU, < 1 min)")
+    demo.add_argument("--out", required=True)
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        if args.command == "inspect":
+            from .checkpoints import inspect_main
+
+            return inspect_main(args.files)
+        if args.command == "validate":
+            from .story import validate_main
+
+            return validate_main(args.scripts)
+        if args.command == "story":
+            from .runner import run_story_command
+
+            return run_story_command(args)
+        from .demo import run_demo
+
+        return run_demo(args.out, seed=args.seed)
+    except GenerationInterrupted as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("stopped: every finished shot is saved; run the same command again to continue.", file=sys.stderr)
+        return 130
+    except StoryMemError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

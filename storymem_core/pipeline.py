@@ -1,0 +1,208 @@
+"""The story loop: generate a shot, pick its keyframes, update the memory bank, persist, go on.
+
+Every finished shot is on disk (video, last frames, bank after it) before the next one starts, and
+a shot counts as finished only once its bank folder exists (written last, atomically). Re-running
+the same story into the same folder therefore skips finished shots; `from_shot` regenerates from a
+given shot on, starting from the bank as it was before that shot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from .errors import ConditioningError, StoryMemError
+from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
+from .memory import MemoryBank
+from .sampling import ExpertPair, SamplerSettings
+from .shot import DEFAULT_NEGATIVE_PROMPT, T2V_SETTINGS, generate_memory_shot, generate_text_shot
+from .story import Story
+from .video import concat_videos, load_image, save_image, trim_conditioning_frames, video_to_frames, write_mp4
+from .wan.vae import WanVAE
+
+log = logging.getLogger(__name__)
+
+CONTINUATIONS = ("m2v", "mi2v", "mm2v")
+FIRST_SHOTS = ("t2v", "mr2v")
+TAIL_FRAMES = 5  # enough for MM2V; MI2V uses the last one
+
+
+class TextEncoder(Protocol):
+    def encode(self, prompts: list[str], device: torch.device | str) -> list[torch.Tensor]: ...
+
+
+@dataclass
+class StoryModels:
+    """What a story needs loaded. `t2v` is only needed for a T2V first shot."""
+
+    text_encoder: TextEncoder
+    vae: WanVAE
+    m2v: ExpertPair
+    keyframe_encoder: ImageEncoder
+    t2v: ExpertPair | None = None
+    aesthetic_scorer: AestheticScorer | None = None
+
+
+@dataclass(frozen=True)
+class StoryOptions:
+    first_shot: str = "t2v"  # "t2v", or "mr2v" (M2V from reference images)
+    continuation: str = "m2v"  # used for shots without a cut: "mi2v" / "mm2v" continue the last frame(s)
+    max_memory: int = 10
+    fixed_memory: int = 3
+    seed: int = 0  # shot k uses seed + k
+    size_wh: tuple[int, int] = (832, 480)
+    frames: int = 81
+    fps: int = 16
+    m2v: SamplerSettings = SamplerSettings(steps=40, shift=4.0, boundary=0.9, guide_low=3.5, guide_high=3.5)
+    t2v: SamplerSettings = T2V_SETTINGS
+    negative_prompt: str = ""
+    mark_fixed_memory: bool = False  # mask value 2 for unfixed memory; the reference pipeline leaves it off
+
+    def check(self) -> None:
+        if self.first_shot not in FIRST_SHOTS:
+            raise StoryMemError(f"first shot mode '{self.first_shot}' is unknown: use one of {', '.join(FIRST_SHOTS)}.")
+        if self.continuation not in CONTINUATIONS:
+            raise StoryMemError(f"continuation '{self.continuation}' is unknown: use one of {', '.join(CONTINUATIONS)}.")
+        width, height = self.size_wh
+        if width % 16 or height % 16:
+            raise ConditioningError(f"size {width}x{height} is not divisible by 16: use e.g. 832x480.")
+        if not 0 <= self.fixed_memory <= self.max_memory:
+            raise StoryMemError(f"fixed memory {self.fixed_memory} must be between 0 and max memory {self.max_memory}.")
+
+
+@dataclass
+class StoryFolder:
+    """Where a story's artefacts live; shot numbers in file names are 1-based like the script's."""
+
+    root: Path
+
+    def video(self, shot: int) -> Path:
+        return self.root / "shots" / f"shot_{shot + 1:03d}.mp4"
+
+    def tail(self, shot: int) -> Path:
+        return self.root / "shots" / f"shot_{shot + 1:03d}_last_frames"
+
+    def bank(self, shot: int) -> Path:
+        """The bank after `shot`; shot -1 is the bank the story starts with."""
+        return self.root / "banks" / ("initial" if shot < 0 else f"after_shot_{shot + 1:03d}")
+
+    @property
+    def film(self) -> Path:
+        return self.root / "film.mp4"
+
+    @property
+    def contact_sheet(self) -> Path:
+        return self.root / "memory.png"
+
+    def is_finished(self, shot: int) -> bool:
+        return self.bank(shot).is_dir() and self.video(shot).is_file()
+
+
+ShotCallback = Callable[[int, int, str], None]
+StepCallback = Callable[[int, int], None]
+
+
+def run_story(
+    story: Story,
+    models: StoryModels,
+    options: StoryOptions,
+    out_dir: str | os.PathLike,
+    reference_images: list[torch.Tensor] | None = None,
+    from_shot: int | None = None,
+    on_shot: ShotCallback | None = None,
+    on_step: StepCallback | None = None,
+) -> Path:
+    """Generate every unfinished shot of `story` into `out_dir` and return the concatenated film.
+
+    `from_shot` is 0-based (the CLI converts); `on_shot(index, total, prompt)` is called before each
+    generated shot and `on_step(step, steps)` after each sampling step (it may raise to interrupt).
+    """
+    options.check()
+    folder = StoryFolder(Path(out_dir))
+    folder.root.mkdir(parents=True, exist_ok=True)
+    _initial_bank(folder, options, reference_images)
+    shots = story.shots
+    for shot in shots:
+        regenerate = from_shot is not None and shot.index >= from_shot
+        if folder.is_finished(shot.index) and not regenerate:
+            continue
+        bank = MemoryBank.load(folder.bank(shot.index - 1))  # earlier shots are finished: the loop runs in order
+        if on_shot is not None:
+            on_shot(shot.index, len(shots), shot.prompt)
+        frames = _generate(shot, bank, models, options, folder, on_step)
+        _persist(folder, shot.index, frames, _remember(frames, shot.index, bank, models), options.fps)
+    concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
+    MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet().save(folder.contact_sheet)
+    return folder.film
+
+
+def _initial_bank(folder: StoryFolder, options: StoryOptions, reference_images: list[torch.Tensor] | None) -> None:
+    """Write the bank the story starts with (once: a resumed run keeps the one it started with)."""
+    if folder.bank(-1).is_dir():
+        return
+    if options.first_shot == "mr2v":
+        if not reference_images:
+            raise ConditioningError("An MR2V story needs reference images: pass --reference IMAGE (one or more).")
+        bank = MemoryBank.from_images(reference_images, max_size=options.max_memory, fixed=options.fixed_memory)
+    else:
+        bank = MemoryBank(keyframes=(), max_size=options.max_memory, fixed=options.fixed_memory)
+    bank.save(folder.bank(-1))
+
+
+def _contexts(models: StoryModels, prompt: str, negative: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    context, context_null = models.text_encoder.encode([prompt, negative or DEFAULT_NEGATIVE_PROMPT], device)
+    return context, context_null
+
+
+def _generate(shot, bank: MemoryBank, models: StoryModels, options: StoryOptions, folder: StoryFolder, on_step) -> torch.Tensor:
+    """The shot's frames, uint8 [T, H, W, 3], with frames given by MI2V / MM2V already trimmed."""
+    seed = options.seed + shot.index
+    if shot.index == 0 and options.first_shot == "t2v":
+        if models.t2v is None:
+            raise StoryMemError("A T2V first shot needs the Wan2.2 T2V experts: load them or use an MR2V first shot.")
+        context, context_null = _contexts(models, shot.prompt, options.negative_prompt, models.t2v.device)
+        result = generate_text_shot(
+            models.t2v, models.vae, context, context_null, options.size_wh, options.frames,
+            replace(options.t2v, seed=seed), on_step,
+        )
+        return video_to_frames(result.video)
+    mode = "m2v" if shot.cut or shot.index == 0 else options.continuation
+    tail = _load_tail(folder, shot.index - 1) if mode != "m2v" else None
+    context, context_null = _contexts(models, shot.prompt, options.negative_prompt, models.m2v.device)
+    width, height = options.size_wh
+    result = generate_memory_shot(
+        models.m2v, models.vae, context, context_null, bank.image_list(), options.frames, width * height,
+        replace(options.m2v, seed=seed),
+        first_frame=tail[-1] if mode == "mi2v" else None,
+        motion_frames=tail[-TAIL_FRAMES:] if mode == "mm2v" else None,
+        fix_mem=options.fixed_memory if options.mark_fixed_memory else None,
+        on_step=on_step,
+    )
+    return trim_conditioning_frames(video_to_frames(result.video), mode)
+
+
+def _remember(frames: torch.Tensor, shot_index: int, bank: MemoryBank, models: StoryModels) -> MemoryBank:
+    keyframes = select_keyframes(frames, models.keyframe_encoder, bank=bank, scorer=models.aesthetic_scorer, shot=shot_index)
+    log.info("shot %d: %d keyframe(s) added to memory", shot_index + 1, len(keyframes))
+    return bank.add(keyframes)
+
+
+def _persist(folder: StoryFolder, shot_index: int, frames: torch.Tensor, bank: MemoryBank, fps: int) -> None:
+    write_mp4(frames, folder.video(shot_index), fps=fps)
+    tail_dir = folder.tail(shot_index)
+    tail_dir.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames[-TAIL_FRAMES:]):
+        save_image(frame, tail_dir / f"{i}.png")
+    bank.save(folder.bank(shot_index))  # last: marks the shot finished
+
+
+def _load_tail(folder: StoryFolder, shot_index: int) -> torch.Tensor:
+    paths = sorted(folder.tail(shot_index).glob("*.png"))
+    if not paths:
+        raise StoryMemError(f"the last frames of shot {shot_index + 1} are missing in {folder.tail(shot_index)}: regenerate it with --from-shot {shot_index + 1}.")
+    return torch.stack([load_image(p) for p in paths])

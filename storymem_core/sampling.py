@@ -1,0 +1,113 @@
+"""The one sampling loop: seeded noise, MoE expert switch at the boundary, CFG, a flow-matching solver.
+
+T2V first shots and memory-conditioned shots both run through `denoise`; they differ only in the
+conditioning `y` and the settings (boundary, guide scales, shift).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .solvers import make_solver
+
+NUM_TRAIN_TIMESTEPS = 1000
+LATENT_CHANNELS = 16
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Defaults are StoryMem's M2V settings; the T2V first shot uses boundary 0.875 and its own guides."""
+
+    steps: int = 40
+    shift: float = 5.0
+    solver: str = "unipc"
+    boundary: float = 0.9
+    guide_low: float = 3.5
+    guide_high: float = 3.5
+    seed: int = 0
+    batch_cfg: bool = False  # cond + uncond as one batch of two: faster on GPUs, same math
+
+
+class ExpertPair:
+    """High-noise and low-noise experts; `offload` keeps only the active one on the device."""
+
+    def __init__(self, high: nn.Module, low: nn.Module, device: torch.device | str = "cpu", offload: bool = False):
+        self.high, self.low = high, low
+        self.device = torch.device(device)
+        self.offload = offload
+
+    def for_timestep(self, t: float, boundary_t: float) -> nn.Module:
+        active, idle = (self.high, self.low) if t >= boundary_t else (self.low, self.high)
+        if self.offload:
+            idle.to("cpu")  # first, so both experts are never on the device together
+        return active.to(self.device)
+
+
+def seeded_noise(shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Generator]:
+    """ONE draw from a CPU generator, which the solver steps then keep using (as the reference does)."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(*shape, generator=generator), generator
+
+
+def guided_prediction(
+    model: nn.Module,
+    latent: torch.Tensor,
+    t: torch.Tensor,
+    context: torch.Tensor,
+    context_null: torch.Tensor,
+    guide: float,
+    y: torch.Tensor | None,
+    batch_cfg: bool,
+) -> torch.Tensor:
+    """uncond + guide * (cond - uncond) for one latent [C, T, h, w]."""
+    y_batch = None if y is None else y[None]
+    if batch_cfg:
+        length = max(context.shape[0], context_null.shape[0])
+        contexts = torch.stack([_pad_tokens(context, length), _pad_tokens(context_null, length)])
+        both = model(latent[None].expand(2, -1, -1, -1, -1), t.expand(2), contexts, None if y is None else y_batch.expand(2, -1, -1, -1, -1))
+        cond, uncond = both[0], both[1]
+    else:
+        cond = model(latent[None], t, context[None], y_batch)[0]
+        uncond = model(latent[None], t, context_null[None], y_batch)[0]
+    return uncond + guide * (cond - uncond)
+
+
+def _pad_tokens(context: torch.Tensor, length: int) -> torch.Tensor:
+    # zero tokens are what the DiT pads with anyway, so batching prompts of unequal length is exact
+    return nn.functional.pad(context, (0, 0, 0, length - context.shape[0]))
+
+
+def denoise(
+    experts: ExpertPair,
+    noise: torch.Tensor,
+    generator: torch.Generator,
+    context: torch.Tensor,
+    context_null: torch.Tensor,
+    settings: SamplerSettings,
+    y: torch.Tensor | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Integrate from `noise` [16, T, h, w] to a clean latent. `on_step(i, total)` reports progress and may
+    raise to stop (interruption is checked between steps, never mid-step)."""
+    solver = make_solver(settings.solver, settings.steps, settings.shift, NUM_TRAIN_TIMESTEPS)
+    boundary_t = settings.boundary * NUM_TRAIN_TIMESTEPS
+    device = experts.device
+    latent = noise.to(device)
+    context, context_null = context.to(device), context_null.to(device)
+    y = None if y is None else y.to(device)
+    total = len(solver.timesteps)
+    with torch.no_grad():
+        for i, t in enumerate(solver.timesteps):
+            model = experts.for_timestep(t.item(), boundary_t)
+            guide = settings.guide_high if t.item() >= boundary_t else settings.guide_low
+            prediction = guided_prediction(
+                model, latent, t.reshape(1).to(device), context, context_null, guide, y, settings.batch_cfg
+            )
+            latent = solver.step(prediction.float(), latent, generator=generator)
+            if on_step is not None:
+                on_step(i + 1, total)
+    return latent
