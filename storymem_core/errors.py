@@ -23,3 +23,7 @@ class MemoryBankError(StoryMemError):
 
 class GenerationInterrupted(StoryMemError):
     """The user stopped generation; nothing of the interrupted shot was kept."""
+
+
+class SamplerError(StoryMemError):
+    """Sampler settings (solver name, steps, shift) are invalid, or a solver is stepped past its schedule."""
