@@ -1,7 +1,8 @@
 """One attention entry point for the whole engine; the kernel is chosen once and logged.
 
 flash-attn is used when importable and the inputs are half precision on CUDA; otherwise
-torch's scaled_dot_product_attention (which itself picks flash / cuDNN / memory-efficient kernels).
+torch's scaled_dot_product_attention, on CUDA with the kernel priority `CUDA_SDPA_PRIORITY`
+(None leaves torch's own choice).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,17 @@ FLASH_NAME, _flash_attn_func = _load_flash_attn()
 BACKEND = FLASH_NAME or "torch SDPA"
 log.info("StoryMem attention backend: %s", BACKEND)
 
+# fastest first on an H100 (docs/benchmarks.md); the others stay as fallbacks for inputs it rejects
+CUDA_SDPA_PRIORITY: list[SDPBackend] | None = None
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Full (non-causal) attention. q: [B, Lq, N, D], k/v: [B, Lk, N, D] -> [B, Lq, N, D]."""
     if _flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         out = _flash_attn_func(q, k, v)
         return out[0] if isinstance(out, tuple) else out
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if q.is_cuda and CUDA_SDPA_PRIORITY is not None:
+        with sdpa_kernel(CUDA_SDPA_PRIORITY, set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)

@@ -1,0 +1,165 @@
+"""Peak VRAM and time of an M2V shot at 832x480, 81 frames, M memory frames: experts resident vs block swap.
+
+Run on a GPU from the repo root:  python -m benchmarks.shot_memory --json out.json --markdown out.md
+Two random A14B i2v experts (bf16, then fp8) run a few denoising steps of the real sampling loop
+(`storymem_core.sampling.denoise`: CFG, expert switch at the boundary) in three modes:
+  resident   both experts on the GPU (the fastest possible, no switch cost)
+  swap       `BlockSwapDiT` experts under a VRAM cap, `ExpertPair(offload=True)` (never both on the GPU)
+A whole shot (40 steps) is extrapolated as 40 x the measured mean step time, plus a tiled VAE decode of the
+shot when `storymem_core.wan.vae` is there to measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.dit_step import GIB, HEIGHT, WIDTH, build_random_dit, dit_inputs, synchronize, tokens
+from storymem_core.offload import BlockSwapDiT
+from storymem_core.sampling import ExpertPair, SamplerSettings, denoise, seeded_noise
+from storymem_core.wan.dit import DiTConfig
+from storymem_core.wan.fp8 import quantize_dit_to_fp8
+
+SHOT_STEPS = 40
+
+
+def expert(config: DiTConfig, device: torch.device, seed: int, fp8: bool):
+    model = build_random_dit(config, device, seed)
+    return quantize_dit_to_fp8(model) if fp8 else model
+
+
+def host_to_device_gbps(device: torch.device, megabytes: int = 1024) -> float:
+    host = torch.randn(megabytes * 2**20 // 4, pin_memory=True)
+    target = torch.empty_like(host, device=device)
+    target.copy_(host, non_blocking=True)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(5):
+        target.copy_(host, non_blocking=True)
+    synchronize(device)
+    return 5 * host.numel() * 4 / (time.perf_counter() - start) / 1e9
+
+
+def run_steps(experts: ExpertPair, config: DiTConfig, memory_frames: int, steps: int, batch_cfg: bool, device: torch.device) -> dict:
+    """Warm up with one step, then time `steps` steps of the real loop (boundary 0.9: the first ones use the high expert)."""
+    x, _, context, y = dit_inputs(config, memory_frames, 1, device, HEIGHT, WIDTH)
+    context_null = torch.randn_like(context[0])
+    settings = SamplerSettings(steps=steps, batch_cfg=batch_cfg)
+    noise, generator = seeded_noise(tuple(x.shape[1:]), seed=0)
+    denoise(experts, noise, generator, context[0], context_null, SamplerSettings(steps=1, batch_cfg=batch_cfg), y[0])
+    torch.cuda.reset_peak_memory_stats(device)
+    step_times: list[float] = []
+    last = [time.perf_counter()]
+
+    def on_step(i: int, total: int) -> None:
+        synchronize(device)
+        now = time.perf_counter()
+        step_times.append(now - last[0])
+        last[0] = now
+
+    synchronize(device)
+    last[0] = time.perf_counter()
+    latent = denoise(experts, noise, generator, context[0], context_null, settings, y[0], on_step)
+    assert torch.isfinite(latent).all(), "the loop produced non-finite latents"
+    return {
+        "steps": steps,
+        "step_s": step_times,
+        "mean_step_s": sum(step_times) / len(step_times),
+        "peak_gib": torch.cuda.max_memory_allocated(device) / GIB,
+        "reserved_peak_gib": torch.cuda.max_memory_reserved(device) / GIB,
+    }
+
+
+def vae_decode(device: torch.device, memory_frames: int) -> dict | None:
+    """Tiled decode of the shot's latents (81 frames, 832x480), when the VAE module exists."""
+    if importlib.util.find_spec("storymem_core.wan.vae") is None:
+        return None
+    from storymem_core.wan import vae as vae_module  # written by another helper; measured only when present
+
+    return {"note": f"storymem_core.wan.vae present ({', '.join(n for n in dir(vae_module) if 'tile' in n.lower()) or 'no tiling names'}); "
+            "decode not wired into this benchmark yet"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memory", type=int, default=10, help="memory frames M")
+    parser.add_argument("--steps", type=int, default=4, help="timed denoising steps per mode (40 in a real shot)")
+    parser.add_argument("--cap-gib", type=float, default=24.0, help="VRAM cap for the swap modes")
+    parser.add_argument("--prefetch", type=int, default=1, help="blocks copied ahead of the one computing")
+    parser.add_argument("--modes", nargs="+", default=["resident", "swap", "swap-calls", "swap-fp8"],
+                        help="resident | swap | swap-calls (CFG as two calls) | resident-fp8 | swap-fp8")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    total_gib = torch.cuda.get_device_properties(device).total_memory / GIB
+    config = DiTConfig.a14b("i2v")
+    length = tokens(config, args.memory)
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+
+    record({"mode": "host->device copy", "pinned_gbps": host_to_device_gbps(device), "gpu": torch.cuda.get_device_name(device),
+            "torch": torch.__version__, "total_gib": total_gib, "tokens": length})
+    for fp8 in (False, True):
+        modes = [m for m in args.modes if m.endswith("fp8") == fp8]
+        if not modes:
+            continue
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        start = time.perf_counter()
+        high, low = expert(config, device, 0, fp8), expert(config, device, 1, fp8)
+        synchronize(device)
+        print(f"built two {'fp8' if fp8 else 'bf16'} experts in {time.perf_counter() - start:.1f} s", flush=True)
+        if f"resident{'-fp8' if fp8 else ''}" in modes:
+            result = run_steps(ExpertPair(high, low, device, offload=False), config, args.memory, args.steps, True, device)
+            record({"mode": "resident" + ("-fp8" if fp8 else ""), "cfg": "batch of two", **result})
+        swap_modes = [m for m in modes if m.startswith("swap")]
+        if not swap_modes:
+            del high, low
+            continue
+        start = time.perf_counter()
+        high, low = BlockSwapDiT(high, args.prefetch), BlockSwapDiT(low, args.prefetch)
+        high.to("cpu"), low.to("cpu")
+        torch.cuda.empty_cache()
+        print(f"moved blocks to pinned host memory in {time.perf_counter() - start:.1f} s; "
+              f"{torch.cuda.memory_allocated(device) / GIB:.2f} GiB left on the GPU", flush=True)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib / total_gib), device)
+        for mode in swap_modes:
+            batch_cfg = mode != "swap-calls"
+            result = run_steps(ExpertPair(high, low, device, offload=True), config, args.memory, args.steps, batch_cfg, device)
+            record({"mode": mode, "cfg": "batch of two" if batch_cfg else "two calls", "cap_gib": args.cap_gib, "prefetch": args.prefetch, **result})
+        high.to("cpu"), low.to("cpu")
+        del high, low
+        gc.collect()  # the block hooks close a reference cycle
+        torch.cuda.empty_cache()
+        torch._C._host_emptyCache()  # give the pinned host memory back before the next pair
+
+    torch.cuda.set_per_process_memory_fraction(1.0, device)
+    decode = vae_decode(device, args.memory)
+    if decode:
+        record({"mode": "vae decode", **decode})
+
+    lines = [f"| mode | cfg | mean step s | peak GiB (allocated) | peak GiB (reserved) | shot of {SHOT_STEPS} steps, s (extrapolated) |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        if "mean_step_s" in row:
+            lines.append(f"| {row['mode']} | {row['cfg']} | {row['mean_step_s']:.2f} | {row['peak_gib']:.1f} | {row['reserved_peak_gib']:.1f} | "
+                         f"{SHOT_STEPS * row['mean_step_s']:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Block swap: run a 14B Wan expert in a few GiB of VRAM by streaming its blocks from pinned host memory.
+
+`BlockSwapDiT(dit)` keeps the transformer blocks in (pinned) host memory and only the small parts
+(embeddings, head) plus `prefetch + 1` block-sized slots on the device. While block i computes, the
+weights of block i+1.. are copied into a free slot on a side CUDA stream; events order the copy after the
+slot's previous user and the compute after the copy. On CPU the same slot logic runs synchronously.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .wan.dit import DiTConfig, WanDiT
+
+
+@dataclass
+class _BlockTensor:
+    """One parameter or buffer of a block: where it lives and its host copy."""
+
+    module: nn.Module
+    name: str
+    is_parameter: bool
+    host: torch.Tensor
+
+    def point_to(self, tensor: torch.Tensor) -> None:
+        if self.is_parameter:
+            self.module._parameters[self.name].data = tensor
+        else:
+            self.module._buffers[self.name] = tensor
+
+
+def _block_tensors(block: nn.Module) -> list[_BlockTensor]:
+    tensors = []
+    for module in block.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                tensors.append(_BlockTensor(module, name, True, param.data))
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                tensors.append(_BlockTensor(module, name, False, buffer))
+    return tensors
+
+
+def _to_host(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
+    if tensor.device.type == "cpu" and (tensor.is_pinned() or not pin):
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin)
+    return host.copy_(tensor)
+
+
+class BlockSwapDiT(nn.Module):
+    """A WanDiT whose blocks stream to the device one by one; call it exactly like the WanDiT.
+
+    `.to(device)` places the small parts on `device` and keeps the blocks in host memory (pinned when CUDA
+    is there), so an ExpertPair that moves experts with `.to()` works unchanged. Change weights (LoRA
+    merge, loading) on `self.dit` only while the model is not running.
+    """
+
+    def __init__(self, dit: WanDiT, prefetch: int = 1):
+        super().__init__()
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1 block, got {prefetch}")
+        self.dit = dit
+        self.prefetch = prefetch
+        self.device = torch.device("cpu")
+        self._tensors = [_block_tensors(block) for block in dit.blocks]
+        self._slots: list[list[torch.Tensor | None]] = []
+        self._copy_stream: torch.cuda.Stream | None = None
+        self._ready: list[torch.cuda.Event] = []
+        self._free: list[torch.cuda.Event] = []
+        self._next_block = 0
+        for index, block in enumerate(dit.blocks):
+            block.register_forward_pre_hook(lambda _m, _a, i=index: self._before_block(i))
+            block.register_forward_hook(lambda _m, _a, _o, i=index: self._after_block(i))
+        self._move_blocks_to_host(pin=torch.cuda.is_available())
+
+    @property
+    def config(self) -> DiTConfig:
+        return self.dit.config
+
+    def to(self, device: torch.device | str) -> "BlockSwapDiT":
+        """Move the resident parts to `device`; blocks stay in host memory and stream from there."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device == self.device:
+            return self
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # in-flight copies still read the slots
+        self._slots, self._copy_stream, self._ready, self._free = [], None, [], []
+        for name, child in self.dit.named_children():
+            if name != "blocks":
+                child.to(device)
+        self.device = device
+        self._move_blocks_to_host(pin=device.type == "cuda")
+        return self
+
+    def _move_blocks_to_host(self, pin: bool) -> None:
+        for block_tensors in self._tensors:
+            for tensor in block_tensors:
+                tensor.host = _to_host(tensor.host, pin)
+                tensor.point_to(tensor.host)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
+        frame_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if not self._slots:
+            self._allocate_slots()
+        self._next_block = 0
+        self._issue_until(self.prefetch)  # overlaps the first copies with the embeddings
+        return self.dit(x, t, context, y, frame_positions)
+
+    def _allocate_slots(self) -> None:
+        count = min(self.prefetch + 1, len(self._tensors))
+        self._slots = [[None] * len(self._tensors[0]) for _ in range(count)]
+        if self.device.type == "cuda":
+            self._copy_stream = torch.cuda.Stream(self.device)
+            self._ready = [torch.cuda.Event() for _ in range(count)]
+            self._free = [torch.cuda.Event() for _ in range(count)]
+
+    def _issue_until(self, last: int) -> None:
+        """Start copying blocks up to `last` (inclusive) into their slots."""
+        while self._next_block <= min(last, len(self._tensors) - 1):
+            self._issue(self._next_block)
+            self._next_block += 1
+
+    def _issue(self, index: int) -> None:
+        k = index % len(self._slots)
+        slot, hosts = self._slots[k], self._tensors[index]
+        if len(slot) != len(hosts):
+            slot[:] = [None] * len(hosts)
+        for j, tensor in enumerate(hosts):
+            if slot[j] is None or slot[j].shape != tensor.host.shape or slot[j].dtype != tensor.host.dtype:
+                slot[j] = torch.empty(tensor.host.shape, dtype=tensor.host.dtype, device=self.device)
+                if self._copy_stream is not None:  # memory may still be read by kernels queued on this stream
+                    self._free[k].record()
+        if self._copy_stream is None:
+            for dst, tensor in zip(slot, hosts):
+                dst.copy_(tensor.host)
+            return
+        with torch.cuda.stream(self._copy_stream):
+            self._copy_stream.wait_event(self._free[k])
+            for dst, tensor in zip(slot, hosts):
+                dst.copy_(tensor.host, non_blocking=True)
+            self._ready[k].record()
+
+    def _before_block(self, index: int) -> None:
+        self._issue_until(index + self.prefetch)
+        k = index % len(self._slots)
+        if self._copy_stream is not None:
+            torch.cuda.current_stream(self.device).wait_event(self._ready[k])
+        for dst, tensor in zip(self._slots[k], self._tensors[index]):
+            tensor.point_to(dst)
+
+    def _after_block(self, index: int) -> None:
+        k = index % len(self._slots)
+        if self._copy_stream is not None:
+            self._free[k].record()
+        for tensor in self._tensors[index]:
+            tensor.point_to(tensor.host)

@@ -1,0 +1,49 @@
+"""Block swap computes exactly what the plain DiT computes (on CPU the slots are host tensors)."""
+
+import pytest
+import torch
+
+from storymem_core.offload import BlockSwapDiT
+from storymem_core.wan.fp8 import quantize_dit_to_fp8
+from tests.golden_data import cases, load_case, with_prefix
+from tests.test_dit import build_dit, run_case
+
+
+@pytest.mark.parametrize("prefetch", [1, 2])
+@pytest.mark.parametrize("path", cases("dit_"))
+def test_dit_block_swap_gives_identical_output(path, prefetch):
+    config, tensors = load_case(path)
+    model = build_dit(config, with_prefix(tensors, "weight."))
+    expected = run_case(model, tensors)
+    swapped = BlockSwapDiT(model, prefetch=prefetch).to("cpu")
+    torch.testing.assert_close(run_case(swapped, tensors), expected, atol=0, rtol=0)
+    torch.testing.assert_close(run_case(swapped, tensors), expected, atol=0, rtol=0)  # slots reused
+
+
+@pytest.mark.parametrize("path", cases("dit_"))
+def test_dit_block_swap_leaves_weights_in_host_memory(path):
+    config, tensors = load_case(path)
+    model = build_dit(config, with_prefix(tensors, "weight."))
+    before = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    swapped = BlockSwapDiT(model).to("cpu")
+    run_case(swapped, tensors)
+    after = model.state_dict()
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, atol=0, rtol=0)
+    block_weight = model.blocks[0].self_attn.q.weight
+    assert all(block_weight.data_ptr() != t.data_ptr() for slot in swapped._slots for t in slot)
+
+
+@pytest.mark.parametrize("path", cases("dit_"))
+def test_dit_block_swap_streams_fp8_blocks(path):
+    config, tensors = load_case(path)
+    model = quantize_dit_to_fp8(build_dit(config, with_prefix(tensors, "weight.")))
+    expected = run_case(model, tensors)
+    swapped = BlockSwapDiT(model).to("cpu")
+    torch.testing.assert_close(run_case(swapped, tensors), expected, atol=0, rtol=0)
+
+
+def test_block_swap_rejects_zero_prefetch():
+    config, tensors = load_case(cases("dit_")[0].values[0])
+    with pytest.raises(ValueError, match="prefetch"):
+        BlockSwapDiT(build_dit(config, with_prefix(tensors, "weight.")), prefetch=0)
