@@ -1,0 +1,228 @@
+"""Frames between their three forms, and mp4 / image files (PyAV, Pillow).
+
+- engine video: float [3, T, H, W] in [-1, 1], what the VAE decodes;
+- ComfyUI IMAGE: float [T, H, W, 3] in [0, 1];
+- frames: uint8 [T, H, W, 3], what files hold and keyframe selection reads.
+
+Every file is written to a temporary name beside its destination and renamed into place, so an
+interrupted write never leaves a half-written shot that a resumed story would take as finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .conditioning import MOTION_FRAMES
+from .errors import ConditioningError, StoryMemError
+
+# frames at the start of a shot that were given as conditioning, not generated (dropped before saving)
+GIVEN_FRAMES = {"m2v": 0, "mi2v": 1, "mm2v": MOTION_FRAMES}
+
+
+def _check_frames(frames: torch.Tensor, what: str) -> None:
+    if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
+        shown = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ConditioningError(f"{what} must be uint8 frames [T, H, W, 3], got {shown}: convert them with the functions in storymem_core.video.")
+
+
+def _check_float(tensor: torch.Tensor, channel_dim: int, what: str, layout: str) -> None:
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.dim() != 4 or tensor.shape[channel_dim] != 3:
+        shown = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise ConditioningError(f"{what} must be a float tensor {layout}, got {shown}.")
+
+
+def video_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """Engine video [3, T, H, W] in [-1, 1] -> uint8 frames [T, H, W, 3] (rounded, values outside clipped)."""
+    _check_float(video, 0, "the video", "[3, T, H, W] in [-1, 1]")
+    pixels = (video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5
+    return pixels.round().to(torch.uint8).permute(1, 2, 3, 0).contiguous()
+
+
+def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] -> engine video float32 [3, T, H, W] in [-1, 1]."""
+    _check_frames(frames, "the frames")
+    return frames.permute(3, 0, 1, 2).float().div(127.5).sub(1)
+
+
+def image_batch_to_frames(images: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE [T, H, W, 3] in [0, 1] -> uint8 frames [T, H, W, 3]."""
+    _check_float(images, 3, "the IMAGE batch", "[T, H, W, 3] in [0, 1] (RGB, no alpha)")
+    return images.detach().float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def frames_to_image_batch(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] -> ComfyUI IMAGE float32 [T, H, W, 3] in [0, 1]."""
+    _check_frames(frames, "the frames")
+    return frames.float().div(255)
+
+
+def trim_conditioning_frames(frames: torch.Tensor, mode: str) -> torch.Tensor:
+    """Drop the frames a shot was given rather than generated, so the film does not show them twice.
+
+    "m2v" (memory only) keeps every frame; "mi2v" starts from the previous shot's last frame and drops
+    1; "mm2v" starts from the previous shot's last 5 frames and drops 5. Works on any [T, ...] tensor.
+    """
+    if mode not in GIVEN_FRAMES:
+        raise ConditioningError(f"conditioning mode '{mode}' is unknown: use one of {', '.join(GIVEN_FRAMES)}.")
+    given = GIVEN_FRAMES[mode]
+    if len(frames) <= given:
+        raise ConditioningError(f"a {mode.upper()} shot of {len(frames)} frames has none left after its {given} given frame(s): generate more frames (4n+1, e.g. 81).")
+    return frames[given:]
+
+
+@contextlib.contextmanager
+def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+@lru_cache(maxsize=None)
+def _video_codec() -> str:
+    """libx264 where this PyAV build has it (small, plays everywhere), else mpeg4 (always built in)."""
+    for name in ("libx264", "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # PyAV raises different types per version for a missing codec
+            continue
+    raise StoryMemError("this PyAV build has neither the libx264 nor the mpeg4 encoder: install PyAV from PyPI (pip install av).")
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """Pad an odd height or width by repeating the last row / column: yuv420p needs even sizes."""
+    height, width = frame.shape[:2]
+    return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+class _Mp4Encoder:
+    """Frames appended one at a time into an open mp4 container (size taken from the first frame)."""
+
+    def __init__(self, container: av.container.OutputContainer, fps: float):
+        if fps <= 0:
+            raise StoryMemError(f"fps = {fps} must be positive: use e.g. 16 (Wan2.2's frame rate).")
+        self.container = container
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self.stream = None
+        self.count = 0
+
+    def _open(self, height: int, width: int) -> None:
+        codec = _video_codec()
+        self.stream = self.container.add_stream(codec, rate=self.rate)
+        self.stream.width, self.stream.height = width, height
+        self.stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            self.stream.options = {"crf": "17"}
+        else:
+            self.stream.bit_rate = 16_000_000
+
+    def add(self, frame: np.ndarray) -> None:
+        frame = _even(frame)
+        if self.stream is None:
+            self._open(*frame.shape[:2])
+        elif (frame.shape[0], frame.shape[1]) != (self.stream.height, self.stream.width):
+            raise ConditioningError(
+                f"frame {self.count} is {frame.shape[1]}x{frame.shape[0]} but the video is {self.stream.width}x{self.stream.height}: "
+                "every frame of a video, and every shot of a film, must have the same size."
+            )
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        video_frame.pts = self.count
+        video_frame.time_base = 1 / self.rate
+        self.container.mux(self.stream.encode(video_frame))
+        self.count += 1
+
+    def finish(self) -> None:
+        self.container.mux(self.stream.encode())
+
+
+@contextlib.contextmanager
+def _mp4_encoder(path: str | os.PathLike, fps: float) -> Iterator[_Mp4Encoder]:
+    with atomic_write_path(path) as temp, av.open(str(temp), mode="w", format="mp4") as container:
+        encoder = _Mp4Encoder(container, fps)
+        yield encoder
+        if encoder.count == 0:
+            raise ConditioningError(f"no frames to write to {path}: a video needs at least one frame.")
+        encoder.finish()
+
+
+def write_mp4(frames: torch.Tensor, path: str | os.PathLike, fps: float = 16) -> Path:
+    """Write uint8 frames [T, H, W, 3] as an H.264 (or MPEG-4) yuv420p mp4, atomically; returns `path`."""
+    _check_frames(frames, f"the frames for {path}")
+    with _mp4_encoder(path, fps) as encoder:
+        for frame in frames.cpu().numpy():
+            encoder.add(frame)
+    return Path(path)
+
+
+def _decoded_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """RGB frames of the first video stream of `path`, one at a time."""
+    if not Path(path).is_file():
+        raise ConditioningError(f"video {path} does not exist: check the path (or regenerate the shot).")
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+    except av.FFmpegError as error:
+        raise ConditioningError(f"video {path} cannot be decoded ({error}): regenerate it or convert it to mp4.") from None
+
+
+def read_mp4(path: str | os.PathLike) -> torch.Tensor:
+    """All frames of a video file as uint8 [T, H, W, 3] (RGB)."""
+    frames = list(_decoded_frames(path))
+    if not frames:
+        raise ConditioningError(f"video {path} has no frames: regenerate it.")
+    return torch.from_numpy(np.stack(frames))
+
+
+def concat_videos(paths: list[str | os.PathLike], out_path: str | os.PathLike, fps: float = 16) -> Path:
+    """Join shot videos into one film (frame count = sum), streaming: no shot is held whole in memory."""
+    if not paths:
+        raise ConditioningError(f"no shot videos to join into {out_path}: generate at least one shot first.")
+    with _mp4_encoder(out_path, fps) as encoder:
+        for path in paths:
+            for frame in _decoded_frames(path):
+                encoder.add(frame)
+    return Path(out_path)
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file as uint8 [H, W, 3] RGB, turned upright as its EXIF orientation says (phone photos)."""
+    try:
+        with Image.open(path) as image:
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+    except FileNotFoundError:
+        raise ConditioningError(f"image {path} does not exist: check the path.") from None
+    except OSError as error:
+        raise ConditioningError(f"image {path} cannot be read ({error}): use a PNG or JPEG file.") from None
+    return torch.from_numpy(np.asarray(rgb).copy())
+
+
+def save_image(frame: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write one uint8 frame [H, W, 3] atomically, in the format its suffix names (.png, .jpg, ...)."""
+    _check_frames(frame[None] if isinstance(frame, torch.Tensor) else frame, f"the image for {path}")
+    path = Path(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise StoryMemError(f"cannot tell the image format of {path} from its suffix: name it .png or .jpg.")
+    with atomic_write_path(path) as temp:
+        Image.fromarray(frame.cpu().numpy()).save(temp, format=image_format)
+    return path
