@@ -1,7 +1,7 @@
 """One forward of the real Wan2.2 A14B i2v DiT (random bf16 weights) at 832x480, 81 frames, M memory frames.
 
 Run on a GPU from the repo root:  python -m benchmarks.dit_step --json out.json --markdown out.md
-Variants: attention kernels, fused QKV, torch.compile of the blocks, CFG as a batch of two vs two calls,
+Variants: attention kernels (the engine's choice vs forced ones), fused QKV, torch.compile of the blocks, CFG as a batch of two vs two calls,
 fp8 linear layers (and a bf16-vs-fp8 linear microbenchmark). Each result line prints as soon as it is
 measured; the markdown table comes last.
 
@@ -32,8 +32,8 @@ from storymem_core.wan.fp8 import Fp8Linear, quantize_dit_to_fp8, quantize_per_t
 from storymem_core.wan.rope import apply_rope
 
 FRAMES, HEIGHT, WIDTH = 81, 480, 832
-SDPA_VARIANTS = {
-    "default": None,
+SDPA_VARIANTS = {  # priority lists given to sdpa_kernel; None = torch's own choice
+    "torch default": None,
     "cudnn": [SDPBackend.CUDNN_ATTENTION],
     "flash": [SDPBackend.FLASH_ATTENTION],
 }
@@ -155,21 +155,22 @@ class FusedQKV:
 
 
 class CompiledBlocks:
-    """torch.compile each block (same code object, so one compilation serves all 40)."""
+    """The engine's `compile_blocks()`, undone on exit; counts the graphs dynamo compiled."""
 
     def __init__(self, model: WanDiT):
         self.model = model
-        self.original = list(model.blocks)
 
     def __enter__(self):
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        for i, block in enumerate(self.original):
-            self.model.blocks[i] = torch.compile(block)
+        torch._dynamo.utils.counters.clear()
+        self.model.compile_blocks()
         return self
 
+    def graphs(self) -> int:
+        return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
     def __exit__(self, *exc):
-        for i, block in enumerate(self.original):
-            self.model.blocks[i] = block
+        for block in self.model.blocks:
+            del block.forward  # back to the class's forward
         torch._dynamo.reset()
 
 
@@ -210,7 +211,7 @@ class Bench:
         """bf16 nn.Linear vs Fp8Linear on the block's matmul shapes at `length` tokens; 6 dxd + d->f + f->d per block."""
         d, f = self.model.config.dim, self.model.config.ffn_dim
         shapes = {"d->d": (d, d, 6), "d->f": (d, f, 1), "f->d": (f, d, 1)}
-        total = {"bf16": 0.0, "fp8": 0.0, "fp8 eager quantiser": 0.0, "fp8 raw _scaled_mm": 0.0, "fp8 raw fast accum": 0.0}
+        total = {"bf16": 0.0, "fp8": 0.0, "fp8 torch-ops quantiser": 0.0, "fp8 raw _scaled_mm": 0.0, "fp8 raw fast accum": 0.0}
         for name, (k, n, count) in shapes.items():
             linear = nn.Linear(k, n, device=self.device, dtype=torch.bfloat16)
             fp8 = Fp8Linear.from_linear(linear)
@@ -221,46 +222,56 @@ class Bench:
                 return torch._scaled_mm(x_fp8, fp8.weight.t(), scale_a=x_scale, scale_b=fp8.scale_weight, bias=fp8.bias,
                                         out_dtype=torch.bfloat16, use_fast_accum=fast)
 
-            def eager_quantiser():
-                quantiser, fp8_module._activation_quantizer = fp8_module._activation_quantizer, quantize_per_tensor
+            def torch_ops_quantiser():
+                quantiser, fp8_module._triton_quantizer = fp8_module._triton_quantizer, None
                 try:
                     return fp8(x)
                 finally:
-                    fp8_module._activation_quantizer = quantiser
+                    fp8_module._triton_quantizer = quantiser
 
             cuda = self.device.type == "cuda"
             with torch.no_grad():
                 times = {
                     "bf16": median(timed(lambda: linear(x), self.device, 10, warmup=3)[0]),
                     "fp8": median(timed(lambda: fp8(x), self.device, 10, warmup=3)[0]),
-                    "fp8 eager quantiser": median(timed(eager_quantiser, self.device, 10, warmup=3)[0]),
+                    "fp8 torch-ops quantiser": median(timed(torch_ops_quantiser, self.device, 10, warmup=3)[0]),
                     "fp8 raw _scaled_mm": median(timed(lambda: raw(False), self.device, 10, warmup=3)[0]) if cuda else float("nan"),
                     "fp8 raw fast accum": median(timed(lambda: raw(True), self.device, 10, warmup=3)[0]) if cuda else float("nan"),
                 }
                 error = relative_error(fp8(x), linear(x))
+                agreement = quantiser_agreement(x)
             for key, value in times.items():
                 total[key] += value * count
             self.record({"variant": f"linear {name}", "tokens": length, "ms": {k_: v * 1e3 for k_, v in times.items()},
-                         "tflops": {k_: 2 * length * k * n / v / 1e12 for k_, v in times.items()}, "fp8_vs_bf16_rel_err": error})
+                         "tflops": {k_: 2 * length * k * n / v / 1e12 for k_, v in times.items()}, "fp8_vs_bf16_rel_err": error,
+                         **agreement})
         self.record({"variant": "linear per block", "tokens": length, "ms": {k_: v * 1e3 for k_, v in total.items()},
                      "fp8_speedup": total["bf16"] / total["fp8"]})
+
+
+def quantiser_agreement(x: torch.Tensor) -> dict:
+    """How often the fp8 activation quantiser in use differs from the torch-ops reference (rounding ties)."""
+    fast, fast_scale = fp8_module._quantize_activation(x)
+    ref, ref_scale = quantize_per_tensor(x)
+    return {"quantiser_mismatch_fraction": (fast.float() != ref.float()).float().mean().item(),
+            "quantiser_scale_equal": bool(torch.equal(fast_scale.float(), ref_scale.float()))}
 
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| variant | M | tokens | batch x calls | s | TFLOP/s | peak GiB | first call s | notes |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "seconds" in row:
-            notes = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k in ("rel_err_vs_bf16", "compile_s", "note"))
+            notes = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k in ("rel_err_vs_bf16", "compile_s", "graphs", "note"))
             lines.append(f"| {row['variant']} | {row['M']} | {row['tokens']} | {row['batch']}x{row['calls']} | {row['seconds']:.3f} | "
                          f"{row['tflops']:.0f} | {row['peak_gib']:.1f} | {row['first_call_s']:.1f} | {notes} |")
-    lines += ["", "| linear | bf16 ms | fp8 ms | fp8 (eager quantiser) ms | raw _scaled_mm ms | raw fast accum ms | fp8 vs bf16 |",
+    lines += ["", "| linear | bf16 ms | fp8 ms | fp8 (torch-ops quantiser) ms | raw _scaled_mm ms | raw fast accum ms | fp8 vs bf16 |",
               "|---|---|---|---|---|---|---|"]
     for row in rows:
         if row["variant"].startswith("linear") and "ms" in row:
             ms = row["ms"]
             err = row.get("fp8_vs_bf16_rel_err")
             extra = f"rel err {err:.4f}" if err is not None else f"speedup {row['fp8_speedup']:.2f}x"
-            lines.append(f"| {row['variant']} | {ms['bf16']:.2f} | {ms['fp8']:.2f} | {ms['fp8 eager quantiser']:.2f} | "
+            lines.append(f"| {row['variant']} | {ms['bf16']:.2f} | {ms['fp8']:.2f} | {ms['fp8 torch-ops quantiser']:.2f} | "
                          f"{ms['fp8 raw _scaled_mm']:.2f} | {ms['fp8 raw fast accum']:.2f} | {extra} |")
     return "\n".join(lines)
 
@@ -284,24 +295,20 @@ def main() -> None:
     print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params in {time.perf_counter() - start:.1f} s on {device}"
           f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__})", flush=True)
     bench = Bench(model, device, args.repeats, args.json, height, width)
-    chosen = attention_module.CUDA_SDPA_PRIORITY
+    engine_priority = attention_module.sdpa_priority
     top_m = max(args.memory)
+    if device.type == "cuda":
+        print(f"engine attention priority: {engine_priority(device)}", flush=True)
 
     if "sdpa" not in args.skip:
-        times = {}
         for name, priority in SDPA_VARIANTS.items():
-            attention_module.CUDA_SDPA_PRIORITY = priority
+            attention_module.sdpa_priority = lambda _device, priority=priority: priority
             try:
                 row, _ = bench.forward(f"bf16 sdpa {name}", top_m)
             except RuntimeError as error:  # a kernel that rejects these inputs
-                bench.record({"variant": f"bf16 sdpa {name}", "M": top_m, "error": str(error).splitlines()[0]})
-                continue
+                row = {"variant": f"bf16 sdpa {name}", "M": top_m, "error": str(error).splitlines()[0]}
             bench.record(row)
-            times[name] = row["seconds"]
-        best = min(times, key=times.get)
-        chosen = SDPA_VARIANTS[best]
-        print(f"fastest attention: {best}", flush=True)
-    attention_module.CUDA_SDPA_PRIORITY = chosen
+        attention_module.sdpa_priority = engine_priority
 
     reference = None
     for m in args.memory:
@@ -310,13 +317,13 @@ def main() -> None:
         if out is not None:
             reference = out
     if "sdpa" not in args.skip and device.type == "cuda":  # kernels agree to bf16 rounding?
-        attention_module.CUDA_SDPA_PRIORITY = SDPA_VARIANTS["flash"]
+        attention_module.sdpa_priority = lambda _device: SDPA_VARIANTS["flash"]
         x, t, context, y = dit_inputs(config, top_m, 1, device, height, width)
         with torch.no_grad():
             flash_out = model(x, t, context, y)
-        bench.record({"variant": "chosen vs flash attention", "M": top_m, "rel_err": relative_error(reference, flash_out)})
+        bench.record({"variant": "engine vs flash attention", "M": top_m, "rel_err": relative_error(reference, flash_out)})
         del flash_out
-        attention_module.CUDA_SDPA_PRIORITY = chosen
+        attention_module.sdpa_priority = engine_priority
 
     if "fused" not in args.skip:
         with FusedQKV(model):
@@ -331,9 +338,10 @@ def main() -> None:
         bench.linear_layers(tokens(config, top_m, height, width))
 
     if "compile" not in args.skip:
-        with CompiledBlocks(model):
+        with CompiledBlocks(model) as compiled:
             row, out = bench.forward("bf16 compiled blocks", top_m, keep_output=True)
             row["compile_s"] = row["first_call_s"] - row["seconds"]
+            row["graphs"] = compiled.graphs()
             row["rel_err_vs_bf16"] = relative_error(out, reference)
             bench.record(row)
             del out
@@ -348,9 +356,10 @@ def main() -> None:
         bench.record(row)
         del out
         if "compile" not in args.skip:
-            with CompiledBlocks(model):
+            with CompiledBlocks(model) as compiled:
                 row, out = bench.forward("fp8 linears, compiled blocks", top_m, keep_output=True)
                 row["compile_s"] = row["first_call_s"] - row["seconds"]
+                row["graphs"] = compiled.graphs()
                 row["rel_err_vs_bf16"] = relative_error(out, reference)
                 bench.record(row)
 

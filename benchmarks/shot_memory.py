@@ -2,9 +2,10 @@
 
 Run on a GPU from the repo root:  python -m benchmarks.shot_memory --json out.json --markdown out.md
 Two random A14B i2v experts (bf16, then fp8) run a few denoising steps of the real sampling loop
-(`storymem_core.sampling.denoise`: CFG, expert switch at the boundary) in three modes:
-  resident   both experts on the GPU (the fastest possible, no switch cost)
-  swap       `BlockSwapDiT` experts under a VRAM cap, `ExpertPair(offload=True)` (never both on the GPU)
+(`storymem_core.sampling.denoise`: CFG, expert switch at the boundary) in these modes:
+  resident[-fp8]            both experts on the GPU (the fastest possible, no switch cost)
+  swap[-fp8][-compiled]     `BlockSwapDiT` experts under a VRAM cap with `ExpertPair(offload=True)`, so never
+                            both on the GPU; -compiled adds `WanDiT.compile_blocks()`
 A whole shot (40 steps) is extrapolated as 40 x the measured mean step time, plus a tiled VAE decode of the
 shot when `storymem_core.wan.vae` is there to measure.
 """
@@ -76,24 +77,35 @@ def run_steps(experts: ExpertPair, config: DiTConfig, memory_frames: int, steps:
     }
 
 
-def vae_decode(device: torch.device, memory_frames: int) -> dict | None:
+def vae_decode(device: torch.device, memory_frames: int) -> dict:
     """Tiled decode of the shot's latents (81 frames, 832x480), when the VAE module exists."""
     if importlib.util.find_spec("storymem_core.wan.vae") is None:
-        return None
+        return {"note": "not measured: storymem_core/wan/vae.py is not in this tree"}
     from storymem_core.wan import vae as vae_module  # written by another helper; measured only when present
 
     return {"note": f"storymem_core.wan.vae present ({', '.join(n for n in dir(vae_module) if 'tile' in n.lower()) or 'no tiling names'}); "
             "decode not wired into this benchmark yet"}
 
 
+MODES = {  # name: (fp8 weights, block swap, compiled blocks)
+    "resident": (False, False, False),
+    "swap": (False, True, False),
+    "swap-compiled": (False, True, True),
+    "resident-fp8": (True, False, False),
+    "swap-fp8": (True, True, False),
+    "swap-fp8-compiled": (True, True, True),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory", type=int, default=10, help="memory frames M")
-    parser.add_argument("--steps", type=int, default=4, help="timed denoising steps per mode (40 in a real shot)")
+    parser.add_argument("--steps", type=int, default=3, help="timed denoising steps per mode (40 in a real shot)")
     parser.add_argument("--cap-gib", type=float, default=24.0, help="VRAM cap for the swap modes")
     parser.add_argument("--prefetch", type=int, default=1, help="blocks copied ahead of the one computing")
-    parser.add_argument("--modes", nargs="+", default=["resident", "swap", "swap-calls", "swap-fp8"],
-                        help="resident | swap | swap-calls (CFG as two calls) | resident-fp8 | swap-fp8")
+    parser.add_argument("--batch-cfg", action="store_true", help="CFG as one batch of two (default: two calls)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                        help="run in this order within each weight type (bf16 modes first, then fp8)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
@@ -101,7 +113,6 @@ def main() -> None:
     device = torch.device("cuda", torch.cuda.current_device())
     total_gib = torch.cuda.get_device_properties(device).total_memory / GIB
     config = DiTConfig.a14b("i2v")
-    length = tokens(config, args.memory)
     rows: list[dict] = []
 
     def record(row: dict) -> None:
@@ -111,9 +122,10 @@ def main() -> None:
             args.json.write_text(json.dumps(rows, indent=1))
 
     record({"mode": "host->device copy", "pinned_gbps": host_to_device_gbps(device), "gpu": torch.cuda.get_device_name(device),
-            "torch": torch.__version__, "total_gib": total_gib, "tokens": length})
+            "torch": torch.__version__, "total_gib": total_gib, "tokens": tokens(config, args.memory)})
+    cfg = "batch of two" if args.batch_cfg else "two calls"
     for fp8 in (False, True):
-        modes = [m for m in args.modes if m.endswith("fp8") == fp8]
+        modes = [m for m in args.modes if MODES[m][0] == fp8]
         if not modes:
             continue
         torch.cuda.set_per_process_memory_fraction(1.0, device)
@@ -121,40 +133,40 @@ def main() -> None:
         high, low = expert(config, device, 0, fp8), expert(config, device, 1, fp8)
         synchronize(device)
         print(f"built two {'fp8' if fp8 else 'bf16'} experts in {time.perf_counter() - start:.1f} s", flush=True)
-        if f"resident{'-fp8' if fp8 else ''}" in modes:
-            result = run_steps(ExpertPair(high, low, device, offload=False), config, args.memory, args.steps, True, device)
-            record({"mode": "resident" + ("-fp8" if fp8 else ""), "cfg": "batch of two", **result})
-        swap_modes = [m for m in modes if m.startswith("swap")]
-        if not swap_modes:
-            del high, low
-            continue
-        start = time.perf_counter()
-        high, low = BlockSwapDiT(high, args.prefetch), BlockSwapDiT(low, args.prefetch)
-        high.to("cpu"), low.to("cpu")
-        torch.cuda.empty_cache()
-        print(f"moved blocks to pinned host memory in {time.perf_counter() - start:.1f} s; "
-              f"{torch.cuda.memory_allocated(device) / GIB:.2f} GiB left on the GPU", flush=True)
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib / total_gib), device)
-        for mode in swap_modes:
-            batch_cfg = mode != "swap-calls"
-            result = run_steps(ExpertPair(high, low, device, offload=True), config, args.memory, args.steps, batch_cfg, device)
-            record({"mode": mode, "cfg": "batch of two" if batch_cfg else "two calls", "cap_gib": args.cap_gib, "prefetch": args.prefetch, **result})
-        high.to("cpu"), low.to("cpu")
+        swapped = False
+        for mode in modes:
+            _, swap, compiled = MODES[mode]
+            if swap and not swapped:
+                start = time.perf_counter()
+                high, low = BlockSwapDiT(high, args.prefetch).to("cpu"), BlockSwapDiT(low, args.prefetch).to("cpu")
+                torch.cuda.empty_cache()
+                print(f"moved blocks to pinned host memory in {time.perf_counter() - start:.1f} s; "
+                      f"{torch.cuda.memory_allocated(device) / GIB:.2f} GiB left on the GPU", flush=True)
+                torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib / total_gib), device)
+                swapped = True
+            if compiled:
+                for model in (high, low):
+                    (model.dit if swap else model).compile_blocks()
+            result = run_steps(ExpertPair(high, low, device, offload=swap), config, args.memory, args.steps, args.batch_cfg, device)
+            record({"mode": mode, "cfg": cfg, **({"cap_gib": args.cap_gib, "prefetch": args.prefetch} if swap else {}), **result})
+        if swapped:
+            high.to("cpu"), low.to("cpu")
         del high, low
         gc.collect()  # the block hooks close a reference cycle
         torch.cuda.empty_cache()
         torch._C._host_emptyCache()  # give the pinned host memory back before the next pair
+        torch._dynamo.reset()
 
     torch.cuda.set_per_process_memory_fraction(1.0, device)
-    decode = vae_decode(device, args.memory)
-    if decode:
-        record({"mode": "vae decode", **decode})
+    record({"mode": "vae decode", **vae_decode(device, args.memory)})
 
-    lines = [f"| mode | cfg | mean step s | peak GiB (allocated) | peak GiB (reserved) | shot of {SHOT_STEPS} steps, s (extrapolated) |", "|---|---|---|---|---|---|"]
+    lines = [f"| mode | cfg | mean step s | step s | peak GiB (allocated) | peak GiB (reserved) | shot of {SHOT_STEPS} steps, s (extrapolated) |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         if "mean_step_s" in row:
-            lines.append(f"| {row['mode']} | {row['cfg']} | {row['mean_step_s']:.2f} | {row['peak_gib']:.1f} | {row['reserved_peak_gib']:.1f} | "
-                         f"{SHOT_STEPS * row['mean_step_s']:.0f} |")
+            steps = ", ".join(f"{s:.2f}" for s in row["step_s"])
+            lines.append(f"| {row['mode']} | {row['cfg']} | {row['mean_step_s']:.2f} | {steps} | {row['peak_gib']:.1f} | "
+                         f"{row['reserved_peak_gib']:.1f} | {SHOT_STEPS * row['mean_step_s']:.0f} |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:

@@ -1,8 +1,7 @@
 """One attention entry point for the whole engine; the kernel is chosen once and logged.
 
 flash-attn is used when importable and the inputs are half precision on CUDA; otherwise
-torch's scaled_dot_product_attention, on CUDA with the kernel priority `CUDA_SDPA_PRIORITY`
-(None leaves torch's own choice).
+torch's scaled_dot_product_attention, with cuDNN's kernel first on Hopper GPUs.
 """
 
 from __future__ import annotations
@@ -35,8 +34,13 @@ FLASH_NAME, _flash_attn_func = _load_flash_attn()
 BACKEND = FLASH_NAME or "torch SDPA"
 log.info("StoryMem attention backend: %s", BACKEND)
 
-# fastest first on an H100 (docs/benchmarks.md); the others stay as fallbacks for inputs it rejects
-CUDA_SDPA_PRIORITY: list[SDPBackend] | None = None
+# cuDNN is 1.3x faster than flash on an H100 (docs/benchmarks.md) but slower on Ampere/Blackwell
+HOPPER_SDPA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def sdpa_priority(device: torch.device) -> list[SDPBackend] | None:
+    """SDPA kernel priority for a CUDA device; None leaves torch's own choice."""
+    return HOPPER_SDPA_PRIORITY if torch.cuda.get_device_properties(device).major == 9 else None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -45,7 +49,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         out = _flash_attn_func(q, k, v)
         return out[0] if isinstance(out, tuple) else out
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if q.is_cuda and CUDA_SDPA_PRIORITY is not None:
-        with sdpa_kernel(CUDA_SDPA_PRIORITY, set_priority=True):
+    priority = sdpa_priority(q.device) if q.is_cuda else None
+    if priority is not None:
+        with sdpa_kernel(priority, set_priority=True):
             return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)

@@ -29,21 +29,20 @@ def quantize_per_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
-_activation_quantizer: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+def _load_triton_quantizer() -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    try:
+        from .fp8_kernels import quantize_fp8_per_tensor
+    except ImportError:  # no triton (e.g. Windows wheels): the torch-ops quantiser is correct, just slower
+        log.info("triton not found: fp8 activations are quantised with torch ops")
+        return None
+    return quantize_fp8_per_tensor
+
+
+_triton_quantizer = _load_triton_quantizer() if torch.cuda.is_available() else None
 
 
 def _quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_per_tensor, fused by torch.compile when it works (eager it takes ~6 passes over x)."""
-    global _activation_quantizer
-    if _activation_quantizer is None:
-        compiled = torch.compile(quantize_per_tensor, dynamic=True)
-        try:
-            compiled(x)
-            _activation_quantizer = compiled
-        except Exception as error:  # no triton / no compiler on this host: stay correct, just slower
-            log.warning("fp8 activation quantiser runs eagerly (torch.compile failed: %s)", error)
-            _activation_quantizer = quantize_per_tensor
-    return _activation_quantizer(x)
+    return _triton_quantizer(x) if _triton_quantizer is not None else quantize_per_tensor(x)
 
 
 _fp8_capable: dict[int, bool] = {}
