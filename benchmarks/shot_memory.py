@@ -140,8 +140,10 @@ def main() -> None:
                 start = time.perf_counter()
                 high, low = BlockSwapDiT(high, args.prefetch).to("cpu"), BlockSwapDiT(low, args.prefetch).to("cpu")
                 torch.cuda.empty_cache()
-                print(f"moved blocks to pinned host memory in {time.perf_counter() - start:.1f} s; "
-                      f"{torch.cuda.memory_allocated(device) / GIB:.2f} GiB left on the GPU", flush=True)
+                block_bytes = sum(t.numel() * t.element_size() for m in (high, low) for t in m.dit.blocks.state_dict().values())
+                record({"mode": f"pin two {'fp8' if fp8 else 'bf16'} experts' blocks", "seconds": time.perf_counter() - start,
+                        "block_gib": block_bytes / GIB, "pinned_gib": torch.cuda.host_memory_stats()["allocated_bytes.current"] / GIB,
+                        "gpu_gib_left": torch.cuda.memory_allocated(device) / GIB})
                 torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib / total_gib), device)
                 swapped = True
             if compiled:

@@ -44,11 +44,37 @@ def _block_tensors(block: nn.Module) -> list[_BlockTensor]:
     return tensors
 
 
-def _to_host(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
-    if tensor.device.type == "cpu" and (tensor.is_pinned() or not pin):
-        return tensor
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin)
-    return host.copy_(tensor)
+# torch's pinned allocator rounds every request up to a power of two (a 135 MiB FFN weight takes 256 MiB),
+# so blocks are packed into 2 GiB arenas: three bf16 A14B blocks fill one to 98%
+PINNED_ARENA_BYTES = 2**31
+_ALIGN = 256
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
+def _pinned_copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of `tensors` in pinned host memory, packed in order into as few arenas as fit."""
+    copies: list[torch.Tensor] = []
+    groups: list[list[torch.Tensor]] = [[]]
+    sizes = [0]
+    for tensor in tensors:
+        nbytes = _aligned(tensor.numel() * tensor.element_size())
+        if groups[-1] and sizes[-1] + nbytes > PINNED_ARENA_BYTES:
+            groups.append([])
+            sizes.append(0)
+        groups[-1].append(tensor)
+        sizes[-1] += nbytes
+    for group, size in zip(groups, sizes):
+        arena = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        offset = 0
+        for tensor in group:
+            nbytes = tensor.numel() * tensor.element_size()
+            view = arena[offset : offset + nbytes].view(tensor.dtype).view(tensor.shape)
+            copies.append(view.copy_(tensor))
+            offset += _aligned(nbytes)
+    return copies
 
 
 class BlockSwapDiT(nn.Module):
@@ -99,10 +125,15 @@ class BlockSwapDiT(nn.Module):
         return self
 
     def _move_blocks_to_host(self, pin: bool) -> None:
-        for block_tensors in self._tensors:
-            for tensor in block_tensors:
-                tensor.host = _to_host(tensor.host, pin)
-                tensor.point_to(tensor.host)
+        tensors = [tensor for block_tensors in self._tensors for tensor in block_tensors]
+        hosts = [tensor.host for tensor in tensors]
+        if pin and not all(host.is_pinned() for host in hosts):
+            hosts = _pinned_copies(hosts)
+        elif not pin:
+            hosts = [host.cpu() for host in hosts]
+        for tensor, host in zip(tensors, hosts):
+            tensor.host = host
+            tensor.point_to(host)
 
     def forward(
         self,
