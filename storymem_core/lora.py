@@ -1,0 +1,183 @@
+"""LoRA: StoryMem's M2V adapters (peft layout, rsLoRA) and ComfyUI-style Wan LoRAs, merged or hooked.
+
+An adapted linear computes  W x + scale * B (A x)  with A [r, in] and B [out, r], as peft does.
+StoryMem's `backbone_*_noise.pth` (peft `get_peft_model_state_dict`) store no alpha: StoryMem trains with
+alpha = r and rsLoRA, so scale = alpha / sqrt(r). ComfyUI files may store `alpha` per module: scale =
+alpha / r, or 1 without it. Merging changes the weights once (fastest); hooking adds the low-rank path
+at run time and suits fp8 layers, whose weights a merge would re-round.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .checkpoints import Checkpoint, first_names
+from .errors import CheckpointError
+from .wan.fp8 import Fp8Linear
+
+log = logging.getLogger(__name__)
+
+_MODULE_PART = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|alpha)$")
+
+
+class LoraModule(NamedTuple):
+    down: torch.Tensor  # A [r, in]
+    up: torch.Tensor  # B [out, r]
+    scale: float  # alpha / r (or / sqrt(r) for rsLoRA), times strength
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """One LoRA file, normalised: module name (ours) -> (A, B, scale)."""
+
+    source: str
+    modules: dict[str, LoraModule]
+    unrecognized: tuple[str, ...] = ()  # tensors that are no LoRA part (reported when applied)
+
+
+def load_lora(
+    source: str | Path | Mapping[str, torch.Tensor],
+    strength: float = 1.0,
+    alpha: float | None = None,
+    rslora: bool | None = None,
+) -> LoraWeights:
+    """Read a LoRA file (or state dict) of any supported layout.
+
+    `alpha` overrides the file's (peft default: alpha = rank, as StoryMem trains); `rslora` defaults to
+    True for peft files (StoryMem's setting) and False for ComfyUI files.
+    """
+    checkpoint = Checkpoint(source, kind="lora")
+    checkpoint.raise_problems()
+    peft = checkpoint.info.lora.format == "peft"
+    rslora = peft if rslora is None else rslora
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    unrecognized = []
+    for name, tensor in checkpoint.tensors():
+        if match := _MODULE_PART.match(name):
+            parts.setdefault(match["module"], {})[match["part"]] = tensor
+        else:
+            unrecognized.append(name)
+    modules = {}
+    for module, tensors in parts.items():
+        down, up = tensors.get("lora_A.weight"), tensors.get("lora_B.weight")
+        if down is None or up is None or down.dim() != 2 or up.dim() != 2 or up.shape[1] != down.shape[0]:
+            shapes = {part: list(t.shape) for part, t in tensors.items()}
+            raise CheckpointError(
+                f"LoRA {checkpoint.info.path} has an incomplete or inconsistent pair for {module} ({shapes}); download the file again."
+            )
+        rank = down.shape[0]
+        module_alpha = alpha if alpha is not None else float(tensors["alpha"]) if "alpha" in tensors else rank
+        scale = module_alpha / (math.sqrt(rank) if rslora else rank) * strength
+        modules[module] = LoraModule(down, up, scale)
+    return LoraWeights(checkpoint.info.path, modules, tuple(unrecognized))
+
+
+@dataclass
+class AppliedLoras:
+    """What `apply_loras` changed; `remove()` undoes it (unmerge or unhook), last applied first."""
+
+    mode: str
+    unmatched: list[str] = field(default_factory=list)
+    _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def remove(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+def _target_layer(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _check_fits(layer: nn.Module, name: str, part: LoraModule, source: str, mode: str) -> None:
+    if not isinstance(layer, (nn.Linear, Fp8Linear)):
+        raise CheckpointError(
+            f"LoRA {source} adapts {name}, a {type(layer).__name__}; only linear layers can take a LoRA here, so remove that entry."
+        )
+    if mode == "merge" and isinstance(layer, Fp8Linear):
+        raise CheckpointError(f"Layer {name} holds fp8 weights that merging would re-round: apply LoRA {source} with mode='hook'.")
+    if part.down.shape[1] != layer.in_features or part.up.shape[0] != layer.out_features:
+        raise CheckpointError(
+            f"LoRA {source} does not fit this model: {name} is [{layer.out_features}, {layer.in_features}] but the LoRA gives "
+            f"[{part.up.shape[0]}, {part.down.shape[1]}] (rank {part.down.shape[0]}); use a LoRA made for this base model."
+        )
+
+
+def _merge(layer: nn.Linear, part: LoraModule, sign: float) -> None:
+    weight = layer.weight
+    with torch.no_grad():
+        delta = part.up.to(weight.device, torch.float32) @ part.down.to(weight.device, torch.float32)
+        weight.copy_(weight.float().add_(delta, alpha=sign * part.scale))
+
+
+def _hook(layer: nn.Module, part: LoraModule) -> Callable[[], None]:
+    """Add scale * B(A x) to the layer's output; A and B ride along as non-persistent buffers (moved with the layer)."""
+    index = 0
+    while hasattr(layer, f"lora_down_{index}"):  # a stacked LoRA already hooked here
+        index += 1
+    names = (f"lora_down_{index}", f"lora_up_{index}")
+    weight_dtype = layer.weight.dtype if layer.weight.is_floating_point() and layer.weight.dtype.itemsize > 1 else part.down.dtype
+    layer.register_buffer(names[0], part.down.to(layer.weight.device, weight_dtype), persistent=False)
+    layer.register_buffer(names[1], part.up.to(layer.weight.device, weight_dtype), persistent=False)
+
+    def add_low_rank(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        x = inputs[0]
+        down = getattr(module, names[0]).to(x.device, x.dtype)
+        up = getattr(module, names[1]).to(x.device, x.dtype)
+        return output + nn.functional.linear(nn.functional.linear(x, down), up) * part.scale
+
+    handle = layer.register_forward_hook(add_low_rank)
+
+    def undo() -> None:
+        handle.remove()
+        for name in names:
+            delattr(layer, name)
+
+    return undo
+
+
+def apply_loras(model: nn.Module, loras: list[LoraWeights], mode: str = "merge", strict: bool = True) -> AppliedLoras:
+    """Apply LoRAs (each already scaled by its strength) to `model`; stacked LoRAs add up.
+
+    Every module is checked before anything changes. Entries that match no layer of the model raise a
+    CheckpointError listing them; with `strict=False` they are logged and returned in `unmatched` instead.
+    """
+    if mode not in ("merge", "hook"):
+        raise ValueError(f"mode must be 'merge' or 'hook', not {mode!r}")
+    applied = AppliedLoras(mode)
+    plan = []
+    for lora in loras:
+        applied.unmatched += [f"{lora.source}: {key}" for key in lora.unrecognized]
+        for name, part in lora.modules.items():
+            layer = _target_layer(model, name)
+            if layer is None:
+                applied.unmatched.append(f"{lora.source}: {name}")
+                continue
+            _check_fits(layer, name, part, lora.source, mode)
+            plan.append((layer, part))
+    if applied.unmatched:
+        shown = first_names(applied.unmatched)
+        if strict:
+            raise CheckpointError(
+                f"{len(applied.unmatched)} LoRA entries match no layer of this model ({shown}); use a LoRA made for Wan2.2 A14B."
+            )
+        log.warning("LoRA entries matching no layer were skipped: %s", shown)
+    for layer, part in plan:
+        if mode == "merge":
+            _merge(layer, part, +1.0)
+            applied._undo.append(lambda layer=layer, part=part: _merge(layer, part, -1.0))
+        else:
+            applied._undo.append(_hook(layer, part))
+    return applied

@@ -1,0 +1,166 @@
+"""LoRA: golden parity (peft and ComfyUI layouts, merge and hook), parity with peft itself, undo, stacking, reports."""
+
+import copy
+
+import peft
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from storymem_core.errors import CheckpointError
+from storymem_core.lora import apply_loras, load_lora
+from storymem_core.wan.dit import DiTConfig, WanDiT
+from storymem_core.wan.fp8 import quantize_dit_to_fp8
+from tests.golden_data import cases, load_case, with_prefix
+
+
+def base_model(config: dict, tensors: dict) -> WanDiT:
+    model = WanDiT(DiTConfig.from_dict(config["config"])).eval()
+    model.load_state_dict(with_prefix(tensors, "weight."))
+    return model
+
+
+def run(model: nn.Module, tensors: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model(tensors["x"][None], tensors["t"].reshape(1), tensors["context"][None], tensors["y"][None])[0]
+
+
+def golden_lora(config: dict, tensors: dict, layout: str, strength: float = 1.0):
+    """peft files store no alpha, so the case's alpha is passed as StoryMem's config would; ComfyUI files carry it."""
+    alpha = config["lora_alpha"] if layout == "peft" else None
+    return load_lora(with_prefix(tensors, f"{layout}."), strength=strength, alpha=alpha)
+
+
+@pytest.mark.parametrize("mode", ["merge", "hook"])
+@pytest.mark.parametrize("layout", ["peft", "comfy"])
+@pytest.mark.parametrize("path", cases("lora_"))
+def test_lora_matches_reference(path, layout, mode):
+    config, tensors = load_case(path)
+    model = base_model(config, tensors)
+    lora = golden_lora(config, tensors, layout)
+    assert {part.scale for part in lora.modules.values()} == pytest.approx([config["effective_scale"]])
+    applied = apply_loras(model, [lora], mode=mode)
+    torch.testing.assert_close(run(model, tensors), tensors["out"], atol=1e-4, rtol=1e-4)
+    applied.remove()
+    torch.testing.assert_close(run(model, tensors), tensors["out_base"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", cases("lora_"))
+def test_lora_storymem_pth_and_kohya_names_load_like_the_state_dict(tmp_path, path):
+    config, tensors = load_case(path)
+    peft_file = tmp_path / "backbone_high_noise.pth"
+    torch.save(with_prefix(tensors, "peft."), peft_file)
+    kohya = {}
+    for name, tensor in with_prefix(tensors, "comfy.diffusion_model.").items():
+        module, _, part = name.partition(".lora_")
+        module, part = (name[: -len(".alpha")], "alpha") if name.endswith(".alpha") else (module, "lora_" + part)
+        part = part.replace("lora_A", "lora_down").replace("lora_B", "lora_up")
+        kohya[f"lora_unet_{module.replace('.', '_')}.{part}"] = tensor
+    expected = golden_lora(config, tensors, "peft").modules
+    for lora in (load_lora(peft_file, alpha=config["lora_alpha"]), load_lora(kohya)):
+        assert lora.modules.keys() == expected.keys()
+        for name, (down, up, scale) in lora.modules.items():
+            assert torch.equal(down, expected[name].down) and torch.equal(up, expected[name].up)
+            assert scale == pytest.approx(expected[name].scale)
+
+
+@pytest.mark.parametrize("use_rslora", [True, False])
+@pytest.mark.parametrize("path", cases("lora_"))
+def test_lora_equals_peft_on_a_random_adapter(path, use_rslora):
+    """peft itself is the reference: a random (non-zero B) adapter of another rank and alpha, peft state dict in."""
+    config, tensors = load_case(path)
+    torch.manual_seed(1)
+    target = copy.deepcopy(base_model(config, tensors))
+    peft_config = peft.LoraConfig(
+        r=3, lora_alpha=5, target_modules=config["target_modules"], use_rslora=use_rslora, init_lora_weights=False
+    )
+    peft_model = peft.get_peft_model(target, peft_config).eval()
+    expected = run(peft_model, tensors)
+    state = peft.get_peft_model_state_dict(peft_model)
+    for mode in ("merge", "hook"):
+        model = base_model(config, tensors)
+        apply_loras(model, [load_lora(state, alpha=5, rslora=use_rslora)], mode=mode)
+        torch.testing.assert_close(run(model, tensors), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", cases("lora_"))
+def test_lora_unmerge_restores_weights_exactly(path):
+    config, tensors = load_case(path)
+    model = base_model(config, tensors)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    applied = apply_loras(model, [golden_lora(config, tensors, "comfy")], mode="merge")
+    assert not torch.equal(model.blocks[0].ffn[2].weight, before["blocks.0.ffn.2.weight"])
+    applied.remove()
+    torch.testing.assert_close(model.state_dict(), before, atol=1e-6, rtol=0)
+    hooked = apply_loras(model, [golden_lora(config, tensors, "comfy")], mode="hook")
+    hooked.remove()
+    assert model.state_dict().keys() == before.keys() and not model.blocks[0].ffn[2]._forward_hooks
+
+
+@pytest.mark.parametrize("path", cases("lora_"))
+def test_lora_stacking_adds_up(path):
+    config, tensors = load_case(path)
+    first = golden_lora(config, tensors, "peft", strength=0.5)
+    second = golden_lora(config, tensors, "comfy", strength=-1.5)
+    deltas = []
+    for lora in (first, second):
+        model = base_model(config, tensors)
+        base = model.blocks[1].cross_attn.v.weight.clone()
+        apply_loras(model, [lora])
+        deltas.append(model.blocks[1].cross_attn.v.weight - base)
+    stacked = base_model(config, tensors)
+    base = stacked.blocks[1].cross_attn.v.weight.clone()
+    apply_loras(stacked, [first, second], mode="merge")
+    torch.testing.assert_close(stacked.blocks[1].cross_attn.v.weight, base + deltas[0] + deltas[1], atol=1e-6, rtol=0)
+
+    hooked = base_model(config, tensors)
+    apply_loras(hooked, [first], mode="hook")
+    apply_loras(hooked, [second], mode="hook")  # a second call stacks on the same layers
+    torch.testing.assert_close(run(hooked, tensors), run(stacked, tensors), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", cases("lora_"))
+def test_lora_unmatched_keys_are_reported(path):
+    config, tensors = load_case(path)
+    state = with_prefix(tensors, "comfy.")
+    state["diffusion_model.blocks.99.self_attn.q.lora_A.weight"] = state["diffusion_model.blocks.0.self_attn.q.lora_A.weight"]
+    state["diffusion_model.blocks.99.self_attn.q.lora_B.weight"] = state["diffusion_model.blocks.0.self_attn.q.lora_B.weight"]
+    state["diffusion_model.blocks.0.norm3.diff"] = torch.zeros(config["config"]["dim"])
+    lora = load_lora(state)
+    model = base_model(config, tensors)
+    before = model.blocks[0].self_attn.q.weight.clone()
+    with pytest.raises(CheckpointError, match=r"2 LoRA entries match no layer") as error:
+        apply_loras(model, [lora])
+    assert "blocks.99.self_attn.q" in str(error.value) and "norm3.diff" in str(error.value)
+    assert torch.equal(model.blocks[0].self_attn.q.weight, before)
+    applied = apply_loras(model, [lora], strict=False)
+    assert len(applied.unmatched) == 2
+    torch.testing.assert_close(run(model, tensors), tensors["out"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", cases("lora_"))
+def test_lora_for_another_base_model_names_module_and_shapes(tmp_path, path):
+    config, tensors = load_case(path)
+    state = with_prefix(tensors, "comfy.")
+    down = state["diffusion_model.blocks.1.ffn.0.lora_A.weight"]
+    state["diffusion_model.blocks.1.ffn.0.lora_A.weight"] = torch.zeros(down.shape[0], down.shape[1] + 8)
+    file = tmp_path / "wan_1.3b_style_lora.safetensors"
+    save_file(state, str(file))
+    with pytest.raises(CheckpointError) as error:
+        apply_loras(base_model(config, tensors), [load_lora(file)])
+    message = str(error.value)
+    assert "blocks.1.ffn.0" in message and str(file) in message and f"{down.shape[1] + 8}]" in message
+
+
+@pytest.mark.parametrize("path", cases("lora_"))
+def test_lora_on_fp8_layers_hooks_but_refuses_to_merge(path):
+    config, tensors = load_case(path)
+    lora = golden_lora(config, tensors, "comfy")
+    model = quantize_dit_to_fp8(base_model(config, tensors))
+    with pytest.raises(CheckpointError, match="mode='hook'"):
+        apply_loras(model, [lora], mode="merge")
+    plain = run(model, tensors)
+    apply_loras(model, [lora], mode="hook")
+    lora_effect = tensors["out"] - tensors["out_base"]
+    assert (run(model, tensors) - plain - lora_effect).norm() < 0.05 * lora_effect.norm()
