@@ -15,6 +15,11 @@ from torch import nn
 
 from .wan.dit import DiTConfig, WanDiT
 
+GIB = 2**30
+# measured on an H100 (docs/benchmarks.md): 6.2 GiB over the weights at 48,360 tokens, CFG as two calls
+ACTIVATION_BYTES_PER_TOKEN = 144 * 2**10
+HEADROOM_BYTES = 2 * GIB
+
 
 @dataclass
 class _BlockTensor:
@@ -98,6 +103,7 @@ class BlockSwapDiT(nn.Module):
         self._ready: list[torch.cuda.Event] = []
         self._free: list[torch.cuda.Event] = []
         self._next_block = 0
+        self._streaming = False  # hooks act only inside this wrapper's forward
         for index, block in enumerate(dit.blocks):
             block.register_forward_pre_hook(lambda _m, _a, i=index: self._before_block(i))
             block.register_forward_hook(lambda _m, _a, _o, i=index: self._after_block(i))
@@ -147,7 +153,11 @@ class BlockSwapDiT(nn.Module):
             self._allocate_slots()
         self._next_block = 0
         self._issue_until(self.prefetch)  # overlaps the first copies with the embeddings
-        return self.dit(x, t, context, y, frame_positions)
+        self._streaming = True
+        try:
+            return self.dit(x, t, context, y, frame_positions)
+        finally:
+            self._streaming = False
 
     def _allocate_slots(self) -> None:
         count = min(self.prefetch + 1, len(self._tensors))
@@ -184,6 +194,8 @@ class BlockSwapDiT(nn.Module):
             self._ready[k].record()
 
     def _before_block(self, index: int) -> None:
+        if not self._streaming:
+            return
         self._issue_until(index + self.prefetch)
         k = index % len(self._slots)
         if self._copy_stream is not None:
@@ -192,8 +204,25 @@ class BlockSwapDiT(nn.Module):
             tensor.point_to(dst)
 
     def _after_block(self, index: int) -> None:
+        if not self._streaming:
+            return
         k = index % len(self._slots)
         if self._copy_stream is not None:
             self._free[k].record()
         for tensor in self._tensors[index]:
             tensor.point_to(tensor.host)
+
+
+def choose_offload(expert: nn.Module, free_bytes: int, tokens: int) -> str:
+    """How to place two experts of this size in `free_bytes` of VRAM (e.g. torch.cuda.mem_get_info()[0]).
+
+    'none': both experts stay on the device; 'experts': one at a time (ExpertPair offload=True);
+    'blocks': wrap each expert in BlockSwapDiT (a few GiB of VRAM, ~3% slower at M=10).
+    """
+    expert_bytes = sum(p.numel() * p.element_size() for p in expert.parameters())
+    activations = ACTIVATION_BYTES_PER_TOKEN * tokens + HEADROOM_BYTES
+    if free_bytes >= 2 * expert_bytes + activations:
+        return "none"
+    if free_bytes >= expert_bytes + activations:
+        return "experts"
+    return "blocks"

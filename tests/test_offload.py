@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from storymem_core.offload import BlockSwapDiT
+from storymem_core.offload import ACTIVATION_BYTES_PER_TOKEN, HEADROOM_BYTES, BlockSwapDiT, choose_offload
 from storymem_core.wan.fp8 import quantize_dit_to_fp8
 from tests.golden_data import cases, load_case, with_prefix
 from tests.test_dit import build_dit, run_case
@@ -47,3 +47,22 @@ def test_block_swap_rejects_zero_prefetch():
     config, tensors = load_case(cases("dit_")[0].values[0])
     with pytest.raises(ValueError, match="prefetch"):
         BlockSwapDiT(build_dit(config, with_prefix(tensors, "weight.")), prefetch=0)
+
+
+@pytest.mark.parametrize("path", cases("dit_"))
+def test_dit_called_directly_ignores_the_swap_hooks(path):
+    config, tensors = load_case(path)
+    model = build_dit(config, with_prefix(tensors, "weight."))
+    expected = run_case(model, tensors)
+    BlockSwapDiT(model).to("cpu")
+    torch.testing.assert_close(run_case(model, tensors), expected, atol=0, rtol=0)
+
+
+def test_choose_offload_by_free_memory():
+    expert = torch.nn.Linear(1024, 1024)  # 4 MiB of weights
+    size = 1024 * 1024 * 4 + 1024 * 4
+    tokens = 1000
+    activations = ACTIVATION_BYTES_PER_TOKEN * tokens + HEADROOM_BYTES
+    assert choose_offload(expert, 2 * size + activations, tokens) == "none"
+    assert choose_offload(expert, 2 * size + activations - 1, tokens) == "experts"
+    assert choose_offload(expert, size + activations - 1, tokens) == "blocks"
