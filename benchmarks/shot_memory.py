@@ -7,21 +7,20 @@ Two random A14B i2v experts (bf16, then fp8) run a few denoising steps of the re
   swap[-fp8][-compiled]     `BlockSwapDiT` experts under a VRAM cap with `ExpertPair(offload=True)`, so never
                             both on the GPU; -compiled adds `WanDiT.compile_blocks()`
 A whole shot (40 steps) is extrapolated as 40 x the measured mean step time, plus a tiled VAE decode of the
-shot when `storymem_core.wan.vae` is there to measure.
+shot (random-weight Wan2.1 VAE, bf16 and fp32, whole and in spatial tiles), measured separately.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.dit_step import GIB, HEIGHT, WIDTH, build_random_dit, dit_inputs, synchronize, tokens
+from benchmarks.dit_step import GIB, HEIGHT, WIDTH, build_random_dit, dit_inputs, latent_frames, synchronize, timed, tokens
 from storymem_core.offload import BlockSwapDiT
 from storymem_core.sampling import ExpertPair, SamplerSettings, denoise, seeded_noise
 from storymem_core.wan.dit import DiTConfig
@@ -77,14 +76,38 @@ def run_steps(experts: ExpertPair, config: DiTConfig, memory_frames: int, steps:
     }
 
 
-def vae_decode(device: torch.device, memory_frames: int) -> dict:
-    """Tiled decode of the shot's latents (81 frames, 832x480), when the VAE module exists."""
-    if importlib.util.find_spec("storymem_core.wan.vae") is None:
-        return {"note": "not measured: storymem_core/wan/vae.py is not in this tree"}
-    from storymem_core.wan import vae as vae_module  # written by another helper; measured only when present
+def random_vae(device: torch.device, dtype: torch.dtype):
+    """The real-size Wan2.1 VAE with random weights made on `device`."""
+    from storymem_core.wan.vae import VAEConfig, WanVAE
 
-    return {"note": f"storymem_core.wan.vae present ({', '.join(n for n in dir(vae_module) if 'tile' in n.lower()) or 'no tiling names'}); "
-            "decode not wired into this benchmark yet"}
+    with torch.device("meta"):
+        vae = WanVAE(VAEConfig.wan21())
+    vae.to_empty(device=device)
+    generator = torch.Generator(device).manual_seed(2)
+    with torch.no_grad():
+        for name, param in vae.named_parameters():
+            if name.endswith("gamma"):
+                param.normal_(1, 0.02, generator=generator)
+            elif param.dim() >= 2:
+                param.normal_(0, param[0].numel() ** -0.5, generator=generator)
+            else:
+                param.normal_(0, 0.02, generator=generator)
+    return vae.to(dtype).eval()
+
+
+def vae_decodes(device: torch.device, tiles: list[tuple[int, int] | None]) -> list[dict]:
+    """Decode of one shot's latents (21 latent frames -> 81 frames at 832x480), whole and tiled."""
+    latent = torch.randn(1, 16, latent_frames(0), HEIGHT // 8, WIDTH // 8, device=device)
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        vae = random_vae(device, dtype)
+        for tile in tiles:
+            seconds, first, peak = timed(lambda: vae.decode(latent, tile), device, repeats=1)
+            rows.append({"mode": "vae decode", "dtype": str(dtype).removeprefix("torch."), "tile": tile, "seconds": seconds[0],
+                         "first_call_s": first, "peak_gib": peak, "reserved_peak_gib": torch.cuda.max_memory_reserved(device) / GIB})
+        del vae
+        torch.cuda.empty_cache()
+    return rows
 
 
 MODES = {  # name: (fp8 weights, block swap, compiled blocks)
@@ -104,7 +127,8 @@ def main() -> None:
     parser.add_argument("--cap-gib", type=float, default=24.0, help="VRAM cap for the swap modes")
     parser.add_argument("--prefetch", type=int, default=1, help="blocks copied ahead of the one computing")
     parser.add_argument("--batch-cfg", action="store_true", help="CFG as one batch of two (default: two calls)")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+    parser.add_argument("--vae-tiles", type=int, nargs="*", default=[0, 32], help="VAE decode tile sides in latent pixels (0 = whole)")
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES),
                         help="run in this order within each weight type (bf16 modes first, then fp8)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -160,7 +184,9 @@ def main() -> None:
         torch._dynamo.reset()
 
     torch.cuda.set_per_process_memory_fraction(1.0, device)
-    record({"mode": "vae decode", **vae_decode(device, args.memory)})
+    torch.cuda.reset_peak_memory_stats(device)
+    for row in vae_decodes(device, [(side, side) if side else None for side in args.vae_tiles]):
+        record(row)
 
     lines = [f"| mode | cfg | mean step s | step s | peak GiB (allocated) | peak GiB (reserved) | shot of {SHOT_STEPS} steps, s (extrapolated) |",
              "|---|---|---|---|---|---|---|"]
@@ -169,6 +195,10 @@ def main() -> None:
             steps = ", ".join(f"{s:.2f}" for s in row["step_s"])
             lines.append(f"| {row['mode']} | {row['cfg']} | {row['mean_step_s']:.2f} | {steps} | {row['peak_gib']:.1f} | "
                          f"{row['reserved_peak_gib']:.1f} | {SHOT_STEPS * row['mean_step_s']:.0f} |")
+    lines += ["", "| VAE decode, 81 frames 832x480 | tile (latent px) | s | peak GiB (allocated) | peak GiB (reserved) |", "|---|---|---|---|---|"]
+    for row in rows:
+        if row["mode"] == "vae decode":
+            lines.append(f"| {row['dtype']} | {row['tile'] or 'whole'} | {row['seconds']:.2f} | {row['peak_gib']:.1f} | {row['reserved_peak_gib']:.1f} |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:
