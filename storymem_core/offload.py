@@ -96,7 +96,7 @@ class BlockSwapDiT(nn.Module):
             raise ValueError(f"prefetch must be at least 1 block, got {prefetch}")
         self.dit = dit
         self.prefetch = prefetch
-        self.device = torch.device("cpu")
+        self.device = dit.patch_embedding.weight.device  # where the small parts are until `.to()` moves them
         self._tensors = [_block_tensors(block) for block in dit.blocks]
         self._slots: list[list[torch.Tensor | None]] = []
         self._copy_stream: torch.cuda.Stream | None = None

@@ -66,3 +66,11 @@ def test_choose_offload_by_free_memory():
     assert choose_offload(expert, 2 * size + activations, tokens) == "none"
     assert choose_offload(expert, 2 * size + activations - 1, tokens) == "experts"
     assert choose_offload(expert, size + activations - 1, tokens) == "blocks"
+
+
+def test_block_swap_starts_where_the_small_parts_are():
+    """`.to("cpu")` must move small parts left elsewhere (the GPU in practice; meta stands in for it here)."""
+    config, tensors = load_case(cases("dit_")[0].values[0])
+    model = build_dit(config, with_prefix(tensors, "weight."))
+    model.patch_embedding.to("meta")
+    assert BlockSwapDiT(model).device.type == "meta"
