@@ -187,7 +187,7 @@ class WanDiT(nn.Module):
 
     def compile_blocks(self) -> "WanDiT":
         """torch.compile each block's forward (fuses the float32 norm/RoPE/gate passes); parameter names and
-        hooks around the blocks (block swap) are untouched. One compilation serves every block."""
+        hooks around the blocks (block swap) are untouched. Two graphs serve all blocks (the first takes bf16 tokens)."""
         for block in self.blocks:
             block.forward = torch.compile(block.forward)
         return self
