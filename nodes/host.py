@@ -1,0 +1,267 @@
+"""The only module that touches ComfyUI: model folders, progress, interruption, devices.
+
+Inside ComfyUI it speaks to `folder_paths`, `comfy.utils.ProgressBar` and `comfy.model_management`.
+Outside (tests, scripts) a `StandaloneHost` gives the same answers from a models folder laid out like
+ComfyUI's (`--models-dir` / STORYMEM_MODELS_DIR), tqdm progress and an interrupt flag nobody sets
+unless asked. Nodes call the module functions; `use()` swaps the host (tests use a temporary one).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from storymem_core.errors import CheckpointError, GenerationInterrupted
+
+try:  # inside ComfyUI these are importable from its root
+    import comfy.model_management as comfy_model_management
+    import comfy.utils as comfy_utils
+    import folder_paths
+except ImportError:
+    folder_paths = None
+
+MODEL_FOLDERS = ("diffusion_models", "loras", "text_encoders", "vae", "clip_vision")
+STORYMEM_FOLDER = "storymem"  # saved memory banks and story scripts
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
+MODELS_DIR_ENV = "STORYMEM_MODELS_DIR"
+OUTPUT_DIR_ENV = "STORYMEM_OUTPUT_DIR"
+# ComfyUI's older folder names, searched too (as ComfyUI does)
+LEGACY_FOLDERS = {"text_encoders": ("clip",), "diffusion_models": ("unet",)}
+
+
+class Progress(Protocol):
+    def update(self, value: int, total: int) -> None: ...
+
+
+class _TqdmProgress:
+    def __init__(self, total: int, description: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=description, leave=False)
+
+    def update(self, value: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(value - self.bar.n)
+        if value >= total:
+            self.bar.close()
+
+
+class StandaloneHost:
+    """Folders under `models_dir` with ComfyUI's names; outputs under `output_dir`; CUDA when present."""
+
+    interrupted_error = GenerationInterrupted
+
+    def __init__(self, models_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None):
+        self.models_dir = Path(models_dir or os.environ.get(MODELS_DIR_ENV) or "models")
+        self.output = Path(output_dir or os.environ.get(OUTPUT_DIR_ENV) or "output")
+        self._interrupt = False
+
+    def folders(self, folder: str) -> list[Path]:
+        if folder == STORYMEM_FOLDER:
+            return [self.output / STORYMEM_FOLDER, self.models_dir / STORYMEM_FOLDER]
+        return [self.models_dir / name for name in (folder, *LEGACY_FOLDERS.get(folder, ()))]
+
+    def filenames(self, folder: str) -> list[str]:
+        names = set()
+        for root in self.folders(folder):
+            if root.is_dir():
+                names.update(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts)
+        return sorted(names)
+
+    def output_dir(self) -> Path:
+        return self.output
+
+    def temp_dir(self) -> Path:
+        return self.output / "temp"
+
+    def progress(self, total: int, description: str) -> Progress:
+        return _TqdmProgress(total, description)
+
+    def interrupt(self) -> None:
+        """Ask the running node to stop at its next step (what ComfyUI's Cancel button does)."""
+        self._interrupt = True
+
+    def throw_if_interrupted(self) -> None:
+        if self._interrupt:
+            self._interrupt = False
+            raise GenerationInterrupted("generation was stopped; finished shots and banks are unchanged.")
+
+    def device(self) -> torch.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def offload_device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def free_memory(self, device: torch.device) -> int:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        return 1 << 62  # host memory: the OS pages, nothing to plan
+
+    def make_room(self, device: torch.device, nbytes: int) -> None:
+        """Nothing else holds models here."""
+
+
+class ComfyHost:
+    """ComfyUI's folders (extra_model_paths.yaml included), progress bar, Cancel button and model manager."""
+
+    def __init__(self):
+        self.interrupted_error = comfy_model_management.InterruptProcessingException
+        for path in (Path(folder_paths.get_output_directory()) / STORYMEM_FOLDER, Path(folder_paths.models_dir) / STORYMEM_FOLDER):
+            folder_paths.add_model_folder_path(STORYMEM_FOLDER, str(path))
+
+    def folders(self, folder: str) -> list[Path]:
+        return [Path(p) for p in folder_paths.get_folder_paths(folder)]
+
+    def filenames(self, folder: str) -> list[str]:
+        return [name.replace(os.sep, "/") for name in folder_paths.get_filename_list(folder)]
+
+    def output_dir(self) -> Path:
+        return Path(folder_paths.get_output_directory())
+
+    def temp_dir(self) -> Path:
+        return Path(folder_paths.get_temp_directory())
+
+    def progress(self, total: int, description: str) -> Progress:
+        bar = comfy_utils.ProgressBar(total)
+        return _ComfyProgress(bar)
+
+    def interrupt(self) -> None:
+        comfy_model_management.interrupt_current_processing(True)
+
+    def throw_if_interrupted(self) -> None:
+        comfy_model_management.throw_exception_if_processing_interrupted()
+
+    def device(self) -> torch.device:
+        return comfy_model_management.get_torch_device()
+
+    def offload_device(self) -> torch.device:
+        return comfy_model_management.unet_offload_device()
+
+    def free_memory(self, device: torch.device) -> int:
+        return int(comfy_model_management.get_free_memory(device))
+
+    def make_room(self, device: torch.device, nbytes: int) -> None:
+        """Let ComfyUI unload its own models until `nbytes` are free on `device`."""
+        comfy_model_management.free_memory(nbytes, device)
+
+
+class _ComfyProgress:
+    def __init__(self, bar):
+        self.bar = bar
+
+    def update(self, value: int, total: int) -> None:
+        self.bar.update_absolute(value, total)
+
+
+_host: StandaloneHost | ComfyHost = ComfyHost() if folder_paths is not None else StandaloneHost()
+
+
+def use(host: StandaloneHost | ComfyHost) -> StandaloneHost | ComfyHost:
+    """Make `host` the one nodes talk to; returns the previous one (tests restore it)."""
+    global _host
+    previous, _host = _host, host
+    return previous
+
+
+def current() -> StandaloneHost | ComfyHost:
+    return _host
+
+
+def in_comfyui() -> bool:
+    return isinstance(_host, ComfyHost)
+
+
+def model_names(folder: str) -> list[str]:
+    """Model files in a ComfyUI model folder, as COMBO choices (paths relative to the folder, '/'-separated)."""
+    return [name for name in _host.filenames(folder) if name.lower().endswith(MODEL_EXTENSIONS)]
+
+
+def model_path(folder: str, name: str) -> Path:
+    """The file behind a COMBO choice; a missing one names the folders searched."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise CheckpointError(f"model name '{name}' must be a file inside the {folder} folder, not a path: pick one from the list.")
+    for root in _host.folders(folder):
+        if (root / relative).is_file():
+            return root / relative
+    searched = ", ".join(str(root) for root in _host.folders(folder)) or "no folder"
+    raise CheckpointError(f"'{name}' is not in the {folder} folder ({searched}): put the file there or pick another.")
+
+
+def storymem_names() -> list[str]:
+    """Every file under the storymem folders, relative and '/'-separated."""
+    return _host.filenames(STORYMEM_FOLDER)
+
+
+def storymem_path(relative: str) -> Path:
+    """An existing file or folder under one of the storymem folders."""
+    for root in _host.folders(STORYMEM_FOLDER):
+        if (root / relative).exists():
+            return root / relative
+    searched = ", ".join(str(root) for root in _host.folders(STORYMEM_FOLDER))
+    raise CheckpointError(f"'{relative}' is not in the storymem folders ({searched}): save it there first or pick another.")
+
+
+def save_dir() -> Path:
+    """Where nodes write banks: the output folder's storymem subfolder."""
+    return _host.output_dir() / STORYMEM_FOLDER
+
+
+def output_dir() -> Path:
+    return _host.output_dir()
+
+
+def temp_dir() -> Path:
+    return _host.temp_dir()
+
+
+def device() -> torch.device:
+    return _host.device()
+
+
+def offload_device() -> torch.device:
+    return _host.offload_device()
+
+
+def free_memory(on: torch.device) -> int:
+    return _host.free_memory(on)
+
+
+def make_room(on: torch.device, nbytes: int) -> None:
+    _host.make_room(on, nbytes)
+
+
+def throw_if_interrupted() -> None:
+    _host.throw_if_interrupted()
+
+
+def interrupted_error() -> type[BaseException]:
+    """The exception the host raises when the user stops generation."""
+    return _host.interrupted_error
+
+
+def step_reporter(total: int, description: str) -> Callable[[int, int], None]:
+    """An `on_step(step, steps)` for the engine: advances the host's progress bar and stops on Cancel.
+
+    Progress is counted over `total` units; each call reports `step` of `steps` within the current unit,
+    so a loop over shots can call `advance()` between them (see `ProgressSteps`).
+    """
+    return ProgressSteps(total, description)
+
+
+class ProgressSteps:
+    """Sampling steps of one or more shots on one progress bar; interruption is checked at every step."""
+
+    def __init__(self, total: int, description: str):
+        self.total = max(1, total)
+        self.done = 0
+        self.bar = _host.progress(self.total, description)
+
+    def __call__(self, step: int, steps: int) -> None:
+        throw_if_interrupted()
+        self.bar.update(min(self.done + step, self.total), self.total)
+        if step == steps:
+            self.done += steps

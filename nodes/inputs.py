@@ -1,0 +1,60 @@
+"""Input declarations several nodes share (ComfyUI V1 `INPUT_TYPES` entries), each with its tooltip."""
+
+from __future__ import annotations
+
+from storymem_core.solvers import SOLVERS
+
+from . import host
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+TAIL_FRAMES = 5  # the last frames a shot hands on: MI2V uses the last one, MM2V all five
+
+
+def model_file(folder: str, tooltip: str) -> tuple:
+    """A COMBO of the files in a ComfyUI model folder."""
+    return (host.model_names(folder), {"tooltip": f"{tooltip} (files in models/{folder})."})
+
+
+def seed(tooltip: str = "Noise seed of this shot; change it to re-roll the shot with the same memory.") -> tuple:
+    return ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": tooltip})
+
+
+def steps(default: int = 40) -> tuple:
+    return ("INT", {"default": default, "min": 1, "max": 200, "tooltip": "Sampling steps (40 in Wan2.2 and StoryMem)."})
+
+
+def shift(default: float) -> tuple:
+    return ("FLOAT", {"default": default, "min": 0.1, "max": 100.0, "step": 0.1, "tooltip": f"Flow-matching schedule shift ({default:g} by default for this mode)."})
+
+
+def solver() -> tuple:
+    return (list(SOLVERS), {"default": "unipc", "tooltip": "Flow-matching solver (unipc as in Wan2.2)."})
+
+
+def size(axis: str, default: int) -> tuple:
+    return ("INT", {"default": default, "min": 16, "max": 4096, "step": 16,
+                    "tooltip": f"Video {axis} in pixels, a multiple of 16 (width x height is the pixel budget of memory-conditioned shots)."})
+
+
+def frames() -> tuple:
+    return ("INT", {"default": 81, "min": 5, "max": 1001, "step": 4, "tooltip": "Frames per shot, of the form 4n+1 (81 = 5 s at 16 fps)."})
+
+
+def prompt(tooltip: str = "What the shot shows (one shot prompt of the story).") -> tuple:
+    return ("STRING", {"multiline": True, "default": "", "tooltip": tooltip})
+
+
+def negative_prompt() -> tuple:
+    return ("STRING", {"multiline": True, "default": "", "tooltip": "What to avoid; empty uses Wan2.2's standard negative prompt."})
+
+
+def shot_number() -> tuple:
+    return ("INT", {"forceInput": True, "min": 1, "tooltip": "1-based number of the shot in the story (from Story Shot); labels its keyframes. "
+                                                            "Unconnected: one after the newest shot in the memory."})
+
+
+def memory_size() -> dict:
+    return {
+        "max_size": ("INT", {"default": 10, "min": 1, "max": 64, "tooltip": "Most keyframes the memory keeps (10 in StoryMem)."}),
+        "fixed": ("INT", {"default": 3, "min": 0, "max": 64, "tooltip": "The first keyframes that are never dropped (3 in StoryMem)."}),
+    }

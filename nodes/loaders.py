@@ -1,0 +1,212 @@
+"""Loader nodes: Wan2.2 expert pair, StoryMem and other LoRAs, umT5, VAE, keyframe encoder.
+
+Files come from ComfyUI's model folders; the model size is read from each file (nodes/model_files.py).
+Weights are loaded onto the offload device (CPU); shots move what they need to the GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from storymem_core.errors import CheckpointError
+from storymem_core.keyframes import AestheticHead
+from storymem_core.lora import apply_loras, load_lora
+from storymem_core.offload import BlockSwapDiT, choose_offload
+
+from . import host
+from .inputs import model_file
+from .model_files import load_dit, load_keyframe_encoder, load_text_encoder, load_vae
+from .types import KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, LoraSpec, TextModel, WanExperts
+
+CATEGORY = "StoryMem/loaders"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+OFFLOAD_MODES = ("auto", "none", "experts", "blocks")
+# tokens of an 832x480, 81-frame shot with 10 memory frames: what "auto" offload plans for
+PLANNED_TOKENS = (21 + 10) * 30 * 52
+NO_AESTHETIC_HEAD = "none"
+
+
+def _auto_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _placement(expert: torch.nn.Module, offload: str, device: torch.device) -> str:
+    if device.type != "cuda":
+        return "none"
+    if offload != "auto":
+        return offload
+    return choose_offload(expert, host.free_memory(device), PLANNED_TOKENS)
+
+
+class LoadWanExperts:
+    DESCRIPTION = "Loads the Wan2.2 A14B high-noise and low-noise experts: I2V experts (+ the StoryMem LoRA) for memory shots, T2V experts for a text-only first shot."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "high_noise_model": model_file("diffusion_models", "High-noise expert, e.g. wan2.2_i2v_high_noise_14B_fp8_scaled"),
+            "low_noise_model": model_file("diffusion_models", "Low-noise expert of the same pair, e.g. wan2.2_i2v_low_noise_14B_fp8_scaled"),
+            "weight_dtype": (["auto", "fp8", *DTYPES], {"default": "auto", "tooltip": "auto: fp8 files stay fp8 on a GPU, others run in bf16 (fp32 on CPU)."}),
+            "offload": (list(OFFLOAD_MODES), {"default": "auto", "tooltip": "GPU memory plan: none (both experts resident), experts (one at a time), "
+                                                                            "blocks (stream blocks from RAM, for small GPUs), auto (pick from free memory)."}),
+        }}
+
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The expert pair, to a LoRA loader or a shot node.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, high_noise_model: str, low_noise_model: str, weight_dtype: str, offload: str):
+        device = host.device()
+        dtype = DTYPES.get(weight_dtype, _auto_dtype(device))
+        keep_fp8 = {"fp8": True, "auto": None if device.type == "cuda" else False}.get(weight_dtype, False)
+        high, low = (load_dit(host.model_path("diffusion_models", name), dtype, keep_fp8) for name in (high_noise_model, low_noise_model))
+        if high.config.model_type != low.config.model_type:
+            raise CheckpointError(
+                f"{high_noise_model} is a {high.config.model_type.upper()} expert but {low_noise_model} is {low.config.model_type.upper()}: load two experts of one pair."
+            )
+        placement = _placement(high, offload, device)
+        if placement == "blocks":
+            high, low = BlockSwapDiT(high), BlockSwapDiT(low)
+        name = f"{high_noise_model} + {low_noise_model}"
+        return (WanExperts(high, low, high.config.model_type, name, placement),)
+
+
+def _read_lora(name: str, strength: float, module: torch.nn.Module):
+    """Read a LoRA and check now, not at the first shot, that it fits the expert (hooked and removed at once)."""
+    weights = load_lora(host.model_path("loras", name), strength)
+    apply_loras(getattr(module, "dit", module), [weights], mode="hook").remove()
+    return weights
+
+
+class LoadStoryMemLora:
+    DESCRIPTION = "Adds the StoryMem M2V LoRA pair (backbone_high_noise / backbone_low_noise) to Wan2.2 I2V experts: what makes them memory-conditioned."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "Wan2.2 I2V-A14B experts."}),
+            "lora_high_noise": model_file("loras", "StoryMem LoRA for the high-noise expert, e.g. StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth"),
+            "lora_low_noise": model_file("loras", "StoryMem LoRA for the low-noise expert, e.g. StoryMem/Wan2.2-MI2V-A14B/backbone_low_noise.pth"),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05, "tooltip": "LoRA strength (1 as trained)."}),
+        }}
+
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The experts with the StoryMem LoRA applied while sampling.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, model: WanExperts, lora_high_noise: str, lora_low_noise: str, strength: float):
+        model.require("i2v", "The StoryMem LoRA")
+        weights = {"high": _read_lora(lora_high_noise, strength, model.high), "low": _read_lora(lora_low_noise, strength, model.low)}
+        return (model.with_lora(LoraSpec(f"{lora_high_noise} + {lora_low_noise}", strength, weights)),)
+
+
+class AddWanLora:
+    DESCRIPTION = "Adds any Wan2.2 LoRA (style, character, speed-up) to one or both experts; chain several."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "Wan2.2 experts (with or without other LoRAs)."}),
+            "lora": model_file("loras", "A LoRA made for Wan2.2 A14B"),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05, "tooltip": "LoRA strength."}),
+            "experts": (["both", "high", "low"], {"default": "both", "tooltip": "Which expert(s) take this LoRA."}),
+        }}
+
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The experts with this LoRA added.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, model: WanExperts, lora: str, strength: float, experts: str):
+        targets = ("high", "low") if experts == "both" else (experts,)
+        weights = {expert: _read_lora(lora, strength, getattr(model, expert)) for expert in targets}
+        return (model.with_lora(LoraSpec(lora, strength, weights)),)
+
+
+class LoadTextEncoder:
+    DESCRIPTION = "Loads the umT5-xxl text encoder Wan2.2 uses; ComfyUI's files carry their tokenizer, otherwise spiece.model must sit beside the file."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder": model_file("text_encoders", "umT5-xxl, e.g. umt5_xxl_fp8_e4m3fn_scaled or umt5_xxl_fp16"),
+            "weight_dtype": (["auto", *DTYPES], {"default": "auto", "tooltip": "auto: bf16 on a GPU, fp32 on CPU."}),
+        }}
+
+    RETURN_TYPES = (TEXT_ENCODER,)
+    RETURN_NAMES = ("text_encoder",)
+    OUTPUT_TOOLTIPS = ("Turns shot prompts into the experts' text context.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, text_encoder: str, weight_dtype: str):
+        dtype = DTYPES.get(weight_dtype, _auto_dtype(host.device()))
+        encoder = load_text_encoder(host.model_path("text_encoders", text_encoder), dtype)
+        return (TextModel(encoder, text_encoder),)
+
+
+class LoadVAE:
+    DESCRIPTION = "Loads the Wan2.1 VAE (the one the Wan2.2 A14B experts use)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": model_file("vae", "The Wan2.1 VAE, e.g. wan_2.1_vae"),
+            "weight_dtype": (["fp32", "bf16"], {"default": "fp32", "tooltip": "fp32 as in Wan2.2; bf16 halves its memory."}),
+        }}
+
+    RETURN_TYPES = (VAE,)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("Encodes memory keyframes and decodes shots.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, vae: str, weight_dtype: str):
+        return (load_vae(host.model_path("vae", vae), DTYPES[weight_dtype]),)
+
+
+class LoadKeyframeEncoder:
+    DESCRIPTION = "Loads the CLIP image encoder that picks each shot's keyframes (OpenAI ViT-B/32 in open_clip format), and optionally an aesthetic head as quality filter."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip_model": model_file("clip_vision", "open_clip CLIP weights, e.g. open_clip_model.safetensors of timm/vit_base_patch32_clip_224.openai"),
+            "open_clip_name": ("STRING", {"default": "ViT-B-32-quickgelu", "tooltip": "open_clip model name the weights belong to."}),
+            "aesthetic_head": ([NO_AESTHETIC_HEAD, *host.model_names("clip_vision")], {
+                "default": NO_AESTHETIC_HEAD, "tooltip": "Optional LAION aesthetic head (e.g. sa_0_4_vit_b_32_linear.pth): frames scoring low are not kept; none turns the filter off."}),
+        }}
+
+    RETURN_TYPES = (KEYFRAME_ENCODER,)
+    RETURN_NAMES = ("keyframe_encoder",)
+    OUTPUT_TOOLTIPS = ("Chooses the keyframes each shot adds to the memory.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, clip_model: str, open_clip_name: str, aesthetic_head: str):
+        encoder = load_keyframe_encoder(host.model_path("clip_vision", clip_model), open_clip_name, host.device())
+        scorer = None if aesthetic_head == NO_AESTHETIC_HEAD else AestheticHead.from_file(host.model_path("clip_vision", aesthetic_head))
+        return (KeyframeModel(encoder, clip_model, scorer),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "StoryMemLoadExperts": LoadWanExperts,
+    "StoryMemLoadLora": LoadStoryMemLora,
+    "StoryMemAddLora": AddWanLora,
+    "StoryMemLoadTextEncoder": LoadTextEncoder,
+    "StoryMemLoadVAE": LoadVAE,
+    "StoryMemLoadKeyframeEncoder": LoadKeyframeEncoder,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "StoryMemLoadExperts": "Load Wan2.2 Experts",
+    "StoryMemLoadLora": "Load StoryMem LoRA",
+    "StoryMemAddLora": "Add Wan LoRA",
+    "StoryMemLoadTextEncoder": "Load umT5 Text Encoder",
+    "StoryMemLoadVAE": "Load Wan VAE",
+    "StoryMemLoadKeyframeEncoder": "Load Keyframe Encoder",
+}

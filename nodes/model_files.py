@@ -1,0 +1,168 @@
+"""Model files -> ready modules, with the model size read from the file.
+
+Real files give their sizes through tensor shapes (Wan's head width is 128 in every released model,
+which fixes the head count). A file may also carry its config as JSON in the safetensors metadata key
+`storymem_config`, which wins: tiny test models use it, and so can any non-standard size.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from storymem_core.checkpoints import KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, load_model
+from storymem_core.errors import CheckpointError
+from storymem_core.keyframes import OpenClipEncoder
+from storymem_core.wan.dit import DiTConfig, WanDiT
+from storymem_core.wan.t5 import T5Config, UMT5Encoder
+from storymem_core.wan.text_encoder import TextEncoder
+from storymem_core.wan.tokenizer import UMT5Tokenizer
+from storymem_core.wan.vae import VAEConfig, WanVAE
+
+CONFIG_KEY = "storymem_config"
+WAN_HEAD_DIM = 128
+DIT_KINDS = ("wan22-t2v-dit", "wan22-i2v-dit")
+
+
+def stored_config(path: str | Path) -> dict | None:
+    """The JSON config in a safetensors file's metadata, or None (no key, or a .pth file)."""
+    path = Path(path)
+    if not path.name.lower().endswith(SAFETENSORS_SUFFIXES):
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is not a complete safetensors file ({error}); download it again.") from None
+    if CONFIG_KEY not in metadata:
+        return None
+    try:
+        return json.loads(metadata[CONFIG_KEY])
+    except ValueError:
+        raise CheckpointError(f"{path} has an unreadable '{CONFIG_KEY}' metadata entry: rewrite the file with valid JSON there.") from None
+
+
+def _opened(path: Path, kinds: tuple[str, ...], expected: str) -> Checkpoint:
+    checkpoint = Checkpoint(path)
+    if checkpoint.info.kind not in kinds:
+        raise CheckpointError(f"{path.name} is {KIND_NAMES[checkpoint.info.kind]}, not {expected}: pick the right file in this loader.")
+    checkpoint.raise_problems()
+    return checkpoint
+
+
+def dit_config(path: str | Path) -> tuple[DiTConfig, Checkpoint]:
+    """A Wan2.2 expert's config from its metadata or, failing that, its tensor shapes."""
+    path = Path(path)
+    checkpoint = _opened(path, DIT_KINDS, "a Wan2.2 A14B DiT expert (wan2.2_t2v_* / wan2.2_i2v_*)")
+    stored = stored_config(path)
+    if stored is not None:
+        return DiTConfig.from_dict(stored), checkpoint
+    shapes = checkpoint.shapes()
+    dim, in_dim, *patch = shapes["patch_embedding.weight"]
+    if dim % WAN_HEAD_DIM:
+        raise CheckpointError(
+            f"{path.name} has width {dim}, which is not a whole number of {WAN_HEAD_DIM}-wide heads: store its config "
+            f"under the safetensors metadata key '{CONFIG_KEY}'."
+        )
+    layers = len({name.split(".")[1] for name in shapes if name.startswith("blocks.")})
+    return DiTConfig(
+        model_type="i2v" if in_dim == 36 else "t2v",
+        patch_size=tuple(patch),
+        in_dim=in_dim,
+        dim=dim,
+        ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
+        freq_dim=shapes["time_embedding.0.weight"][1],
+        text_dim=shapes["text_embedding.0.weight"][1],
+        out_dim=shapes["head.head.weight"][0] // (patch[0] * patch[1] * patch[2]),
+        num_heads=dim // WAN_HEAD_DIM,
+        num_layers=layers,
+        qk_norm="blocks.0.self_attn.norm_q.weight" in shapes,
+        cross_attn_norm="blocks.0.norm3.weight" in shapes,
+    ), checkpoint
+
+
+def load_dit(path: str | Path, dtype: torch.dtype, keep_fp8: bool | None = False) -> WanDiT:
+    """Build the expert at the file's size on the meta device and take the file's tensors (no second copy).
+
+    `keep_fp8`: fp8 layers stay fp8 (True), are dequantised to `dtype` (False), or stay fp8 when the file has them (None).
+    """
+    config, checkpoint = dit_config(path)
+    if keep_fp8 is None:
+        keep_fp8 = checkpoint.info.fp8 is not None
+    elif keep_fp8 and checkpoint.info.fp8 is None:
+        raise CheckpointError(f"{Path(path).name} holds no fp8 weights to keep: choose bf16 (or auto) as the weight dtype.")
+    with torch.device("meta"):
+        dit = WanDiT(config)
+    load_model(dit, path, keep_fp8=keep_fp8)
+    return dit.cast_weights(torch.bfloat16 if keep_fp8 else dtype).eval().requires_grad_(False)
+
+
+def _t5_config(path: Path, checkpoint: Checkpoint) -> T5Config:
+    stored = stored_config(path)
+    if stored is not None:
+        return T5Config.from_dict(stored)
+    shapes = checkpoint.shapes()
+    vocab, dim = shapes["token_embedding.weight"]
+    buckets, heads = shapes["blocks.0.pos_embedding.embedding.weight"]
+    return T5Config(
+        vocab=vocab,
+        dim=dim,
+        dim_attn=shapes["blocks.0.attn.q.weight"][0],
+        dim_ffn=shapes["blocks.0.ffn.fc1.weight"][0],
+        num_heads=heads,
+        num_layers=len({name.split(".")[1] for name in shapes if name.startswith("blocks.")}),
+        num_buckets=buckets,
+    )
+
+
+def load_text_encoder(path: str | Path, dtype: torch.dtype) -> TextEncoder:
+    """umT5 + its tokenizer: the one inside the file (ComfyUI files) or a spiece.model beside it."""
+    path = Path(path)
+    checkpoint = _opened(path, ("umt5",), "a umT5-xxl text encoder (umt5_xxl_*)")
+    embedded = checkpoint.embedded_tokenizer()
+    tokenizer = UMT5Tokenizer.from_bytes(embedded, f"the tokenizer inside {path.name}") if embedded is not None else UMT5Tokenizer.from_path(path.parent)
+    with torch.device("meta"):
+        encoder = UMT5Encoder(_t5_config(path, checkpoint))
+    load_model(encoder, path)
+    return TextEncoder(tokenizer, encoder.to(dtype).eval().requires_grad_(False))
+
+
+def load_vae(path: str | Path, dtype: torch.dtype) -> WanVAE:
+    """The Wan2.1 VAE (its width read from the file, the rest as Wan2.1 unless the file stores a config)."""
+    path = Path(path)
+    checkpoint = _opened(path, ("wan21-vae",), "a Wan2.1 VAE (wan_2.1_vae)")
+    stored = stored_config(path)
+    config = VAEConfig.from_dict(stored) if stored is not None else VAEConfig(dim=checkpoint.shapes()["encoder.conv1.weight"][0])
+    with torch.device("meta"):
+        vae = WanVAE(config)
+    load_model(vae, path)
+    return vae.to(dtype).eval().requires_grad_(False)
+
+
+_registered_clip_configs: dict[str, str] = {}
+
+
+def load_keyframe_encoder(path: str | Path, model_name: str, device: torch.device) -> OpenClipEncoder:
+    """An open_clip vision tower; a file storing an open_clip config (tiny test models) is built from that config."""
+    stored = stored_config(path)
+    if stored is not None:
+        model_name = _register_clip_config(stored)
+    return OpenClipEncoder.from_file(path, model_name=model_name, device=device)
+
+
+def _register_clip_config(config: dict) -> str:
+    """open_clip builds models by registered config name: register a stored config once, under a name of its content."""
+    import open_clip
+
+    text = json.dumps(config, sort_keys=True)
+    if text not in _registered_clip_configs:
+        name = f"storymem-stored-{len(_registered_clip_configs)}"
+        config_file = Path(tempfile.mkdtemp(prefix="storymem-clip-")) / f"{name}.json"
+        config_file.write_text(text)
+        open_clip.add_model_config(config_file)
+        _registered_clip_configs[text] = name
+    return _registered_clip_configs[text]

@@ -1,0 +1,188 @@
+"""Shot nodes: the story's first shot from text (T2V) and memory-conditioned shots (M2V / MI2V / MM2V).
+
+Each returns the shot's frames, the bank after it (its keyframes added) and its last frames for the
+next shot. Re-rolling a shot (new seed) re-runs only that node and those after it: the bank it
+receives is the cached output of the shot before, unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from storymem_core.errors import ConditioningError, StoryMemError
+from storymem_core.memory import MemoryBank
+from storymem_core.pipeline import StoryOptions
+from storymem_core.sampling import SamplerSettings
+from storymem_core.shot import DEFAULT_NEGATIVE_PROMPT, T2V_SETTINGS, generate_memory_shot, generate_text_shot
+from storymem_core.video import frames_to_image_batch, image_batch_to_frames, trim_conditioning_frames, video_to_frames
+
+from . import host
+from . import inputs
+from .memory_nodes import add_shot_keyframes, with_bank_ui
+from .types import BANK, KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts
+
+CATEGORY = "StoryMem/shots"
+MODES = ("auto-mi2v", "auto-mm2v", "m2v", "mi2v", "mm2v")
+M2V = StoryOptions().m2v
+OUTPUTS = (
+    ("IMAGE", BANK, "IMAGE"),
+    ("frames", "memory", "last_frames"),
+    ("The shot's frames (frames given by MI2V / MM2V removed).", "The memory bank with this shot's keyframes added.",
+     f"The shot's last {inputs.TAIL_FRAMES} frames: connect to the next shot's previous_frames."),
+)
+
+
+def resolve_mode(mode: str, cut: bool, has_previous: bool) -> str:
+    """auto: M2V after a cut, else continue the previous shot (MI2V or MM2V as the mode names)."""
+    if mode.startswith("auto"):
+        if cut:
+            return "m2v"
+        mode = mode.removeprefix("auto-")
+        if not has_previous:
+            raise ConditioningError(
+                "cut is false (the shot continues the previous one) but previous_frames is not connected: "
+                "connect the previous shot's last_frames, or set cut to true."
+            )
+    elif mode != "m2v" and not has_previous:
+        raise ConditioningError(f"mode {mode.upper()} continues the previous shot: connect its last_frames to previous_frames, or use m2v.")
+    return mode
+
+
+def _common_inputs(model_tooltip: str) -> dict:
+    return {
+        "model": (MODEL, {"tooltip": model_tooltip}),
+        "text_encoder": (TEXT_ENCODER, {"tooltip": "From Load umT5 Text Encoder."}),
+        "vae": (VAE, {"tooltip": "From Load Wan VAE."}),
+        "keyframe_encoder": (KEYFRAME_ENCODER, {"tooltip": "From Load Keyframe Encoder: picks this shot's keyframes for the memory."}),
+        "memory": (BANK, {"tooltip": "The memory bank from the previous shot (or an empty / reference bank)."}),
+    }
+
+
+def _optional_inputs() -> dict:
+    return {"negative_prompt": inputs.negative_prompt(), "shot_number": inputs.shot_number()}
+
+
+def _contexts(text_encoder: TextModel, model: WanExperts, prompt: str, negative_prompt: str, device: torch.device):
+    if not prompt.strip():
+        raise StoryMemError("prompt is empty: describe the shot, or connect the prompt output of Story Shot.")
+    encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
+    context, context_null = encoder.encode([prompt, negative_prompt.strip() or DEFAULT_NEGATIVE_PROMPT], device)
+    return context, context_null
+
+
+def _check_size(width: int, height: int) -> None:
+    if width % 16 or height % 16:
+        raise ConditioningError(f"size {width}x{height} is not divisible by 16: use e.g. 832x480.")
+
+
+def _make_room(model: WanExperts, device: torch.device) -> None:
+    """Ask the host to unload its own models so the experts fit (block-swapped experts need little)."""
+    if device.type != "cuda" or model.offload == "blocks":
+        return
+    expert_bytes = sum(p.numel() * p.element_size() for p in model.high.parameters())
+    host.make_room(device, expert_bytes * (1 if model.offload == "experts" else 2))
+
+
+def _finish(frames: torch.Tensor, memory: MemoryBank, keyframe_encoder: KeyframeModel, shot_number: int | None) -> dict:
+    bank = add_shot_keyframes(frames, memory, keyframe_encoder, None if shot_number is None else shot_number - 1)
+    return with_bank_ui(bank, frames_to_image_batch(frames), bank, frames_to_image_batch(frames[-inputs.TAIL_FRAMES:]))
+
+
+class FirstShot:
+    DESCRIPTION = "The story's first shot from its prompt alone, with the Wan2.2 T2V experts; its keyframes start the memory."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                **_common_inputs("Wan2.2 T2V-A14B experts."),
+                "prompt": inputs.prompt(),
+                "seed": inputs.seed(),
+                "steps": inputs.steps(T2V_SETTINGS.steps),
+                "cfg_high": ("FLOAT", {"default": T2V_SETTINGS.guide_high, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Guidance of the high-noise expert."}),
+                "cfg_low": ("FLOAT", {"default": T2V_SETTINGS.guide_low, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Guidance of the low-noise expert."}),
+                "shift": inputs.shift(T2V_SETTINGS.shift),
+                "solver": inputs.solver(),
+                "width": inputs.size("width", 832),
+                "height": inputs.size("height", 480),
+                "frames": inputs.frames(),
+            },
+            "optional": _optional_inputs(),
+        }
+
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = OUTPUTS
+    FUNCTION = "generate"
+    CATEGORY = CATEGORY
+
+    def generate(self, model: WanExperts, text_encoder: TextModel, vae, keyframe_encoder: KeyframeModel, memory: MemoryBank,
+                 prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float, solver: str,
+                 width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None):
+        model.require("t2v", "First Shot")
+        _check_size(width, height)
+        device = host.device()
+        context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
+        settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
+        _make_room(model, device)
+        with model.sampling(device) as experts:
+            result = generate_text_shot(experts, vae.to(device), context, context_null, (width, height), frames, settings,
+                                        host.ProgressSteps(steps, "first shot"))
+        return _finish(video_to_frames(result.video), memory, keyframe_encoder, shot_number or 1)
+
+
+class MemoryShot:
+    DESCRIPTION = ("A shot conditioned on the memory bank (StoryMem M2V); without a cut it also continues the previous shot "
+                   "from its last frame (MI2V) or last 5 frames (MM2V).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                **_common_inputs("Wan2.2 I2V-A14B experts with the StoryMem LoRA."),
+                "prompt": inputs.prompt(),
+                "cut": ("BOOLEAN", {"default": True, "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous shot."}),
+                "mode": (list(MODES), {"default": "auto-mi2v", "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 frames), "
+                                                                           "matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
+                "seed": inputs.seed(),
+                "steps": inputs.steps(M2V.steps),
+                "cfg": ("FLOAT", {"default": M2V.guide_low, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Classifier-free guidance of both experts (3.5 in StoryMem)."}),
+                "shift": inputs.shift(M2V.shift),
+                "solver": inputs.solver(),
+                "width": inputs.size("width", 832),
+                "height": inputs.size("height", 480),
+                "frames": inputs.frames(),
+            },
+            "optional": {
+                "previous_frames": ("IMAGE", {"tooltip": "The previous shot's last_frames, for MI2V / MM2V continuation."}),
+                **_optional_inputs(),
+            },
+        }
+
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = OUTPUTS
+    FUNCTION = "generate"
+    CATEGORY = CATEGORY
+
+    def generate(self, model: WanExperts, text_encoder: TextModel, vae, keyframe_encoder: KeyframeModel, memory: MemoryBank,
+                 prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
+                 width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
+                 negative_prompt: str = "", shot_number: int | None = None):
+        model.require("i2v", "StoryMem Shot")
+        _check_size(width, height)
+        mode = resolve_mode(mode, cut, previous_frames is not None)
+        previous = None if mode == "m2v" else image_batch_to_frames(previous_frames)
+        device = host.device()
+        context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
+        settings = SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg, seed)
+        _make_room(model, device)
+        with model.sampling(device) as experts:
+            result = generate_memory_shot(
+                experts, vae.to(device), context, context_null, memory.image_list(), frames, width * height, settings,
+                first_frame=previous[-1] if mode == "mi2v" else None,
+                motion_frames=previous[-inputs.TAIL_FRAMES:] if mode == "mm2v" else None,
+                on_step=host.ProgressSteps(steps, f"StoryMem shot ({mode.upper()})"),
+            )
+        shot_frames = trim_conditioning_frames(video_to_frames(result.video), mode)
+        return _finish(shot_frames, memory, keyframe_encoder, shot_number)
+
+
+NODE_CLASS_MAPPINGS = {"StoryMemFirstShot": FirstShot, "StoryMemShot": MemoryShot}
+NODE_DISPLAY_NAME_MAPPINGS = {"StoryMemFirstShot": "First Shot (T2V)", "StoryMemShot": "StoryMem Shot"}

@@ -1,0 +1,118 @@
+"""The values that travel on StoryMem sockets, and their ComfyUI type names.
+
+ComfyUI caches every node output and re-runs only what changed, so a value handed downstream must
+never change afterwards: banks and stories are frozen engine values, and a model value is a frozen
+record of shared modules plus the LoRAs to apply while sampling. LoRAs are hooked in for one sampling
+call and removed after it, so the loaded weights are never edited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from typing import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from storymem_core.errors import StoryMemError
+from storymem_core.keyframes import AestheticScorer, ImageEncoder
+from storymem_core.lora import LoraWeights, apply_loras
+from storymem_core.sampling import ExpertPair
+from storymem_core.wan.dit import DiTConfig
+from storymem_core.wan.text_encoder import TextEncoder
+
+BANK = "STORYMEM_BANK"
+MODEL = "STORYMEM_MODEL"
+STORY = "STORYMEM_STORY"
+TEXT_ENCODER = "STORYMEM_TEXT_ENCODER"
+VAE = "STORYMEM_VAE"
+KEYFRAME_ENCODER = "STORYMEM_KEYFRAME_ENCODER"
+
+EXPERTS = ("high", "low")
+DIT_KINDS = {"wan22-t2v-dit": "t2v", "wan22-i2v-dit": "i2v"}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA file pair already read: weights per expert ("high" / "low"), strength baked into their scales."""
+
+    name: str
+    strength: float
+    weights: Mapping[str, LoraWeights]
+
+
+@dataclass(frozen=True, eq=False)
+class WanExperts:
+    """A Wan2.2 A14B expert pair as loaded: `kind` "t2v" (16 input channels) or "i2v" (36, StoryMem M2V).
+
+    `offload` "experts" keeps one expert on the device at a time; "blocks" experts are BlockSwapDiT
+    wrappers (their weights live in `.dit`).
+    """
+
+    high: nn.Module
+    low: nn.Module
+    kind: str
+    name: str
+    offload: str = "none"
+    loras: tuple[LoraSpec, ...] = ()
+
+    @property
+    def config(self) -> DiTConfig:
+        return self.high.config
+
+    def with_lora(self, lora: LoraSpec) -> WanExperts:
+        return replace(self, loras=self.loras + (lora,))
+
+    def require(self, kind: str, node: str) -> None:
+        if self.kind != kind:
+            wanted = {"t2v": "the Wan2.2 T2V-A14B experts (wan2.2_t2v_*)", "i2v": "the Wan2.2 I2V-A14B experts (wan2.2_i2v_*) with the StoryMem LoRA"}
+            raise StoryMemError(f"{node} needs {wanted[kind]}, but {self.name} are {self.kind.upper()} experts: load the other pair.")
+
+    @contextlib.contextmanager
+    def sampling(self, device: torch.device) -> Iterator[ExpertPair]:
+        """The pair with this value's LoRAs hooked in, for one sampling call; removed afterwards, even on error."""
+        applied = []
+        try:
+            for expert, module in zip(EXPERTS, (self.high, self.low)):
+                weights = [lora.weights[expert] for lora in self.loras if expert in lora.weights]
+                if weights:
+                    applied.append(apply_loras(getattr(module, "dit", module), weights, mode="hook"))
+            yield ExpertPair(self.high, self.low, device, offload=self.offload == "experts")
+        finally:
+            for lora in reversed(applied):
+                lora.remove()
+
+
+@dataclass(frozen=True, eq=False)
+class TextModel:
+    """umT5 encoder + tokenizer, parked on the offload device between shots."""
+
+    encoder: TextEncoder
+    name: str
+
+    def for_dit(self, text_len: int, park: torch.device) -> ParkedTextEncoder:
+        """An engine TextEncoder for experts reading `text_len` tokens, moved to the device only while encoding."""
+        return ParkedTextEncoder(TextEncoder(self.encoder.tokenizer, self.encoder.encoder, text_len), park)
+
+
+@dataclass(frozen=True)
+class ParkedTextEncoder:
+    encoder: TextEncoder
+    park: torch.device
+
+    def encode(self, prompts: list[str], device: torch.device | str) -> list[torch.Tensor]:
+        module = self.encoder.encoder.to(device)
+        try:
+            return self.encoder.encode(prompts, device)
+        finally:
+            module.to(self.park)
+
+
+@dataclass(frozen=True, eq=False)
+class KeyframeModel:
+    """The image encoder for keyframe selection, and the optional aesthetic scorer (quality filter)."""
+
+    encoder: ImageEncoder
+    name: str
+    scorer: AestheticScorer | None = None

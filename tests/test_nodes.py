@@ -1,0 +1,428 @@
+"""The node pack without ComfyUI: declarations, every node on tiny models through the standalone host,
+values never mutated, errors a user can act on."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import nodes
+from nodes import host
+from nodes.types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, WanExperts
+from storymem_core.errors import CheckpointError, ConditioningError, GenerationInterrupted, MemoryBankError, StoryMemError, StoryScriptError
+from storymem_core.memory import Keyframe, MemoryBank
+from storymem_core.story import Story
+from storymem_core.video import read_mp4
+from tests import tiny_models as tiny
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+CUSTOM_TYPES = (BANK, MODEL, STORY, TEXT_ENCODER, VAE, KEYFRAME_ENCODER)
+PRIMITIVE_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "IMAGE", "MASK")
+SHOT = dict(steps=2, width=32, height=32, frames=5, shift=4.0, solver="unipc")
+
+
+def node(name: str):
+    return nodes.NODE_CLASS_MAPPINGS[name]()
+
+
+def call(node_type: str, **kwargs):
+    """Run a node as ComfyUI does; returns (result tuple, ui dict)."""
+    instance = node(node_type)
+    returned = getattr(instance, instance.FUNCTION)(**kwargs)
+    if isinstance(returned, dict):
+        return tuple(returned["result"]), returned.get("ui", {})
+    return tuple(returned), {}
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    """Tiny models in a ComfyUI-style folder, the standalone host pointed at it, every model loaded by its node."""
+    root = tmp_path_factory.mktemp("storymem")
+    tiny.write_tiny_models(root / "models")
+    previous = host.use(host.StandaloneHost(root / "models", root / "output"))
+    try:
+        i2v = call("StoryMemLoadExperts", high_noise_model=tiny.I2V_HIGH, low_noise_model=tiny.I2V_LOW, weight_dtype="auto", offload="auto")[0][0]
+        m2v = call("StoryMemLoadLora", model=i2v, lora_high_noise=tiny.STORYMEM_LORA_HIGH, lora_low_noise=tiny.STORYMEM_LORA_LOW, strength=1.0)[0][0]
+        yield SimpleNamespace(
+            root=root,
+            i2v=i2v,
+            m2v=m2v,
+            t2v=call("StoryMemLoadExperts", high_noise_model=tiny.T2V_HIGH, low_noise_model=tiny.T2V_LOW, weight_dtype="fp32", offload="none")[0][0],
+            text=call("StoryMemLoadTextEncoder", text_encoder=tiny.TEXT_ENCODER, weight_dtype="auto")[0][0],
+            vae=call("StoryMemLoadVAE", vae=tiny.VAE_FILE, weight_dtype="fp32")[0][0],
+            keyframes=call("StoryMemLoadKeyframeEncoder", clip_model=tiny.CLIP_FILE, open_clip_name="unused", aesthetic_head="none")[0][0],
+        )
+    finally:
+        host.use(previous)
+
+
+def models(pack) -> dict:
+    return dict(text_encoder=pack.text, vae=pack.vae, keyframe_encoder=pack.keyframes)
+
+
+def image_batch(count: int = 3, size: tuple[int, int] = (32, 32), seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(count, size[0], size[1], 3, generator=generator)
+
+
+def reference_bank(count: int = 2) -> MemoryBank:
+    images = (image_batch(count, seed=5) * 255).round().to(torch.uint8)
+    return MemoryBank.from_images(list(images), max_size=4, fixed=1)
+
+
+def first_shot(pack, seed: int = 0):
+    empty = MemoryBank((), max_size=4, fixed=1)
+    return call("StoryMemFirstShot", model=pack.t2v, **models(pack), memory=empty, prompt="a fox runs through snow", seed=seed,
+                cfg_high=4.0, cfg_low=3.0, **SHOT)
+
+
+def memory_shot(pack, memory: MemoryBank, seed: int = 1, **overrides):
+    arguments = dict(model=pack.m2v, **models(pack), memory=memory, prompt="the fox reaches the lighthouse", cut=True,
+                     mode="auto-mi2v", seed=seed, cfg=3.5, **SHOT)
+    return call("StoryMemShot", **(arguments | overrides))
+
+
+# ------------------------------------------------------------------ declarations
+
+
+@pytest.mark.parametrize("name", sorted(nodes.NODE_CLASS_MAPPINGS))
+def test_node_declares_v1_contract_with_tooltips(name):
+    node_class = nodes.NODE_CLASS_MAPPINGS[name]
+    declared = node_class.INPUT_TYPES()
+    assert set(declared) <= {"required", "optional", "hidden"} and "required" in declared
+    for section in ("required", "optional"):
+        for input_name, spec in declared.get(section, {}).items():
+            kind, options = spec[0], spec[1]
+            assert isinstance(kind, list) or kind in CUSTOM_TYPES + PRIMITIVE_TYPES, (input_name, kind)
+            assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
+            if isinstance(kind, list) and "default" in options:
+                assert options["default"] in kind
+            if "default" in options and "min" in options:
+                assert options["min"] <= options["default"] <= options.get("max", options["default"])
+    assert all(t in CUSTOM_TYPES + PRIMITIVE_TYPES for t in node_class.RETURN_TYPES)
+    assert len(node_class.RETURN_NAMES) == len(node_class.RETURN_TYPES) == len(node_class.OUTPUT_TOOLTIPS)
+    assert callable(getattr(node_class, node_class.FUNCTION))
+    assert node_class.CATEGORY.startswith("StoryMem/") and node_class.DESCRIPTION
+    assert nodes.NODE_DISPLAY_NAME_MAPPINGS[name]
+
+
+def test_node_function_parameters_match_declared_inputs():
+    import inspect
+
+    for name, node_class in nodes.NODE_CLASS_MAPPINGS.items():
+        declared = node_class.INPUT_TYPES()
+        parameters = inspect.signature(getattr(node_class, node_class.FUNCTION)).parameters
+        accepts_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+        for input_name in [*declared["required"], *declared.get("optional", {})]:
+            assert input_name in parameters or accepts_any, f"{name} does not take {input_name}"
+        for input_name in declared.get("optional", {}):
+            assert input_name not in parameters or parameters[input_name].default is not inspect.Parameter.empty
+
+
+def test_pack_root_imports_as_comfyui_loads_it_without_comfyui():
+    script = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('ComfyUI-StoryMem', r'{PACK_ROOT / '__init__.py'}', "
+        f"submodule_search_locations=[r'{PACK_ROOT}'])\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module; spec.loader.exec_module(module)\n"
+        "print(len(module.NODE_CLASS_MAPPINGS), module.WEB_DIRECTORY)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(len(nodes.NODE_CLASS_MAPPINGS)), "./js"]
+
+
+def test_model_lists_come_from_the_models_folder(pack):
+    names = node("StoryMemLoadExperts").INPUT_TYPES()["required"]["high_noise_model"][0]
+    assert tiny.I2V_HIGH in names and tiny.T2V_LOW in names
+    loras = node("StoryMemLoadLora").INPUT_TYPES()["required"]["lora_high_noise"][0]
+    assert tiny.STORYMEM_LORA_HIGH in loras and tiny.EXTRA_LORA in loras
+
+
+# ------------------------------------------------------------------ loaders
+
+
+def test_loaders_read_the_kind_and_size_from_the_files(pack):
+    assert (pack.i2v.kind, pack.t2v.kind) == ("i2v", "t2v")
+    assert pack.i2v.config.dim == tiny.DIT["dim"] and pack.i2v.config.in_dim == 36
+    assert pack.text.encoder.encoder.config.dim == tiny.TEXT_DIM  # inferred from shapes: the file stores no config
+    assert len(pack.m2v.loras) == 1 and pack.i2v.loras == ()
+
+
+def test_loader_refuses_a_pair_of_two_kinds(pack):
+    with pytest.raises(CheckpointError, match="load two experts of one pair"):
+        call("StoryMemLoadExperts", high_noise_model=tiny.I2V_HIGH, low_noise_model=tiny.T2V_LOW, weight_dtype="fp32", offload="none")
+
+
+def test_loader_names_the_folder_of_a_missing_file(pack):
+    with pytest.raises(CheckpointError, match="diffusion_models folder"):
+        call("StoryMemLoadExperts", high_noise_model="missing.safetensors", low_noise_model=tiny.I2V_LOW, weight_dtype="fp32", offload="none")
+
+
+def test_loader_refuses_a_file_of_another_kind_or_outside_its_folder(pack):
+    with pytest.raises(CheckpointError, match="not a path"):
+        call("StoryMemLoadTextEncoder", text_encoder=f"../vae/{tiny.VAE_FILE}", weight_dtype="fp32")
+    (pack.root / "models" / "text_encoders" / "vae_copy.safetensors").write_bytes((pack.root / "models" / "vae" / tiny.VAE_FILE).read_bytes())
+    with pytest.raises(CheckpointError, match="not a umT5"):
+        call("StoryMemLoadTextEncoder", text_encoder="vae_copy.safetensors", weight_dtype="fp32")
+
+
+def test_storymem_lora_needs_i2v_experts(pack):
+    with pytest.raises(StoryMemError, match="I2V-A14B"):
+        call("StoryMemLoadLora", model=pack.t2v, lora_high_noise=tiny.STORYMEM_LORA_HIGH, lora_low_noise=tiny.STORYMEM_LORA_LOW, strength=1.0)
+
+
+def test_lora_acts_only_while_sampling_and_leaves_weights_untouched(pack):
+    before = {k: v.clone() for k, v in pack.m2v.high.state_dict().items()}
+    styled = call("StoryMemAddLora", model=pack.m2v, lora=tiny.EXTRA_LORA, strength=0.5, experts="high")[0][0]
+    assert len(styled.loras) == 2 and set(styled.loras[1].weights) == {"high"} and len(pack.m2v.loras) == 1
+    x, t, context = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 8, tiny.TEXT_DIM)
+    y = torch.randn(1, 20, 2, 4, 4)
+    with torch.no_grad():
+        plain = pack.m2v.high(x, t, context, y)
+        with styled.sampling(torch.device("cpu")) as experts:
+            hooked = experts.high(x, t, context, y)
+        after = pack.m2v.high(x, t, context, y)
+    assert not torch.allclose(plain, hooked) and torch.equal(plain, after)
+    assert all(torch.equal(before[k], v) for k, v in pack.m2v.high.state_dict().items())
+
+
+# ------------------------------------------------------------------ story
+
+
+def test_story_script_from_text_lists_its_shots(pack):
+    (story, count, overview), ui = call("StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])
+    assert isinstance(story, Story) and count == 3 and overview
+    assert [shot["cut"] for shot in ui["storymem_shots"]] == [True, True, False]
+    assert call("StoryMemStoryShot", story=story, shot_number=3)[0] == (story.shots[2].prompt, False, 3)
+
+
+def test_story_script_from_a_storymem_file(pack):
+    folder = pack.root / "models" / "storymem" / "stories"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "boat.json").write_text((PACK_ROOT / "examples" / "stories" / "paper_boat.json").read_text())
+    choices = node("StoryMemStoryScript").INPUT_TYPES()["required"]["script_file"][0]
+    assert "stories/boat.json" in choices
+    (story, count, _), _ = call("StoryMemStoryScript", script_file="stories/boat.json", script="")
+    assert story.name == "The Paper Boat" and count == 5
+    assert node("StoryMemStoryScript").IS_CHANGED(script_file="stories/boat.json", script="")
+
+
+def test_story_script_errors_name_the_problem(pack):
+    with pytest.raises(StoryScriptError, match="not valid JSON at line 1"):
+        call("StoryMemStoryScript", script_file="(script text below)", script="{oops")
+    story = call("StoryMemStoryScript", script_file="(script text below)", script=json.dumps(
+        {"story_overview": "o", "scenes": [{"scene_num": 1, "video_prompts": ["p"], "cut": [True]}]}))[0][0]
+    with pytest.raises(StoryScriptError, match="has shots 1 to 1"):
+        call("StoryMemStoryShot", story=story, shot_number=2)
+
+
+# ------------------------------------------------------------------ memory
+
+
+def test_bank_from_images_fits_references_to_the_shot_size_and_appends(pack):
+    (first,), ui = call("StoryMemBankFromImages", images=image_batch(2, (40, 24)), width=32, height=48, max_size=5, fixed=2)
+    assert [tuple(image.shape) for image in first.image_list()] == [(48, 32, 3)] * 2
+    assert {k.source for k in first.keyframes} == {"reference"} and len(ui["storymem_bank"]) == 2
+    (more,), _ = call("StoryMemBankFromImages", images=image_batch(1, (16, 16)), width=32, height=48, max_size=5, fixed=2, memory=first)
+    assert len(more) == 3 and len(first) == 2
+
+
+def test_bank_thumbnails_are_written_to_the_temp_folder(pack):
+    _, ui = call("StoryMemBankFromImages", images=image_batch(2), width=32, height=32, max_size=5, fixed=1)
+    entry = ui["storymem_bank"][0]
+    assert (host.temp_dir() / entry["subfolder"] / entry["filename"]).is_file()
+    assert entry["fixed"] and not ui["storymem_bank"][1]["fixed"]
+    assert ui["storymem_bank_limits"] == [{"size": 2, "max_size": 5, "fixed": 1}]
+
+
+def test_bank_save_then_load_by_name(pack):
+    bank = reference_bank().pin(1)
+    call("StoryMemSaveBank", memory=bank, name="banks/roundtrip")
+    assert "banks/roundtrip" in node("StoryMemLoadBank").INPUT_TYPES()["required"]["bank"][0]
+    (loaded,), _ = call("StoryMemLoadBank", bank="banks/roundtrip")
+    assert [k.pinned for k in loaded.keyframes] == [False, True]
+    assert all(torch.equal(a, b) for a, b in zip(loaded.image_list(), bank.image_list()))
+    with pytest.raises(MemoryBankError, match="relative folder name"):
+        call("StoryMemSaveBank", memory=bank, name="../outside")
+
+
+def test_bank_edit_pins_and_removes(pack):
+    bank = reference_bank(3)
+    (pinned,), ui = call("StoryMemEditBank", memory=bank, action="pin", index=-1)
+    assert pinned.keyframes[2].pinned and ui["storymem_bank"][2]["pinned"]
+    (removed,), _ = call("StoryMemEditBank", memory=bank, action="remove", index=0)
+    assert len(removed) == 2 and len(bank) == 3
+    with pytest.raises(MemoryBankError, match="does not exist"):
+        call("StoryMemEditBank", memory=bank, action="remove", index=7)
+
+
+def test_bank_preview_gives_images_and_a_contact_sheet(pack):
+    (keyframes, sheet), _ = call("StoryMemPreviewBank", memory=reference_bank(3))
+    assert keyframes.shape == (3, 32, 32, 3) and sheet.dim() == 4 and sheet.shape[0] == 1
+    (empty_keyframes, _), _ = call("StoryMemPreviewBank", memory=MemoryBank())
+    assert empty_keyframes.shape[0] == 1
+
+
+def test_select_keyframes_adds_labelled_keyframes(pack):
+    bank = MemoryBank(max_size=6, fixed=1)
+    (after,), _ = call("StoryMemSelectKeyframes", frames=image_batch(5, seed=3), memory=bank, keyframe_encoder=pack.keyframes, shot_number=4)
+    assert 1 <= len(after) <= 3 and {k.shot for k in after.keyframes} == {3} and len(bank) == 0
+
+
+# ------------------------------------------------------------------ shots
+
+
+def test_first_shot_starts_the_memory(pack):
+    (frames, bank, last), ui = first_shot(pack)
+    assert frames.shape == (5, 32, 32, 3) and frames.dtype == torch.float32 and 0 <= frames.min() and frames.max() <= 1
+    assert 1 <= len(bank) <= 3 and {k.shot for k in bank.keyframes} == {0}
+    assert torch.equal(last, frames[-5:]) and len(ui["storymem_bank"]) == len(bank)
+
+
+def test_memory_shot_modes_trim_the_given_frames(pack):
+    (frames, bank, last), _ = first_shot(pack)
+    (m2v_frames, m2v_bank, _), _ = memory_shot(pack, bank)
+    assert m2v_frames.shape == (5, 32, 32, 3) and len(m2v_bank) >= len(bank)
+    assert all(k.shot == 1 for k in m2v_bank.keyframes[len(bank):])
+    (mi2v_frames, _, _), _ = memory_shot(pack, bank, cut=False, previous_frames=last)
+    assert mi2v_frames.shape[0] == 4  # the given first frame is not shown twice
+    (mm2v_frames, _, _), _ = memory_shot(pack, bank, mode="auto-mm2v", cut=False, previous_frames=last, frames=9)
+    assert mm2v_frames.shape[0] == 4
+    (forced, _, _), _ = memory_shot(pack, bank, mode="m2v", cut=False, previous_frames=last)
+    assert forced.shape[0] == 5
+
+
+def test_memory_shot_from_references_is_mr2v(pack):
+    (frames, bank, _), _ = memory_shot(pack, reference_bank(), shot_number=1)
+    assert frames.shape == (5, 32, 32, 3) and bank.keyframes[0].source == "reference"
+    assert all(k.shot == 0 for k in bank.keyframes if k.source == "generated")
+
+
+def test_memory_shot_errors_tell_what_to_connect(pack):
+    with pytest.raises(ConditioningError, match="previous_frames is not connected"):
+        memory_shot(pack, reference_bank(), cut=False)
+    with pytest.raises(ConditioningError, match="connect its last_frames"):
+        memory_shot(pack, reference_bank(), mode="mm2v")
+    with pytest.raises(ConditioningError, match="memory bank is empty"):
+        memory_shot(pack, MemoryBank())
+    with pytest.raises(StoryMemError, match="T2V-A14B"):
+        first_shot(SimpleNamespace(**{**vars(pack), "t2v": pack.m2v}))
+    with pytest.raises(StoryMemError, match="prompt is empty"):
+        memory_shot(pack, reference_bank(), prompt="  ")
+    with pytest.raises(ConditioningError, match="4n\\+1"):
+        memory_shot(pack, reference_bank(), frames=6)
+
+
+def test_reroll_gets_the_same_bank_and_gives_another_shot(pack):
+    bank = reference_bank()
+    snapshot = [k.image for k in bank.keyframes]
+    (first, _, _), _ = memory_shot(pack, bank, seed=1)
+    (again, _, _), _ = memory_shot(pack, bank, seed=1)
+    (rerolled, _, _), _ = memory_shot(pack, bank, seed=2)
+    assert torch.equal(first, again) and not torch.equal(first, rerolled)
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, bank.image_list()))
+
+
+def test_interrupted_shot_raises_and_keeps_the_bank(pack):
+    bank = reference_bank()
+    host.current().interrupt()
+    with pytest.raises(GenerationInterrupted):
+        memory_shot(pack, bank)
+    assert len(bank) == 2
+    assert not any(module._forward_hooks for module in pack.m2v.high.modules())  # the LoRA came off
+    memory_shot(pack, bank)  # the interrupt was consumed
+
+
+# ------------------------------------------------------------------ output and runner
+
+
+def test_combine_shots_concatenates_and_writes_an_mp4(pack):
+    shots = [image_batch(3, seed=i) for i in range(3)]
+    (film, path), ui = call("StoryMemCombineShots", shot_1=shots[0], shot_3=shots[2], shot_2=shots[1], fps=8, save_video=True, filename_prefix="tests/film")
+    assert torch.equal(film, torch.cat(shots)) and Path(path).name == "film_00001.mp4"
+    assert read_mp4(path).shape == (9, 32, 32, 3) and ui["images"][0]["subfolder"] == "tests"
+    (_, second), _ = call("StoryMemCombineShots", shot_1=shots[0], fps=8, save_video=True, filename_prefix="tests/film")
+    assert Path(second).name == "film_00002.mp4"
+    with pytest.raises(ConditioningError, match="one size"):
+        call("StoryMemCombineShots", shot_1=shots[0], shot_2=image_batch(1, (16, 16)), fps=8, save_video=False, filename_prefix="x")
+
+
+def test_story_runner_generates_and_resumes(pack):
+    story = call("StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])[0][0]
+    arguments = dict(story=story, model=pack.m2v, **models(pack), first_shot="t2v", continuation="mi2v", seed=0, cfg=3.5, fps=8,
+                     max_size=4, fixed=1, output_folder="runner", from_shot=0, t2v_model=pack.t2v, **SHOT)
+    (film, bank, path), ui = call("StoryMemStoryRunner", **arguments)
+    assert film.shape[1:] == (32, 32, 3) and film.shape[0] == 5 + 5 + 4 and Path(path).is_file()
+    assert len(bank) >= 1 and ui["storymem_bank"]
+    modified = Path(path).stat().st_mtime_ns
+    (_, _, again), _ = call("StoryMemStoryRunner", **arguments)
+    assert again == path and Path(path).parent.joinpath("shots").is_dir()
+    (_, _, reseeded), _ = call("StoryMemStoryRunner", **(arguments | {"seed": 7}))
+    assert Path(reseeded).parent != Path(path).parent and modified
+
+
+def test_story_runner_needs_the_t2v_experts_for_a_t2v_first_shot(pack):
+    story = call("StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])[0][0]
+    with pytest.raises(StoryMemError, match="t2v_model is not connected"):
+        call("StoryMemStoryRunner", story=story, model=pack.m2v, **models(pack), first_shot="t2v", continuation="mi2v", seed=0, cfg=3.5,
+             fps=8, max_size=4, fixed=1, output_folder="runner", from_shot=0, **SHOT)
+
+
+# ------------------------------------------------------------------ values are never mutated
+
+
+def snapshot(value):
+    """A deep copy that compares by content (tensors, banks, stories, model weights and LoRA lists)."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", value.detach().clone())
+    if isinstance(value, MemoryBank):
+        return ("bank", value.max_size, value.fixed, [(k.image, k.shot, k.frame_index, dict(k.scores), k.pinned, k.source) for k in value.keyframes])
+    if isinstance(value, WanExperts):
+        return ("experts", value.kind, value.offload, [lora.name for lora in value.loras],
+                {f"{expert}.{k}": v.clone() for expert in ("high", "low") for k, v in getattr(value, expert).state_dict().items()})
+    return ("value", copy.deepcopy(value)) if isinstance(value, (str, int, float, bool, type(None), Story)) else ("object", id(value))
+
+
+def same(a, b) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_no_node_mutates_its_inputs(pack):
+    (frames, bank, last), _ = first_shot(pack)
+    story = call("StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])[0][0]
+    calls = [
+        ("StoryMemLoadLora", dict(model=pack.i2v, lora_high_noise=tiny.STORYMEM_LORA_HIGH, lora_low_noise=tiny.STORYMEM_LORA_LOW, strength=0.5)),
+        ("StoryMemAddLora", dict(model=pack.m2v, lora=tiny.EXTRA_LORA, strength=1.0, experts="both")),
+        ("StoryMemStoryShot", dict(story=story, shot_number=2)),
+        ("StoryMemBankFromImages", dict(images=frames, width=32, height=32, max_size=3, fixed=1, memory=bank)),
+        ("StoryMemSaveBank", dict(memory=bank, name="banks/mutation")),
+        ("StoryMemEditBank", dict(memory=bank, action="pin", index=0)),
+        ("StoryMemEditBank", dict(memory=bank, action="remove", index=0)),
+        ("StoryMemPreviewBank", dict(memory=bank)),
+        ("StoryMemSelectKeyframes", dict(frames=frames, memory=bank, keyframe_encoder=pack.keyframes)),
+        ("StoryMemShot", dict(model=pack.m2v, **models(pack), memory=bank, prompt="p", cut=False, mode="auto-mm2v", seed=3, cfg=3.5,
+                              previous_frames=last, **(SHOT | {"frames": 9}))),
+        ("StoryMemFirstShot", dict(model=pack.t2v, **models(pack), memory=bank, prompt="p", seed=3, cfg_high=4.0, cfg_low=3.0, **SHOT)),
+        ("StoryMemCombineShots", dict(shot_1=frames, shot_2=last, fps=8, save_video=True, filename_prefix="tests/mutation")),
+    ]
+    for name, arguments in calls:
+        before = {key: snapshot(value) for key, value in arguments.items()}
+        call(name, **arguments)
+        after = {key: snapshot(value) for key, value in arguments.items()}
+        assert same(before, after), f"{name} changed one of its inputs"

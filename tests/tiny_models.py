@@ -1,0 +1,154 @@
+"""Tiny random-weight model files under the names ComfyUI users have, in a ComfyUI-style models folder.
+
+Every file loads through the same loaders as the real one: sizes travel in the safetensors metadata key
+`storymem_config` (what `nodes.model_files` reads first), the umT5 file carries its tokenizer as the
+uint8 tensor `spiece_model` like ComfyUI's files, and the StoryMem LoRA is a peft `.pth` like the
+released `backbone_*_noise.pth`. Seeded: the same call writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sentencepiece
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from nodes.model_files import CONFIG_KEY
+from storymem_core.wan.dit import DiTConfig, WanDiT
+from storymem_core.wan.t5 import T5Config, UMT5Encoder
+from storymem_core.wan.vae import VAEConfig, WanVAE
+
+TEXT_DIM = 32
+DIT = {"patch_size": [1, 2, 2], "text_len": 32, "dim": 32, "ffn_dim": 64, "freq_dim": 16, "text_dim": TEXT_DIM,
+       "out_dim": 16, "num_heads": 2, "num_layers": 1}
+T5 = {"vocab": 128, "dim": TEXT_DIM, "dim_attn": TEXT_DIM, "dim_ffn": 64, "num_heads": 2, "num_layers": 1, "num_buckets": 8}
+VAE = {"dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_scales": [], "temperal_downsample": [False, True, True]}
+CLIP = {"embed_dim": 16, "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+LORA_RANK = 2
+LORA_TARGETS = ("self_attn.q", "self_attn.v", "cross_attn.k", "ffn.0")
+
+# file names as ComfyUI's Wan2.2 example workflows and the StoryMem release name them
+I2V_HIGH = "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"
+I2V_LOW = "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"
+T2V_HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
+T2V_LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
+STORYMEM_LORA_HIGH = "StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth"
+STORYMEM_LORA_LOW = "StoryMem/Wan2.2-MI2V-A14B/backbone_low_noise.pth"
+EXTRA_LORA = "wan2.2_style_lora.safetensors"
+TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+VAE_FILE = "wan_2.1_vae.safetensors"
+CLIP_FILE = "open_clip_model.safetensors"
+
+# shot sizes small enough for a CPU test: 32x32 pixels, 5 frames (2 latent frames), 2 steps
+TINY_SHOT = {"width": 32, "height": 32, "frames": 5, "steps": 2}
+
+WORDS = ("a fox runs through snow near the old lighthouse while waves crash on rocks and a girl in a red coat "
+         "walks the harbor at dawn under golden light as boats drift past quiet houses").split()
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    models_dir: Path
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path, config: dict | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = None if config is None else {CONFIG_KEY: json.dumps(config)}
+    save_file({name: t.detach().contiguous() for name, t in tensors.items()}, str(path), metadata=metadata)
+
+
+def _dit(in_dim: int, seed: int) -> tuple[dict[str, torch.Tensor], dict]:
+    config = {**DIT, "in_dim": in_dim, "model_type": "i2v" if in_dim == 36 else "t2v"}
+    torch.manual_seed(seed)
+    return WanDiT(DiTConfig.from_dict(config)).state_dict(), config
+
+
+def spiece_model(vocab_size: int = 100) -> bytes:
+    """A small unigram tokenizer with T5's special ids (pad 0, eos 1, unk 2, no bos)."""
+    sentences = (" ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 8)) for i in range(300))
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=sentences, model_writer=model, vocab_size=vocab_size, hard_vocab_limit=False,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def _peft_lora(seed: int) -> dict[str, torch.Tensor]:
+    """StoryMem's layout: `base_model.model.<module>.lora_A/B.weight`, no alpha (rsLoRA with alpha = rank)."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for block in range(DIT["num_layers"]):
+        for target in LORA_TARGETS:
+            out_dim = DIT["ffn_dim"] if target == "ffn.0" else DIT["dim"]
+            prefix = f"base_model.model.blocks.{block}.{target}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(LORA_RANK, DIT["dim"], generator=generator) * 0.1
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_dim, LORA_RANK, generator=generator) * 0.1
+    return tensors
+
+
+def _comfy_lora(seed: int) -> dict[str, torch.Tensor]:
+    """ComfyUI's layout: `diffusion_model.<module>.lora_down/up.weight` with `.alpha`."""
+    peft = _peft_lora(seed)
+    renamed = {}
+    for name, tensor in peft.items():
+        module = name.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
+        part = "lora_down" if ".lora_A." in name else "lora_up"
+        renamed[f"diffusion_model.{module}.{part}.weight"] = tensor
+        renamed[f"diffusion_model.{module}.alpha"] = torch.tensor(float(LORA_RANK))
+    return renamed
+
+
+def _clip_visual(seed: int) -> dict[str, torch.Tensor]:
+    import open_clip
+
+    torch.manual_seed(seed)
+    visual = open_clip.model._build_vision_tower(CLIP["embed_dim"], CLIP["vision_cfg"], CLIP["quick_gelu"])
+    return {f"visual.{name}": t for name, t in visual.state_dict().items()}
+
+
+def write_tiny_models(models_dir: str | Path, seed: int = 0) -> TinyModels:
+    """Write every model a StoryMem workflow loads into `models_dir`/<ComfyUI folder>/<usual name>."""
+    root = Path(models_dir)
+    for name, in_dim, offset in ((I2V_HIGH, 36, 1), (I2V_LOW, 36, 2), (T2V_HIGH, 16, 3), (T2V_LOW, 16, 4)):
+        tensors, config = _dit(in_dim, seed + offset)
+        _save(tensors, root / "diffusion_models" / name, config)
+    for name, offset in ((STORYMEM_LORA_HIGH, 5), (STORYMEM_LORA_LOW, 6)):
+        path = root / "loras" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(_peft_lora(seed + offset), path)
+    _save(_comfy_lora(seed + 7), root / "loras" / EXTRA_LORA)
+
+    torch.manual_seed(seed + 8)
+    t5 = UMT5Encoder(T5Config(**T5)).state_dict()
+    t5["spiece_model"] = torch.frombuffer(bytearray(spiece_model()), dtype=torch.uint8)
+    _save(t5, root / "text_encoders" / TEXT_ENCODER)  # sizes read from the shapes, as for real files
+
+    torch.manual_seed(seed + 9)
+    _save(WanVAE(VAEConfig.from_dict(VAE)).state_dict(), root / "vae" / VAE_FILE, VAE)
+    _save(_clip_visual(seed + 10), root / "clip_vision" / CLIP_FILE, CLIP)
+    return TinyModels(root)
+
+
+def write_reference_images(folder: str | Path, count: int = 2, size: tuple[int, int] = (48, 32), seed: int = 0) -> list[str]:
+    """PNG images of smooth colour fields (width x height `size`), as users' MR2V references; returns the file names."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    names = []
+    for i in range(count):
+        colours = torch.rand(1, 3, 2, 2, generator=generator)
+        image = torch.nn.functional.interpolate(colours, size=(size[1], size[0]), mode="bilinear", align_corners=True)[0]
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        name = f"reference_{i + 1}.png"
+        Image.fromarray(pixels).save(folder / name)
+        names.append(name)
+    return names
