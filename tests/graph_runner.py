@@ -94,7 +94,7 @@ def _is_link(value: Any) -> bool:
 
 def _converted(name: str, kind: Any, options: dict, value: Any) -> Any:
     converters = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
-    if kind in converters:
+    if isinstance(kind, str) and kind in converters:
         try:
             value = converters[kind](value)
         except (TypeError, ValueError) as error:

@@ -139,7 +139,7 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0) -> TinyModels:
 
 
 def write_reference_images(folder: str | Path, count: int = 2, size: tuple[int, int] = (48, 32), seed: int = 0) -> list[str]:
-    """PNG images of smooth colour fields (width x height `size`), as users' MR2V references; returns the file names."""
+    """PNG images of smooth colour fields (width x height `size`) under the names the shipped MR2V workflow loads."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
@@ -148,7 +148,7 @@ def write_reference_images(folder: str | Path, count: int = 2, size: tuple[int, 
         colours = torch.rand(1, 3, 2, 2, generator=generator)
         image = torch.nn.functional.interpolate(colours, size=(size[1], size[0]), mode="bilinear", align_corners=True)[0]
         pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        name = f"reference_{i + 1}.png"
+        name = f"storymem_reference_{i + 1}.png"
         Image.fromarray(pixels).save(folder / name)
         names.append(name)
     return names

@@ -1,0 +1,157 @@
+"""The shipped workflows: valid UI files that load as they are and run end to end on tiny models, with
+ComfyUI's conversion, validation and caching rules (tests/graph_runner.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import nodes
+from nodes import host
+from storymem_core.memory import MemoryBank
+from storymem_core.video import read_mp4
+from tests import tiny_models as tiny
+from tests.graph_runner import (
+    VIRTUAL_NODES, GraphError, GraphRunner, input_specs, load_image_node, ui_to_api, validate, widget_slots,
+)
+
+WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
+CORE_NODES = ("LoadImage",)  # ComfyUI's own nodes a shipped workflow may use
+ABSOLUTE_PATH = re.compile(r"^(/|[A-Za-z]:[\\/]|\\\\)")
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    """The standalone host on tiny models and reference images under the shipped workflows' names."""
+    root = tmp_path_factory.mktemp("workflows")
+    tiny.write_tiny_models(root / "models")
+    tiny.write_reference_images(root / "input")
+    previous = host.use(host.StandaloneHost(root / "models", root / "output"))
+    try:
+        yield {**nodes.NODE_CLASS_MAPPINGS, "LoadImage": load_image_node(root / "input")}
+    finally:
+        host.use(previous)
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def shrink(workflow: dict, classes: dict) -> dict:
+    """The same workflow at test size: every width / height / frames / steps widget set to tiny values."""
+    for node in workflow["nodes"]:
+        if node["type"] in VIRTUAL_NODES:
+            continue
+        for i, name in enumerate(widget_slots(classes[node["type"]])):
+            if name in tiny.TINY_SHOT:
+                node["widgets_values"][i] = tiny.TINY_SHOT[name]
+    return workflow
+
+
+def node_ids(workflow: dict, node_type: str) -> list[str]:
+    return [str(n["id"]) for n in workflow["nodes"] if n["type"] == node_type]
+
+
+def test_there_are_the_three_shipped_workflows():
+    assert {p.stem for p in WORKFLOWS} >= {"storymem_3_shot_story", "storymem_mr2v_references", "storymem_story_runner"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_uses_known_nodes_and_type_matched_links(path, comfy):
+    workflow = load(path)
+    assert workflow["version"] == 0.4 and workflow["last_node_id"] >= max(n["id"] for n in workflow["nodes"])
+    nodes_by_id = {n["id"]: n for n in workflow["nodes"]}
+    for node in workflow["nodes"]:
+        assert node["type"] in nodes.NODE_CLASS_MAPPINGS or node["type"] in CORE_NODES + VIRTUAL_NODES, node["type"]
+    for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
+        source, dest = nodes_by_id[origin], nodes_by_id[target]
+        output, socket = source["outputs"][origin_slot], dest["inputs"][target_slot]
+        assert link_id in output["links"] and socket["link"] == link_id
+        declared_output = comfy[source["type"]].RETURN_TYPES[origin_slot]
+        declared_input = input_specs(comfy[dest["type"]])[socket["name"]][1]
+        assert kind == output["type"] == socket["type"] == declared_output == declared_input, (link_id, kind, declared_output, declared_input)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_widget_values_match_the_node_inputs_in_order(path, comfy):
+    workflow = load(path)
+    for node in workflow["nodes"]:
+        if node["type"] in VIRTUAL_NODES:
+            continue
+        slots = widget_slots(comfy[node["type"]])
+        values = node.get("widgets_values", [])
+        assert len(values) == len(slots), (node["type"], slots, values)
+        for name, value in zip(slots, values):
+            if isinstance(value, str):
+                assert not ABSOLUTE_PATH.match(value), f"{node['type']}.{name} holds an absolute path"
+            if name is None:
+                assert value in ("fixed", "increment", "decrement", "randomize", "image")
+    validate(ui_to_api(workflow, comfy), comfy)  # values of the right type, in range, in their lists
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_end_to_end_on_tiny_models(path, comfy):
+    workflow = shrink(load(path), comfy)
+    runner = GraphRunner(comfy)
+    outputs = runner.run(ui_to_api(workflow, comfy))
+    films = [outputs[i][0] for i in node_ids(workflow, "StoryMemCombineShots") + node_ids(workflow, "StoryMemStoryRunner")]
+    assert films and all(film.shape[1:] == (32, 32, 3) and film.shape[0] >= 3 * 4 for film in films)
+    for node_id in node_ids(workflow, "StoryMemCombineShots"):
+        assert read_mp4(outputs[node_id][1]).shape[0] == outputs[node_id][0].shape[0]
+    banks = [value for values in outputs.values() for value in values if isinstance(value, MemoryBank)]
+    assert banks and len(banks[-1]) >= 1
+
+
+def test_rerolled_shot_reruns_alone_with_the_same_bank(comfy):
+    workflow = shrink(load(next(p for p in WORKFLOWS if p.stem == "storymem_3_shot_story")), comfy)
+    received = {}
+    runner = GraphRunner(comfy, on_execute=lambda node_id, inputs: received.setdefault(node_id, []).append(inputs))
+    shot_2, shot_3 = node_ids(workflow, "StoryMemShot")
+    first = runner.run(ui_to_api(workflow, comfy))
+
+    node = next(n for n in workflow["nodes"] if str(n["id"]) == shot_2)
+    node["widgets_values"][widget_slots(comfy["StoryMemShot"]).index("seed")] += 1000
+    second = runner.run(ui_to_api(workflow, comfy))
+
+    downstream = {shot_2, shot_3, *node_ids(workflow, "StoryMemCombineShots"), *node_ids(workflow, "StoryMemPreviewBank")}
+    assert set(runner.executed) == downstream
+    bank_before, bank_after = (inputs["memory"] for inputs in received[shot_2])
+    assert bank_before is bank_after  # the cached output of the first shot, untouched
+    assert not torch.equal(first[shot_2][0], second[shot_2][0])
+    assert runner.run(ui_to_api(workflow, comfy)) and runner.executed == []  # nothing changed: all cached
+
+
+def test_converter_skips_the_control_after_generate_value_after_a_seed(comfy):
+    workflow = load(next(p for p in WORKFLOWS if p.stem == "storymem_3_shot_story"))
+    prompt = ui_to_api(workflow, comfy)
+    shot = prompt[node_ids(workflow, "StoryMemShot")[0]]["inputs"]
+    assert shot["seed"] == 43 and shot["steps"] == 40 and "control_after_generate" not in shot
+    assert isinstance(shot["prompt"], list) and isinstance(shot["cut"], list)  # linked widgets send their link
+    node = next(n for n in workflow["nodes"] if n["type"] == "StoryMemShot")
+    node["widgets_values"].remove("fixed")
+    with pytest.raises(GraphError, match="widget values"):
+        ui_to_api(workflow, comfy)
+
+
+def test_validation_refuses_what_comfyui_refuses(comfy):
+    prompt = ui_to_api(load(next(p for p in WORKFLOWS if p.stem == "storymem_3_shot_story")), comfy)
+    shot_id = next(i for i, n in prompt.items() if n["class_type"] == "StoryMemShot")
+    loader_id = next(i for i, n in prompt.items() if n["class_type"] == "StoryMemLoadVAE")
+    cases = [
+        ({"mode": "m3v"}, "not in the list"),
+        ({"steps": 0}, "smaller than min"),
+        ({"memory": [loader_id, 0]}, "expects STORYMEM_BANK but gets STORYMEM_VAE"),
+    ]
+    for change, message in cases:
+        broken = json.loads(json.dumps(prompt))
+        broken[shot_id]["inputs"].update(change)
+        with pytest.raises(GraphError, match=message):
+            validate(broken, comfy)
+    broken = json.loads(json.dumps(prompt))
+    del broken[shot_id]["inputs"]["vae"]
+    with pytest.raises(GraphError, match="required input vae is missing"):
+        validate(broken, comfy)
