@@ -426,3 +426,25 @@ def test_no_node_mutates_its_inputs(pack):
         call(name, **arguments)
         after = {key: snapshot(value) for key, value in arguments.items()}
         assert same(before, after), f"{name} changed one of its inputs"
+
+
+# ------------------------------------------------------------------ frontend
+
+
+def test_frontend_extension_reads_the_ui_keys_the_nodes_send(pack):
+    script = (PACK_ROOT / "js" / "storymem.js").read_text()
+    (_, ui_bank), (_, ui_story) = call("StoryMemEmptyBank", max_size=3, fixed=1), call(
+        "StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])
+    for key in [*ui_bank, *ui_story]:
+        assert f"message?.{key}" in script or f"message.{key}" in script, f"js/storymem.js ignores ui key {key}"
+    assert "STORYMEM_BANK" in script and "StoryMemStoryScript" in script
+
+
+def test_frontend_extension_is_valid_javascript(tmp_path):
+    node_js = __import__("shutil").which("node")
+    if node_js is None:
+        pytest.skip("node.js is not installed")
+    module = tmp_path / "storymem.mjs"
+    module.write_text((PACK_ROOT / "js" / "storymem.js").read_text())
+    done = subprocess.run([node_js, "--check", str(module)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
