@@ -15,13 +15,13 @@ const STYLE = `
 .storymem-strip { display: flex; gap: 4px; align-items: flex-start; }
 .storymem-strip figure { margin: 0; flex: 0 0 auto; text-align: center; }
 .storymem-strip img { height: 64px; display: block; border: 2px solid transparent; border-radius: 3px; }
-.storymem-strip figure.fixed img { border-color: #e6b428; }
-.storymem-strip figure.pinned img { border-color: #4aa3ff; }
+.storymem-strip figure.storymem-fixed img { border-color: #e6b428; }
+.storymem-strip figure.storymem-pinned img { border-color: #4aa3ff; }
 .storymem-strip figcaption { white-space: nowrap; opacity: 0.85; }
 .storymem-caption { opacity: 0.7; margin-bottom: 3px; }
 .storymem-shots { list-style: none; margin: 0; padding: 0; }
 .storymem-shots li { padding: 2px 0; border-bottom: 1px solid rgba(128, 128, 128, 0.25); }
-.storymem-shots .tag { display: inline-block; min-width: 30px; font-weight: bold; }
+.storymem-shots .storymem-tag { display: inline-block; min-width: 30px; font-weight: bold; }
 .storymem-error { color: #ff7b7b; }
 `;
 
@@ -52,7 +52,7 @@ function keyframeTitle(entry) {
 }
 
 function showBank(node, keyframes, limits) {
-  const element = panel(node, BANK_WIDGET, 96);
+  const element = panel(node, BANK_WIDGET, 132);
   element.replaceChildren();
   const caption = document.createElement("div");
   caption.className = "storymem-caption";
@@ -63,11 +63,10 @@ function showBank(node, keyframes, limits) {
   strip.className = "storymem-strip";
   for (const entry of keyframes) {
     const figure = document.createElement("figure");
-    figure.className = entry.pinned ? "pinned" : entry.fixed ? "fixed" : "";
+    figure.className = entry.pinned ? "storymem-pinned" : entry.fixed ? "storymem-fixed" : ""; // not "fixed": a Tailwind class of the frontend
     figure.title = keyframeTitle(entry);
     const image = document.createElement("img");
     image.src = viewUrl(entry);
-    image.loading = "lazy";
     const label = document.createElement("figcaption");
     label.textContent = entry.source === "reference" ? `${entry.index}: ref` : `${entry.index}: shot ${entry.shot}`;
     figure.append(image, label);
@@ -90,7 +89,7 @@ function shotsFromScript(text) {
 }
 
 function showShots(node, shots, error) {
-  const element = panel(node, SHOTS_WIDGET, 120);
+  const element = panel(node, SHOTS_WIDGET, 150);
   element.replaceChildren();
   if (error) {
     const message = document.createElement("div");
@@ -107,7 +106,7 @@ function showShots(node, shots, error) {
   for (const shot of shots) {
     const item = document.createElement("li");
     const tag = document.createElement("span");
-    tag.className = "tag";
+    tag.className = "storymem-tag";
     tag.textContent = `${shot.number}`;
     const prompt = String(shot.prompt);
     item.append(tag, `scene ${shot.scene} ${shot.cut ? "cut " : "cont"}  ${prompt.length > EXCERPT ? prompt.slice(0, EXCERPT - 3) + "..." : prompt}`);
