@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -51,8 +51,6 @@ class _TqdmProgress:
 
 class StandaloneHost:
     """Folders under `models_dir` with ComfyUI's names; outputs under `output_dir`; CUDA when present."""
-
-    interrupted_error = GenerationInterrupted
 
     def __init__(self, models_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None):
         self.models_dir = Path(models_dir or os.environ.get(MODELS_DIR_ENV) or "models")
@@ -108,7 +106,6 @@ class ComfyHost:
     """ComfyUI's folders (extra_model_paths.yaml included), progress bar, Cancel button and model manager."""
 
     def __init__(self):
-        self.interrupted_error = comfy_model_management.InterruptProcessingException
         for path in (Path(folder_paths.get_output_directory()) / STORYMEM_FOLDER, Path(folder_paths.models_dir) / STORYMEM_FOLDER):
             folder_paths.add_model_folder_path(STORYMEM_FOLDER, str(path))
 
@@ -168,10 +165,6 @@ def use(host: StandaloneHost | ComfyHost) -> StandaloneHost | ComfyHost:
 
 def current() -> StandaloneHost | ComfyHost:
     return _host
-
-
-def in_comfyui() -> bool:
-    return isinstance(_host, ComfyHost)
 
 
 def model_names(folder: str) -> list[str]:
@@ -238,22 +231,12 @@ def throw_if_interrupted() -> None:
     _host.throw_if_interrupted()
 
 
-def interrupted_error() -> type[BaseException]:
-    """The exception the host raises when the user stops generation."""
-    return _host.interrupted_error
-
-
-def step_reporter(total: int, description: str) -> Callable[[int, int], None]:
-    """An `on_step(step, steps)` for the engine: advances the host's progress bar and stops on Cancel.
-
-    Progress is counted over `total` units; each call reports `step` of `steps` within the current unit,
-    so a loop over shots can call `advance()` between them (see `ProgressSteps`).
-    """
-    return ProgressSteps(total, description)
-
-
 class ProgressSteps:
-    """Sampling steps of one or more shots on one progress bar; interruption is checked at every step."""
+    """The engine's `on_step(step, steps)` for one or more shots on one host progress bar.
+
+    Each call checks for Cancel (raising the host's interrupt exception) and advances the bar; a shot's
+    last step moves the base on, so a story's shots add up on the same bar.
+    """
 
     def __init__(self, total: int, description: str):
         self.total = max(1, total)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -54,21 +55,18 @@ def _opened(path: Path, kinds: tuple[str, ...], expected: str) -> Checkpoint:
     return checkpoint
 
 
-def dit_config(path: str | Path) -> tuple[DiTConfig, Checkpoint]:
-    """A Wan2.2 expert's config from its metadata or, failing that, its tensor shapes."""
-    path = Path(path)
-    checkpoint = _opened(path, DIT_KINDS, "a Wan2.2 A14B DiT expert (wan2.2_t2v_* / wan2.2_i2v_*)")
-    stored = stored_config(path)
-    if stored is not None:
-        return DiTConfig.from_dict(stored), checkpoint
-    shapes = checkpoint.shapes()
+def _block_count(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    return len({name.split(".")[1] for name in shapes if name.startswith("blocks.")})
+
+
+def dit_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str) -> DiTConfig:
+    """A Wan DiT's sizes from its tensor shapes (our names); the head count follows from Wan's 128-wide heads."""
     dim, in_dim, *patch = shapes["patch_embedding.weight"]
     if dim % WAN_HEAD_DIM:
         raise CheckpointError(
-            f"{path.name} has width {dim}, which is not a whole number of {WAN_HEAD_DIM}-wide heads: store its config "
+            f"{source} has width {dim}, which is not a whole number of {WAN_HEAD_DIM}-wide heads: store its config "
             f"under the safetensors metadata key '{CONFIG_KEY}'."
         )
-    layers = len({name.split(".")[1] for name in shapes if name.startswith("blocks.")})
     return DiTConfig(
         model_type="i2v" if in_dim == 36 else "t2v",
         patch_size=tuple(patch),
@@ -79,10 +77,29 @@ def dit_config(path: str | Path) -> tuple[DiTConfig, Checkpoint]:
         text_dim=shapes["text_embedding.0.weight"][1],
         out_dim=shapes["head.head.weight"][0] // (patch[0] * patch[1] * patch[2]),
         num_heads=dim // WAN_HEAD_DIM,
-        num_layers=layers,
+        num_layers=_block_count(shapes),
         qk_norm="blocks.0.self_attn.norm_q.weight" in shapes,
         cross_attn_norm="blocks.0.norm3.weight" in shapes,
-    ), checkpoint
+    )
+
+
+def t5_config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> T5Config:
+    """umT5 sizes from tensor shapes: each layer's position bias is [buckets, heads]."""
+    vocab, dim = shapes["token_embedding.weight"]
+    buckets, heads = shapes["blocks.0.pos_embedding.embedding.weight"]
+    return T5Config(
+        vocab=vocab, dim=dim, dim_attn=shapes["blocks.0.attn.q.weight"][0], dim_ffn=shapes["blocks.0.ffn.fc1.weight"][0],
+        num_heads=heads, num_layers=_block_count(shapes), num_buckets=buckets,
+    )
+
+
+def dit_config(path: str | Path) -> tuple[DiTConfig, Checkpoint]:
+    """A Wan2.2 expert's config from its metadata or, failing that, its tensor shapes."""
+    path = Path(path)
+    checkpoint = _opened(path, DIT_KINDS, "a Wan2.2 A14B DiT expert (wan2.2_t2v_* / wan2.2_i2v_*)")
+    stored = stored_config(path)
+    config = DiTConfig.from_dict(stored) if stored is not None else dit_config_from_shapes(checkpoint.shapes(), path.name)
+    return config, checkpoint
 
 
 def load_dit(path: str | Path, dtype: torch.dtype, keep_fp8: bool | None = False) -> WanDiT:
@@ -101,32 +118,15 @@ def load_dit(path: str | Path, dtype: torch.dtype, keep_fp8: bool | None = False
     return dit.cast_weights(torch.bfloat16 if keep_fp8 else dtype).eval().requires_grad_(False)
 
 
-def _t5_config(path: Path, checkpoint: Checkpoint) -> T5Config:
-    stored = stored_config(path)
-    if stored is not None:
-        return T5Config.from_dict(stored)
-    shapes = checkpoint.shapes()
-    vocab, dim = shapes["token_embedding.weight"]
-    buckets, heads = shapes["blocks.0.pos_embedding.embedding.weight"]
-    return T5Config(
-        vocab=vocab,
-        dim=dim,
-        dim_attn=shapes["blocks.0.attn.q.weight"][0],
-        dim_ffn=shapes["blocks.0.ffn.fc1.weight"][0],
-        num_heads=heads,
-        num_layers=len({name.split(".")[1] for name in shapes if name.startswith("blocks.")}),
-        num_buckets=buckets,
-    )
-
-
 def load_text_encoder(path: str | Path, dtype: torch.dtype) -> TextEncoder:
     """umT5 + its tokenizer: the one inside the file (ComfyUI files) or a spiece.model beside it."""
     path = Path(path)
     checkpoint = _opened(path, ("umt5",), "a umT5-xxl text encoder (umt5_xxl_*)")
     embedded = checkpoint.embedded_tokenizer()
     tokenizer = UMT5Tokenizer.from_bytes(embedded, f"the tokenizer inside {path.name}") if embedded is not None else UMT5Tokenizer.from_path(path.parent)
+    stored = stored_config(path)
     with torch.device("meta"):
-        encoder = UMT5Encoder(_t5_config(path, checkpoint))
+        encoder = UMT5Encoder(T5Config.from_dict(stored) if stored is not None else t5_config_from_shapes(checkpoint.shapes()))
     load_model(encoder, path)
     return TextEncoder(tokenizer, encoder.to(dtype).eval().requires_grad_(False))
 

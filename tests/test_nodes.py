@@ -17,10 +17,14 @@ import nodes
 from nodes import host
 from nodes.types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, WanExperts
 from storymem_core.errors import CheckpointError, ConditioningError, GenerationInterrupted, MemoryBankError, StoryMemError, StoryScriptError
-from storymem_core.memory import Keyframe, MemoryBank
+from storymem_core.memory import MemoryBank
 from storymem_core.story import Story
 from storymem_core.video import read_mp4
+from storymem_core.wan.dit import DiTConfig
+from storymem_core.wan.t5 import T5Config
+from nodes.model_files import dit_config_from_shapes, t5_config_from_shapes
 from tests import tiny_models as tiny
+from tests.golden_data import golden_dir
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 CUSTOM_TYPES = (BANK, MODEL, STORY, TEXT_ENCODER, VAE, KEYFRAME_ENCODER)
@@ -154,6 +158,15 @@ def test_loaders_read_the_kind_and_size_from_the_files(pack):
     assert pack.i2v.config.dim == tiny.DIT["dim"] and pack.i2v.config.in_dim == 36
     assert pack.text.encoder.encoder.config.dim == tiny.TEXT_DIM  # inferred from shapes: the file stores no config
     assert len(pack.m2v.loras) == 1 and pack.i2v.loras == ()
+
+
+def test_real_a14b_and_umt5_sizes_are_read_from_their_tensor_shapes():
+    shapes = json.loads((golden_dir() / "manifests.json").read_text())["shapes"]
+    for kind in ("t2v", "i2v"):
+        dit = {name: tuple(shape) for name, shape in shapes[f"wan22_a14b_{kind}_dit"].items()}
+        assert dit_config_from_shapes(dit, "expert") == DiTConfig.a14b(kind)
+    umt5 = {name: tuple(shape) for name, shape in shapes["umt5_xxl_encoder"].items()}
+    assert t5_config_from_shapes(umt5) == T5Config.umt5_xxl()
 
 
 def test_loader_refuses_a_pair_of_two_kinds(pack):
