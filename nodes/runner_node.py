@@ -109,9 +109,9 @@ class StoryRunner:
             models = StoryModels(
                 text_encoder=text_encoder.for_dit(model.config.text_len, host.offload_device()),
                 vae=vae.to(device),
-                m2v=stack.enter_context(model.sampling(device)),
+                m2v=stack.enter_context(model.sampling(device, host.offload_device())),
                 keyframe_encoder=keyframe_encoder.encoder,
-                t2v=None if t2v_model is None else stack.enter_context(t2v_model.sampling(device)),
+                t2v=None if t2v_model is None else stack.enter_context(t2v_model.sampling(device, host.offload_device())),
                 aesthetic_scorer=keyframe_encoder.scorer,
             )
             film = run_story(story, models, options, folder, None if references is None else list(references), from_shot - 1 if from_shot else None,

@@ -123,7 +123,7 @@ class FirstShot:
         context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
         settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
         _make_room(model, device)
-        with model.sampling(device) as experts:
+        with model.sampling(device, host.offload_device()) as experts:
             result = generate_text_shot(experts, vae.to(device), context, context_null, (width, height), frames, settings,
                                         host.ProgressSteps(steps, "first shot"))
         return _finish(video_to_frames(result.video), memory, keyframe_encoder, shot_number or 1)
@@ -173,7 +173,7 @@ class MemoryShot:
         context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
         settings = SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg, seed)
         _make_room(model, device)
-        with model.sampling(device) as experts:
+        with model.sampling(device, host.offload_device()) as experts:
             result = generate_memory_shot(
                 experts, vae.to(device), context, context_null, memory.image_list(), frames, width * height, settings,
                 first_frame=previous[-1] if mode == "mi2v" else None,

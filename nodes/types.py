@@ -9,6 +9,7 @@ call and removed after it, so the loaded weights are never edited.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass, replace
 from typing import Iterator, Mapping
 
@@ -30,7 +31,8 @@ VAE = "STORYMEM_VAE"
 KEYFRAME_ENCODER = "STORYMEM_KEYFRAME_ENCODER"
 
 EXPERTS = ("high", "low")
-DIT_KINDS = {"wan22-t2v-dit": "t2v", "wan22-i2v-dit": "i2v"}
+# expert modules that have sampled: another pair's shot parks them, so one pair at a time holds the GPU
+_SAMPLED_EXPERTS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,16 @@ class WanExperts:
             raise StoryMemError(f"{node} needs {wanted[kind]}, but {self.name} are {self.kind.upper()} experts: load the other pair.")
 
     @contextlib.contextmanager
-    def sampling(self, device: torch.device) -> Iterator[ExpertPair]:
-        """The pair with this value's LoRAs hooked in, for one sampling call; removed afterwards, even on error."""
+    def sampling(self, device: torch.device, park: torch.device) -> Iterator[ExpertPair]:
+        """The pair with this value's LoRAs hooked in, for one sampling call; removed afterwards, even on error.
+
+        Experts of other pairs that sampled before (the T2V pair after the first shot) move to `park` first.
+        """
+        for module in list(_SAMPLED_EXPERTS):
+            if module is not self.high and module is not self.low:
+                module.to(park)
+                _SAMPLED_EXPERTS.discard(module)
+        _SAMPLED_EXPERTS.update((self.high, self.low))
         applied = []
         try:
             for expert, module in zip(EXPERTS, (self.high, self.low)):

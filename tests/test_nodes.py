@@ -15,7 +15,7 @@ import torch
 
 import nodes
 from nodes import host
-from nodes.types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, WanExperts
+from nodes.types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, LoraSpec, WanExperts
 from storymem_core.errors import CheckpointError, ConditioningError, GenerationInterrupted, MemoryBankError, StoryMemError, StoryScriptError
 from storymem_core.memory import MemoryBank
 from storymem_core.story import Story
@@ -200,11 +200,30 @@ def test_lora_acts_only_while_sampling_and_leaves_weights_untouched(pack):
     y = torch.randn(1, 20, 2, 4, 4)
     with torch.no_grad():
         plain = pack.m2v.high(x, t, context, y)
-        with styled.sampling(torch.device("cpu")) as experts:
+        with styled.sampling(torch.device("cpu"), torch.device("cpu")) as experts:
             hooked = experts.high(x, t, context, y)
         after = pack.m2v.high(x, t, context, y)
     assert not torch.allclose(plain, hooked) and torch.equal(plain, after)
     assert all(torch.equal(before[k], v) for k, v in pack.m2v.high.state_dict().items())
+
+
+def test_a_pair_that_samples_parks_the_pair_that_sampled_before(monkeypatch):
+    monkeypatch.setattr(nodes.types, "_SAMPLED_EXPERTS", __import__("weakref").WeakSet())  # leave the pack's experts alone
+
+    def pair(name: str) -> WanExperts:
+        return WanExperts(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), "i2v", name)
+
+    t2v, m2v = pair("t2v"), pair("m2v")
+    m2v_styled = m2v.with_lora(LoraSpec("style", 1.0, {}))
+    cpu, park = torch.device("cpu"), torch.device("meta")  # meta stands in for "moved off the GPU"
+    with t2v.sampling(cpu, park):
+        pass
+    with m2v_styled.sampling(cpu, park):
+        pass
+    assert t2v.high.weight.is_meta and t2v.low.weight.is_meta and not m2v.high.weight.is_meta
+    with m2v.sampling(cpu, park):  # the same modules (another LoRA list) are not parked
+        pass
+    assert not m2v.low.weight.is_meta
 
 
 # ------------------------------------------------------------------ story
