@@ -1,6 +1,6 @@
 """Loader nodes: Wan2.2 expert pair, StoryMem and other LoRAs, umT5, VAE, keyframe encoder.
 
-Files come from ComfyUI's model folders; the model size is read from each file (nodes/model_files.py).
+Files come from ComfyUI's model folders; the model size is read from each file (storymem_core/model_files.py).
 Weights are loaded onto the offload device (CPU); shots move what they need to the GPU.
 """
 
@@ -15,7 +15,7 @@ from storymem_core.offload import BlockSwapDiT, choose_offload
 
 from . import host
 from .inputs import model_file
-from .model_files import load_dit, load_keyframe_encoder, load_text_encoder, load_vae
+from storymem_core.model_files import load_dit, load_keyframe_encoder, load_text_encoder, load_vae
 from .types import KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, LoraSpec, TextModel, WanExperts
 
 CATEGORY = "StoryMem/loaders"

@@ -22,8 +22,8 @@ from storymem_core.story import Story
 from storymem_core.video import read_mp4
 from storymem_core.wan.dit import DiTConfig
 from storymem_core.wan.t5 import T5Config
-from nodes.model_files import dit_config_from_shapes, t5_config_from_shapes
-from tests import tiny_models as tiny
+from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
+from storymem_core import tiny_models as tiny
 from tests.golden_data import golden_dir
 
 PACK_ROOT = Path(__file__).resolve().parent.parent

@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from storymem_core.checkpoints import KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, load_model
-from storymem_core.errors import CheckpointError
-from storymem_core.keyframes import OpenClipEncoder
-from storymem_core.wan.dit import DiTConfig, WanDiT
-from storymem_core.wan.t5 import T5Config, UMT5Encoder
-from storymem_core.wan.text_encoder import TextEncoder
-from storymem_core.wan.tokenizer import UMT5Tokenizer
-from storymem_core.wan.vae import VAEConfig, WanVAE
+from .checkpoints import KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, load_model
+from .errors import CheckpointError
+from .keyframes import OpenClipEncoder
+from .wan.dit import DiTConfig, WanDiT
+from .wan.t5 import T5Config, UMT5Encoder
+from .wan.text_encoder import TextEncoder
+from .wan.tokenizer import UMT5Tokenizer
+from .wan.vae import VAEConfig, WanVAE
 
 CONFIG_KEY = "storymem_config"
 WAN_HEAD_DIM = 128
