@@ -11,31 +11,17 @@ import torch
 from storymem_core.errors import CheckpointError
 from storymem_core.keyframes import AestheticHead
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.offload import BlockSwapDiT, choose_offload
+from storymem_core.offload import OFFLOAD_CHOICES, BlockSwapDiT, resolve_offload
 
 from . import host
 from .inputs import model_file
-from storymem_core.model_files import load_dit, load_keyframe_encoder, load_text_encoder, load_vae
+from storymem_core.model_files import DTYPES, WEIGHT_CHOICES, auto_dtype, expert_weights, load_dit, load_keyframe_encoder, load_text_encoder, load_vae
 from .types import KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, LoraSpec, TextModel, WanExperts
 
 CATEGORY = "StoryMem/loaders"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-OFFLOAD_MODES = ("auto", "none", "experts", "blocks")
 # tokens of an 832x480, 81-frame shot with 10 memory frames: what "auto" offload plans for
 PLANNED_TOKENS = (21 + 10) * 30 * 52
 NO_AESTHETIC_HEAD = "none"
-
-
-def _auto_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def _placement(expert: torch.nn.Module, offload: str, device: torch.device) -> str:
-    if device.type != "cuda":
-        return "none"
-    if offload != "auto":
-        return offload
-    return choose_offload(expert, host.free_memory(device), PLANNED_TOKENS)
 
 
 class LoadWanExperts:
@@ -46,8 +32,8 @@ class LoadWanExperts:
         return {"required": {
             "high_noise_model": model_file("diffusion_models", "High-noise expert, e.g. wan2.2_i2v_high_noise_14B_fp8_scaled"),
             "low_noise_model": model_file("diffusion_models", "Low-noise expert of the same pair, e.g. wan2.2_i2v_low_noise_14B_fp8_scaled"),
-            "weight_dtype": (["auto", "fp8", *DTYPES], {"default": "auto", "tooltip": "auto: fp8 files stay fp8 on a GPU, others run in bf16 (fp32 on CPU)."}),
-            "offload": (list(OFFLOAD_MODES), {"default": "auto", "tooltip": "GPU memory plan: none (both experts resident), experts (one at a time), "
+            "weight_dtype": (list(WEIGHT_CHOICES), {"default": "auto", "tooltip": "auto: fp8 files stay fp8 on a GPU, others run in bf16 (fp32 on CPU)."}),
+            "offload": (list(OFFLOAD_CHOICES), {"default": "auto", "tooltip": "GPU memory plan: none (both experts resident), experts (one at a time), "
                                                                             "blocks (stream blocks from RAM, for small GPUs), auto (pick from free memory)."}),
         }}
 
@@ -59,14 +45,13 @@ class LoadWanExperts:
 
     def load(self, high_noise_model: str, low_noise_model: str, weight_dtype: str, offload: str):
         device = host.device()
-        dtype = DTYPES.get(weight_dtype, _auto_dtype(device))
-        keep_fp8 = {"fp8": True, "auto": None if device.type == "cuda" else False}.get(weight_dtype, False)
+        dtype, keep_fp8 = expert_weights(weight_dtype, device)
         high, low = (load_dit(host.model_path("diffusion_models", name), dtype, keep_fp8) for name in (high_noise_model, low_noise_model))
         if high.config.model_type != low.config.model_type:
             raise CheckpointError(
                 f"{high_noise_model} is a {high.config.model_type.upper()} expert but {low_noise_model} is {low.config.model_type.upper()}: load two experts of one pair."
             )
-        placement = _placement(high, offload, device)
+        placement = resolve_offload(offload, high, device, host.free_memory(device), PLANNED_TOKENS)
         if placement == "blocks":
             high, low = BlockSwapDiT(high), BlockSwapDiT(low)
         name = f"{high_noise_model} + {low_noise_model}"
@@ -145,7 +130,7 @@ class LoadTextEncoder:
     CATEGORY = CATEGORY
 
     def load(self, text_encoder: str, weight_dtype: str):
-        dtype = DTYPES.get(weight_dtype, _auto_dtype(host.device()))
+        dtype = DTYPES.get(weight_dtype, auto_dtype(host.device()))
         encoder = load_text_encoder(host.model_path("text_encoders", text_encoder), dtype)
         return (TextModel(encoder, text_encoder),)
 

@@ -21,7 +21,7 @@ from storymem_core.keyframes import AestheticScorer, ImageEncoder
 from storymem_core.lora import LoraWeights, apply_loras
 from storymem_core.sampling import ExpertPair
 from storymem_core.wan.dit import DiTConfig
-from storymem_core.wan.text_encoder import TextEncoder
+from storymem_core.wan.text_encoder import ParkedTextEncoder, TextEncoder
 
 BANK = "STORYMEM_BANK"
 MODEL = "STORYMEM_MODEL"
@@ -104,19 +104,6 @@ class TextModel:
     def for_dit(self, text_len: int, park: torch.device) -> ParkedTextEncoder:
         """An engine TextEncoder for experts reading `text_len` tokens, moved to the device only while encoding."""
         return ParkedTextEncoder(TextEncoder(self.encoder.tokenizer, self.encoder.encoder, text_len), park)
-
-
-@dataclass(frozen=True)
-class ParkedTextEncoder:
-    encoder: TextEncoder
-    park: torch.device
-
-    def encode(self, prompts: list[str], device: torch.device | str) -> list[torch.Tensor]:
-        module = self.encoder.encoder.to(device)
-        try:
-            return self.encoder.encode(prompts, device)
-        finally:
-            module.to(self.park)
 
 
 @dataclass(frozen=True, eq=False)

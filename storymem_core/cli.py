@@ -7,6 +7,8 @@ import logging
 import sys
 
 from .errors import GenerationInterrupted, StoryMemError
+from .model_files import WEIGHT_CHOICES
+from .offload import OFFLOAD_CHOICES
 
 
 def _add_story_options(parser: argparse.ArgumentParser) -> None:
@@ -28,9 +30,18 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", type=float, default=None, help="flow shift (default: 4 for M2V, 12 for T2V)")
     parser.add_argument("--guide", type=float, default=None, help="CFG scale for both experts (default 3.5 M2V; 3/4 T2V)")
     parser.add_argument("--solver", default="unipc", choices=["unipc", "dpm++", "euler"], help="sampler (default unipc)")
-    parser.add_argument("--offload", action="store_true", help="keep only the active expert on the GPU")
     parser.add_argument("--from-shot", type=int, default=None, metavar="N", help="regenerate from shot N (1-based) using the bank before it")
     parser.add_argument("--out", required=True, help="output folder (re-running continues where it stopped)")
+
+
+def _add_load_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES, help="expert weights: auto keeps fp8 files fp8 on a GPU (default)")
+    parser.add_argument("--offload", default="auto", choices=OFFLOAD_CHOICES,
+                        help="GPU memory plan: none (both experts resident), experts (one at a time), blocks (stream blocks "
+                             "from RAM, fits 24 GB with fp8), auto (from free memory, default)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (~25%% faster steps after a ~20 s compile)")
+    parser.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the keyframe encoder weights")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     story.add_argument("script")
     story.add_argument("--models-dir", required=True, help="folder with diffusion_models/, text_encoders/, vae/, loras/, clip_vision/ (ComfyUI layout)")
     _add_story_options(story)
+    _add_load_options(story)
     demo = sub.add_parser("demo", help="a built-in 3-shot story on tiny random models (noise pixels, CPU, < 1 min)")
     demo.add_argument("--out", required=True)
     demo.add_argument("--seed", type=int, default=0)

@@ -25,6 +25,8 @@ from .wan.tokenizer import UMT5Tokenizer
 from .wan.vae import VAEConfig, WanVAE
 
 CONFIG_KEY = "storymem_config"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+WEIGHT_CHOICES = ("auto", "fp8", *DTYPES)
 WAN_HEAD_DIM = 128
 DIT_KINDS = ("wan22-t2v-dit", "wan22-i2v-dit")
 
@@ -100,6 +102,19 @@ def dit_config(path: str | Path) -> tuple[DiTConfig, Checkpoint]:
     stored = stored_config(path)
     config = DiTConfig.from_dict(stored) if stored is not None else dit_config_from_shapes(checkpoint.shapes(), path.name)
     return config, checkpoint
+
+
+def auto_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def expert_weights(choice: str, device: torch.device) -> tuple[torch.dtype, bool | None]:
+    """(dtype, keep_fp8) for `load_dit` from a user's choice in WEIGHT_CHOICES.
+
+    auto: fp8 files stay fp8 on a GPU (fp8 matmuls), everything else runs in bf16 (fp32 on the CPU).
+    """
+    keep_fp8 = {"fp8": True, "auto": None if device.type == "cuda" else False}.get(choice, False)
+    return DTYPES.get(choice, auto_dtype(device)), keep_fp8
 
 
 def load_dit(path: str | Path, dtype: torch.dtype, keep_fp8: bool | None = False) -> WanDiT:

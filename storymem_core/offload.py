@@ -226,3 +226,15 @@ def choose_offload(expert: nn.Module, free_bytes: int, tokens: int) -> str:
     if free_bytes >= expert_bytes + activations:
         return "experts"
     return "blocks"
+
+
+OFFLOAD_CHOICES = ("auto", "none", "experts", "blocks")
+
+
+def resolve_offload(requested: str, expert: nn.Module, device: torch.device, free_bytes: int, tokens: int) -> str:
+    """The placement to use: off-GPU devices need none, 'auto' asks `choose_offload`, anything else is kept."""
+    if device.type != "cuda":
+        return "none"
+    if requested != "auto":
+        return requested
+    return choose_offload(expert, free_bytes, tokens)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -30,3 +31,18 @@ class TextEncoder:
         ids, mask = self.tokenizer(prompts, self.text_len)
         context = self.encoder(ids.to(device), mask.to(device))  # [B, text_len, dim]
         return [states[:length] for states, length in zip(context, mask.sum(dim=1).tolist())]
+
+
+@dataclass(frozen=True)
+class ParkedTextEncoder:
+    """A TextEncoder that visits the device only while encoding, so the DiT has the GPU to itself."""
+
+    encoder: TextEncoder
+    park: torch.device
+
+    def encode(self, prompts: Sequence[str], device: torch.device | str) -> list[torch.Tensor]:
+        module = self.encoder.encoder.to(device)
+        try:
+            return self.encoder.encode(prompts, device)
+        finally:
+            module.to(self.park)

@@ -1,0 +1,71 @@
+"""`python -m storymem_core demo`: a built-in 3-shot story on tiny random-weight models, on the CPU.
+
+It walks the same path as a real story (files found in a ComfyUI-style models folder, T2V first shot,
+an MI2V shot that continues the last frame, an M2V shot after a cut, keyframes into the bank after
+each shot, resumable output folder), so a new user sees every artefact in a minute. The models are
+random, so the pixels are noise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .pipeline import StoryOptions
+from .runner import LoadOptions, run_story_files
+from .sampling import SamplerSettings
+from .shot import T2V_SETTINGS
+from .tiny_models import write_tiny_models
+from .video import atomic_write_path
+
+DEMO_STORY = {
+    "story_name": "The Paper Boat",
+    "story_overview": "A child folds a paper boat, sets it on a rain-filled gutter and follows it down the street to the harbour.",
+    "scenes": [
+        {
+            "scene_num": 1,
+            "video_prompts": [
+                "Close-up of small hands folding a sheet of yellow paper into a boat on a kitchen table, rain on the window behind.",
+                "The child in a green raincoat crouches at the curb and lets the yellow boat go into the rushing gutter water.",
+            ],
+            "cut": [True, False],
+        },
+        {
+            "scene_num": 2,
+            "video_prompts": [
+                "Wide shot of the harbour at dusk: the yellow paper boat drifts between fishing boats while the child waves from the pier.",
+            ],
+            "cut": [True],
+        },
+    ],
+}
+DEMO_SIZE_WH = (64, 64)
+DEMO_FRAMES = 9
+DEMO_STEPS = 4
+
+
+def demo_options(seed: int) -> StoryOptions:
+    """StoryMem's settings at a size tiny models run in seconds: T2V first shot, MI2V for shots without a cut."""
+    defaults = StoryOptions()
+    return StoryOptions(
+        first_shot="t2v", continuation="mi2v", seed=seed, size_wh=DEMO_SIZE_WH, frames=DEMO_FRAMES,
+        m2v=replace(defaults.m2v, steps=DEMO_STEPS), t2v=replace(T2V_SETTINGS, steps=DEMO_STEPS),
+    )
+
+
+def run_demo(out: str | Path, seed: int = 0) -> int:
+    out = Path(out)
+    models_dir = out / "models"
+    if not models_dir.is_dir():
+        write_tiny_models(models_dir, seed)
+    script = out / "story.json"
+    with atomic_write_path(script) as tmp:
+        tmp.write_text(json.dumps(DEMO_STORY, indent=2, ensure_ascii=False))
+    film = run_story_files(script, models_dir, out / "story", demo_options(seed), LoadOptions(device=torch.device("cpu")))
+    print(f"demo film: {film}")
+    print(f"shots: {film.parent / 'shots'}; memory banks: {film.parent / 'banks'}; memory contact sheet: {film.parent / 'memory.png'}")
+    print("The models are tiny and random, so the pixels are noise: real stories need the Wan2.2 weights (see README).")
+    return 0

@@ -1,0 +1,223 @@
+"""`python -m storymem_core story`: find the model files in a models folder, load them, run the story loop.
+
+The models folder has ComfyUI's layout (diffusion_models/, loras/, text_encoders/, vae/, clip_vision/),
+so a ComfyUI install's `models` folder works as it is. Files are found by the names they are published
+under; every missing file is reported at once, with its usual name and its folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .errors import CheckpointError, StoryMemError
+from .keyframes import AestheticHead
+from .lora import apply_loras, load_lora
+from .model_files import auto_dtype, expert_weights, load_dit, load_keyframe_encoder, load_text_encoder, load_vae
+from .offload import BlockSwapDiT, resolve_offload
+from .pipeline import StoryModels, StoryOptions, run_story
+from .sampling import ExpertPair, SamplerSettings
+from .shot import T2V_SETTINGS
+from .story import Story, load_story
+from .video import load_image
+from .wan.text_encoder import ParkedTextEncoder, TextEncoder
+
+log = logging.getLogger(__name__)
+
+MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin")
+LATENT_TOKENS_PER_FRAME = 8 * 8 * 4  # pixels per DiT token: VAE stride 8 x 8, patch 2 x 2
+
+
+@dataclass(frozen=True)
+class ModelRole:
+    """One file a story needs: its folder, the name patterns it goes by, and the name to tell a user."""
+
+    folder: str
+    patterns: tuple[str, ...]
+    usual_name: str
+
+
+ROLES = {
+    "i2v_high": ModelRole("diffusion_models", ("*i2v*high_noise*",), "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"),
+    "i2v_low": ModelRole("diffusion_models", ("*i2v*low_noise*",), "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"),
+    "t2v_high": ModelRole("diffusion_models", ("*t2v*high_noise*",), "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
+    "t2v_low": ModelRole("diffusion_models", ("*t2v*low_noise*",), "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
+    "lora_high": ModelRole("loras", ("backbone_high_noise*",), "StoryMem/backbone_high_noise.pth (Hugging Face Kevin-thu/StoryMem)"),
+    "lora_low": ModelRole("loras", ("backbone_low_noise*",), "StoryMem/backbone_low_noise.pth (Hugging Face Kevin-thu/StoryMem)"),
+    "text_encoder": ModelRole("text_encoders", ("umt5*", "models_t5_umt5*"), "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+    "vae": ModelRole("vae", ("wan_2.1_vae*", "wan2.1_vae*"), "wan_2.1_vae.safetensors"),
+    "clip": ModelRole("clip_vision", ("open_clip*", "*vit*b*32*clip*", "*clip*vit*b*32*"), "open_clip_model.safetensors (timm/vit_base_patch32_clip_224.openai)"),
+    "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"), "sa_0_4_vit_b_32_linear.pth"),
+}
+OPTIONAL_ROLES = ("aesthetic",)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def __getitem__(self, role: str) -> Path:
+        return self.paths[role]
+
+    def get(self, role: str) -> Path | None:
+        return self.paths.get(role)
+
+
+def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
+    name = path.name.lower()
+    return path.suffix.lower() in MODEL_SUFFIXES and any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def find_model_files(models_dir: str | Path, roles: list[str]) -> ModelFiles:
+    """The file of each role under `models_dir`; raises one error naming every missing required file."""
+    root = Path(models_dir).expanduser()
+    if not root.is_dir():
+        raise CheckpointError(f"--models-dir {root} is not a folder: point it at ComfyUI's models folder (or one with the same subfolders).")
+    found, missing = {}, []
+    for role in roles:
+        spec = ROLES[role]
+        candidates = sorted(p for p in (root / spec.folder).rglob("*") if p.is_file() and _matches(p, spec.patterns))
+        if candidates:
+            found[role] = candidates[0]
+            if len(candidates) > 1:
+                log.info("%s: using %s of %d matching files", role, candidates[0].name, len(candidates))
+        elif role not in OPTIONAL_ROLES:
+            missing.append(f"{spec.folder}/{spec.usual_name}")
+    if missing:
+        raise CheckpointError(f"{len(missing)} model file(s) missing under {root}: {'; '.join(missing)}; download them into those folders.")
+    return ModelFiles(found)
+
+
+def required_roles(first_shot: str) -> list[str]:
+    roles = ["i2v_high", "i2v_low", "lora_high", "lora_low", "text_encoder", "vae", "clip", "aesthetic"]
+    return roles + (["t2v_high", "t2v_low"] if first_shot == "t2v" else [])
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: torch.device
+    weights: str = "auto"  # auto: fp8 files stay fp8 on a GPU; otherwise bf16 (fp32 on the CPU)
+    offload: str = "auto"  # none / experts / blocks, or auto from free GPU memory
+    compile_blocks: bool = False
+    open_clip_name: str = "ViT-B-32-quickgelu"
+
+
+def _experts(files: ModelFiles, high: str, low: str, load: LoadOptions, tokens: int, loras: tuple[str, str] | None) -> ExpertPair:
+    dtype, keep_fp8 = expert_weights(load.weights, load.device)
+    pair = [load_dit(files[role], dtype, keep_fp8) for role in (high, low)]
+    if loras is not None:  # the StoryMem LoRA stays hooked for the whole story
+        for expert, role in zip(pair, loras):
+            apply_loras(expert, [load_lora(files[role])], mode="hook")
+    free = torch.cuda.mem_get_info(load.device)[0] if load.device.type == "cuda" else 0
+    placement = resolve_offload(load.offload, pair[0], load.device, free, tokens)
+    log.info("experts %s + %s: %s offload", files[high].name, files[low].name, placement)
+    if load.compile_blocks:
+        pair = [expert.compile_blocks() for expert in pair]
+    if placement == "blocks":
+        pair = [BlockSwapDiT(expert) for expert in pair]
+    return ExpertPair(*pair, device=load.device, offload=placement == "experts")
+
+
+def load_story_models(files: ModelFiles, options: StoryOptions, load: LoadOptions) -> StoryModels:
+    """Every model of a story, on the CPU until a shot needs it on `load.device`."""
+    width, height = options.size_wh
+    tokens = (options.frames // 4 + 1 + options.max_memory) * width * height // LATENT_TOKENS_PER_FRAME
+    m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, ("lora_high", "lora_low"))
+    t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, None) if options.first_shot == "t2v" else None
+    text = load_text_encoder(files["text_encoder"], auto_dtype(load.device))
+    text_encoder = ParkedTextEncoder(TextEncoder(text.tokenizer, text.encoder, m2v.high.config.text_len), torch.device("cpu"))
+    aesthetic = files.get("aesthetic")
+    return StoryModels(
+        text_encoder=text_encoder,
+        vae=load_vae(files["vae"], auto_dtype(load.device)).to(load.device),
+        m2v=m2v,
+        keyframe_encoder=load_keyframe_encoder(files["clip"], load.open_clip_name, load.device),
+        t2v=t2v,
+        aesthetic_scorer=None if aesthetic is None else AestheticHead.from_file(aesthetic),
+    )
+
+
+class StoryProgress:
+    """tqdm bars: shots of the story, and sampling steps of the current shot."""
+
+    def __init__(self, story: Story):
+        self.shots = tqdm(total=len(story.shots), desc="story", unit="shot")
+        self.steps: tqdm | None = None
+
+    def on_shot(self, index: int, total: int, prompt: str) -> None:
+        self.shots.n = index
+        self.shots.set_postfix_str(prompt[:40])
+        self.shots.refresh()
+
+    def on_step(self, step: int, steps: int) -> None:
+        if step == 1:
+            if self.steps is not None:
+                self.steps.close()
+            self.steps = tqdm(total=steps, desc="  steps", unit="step", leave=False)
+        self.steps.update(1)
+
+    def close(self) -> None:
+        for bar in (self.steps, self.shots):
+            if bar is not None:
+                bar.close()
+
+
+def options_from_args(args: argparse.Namespace) -> StoryOptions:
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise StoryMemError(f"--size {args.size!r} is not WIDTHxHEIGHT: write e.g. --size 832x480.") from None
+    defaults = StoryOptions()
+    m2v = SamplerSettings(
+        steps=args.steps or defaults.m2v.steps, shift=args.shift or defaults.m2v.shift, solver=args.solver,
+        boundary=defaults.m2v.boundary, guide_low=args.guide or defaults.m2v.guide_low, guide_high=args.guide or defaults.m2v.guide_high,
+    )
+    t2v = SamplerSettings(
+        steps=args.steps or defaults.t2v.steps, shift=args.shift or T2V_SETTINGS.shift, solver=args.solver, boundary=T2V_SETTINGS.boundary,
+        guide_low=args.guide or T2V_SETTINGS.guide_low, guide_high=args.guide or T2V_SETTINGS.guide_high,
+    )
+    options = StoryOptions(
+        first_shot=args.first_shot, continuation=args.continuation, max_memory=args.max_memory, fixed_memory=args.fixed_memory,
+        seed=args.seed, size_wh=(width, height), frames=args.frames, m2v=m2v, t2v=t2v,
+    )
+    options.check()
+    return options
+
+
+def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    return LoadOptions(device=device, weights=args.weights, offload=args.offload, compile_blocks=args.compile, open_clip_name=args.open_clip_name)
+
+
+def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path, options: StoryOptions, load: LoadOptions,
+                    references: list[str] = (), from_shot: int | None = None) -> Path:
+    """Validate the script and the inputs, load the models, run the story; returns the film's path.
+
+    `from_shot` is 1-based as users count shots.
+    """
+    story = load_story(script)
+    if from_shot is not None and not 1 <= from_shot <= len(story.shots):
+        raise StoryMemError(f"--from-shot {from_shot} is not a shot of {script} (1 to {len(story.shots)}).")
+    reference_images = [load_image(path) for path in references]
+    files = find_model_files(models_dir, required_roles(options.first_shot))
+    models = load_story_models(files, options, load)
+    progress = StoryProgress(story)
+    try:
+        return run_story(story, models, options, out, reference_images or None, None if from_shot is None else from_shot - 1,
+                         on_shot=progress.on_shot, on_step=progress.on_step)
+    finally:
+        progress.close()
+
+
+def run_story_command(args: argparse.Namespace) -> int:
+    film = run_story_files(args.script, args.models_dir, args.out, options_from_args(args), load_options_from_args(args),
+                           args.reference, args.from_shot)
+    print(f"film: {film}")
+    print(f"shots, memory banks and the memory contact sheet: {Path(args.out)}")
+    return 0

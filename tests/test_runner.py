@@ -1,0 +1,161 @@
+"""The command-line story runner and the demo: artefacts, resume after a kill, --from-shot, missing files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from storymem_core.cli import main
+from storymem_core.demo import DEMO_FRAMES, DEMO_STORY
+from storymem_core.errors import CheckpointError
+from storymem_core.memory import MemoryBank
+from storymem_core.pipeline import StoryFolder
+from storymem_core.runner import ROLES, find_model_files, required_roles
+from storymem_core.tiny_models import write_reference_images, write_tiny_models
+from storymem_core.video import read_mp4
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAMES = 5
+TINY = ["--size", "32x32", "--frames", str(FRAMES), "--steps", "2", "--device", "cpu"]
+
+
+def story_script(folder: Path, shots: int) -> Path:
+    """A one-scene story of `shots` shots; every third shot continues the one before (no cut)."""
+    prompts = [f"Shot {i + 1}: a lantern keeper climbs the stairs of a lighthouse, step {i + 1}." for i in range(shots)]
+    script = {"story_name": "Lantern", "story_overview": "A keeper lights the lamp.",
+              "scenes": [{"scene_num": 1, "video_prompts": prompts, "cut": [i % 3 != 1 for i in range(shots)]}]}
+    path = folder / "story.json"
+    path.write_text(json.dumps(script))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    write_tiny_models(root)
+    return root
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under `folder` with its modification time and bytes."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def shot_files(snap: dict, shot: int) -> dict:
+    tags = (f"shot_{shot:03d}", f"after_shot_{shot:03d}")
+    return {name: value for name, value in snap.items() if any(tag in name for tag in tags)}
+
+
+def test_demo_writes_every_artefact_and_a_film_of_the_summed_frames(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    folder = StoryFolder(tmp_path / "story")
+    shots = sum(len(scene["video_prompts"]) for scene in DEMO_STORY["scenes"])
+    lengths = [len(read_mp4(folder.video(i))) for i in range(shots)]
+    assert lengths == [DEMO_FRAMES, DEMO_FRAMES - 1, DEMO_FRAMES]  # shot 2 continues shot 1 (MI2V drops its given frame)
+    assert len(read_mp4(folder.film)) == sum(lengths)
+    banks = [MemoryBank.load(folder.bank(i)) for i in range(shots)]
+    assert all(len(bank) >= 1 for bank in banks)
+    assert folder.contact_sheet.is_file()
+    assert "pixels are noise" in capsys.readouterr().out
+
+
+def test_story_command_mr2v_starts_from_the_reference_images(tmp_path, models_dir):
+    references = write_reference_images(tmp_path / "refs", count=2, size=(64, 48))
+    script = story_script(tmp_path, 2)
+    argv = ["story", str(script), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), "--m2v-first-shot", "--mi2v", *TINY]
+    for name in references:
+        argv += ["--reference", str(tmp_path / "refs" / name)]
+    assert main(argv) == 0
+    folder = StoryFolder(tmp_path / "out")
+    initial = MemoryBank.load(folder.bank(-1))
+    assert [k.source for k in initial.keyframes] == ["reference", "reference"]
+    after = MemoryBank.load(folder.bank(1))
+    # reference images are the fixed first memory
+    assert all(torch.equal(a.image, b.image) and a.source == b.source for a, b in zip(after.keyframes[:2], initial.keyframes, strict=True))
+    assert len(read_mp4(folder.film)) == FRAMES + FRAMES - 1  # shot 2 continues shot 1 (MI2V)
+
+
+def test_from_shot_regenerates_from_the_bank_before_it(tmp_path, models_dir):
+    script = story_script(tmp_path, 3)
+    argv = ["story", str(script), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *TINY]
+    assert main(argv) == 0
+    before = snapshot(tmp_path / "out")
+    assert main(argv + ["--from-shot", "2", "--seed", "7"]) == 0
+    after = snapshot(tmp_path / "out")
+    assert shot_files(after, 1) == shot_files(before, 1)
+    assert after["banks/initial/bank.json"] == before["banks/initial/bank.json"]
+    for shot in (2, 3):
+        assert after[f"shots/shot_{shot:03d}.mp4"][0] != before[f"shots/shot_{shot:03d}.mp4"][0]
+
+
+def _start_story(script: Path, models_dir: Path, out: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "storymem_core", "story", str(script), "--models-dir", str(models_dir), "--out", str(out),
+               *TINY]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the story stopped early: {process.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl_c"])
+def test_resume_after_a_stop_regenerates_nothing_finished(tmp_path, models_dir, stop):
+    shots = 6
+    script, out = story_script(tmp_path, shots), tmp_path / "out"
+    process = _start_story(script, models_dir, out)
+    folder = StoryFolder(out)
+    _wait_for(folder.bank(0), process)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    if stop == signal.SIGINT:
+        assert process.returncode == 130
+        assert "run the same command again to continue" in stderr
+    finished = [i for i in range(shots) if folder.is_finished(i)]
+    assert finished and len(finished) < shots and finished == list(range(len(finished)))
+    before = snapshot(out)
+
+    resumed = _start_story(script, models_dir, out)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-2000:]
+    after = snapshot(out)
+    for shot in finished:
+        assert shot_files(after, shot + 1) == shot_files(before, shot + 1)
+    assert all(folder.is_finished(i) for i in range(shots))
+    assert len(read_mp4(folder.film)) == sum(len(read_mp4(folder.video(i))) for i in range(shots))
+
+
+def test_missing_model_files_are_listed_together(tmp_path):
+    (tmp_path / "diffusion_models").mkdir()
+    with pytest.raises(CheckpointError) as error:
+        find_model_files(tmp_path, required_roles("t2v"))
+    message = str(error.value)
+    for role in required_roles("t2v"):
+        if role != "aesthetic":
+            assert ROLES[role].usual_name.split(" ")[0].split("/")[-1] in message
+    assert "aesthetic" not in message  # optional: the quality filter is off without it
+
+
+def test_story_command_without_models_exits_2(tmp_path, capsys):
+    script = story_script(tmp_path, 1)
+    assert main(["story", str(script), "--models-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert "--models-dir" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_files_are_found_by_their_published_names(tmp_path, models_dir):
+    files = find_model_files(models_dir, required_roles("mr2v"))
+    assert files.get("aesthetic") is None
+    assert files["i2v_high"].name.startswith("wan2.2_i2v_high_noise")
+    assert os.path.basename(files["lora_low"]) == "backbone_low_noise.pth"
