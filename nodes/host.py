@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from storymem_core.errors import CheckpointError, GenerationInterrupted
+from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
 
 try:  # inside ComfyUI these are importable from its root
     import comfy.model_management as comfy_model_management
@@ -191,6 +191,8 @@ def storymem_names() -> list[str]:
 
 def storymem_path(relative: str) -> Path:
     """An existing file or folder under one of the storymem folders."""
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise CheckpointError(f"'{relative}' must be a name inside the storymem folders, not a path: pick one from the list.")
     for root in _host.folders(STORYMEM_FOLDER):
         if (root / relative).exists():
             return root / relative
@@ -205,6 +207,14 @@ def save_dir() -> Path:
 
 def output_dir() -> Path:
     return _host.output_dir()
+
+
+def output_name(name: str, input_name: str, example: str, error: type[StoryMemError] = StoryMemError) -> Path:
+    """A save node's path input as a relative path; one that would leave the output folder (absolute, '..') raises `error`."""
+    relative = Path(name.strip())
+    if relative.is_absolute() or ".." in relative.parts:
+        raise error(f"{input_name} '{name}' must be a relative folder name inside the output folder, such as {example}.")
+    return relative
 
 
 def temp_dir() -> Path:

@@ -137,10 +137,9 @@ class SaveBank:
     OUTPUT_NODE = True
 
     def save(self, memory: MemoryBank, name: str):
-        relative = Path(name.strip())
-        if not name.strip() or relative.is_absolute() or ".." in relative.parts:
-            raise MemoryBankError(f"bank name '{name}' must be a relative folder name such as banks/my_story.")
-        memory.save(host.save_dir() / relative)
+        if not name.strip():
+            raise MemoryBankError("bank name is empty: give a relative folder name such as banks/my_story.")
+        memory.save(host.save_dir() / host.output_name(name, "bank name", "banks/my_story", MemoryBankError))
         return with_bank_ui(memory, memory)
 
 

@@ -17,9 +17,7 @@ OPTIONAL_SHOTS = 7  # shot_2 .. shot_8; longer stories chain a second Combine Sh
 
 def next_video_path(prefix: str) -> Path:
     """`<output>/<prefix>_00001.mp4`, numbered past the files already there (as ComfyUI's save nodes do)."""
-    relative = Path(prefix.strip() or "storymem/film")
-    if relative.is_absolute() or ".." in relative.parts:
-        raise ConditioningError(f"filename_prefix '{prefix}' must stay inside the output folder: use e.g. storymem/film.")
+    relative = host.output_name(prefix.strip() or "storymem/film", "filename_prefix", "storymem/film", ConditioningError)
     folder = host.output_dir() / relative.parent
     taken = {p.name for p in folder.glob(f"{relative.name}_*.mp4")} if folder.is_dir() else set()
     number = 1

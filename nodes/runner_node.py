@@ -88,6 +88,8 @@ class StoryRunner:
             width: int, height: int, frames: int, fps: int, max_size: int, fixed: int, output_folder: str, from_shot: int,
             t2v_model: WanExperts | None = None, reference_images: torch.Tensor | None = None, negative_prompt: str = ""):
         model.require("i2v", "Story Runner")
+        if from_shot > len(story.shots):
+            raise StoryMemError(f"from_shot {from_shot} is not a shot of '{story.name}' (it has shots 1 to {len(story.shots)}): use 0 to continue, or one of those.")
         if first_shot == "t2v":
             if t2v_model is None:
                 raise StoryMemError("first_shot is t2v but t2v_model is not connected: load the Wan2.2 T2V experts, or choose mr2v.")
@@ -103,7 +105,7 @@ class StoryRunner:
         sources = [model.name, *(f"{lora.name}@{lora.strength}" for lora in model.loras), text_encoder.name, keyframe_encoder.name,
                    "" if t2v_model is None else t2v_model.name,
                    "" if references is None else hashlib.sha1(references.numpy().tobytes()).hexdigest()]
-        folder = story_folder(host.output_dir() / output_folder.strip(), story, options, sources)
+        folder = story_folder(host.output_dir() / host.output_name(output_folder, "output_folder", "storymem/stories"), story, options, sources)
         device = host.device()
         with contextlib.ExitStack() as stack:
             models = StoryModels(

@@ -13,7 +13,7 @@ from storymem_core.errors import ConditioningError, StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryOptions
 from storymem_core.sampling import SamplerSettings
-from storymem_core.shot import DEFAULT_NEGATIVE_PROMPT, T2V_SETTINGS, generate_memory_shot, generate_text_shot
+from storymem_core.shot import DEFAULT_NEGATIVE_PROMPT, T2V_SETTINGS, generate_memory_shot, generate_text_shot, reporting_out_of_memory, shot_tokens
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames, trim_conditioning_frames, video_to_frames
 
 from . import host
@@ -62,17 +62,20 @@ def _optional_inputs() -> dict:
     return {"negative_prompt": inputs.negative_prompt(), "shot_number": inputs.shot_number()}
 
 
-def _contexts(text_encoder: TextModel, model: WanExperts, prompt: str, negative_prompt: str, device: torch.device):
+def _check_prompt(prompt: str) -> None:
     if not prompt.strip():
         raise StoryMemError("prompt is empty: describe the shot, or connect the prompt output of Story Shot.")
+
+
+def _contexts(text_encoder: TextModel, model: WanExperts, prompt: str, negative_prompt: str, device: torch.device):
     encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
     context, context_null = encoder.encode([prompt, negative_prompt.strip() or DEFAULT_NEGATIVE_PROMPT], device)
     return context, context_null
 
 
 def _check_size(width: int, height: int) -> None:
-    if width % 16 or height % 16:
-        raise ConditioningError(f"size {width}x{height} is not divisible by 16: use e.g. 832x480.")
+    if width % 16 or height % 16 or width < 16 or height < 16:
+        raise ConditioningError(f"size {width}x{height} is not divisible by 16 (or not positive): use e.g. 832x480.")
 
 
 def _make_room(model: WanExperts, device: torch.device) -> None:
@@ -119,11 +122,13 @@ class FirstShot:
                  width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None):
         model.require("t2v", "First Shot")
         _check_size(width, height)
+        _check_prompt(prompt)
         device = host.device()
-        context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
         settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
+        tokens = shot_tokens((frames - 1) // 4 + 1, width * height)
         _make_room(model, device)
-        with model.sampling(device, host.offload_device()) as experts:
+        with model.sampling(device, host.offload_device()) as experts, reporting_out_of_memory(experts, tokens):
+            context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
             result = generate_text_shot(experts, vae.to(device), context, context_null, (width, height), frames, settings,
                                         host.ProgressSteps(steps, "first shot"))
         return _finish(video_to_frames(result.video), memory, keyframe_encoder, shot_number or 1)
@@ -169,11 +174,13 @@ class MemoryShot:
         _check_size(width, height)
         mode = resolve_mode(mode, cut, previous_frames is not None)
         previous = None if mode == "m2v" else image_batch_to_frames(previous_frames)
+        _check_prompt(prompt)
         device = host.device()
-        context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
         settings = SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg, seed)
+        tokens = shot_tokens(len(memory) + (frames - 1) // 4 + 1, width * height)
         _make_room(model, device)
-        with model.sampling(device, host.offload_device()) as experts:
+        with model.sampling(device, host.offload_device()) as experts, reporting_out_of_memory(experts, tokens):
+            context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
             result = generate_memory_shot(
                 experts, vae.to(device), context, context_null, memory.image_list(), frames, width * height, settings,
                 first_frame=previous[-1] if mode == "mi2v" else None,

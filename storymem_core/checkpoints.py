@@ -14,6 +14,7 @@ import logging
 import math
 import pickle
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -228,7 +229,8 @@ class _TensorDict:
 
 def _load_pth(path: Path) -> _TensorDict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap needs torch's zip format; older .pth files (one pickle stream) load whole, just as safely
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"{path} contains Python objects besides tensors and was refused, since loading it could run code; "

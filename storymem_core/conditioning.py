@@ -139,7 +139,10 @@ def build_conditioning(
     elif motion_frames is not None:
         given, mode = _check_same_size(motion_frames, "motion frames"), "mm2v"
         if len(given) != MOTION_FRAMES:
-            raise ConditioningError(f"MM2V needs exactly {MOTION_FRAMES} motion frames, got {len(given)}.")
+            raise ConditioningError(
+                f"MM2V needs exactly {MOTION_FRAMES} motion frames, got {len(given)}: give the previous shot's last {MOTION_FRAMES} frames "
+                f"(a shot of at least {MOTION_FRAMES} frames), or use MI2V."
+            )
     if given is not None and frame_num < len(given):
         raise ConditioningError(f"frames = {frame_num} is shorter than the {len(given)} given frames of {mode.upper()}.")
 

@@ -21,6 +21,16 @@ class MemoryBankError(StoryMemError):
     """A memory bank operation or a saved bank folder is invalid."""
 
 
+class OutOfMemory(StoryMemError):
+    """A shot did not fit in GPU memory; the message names the setting that would fit. Finished shots are kept."""
+
+
+class WriteError(StoryMemError, OSError):
+    """A file or folder could not be written (disk full, no permission); what was there before is unchanged.
+
+    Also an OSError, so code that handles write failures as OSError keeps working."""
+
+
 class GenerationInterrupted(StoryMemError):
     """The user stopped generation; nothing of the interrupted shot was kept."""
 

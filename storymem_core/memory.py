@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .errors import MemoryBankError
+from .errors import MemoryBankError, WriteError
 
 BANK_FILE = "bank.json"
 BANK_FORMAT = "storymem-memory-bank"
@@ -175,8 +175,12 @@ class MemoryBank:
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the bank to `folder` (PNGs + bank.json), replacing a previous bank there only once complete."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+        _check_replaceable(folder)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+        except OSError as error:
+            raise _write_error(folder, error) from None
         try:
             entries = []
             for i, keyframe in enumerate(self.keyframes):
@@ -189,6 +193,8 @@ class MemoryBank:
             manifest = {"format": BANK_FORMAT, "version": BANK_VERSION, "max_size": self.max_size, "fixed": self.fixed, "keyframes": entries}
             (staging / BANK_FILE).write_text(json.dumps(manifest, indent=1))
             _swap_into_place(staging, folder)
+        except OSError as error:
+            raise _write_error(folder, error) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return folder
@@ -205,6 +211,8 @@ class MemoryBank:
             raise MemoryBankError(f"{manifest_path} does not exist: point to a folder written by MemoryBank.save.") from None
         except (ValueError, KeyError, TypeError) as error:
             raise MemoryBankError(f"{manifest_path} is not a valid memory bank file ({error}): save the bank again.") from None
+        if not isinstance(entries, list):
+            raise MemoryBankError(f"{manifest_path} is not a valid memory bank file (keyframes is not a list): save the bank again.")
         keyframes = []
         for entry in entries:
             try:
@@ -257,14 +265,29 @@ def _read_png(path: Path) -> torch.Tensor:
         raise MemoryBankError(f"keyframe image {path} cannot be read ({error}): restore it or save the bank again.") from None
 
 
-def _swap_into_place(staging: Path, folder: Path) -> None:
-    """Rename the finished `staging` folder to `folder`, moving a previous bank aside first (rename is atomic)."""
+def _write_error(folder: Path, error: OSError) -> WriteError:
+    return WriteError(f"the memory bank could not be written to {folder} ({error}); a bank saved there before is unchanged: "
+                      "free disk space or choose another folder, then save again.")
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Saving replaces `folder` whole, so it must be a bank folder or empty: never a folder of other banks or files."""
     if folder.exists() and not folder.is_dir():
         raise MemoryBankError(f"{folder} is a file, not a bank folder: choose another path.")
+    if folder.is_dir() and not (folder / BANK_FILE).is_file() and any(folder.iterdir()):
+        raise MemoryBankError(f"{folder} holds files but no {BANK_FILE}, so it is not a memory bank that may be replaced: choose another folder name.")
+
+
+def _swap_into_place(staging: Path, folder: Path) -> None:
+    """Rename the finished `staging` folder to `folder`, moving a previous bank aside first (rename is atomic)."""
     if not folder.exists():
         os.replace(staging, folder)
         return
     previous = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
     os.replace(folder, previous)
-    os.replace(staging, folder)
+    try:
+        os.replace(staging, folder)
+    except OSError:
+        os.replace(previous, folder)  # put the previous bank back
+        raise
     shutil.rmtree(previous, ignore_errors=True)

@@ -16,11 +16,12 @@ from typing import Callable, Protocol
 
 import torch
 
+from .conditioning import check_frame_num
 from .errors import ConditioningError, StoryMemError
 from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
 from .memory import MemoryBank
 from .sampling import ExpertPair, SamplerSettings
-from .shot import DEFAULT_NEGATIVE_PROMPT, T2V_SETTINGS, generate_memory_shot, generate_text_shot
+from .shot import DEFAULT_NEGATIVE_PROMPT, T2V_SETTINGS, generate_memory_shot, generate_text_shot, reporting_out_of_memory
 from .story import Story
 from .video import concat_videos, load_image, save_image, trim_conditioning_frames, video_to_frames, write_mp4
 from .wan.vae import WanVAE
@@ -69,10 +70,11 @@ class StoryOptions:
         if self.continuation not in CONTINUATIONS:
             raise StoryMemError(f"continuation '{self.continuation}' is unknown: use one of {', '.join(CONTINUATIONS)}.")
         width, height = self.size_wh
-        if width % 16 or height % 16:
-            raise ConditioningError(f"size {width}x{height} is not divisible by 16: use e.g. 832x480.")
+        if width % 16 or height % 16 or width < 16 or height < 16:
+            raise ConditioningError(f"size {width}x{height} is not divisible by 16 (or not positive): use e.g. 832x480.")
         if not 0 <= self.fixed_memory <= self.max_memory:
             raise StoryMemError(f"fixed memory {self.fixed_memory} must be between 0 and max memory {self.max_memory}.")
+        check_frame_num(self.frames)  # before anything is written, not at the first shot
 
 
 @dataclass
@@ -165,7 +167,8 @@ def _generate(shot, bank: MemoryBank, models: StoryModels, options: StoryOptions
     if shot.index == 0 and options.first_shot == "t2v":
         if models.t2v is None:
             raise StoryMemError("A T2V first shot needs the Wan2.2 T2V experts: load them or use an MR2V first shot.")
-        context, context_null = _contexts(models, shot.prompt, options.negative_prompt, models.t2v.device)
+        with reporting_out_of_memory(models.t2v, 0):  # the text encoder's visit to the GPU; the shot reports its own
+            context, context_null = _contexts(models, shot.prompt, options.negative_prompt, models.t2v.device)
         result = generate_text_shot(
             models.t2v, models.vae, context, context_null, options.size_wh, options.frames,
             replace(options.t2v, seed=seed), on_step,
@@ -173,7 +176,8 @@ def _generate(shot, bank: MemoryBank, models: StoryModels, options: StoryOptions
         return video_to_frames(result.video)
     mode = "m2v" if shot.cut or shot.index == 0 else options.continuation
     tail = _load_tail(folder, shot.index - 1) if mode != "m2v" else None
-    context, context_null = _contexts(models, shot.prompt, options.negative_prompt, models.m2v.device)
+    with reporting_out_of_memory(models.m2v, 0):
+        context, context_null = _contexts(models, shot.prompt, options.negative_prompt, models.m2v.device)
     width, height = options.size_wh
     result = generate_memory_shot(
         models.m2v, models.vae, context, context_null, bank.image_list(), options.frames, width * height,

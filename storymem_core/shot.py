@@ -6,13 +6,17 @@ are uint8 [H, W, 3], and the result is the decoded video in [-1, 1].
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
-from .conditioning import LATENT_FRAME_STRIDE, build_conditioning, check_frame_num
+from .conditioning import LATENT_FRAME_STRIDE, PATCH, VAE_STRIDE, build_conditioning, check_frame_num
+from .errors import OutOfMemory
+from .offload import BlockSwapDiT, choose_offload
 from .sampling import LATENT_CHANNELS, ExpertPair, SamplerSettings, denoise, seeded_noise
+from .wan.fp8 import Fp8Linear
 from .wan.vae import WanVAE
 
 # Wan2.2's standard negative prompt (used when the user leaves it empty), kept verbatim for parity.
@@ -22,6 +26,14 @@ DEFAULT_NEGATIVE_PROMPT = (
     "三条腿，背景人很多，倒着走"
 )
 T2V_SETTINGS = SamplerSettings(shift=12.0, boundary=0.875, guide_low=3.0, guide_high=4.0)
+PLACEMENTS = ("none", "experts", "blocks")  # GPU memory plans, each needing less than the one before
+PIXELS_PER_TOKEN = VAE_STRIDE[1] * PATCH[1] * VAE_STRIDE[2] * PATCH[2]
+PLACEMENT_HINTS = {
+    "experts": "offload 'experts' (one expert on the GPU at a time; Load Wan2.2 Experts' offload, --offload experts)",
+    "blocks": "offload 'blocks' (block swap: the experts' blocks stream from RAM; Load Wan2.2 Experts' offload, --offload blocks)",
+}
+FP8_HINT = "fp8 weights (weight_dtype fp8, --weights fp8: half the memory of bf16)"
+SMALLER_HINT = "fewer frames, a smaller size or a smaller memory (max memory)"
 
 
 @dataclass(frozen=True)
@@ -47,16 +59,18 @@ def generate_memory_shot(
     on_step: Callable[[int, int], None] | None = None,
 ) -> ShotResult:
     """Generate one shot conditioned on memory keyframes (and the previous shot's last frame(s))."""
-    conditioning = build_conditioning(
-        vae, memory_images, frame_num, max_area, first_frame, motion_frames, fix_mem, device=experts.device
-    )
-    noise, generator = seeded_noise((LATENT_CHANNELS, *conditioning.y.shape[1:]), settings.seed)
-    latent = denoise(experts, noise, generator, context, context_null, settings, conditioning.y, on_step)
-    memory_count = conditioning.memory_count
-    video = vae.decode(latent[None, :, memory_count:])[0]
-    memory_decoded = None
-    if decode_memory:  # each memory latent alone, as it was encoded
-        memory_decoded = vae.decode(latent[:, :memory_count].transpose(0, 1).unsqueeze(2)).squeeze(2)
+    tokens = shot_tokens(len(memory_images) + (max(frame_num, 1) - 1) // LATENT_FRAME_STRIDE + 1, max_area)
+    with reporting_out_of_memory(experts, tokens):
+        conditioning = build_conditioning(
+            vae, memory_images, frame_num, max_area, first_frame, motion_frames, fix_mem, device=experts.device
+        )
+        noise, generator = seeded_noise((LATENT_CHANNELS, *conditioning.y.shape[1:]), settings.seed)
+        latent = denoise(experts, noise, generator, context, context_null, settings, conditioning.y, on_step)
+        memory_count = conditioning.memory_count
+        video = vae.decode(latent[None, :, memory_count:])[0]
+        memory_decoded = None
+        if decode_memory:  # each memory latent alone, as it was encoded
+            memory_decoded = vae.decode(latent[:, :memory_count].transpose(0, 1).unsqueeze(2)).squeeze(2)
     return ShotResult(video=video, latent=latent, memory_decoded=memory_decoded)
 
 
@@ -75,8 +89,64 @@ def generate_text_shot(
     width, height = size_wh
     shape = (LATENT_CHANNELS, (frame_num - 1) // LATENT_FRAME_STRIDE + 1, height // 8, width // 8)
     noise, generator = seeded_noise(shape, settings.seed)
-    latent = denoise(experts, noise, generator, context, context_null, settings, None, on_step)
-    return ShotResult(video=vae.decode(latent[None])[0], latent=latent)
+    with reporting_out_of_memory(experts, shot_tokens(shape[1], width * height)):
+        latent = denoise(experts, noise, generator, context, context_null, settings, None, on_step)
+        video = vae.decode(latent[None])[0]
+    return ShotResult(video=video, latent=latent)
+
+
+def memory_advice(placement: str, fp8: bool, fitting: str | None = None) -> str:
+    """What to change after running out of GPU memory: a plan that needs less (`fitting`, when measured, else the
+    next one), then fp8 weights, then a smaller shot."""
+    options = []
+    rank = PLACEMENTS.index(placement)
+    if fitting is not None and PLACEMENTS.index(fitting) > rank:
+        options.append(PLACEMENT_HINTS[fitting])
+    elif rank + 1 < len(PLACEMENTS):
+        options.append(PLACEMENT_HINTS[PLACEMENTS[rank + 1]])
+    if not fp8:
+        options.append(FP8_HINT)
+    options.append(SMALLER_HINT)
+    return "use " + "; or ".join(options)
+
+
+def _placement(experts: ExpertPair) -> str:
+    if isinstance(experts.high, BlockSwapDiT):
+        return "blocks"
+    return "experts" if experts.offload else "none"
+
+
+def _fitting_placement(experts: ExpertPair, tokens: int) -> str | None:
+    """The plan `choose_offload` picks for the memory free now plus what the experts hold (None off the GPU)."""
+    if experts.device.type != "cuda":
+        return None
+    held = sum(t.numel() * t.element_size() for expert in (experts.high, experts.low) for t in expert.parameters() if t.device.type == "cuda")
+    return choose_offload(experts.high, torch.cuda.mem_get_info(experts.device)[0] + held, tokens)
+
+
+@contextlib.contextmanager
+def reporting_out_of_memory(experts: ExpertPair, tokens: int) -> Iterator[None]:
+    """Turn the GPU running out of memory inside the block into OutOfMemory naming what would fit.
+
+    Put around one shot: nothing of the shot is kept, and the caller's finished shots are untouched.
+    """
+    try:
+        yield
+        return
+    except torch.OutOfMemoryError as error:
+        detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else "out of memory"
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    fp8 = any(isinstance(module, Fp8Linear) for module in experts.high.modules())
+    advice = memory_advice(_placement(experts), fp8, _fitting_placement(experts, tokens))
+    raise OutOfMemory(
+        f"the shot ran out of GPU memory with offload '{_placement(experts)}' ({detail}); finished shots are kept: {advice}, then run it again."
+    ) from None
+
+
+def shot_tokens(latent_frames: int, pixel_area: int) -> int:
+    """DiT tokens of a shot: latent frames x patches per frame (what activation memory grows with)."""
+    return latent_frames * pixel_area // PIXELS_PER_TOKEN
 
 
 def with_seed(settings: SamplerSettings, seed: int) -> SamplerSettings:

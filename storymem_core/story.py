@@ -184,6 +184,10 @@ def _decode(text: str, source: str) -> Any:
             source, f"not valid JSON at line {error.lineno}, column {error.colno} ({error.msg})",
             "fix the syntax there (JSON allows no comments, no trailing commas and only double quotes)",
         ) from None
+    except RecursionError:
+        raise _fail(source, "the JSON is nested too deeply to read", "a story script needs only a few levels (story, scenes, prompts)") from None
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        raise _fail(source, f"the JSON holds a value that cannot be read ({str(error).split(':')[0]})", "write plain numbers and strings") from None
 
 
 def _read_text(path: str | os.PathLike) -> str:

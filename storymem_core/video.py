@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .conditioning import MOTION_FRAMES
-from .errors import ConditioningError, StoryMemError
+from .errors import ConditioningError, StoryMemError, WriteError
 
 # frames at the start of a shot that were given as conditioning, not generated (dropped before saving)
 GIVEN_FRAMES = {"m2v": 0, "mi2v": 1, "mm2v": MOTION_FRAMES}
@@ -85,15 +85,26 @@ def trim_conditioning_frames(frames: torch.Tensor, mode: str) -> torch.Tensor:
 def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as error:
+        raise _write_error(path, error) from None
     try:
         yield Path(temp)
         os.replace(temp, path)
+    except WriteError:
+        raise
+    except OSError as error:  # disk full, no permission (PyAV's write errors are OSErrors too)
+        raise _write_error(path, error) from None
     finally:
         if os.path.exists(temp):
             os.remove(temp)
+
+
+def _write_error(path: Path, error: OSError) -> WriteError:
+    return WriteError(f"{path} could not be written ({error}); the file there before is unchanged: free disk space or choose another folder.")
 
 
 @lru_cache(maxsize=None)
