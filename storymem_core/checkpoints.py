@@ -425,9 +425,10 @@ class Checkpoint:
                 f"{name} is {found}, but {KIND_NAMES[kind]} was expected: load the {KIND_FILES.get(kind, 'matching')} here."
             )
         self.info = CheckpointInfo(path=name, layout=layout, kind=detected, prefix=prefix, architecture=architecture, problems=problems)
-        if shard := _SHARD_NAME.search(name):
-            self.info.problems.append(
-                f"This is shard {int(shard[1])} of {int(shard[2])}; give its folder or .index.json to load the whole model."
+        if shard := _SHARD_NAME.search(name):  # first: a lone shard's other problems all follow from it
+            self.info.problems.insert(
+                0,
+                f"This is shard {int(shard[1])} of {int(shard[2])}; give its folder or .index.json to load the whole model.",
             )
         self._entries = self._plan("" if detected == "lora" else prefix)  # LoRA keys lose their prefix one by one
         self.info.dtypes = dict(Counter(str(e.dtype).removeprefix("torch.") for e in self._entries.values()))

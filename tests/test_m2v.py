@@ -118,12 +118,13 @@ def test_m2v_shot_matches_reference(path):
     )
     noise, _ = seeded_noise(tuple(tensors["noise"].shape), settings.seed)
     torch.testing.assert_close(noise, tensors["noise"], atol=0, rtol=0)
-    torch.testing.assert_close(result.memory_decoded, tensors["memory_decoded"], atol=2e-3, rtol=0)
     if is_released_mi2v_bug(config):
-        # The first frame's content reaches our shot and not the released one.
+        # The first frame's content reaches our shot and not the released one (attention carries the
+        # difference into the denoised memory latents too, so they are not compared here).
         assert (result.video - tensors["video"]).abs().max() > 2e-2
     else:
         torch.testing.assert_close(result.video, tensors["video"], atol=2e-3, rtol=0)
+        torch.testing.assert_close(result.memory_decoded, tensors["memory_decoded"], atol=2e-3, rtol=0)
 
 
 @pytest.mark.parametrize("path", cases("t2v_"))
