@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol
@@ -129,9 +130,10 @@ def run_story(
     folder.root.mkdir(parents=True, exist_ok=True)
     _initial_bank(folder, options, reference_images)
     shots = story.shots
+    if from_shot is not None:
+        _unfinish(folder, [shot.index for shot in shots if shot.index >= from_shot])
     for shot in shots:
-        regenerate = from_shot is not None and shot.index >= from_shot
-        if folder.is_finished(shot.index) and not regenerate:
+        if folder.is_finished(shot.index):
             continue
         bank = MemoryBank.load(folder.bank(shot.index - 1))  # earlier shots are finished: the loop runs in order
         if on_shot is not None:
@@ -141,6 +143,14 @@ def run_story(
     concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
     MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet().save(folder.contact_sheet)
     return folder.film
+
+
+def _unfinish(folder: StoryFolder, shot_indices: list[int]) -> None:
+    """Mark shots to regenerate as unfinished (their banks go, last first), so a run of `from_shot` that is
+    stopped half-way never leaves later shots made from the old memory counted as finished."""
+    for index in reversed(shot_indices):
+        if folder.bank(index).is_dir():
+            shutil.rmtree(folder.bank(index))
 
 
 def _initial_bank(folder: StoryFolder, options: StoryOptions, reference_images: list[torch.Tensor] | None) -> None:

@@ -159,3 +159,28 @@ def test_files_are_found_by_their_published_names(tmp_path, models_dir):
     assert files.get("aesthetic") is None
     assert files["i2v_high"].name.startswith("wan2.2_i2v_high_noise")
     assert os.path.basename(files["lora_low"]) == "backbone_low_noise.pth"
+
+
+def test_an_interrupted_from_shot_run_leaves_later_shots_unfinished(tmp_path, models_dir, monkeypatch):
+    from storymem_core import pipeline
+
+    script = story_script(tmp_path, 3)
+    argv = ["story", str(script), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *TINY]
+    assert main(argv) == 0
+    generate = pipeline._generate
+
+    def stop_at_third_shot(shot, *args, **kwargs):
+        if shot.index == 2:
+            raise KeyboardInterrupt
+        return generate(shot, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_generate", stop_at_third_shot)
+    assert main(argv + ["--from-shot", "2", "--seed", "5"]) == 130
+    folder = StoryFolder(tmp_path / "out")
+    assert [folder.is_finished(i) for i in range(3)] == [True, True, False]  # shot 3 still holds the old memory's frames
+    monkeypatch.setattr(pipeline, "_generate", generate)
+    before = snapshot(tmp_path / "out")
+    assert main(argv) == 0
+    after = snapshot(tmp_path / "out")
+    assert after["shots/shot_003.mp4"][0] != before["shots/shot_003.mp4"][0]
+    assert shot_files(after, 2) == shot_files(before, 2)
