@@ -130,24 +130,26 @@ def run_story(
     folder.root.mkdir(parents=True, exist_ok=True)
     _initial_bank(folder, options, reference_images)
     shots = story.shots
-    if from_shot is not None:
-        _unfinish(folder, [shot.index for shot in shots if shot.index >= from_shot])
     for shot in shots:
-        if folder.is_finished(shot.index):
+        regenerate = from_shot is not None and shot.index >= from_shot
+        if folder.is_finished(shot.index) and not regenerate:
             continue
         bank = MemoryBank.load(folder.bank(shot.index - 1))  # earlier shots are finished: the loop runs in order
         if on_shot is not None:
             on_shot(shot.index, len(shots), shot.prompt)
         frames = _generate(shot, bank, models, options, folder, on_step)
-        _persist(folder, shot.index, frames, _remember(frames, shot.index, bank, models), options.fps)
+        bank_after = _remember(frames, shot.index, bank, models)
+        _unfinish(folder, [later.index for later in shots if later.index > shot.index])
+        _persist(folder, shot.index, frames, bank_after, options.fps)
     concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
     MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet().save(folder.contact_sheet)
     return folder.film
 
 
 def _unfinish(folder: StoryFolder, shot_indices: list[int]) -> None:
-    """Mark shots to regenerate as unfinished (their banks go, last first), so a run of `from_shot` that is
-    stopped half-way never leaves later shots made from the old memory counted as finished."""
+    """Mark shots unfinished (their banks go, last first) once an earlier shot is replaced: they were made
+    from the memory it replaces, so a `from_shot` run stopped half-way must not leave them counted as finished.
+    Called only after the new shot is generated, so a failed shot leaves every file as it was."""
     for index in reversed(shot_indices):
         if folder.bank(index).is_dir():
             shutil.rmtree(folder.bank(index))
