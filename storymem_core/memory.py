@@ -213,12 +213,14 @@ class MemoryBank:
             raise MemoryBankError(f"{manifest_path} is not a valid memory bank file ({error}): save the bank again.") from None
         if not isinstance(entries, list):
             raise MemoryBankError(f"{manifest_path} is not a valid memory bank file (keyframes is not a list): save the bank again.")
+        if len(entries) > max_size:
+            raise MemoryBankError(f"{manifest_path} lists {len(entries)} keyframes but max_size is {max_size}: raise max_size or remove keyframes.")
         keyframes = []
         for entry in entries:
             try:
                 keyframes.append(
                     Keyframe(
-                        _read_png(Path(folder) / entry["file"]), shot=int(entry["shot"]), frame_index=int(entry["frame_index"]),
+                        _read_png(Path(folder) / _own_file_name(entry["file"], manifest_path)), shot=int(entry["shot"]), frame_index=int(entry["frame_index"]),
                         scores=entry.get("scores", {}), pinned=bool(entry.get("pinned", False)), source=entry.get("source", "generated"),
                     )
                 )
@@ -253,6 +255,13 @@ class MemoryBank:
             tag = " pin" if keyframe.pinned else ""
             draw.text((x, y + thumb_height + 1), f"{i}: {origin}{tag}", fill="white")
         return sheet
+
+
+def _own_file_name(name: str, manifest_path: Path) -> str:
+    """A keyframe file named in bank.json must lie in the bank's own folder (a shared bank may not read elsewhere)."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise MemoryBankError(f"{manifest_path} names the keyframe file {name!r}, which is not a file in the bank's folder: save the bank again.")
+    return name
 
 
 def _read_png(path: Path) -> torch.Tensor:

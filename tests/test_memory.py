@@ -212,6 +212,26 @@ def test_window_load_names_the_missing_or_corrupt_file(tmp_path):
         MemoryBank.load(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("name", ["../outside.png", "/etc/hostname", "sub/keyframe_000.png", "..", ""])
+def test_window_load_reads_keyframes_only_from_the_bank_folder(tmp_path, name):
+    folder = MemoryBank().add(keyframes(1)).save(tmp_path / "bank")
+    Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
+    manifest = json.loads((folder / BANK_FILE).read_text())
+    manifest["keyframes"][0]["file"] = name
+    (folder / BANK_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(MemoryBankError, match="not a file in the bank's folder"):
+        MemoryBank.load(folder)
+
+
+def test_window_load_refuses_more_keyframes_than_max_size(tmp_path):
+    folder = MemoryBank(max_size=3, fixed=1).add(keyframes(3)).save(tmp_path / "bank")
+    manifest = json.loads((folder / BANK_FILE).read_text())
+    manifest["max_size"] = 2
+    (folder / BANK_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(MemoryBankError, match="lists 3 keyframes but max_size is 2"):
+        MemoryBank.load(folder)
+
+
 def test_window_contact_sheet_shows_every_keyframe():
     bank = MemoryBank(max_size=10, fixed=3).add(keyframes(7))
     sheet = bank.contact_sheet(thumb_height=32, columns=5)
