@@ -10,6 +10,7 @@ from storymem_core.errors import ConditioningError
 from storymem_core.video import image_batch_to_frames, write_mp4
 
 from . import host
+from .previews import video_ui
 
 CATEGORY = "StoryMem/output"
 OPTIONAL_SHOTS = 7  # shot_2 .. shot_8; longer stories chain a second Combine Shots through shot_1
@@ -61,9 +62,7 @@ class CombineShots:
         if not save_video:
             return {"ui": {}, "result": (film, "")}
         path = write_mp4(image_batch_to_frames(film), next_video_path(filename_prefix), fps=fps)
-        subfolder = path.parent.relative_to(host.output_dir()).as_posix()
-        ui = {"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}], "animated": [True]}
-        return {"ui": ui, "result": (film, str(path))}
+        return {"ui": video_ui(path), "result": (film, str(path))}
 
 
 NODE_CLASS_MAPPINGS = {"StoryMemCombineShots": CombineShots}

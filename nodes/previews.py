@@ -7,6 +7,7 @@ Thumbnails are named by their pixels' hash, so a keyframe shown by several nodes
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from PIL import Image
 
@@ -42,3 +43,9 @@ def bank_ui(bank: MemoryBank) -> dict[str, list]:
             "pinned": keyframe.pinned, "fixed": index in protected and not keyframe.pinned,
         })
     return {"storymem_bank": entries, "storymem_bank_limits": [{"size": len(bank), "max_size": bank.max_size, "fixed": bank.fixed}]}
+
+
+def video_ui(path: Path) -> dict[str, list]:
+    """The `ui` part that makes ComfyUI show an mp4 in the output folder under the node."""
+    subfolder = path.parent.relative_to(host.output_dir()).as_posix()
+    return {"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}], "animated": [True]}

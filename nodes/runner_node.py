@@ -25,7 +25,7 @@ from storymem_core.video import frames_to_image_batch, image_batch_to_frames, re
 
 from . import host
 from . import inputs
-from .previews import bank_ui
+from .previews import bank_ui, video_ui
 from .types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts
 
 CATEGORY = "StoryMem/story"
@@ -120,7 +120,7 @@ class StoryRunner:
                              on_step=host.ProgressSteps(len(story.shots) * steps, f"story '{story.name}'"))
         bank = MemoryBank.load(StoryFolder(folder).bank(story.shots[-1].index))
         result = (frames_to_image_batch(read_mp4(film)), bank, str(film))
-        return {"ui": bank_ui(bank), "result": result}
+        return {"ui": {**bank_ui(bank), **video_ui(film)}, "result": result}
 
 
 NODE_CLASS_MAPPINGS = {"StoryMemStoryRunner": StoryRunner}

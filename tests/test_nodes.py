@@ -394,6 +394,8 @@ def test_story_runner_generates_and_resumes(pack):
     (film, bank, path), ui = call("StoryMemStoryRunner", **arguments)
     assert film.shape[1:] == (32, 32, 3) and film.shape[0] == 5 + 5 + 4 and Path(path).is_file()
     assert len(bank) >= 1 and ui["storymem_bank"]
+    shown = ui["images"][0]  # the film plays under the node, as under Combine Shots
+    assert host.output_dir() / shown["subfolder"] / shown["filename"] == Path(path) and ui["animated"] == [True]
     modified = Path(path).stat().st_mtime_ns
     (_, _, again), _ = call("StoryMemStoryRunner", **arguments)
     assert again == path and Path(path).parent.joinpath("shots").is_dir()
