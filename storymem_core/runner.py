@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,9 +21,10 @@ from .keyframes import AestheticHead
 from .lora import apply_loras, load_lora
 from .model_files import auto_dtype, expert_weights, load_dit, load_keyframe_encoder, load_text_encoder, load_vae
 from .offload import BlockSwapDiT, resolve_offload
+from .conditioning import LATENT_FRAME_STRIDE
 from .pipeline import StoryModels, StoryOptions, run_story
 from .sampling import ExpertPair, SamplerSettings
-from .shot import T2V_SETTINGS
+from .shot import T2V_SETTINGS, shot_tokens
 from .story import Story, load_story
 from .video import load_image
 from .wan.text_encoder import ParkedTextEncoder, TextEncoder
@@ -31,7 +32,6 @@ from .wan.text_encoder import ParkedTextEncoder, TextEncoder
 log = logging.getLogger(__name__)
 
 MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin")
-LATENT_TOKENS_PER_FRAME = 8 * 8 * 4  # pixels per DiT token: VAE stride 8 x 8, patch 2 x 2
 
 
 @dataclass(frozen=True)
@@ -58,23 +58,12 @@ ROLES = {
 OPTIONAL_ROLES = ("aesthetic",)
 
 
-@dataclass(frozen=True)
-class ModelFiles:
-    paths: dict[str, Path] = field(default_factory=dict)
-
-    def __getitem__(self, role: str) -> Path:
-        return self.paths[role]
-
-    def get(self, role: str) -> Path | None:
-        return self.paths.get(role)
-
-
 def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
     name = path.name.lower()
     return path.suffix.lower() in MODEL_SUFFIXES and any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
 
-def find_model_files(models_dir: str | Path, roles: list[str]) -> ModelFiles:
+def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path]:
     """The file of each role under `models_dir`; raises one error naming every missing required file."""
     root = Path(models_dir).expanduser()
     if not root.is_dir():
@@ -91,7 +80,7 @@ def find_model_files(models_dir: str | Path, roles: list[str]) -> ModelFiles:
             missing.append(f"{spec.folder}/{spec.usual_name}")
     if missing:
         raise CheckpointError(f"{len(missing)} model file(s) missing under {root}: {'; '.join(missing)}; download them into those folders.")
-    return ModelFiles(found)
+    return found
 
 
 def required_roles(first_shot: str) -> list[str]:
@@ -108,7 +97,7 @@ class LoadOptions:
     open_clip_name: str = "ViT-B-32-quickgelu"
 
 
-def _experts(files: ModelFiles, high: str, low: str, load: LoadOptions, tokens: int, loras: tuple[str, str] | None) -> ExpertPair:
+def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int, loras: tuple[str, str] | None) -> ExpertPair:
     dtype, keep_fp8 = expert_weights(load.weights, load.device)
     pair = [load_dit(files[role], dtype, keep_fp8) for role in (high, low)]
     if loras is not None:  # the StoryMem LoRA stays hooked for the whole story
@@ -124,10 +113,10 @@ def _experts(files: ModelFiles, high: str, low: str, load: LoadOptions, tokens: 
     return ExpertPair(*pair, device=load.device, offload=placement == "experts")
 
 
-def load_story_models(files: ModelFiles, options: StoryOptions, load: LoadOptions) -> StoryModels:
+def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadOptions) -> StoryModels:
     """Every model of a story, on the CPU until a shot needs it on `load.device`."""
     width, height = options.size_wh
-    tokens = (options.frames // 4 + 1 + options.max_memory) * width * height // LATENT_TOKENS_PER_FRAME
+    tokens = shot_tokens(options.max_memory + (options.frames - 1) // LATENT_FRAME_STRIDE + 1, width * height)
     m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, ("lora_high", "lora_low"))
     t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, None) if options.first_shot == "t2v" else None
     text = load_text_encoder(files["text_encoder"], auto_dtype(load.device))
