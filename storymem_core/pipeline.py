@@ -181,10 +181,13 @@ def _generate(shot, bank: MemoryBank, models: StoryModels, options: StoryOptions
             raise StoryMemError("A T2V first shot needs the Wan2.2 T2V experts: load them or use an MR2V first shot.")
         with reporting_out_of_memory(models.t2v, 0):  # the text encoder's visit to the GPU; the shot reports its own
             context, context_null = _contexts(models, shot.prompt, options.negative_prompt, models.t2v.device)
-        result = generate_text_shot(
-            models.t2v, models.vae, context, context_null, options.size_wh, options.frames,
-            replace(options.t2v, seed=seed), on_step,
-        )
+        try:
+            result = generate_text_shot(
+                models.t2v, models.vae, context, context_null, options.size_wh, options.frames,
+                replace(options.t2v, seed=seed), on_step,
+            )
+        finally:
+            models.t2v.park()  # only the first shot uses the T2V experts
         return video_to_frames(result.video)
     mode = "m2v" if shot.cut or shot.index == 0 else options.continuation
     tail = _load_tail(folder, shot.index - 1) if mode != "m2v" else None

@@ -40,6 +40,11 @@ class ExpertPair:
         self.device = torch.device(device)
         self.offload = offload
 
+    def park(self) -> None:
+        """Both experts off the device, e.g. the T2V pair once the first shot is done, so the M2V pair has the room."""
+        self.high.to("cpu")
+        self.low.to("cpu")
+
     def for_timestep(self, t: float, boundary_t: float) -> nn.Module:
         active, idle = (self.high, self.low) if t >= boundary_t else (self.low, self.high)
         if self.offload:

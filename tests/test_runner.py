@@ -184,3 +184,12 @@ def test_an_interrupted_from_shot_run_leaves_later_shots_unfinished(tmp_path, mo
     after = snapshot(tmp_path / "out")
     assert after["shots/shot_003.mp4"][0] != before["shots/shot_003.mp4"][0]
     assert shot_files(after, 2) == shot_files(before, 2)
+
+
+def test_t2v_experts_leave_the_device_after_the_first_shot(tmp_path, models_dir, monkeypatch):
+    from storymem_core.sampling import ExpertPair
+
+    parked = []
+    monkeypatch.setattr(ExpertPair, "park", lambda pair: parked.append(pair.high.config.model_type))
+    assert main(["story", str(story_script(tmp_path, 2)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *TINY]) == 0
+    assert parked == ["t2v"]
