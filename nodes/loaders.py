@@ -35,6 +35,8 @@ class LoadWanExperts:
             "weight_dtype": (list(WEIGHT_CHOICES), {"default": "auto", "tooltip": "auto: fp8 files stay fp8 on a GPU, others run in bf16 (fp32 on CPU)."}),
             "offload": (list(OFFLOAD_CHOICES), {"default": "auto", "tooltip": "GPU memory plan: none (both experts resident), experts (one at a time), "
                                                                             "blocks (stream blocks from RAM, for small GPUs), auto (pick from free memory)."}),
+            "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile the DiT blocks on a GPU: about 25% faster steps after a one-time compile "
+                                                                 "of about 20 s per expert (needs Triton)."}),
         }}
 
     RETURN_TYPES = (MODEL,)
@@ -43,7 +45,7 @@ class LoadWanExperts:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, high_noise_model: str, low_noise_model: str, weight_dtype: str, offload: str):
+    def load(self, high_noise_model: str, low_noise_model: str, weight_dtype: str, offload: str, compile: bool = False):
         device = host.device()
         dtype, keep_fp8 = expert_weights(weight_dtype, device)
         high, low = (load_dit(host.model_path("diffusion_models", name), dtype, keep_fp8) for name in (high_noise_model, low_noise_model))
@@ -52,6 +54,8 @@ class LoadWanExperts:
                 f"{high_noise_model} is a {high.config.model_type.upper()} expert but {low_noise_model} is {low.config.model_type.upper()}: load two experts of one pair."
             )
         placement = resolve_offload(offload, high, device, host.free_memory(device), PLANNED_TOKENS)
+        if compile and device.type == "cuda":
+            high, low = high.compile_blocks(), low.compile_blocks()
         if placement == "blocks":
             high, low = BlockSwapDiT(high), BlockSwapDiT(low)
         name = f"{high_noise_model} + {low_noise_model}"
