@@ -110,7 +110,7 @@ class StoryRunner:
         with contextlib.ExitStack() as stack:
             models = StoryModels(
                 text_encoder=text_encoder.for_dit(model.config.text_len, host.offload_device()),
-                vae=vae.to(device),
+                vae=vae,
                 m2v=stack.enter_context(model.sampling(device, host.offload_device())),
                 keyframe_encoder=keyframe_encoder.encoder,
                 t2v=None if t2v_model is None else stack.enter_context(t2v_model.sampling(device, host.offload_device())),

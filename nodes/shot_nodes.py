@@ -129,7 +129,7 @@ class FirstShot:
         _make_room(model, device)
         with model.sampling(device, host.offload_device()) as experts, reporting_out_of_memory(experts, tokens):
             context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
-            result = generate_text_shot(experts, vae.to(device), context, context_null, (width, height), frames, settings,
+            result = generate_text_shot(experts, vae, context, context_null, (width, height), frames, settings,
                                         host.ProgressSteps(steps, "first shot"))
         return _finish(video_to_frames(result.video), memory, keyframe_encoder, shot_number or 1)
 
@@ -182,7 +182,7 @@ class MemoryShot:
         with model.sampling(device, host.offload_device()) as experts, reporting_out_of_memory(experts, tokens):
             context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
             result = generate_memory_shot(
-                experts, vae.to(device), context, context_null, memory.image_list(), frames, width * height, settings,
+                experts, vae, context, context_null, memory.image_list(), frames, width * height, settings,
                 first_frame=previous[-1] if mode == "mi2v" else None,
                 motion_frames=previous[-inputs.TAIL_FRAMES:] if mode == "mm2v" else None,
                 on_step=host.ProgressSteps(steps, f"StoryMem shot ({mode.upper()})"),

@@ -124,7 +124,7 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
     aesthetic = files.get("aesthetic")
     return StoryModels(
         text_encoder=text_encoder,
-        vae=load_vae(files["vae"], auto_dtype(load.device)).to(load.device),
+        vae=load_vae(files["vae"], auto_dtype(load.device)),  # on the CPU: a shot takes it to the GPU to encode and decode
         m2v=m2v,
         keyframe_encoder=load_keyframe_encoder(files["clip"], load.open_clip_name, load.device),
         t2v=t2v,

@@ -61,16 +61,18 @@ def generate_memory_shot(
     """Generate one shot conditioned on memory keyframes (and the previous shot's last frame(s))."""
     tokens = shot_tokens(len(memory_images) + (max(frame_num, 1) - 1) // LATENT_FRAME_STRIDE + 1, max_area)
     with reporting_out_of_memory(experts, tokens):
-        conditioning = build_conditioning(
-            vae, memory_images, frame_num, max_area, first_frame, motion_frames, fix_mem, device=experts.device
-        )
+        with visiting(vae, experts.device):
+            conditioning = build_conditioning(
+                vae, memory_images, frame_num, max_area, first_frame, motion_frames, fix_mem, device=experts.device
+            )
         noise, generator = seeded_noise((LATENT_CHANNELS, *conditioning.y.shape[1:]), settings.seed)
         latent = denoise(experts, noise, generator, context, context_null, settings, conditioning.y, on_step)
         memory_count = conditioning.memory_count
-        video = vae.decode(latent[None, :, memory_count:])[0]
-        memory_decoded = None
-        if decode_memory:  # each memory latent alone, as it was encoded
-            memory_decoded = vae.decode(latent[:, :memory_count].transpose(0, 1).unsqueeze(2)).squeeze(2)
+        with visiting(vae, experts.device):
+            video = vae.decode(latent[None, :, memory_count:])[0]
+            memory_decoded = None
+            if decode_memory:  # each memory latent alone, as it was encoded
+                memory_decoded = vae.decode(latent[:, :memory_count].transpose(0, 1).unsqueeze(2)).squeeze(2)
     return ShotResult(video=video, latent=latent, memory_decoded=memory_decoded)
 
 
@@ -91,8 +93,21 @@ def generate_text_shot(
     noise, generator = seeded_noise(shape, settings.seed)
     with reporting_out_of_memory(experts, shot_tokens(shape[1], width * height)):
         latent = denoise(experts, noise, generator, context, context_null, settings, None, on_step)
-        video = vae.decode(latent[None])[0]
+        with visiting(vae, experts.device):
+            video = vae.decode(latent[None])[0]
     return ShotResult(video=video, latent=latent)
+
+
+@contextlib.contextmanager
+def visiting(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """`module` on `device` inside the block, back where it was after: a VAE kept on the CPU leaves the GPU
+    to the experts while they sample."""
+    home = next(module.parameters()).device
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to(home)
 
 
 def memory_advice(placement: str, fp8: bool, fitting: str | None = None) -> str:
