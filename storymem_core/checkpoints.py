@@ -227,7 +227,8 @@ class _TensorDict:
         return self._tensors[name]
 
 
-def _load_pth(path: Path) -> _TensorDict:
+def read_pth(path: Path) -> Mapping[str, torch.Tensor]:
+    """A .pth / .bin / .ckpt state dict, tensors only: a file holding other Python objects is refused, never unpickled."""
     try:
         # mmap needs torch's zip format; older .pth files (one pickle stream) load whole, just as safely
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
@@ -241,7 +242,7 @@ def _load_pth(path: Path) -> _TensorDict:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first_line}); download it again.") from None
     if not isinstance(state, Mapping) or not any(isinstance(t, torch.Tensor) for t in state.values()):
         raise CheckpointError(f"{path} holds no flat name -> tensor state dict; save the model's state_dict() instead.")
-    return _TensorDict(state)
+    return state
 
 
 def _shard_files(folder_or_index: Path) -> list[Path]:
@@ -280,7 +281,7 @@ def _open_source(path: Path, kind: str | None) -> tuple[str, Path, _SafetensorsF
     if name.endswith(SAFETENSORS_SUFFIXES):
         return "safetensors", path, _SafetensorsFiles([path])
     if name.endswith(PTH_SUFFIXES):
-        return "pth", path, _load_pth(path)
+        return "pth", path, _TensorDict(read_pth(path))
     raise CheckpointError(f"{path} is neither .safetensors nor .pth: give a model file, a shard index or a model folder.")
 
 
@@ -587,8 +588,8 @@ def first_names(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _check_fit(expected: dict[str, tuple[int, ...]], given: dict[str, tuple[int, ...]], source: str, strict: bool) -> None:
-    """Raise before anything is assigned when the file's names or shapes do not fit the model."""
+def fit_faults(expected: Mapping[str, tuple[int, ...]], given: Mapping[str, tuple[int, ...]], strict: bool = True) -> list[str]:
+    """What keeps a file's tensors (`given`) from fitting a model's (`expected`): missing, unexpected, wrong shape."""
     missing = sorted(expected.keys() - given.keys())
     unexpected = sorted(given.keys() - expected.keys())
     shared = sorted(expected.keys() & given.keys())
@@ -600,7 +601,19 @@ def _check_fit(expected: dict[str, tuple[int, ...]], given: dict[str, tuple[int,
         faults.append(f"unexpected {first_names(unexpected)}")
     if wrong:
         faults.append(f"wrong shape {first_names(wrong, 3)}")
-    if faults:
+    return faults
+
+
+def model_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """A module's tensor names and shapes as a checkpoint must hold them (fp8 scales travel beside their weights)."""
+    return {name: tuple(t.shape) for name, t in module.state_dict().items() if not name.endswith(".scale_weight")}
+
+
+def _check_fit(expected: dict[str, tuple[int, ...]], given: dict[str, tuple[int, ...]], source: str, strict: bool) -> None:
+    """Raise before anything is assigned when the file's names or shapes do not fit the model."""
+    missing = expected.keys() - given.keys()
+    unexpected = given.keys() - expected.keys()
+    if faults := fit_faults(expected, given, strict):
         raise CheckpointError(
             f"{source} does not fit this model: {'; '.join(faults)}; load the checkpoint made for this model size and version."
         )
@@ -635,7 +648,7 @@ def load_model(
     meta device takes the file's tensors on `device` instead. `keep_fp8=True` turns layers with fp8 weights
     into Fp8Linear layers.
     """
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items() if not name.endswith(".scale_weight")}
+    expected = model_shapes(module)
     kind = _classify(expected)[0]
     checkpoint = Checkpoint(source, None if kind == "unknown" else kind)
     checkpoint.raise_problems()
@@ -685,10 +698,3 @@ def describe(info: CheckpointInfo, indent: str = "") -> str:
         lines.append(describe(part_info, indent + "    "))
     lines.append(f"{indent}  -> {'usable' if info.usable else 'NOT usable'}")
     return "\n".join(lines)
-
-
-def inspect_main(paths: list[str]) -> int:
-    """Print what each file is; 0 when every one is usable, 2 otherwise."""
-    infos = [detect(path) for path in paths]
-    print("\n\n".join(describe(info) for info in infos))
-    return 0 if all(info.usable for info in infos) else 2

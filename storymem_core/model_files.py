@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors import SafetensorError, safe_open
 
-from .checkpoints import KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, load_model
+from .checkpoints import KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, CheckpointInfo, describe, detect, fit_faults, load_model, model_shapes
 from .errors import CheckpointError
 from .keyframes import OpenClipEncoder
 from .wan.dit import DiTConfig, WanDiT
@@ -61,10 +62,13 @@ def _block_count(shapes: Mapping[str, tuple[int, ...]]) -> int:
     return len({name.split(".")[1] for name in shapes if name.startswith("blocks.")})
 
 
-def dit_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str) -> DiTConfig:
-    """A Wan DiT's sizes from its tensor shapes (our names); the head count follows from Wan's 128-wide heads."""
+def dit_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str, num_heads: int | None = None) -> DiTConfig:
+    """A Wan DiT's sizes from its tensor shapes (our names); the head count follows from Wan's 128-wide heads.
+
+    `num_heads` serves widths that are not whole 128-wide heads where only the shapes matter (checks, not runs).
+    """
     dim, in_dim, *patch = shapes["patch_embedding.weight"]
-    if dim % WAN_HEAD_DIM:
+    if dim % WAN_HEAD_DIM and num_heads is None:
         raise CheckpointError(
             f"{source} has width {dim}, which is not a whole number of {WAN_HEAD_DIM}-wide heads: store its config "
             f"under the safetensors metadata key '{CONFIG_KEY}'."
@@ -78,7 +82,7 @@ def dit_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str) -
         freq_dim=shapes["time_embedding.0.weight"][1],
         text_dim=shapes["text_embedding.0.weight"][1],
         out_dim=shapes["head.head.weight"][0] // (patch[0] * patch[1] * patch[2]),
-        num_heads=dim // WAN_HEAD_DIM,
+        num_heads=num_heads if dim % WAN_HEAD_DIM else dim // WAN_HEAD_DIM,
         num_layers=_block_count(shapes),
         qk_norm="blocks.0.self_attn.norm_q.weight" in shapes,
         cross_attn_norm="blocks.0.norm3.weight" in shapes,
@@ -133,29 +137,65 @@ def load_dit(path: str | Path, dtype: torch.dtype, keep_fp8: bool | None = False
     return dit.cast_weights(torch.bfloat16 if keep_fp8 else dtype).eval().requires_grad_(False)
 
 
+def described_model(kind: str, path: str | Path, shapes: Mapping[str, tuple[int, ...]]) -> nn.Module | None:
+    """The model a DiT, umT5 or VAE file describes (its stored config, else its shapes), on the meta device.
+
+    None for other kinds. The VAE's width is read from the file, the rest is Wan2.1's.
+    """
+    stored = stored_config(path)
+    with torch.device("meta"):
+        if kind in DIT_KINDS:
+            return WanDiT(DiTConfig.from_dict(stored) if stored is not None else dit_config_from_shapes(shapes, Path(path).name, num_heads=1))
+        if kind == "umt5":
+            return UMT5Encoder(T5Config.from_dict(stored) if stored is not None else t5_config_from_shapes(shapes))
+        if kind == "wan21-vae":
+            return WanVAE(VAEConfig.from_dict(stored) if stored is not None else VAEConfig(dim=shapes["encoder.conv1.weight"][0]))
+    return None
+
+
 def load_text_encoder(path: str | Path, dtype: torch.dtype) -> TextEncoder:
     """umT5 + its tokenizer: the one inside the file (ComfyUI files) or a spiece.model beside it."""
     path = Path(path)
     checkpoint = _opened(path, ("umt5",), "a umT5-xxl text encoder (umt5_xxl_*)")
     embedded = checkpoint.embedded_tokenizer()
     tokenizer = UMT5Tokenizer.from_bytes(embedded, f"the tokenizer inside {path.name}") if embedded is not None else UMT5Tokenizer.from_path(path.parent)
-    stored = stored_config(path)
-    with torch.device("meta"):
-        encoder = UMT5Encoder(T5Config.from_dict(stored) if stored is not None else t5_config_from_shapes(checkpoint.shapes()))
-    load_model(encoder, path)
+    encoder = load_model(described_model("umt5", path, checkpoint.shapes()), path)
     return TextEncoder(tokenizer, encoder.to(dtype).eval().requires_grad_(False))
 
 
 def load_vae(path: str | Path, dtype: torch.dtype) -> WanVAE:
-    """The Wan2.1 VAE (its width read from the file, the rest as Wan2.1 unless the file stores a config)."""
+    """The Wan2.1 VAE at the file's width."""
     path = Path(path)
     checkpoint = _opened(path, ("wan21-vae",), "a Wan2.1 VAE (wan_2.1_vae)")
-    stored = stored_config(path)
-    config = VAEConfig.from_dict(stored) if stored is not None else VAEConfig(dim=checkpoint.shapes()["encoder.conv1.weight"][0])
-    with torch.device("meta"):
-        vae = WanVAE(config)
-    load_model(vae, path)
+    vae = load_model(described_model("wan21-vae", path, checkpoint.shapes()), path)
     return vae.to(dtype).eval().requires_grad_(False)
+
+
+def fit_problems(info: CheckpointInfo) -> list[str]:
+    """What in a DiT, umT5 or VAE file does not fit the model its own sizes describe (missing, unexpected,
+    wrong-shape tensors), so `inspect` finds what loading would refuse; empty for other kinds."""
+    if info.problems or info.layout == "wan-folder" or info.kind not in (*DIT_KINDS, "umt5", "wan21-vae"):
+        return []
+    shapes = Checkpoint(info.path).shapes()
+    try:
+        model = described_model(info.kind, info.path, shapes)
+    except (KeyError, ValueError) as error:
+        return [f"It lacks {error}, which gives the model's size: the file is incomplete; download it again."]
+    faults = fit_faults(model_shapes(model), shapes)
+    return [f"Its tensors do not fit the model its sizes describe: {'; '.join(faults)}; download it again."] if faults else []
+
+
+def inspect_main(paths: list[str]) -> int:
+    """`inspect FILE...`: print what each file is and what is wrong with it; 0 when every one is usable, else 2."""
+    infos = [detect(path) for path in paths]
+    for info in infos:
+        for part, part_info in info.parts.items():
+            found = fit_problems(part_info)
+            part_info.problems += found
+            info.problems += [f"{part}: {problem}" for problem in found]
+        info.problems += fit_problems(info)
+    print("\n\n".join(describe(info) for info in infos))
+    return 0 if all(info.usable for info in infos) else 2
 
 
 _registered_clip_configs: dict[str, str] = {}

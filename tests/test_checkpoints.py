@@ -11,11 +11,11 @@ from storymem_core.checkpoints import (
     Checkpoint,
     detect,
     find_wan_parts,
-    inspect_main,
     load_model,
     load_state_dict,
 )
 from storymem_core.errors import CheckpointError
+from storymem_core.model_files import inspect_main
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_per_tensor
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
@@ -367,3 +367,23 @@ def test_checkpoint_inspect_exit_codes(tmp_path, dit_case, capsys):
     assert inspect_main([str(good), str(bad), str(tmp_path / "absent.safetensors")]) == 2
     printed = capsys.readouterr().out
     assert "NOT usable" in printed and "does not exist" in printed
+
+
+@pytest.mark.parametrize("fault,expected", [
+    ("missing", "missing blocks.0.ffn.0.bias"),
+    ("extra", "unexpected blocks.0.extra.weight"),
+    ("wrong shape", "wrong shape blocks.0.ffn.0.bias"),
+])
+def test_checkpoint_inspect_finds_what_loading_would_refuse(tmp_path, dit_case, capsys, fault, expected):
+    weights = dict(dit_case[2])
+    if fault == "missing":
+        del weights["blocks.0.ffn.0.bias"]
+    elif fault == "extra":
+        weights["blocks.0.extra.weight"] = torch.zeros(2)
+    else:
+        weights["blocks.0.ffn.0.bias"] = torch.zeros(weights["blocks.0.ffn.0.bias"].shape[0] + 1)
+    path = tmp_path / "wan2.2_i2v_high_noise_14B_fp16.safetensors"
+    save_file(weights, str(path))
+    assert inspect_main([str(path)]) == 2
+    printed = capsys.readouterr().out
+    assert expected in printed and "NOT usable" in printed
