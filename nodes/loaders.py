@@ -22,6 +22,7 @@ CATEGORY = "StoryMem/loaders"
 # tokens of an 832x480, 81-frame shot with 10 memory frames: what "auto" offload plans for
 PLANNED_TOKENS = (21 + 10) * 30 * 52
 NO_AESTHETIC_HEAD = "none"
+AESTHETIC_HEAD = "sa_0_4_vit_b_32_linear.pth"
 
 
 class LoadWanExperts:
@@ -164,11 +165,14 @@ class LoadKeyframeEncoder:
 
     @classmethod
     def INPUT_TYPES(cls):
+        heads = [NO_AESTHETIC_HEAD, *host.model_names("clip_vision")]
         return {"required": {
             "clip_model": model_file("clip_vision", "open_clip CLIP weights, e.g. open_clip_model.safetensors of timm/vit_base_patch32_clip_224.openai"),
             "open_clip_name": ("STRING", {"default": "ViT-B-32-quickgelu", "tooltip": "open_clip model name the weights belong to."}),
-            "aesthetic_head": ([NO_AESTHETIC_HEAD, *host.model_names("clip_vision")], {
-                "default": NO_AESTHETIC_HEAD, "tooltip": "Optional LAION aesthetic head (e.g. sa_0_4_vit_b_32_linear.pth): frames scoring low are not kept; none turns the filter off."}),
+            "aesthetic_head": (heads, {
+                "default": AESTHETIC_HEAD if AESTHETIC_HEAD in heads else NO_AESTHETIC_HEAD,
+                "tooltip": f"LAION aesthetic head ({AESTHETIC_HEAD}, github.com/LAION-AI/aesthetic-predictor): frames scoring low are not "
+                           "kept as keyframes, as in StoryMem; none turns the quality filter off."}),
         }}
 
     RETURN_TYPES = (KEYFRAME_ENCODER,)

@@ -42,6 +42,8 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
                              "from RAM, fits 24 GB with fp8), auto (from free memory, default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (~25%% faster steps after a ~20 s compile)")
     parser.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the keyframe encoder weights")
+    parser.add_argument("--no-quality-filter", action="store_true",
+                        help="keep keyframes of any aesthetic quality (no sa_0_4_vit_b_32_linear.pth needed)")
 
 
 def _parser() -> argparse.ArgumentParser:

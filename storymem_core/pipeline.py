@@ -73,6 +73,8 @@ class StoryOptions:
         width, height = self.size_wh
         if width % 16 or height % 16 or width < 16 or height < 16:
             raise ConditioningError(f"size {width}x{height} is not divisible by 16 (or not positive): use e.g. 832x480.")
+        if self.max_memory < 1:
+            raise StoryMemError(f"max memory {self.max_memory} leaves no room for keyframes: keep at least 1 (StoryMem uses 10).")
         if not 0 <= self.fixed_memory <= self.max_memory:
             raise StoryMemError(f"fixed memory {self.fixed_memory} must be between 0 and max memory {self.max_memory}.")
         check_frame_num(self.frames)  # before anything is written, not at the first shot

@@ -27,6 +27,7 @@ from .sampling import ExpertPair, SamplerSettings
 from .shot import T2V_SETTINGS, shot_tokens
 from .story import Story, load_story
 from .video import load_image
+from .wan import attention
 from .wan.text_encoder import ParkedTextEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,8 @@ ROLES = {
     "text_encoder": ModelRole("text_encoders", ("umt5*", "models_t5_umt5*"), "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
     "vae": ModelRole("vae", ("wan_2.1_vae*", "wan2.1_vae*"), "wan_2.1_vae.safetensors"),
     "clip": ModelRole("clip_vision", ("open_clip*", "*vit*b*32*clip*", "*clip*vit*b*32*"), "open_clip_model.safetensors (timm/vit_base_patch32_clip_224.openai)"),
-    "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"), "sa_0_4_vit_b_32_linear.pth"),
+    "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"), "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
 }
-OPTIONAL_ROLES = ("aesthetic",)
 
 
 def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
@@ -76,16 +76,17 @@ def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path
             found[role] = candidates[0]
             if len(candidates) > 1:
                 log.info("%s: using %s of %d matching files", role, candidates[0].name, len(candidates))
-        elif role not in OPTIONAL_ROLES:
+        else:
             missing.append(f"{spec.folder}/{spec.usual_name}")
     if missing:
         raise CheckpointError(f"{len(missing)} model file(s) missing under {root}: {'; '.join(missing)}; download them into those folders.")
     return found
 
 
-def required_roles(first_shot: str) -> list[str]:
-    roles = ["i2v_high", "i2v_low", "lora_high", "lora_low", "text_encoder", "vae", "clip", "aesthetic"]
-    return roles + (["t2v_high", "t2v_low"] if first_shot == "t2v" else [])
+def required_roles(first_shot: str, quality_filter: bool = True) -> list[str]:
+    """The files a story needs: T2V experts only for a T2V first shot, the aesthetic head unless the filter is off."""
+    roles = ["i2v_high", "i2v_low", "lora_high", "lora_low", "text_encoder", "vae", "clip"]
+    return roles + (["aesthetic"] if quality_filter else []) + (["t2v_high", "t2v_low"] if first_shot == "t2v" else [])
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class LoadOptions:
     offload: str = "auto"  # none / experts / blocks, or auto from free GPU memory
     compile_blocks: bool = False
     open_clip_name: str = "ViT-B-32-quickgelu"
+    quality_filter: bool = True  # load the aesthetic head; off keeps keyframes of any quality
 
 
 def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int, loras: tuple[str, str] | None) -> ExpertPair:
@@ -181,7 +183,8 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
 
 def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    return LoadOptions(device=device, weights=args.weights, offload=args.offload, compile_blocks=args.compile, open_clip_name=args.open_clip_name)
+    return LoadOptions(device=device, weights=args.weights, offload=args.offload, compile_blocks=args.compile,
+                       open_clip_name=args.open_clip_name, quality_filter=not args.no_quality_filter)
 
 
 def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path, options: StoryOptions, load: LoadOptions,
@@ -193,8 +196,13 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     story = load_story(script)
     if from_shot is not None and not 1 <= from_shot <= len(story.shots):
         raise StoryMemError(f"--from-shot {from_shot} is not a shot of {script} (1 to {len(story.shots)}).")
+    if references and options.first_shot != "mr2v":
+        raise StoryMemError("--reference images are given but the first shot is T2V: add --m2v-first-shot to start from them (MR2V).")
+    if options.first_shot == "mr2v" and not references:
+        raise StoryMemError("--m2v-first-shot starts from reference images: pass them with --reference IMAGE (one or more).")
     reference_images = [load_image(path) for path in references]
-    files = find_model_files(models_dir, required_roles(options.first_shot))
+    files = find_model_files(models_dir, required_roles(options.first_shot, load.quality_filter))
+    log.info("attention backend: %s", attention.BACKEND)
     models = load_story_models(files, options, load)
     progress = StoryProgress(story)
     try:

@@ -47,6 +47,7 @@ EXTRA_LORA = "wan2.2_style_lora.safetensors"
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_FILE = "wan_2.1_vae.safetensors"
 CLIP_FILE = "open_clip_model.safetensors"
+AESTHETIC_FILE = "sa_0_4_vit_b_32_linear.pth"
 
 # shot sizes small enough for a CPU test: 32x32 pixels, 5 frames (2 latent frames), 2 steps
 TINY_SHOT = {"width": 32, "height": 32, "frames": 5, "steps": 2}
@@ -136,6 +137,9 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0) -> TinyModels:
     torch.manual_seed(seed + 9)
     _save(WanVAE(VAEConfig.from_dict(VAE)).state_dict(), root / "vae" / VAE_FILE, VAE)
     _save(_clip_visual(seed + 10), root / "clip_vision" / CLIP_FILE, CLIP)
+    generator = torch.Generator().manual_seed(seed + 11)  # scores near 5, above the 4.0 quality threshold
+    torch.save({"weight": torch.randn(1, CLIP["embed_dim"], generator=generator) * 0.1, "bias": torch.tensor([5.0])},
+               root / "clip_vision" / AESTHETIC_FILE)
     return TinyModels(root)
 
 

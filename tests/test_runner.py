@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,9 +143,32 @@ def test_missing_model_files_are_listed_together(tmp_path):
         find_model_files(tmp_path, required_roles("t2v"))
     message = str(error.value)
     for role in required_roles("t2v"):
-        if role != "aesthetic":
-            assert ROLES[role].usual_name.split(" ")[0].split("/")[-1] in message
-    assert "aesthetic" not in message  # optional: the quality filter is off without it
+        assert ROLES[role].usual_name.split(" ")[0].split("/")[-1] in message
+    assert "aesthetic" in required_roles("t2v") and "aesthetic" not in required_roles("t2v", quality_filter=False)
+
+
+def test_quality_filter_needs_the_aesthetic_head_unless_turned_off(tmp_path, models_dir, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    (models / "clip_vision" / "sa_0_4_vit_b_32_linear.pth").unlink()
+    argv = ["story", str(story_script(tmp_path, 1)), "--models-dir", str(models), "--out", str(tmp_path / "out"), *TINY]
+    assert main(argv) == 2
+    assert "clip_vision/sa_0_4_vit_b_32_linear.pth" in capsys.readouterr().err
+    assert main(argv + ["--no-quality-filter"]) == 0
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--reference", "face.png"], "add --m2v-first-shot"),
+    (["--m2v-first-shot"], "pass them with --reference"),
+    (["--max-memory", "0"], "max memory 0 leaves no room"),
+])
+def test_story_options_are_refused_before_any_model_loads(tmp_path, extra, fragment, capsys, monkeypatch):
+    from storymem_core import runner
+
+    monkeypatch.setattr(runner, "find_model_files", lambda *args: pytest.fail("models were looked for"))
+    argv = ["story", str(story_script(tmp_path, 1)), "--models-dir", str(tmp_path), "--out", str(tmp_path / "out"), *extra]
+    assert main(argv) == 2
+    assert fragment in capsys.readouterr().err
 
 
 def test_story_command_without_models_exits_2(tmp_path, capsys):
@@ -156,7 +180,7 @@ def test_story_command_without_models_exits_2(tmp_path, capsys):
 
 def test_files_are_found_by_their_published_names(tmp_path, models_dir):
     files = find_model_files(models_dir, required_roles("mr2v"))
-    assert files.get("aesthetic") is None
+    assert files["aesthetic"].name == "sa_0_4_vit_b_32_linear.pth" and "t2v_high" not in files
     assert files["i2v_high"].name.startswith("wan2.2_i2v_high_noise")
     assert os.path.basename(files["lora_low"]) == "backbone_low_noise.pth"
 
