@@ -22,21 +22,21 @@ from .tiny_models import write_tiny_models
 from .video import atomic_write_path
 
 DEMO_STORY = {
-    "story_name": "The Paper Boat",
-    "story_overview": "A child folds a paper boat, sets it on a rain-filled gutter and follows it down the street to the harbour.",
+    "story_name": "The Blue Kite",
+    "story_overview": "An old man mends a blue kite in his workshop, flies it from a windy hill, and watches it land in a field of sunflowers.",
     "scenes": [
         {
             "scene_num": 1,
             "video_prompts": [
-                "Close-up of small hands folding a sheet of yellow paper into a boat on a kitchen table, rain on the window behind.",
-                "The child in a green raincoat crouches at the curb and lets the yellow boat go into the rushing gutter water.",
+                "An old man with a white beard glues a torn blue kite on a cluttered workbench, afternoon light through dusty windows.",
+                "He lifts the mended blue kite and carries it out of the workshop door into the wind, smiling.",
             ],
             "cut": [True, False],
         },
         {
             "scene_num": 2,
             "video_prompts": [
-                "Wide shot of the harbour at dusk: the yellow paper boat drifts between fishing boats while the child waves from the pier.",
+                "Wide shot of a green hill under racing clouds: the old man runs and the blue kite climbs high into the sky.",
             ],
             "cut": [True],
         },
