@@ -641,12 +641,14 @@ def load_model(
     strict: bool = True,
     keep_fp8: bool = False,
     device: torch.device | str = "cpu",
+    dequantize_to: torch.dtype = DEQUANTIZED_DTYPE,
 ) -> nn.Module:
     """Load weights into `module`, checking kind, names and shapes from the header before assigning anything.
 
     Tensors stream one at a time into the module's own tensors (cast to their dtype); a module built on the
-    meta device takes the file's tensors on `device` instead. `keep_fp8=True` turns layers with fp8 weights
-    into Fp8Linear layers.
+    meta device takes the file's tensors on `device` instead, fp8 weights dequantised to `dequantize_to` (one
+    rounding of weight x scale into the dtype the caller will run in). `keep_fp8=True` turns layers with fp8
+    weights into Fp8Linear layers.
     """
     expected = model_shapes(module)
     kind = _classify(expected)[0]
@@ -658,8 +660,10 @@ def load_model(
         return load_fp8_weights(module, dict(checkpoint.tensors(device=device, keep_fp8=True)), strict=strict, assign=on_meta)
     targets = module.state_dict(keep_vars=True)
     for name in checkpoint.shapes().keys() & targets.keys():
-        target = targets[name]
-        tensor = checkpoint.read(name, dtype=None if target.is_meta else target.dtype, device=device if target.is_meta else target.device)
+        target, entry = targets[name], checkpoint._entries[name]
+        quantized = entry.dtype in FP8_DTYPES or entry.scale_key is not None
+        dtype = target.dtype if not target.is_meta else dequantize_to if quantized else None
+        tensor = checkpoint.read(name, dtype=dtype, device=device if target.is_meta else target.device)
         _assign(module, name, tensor)
     return module
 

@@ -133,7 +133,7 @@ def load_dit(path: str | Path, dtype: torch.dtype, keep_fp8: bool | None = False
         raise CheckpointError(f"{Path(path).name} holds no fp8 weights to keep: choose bf16 (or auto) as the weight dtype.")
     with torch.device("meta"):
         dit = WanDiT(config)
-    load_model(dit, path, keep_fp8=keep_fp8)
+    load_model(dit, path, keep_fp8=keep_fp8, dequantize_to=dtype)
     return dit.cast_weights(torch.bfloat16 if keep_fp8 else dtype).eval().requires_grad_(False)
 
 
@@ -159,7 +159,7 @@ def load_text_encoder(path: str | Path, dtype: torch.dtype) -> TextEncoder:
     checkpoint = _opened(path, ("umt5",), "a umT5-xxl text encoder (umt5_xxl_*)")
     embedded = checkpoint.embedded_tokenizer()
     tokenizer = UMT5Tokenizer.from_bytes(embedded, f"the tokenizer inside {path.name}") if embedded is not None else UMT5Tokenizer.from_path(path.parent)
-    encoder = load_model(described_model("umt5", path, checkpoint.shapes()), path)
+    encoder = load_model(described_model("umt5", path, checkpoint.shapes()), path, dequantize_to=dtype)
     return TextEncoder(tokenizer, encoder.to(dtype).eval().requires_grad_(False))
 
 

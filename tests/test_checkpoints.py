@@ -15,16 +15,25 @@ from storymem_core.checkpoints import (
     load_state_dict,
 )
 from storymem_core.errors import CheckpointError
-from storymem_core.model_files import inspect_main
+from storymem_core.model_files import inspect_main, load_text_encoder, load_vae
+from storymem_core.tiny_models import spiece_model
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_per_tensor
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
-from tests.golden_data import case_paths, golden_dir, load_case, vae_case, with_prefix
+from storymem_core.wan.vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD, VAEConfig
+from tests.golden_data import case_paths, cases, golden_dir, load_case, vae_case, with_prefix
 from tests.test_dit import build_dit, run_case
+from tests.test_vae import build_vae
 
 COMFY_PREFIX = "model.diffusion_model."
 # fp8 e4m3 keeps 3 mantissa bits; test_fp8 measured 0.2-0.3% on the tiny golden DiTs
 FP8_RELATIVE_ERROR = 0.01
+# umT5 with every block linear in fp8 e4m3 (per-tensor scale): round-to-nearest with 3 mantissa bits moves each
+# weight by at most 2^-4 (6.25%) of itself, about 2.5% RMS. A matmul sums many such independent errors, so its
+# output moves by about that RMS, not the worst case, and the final RMSNorm keeps the scale; so the output's
+# relative error stays under the per-weight bound 2^-4, and no element moves by more than 2^-4 of the largest.
+# Measured on t5_tiny (2 layers, output RMS 1.0): 2.3% relative (norm), 0.08 at most per element (max |out| 2.9).
+FP8_T5_RELATIVE_ERROR = 2**-4
 
 OURS_TO_HF_T5 = [  # the Hugging Face T5 names ComfyUI's umt5_xxl files use, written out by hand
     ("token_embedding", "shared"),
@@ -95,6 +104,48 @@ def fp8_file(weights: dict, generation: str) -> tuple[dict, dict]:
         stored = {COMFY_PREFIX + n: t for n, t in stored.items()}
         stored["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
     return stored, dequantised
+
+
+def fp8_scaled_t5_file(weights: dict) -> tuple[dict, dict]:
+    """(ComfyUI's umt5_xxl_fp8_e4m3fn_scaled.safetensors layout, the float32 weights it dequantises to), both under HF names.
+
+    Every block linear (q, k, v, o, wi_0, wi_1, wo) is float8_e4m3fn with a per-tensor float32 `scale_weight`;
+    embedding, position biases and norms stay 16-bit; a `scaled_fp8` marker says which fp8 format it is.
+    """
+    stored, dequantised = {}, {}
+    for name, tensor in hf_t5_names(weights).items():
+        if name.startswith("encoder.block.") and tensor.dim() == 2 and "relative_attention_bias" not in name:
+            fp8, scale = quantize_per_tensor(tensor)
+            stored[name], stored[name.removesuffix("weight") + "scale_weight"] = fp8, scale
+            dequantised[name] = fp8.float() * scale
+        else:
+            stored[name] = tensor.half()
+            dequantised[name] = tensor.half().float()
+    stored["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    return stored, dequantised
+
+
+def vae_from_file(path, config: dict):
+    """The VAE as the loader nodes get it (`load_vae`, which reads only the width from a file without a stored
+    config); a case that is not Wan2.1 at some width goes through `load_model` into its own architecture."""
+    wan21 = VAEConfig.from_dict(config["config"]) == VAEConfig(dim=config["config"]["dim"]) and all(
+        torch.allclose(torch.tensor(config[key]), torch.tensor(default))
+        for key, default in (("latent_mean", WAN21_LATENT_MEAN), ("latent_std", WAN21_LATENT_STD))
+    )
+    return load_vae(path, torch.float32) if wan21 else load_model(build_vae(config), path)
+
+
+def assert_vae_forward(vae, tensors: dict, reference=None, **tolerance) -> None:
+    """encode(video) and decode(latent) equal the golden tensors, or what `reference` gives for them."""
+    expected_latent = tensors["latent"] if reference is None else reference.encode(tensors["video"])
+    expected_decoded = tensors["decoded"] if reference is None else reference.decode(tensors["latent"])
+    torch.testing.assert_close(vae.encode(tensors["video"]), expected_latent, **tolerance)
+    torch.testing.assert_close(vae.decode(tensors["latent"]), expected_decoded, **tolerance)
+
+
+@pytest.fixture(scope="module")
+def spiece_bytes() -> bytes:
+    return spiece_model()
 
 
 def hf_t5_names(weights: dict) -> dict:
@@ -245,7 +296,66 @@ def test_dit_loads_into_a_meta_model_without_a_second_copy(tmp_path, dit_case):
     torch.testing.assert_close(run_case(model, tensors), tensors["out"], atol=1e-4, rtol=1e-4)
 
 
+# ------------------------------------------------------------------ VAE layouts
+
+
+@pytest.mark.parametrize("path", cases("vae_"))
+def test_vae_wan_ai_pth_loads_and_encodes_decodes_like_the_reference(tmp_path, path):
+    """Wan2.1_VAE.pth of a Wan-AI folder: the reference's own names, torch.save of a plain state dict."""
+    config, tensors = load_case(path)
+    file = tmp_path / "Wan2.1_VAE.pth"
+    torch.save(with_prefix(tensors, "weight."), file)
+    info = detect(file)
+    assert (info.layout, info.kind, info.prefix, info.fp8, info.usable) == ("pth", "wan21-vae", "", None, True)
+    assert_vae_forward(vae_from_file(file, config), tensors, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("path", cases("vae_"))
+def test_vae_comfy_safetensors_loads_and_encodes_decodes_like_the_reference(tmp_path, path, dtype):
+    """ComfyUI's wan_2.1_vae.safetensors: the same names, no prefix, no stored config; a 16-bit copy gives
+    exactly what its rounded weights give."""
+    config, tensors = load_case(path)
+    weights = with_prefix(tensors, "weight.")
+    file = tmp_path / "wan_2.1_vae.safetensors"
+    save_file({n: t.to(dtype).contiguous() for n, t in weights.items()}, str(file))
+    info = detect(file)
+    assert (info.layout, info.kind, info.prefix, info.fp8, info.usable) == ("safetensors", "wan21-vae", "", None, True)
+    assert info.parameter_count == sum(t.numel() for t in weights.values())
+    vae = vae_from_file(file, config)
+    assert all(p.dtype == torch.float32 for p in vae.parameters())
+    if dtype == torch.float32:
+        assert_vae_forward(vae, tensors, atol=1e-4, rtol=1e-4)
+    else:
+        rounded = build_vae(config, {n: t.to(dtype).float() for n, t in weights.items()})
+        assert_vae_forward(vae, tensors, reference=rounded, atol=0, rtol=0)
+
+
 # ------------------------------------------------------------------ text encoder
+
+
+@pytest.mark.parametrize("path", cases("t5_"))
+def test_t5_hf_fp8_scaled_file_equals_its_dequantised_weights(tmp_path, path, spiece_bytes):
+    """umt5_xxl_fp8_e4m3fn_scaled.safetensors as ComfyUI ships it, through load_text_encoder as the nodes call it."""
+    config, tensors = load_case(path)
+    stored, dequantised = fp8_scaled_t5_file(with_prefix(tensors, "weight."))
+    stored["spiece_model"] = torch.frombuffer(bytearray(spiece_bytes), dtype=torch.uint8)
+    file = tmp_path / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+    save_file(stored, str(file))
+    info = detect(file)
+    assert (info.kind, info.prefix, info.fp8, info.usable) == ("umt5", "", "scaled_fp8", True)
+    assert info.dtypes["float8_e4m3fn"] == 7 * config["config"]["num_layers"]
+
+    text_encoder = load_text_encoder(file, torch.float32)
+    assert text_encoder.tokenizer.processor.serialized_model_proto() == spiece_bytes
+    reference = load_model(UMT5Encoder(T5Config.from_dict(config["config"])).eval(), dequantised)
+    with torch.no_grad():
+        out = text_encoder.encoder(tensors["ids"], tensors["mask"])
+        expected = reference(tensors["ids"], tensors["mask"])
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    golden = tensors["out"]
+    assert (out - golden).norm() / golden.norm() < FP8_T5_RELATIVE_ERROR
+    torch.testing.assert_close(out, golden, atol=FP8_T5_RELATIVE_ERROR * golden.abs().max().item(), rtol=0)
 
 
 def test_t5_hf_layout_file_loads_into_umt5_encoder(tmp_path, t5_case):
