@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from .checkpoints import read_pth
 from .errors import CheckpointError, ConditioningError
 from .memory import Keyframe, MemoryBank
 
@@ -65,12 +65,12 @@ class AestheticScorer(Protocol):
         ...
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    if path.suffix != ".safetensors":
+        return read_pth(path)  # the checkpoint loader's reader: pickled code is refused, legacy .pth files load
     try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        return torch.load(path, weights_only=True, map_location="cpu", mmap=True)
-    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, SafetensorError) as error:
+        return load_file(str(path))
+    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
         raise CheckpointError(f"{path} cannot be read as a weights file ({error}): download it again (.safetensors or .pth).") from None
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import builtins
 import json
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from nodes import host
 from storymem_core import tiny_models as tiny
@@ -291,6 +292,47 @@ MODEL_ROWS = [
         "could run code"),
 ]
 
+# ------------------------------------------------------------------ keyframe encoder files
+
+
+def keyframe_loader(clip_model: str = tiny.CLIP_FILE, aesthetic_head: str = "none") -> tuple:
+    return node("StoryMemLoadKeyframeEncoder"), dict(clip_model=clip_model, open_clip_name="ViT-B-32-quickgelu", aesthetic_head=aesthetic_head)
+
+
+def clip_weights(pack) -> dict[str, torch.Tensor]:
+    return load_file(str(pack.root / "models" / "clip_vision" / tiny.CLIP_FILE))
+
+
+def aesthetic_weights() -> dict[str, torch.Tensor]:
+    """A LAION-style linear aesthetic head for the tiny CLIP's embeddings."""
+    generator = torch.Generator().manual_seed(3)
+    return {"weight": torch.randn(1, tiny.CLIP["embed_dim"], generator=generator), "bias": torch.randn(1, generator=generator)}
+
+
+def clip_vision_pth(pack, name: str, tensors: dict, legacy: bool = False, cut_in_half: bool = False) -> str:
+    """`tensors` saved with torch.save into the clip_vision folder (legacy: torch's pre-zip format), maybe cut in half."""
+    path = write(pack.root / "models" / "clip_vision" / name, b"")
+    torch.save(tensors, path, _use_new_zipfile_serialization=not legacy)
+    if cut_in_half:
+        truncate(path, path.stat().st_size // 2)
+    return name
+
+
+KEYFRAME_ROWS = [
+    Row("clip-pickle-payload-zip", lambda pack: keyframe_loader(pickle_payload(pack, "clip_vision", "clip_payload.pth", "zip")),
+        CheckpointError, "could run code"),
+    Row("clip-pickle-payload-legacy-format", lambda pack: keyframe_loader(pickle_payload(pack, "clip_vision", "clip_payload_legacy.pth", "legacy")),
+        CheckpointError, "could run code"),
+    Row("clip-truncated-pth", lambda pack: keyframe_loader(clip_vision_pth(pack, "clip_cut.pth", clip_weights(pack), cut_in_half=True)),
+        CheckpointError, "not a readable PyTorch checkpoint"),
+    Row("aesthetic-head-pickle-payload-zip", lambda pack: keyframe_loader(aesthetic_head=pickle_payload(pack, "clip_vision", "head_payload.pth", "zip")),
+        CheckpointError, "could run code"),
+    Row("aesthetic-head-pickle-payload-legacy-format",
+        lambda pack: keyframe_loader(aesthetic_head=pickle_payload(pack, "clip_vision", "head_payload_legacy.pth", "legacy")), CheckpointError, "could run code"),
+    Row("aesthetic-head-truncated-pth", lambda pack: keyframe_loader(aesthetic_head=clip_vision_pth(pack, "head_cut.pth", aesthetic_weights(), cut_in_half=True)),
+        CheckpointError, "not a readable PyTorch checkpoint"),
+]
+
 # ------------------------------------------------------------------ saved banks
 
 
@@ -334,7 +376,7 @@ BANK_ROWS = [
     Row("bank-json-missing", lambda pack: broken_bank(pack, "nomanifest", lambda f: (f / BANK_FILE).unlink()), MemoryBankError, "does not exist"),
 ]
 
-ROWS = STORY_ROWS + NODE_ROWS + PATH_ROWS + MODEL_ROWS + BANK_ROWS
+ROWS = STORY_ROWS + NODE_ROWS + PATH_ROWS + MODEL_ROWS + KEYFRAME_ROWS + BANK_ROWS
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
@@ -359,3 +401,15 @@ def test_bad_input_gives_one_clear_error_and_changes_nothing(pack, row):
 def test_every_row_has_its_own_id():
     ids = [row.id for row in ROWS]
     assert len(ids) == len(set(ids))
+
+
+def test_legacy_format_aesthetic_head_loads(pack):
+    weights = aesthetic_weights()
+    name = clip_vision_pth(pack, "legacy_head.pth", weights, legacy=True)
+    assert not zipfile.is_zipfile(pack.root / "models" / "clip_vision" / name)  # torch's pre-zip format: no mmap
+    action, inputs = keyframe_loader(aesthetic_head=name)
+    (keyframes,), _ = action(**inputs)
+    head = keyframes.scorer.layers[0]
+    assert torch.equal(head.weight, weights["weight"]) and torch.equal(head.bias, weights["bias"])
+    frames = (image_batch(2) * 255).to(torch.uint8)
+    assert keyframes.scorer.score(frames, keyframes.encoder.embed(frames)).shape == (2,)

@@ -12,16 +12,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 import nodes
 from nodes import host
-from nodes.types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, LoraSpec, WanExperts
+from nodes.types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, KeyframeModel, LoraSpec, TextModel, WanExperts
 from storymem_core.errors import CheckpointError, ConditioningError, GenerationInterrupted, MemoryBankError, StoryMemError, StoryScriptError
 from storymem_core.memory import MemoryBank
 from storymem_core.story import Story
 from storymem_core.video import read_mp4
 from storymem_core.wan.dit import DiTConfig
 from storymem_core.wan.t5 import T5Config
+from storymem_core.wan.vae import WanVAE
 from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
 from storymem_core import tiny_models as tiny
 from tests.golden_data import golden_dir
@@ -413,6 +415,12 @@ def test_story_runner_needs_the_t2v_experts_for_a_t2v_first_shot(pack):
 # ------------------------------------------------------------------ values are never mutated
 
 
+def weights(**modules: nn.Module | None) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer of `modules` (None ones skipped), named '<part>.<tensor>'."""
+    present = {part: module for part, module in modules.items() if module is not None}
+    return {f"{part}.{name}": t.detach().clone() for part, module in present.items() for name, t in module.state_dict().items()}
+
+
 def snapshot(value):
     """A deep copy that compares by content (tensors, banks, stories, model weights and LoRA lists)."""
     if isinstance(value, torch.Tensor):
@@ -420,8 +428,16 @@ def snapshot(value):
     if isinstance(value, MemoryBank):
         return ("bank", value.max_size, value.fixed, [(k.image, k.shot, k.frame_index, dict(k.scores), k.pinned, k.source) for k in value.keyframes])
     if isinstance(value, WanExperts):
+        # a BlockSwapDiT wraps the expert; its weights live in .dit
         return ("experts", value.kind, value.offload, [lora.name for lora in value.loras],
-                {f"{expert}.{k}": v.clone() for expert in ("high", "low") for k, v in getattr(value, expert).state_dict().items()})
+                weights(high=getattr(value.high, "dit", value.high), low=getattr(value.low, "dit", value.low)))
+    if isinstance(value, TextModel):
+        return ("text encoder", value.name, weights(umt5=value.encoder.encoder))
+    if isinstance(value, WanVAE):
+        return ("vae", weights(vae=value))
+    if isinstance(value, KeyframeModel):
+        scorer = value.scorer if isinstance(value.scorer, nn.Module) else None
+        return ("keyframe encoder", value.name, weights(clip=value.encoder.visual, aesthetic_head=scorer))
     return ("value", copy.deepcopy(value)) if isinstance(value, (str, int, float, bool, type(None), Story)) else ("object", id(value))
 
 
@@ -454,6 +470,8 @@ def test_no_node_mutates_its_inputs(pack):
                               previous_frames=last, **(SHOT | {"frames": 9}))),
         ("StoryMemFirstShot", dict(model=pack.t2v, **models(pack), memory=bank, prompt="p", seed=3, cfg_high=4.0, cfg_low=3.0, **SHOT)),
         ("StoryMemCombineShots", dict(shot_1=frames, shot_2=last, fps=8, save_video=True, filename_prefix="tests/mutation")),
+        ("StoryMemStoryRunner", dict(story=story, model=pack.m2v, **models(pack), first_shot="t2v", continuation="mi2v", seed=0, cfg=3.5, fps=8,
+                                     max_size=4, fixed=1, output_folder="runner-mutation", from_shot=0, t2v_model=pack.t2v, **SHOT)),
     ]
     for name, arguments in calls:
         before = {key: snapshot(value) for key, value in arguments.items()}
