@@ -9,6 +9,7 @@ import sys
 from .errors import GenerationInterrupted, StoryMemError
 from .model_files import WEIGHT_CHOICES
 from .offload import OFFLOAD_CHOICES
+from .runner import QUALITY_CHOICES
 
 
 def _add_story_options(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +43,10 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
                              "from RAM, fits 24 GB with fp8), auto (from free memory, default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (~25%% faster steps after a ~20 s compile)")
     parser.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the keyframe encoder weights")
-    parser.add_argument("--no-quality-filter", action="store_true",
-                        help="keep keyframes of any aesthetic quality (no sa_0_4_vit_b_32_linear.pth needed)")
+    parser.add_argument("--quality", default="auto", choices=QUALITY_CHOICES,
+                        help="keyframe quality filter: aesthetic (CLIP head, clip_vision/sa_0_4_vit_b_32_linear.pth), hpsv3 "
+                             "(the paper's, needs the hpsv3 package and hpsv3/HPSv3.safetensors), auto (hpsv3 when both are "
+                             "there, else aesthetic; default), off")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import CheckpointError, StoryMemError
-from .keyframes import AestheticHead
+from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
 from .lora import apply_loras, load_lora
 from .model_files import auto_dtype, expert_weights, load_dit, load_keyframe_encoder, load_text_encoder, load_vae
 from .offload import BlockSwapDiT, resolve_offload
@@ -32,6 +33,7 @@ from .wan.text_encoder import ParkedTextEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
 
+QUALITY_CHOICES = ("auto", "aesthetic", "hpsv3", "off")
 MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin")
 
 
@@ -55,12 +57,21 @@ ROLES = {
     "vae": ModelRole("vae", ("wan_2.1_vae*", "wan2.1_vae*"), "wan_2.1_vae.safetensors"),
     "clip": ModelRole("clip_vision", ("open_clip*", "*vit*b*32*clip*", "*clip*vit*b*32*"), "open_clip_model.safetensors (timm/vit_base_patch32_clip_224.openai)"),
     "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"), "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
+    "hpsv3": ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)"),
 }
 
 
 def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
     name = path.name.lower()
     return path.suffix.lower() in MODEL_SUFFIXES and any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def _find(root: Path, role: str) -> Path | None:
+    spec = ROLES[role]
+    candidates = sorted(p for p in (root / spec.folder).rglob("*") if p.is_file() and _matches(p, spec.patterns))
+    if len(candidates) > 1:
+        log.info("%s: using %s of %d matching files", role, candidates[0].name, len(candidates))
+    return candidates[0] if candidates else None
 
 
 def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path]:
@@ -70,23 +81,30 @@ def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path
         raise CheckpointError(f"--models-dir {root} is not a folder: point it at ComfyUI's models folder (or one with the same subfolders).")
     found, missing = {}, []
     for role in roles:
-        spec = ROLES[role]
-        candidates = sorted(p for p in (root / spec.folder).rglob("*") if p.is_file() and _matches(p, spec.patterns))
-        if candidates:
-            found[role] = candidates[0]
-            if len(candidates) > 1:
-                log.info("%s: using %s of %d matching files", role, candidates[0].name, len(candidates))
+        if (path := _find(root, role)) is not None:
+            found[role] = path
         else:
-            missing.append(f"{spec.folder}/{spec.usual_name}")
+            missing.append(f"{ROLES[role].folder}/{ROLES[role].usual_name}")
     if missing:
         raise CheckpointError(f"{len(missing)} model file(s) missing under {root}: {'; '.join(missing)}; download them into those folders.")
     return found
 
 
-def required_roles(first_shot: str, quality_filter: bool = True) -> list[str]:
-    """The files a story needs: T2V experts only for a T2V first shot, the aesthetic head unless the filter is off."""
+def quality_model(quality: str, models_dir: str | Path) -> str | None:
+    """The quality filter's model role: 'auto' takes the reference's HPSv3 when its package and checkpoint
+    are both there, else the CLIP aesthetic head; 'off' needs none."""
+    if quality == "off":
+        return None
+    if quality == "auto":
+        found = importlib.util.find_spec("hpsv3") is not None and _find(Path(models_dir).expanduser(), "hpsv3") is not None
+        return "hpsv3" if found else "aesthetic"
+    return quality
+
+
+def required_roles(first_shot: str, quality: str | None = "aesthetic") -> list[str]:
+    """The files a story needs: T2V experts only for a T2V first shot, the quality model unless the filter is off."""
     roles = ["i2v_high", "i2v_low", "lora_high", "lora_low", "text_encoder", "vae", "clip"]
-    return roles + (["aesthetic"] if quality_filter else []) + (["t2v_high", "t2v_low"] if first_shot == "t2v" else [])
+    return roles + ([quality] if quality else []) + (["t2v_high", "t2v_low"] if first_shot == "t2v" else [])
 
 
 @dataclass(frozen=True)
@@ -96,7 +114,7 @@ class LoadOptions:
     offload: str = "auto"  # none / experts / blocks, or auto from free GPU memory
     compile_blocks: bool = False
     open_clip_name: str = "ViT-B-32-quickgelu"
-    quality_filter: bool = True  # load the aesthetic head; off keeps keyframes of any quality
+    quality: str = "auto"  # QUALITY_CHOICES: the keyframe quality filter's model, or off
 
 
 def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int, loras: tuple[str, str] | None) -> ExpertPair:
@@ -123,15 +141,20 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
     t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, None) if options.first_shot == "t2v" else None
     text = load_text_encoder(files["text_encoder"], auto_dtype(load.device))
     text_encoder = ParkedTextEncoder(TextEncoder(text.tokenizer, text.encoder, m2v.high.config.text_len), torch.device("cpu"))
-    aesthetic = files.get("aesthetic")
     return StoryModels(
         text_encoder=text_encoder,
         vae=load_vae(files["vae"], auto_dtype(load.device)),  # on the CPU: a shot takes it to the GPU to encode and decode
         m2v=m2v,
         keyframe_encoder=load_keyframe_encoder(files["clip"], load.open_clip_name, load.device),
         t2v=t2v,
-        aesthetic_scorer=None if aesthetic is None else AestheticHead.from_file(aesthetic),
+        aesthetic_scorer=_quality_scorer(files, load.device),
     )
+
+
+def _quality_scorer(files: dict[str, Path], device: torch.device) -> AestheticScorer | None:
+    if "hpsv3" in files:
+        return HPSv3Scorer(files["hpsv3"], device)
+    return AestheticHead.from_file(files["aesthetic"]) if "aesthetic" in files else None
 
 
 class StoryProgress:
@@ -184,7 +207,7 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
 def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     return LoadOptions(device=device, weights=args.weights, offload=args.offload, compile_blocks=args.compile,
-                       open_clip_name=args.open_clip_name, quality_filter=not args.no_quality_filter)
+                       open_clip_name=args.open_clip_name, quality=args.quality)
 
 
 def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path, options: StoryOptions, load: LoadOptions,
@@ -201,7 +224,7 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     if options.first_shot == "mr2v" and not references:
         raise StoryMemError("--m2v-first-shot starts from reference images: pass them with --reference IMAGE (one or more).")
     reference_images = [load_image(path) for path in references]
-    files = find_model_files(models_dir, required_roles(options.first_shot, load.quality_filter))
+    files = find_model_files(models_dir, required_roles(options.first_shot, quality_model(load.quality, models_dir)))
     log.info("attention backend: %s", attention.BACKEND)
     models = load_story_models(files, options, load)
     progress = StoryProgress(story)

@@ -144,7 +144,7 @@ def test_missing_model_files_are_listed_together(tmp_path):
     message = str(error.value)
     for role in required_roles("t2v"):
         assert ROLES[role].usual_name.split(" ")[0].split("/")[-1] in message
-    assert "aesthetic" in required_roles("t2v") and "aesthetic" not in required_roles("t2v", quality_filter=False)
+    assert "aesthetic" in required_roles("t2v") and "aesthetic" not in required_roles("t2v", None)
 
 
 def test_quality_filter_needs_the_aesthetic_head_unless_turned_off(tmp_path, models_dir, capsys):
@@ -154,7 +154,7 @@ def test_quality_filter_needs_the_aesthetic_head_unless_turned_off(tmp_path, mod
     argv = ["story", str(story_script(tmp_path, 1)), "--models-dir", str(models), "--out", str(tmp_path / "out"), *TINY]
     assert main(argv) == 2
     assert "clip_vision/sa_0_4_vit_b_32_linear.pth" in capsys.readouterr().err
-    assert main(argv + ["--no-quality-filter"]) == 0
+    assert main(argv + ["--quality", "off"]) == 0
 
 
 @pytest.mark.parametrize("extra,fragment", [
@@ -217,3 +217,27 @@ def test_t2v_experts_leave_the_device_after_the_first_shot(tmp_path, models_dir,
     monkeypatch.setattr(ExpertPair, "park", lambda pair: parked.append(pair.high.config.model_type))
     assert main(["story", str(story_script(tmp_path, 2)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *TINY]) == 0
     assert parked == ["t2v"]
+
+
+@pytest.mark.parametrize("package,checkpoint,expected", [(True, True, "hpsv3"), (True, False, "aesthetic"), (False, True, "aesthetic")])
+def test_auto_quality_takes_hpsv3_only_with_its_package_and_checkpoint(tmp_path, monkeypatch, package, checkpoint, expected):
+    from storymem_core import runner
+
+    if checkpoint:
+        (tmp_path / "hpsv3").mkdir()
+        (tmp_path / "hpsv3" / "HPSv3.safetensors").write_bytes(b"")
+    find_spec = runner.importlib.util.find_spec
+    monkeypatch.setattr(runner.importlib.util, "find_spec", lambda name: object() if name == "hpsv3" and package else find_spec(name))
+    assert runner.quality_model("auto", tmp_path) == expected
+    assert runner.quality_model("off", tmp_path) is None
+
+
+def test_hpsv3_quality_without_its_package_says_how_to_install(tmp_path, models_dir, monkeypatch, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    (models / "hpsv3").mkdir()
+    (models / "hpsv3" / "HPSv3.safetensors").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "hpsv3", None)
+    argv = ["story", str(story_script(tmp_path, 1)), "--models-dir", str(models), "--out", str(tmp_path / "out"), "--quality", "hpsv3", *TINY]
+    assert main(argv) == 2
+    assert "pip install hpsv3" in capsys.readouterr().err
