@@ -63,10 +63,10 @@ class LoadWanExperts:
         return (WanExperts(high, low, high.config.model_type, name, placement),)
 
 
-def _read_lora(name: str, strength: float, module: torch.nn.Module):
+def _read_lora(name: str, strength: float, module: torch.nn.Module, strict: bool = True):
     """Read a LoRA and check now, not at the first shot, that it fits the expert (hooked and removed at once)."""
     weights = load_lora(host.model_path("loras", name), strength)
-    apply_loras(getattr(module, "dit", module), [weights], mode="hook").remove()
+    apply_loras(getattr(module, "dit", module), [weights], mode="hook", strict=strict).remove()
     return weights
 
 
@@ -114,8 +114,9 @@ class AddWanLora:
 
     def load(self, model: WanExperts, lora: str, strength: float, experts: str):
         targets = ("high", "low") if experts == "both" else (experts,)
-        weights = {expert: _read_lora(lora, strength, getattr(model, expert)) for expert in targets}
-        return (model.with_lora(LoraSpec(lora, strength, weights)),)
+        # entries for layers Wan2.2 lacks (a Wan2.1 speed LoRA's image cross-attention) are logged and skipped, as ComfyUI does
+        weights = {expert: _read_lora(lora, strength, getattr(model, expert), strict=False) for expert in targets}
+        return (model.with_lora(LoraSpec(lora, strength, weights, strict=False)),)
 
 
 class LoadTextEncoder:

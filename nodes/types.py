@@ -42,6 +42,7 @@ class LoraSpec:
     name: str
     strength: float
     weights: Mapping[str, LoraWeights]
+    strict: bool = True  # False: entries matching no layer are logged and skipped (other base models' extras)
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,9 +86,9 @@ class WanExperts:
         applied = []
         try:
             for expert, module in zip(EXPERTS, (self.high, self.low)):
-                weights = [lora.weights[expert] for lora in self.loras if expert in lora.weights]
-                if weights:
-                    applied.append(apply_loras(getattr(module, "dit", module), weights, mode="hook"))
+                for lora in self.loras:
+                    if expert in lora.weights:
+                        applied.append(apply_loras(getattr(module, "dit", module), [lora.weights[expert]], mode="hook", strict=lora.strict))
             yield ExpertPair(self.high, self.low, device, offload=self.offload == "experts")
         finally:
             for lora in reversed(applied):

@@ -88,6 +88,7 @@ _T5_LAYOUTS = (  # (anchor, blocks prefix, layer-1 position bias that only umT5 
 
 _LORA_PART = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_down|lora_up)(?:\.\w+)?\.weight$")
 _LORA_ALPHA = re.compile(r"^(?P<module>.+)\.alpha$")
+_LORA_DIFF = re.compile(r"^(?P<module>.+)\.(?P<part>diff|diff_b)$")  # full weight / bias deltas (lightx2v-style LoRAs)
 _LORA_PARTS = {"lora_A": "lora_A", "lora_down": "lora_A", "lora_B": "lora_B", "lora_up": "lora_B"}
 PEFT_PREFIX = "base_model.model."
 _LORA_PREFIXES = (PEFT_PREFIX, "model.diffusion_model.", "diffusion_model.", "lora_unet_")
@@ -360,11 +361,14 @@ def _classify_dit(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> tuple[s
 
 
 def _lora_name(key: str) -> str:
-    """peft / ComfyUI / kohya LoRA key -> `<module>.lora_A.weight`, `<module>.lora_B.weight` or `<module>.alpha`."""
+    """peft / ComfyUI / kohya LoRA key -> `<module>.lora_A.weight`, `<module>.lora_B.weight`, `<module>.alpha`,
+    or a weight / bias delta `<module>.diff` / `<module>.diff_b`."""
     if match := _LORA_PART.match(key):
         suffix = f"{_LORA_PARTS[match['part']]}.weight"
     elif match := _LORA_ALPHA.match(key):
         suffix = "alpha"
+    elif match := _LORA_DIFF.match(key):
+        suffix = match["part"]
     else:
         return key  # no LoRA part: reported when the LoRA is applied
     module = match["module"]

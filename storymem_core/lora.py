@@ -22,11 +22,13 @@ from torch import nn
 
 from .checkpoints import Checkpoint, first_names
 from .errors import CheckpointError
+from .wan.dit import RMSNorm
 from .wan.fp8 import Fp8Linear
 
 log = logging.getLogger(__name__)
 
-_MODULE_PART = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|alpha)$")
+_MODULE_PART = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|alpha|diff|diff_b)$")
+_DELTA_PARAMS = {"diff": "weight", "diff_b": "bias"}
 
 
 class LoraModule(NamedTuple):
@@ -42,6 +44,7 @@ class LoraWeights:
     source: str
     modules: dict[str, LoraModule]
     unrecognized: tuple[str, ...] = ()  # tensors that are no LoRA part (reported when applied)
+    deltas: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name -> full delta, times strength
 
 
 def load_lora(
@@ -66,8 +69,13 @@ def load_lora(
             parts.setdefault(match["module"], {})[match["part"]] = tensor
         else:
             unrecognized.append(name)
-    modules = {}
+    modules, deltas = {}, {}
     for module, tensors in parts.items():
+        for part, param in _DELTA_PARAMS.items():
+            if part in tensors:
+                deltas[f"{module}.{param}"] = tensors.pop(part) * strength
+        if not tensors:
+            continue
         down, up = tensors.get("lora_A.weight"), tensors.get("lora_B.weight")
         if down is None or up is None or down.dim() != 2 or up.dim() != 2 or up.shape[1] != down.shape[0]:
             shapes = {part: list(t.shape) for part, t in tensors.items()}
@@ -78,7 +86,7 @@ def load_lora(
         module_alpha = alpha if alpha is not None else float(tensors["alpha"]) if "alpha" in tensors else rank
         scale = module_alpha / (math.sqrt(rank) if rslora else rank) * strength
         modules[module] = LoraModule(down, up, scale)
-    return LoraWeights(checkpoint.info.path, modules, tuple(unrecognized))
+    return LoraWeights(checkpoint.info.path, modules, tuple(unrecognized), deltas)
 
 
 @dataclass
@@ -148,16 +156,77 @@ def _hook(layer: nn.Module, part: LoraModule) -> Callable[[], None]:
     return undo
 
 
+def _check_delta_fits(layer: nn.Module, name: str, param: str, delta: torch.Tensor, source: str, mode: str) -> None:
+    target = getattr(layer, param)
+    if tuple(delta.shape) != tuple(target.shape):
+        raise CheckpointError(
+            f"LoRA {source} does not fit this model: {name} is {list(target.shape)} but the LoRA's delta is {list(delta.shape)}; "
+            "use a LoRA made for this base model."
+        )
+    if isinstance(layer, Fp8Linear) and param == "weight" and mode == "merge":
+        raise CheckpointError(f"Layer {name} holds fp8 weights that merging would re-round: apply LoRA {source} with mode='hook'.")
+    if mode == "hook" and not isinstance(layer, _DELTA_HOOKS[param]):
+        raise CheckpointError(
+            f"LoRA {source} changes {name}, a {type(layer).__name__} {param}, which can only be merged: apply it with mode='merge'."
+        )
+
+
+def _merge_delta(layer: nn.Module, param: str, delta: torch.Tensor, sign: float) -> None:
+    target = getattr(layer, param)
+    with torch.no_grad():
+        target.copy_(target.float().add_(delta.to(target.device, torch.float32), alpha=sign))
+
+
+def _normalized(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What a norm layer multiplies by its weight: its input normalised, before the affine part."""
+    if isinstance(layer, RMSNorm):
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + layer.eps)).type_as(x)
+    return nn.functional.layer_norm(x.float(), layer.normalized_shape, eps=layer.eps)
+
+
+def _hook_delta(layer: nn.Module, param: str, delta: torch.Tensor) -> Callable[[], None]:
+    """Add what `param + delta` would add to the layer's output; the delta rides along as a non-persistent buffer."""
+    index = 0
+    while hasattr(layer, f"lora_delta_{param}_{index}"):
+        index += 1
+    name = f"lora_delta_{param}_{index}"
+    layer.register_buffer(name, delta.to(getattr(layer, param).device, torch.float32), persistent=False)
+
+    def add_delta(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        x, d = inputs[0], getattr(module, name)
+        if param == "bias":
+            shape = (-1,) + (1,) * (output.dim() - 2) if isinstance(module, nn.Conv3d) else (-1,)
+            return output + d.to(output.dtype).view(shape)
+        if isinstance(module, (nn.Linear, Fp8Linear)):
+            return output + nn.functional.linear(x, d.to(x.dtype))
+        return output + (_normalized(module, x) * d).to(output.dtype)
+
+    handle = layer.register_forward_hook(add_delta)
+
+    def undo() -> None:
+        handle.remove()
+        delattr(layer, name)
+
+    return undo
+
+
+# layers whose output a weight / bias delta can be added to at run time
+_DELTA_HOOKS = {"weight": (nn.Linear, Fp8Linear, RMSNorm, nn.LayerNorm), "bias": (nn.Linear, Fp8Linear, nn.LayerNorm, nn.Conv3d)}
+
+
 def apply_loras(model: nn.Module, loras: list[LoraWeights], mode: str = "merge", strict: bool = True) -> AppliedLoras:
     """Apply LoRAs (each already scaled by its strength) to `model`; stacked LoRAs add up.
 
     Every module is checked before anything changes. Entries that match no layer of the model raise a
-    CheckpointError listing them; with `strict=False` they are logged and returned in `unmatched` instead.
+    CheckpointError listing them; with `strict=False` they are logged and returned in `unmatched` instead,
+    unless no entry matches at all. Besides low-rank pairs, a LoRA may carry full weight / bias deltas
+    (`.diff` / `.diff_b`, as speed LoRAs do) for linear, norm and patch-embedding layers.
     """
     if mode not in ("merge", "hook"):
         raise ValueError(f"mode must be 'merge' or 'hook', not {mode!r}")
     applied = AppliedLoras(mode)
-    plan = []
+    plan, delta_plan = [], []
     for lora in loras:
         applied.unmatched += [f"{lora.source}: {key}" for key in lora.unrecognized]
         for name, part in lora.modules.items():
@@ -167,9 +236,17 @@ def apply_loras(model: nn.Module, loras: list[LoraWeights], mode: str = "merge",
                 continue
             _check_fits(layer, name, part, lora.source, mode)
             plan.append((layer, part))
+        for name, delta in lora.deltas.items():
+            module_name, _, param = name.rpartition(".")
+            layer = _target_layer(model, module_name)
+            if layer is None or getattr(layer, param, None) is None:
+                applied.unmatched.append(f"{lora.source}: {name}")
+                continue
+            _check_delta_fits(layer, name, param, delta, lora.source, mode)
+            delta_plan.append((layer, param, delta))
     if applied.unmatched:
         shown = first_names(applied.unmatched)
-        if strict:
+        if strict or not (plan or delta_plan):  # nothing fits at all: a LoRA for another architecture
             raise CheckpointError(
                 f"{len(applied.unmatched)} LoRA entries match no layer of this model ({shown}); use a LoRA made for Wan2.2 A14B."
             )
@@ -180,4 +257,10 @@ def apply_loras(model: nn.Module, loras: list[LoraWeights], mode: str = "merge",
             applied._undo.append(lambda layer=layer, part=part: _merge(layer, part, -1.0))
         else:
             applied._undo.append(_hook(layer, part))
+    for layer, param, delta in delta_plan:
+        if mode == "merge":
+            _merge_delta(layer, param, delta, +1.0)
+            applied._undo.append(lambda layer=layer, param=param, delta=delta: _merge_delta(layer, param, delta, -1.0))
+        else:
+            applied._undo.append(_hook_delta(layer, param, delta))
     return applied

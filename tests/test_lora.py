@@ -126,13 +126,13 @@ def test_lora_unmatched_keys_are_reported(path):
     state = with_prefix(tensors, "comfy.")
     state["diffusion_model.blocks.99.self_attn.q.lora_A.weight"] = state["diffusion_model.blocks.0.self_attn.q.lora_A.weight"]
     state["diffusion_model.blocks.99.self_attn.q.lora_B.weight"] = state["diffusion_model.blocks.0.self_attn.q.lora_B.weight"]
-    state["diffusion_model.blocks.0.norm3.diff"] = torch.zeros(config["config"]["dim"])
+    state["diffusion_model.blocks.0.cross_attn.k_img.diff_b"] = torch.zeros(config["config"]["dim"])  # Wan2.1 I2V only
     lora = load_lora(state)
     model = base_model(config, tensors)
     before = model.blocks[0].self_attn.q.weight.clone()
     with pytest.raises(CheckpointError, match=r"2 LoRA entries match no layer") as error:
         apply_loras(model, [lora])
-    assert "blocks.99.self_attn.q" in str(error.value) and "norm3.diff" in str(error.value)
+    assert "blocks.99.self_attn.q" in str(error.value) and "cross_attn.k_img.bias" in str(error.value)
     assert torch.equal(model.blocks[0].self_attn.q.weight, before)
     applied = apply_loras(model, [lora], strict=False)
     assert len(applied.unmatched) == 2
@@ -164,3 +164,45 @@ def test_lora_on_fp8_layers_hooks_but_refuses_to_merge(path):
     apply_loras(model, [lora], mode="hook")
     lora_effect = tensors["out"] - tensors["out_base"]
     assert (run(model, tensors) - plain - lora_effect).norm() < 0.05 * lora_effect.norm()
+
+
+def with_deltas(config: dict, tensors: dict) -> tuple[dict, dict]:
+    """The case's ComfyUI LoRA plus full weight / bias deltas (`.diff`, `.diff_b`) on the layer types speed LoRAs
+    change (linear, RMSNorm, LayerNorm, the patch embedding's bias), and those deltas under parameter names."""
+    model = base_model(config, tensors)
+    generator = torch.Generator().manual_seed(5)
+    state, deltas = with_prefix(tensors, "comfy."), {}
+    for parameter in ("blocks.0.self_attn.q.weight", "blocks.0.self_attn.q.bias", "blocks.1.ffn.2.bias", "blocks.0.self_attn.norm_q.weight",
+                      "blocks.1.norm3.weight", "blocks.1.norm3.bias", "patch_embedding.bias", "head.head.weight"):
+        module, _, kind = parameter.rpartition(".")
+        deltas[parameter] = torch.randn(model.get_parameter(parameter).shape, generator=generator) * 0.05
+        state[f"diffusion_model.{module}.{'diff' if kind == 'weight' else 'diff_b'}"] = deltas[parameter]
+    return state, deltas
+
+
+@pytest.mark.parametrize("mode", ["merge", "hook"])
+@pytest.mark.parametrize("path", cases("lora_"))
+def test_lora_weight_and_bias_deltas_act_like_changed_parameters(path, mode):
+    config, tensors = load_case(path)
+    state, deltas = with_deltas(config, tensors)
+    lora = load_lora(state, strength=0.5)
+    assert {name: t * 0.5 for name, t in deltas.items()}.keys() == lora.deltas.keys() and not lora.unrecognized
+    expected = base_model(config, tensors)
+    apply_loras(expected, [load_lora(with_prefix(tensors, "comfy."), strength=0.5)])
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            expected.get_parameter(name).add_(delta * 0.5)
+    model = base_model(config, tensors)
+    applied = apply_loras(model, [lora], mode=mode)
+    torch.testing.assert_close(run(model, tensors), run(expected, tensors), atol=1e-4, rtol=1e-4)
+    applied.remove()
+    torch.testing.assert_close(run(model, tensors), tensors["out_base"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", cases("lora_"))
+def test_lora_delta_of_another_shape_names_the_parameter(path):
+    config, tensors = load_case(path)
+    state = with_prefix(tensors, "comfy.")
+    state["diffusion_model.blocks.0.self_attn.q.diff_b"] = torch.zeros(config["config"]["dim"] + 4)
+    with pytest.raises(CheckpointError, match=r"blocks.0.self_attn.q.bias is \[\d+\] but the LoRA's delta is"):
+        apply_loras(base_model(config, tensors), [load_lora(state)], mode="hook")

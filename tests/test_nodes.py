@@ -209,6 +209,24 @@ def test_lora_acts_only_while_sampling_and_leaves_weights_untouched(pack):
     assert all(torch.equal(before[k], v) for k, v in pack.m2v.high.state_dict().items())
 
 
+def test_extra_lora_for_wan21_layers_is_applied_where_it_fits(pack, caplog):
+    """A Wan2.1 speed LoRA carries image cross-attention entries Wan2.2 lacks, and bias deltas: the rest applies."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(pack.root / "models" / "loras" / tiny.EXTRA_LORA))
+    state["diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight"] = torch.zeros(2, tiny.DIT["dim"])
+    state["diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight"] = torch.zeros(tiny.DIT["dim"], 2)
+    state["diffusion_model.blocks.0.self_attn.o.diff_b"] = torch.full((tiny.DIT["dim"],), 0.1)
+    save_file(state, str(pack.root / "models" / "loras" / "wan21_speed_lora.safetensors"))
+    sped = call("StoryMemAddLora", model=pack.m2v, lora="wan21_speed_lora.safetensors", strength=1.0, experts="both")[0][0]
+    assert "cross_attn.k_img" in caplog.text  # reported, not silently dropped
+    x, t, context, y = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 8, tiny.TEXT_DIM), torch.randn(1, 20, 2, 4, 4)
+    with torch.no_grad():
+        plain = pack.m2v.high(x, t, context, y)
+        with sped.sampling(torch.device("cpu"), torch.device("cpu")) as experts:
+            assert not torch.allclose(experts.high(x, t, context, y), plain)
+
+
 def test_a_pair_that_samples_parks_the_pair_that_sampled_before(monkeypatch):
     monkeypatch.setattr(nodes.types, "_SAMPLED_EXPERTS", __import__("weakref").WeakSet())  # leave the pack's experts alone
 
