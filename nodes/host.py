@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from storymem_core.checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
 from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
 
 try:  # inside ComfyUI these are importable from its root
@@ -25,11 +26,8 @@ except ImportError:
 
 MODEL_FOLDERS = ("diffusion_models", "loras", "text_encoders", "vae", "clip_vision")
 STORYMEM_FOLDER = "storymem"  # saved memory banks and story scripts
-MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
 MODELS_DIR_ENV = "STORYMEM_MODELS_DIR"
 OUTPUT_DIR_ENV = "STORYMEM_OUTPUT_DIR"
-# ComfyUI's older folder names, searched too (as ComfyUI does)
-LEGACY_FOLDERS = {"text_encoders": ("clip",), "diffusion_models": ("unet",)}
 
 
 class Progress(Protocol):
@@ -169,7 +167,7 @@ def current() -> StandaloneHost | ComfyHost:
 
 def model_names(folder: str) -> list[str]:
     """Model files in a ComfyUI model folder, as COMBO choices (paths relative to the folder, '/'-separated)."""
-    return [name for name in _host.filenames(folder) if name.lower().endswith(MODEL_EXTENSIONS)]
+    return [name for name in _host.filenames(folder) if name.lower().endswith(MODEL_SUFFIXES)]
 
 
 def model_path(folder: str, name: str) -> Path:

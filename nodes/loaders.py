@@ -11,11 +11,12 @@ import torch
 from storymem_core.errors import CheckpointError
 from storymem_core.keyframes import AestheticHead
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.offload import OFFLOAD_CHOICES, BlockSwapDiT, resolve_offload
+from storymem_core.offload import BlockSwapDiT, resolve_offload
 
 from . import host
 from .inputs import model_file
-from storymem_core.model_files import DTYPES, WEIGHT_CHOICES, auto_dtype, expert_weights, load_dit, load_keyframe_encoder, load_text_encoder, load_vae
+from storymem_core.choices import OFFLOAD_CHOICES, WEIGHT_CHOICES
+from storymem_core.model_files import DTYPES, auto_dtype, expert_weights, load_dit, load_keyframe_encoder, load_text_encoder, load_vae
 from .types import KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, LoraSpec, TextModel, WanExperts
 
 CATEGORY = "StoryMem/loaders"

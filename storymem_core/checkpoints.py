@@ -52,6 +52,9 @@ T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 VAE_FILE = "Wan2.1_VAE.pth"
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+MODEL_SUFFIXES = SAFETENSORS_SUFFIXES + PTH_SUFFIXES
+# ComfyUI's older model folder names, searched too (as ComfyUI does)
+LEGACY_FOLDERS = {"text_encoders": ("clip",), "diffusion_models": ("unet",)}
 DEQUANTIZED_DTYPE = torch.bfloat16  # fp8 weights become this when no dtype is asked for
 
 _SAFETENSORS_DTYPES = {

@@ -7,9 +7,7 @@ import logging
 import sys
 
 from .errors import GenerationInterrupted, StoryMemError
-from .model_files import WEIGHT_CHOICES
-from .offload import OFFLOAD_CHOICES
-from .runner import QUALITY_CHOICES
+from .choices import OFFLOAD_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
 
 
 def _add_story_options(parser: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .checkpoints import read_pth
+from .checkpoints import SAFETENSORS_SUFFIXES, read_pth
 from .errors import CheckpointError, ConditioningError
 from .memory import Keyframe, MemoryBank
 
@@ -66,7 +66,7 @@ class AestheticScorer(Protocol):
 
 
 def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    if path.suffix != ".safetensors":
+    if not path.name.lower().endswith(SAFETENSORS_SUFFIXES):
         return read_pth(path)  # the checkpoint loader's reader: pickled code is refused, legacy .pth files load
     try:
         return load_file(str(path))

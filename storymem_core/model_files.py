@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from safetensors import SafetensorError, safe_open
 
+from .choices import WEIGHT_DTYPE_NAMES
 from .checkpoints import KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, CheckpointInfo, describe, detect, fit_faults, load_model, model_shapes
 from .errors import CheckpointError
 from .keyframes import OpenClipEncoder
@@ -26,8 +27,7 @@ from .wan.tokenizer import UMT5Tokenizer
 from .wan.vae import VAEConfig, WanVAE
 
 CONFIG_KEY = "storymem_config"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-WEIGHT_CHOICES = ("auto", "fp8", *DTYPES)
+DTYPES = dict(zip(WEIGHT_DTYPE_NAMES, (torch.bfloat16, torch.float16, torch.float32)))
 WAN_HEAD_DIM = 128
 DIT_KINDS = ("wan22-t2v-dit", "wan22-i2v-dit")
 

@@ -228,9 +228,6 @@ def choose_offload(expert: nn.Module, free_bytes: int, tokens: int) -> str:
     return "blocks"
 
 
-OFFLOAD_CHOICES = ("auto", "none", "experts", "blocks")
-
-
 def resolve_offload(requested: str, expert: nn.Module, device: torch.device, free_bytes: int, tokens: int) -> str:
     """The placement to use: off-GPU devices need none, 'auto' asks `choose_offload`, anything else is kept."""
     if device.type != "cuda":

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
 from .errors import CheckpointError, StoryMemError
 from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
 from .lora import apply_loras, load_lora
@@ -33,8 +34,6 @@ from .wan.text_encoder import ParkedTextEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
 
-QUALITY_CHOICES = ("auto", "aesthetic", "hpsv3", "off")
-MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin")
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,13 @@ ROLES = {
 
 def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
     name = path.name.lower()
-    return path.suffix.lower() in MODEL_SUFFIXES and any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+    return name.endswith(MODEL_SUFFIXES) and any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
 
 def _find(root: Path, role: str) -> Path | None:
     spec = ROLES[role]
-    candidates = sorted(p for p in (root / spec.folder).rglob("*") if p.is_file() and _matches(p, spec.patterns))
+    folders = [root / name for name in (spec.folder, *LEGACY_FOLDERS.get(spec.folder, ()))]
+    candidates = sorted(p for folder in folders for p in folder.rglob("*") if p.is_file() and _matches(p, spec.patterns))
     if len(candidates) > 1:
         log.info("%s: using %s of %d matching files", role, candidates[0].name, len(candidates))
     return candidates[0] if candidates else None

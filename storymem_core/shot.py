@@ -148,7 +148,7 @@ def reporting_out_of_memory(experts: ExpertPair, tokens: int) -> Iterator[None]:
     try:
         yield
         return
-    except torch.OutOfMemoryError as error:
+    except torch.cuda.OutOfMemoryError as error:  # torch.OutOfMemoryError from torch 2.5 on
         detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else "out of memory"
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
