@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from storymem_core.errors import CheckpointError
+from storymem_core.choices import OFFLOAD_CHOICES, WEIGHT_CHOICES
 from storymem_core.keyframes import AestheticHead
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.offload import BlockSwapDiT, resolve_offload
+from storymem_core.model_files import DTYPES, auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
 
 from . import host
 from .inputs import model_file
-from storymem_core.choices import OFFLOAD_CHOICES, WEIGHT_CHOICES
-from storymem_core.model_files import DTYPES, auto_dtype, expert_weights, load_dit, load_keyframe_encoder, load_text_encoder, load_vae
 from .types import KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, LoraSpec, TextModel, WanExperts
 
 CATEGORY = "StoryMem/loaders"
@@ -49,17 +47,10 @@ class LoadWanExperts:
 
     def load(self, high_noise_model: str, low_noise_model: str, weight_dtype: str, offload: str, compile: bool = False):
         device = host.device()
-        dtype, keep_fp8 = expert_weights(weight_dtype, device)
-        high, low = (load_dit(host.model_path("diffusion_models", name), dtype, keep_fp8) for name in (high_noise_model, low_noise_model))
-        if high.config.model_type != low.config.model_type:
-            raise CheckpointError(
-                f"{high_noise_model} is a {high.config.model_type.upper()} expert but {low_noise_model} is {low.config.model_type.upper()}: load two experts of one pair."
-            )
-        placement = resolve_offload(offload, high, device, host.free_memory(device), PLANNED_TOKENS)
-        if compile and device.type == "cuda":
-            high, low = high.compile_blocks(), low.compile_blocks()
-        if placement == "blocks":
-            high, low = BlockSwapDiT(high), BlockSwapDiT(low)
+        high, low, placement = load_expert_pair(
+            host.model_path("diffusion_models", high_noise_model), host.model_path("diffusion_models", low_noise_model),
+            weight_dtype, offload, compile, device, host.free_memory(device), PLANNED_TOKENS,
+        )
         name = f"{high_noise_model} + {low_noise_model}"
         return (WanExperts(high, low, high.config.model_type, name, placement),)
 

@@ -9,6 +9,8 @@ random, so the pixels are noise.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +18,6 @@ import torch
 
 from .pipeline import StoryOptions
 from .runner import LoadOptions, run_story_files
-from .sampling import SamplerSettings
 from .shot import T2V_SETTINGS
 from .tiny_models import write_tiny_models
 from .video import atomic_write_path
@@ -58,9 +59,12 @@ def demo_options(seed: int) -> StoryOptions:
 
 def run_demo(out: str | Path, seed: int = 0) -> int:
     out = Path(out)
-    models_dir = out / "models"
-    if not models_dir.is_dir():
-        write_tiny_models(models_dir, seed)
+    models_dir = out / f"models-seed{seed}"
+    if not models_dir.is_dir():  # written aside and renamed in: an interrupted first run leaves no half folder
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".models-"))
+        write_tiny_models(staging, seed)
+        os.replace(staging, models_dir)
     script = out / "story.json"
     with atomic_write_path(script) as tmp:
         tmp.write_text(json.dumps(DEMO_STORY, indent=2, ensure_ascii=False))

@@ -287,6 +287,14 @@ def _check_replaceable(folder: Path) -> None:
         raise MemoryBankError(f"{folder} holds files but no {BANK_FILE}, so it is not a memory bank that may be replaced: choose another folder name.")
 
 
+def discard_bank(folder: Path) -> None:
+    """Delete a saved bank: renamed aside first (atomic), so a crash never leaves half a bank that still looks saved."""
+    if folder.is_dir():
+        aside = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(folder, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def _swap_into_place(staging: Path, folder: Path) -> None:
     """Rename the finished `staging` folder to `folder`, moving a previous bank aside first (rename is atomic)."""
     if not folder.exists():

@@ -17,6 +17,8 @@ from torch import nn
 from safetensors import SafetensorError, safe_open
 
 from .choices import WEIGHT_DTYPE_NAMES
+from .lora import apply_loras, load_lora
+from .offload import BlockSwapDiT, resolve_offload
 from .checkpoints import KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, CheckpointInfo, describe, detect, fit_faults, load_model, model_shapes
 from .errors import CheckpointError
 from .keyframes import OpenClipEncoder
@@ -151,6 +153,30 @@ def described_model(kind: str, path: str | Path, shapes: Mapping[str, tuple[int,
         if kind == "wan21-vae":
             return WanVAE(VAEConfig.from_dict(stored) if stored is not None else VAEConfig(dim=shapes["encoder.conv1.weight"][0]))
     return None
+
+
+def load_expert_pair(
+    high: Path, low: Path, weights: str, offload: str, compile_blocks: bool, device: torch.device, free_bytes: int, tokens: int,
+    loras: tuple[Path, Path] | None = None,
+) -> tuple[nn.Module, nn.Module, str]:
+    """(high, low, placement): a Wan2.2 expert pair as a story runs it, for the nodes and the CLI alike.
+
+    Dtype from `weights` (WEIGHT_CHOICES); placement from `offload` ('auto' plans from `free_bytes` for `tokens`);
+    `loras` (one file per expert) stay hooked; blocks compiled on a GPU when asked; 'blocks' wraps in BlockSwapDiT.
+    """
+    dtype, keep_fp8 = expert_weights(weights, device)
+    pair = [load_dit(high, dtype, keep_fp8), load_dit(low, dtype, keep_fp8)]
+    if pair[0].config.model_type != pair[1].config.model_type:
+        kinds = [dit.config.model_type.upper() for dit in pair]
+        raise CheckpointError(f"{high.name} is a {kinds[0]} expert but {low.name} is {kinds[1]}: load two experts of one pair.")
+    for dit, lora in zip(pair, loras or ()):
+        apply_loras(dit, [load_lora(lora)], mode="hook")
+    placement = resolve_offload(offload, pair[0], device, free_bytes, tokens)
+    if compile_blocks and device.type == "cuda":
+        pair = [dit.compile_blocks() for dit in pair]
+    if placement == "blocks":
+        pair = [BlockSwapDiT(dit) for dit in pair]
+    return pair[0], pair[1], placement
 
 
 def load_text_encoder(path: str | Path, dtype: torch.dtype) -> TextEncoder:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol
@@ -20,7 +19,7 @@ import torch
 from .conditioning import check_frame_num
 from .errors import ConditioningError, StoryMemError
 from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
-from .memory import MemoryBank
+from .memory import MemoryBank, discard_bank
 from .sampling import ExpertPair, SamplerSettings
 from .shot import DEFAULT_NEGATIVE_PROMPT, T2V_SETTINGS, generate_memory_shot, generate_text_shot, reporting_out_of_memory
 from .story import Story
@@ -153,8 +152,7 @@ def _unfinish(folder: StoryFolder, shot_indices: list[int]) -> None:
     from the memory it replaces, so a `from_shot` run stopped half-way must not leave them counted as finished.
     Called only after the new shot is generated, so a failed shot leaves every file as it was."""
     for index in reversed(shot_indices):
-        if folder.bank(index).is_dir():
-            shutil.rmtree(folder.bank(index))
+        discard_bank(folder.bank(index))
 
 
 def _initial_bank(folder: StoryFolder, options: StoryOptions, reference_images: list[torch.Tensor] | None) -> None:

@@ -18,12 +18,10 @@ import torch
 from tqdm import tqdm
 
 from .checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
+from .conditioning import LATENT_FRAME_STRIDE
 from .errors import CheckpointError, StoryMemError
 from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
-from .lora import apply_loras, load_lora
-from .model_files import auto_dtype, expert_weights, load_dit, load_keyframe_encoder, load_text_encoder, load_vae
-from .offload import BlockSwapDiT, resolve_offload
-from .conditioning import LATENT_FRAME_STRIDE
+from .model_files import auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
 from .pipeline import StoryModels, StoryOptions, run_story
 from .sampling import ExpertPair, SamplerSettings
 from .shot import T2V_SETTINGS, shot_tokens
@@ -118,25 +116,20 @@ class LoadOptions:
 
 
 def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int, loras: tuple[str, str] | None) -> ExpertPair:
-    dtype, keep_fp8 = expert_weights(load.weights, load.device)
-    pair = [load_dit(files[role], dtype, keep_fp8) for role in (high, low)]
-    if loras is not None:  # the StoryMem LoRA stays hooked for the whole story
-        for expert, role in zip(pair, loras):
-            apply_loras(expert, [load_lora(files[role])], mode="hook")
     free = torch.cuda.mem_get_info(load.device)[0] if load.device.type == "cuda" else 0
-    placement = resolve_offload(load.offload, pair[0], load.device, free, tokens)
+    high_expert, low_expert, placement = load_expert_pair(
+        files[high], files[low], load.weights, load.offload, load.compile_blocks, load.device, free, tokens,
+        None if loras is None else (files[loras[0]], files[loras[1]]),  # the StoryMem LoRA stays hooked for the whole story
+    )
     log.info("experts %s + %s: %s offload", files[high].name, files[low].name, placement)
-    if load.compile_blocks:
-        pair = [expert.compile_blocks() for expert in pair]
-    if placement == "blocks":
-        pair = [BlockSwapDiT(expert) for expert in pair]
-    return ExpertPair(*pair, device=load.device, offload=placement == "experts")
+    return ExpertPair(high_expert, low_expert, device=load.device, offload=placement == "experts")
 
 
 def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadOptions) -> StoryModels:
     """Every model of a story, on the CPU until a shot needs it on `load.device`."""
     width, height = options.size_wh
     tokens = shot_tokens(options.max_memory + (options.frames - 1) // LATENT_FRAME_STRIDE + 1, width * height)
+    scorer = _quality_scorer(files, load.device)  # first: HPSv3 takes GPU memory the experts' offload plan must see
     m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, ("lora_high", "lora_low"))
     t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, None) if options.first_shot == "t2v" else None
     text = load_text_encoder(files["text_encoder"], auto_dtype(load.device))
@@ -147,7 +140,7 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
         m2v=m2v,
         keyframe_encoder=load_keyframe_encoder(files["clip"], load.open_clip_name, load.device),
         t2v=t2v,
-        aesthetic_scorer=_quality_scorer(files, load.device),
+        aesthetic_scorer=scorer,
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +53,6 @@ TINY_SHOT = {"width": 32, "height": 32, "frames": 5, "steps": 2}
 
 WORDS = ("a fox runs through snow near the old lighthouse while waves crash on rocks and a girl in a red coat "
          "walks the harbor at dawn under golden light as boats drift past quiet houses").split()
-
-
-@dataclass(frozen=True)
-class TinyModels:
-    models_dir: Path
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path, config: dict | None = None) -> None:
@@ -117,7 +111,7 @@ def _clip_visual(seed: int) -> dict[str, torch.Tensor]:
     return {f"visual.{name}": t for name, t in visual.state_dict().items()}
 
 
-def write_tiny_models(models_dir: str | Path, seed: int = 0) -> TinyModels:
+def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
     """Write every model a StoryMem workflow loads into `models_dir`/<ComfyUI folder>/<usual name>."""
     root = Path(models_dir)
     for name, in_dim, offset in ((I2V_HIGH, 36, 1), (I2V_LOW, 36, 2), (T2V_HIGH, 16, 3), (T2V_LOW, 16, 4)):
@@ -140,7 +134,7 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0) -> TinyModels:
     generator = torch.Generator().manual_seed(seed + 11)  # scores near 5, above the 4.0 quality threshold
     torch.save({"weight": torch.randn(1, CLIP["embed_dim"], generator=generator) * 0.1, "bias": torch.tensor([5.0])},
                root / "clip_vision" / AESTHETIC_FILE)
-    return TinyModels(root)
+    return root
 
 
 def write_reference_images(folder: str | Path, count: int = 2, size: tuple[int, int] = (48, 32), seed: int = 0) -> list[str]:

@@ -51,7 +51,7 @@ ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 @pytest.fixture(scope="module")
 def story_models(tmp_path_factory) -> StoryModels:
     """Every model of a T2V -> M2V / MI2V story, from the tiny files, as the CLI runner loads them (fp32, CPU)."""
-    root = tiny.write_tiny_models(tmp_path_factory.mktemp("models")).models_dir
+    root = tiny.write_tiny_models(tmp_path_factory.mktemp("models"))
 
     def pair(high: str, low: str, loras: tuple[str, str] | None = None) -> ExpertPair:
         experts = [load_dit(root / "diffusion_models" / name, torch.float32) for name in (high, low)]

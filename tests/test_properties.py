@@ -5,8 +5,6 @@ Hugging Face umT5 names, LoRA layouts). Example counts stay small: CI has two co
 from __future__ import annotations
 
 import copy
-import json
-import re
 
 import torch
 from hypothesis import HealthCheck, given, settings
