@@ -125,7 +125,7 @@ class FirstShot:
         _check_prompt(prompt)
         device = host.device()
         settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
-        tokens = shot_tokens((frames - 1) // 4 + 1, width * height)
+        tokens = shot_tokens(0, frames, width * height)
         _make_room(model, device)
         with model.sampling(device, host.offload_device()) as experts, reporting_out_of_memory(experts, tokens):
             context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
@@ -177,7 +177,7 @@ class MemoryShot:
         _check_prompt(prompt)
         device = host.device()
         settings = SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg, seed)
-        tokens = shot_tokens(len(memory) + (frames - 1) // 4 + 1, width * height)
+        tokens = shot_tokens(len(memory), frames, width * height)
         _make_room(model, device)
         with model.sampling(device, host.offload_device()) as experts, reporting_out_of_memory(experts, tokens):
             context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)

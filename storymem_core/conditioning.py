@@ -53,6 +53,11 @@ def check_frame_num(frame_num: int) -> None:
         )
 
 
+def latent_frame_count(frame_num: int) -> int:
+    """Latent frames of a 4n+1-frame video: the first frame alone, then one per 4."""
+    return (frame_num - 1) // LATENT_FRAME_STRIDE + 1
+
+
 def latent_size(image_hw: tuple[int, int], max_area: int) -> tuple[int, int]:
     """(lat_h, lat_w) for an image aspect ratio and a pixel budget, rounded to whole DiT patches."""
     h, w = image_hw

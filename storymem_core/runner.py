@@ -18,7 +18,6 @@ import torch
 from tqdm import tqdm
 
 from .checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
-from .conditioning import LATENT_FRAME_STRIDE
 from .errors import CheckpointError, StoryMemError
 from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
 from .model_files import auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
@@ -128,7 +127,7 @@ def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tok
 def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadOptions) -> StoryModels:
     """Every model of a story, on the CPU until a shot needs it on `load.device`."""
     width, height = options.size_wh
-    tokens = shot_tokens(options.max_memory + (options.frames - 1) // LATENT_FRAME_STRIDE + 1, width * height)
+    tokens = shot_tokens(options.max_memory, options.frames, width * height)
     scorer = _quality_scorer(files, load.device)  # first: HPSv3 takes GPU memory the experts' offload plan must see
     m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, ("lora_high", "lora_low"))
     t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, None) if options.first_shot == "t2v" else None

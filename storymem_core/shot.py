@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .conditioning import LATENT_FRAME_STRIDE, PATCH, VAE_STRIDE, build_conditioning, check_frame_num
+from .conditioning import PATCH, VAE_STRIDE, build_conditioning, check_frame_num, latent_frame_count
 from .errors import OutOfMemory
 from .offload import BlockSwapDiT, choose_offload
 from .sampling import LATENT_CHANNELS, ExpertPair, SamplerSettings, denoise, seeded_noise
@@ -59,7 +59,7 @@ def generate_memory_shot(
     on_step: Callable[[int, int], None] | None = None,
 ) -> ShotResult:
     """Generate one shot conditioned on memory keyframes (and the previous shot's last frame(s))."""
-    tokens = shot_tokens(len(memory_images) + (max(frame_num, 1) - 1) // LATENT_FRAME_STRIDE + 1, max_area)
+    tokens = shot_tokens(len(memory_images), max(frame_num, 1), max_area)
     with reporting_out_of_memory(experts, tokens):
         with visiting(vae, experts.device):
             conditioning = build_conditioning(
@@ -89,9 +89,9 @@ def generate_text_shot(
     """The story's first shot from text alone (Wan2.2 T2V experts)."""
     check_frame_num(frame_num)
     width, height = size_wh
-    shape = (LATENT_CHANNELS, (frame_num - 1) // LATENT_FRAME_STRIDE + 1, height // 8, width // 8)
+    shape = (LATENT_CHANNELS, latent_frame_count(frame_num), height // 8, width // 8)
     noise, generator = seeded_noise(shape, settings.seed)
-    with reporting_out_of_memory(experts, shot_tokens(shape[1], width * height)):
+    with reporting_out_of_memory(experts, shot_tokens(0, frame_num, width * height)):
         latent = denoise(experts, noise, generator, context, context_null, settings, None, on_step)
         with visiting(vae, experts.device):
             video = vae.decode(latent[None])[0]
@@ -159,9 +159,10 @@ def reporting_out_of_memory(experts: ExpertPair, tokens: int) -> Iterator[None]:
     ) from None
 
 
-def shot_tokens(latent_frames: int, pixel_area: int) -> int:
-    """DiT tokens of a shot: latent frames x patches per frame (what activation memory grows with)."""
-    return latent_frames * pixel_area // PIXELS_PER_TOKEN
+def shot_tokens(memory_count: int, frame_num: int, pixel_area: int) -> int:
+    """DiT tokens of a shot with `memory_count` memory frames: latent frames x patches per frame (what
+    activation memory grows with)."""
+    return (memory_count + latent_frame_count(frame_num)) * pixel_area // PIXELS_PER_TOKEN
 
 
 def with_seed(settings: SamplerSettings, seed: int) -> SamplerSettings:
