@@ -22,7 +22,7 @@ from torch import nn
 
 from .checkpoints import Checkpoint, first_names
 from .errors import CheckpointError
-from .wan.dit import RMSNorm
+from .wan.dit import LayerNorm, RMSNorm
 from .wan.fp8 import Fp8Linear
 
 log = logging.getLogger(__name__)
@@ -124,17 +124,21 @@ def _check_fits(layer: nn.Module, name: str, part: LoraModule, source: str, mode
 
 
 def _merge(layer: nn.Linear, part: LoraModule, sign: float) -> None:
-    weight = layer.weight
-    with torch.no_grad():
-        delta = part.up.to(weight.device, torch.float32) @ part.down.to(weight.device, torch.float32)
-        weight.copy_(weight.float().add_(delta, alpha=sign * part.scale))
+    device = layer.weight.device
+    _merge_delta(layer, "weight", part.up.to(device, torch.float32) @ part.down.to(device, torch.float32) * part.scale, sign)
+
+
+def _free_buffer_index(layer: nn.Module, stem: str) -> int:
+    """The first n with no `<stem>_<n>` on the layer: stacked LoRAs hook the same layer side by side."""
+    index = 0
+    while hasattr(layer, f"{stem}_{index}"):
+        index += 1
+    return index
 
 
 def _hook(layer: nn.Module, part: LoraModule) -> Callable[[], None]:
     """Add scale * B(A x) to the layer's output; A and B ride along as non-persistent buffers (moved with the layer)."""
-    index = 0
-    while hasattr(layer, f"lora_down_{index}"):  # a stacked LoRA already hooked here
-        index += 1
+    index = _free_buffer_index(layer, "lora_down")
     names = (f"lora_down_{index}", f"lora_up_{index}")
     weight_dtype = layer.weight.dtype if layer.weight.is_floating_point() and layer.weight.dtype.itemsize > 1 else part.down.dtype
     layer.register_buffer(names[0], part.down.to(layer.weight.device, weight_dtype), persistent=False)
@@ -177,20 +181,9 @@ def _merge_delta(layer: nn.Module, param: str, delta: torch.Tensor, sign: float)
         target.copy_(target.float().add_(delta.to(target.device, torch.float32), alpha=sign))
 
 
-def _normalized(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What a norm layer multiplies by its weight: its input normalised, before the affine part."""
-    if isinstance(layer, RMSNorm):
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + layer.eps)).type_as(x)
-    return nn.functional.layer_norm(x.float(), layer.normalized_shape, eps=layer.eps)
-
-
 def _hook_delta(layer: nn.Module, param: str, delta: torch.Tensor) -> Callable[[], None]:
     """Add what `param + delta` would add to the layer's output; the delta rides along as a non-persistent buffer."""
-    index = 0
-    while hasattr(layer, f"lora_delta_{param}_{index}"):
-        index += 1
-    name = f"lora_delta_{param}_{index}"
+    name = f"lora_delta_{param}_{_free_buffer_index(layer, f'lora_delta_{param}')}"
     layer.register_buffer(name, delta.to(getattr(layer, param).device, torch.float32), persistent=False)
 
     def add_delta(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
@@ -200,7 +193,7 @@ def _hook_delta(layer: nn.Module, param: str, delta: torch.Tensor) -> Callable[[
             return output + d.to(output.dtype).view(shape)
         if isinstance(module, (nn.Linear, Fp8Linear)):
             return output + nn.functional.linear(x, d.to(x.dtype))
-        return output + (_normalized(module, x) * d).to(output.dtype)
+        return output + (module.normalize(x) * d).to(output.dtype)
 
     handle = layer.register_forward_hook(add_delta)
 
@@ -212,7 +205,7 @@ def _hook_delta(layer: nn.Module, param: str, delta: torch.Tensor) -> Callable[[
 
 
 # layers whose output a weight / bias delta can be added to at run time
-_DELTA_HOOKS = {"weight": (nn.Linear, Fp8Linear, RMSNorm, nn.LayerNorm), "bias": (nn.Linear, Fp8Linear, nn.LayerNorm, nn.Conv3d)}
+_DELTA_HOOKS = {"weight": (nn.Linear, Fp8Linear, RMSNorm, LayerNorm), "bias": (nn.Linear, Fp8Linear, LayerNorm, nn.Conv3d)}
 
 
 def apply_loras(model: nn.Module, loras: list[LoraWeights], mode: str = "merge", strict: bool = True) -> AppliedLoras:

@@ -69,13 +69,21 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The input normalised, before the weight (LoRA weight deltas scale this)."""
         x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(x) * self.weight
 
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 whatever the activation dtype."""
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The input normalised in float32, before weight and bias (LoRA weight deltas scale this)."""
+        return nn.functional.layer_norm(x.float(), self.normalized_shape, None, None, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = None if self.weight is None else self.weight.float()
