@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from storymem_core.conditioning import check_size
 from storymem_core.errors import ConditioningError, StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryOptions
@@ -73,11 +74,6 @@ def _contexts(text_encoder: TextModel, model: WanExperts, prompt: str, negative_
     return context, context_null
 
 
-def _check_size(width: int, height: int) -> None:
-    if width % 16 or height % 16 or width < 16 or height < 16:
-        raise ConditioningError(f"size {width}x{height} is not divisible by 16 (or not positive): use e.g. 832x480.")
-
-
 def _make_room(model: WanExperts, device: torch.device) -> None:
     """Ask the host to unload its own models so the experts fit (block-swapped experts need little)."""
     if device.type != "cuda" or model.offload == "blocks":
@@ -121,7 +117,7 @@ class FirstShot:
                  prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float, solver: str,
                  width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None):
         model.require("t2v", "First Shot")
-        _check_size(width, height)
+        check_size(width, height)
         _check_prompt(prompt)
         device = host.device()
         settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
@@ -171,7 +167,7 @@ class MemoryShot:
                  width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
                  negative_prompt: str = "", shot_number: int | None = None):
         model.require("i2v", "StoryMem Shot")
-        _check_size(width, height)
+        check_size(width, height)
         mode = resolve_mode(mode, cut, previous_frames is not None)
         previous = None if mode == "m2v" else image_batch_to_frames(previous_frames)
         _check_prompt(prompt)

@@ -4,7 +4,8 @@ Layouts: Wan-AI download folders (sharded safetensors + index, `.pth` text encod
 single files (keys with or without `model.diffusion_model.`, fp8 "scaled" in its old `scaled_fp8` /
 `scale_weight` and new `comfy_quant` / `weight_scale` generations, Hugging Face T5 names for umT5) and
 LoRA files (peft or ComfyUI). A file is recognised and checked against a model from its header alone;
-tensors are then read one at a time (safetensors / mmap), so loading never holds a second full copy.
+tensors are then read one at a time (safetensors / mmap), so loading never holds a second full copy (older
+non-zip .pth files cannot be mapped and are read whole).
 """
 
 from __future__ import annotations

@@ -53,6 +53,12 @@ def check_frame_num(frame_num: int) -> None:
         )
 
 
+def check_size(width: int, height: int) -> None:
+    """A shot size the VAE (stride 8) and the DiT patches (2 x 2) tile exactly."""
+    if width % 16 or height % 16 or width < 16 or height < 16:
+        raise ConditioningError(f"size {width}x{height} is not divisible by 16 (or not positive): use e.g. 832x480.")
+
+
 def latent_frame_count(frame_num: int) -> int:
     """Latent frames of a 4n+1-frame video: the first frame alone, then one per 4."""
     return (frame_num - 1) // LATENT_FRAME_STRIDE + 1

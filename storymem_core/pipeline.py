@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from .conditioning import check_frame_num
+from .conditioning import check_frame_num, check_size
 from .errors import ConditioningError, StoryMemError
 from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
 from .memory import MemoryBank, discard_bank
@@ -69,9 +69,7 @@ class StoryOptions:
             raise StoryMemError(f"first shot mode '{self.first_shot}' is unknown: use one of {', '.join(FIRST_SHOTS)}.")
         if self.continuation not in CONTINUATIONS:
             raise StoryMemError(f"continuation '{self.continuation}' is unknown: use one of {', '.join(CONTINUATIONS)}.")
-        width, height = self.size_wh
-        if width % 16 or height % 16 or width < 16 or height < 16:
-            raise ConditioningError(f"size {width}x{height} is not divisible by 16 (or not positive): use e.g. 832x480.")
+        check_size(*self.size_wh)
         if self.max_memory < 1:
             raise StoryMemError(f"max memory {self.max_memory} leaves no room for keyframes: keep at least 1 (StoryMem uses 10).")
         if not 0 <= self.fixed_memory <= self.max_memory:
