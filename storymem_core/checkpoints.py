@@ -515,15 +515,19 @@ class Checkpoint:
         if self.info.problems:
             raise CheckpointError(f"{self.info.path}: {self.info.problems[0]}")
 
-    def read(self, name: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu", keep_fp8: bool = False) -> torch.Tensor:
-        """One tensor under our name; fp8 weights are dequantised (weight x scale) to `dtype` unless `keep_fp8`."""
+    def read(
+        self, name: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu", keep_fp8: bool = False,
+        dequantize_to: torch.dtype = DEQUANTIZED_DTYPE,
+    ) -> torch.Tensor:
+        """One tensor under our name in `dtype` (None: as stored); fp8 weights are dequantised (weight x scale)
+        to `dtype`, or to `dequantize_to` when no dtype is asked, unless `keep_fp8`."""
         entry = self._entries[name]
         tensor = self._reader.read(entry.key).to(device)
         if entry.dtype in FP8_DTYPES and keep_fp8:
             return tensor
         if entry.dtype in FP8_DTYPES or entry.scale_key is not None:
             scale = None if entry.scale_key is None else self._reader.read(entry.scale_key).to(device)
-            return _dequantize(tensor, scale, dtype or DEQUANTIZED_DTYPE)
+            return _dequantize(tensor, scale, dtype or dequantize_to)
         return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
     def tensors(
@@ -668,10 +672,9 @@ def load_model(
         return load_fp8_weights(module, dict(checkpoint.tensors(device=device, keep_fp8=True)), strict=strict, assign=on_meta)
     targets = module.state_dict(keep_vars=True)
     for name in checkpoint.shapes().keys() & targets.keys():
-        target, entry = targets[name], checkpoint._entries[name]
-        quantized = entry.dtype in FP8_DTYPES or entry.scale_key is not None
-        dtype = target.dtype if not target.is_meta else dequantize_to if quantized else None
-        tensor = checkpoint.read(name, dtype=dtype, device=device if target.is_meta else target.device)
+        target = targets[name]
+        tensor = checkpoint.read(name, dtype=None if target.is_meta else target.dtype, device=device if target.is_meta else target.device,
+                                 dequantize_to=dequantize_to)
         _assign(module, name, tensor)
     return module
 
