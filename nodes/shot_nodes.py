@@ -14,7 +14,7 @@ from storymem_core.errors import ConditioningError, StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryOptions
 from storymem_core.sampling import SamplerSettings
-from storymem_core.shot import DEFAULT_NEGATIVE_PROMPT, T2V_SETTINGS, generate_memory_shot, generate_text_shot, reporting_out_of_memory, shot_tokens
+from storymem_core.shot import T2V_SETTINGS, encode_prompts, generate_memory_shot, generate_text_shot
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames, trim_conditioning_frames, video_to_frames
 
 from . import host
@@ -68,12 +68,6 @@ def _check_prompt(prompt: str) -> None:
         raise StoryMemError("prompt is empty: describe the shot, or connect the prompt output of Story Shot.")
 
 
-def _contexts(text_encoder: TextModel, model: WanExperts, prompt: str, negative_prompt: str, device: torch.device):
-    encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
-    context, context_null = encoder.encode([prompt, negative_prompt.strip() or DEFAULT_NEGATIVE_PROMPT], device)
-    return context, context_null
-
-
 def _make_room(model: WanExperts, device: torch.device) -> None:
     """Ask the host to unload its own models so the experts fit (block-swapped experts need little)."""
     if device.type != "cuda" or model.offload == "blocks":
@@ -121,10 +115,10 @@ class FirstShot:
         _check_prompt(prompt)
         device = host.device()
         settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
-        tokens = shot_tokens(0, frames, width * height)
         _make_room(model, device)
-        with model.sampling(device, host.offload_device()) as experts, reporting_out_of_memory(experts, tokens):
-            context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
+        with model.sampling(device, host.offload_device()) as experts:
+            encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
+            context, context_null = encode_prompts(encoder, prompt, negative_prompt, experts)
             result = generate_text_shot(experts, vae, context, context_null, (width, height), frames, settings,
                                         host.ProgressSteps(steps, "first shot"))
         return _finish(video_to_frames(result.video), memory, keyframe_encoder, shot_number or 1)
@@ -173,10 +167,10 @@ class MemoryShot:
         _check_prompt(prompt)
         device = host.device()
         settings = SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg, seed)
-        tokens = shot_tokens(len(memory), frames, width * height)
         _make_room(model, device)
-        with model.sampling(device, host.offload_device()) as experts, reporting_out_of_memory(experts, tokens):
-            context, context_null = _contexts(text_encoder, model, prompt, negative_prompt, device)
+        with model.sampling(device, host.offload_device()) as experts:
+            encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
+            context, context_null = encode_prompts(encoder, prompt, negative_prompt, experts)
             result = generate_memory_shot(
                 experts, vae, context, context_null, memory.image_list(), frames, width * height, settings,
                 first_frame=previous[-1] if mode == "mi2v" else None,

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
@@ -21,7 +21,7 @@ from .errors import ConditioningError, StoryMemError
 from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
 from .memory import MemoryBank, discard_bank
 from .sampling import ExpertPair, SamplerSettings
-from .shot import DEFAULT_NEGATIVE_PROMPT, T2V_SETTINGS, generate_memory_shot, generate_text_shot, reporting_out_of_memory
+from .shot import T2V_SETTINGS, PromptEncoder, encode_prompts, generate_memory_shot, generate_text_shot
 from .story import Story
 from .video import concat_videos, load_image, save_image, trim_conditioning_frames, video_to_frames, write_mp4
 from .wan.vae import WanVAE
@@ -33,15 +33,11 @@ FIRST_SHOTS = ("t2v", "mr2v")
 TAIL_FRAMES = 5  # enough for MM2V; MI2V uses the last one
 
 
-class TextEncoder(Protocol):
-    def encode(self, prompts: list[str], device: torch.device | str) -> list[torch.Tensor]: ...
-
-
 @dataclass
 class StoryModels:
     """What a story needs loaded. `t2v` is only needed for a T2V first shot."""
 
-    text_encoder: TextEncoder
+    text_encoder: PromptEncoder
     vae: WanVAE
     m2v: ExpertPair
     keyframe_encoder: ImageEncoder
@@ -166,19 +162,13 @@ def _initial_bank(folder: StoryFolder, options: StoryOptions, reference_images: 
     bank.save(folder.bank(-1))
 
 
-def _contexts(models: StoryModels, prompt: str, negative: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    context, context_null = models.text_encoder.encode([prompt, negative or DEFAULT_NEGATIVE_PROMPT], device)
-    return context, context_null
-
-
 def _generate(shot, bank: MemoryBank, models: StoryModels, options: StoryOptions, folder: StoryFolder, on_step) -> torch.Tensor:
     """The shot's frames, uint8 [T, H, W, 3], with frames given by MI2V / MM2V already trimmed."""
     seed = options.seed + shot.index
     if shot.index == 0 and options.first_shot == "t2v":
         if models.t2v is None:
             raise StoryMemError("A T2V first shot needs the Wan2.2 T2V experts: load them or use an MR2V first shot.")
-        with reporting_out_of_memory(models.t2v, 0):  # the text encoder's visit to the GPU; the shot reports its own
-            context, context_null = _contexts(models, shot.prompt, options.negative_prompt, models.t2v.device)
+        context, context_null = encode_prompts(models.text_encoder, shot.prompt, options.negative_prompt, models.t2v)
         try:
             result = generate_text_shot(
                 models.t2v, models.vae, context, context_null, options.size_wh, options.frames,
@@ -189,8 +179,7 @@ def _generate(shot, bank: MemoryBank, models: StoryModels, options: StoryOptions
         return video_to_frames(result.video)
     mode = "m2v" if shot.cut or shot.index == 0 else options.continuation
     tail = _load_tail(folder, shot.index - 1) if mode != "m2v" else None
-    with reporting_out_of_memory(models.m2v, 0):
-        context, context_null = _contexts(models, shot.prompt, options.negative_prompt, models.m2v.device)
+    context, context_null = encode_prompts(models.text_encoder, shot.prompt, options.negative_prompt, models.m2v)
     width, height = options.size_wh
     result = generate_memory_shot(
         models.m2v, models.vae, context, context_null, bank.image_list(), options.frames, width * height,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 
@@ -41,6 +41,18 @@ class ShotResult:
     video: torch.Tensor  # [3, F, H, W] in [-1, 1]
     latent: torch.Tensor  # [16, M + T_shot, h, w], memory frames first
     memory_decoded: torch.Tensor | None = None  # [M, 3, H, W] when asked for
+
+
+class PromptEncoder(Protocol):
+    def encode(self, prompts: list[str], device: torch.device | str) -> list[torch.Tensor]: ...
+
+
+def encode_prompts(encoder: PromptEncoder, prompt: str, negative_prompt: str, experts: ExpertPair) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context, context_null) on the experts' device; an empty negative prompt means Wan2.2's standard one.
+    Running out of GPU memory while encoding is reported as for a shot."""
+    with reporting_out_of_memory(experts, 0):
+        context, context_null = encoder.encode([prompt, negative_prompt.strip() or DEFAULT_NEGATIVE_PROMPT], experts.device)
+    return context, context_null
 
 
 def generate_memory_shot(
