@@ -22,9 +22,11 @@ from storymem_core.pipeline import StoryFolder
 from storymem_core.runner import ROLES, find_model_files, required_roles
 from storymem_core.tiny_models import write_reference_images, write_tiny_models
 from storymem_core.video import read_mp4
+from tests.test_bad_inputs import files_under as snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 5
+MTIME = 1  # in a snapshot entry (bytes, mtime)
 TINY = ["--size", "32x32", "--frames", str(FRAMES), "--steps", "2", "--device", "cpu"]
 
 
@@ -43,11 +45,6 @@ def models_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
     write_tiny_models(root)
     return root
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file under `folder` with its modification time and bytes."""
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def shot_files(snap: dict, shot: int) -> dict:
@@ -94,7 +91,7 @@ def test_from_shot_regenerates_from_the_bank_before_it(tmp_path, models_dir):
     assert shot_files(after, 1) == shot_files(before, 1)
     assert after["banks/initial/bank.json"] == before["banks/initial/bank.json"]
     for shot in (2, 3):
-        assert after[f"shots/shot_{shot:03d}.mp4"][0] != before[f"shots/shot_{shot:03d}.mp4"][0]
+        assert after[f"shots/shot_{shot:03d}.mp4"][MTIME] != before[f"shots/shot_{shot:03d}.mp4"][MTIME]
 
 
 def _start_story(script: Path, models_dir: Path, out: Path) -> subprocess.Popen:
@@ -206,7 +203,7 @@ def test_an_interrupted_from_shot_run_leaves_later_shots_unfinished(tmp_path, mo
     before = snapshot(tmp_path / "out")
     assert main(argv) == 0
     after = snapshot(tmp_path / "out")
-    assert after["shots/shot_003.mp4"][0] != before["shots/shot_003.mp4"][0]
+    assert after["shots/shot_003.mp4"][MTIME] != before["shots/shot_003.mp4"][MTIME]
     assert shot_files(after, 2) == shot_files(before, 2)
 
 
