@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from storymem_core.choices import OFFLOAD_CHOICES, WEIGHT_CHOICES
-from storymem_core.keyframes import AestheticHead
+from storymem_core.keyframes import AestheticHead, HPSv3Scorer
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.model_files import DTYPES, auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
 
@@ -164,8 +164,8 @@ class LoadKeyframeEncoder:
             "open_clip_name": ("STRING", {"default": "ViT-B-32-quickgelu", "tooltip": "open_clip model name the weights belong to."}),
             "aesthetic_head": (heads, {
                 "default": AESTHETIC_HEAD if AESTHETIC_HEAD in heads else NO_AESTHETIC_HEAD,
-                "tooltip": f"LAION aesthetic head ({AESTHETIC_HEAD}, github.com/LAION-AI/aesthetic-predictor): frames scoring low are not "
-                           "kept as keyframes, as in StoryMem; none turns the quality filter off."}),
+                "tooltip": f"Quality filter: frames scoring low are not kept as keyframes, as in StoryMem. A LAION aesthetic head ({AESTHETIC_HEAD}, "
+                           "github.com/LAION-AI/aesthetic-predictor), or the paper's HPSv3.safetensors (needs pip install hpsv3); none turns it off."}),
         }}
 
     RETURN_TYPES = (KEYFRAME_ENCODER,)
@@ -176,7 +176,11 @@ class LoadKeyframeEncoder:
 
     def load(self, clip_model: str, open_clip_name: str, aesthetic_head: str):
         encoder = load_keyframe_encoder(host.model_path("clip_vision", clip_model), open_clip_name, host.device())
-        scorer = None if aesthetic_head == NO_AESTHETIC_HEAD else AestheticHead.from_file(host.model_path("clip_vision", aesthetic_head))
+        scorer = None
+        if aesthetic_head != NO_AESTHETIC_HEAD:
+            path = host.model_path("clip_vision", aesthetic_head)
+            # the paper's HPSv3 reward model when chosen (needs `pip install hpsv3`), else a LAION head on the CLIP embeddings
+            scorer = HPSv3Scorer(path, host.device()) if "hpsv3" in aesthetic_head.lower() else AestheticHead.from_file(path)
         return (KeyframeModel(encoder, clip_model, scorer),)
 
 

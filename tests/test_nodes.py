@@ -518,3 +518,11 @@ def test_frontend_extension_is_valid_javascript(tmp_path):
     module.write_text((PACK_ROOT / "js" / "storymem.js").read_text())
     done = subprocess.run([node_js, "--check", str(module)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_keyframe_encoder_takes_hpsv3_when_chosen(pack, monkeypatch):
+    (pack.root / "models" / "clip_vision" / "HPSv3.safetensors").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "hpsv3", None)  # not installed: the node says how to get it
+    with pytest.raises(CheckpointError, match="pip install hpsv3"):
+        call("StoryMemLoadKeyframeEncoder", clip_model=tiny.CLIP_FILE, open_clip_name="ViT-B-32-quickgelu", aesthetic_head="HPSv3.safetensors")
+    (pack.root / "models" / "clip_vision" / "HPSv3.safetensors").unlink()
