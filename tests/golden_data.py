@@ -75,3 +75,11 @@ def vae_case() -> tuple[dict, dict[str, torch.Tensor]]:
     if not paths:
         raise LookupError(f"no vae_* case in {golden_dir()}")
     return load_case(paths[0])
+
+
+def manifests() -> dict:
+    """manifests.json of the golden folder (real-size names and shapes); skips the test when absent."""
+    path = golden_dir() / "manifests.json"
+    if not path.exists():
+        pytest.skip(f"no manifests.json in {golden_dir()}")
+    return json.loads(path.read_text())

@@ -21,7 +21,7 @@ from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_per_tensor
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
 from storymem_core.wan.vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD, VAEConfig
-from tests.golden_data import case_paths, cases, golden_dir, load_case, vae_case, with_prefix
+from tests.golden_data import case_paths, cases, golden_dir, load_case, manifests, vae_case, with_prefix
 from tests.test_dit import build_dit, run_case
 from tests.test_vae import build_vae
 
@@ -50,11 +50,12 @@ OURS_TO_HF_T5 = [  # the Hugging Face T5 names ComfyUI's umt5_xxl files use, wri
 
 @pytest.fixture(scope="module")
 def dit_case():
-    path = golden_dir() / "dit_i2v_mem2.json"
-    if not path.exists():
-        pytest.skip(f"no {path.name} in {golden_dir()}")
-    config, tensors = load_case(path)
-    return config, tensors, with_prefix(tensors, "weight.")
+    """The first i2v DiT case of the golden folder (the layout tests need a y input and 36 channels)."""
+    for path in case_paths("dit_"):
+        config, tensors = load_case(path)
+        if config["model_type"] == "i2v":
+            return config, tensors, with_prefix(tensors, "weight.")
+    pytest.skip(f"no i2v dit_* case in {golden_dir()}")
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def hf_t5_names(weights: dict) -> dict:
 
 @pytest.mark.parametrize("model_type", ["t2v", "i2v"])
 def test_dit_manifest_names_and_shapes_match(model_type):
-    manifest = json.loads((golden_dir() / "manifests.json").read_text())
+    manifest = manifests()
     key = f"wan22_a14b_{model_type}_dit"
     with torch.device("meta"):
         model = WanDiT(DiTConfig.a14b(model_type))
@@ -188,7 +189,7 @@ def test_dit_manifest_names_and_shapes_match(model_type):
     ],
 )
 def test_checkpoint_kind_and_size_of_real_models_from_names_alone(manifest_key, kind, hf_names):
-    manifest = json.loads((golden_dir() / "manifests.json").read_text())
+    manifest = manifests()
     meta = {n: torch.empty(s, device="meta") for n, s in manifest["shapes"][manifest_key].items()}
     info = Checkpoint(hf_t5_names(meta) if hf_names else meta).info
     assert info.kind == kind and info.usable

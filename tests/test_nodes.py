@@ -26,7 +26,7 @@ from storymem_core.wan.t5 import T5Config
 from storymem_core.wan.vae import WanVAE
 from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
 from storymem_core import tiny_models as tiny
-from tests.golden_data import golden_dir
+from tests.golden_data import manifests
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 CUSTOM_TYPES = (BANK, MODEL, STORY, TEXT_ENCODER, VAE, KEYFRAME_ENCODER)
@@ -163,7 +163,7 @@ def test_loaders_read_the_kind_and_size_from_the_files(pack):
 
 
 def test_real_a14b_and_umt5_sizes_are_read_from_their_tensor_shapes():
-    shapes = json.loads((golden_dir() / "manifests.json").read_text())["shapes"]
+    shapes = manifests()["shapes"]
     for kind in ("t2v", "i2v"):
         dit = {name: tuple(shape) for name, shape in shapes[f"wan22_a14b_{kind}_dit"].items()}
         assert dit_config_from_shapes(dit, "expert") == DiTConfig.a14b(kind)

@@ -1,7 +1,6 @@
 """umT5 encoder equals the reference on every t5_* golden case; tokenizer and TextEncoder behave as the reference's call."""
 
 import io
-import json
 
 import pytest
 import sentencepiece
@@ -11,7 +10,7 @@ from storymem_core.errors import CheckpointError
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
 from storymem_core.wan.text_encoder import TextEncoder
 from storymem_core.wan.tokenizer import UMT5Tokenizer, clean_prompt
-from tests.golden_data import cases, golden_dir, load_case, with_prefix
+from tests.golden_data import cases, load_case, manifests, with_prefix
 
 
 def golden_encoder(config: dict, tensors: dict) -> UMT5Encoder:
@@ -51,7 +50,7 @@ def test_t5_fp16_overflow_is_clamped_not_infinite():
 
 
 def test_t5_real_size_has_checkpoint_names_and_shapes():
-    manifest = json.loads((golden_dir() / "manifests.json").read_text())
+    manifest = manifests()
     with torch.device("meta"):
         model = UMT5Encoder(T5Config.umt5_xxl())
     shapes = {name: list(p.shape) for name, p in model.state_dict().items()}

@@ -1,13 +1,12 @@
 """The Wan2.1 VAE equals the reference on every vae_* golden case and has the real checkpoint's layout."""
 
-import json
 
 import pytest
 import torch
 
 from storymem_core.errors import ConditioningError
 from storymem_core.wan.vae import VAEConfig, WanVAE
-from tests.golden_data import cases, golden_dir, load_case, vae_case, with_prefix
+from tests.golden_data import cases, load_case, manifests, vae_case, with_prefix
 
 TOLERANCE = dict(atol=1e-4, rtol=1e-4)
 
@@ -52,7 +51,7 @@ def test_vae_encodes_a_batch_of_keyframes_like_each_alone(path):
 
 
 def test_vae_real_size_has_the_checkpoint_names_shapes_and_parameter_count():
-    manifest = json.loads((golden_dir() / "manifests.json").read_text())
+    manifest = manifests()
     with torch.device("meta"):
         vae = WanVAE(VAEConfig.wan21())
     shapes = {name: list(tensor.shape) for name, tensor in vae.state_dict().items()}
