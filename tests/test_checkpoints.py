@@ -31,8 +31,9 @@ FP8_RELATIVE_ERROR = 0.01
 # umT5 with every block linear in fp8 e4m3 (per-tensor scale): round-to-nearest with 3 mantissa bits moves each
 # weight by at most 2^-4 (6.25%) of itself, about 2.5% RMS. A matmul sums many such independent errors, so its
 # output moves by about that RMS, not the worst case, and the final RMSNorm keeps the scale; so the output's
-# relative error stays under the per-weight bound 2^-4, and no element moves by more than 2^-4 of the largest.
-# Measured on t5_tiny (2 layers, output RMS 1.0): 2.3% relative (norm), 0.08 at most per element (max |out| 2.9).
+# relative error (norm) stays under the per-weight bound 2^-4. Single elements are not bounded that way:
+# measured 2.3% (norm) on the shared t5_tiny (2 layers), 4.7% on a 3-layer case whose worst element moved 0.27
+# against a largest |out| of 3.4. Exactness is checked against the dequantised weights instead.
 FP8_T5_RELATIVE_ERROR = 2**-4
 
 OURS_TO_HF_T5 = [  # the Hugging Face T5 names ComfyUI's umt5_xxl files use, written out by hand
@@ -356,7 +357,6 @@ def test_t5_hf_fp8_scaled_file_equals_its_dequantised_weights(tmp_path, path, sp
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
     golden = tensors["out"]
     assert (out - golden).norm() / golden.norm() < FP8_T5_RELATIVE_ERROR
-    torch.testing.assert_close(out, golden, atol=FP8_T5_RELATIVE_ERROR * golden.abs().max().item(), rtol=0)
 
 
 def test_t5_hf_layout_file_loads_into_umt5_encoder(tmp_path, t5_case):
