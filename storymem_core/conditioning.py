@@ -83,19 +83,26 @@ def to_model_images(images: torch.Tensor, size_hw: tuple[int, int]) -> torch.Ten
     return F.interpolate(pixels, size=size_hw, mode="bicubic")
 
 
-def _check_same_size(images: torch.Tensor | list[torch.Tensor], what: str) -> torch.Tensor:
-    if isinstance(images, torch.Tensor):
-        images = list(images)
+def _check_images(images: torch.Tensor | list[torch.Tensor], what: str) -> list[torch.Tensor]:
+    """The images as a list, each checked to be uint8 [H, W, 3]."""
+    images = list(images)
     if not images:
         raise ConditioningError(f"{what} is empty.")
-    first = tuple(images[0].shape)
     for i, image in enumerate(images):
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[-1] != 3:
             raise ConditioningError(f"{what} image {i} must be uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}.")
+    return images
+
+
+def _check_same_size(images: torch.Tensor | list[torch.Tensor], what: str) -> torch.Tensor:
+    """Frames of one shot (MI2V / MM2V) stacked; they come from one video, so one size."""
+    images = _check_images(images, what)
+    first = tuple(images[0].shape)
+    for i, image in enumerate(images):
         if tuple(image.shape) != first:
             raise ConditioningError(
                 f"{what} image {i} is {image.shape[1]}x{image.shape[0]} but image 0 is {first[1]}x{first[0]}: "
-                "resize the images to one size (e.g. when building the memory bank)."
+                "give frames of one video (one size)."
             )
     return torch.stack(images)
 
@@ -143,7 +150,7 @@ def build_conditioning(
             "The memory bank is empty: an M2V shot needs at least one keyframe; generate the first shot with "
             "T2V (First Shot node, --t2v-first-shot) or start from reference images (MR2V)."
         )
-    memory = _check_same_size(memory_images, "memory")
+    memory = _check_images(memory_images, "memory")
     given, mode = None, "m2v"
     if first_frame is not None:
         given, mode = _check_same_size([first_frame], "first frame"), "mi2v"
@@ -157,11 +164,13 @@ def build_conditioning(
     if given is not None and frame_num < len(given):
         raise ConditioningError(f"frames = {frame_num} is shorter than the {len(given)} given frames of {mode.upper()}.")
 
-    reference_hw = tuple((given if given is not None else memory).shape[1:3])
+    reference_hw = tuple(given.shape[1:3] if given is not None else memory[0].shape[:2])
     lat_hw = latent_size(reference_hw, max_area)
     pixel_hw = (lat_hw[0] * VAE_STRIDE[1], lat_hw[1] * VAE_STRIDE[2])
 
-    memory_latents = vae.encode(to_model_images(memory, pixel_hw).unsqueeze(2).to(device))  # [M, 16, 1, h, w]
+    # each keyframe resized on its own (as the reference does), so references of any size can share a bank
+    memory_pixels = torch.cat([to_model_images(image[None], pixel_hw) for image in memory])  # [M, 3, H, W]
+    memory_latents = vae.encode(memory_pixels.unsqueeze(2).to(device))  # [M, 16, 1, h, w]
     memory_latents = memory_latents.squeeze(2).transpose(0, 1)  # [16, M, h, w]
     shot_video = torch.zeros(3, frame_num, *pixel_hw)
     if given is not None:

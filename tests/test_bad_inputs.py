@@ -127,11 +127,6 @@ def runner(pack, **overrides):
                                              t2v_model=pack.t2v, **SHOT) | overrides
 
 
-def mixed_size_bank() -> MemoryBank:
-    square = call("StoryMemBankFromImages", images=image_batch(1), width=32, height=32, max_size=4, fixed=1)[0][0]
-    return call("StoryMemBankFromImages", images=image_batch(1), width=48, height=32, max_size=4, fixed=1, memory=square)[0][0]
-
-
 NODE_ROWS = [
     Row("shot-frames-6-not-4n+1", lambda pack: shot(pack, frames=6), ConditioningError, "use 5 or 9"),
     Row("shot-frames-0", lambda pack: shot(pack, frames=0), ConditioningError, "not of the form 4n+1"),
@@ -141,7 +136,6 @@ NODE_ROWS = [
     Row("first-shot-height-24", lambda pack: first(pack, height=24), ConditioningError, "32x24 is not divisible by 16"),
     Row("first-shot-width-0", lambda pack: first(pack, width=0), ConditioningError, "0x32 is not divisible by 16 (or not positive)"),
     Row("runner-size-40x32", lambda pack: runner(pack, width=40), ConditioningError, "40x32 is not divisible by 16"),
-    Row("shot-memory-images-of-two-sizes", lambda pack: shot(pack, memory=mixed_size_bank()), ConditioningError, "resize the images to one size"),
     Row("shot-empty-memory-bank-m2v", lambda pack: shot(pack, memory=MemoryBank()), ConditioningError, "memory bank is empty"),
     Row("runner-mr2v-without-references", lambda pack: runner(pack, first_shot="mr2v", output_folder="runner-bad-mr2v"),
         ConditioningError, "needs reference images"),

@@ -6,7 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from storymem_core.conditioning import VAE_STRIDE, build_conditioning, conditioning_mask, latent_size
+from storymem_core.conditioning import (
+    LATENT_FRAME_STRIDE, VAE_STRIDE, build_conditioning, conditioning_mask, latent_size, to_model_images,
+)
 from storymem_core.errors import ConditioningError
 from storymem_core.sampling import ExpertPair, SamplerSettings, seeded_noise
 from storymem_core.shot import generate_memory_shot, generate_text_shot
@@ -153,10 +155,27 @@ def test_m2v_rejects_empty_memory():
         build_conditioning(None, [], 9, 4096)
 
 
-def test_m2v_rejects_memory_images_of_different_sizes():
-    images = [torch.zeros(64, 64, 3, dtype=torch.uint8), torch.zeros(32, 64, 3, dtype=torch.uint8)]
-    with pytest.raises(ConditioningError, match="memory image 1 is 64x32 but image 0 is 64x64"):
-        build_conditioning(None, images, 9, 4096)
+class StrideEncoder:
+    """A stand-in VAE with the real one's shapes: each latent pixel is a strided sample of the video."""
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return video[:, :, ::LATENT_FRAME_STRIDE, :: VAE_STRIDE[1], :: VAE_STRIDE[2]].repeat(1, 6, 1, 1, 1)[:, :16]
+
+
+def test_m2v_memory_images_of_other_sizes_are_resized_each_on_its_own():
+    generator = torch.Generator().manual_seed(0)
+    square, wide = (torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8) for h, w in ((64, 64), (32, 48)))
+    y = build_conditioning(StrideEncoder(), [square, wide], 9, 4096).y
+    assert y.shape[2:] == (8, 8)  # the first keyframe's aspect ratio sets the shot's
+    wide_latent = StrideEncoder().encode(to_model_images(wide[None], (64, 64)).unsqueeze(2))[0, :, 0]
+    torch.testing.assert_close(y[MASK_CHANNELS:, 1], wide_latent, atol=0, rtol=0)
+
+
+def test_m2v_rejects_motion_frames_of_different_sizes():
+    image = torch.zeros(64, 64, 3, dtype=torch.uint8)
+    motion = [image] * 4 + [torch.zeros(32, 64, 3, dtype=torch.uint8)]
+    with pytest.raises(ConditioningError, match="motion frames image 4 is 64x32 but image 0 is 64x64"):
+        build_conditioning(None, [image], 9, 4096, motion_frames=motion)
 
 
 def test_m2v_rejects_first_frame_and_motion_frames_together():

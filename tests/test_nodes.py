@@ -358,6 +358,14 @@ def test_memory_shot_from_references_is_mr2v(pack):
     assert all(k.shot == 0 for k in bank.keyframes if k.source == "generated")
 
 
+def test_memory_shot_takes_references_of_different_sizes(pack):
+    (square,), _ = call("StoryMemBankFromImages", images=image_batch(1), width=32, height=32, max_size=4, fixed=1)
+    (mixed,), _ = call("StoryMemBankFromImages", images=image_batch(1), width=48, height=32, max_size=4, fixed=1, memory=square)
+    (frames, bank, _), _ = memory_shot(pack, mixed, shot_number=1)
+    assert frames.shape == (5, 32, 32, 3)  # the first keyframe's aspect ratio
+    assert [k.size for k in bank.keyframes[:2]] == [k.size for k in mixed.keyframes]
+
+
 def test_memory_shot_errors_tell_what_to_connect(pack):
     with pytest.raises(ConditioningError, match="previous_frames is not connected"):
         memory_shot(pack, reference_bank(), cut=False)
