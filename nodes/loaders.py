@@ -180,7 +180,11 @@ class LoadKeyframeEncoder:
         if aesthetic_head != NO_AESTHETIC_HEAD:
             path = host.model_path("clip_vision", aesthetic_head)
             # the paper's HPSv3 reward model when chosen (needs `pip install hpsv3`), else a LAION head on the CLIP embeddings
-            scorer = HPSv3Scorer(path, host.device()) if "hpsv3" in aesthetic_head.lower() else AestheticHead.from_file(path)
+            if "hpsv3" in aesthetic_head.lower():
+                scorer = HPSv3Scorer(path, host.device())
+            else:
+                scorer = AestheticHead.from_file(path)
+                scorer.check_fits(encoder)
         return (KeyframeModel(encoder, clip_model, scorer),)
 
 

@@ -167,13 +167,20 @@ class AestheticHead(nn.Module):
             raise CheckpointError(f"{path} does not end in a single score output: use a LAION aesthetic predictor file.")
         return cls(layers, threshold).eval().requires_grad_(False)
 
-    @torch.inference_mode()
-    def score(self, frames: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        if embeddings.shape[-1] != self.layers[0].in_features:
+    def check_fits(self, encoder: ImageEncoder) -> None:
+        """Refuse an encoder of another embedding size at load time, not after a shot has been generated."""
+        self._check_dim(encoder.embed(torch.zeros(1, 32, 32, 3, dtype=torch.uint8)).shape[-1])
+
+    def _check_dim(self, dim: int) -> None:
+        if dim != self.layers[0].in_features:
             raise CheckpointError(
                 f"the aesthetic head expects {self.layers[0].in_features}-d CLIP embeddings but the encoder gives "
-                f"{embeddings.shape[-1]}-d: use the head made for your CLIP model."
+                f"{dim}-d: use the head made for your CLIP model."
             )
+
+    @torch.inference_mode()
+    def score(self, frames: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        self._check_dim(embeddings.shape[-1])
         x = embeddings.to(self.layers[0].weight)
         for layer in self.layers:
             x = layer(x)

@@ -297,10 +297,10 @@ def clip_weights(pack) -> dict[str, torch.Tensor]:
     return load_file(str(pack.root / "models" / "clip_vision" / tiny.CLIP_FILE))
 
 
-def aesthetic_weights() -> dict[str, torch.Tensor]:
-    """A LAION-style linear aesthetic head for the tiny CLIP's embeddings."""
+def aesthetic_weights(embed_dim: int = tiny.CLIP["embed_dim"]) -> dict[str, torch.Tensor]:
+    """A LAION-style linear aesthetic head for `embed_dim`-d embeddings (default: the tiny CLIP's)."""
     generator = torch.Generator().manual_seed(3)
-    return {"weight": torch.randn(1, tiny.CLIP["embed_dim"], generator=generator), "bias": torch.randn(1, generator=generator)}
+    return {"weight": torch.randn(1, embed_dim, generator=generator), "bias": torch.randn(1, generator=generator)}
 
 
 def clip_vision_pth(pack, name: str, tensors: dict, legacy: bool = False, cut_in_half: bool = False) -> str:
@@ -325,6 +325,8 @@ KEYFRAME_ROWS = [
         lambda pack: keyframe_loader(aesthetic_head=pickle_payload(pack, "clip_vision", "head_payload_legacy.pth", "legacy")), CheckpointError, "could run code"),
     Row("aesthetic-head-truncated-pth", lambda pack: keyframe_loader(aesthetic_head=clip_vision_pth(pack, "head_cut.pth", aesthetic_weights(), cut_in_half=True)),
         CheckpointError, "not a readable PyTorch checkpoint"),
+    Row("aesthetic-head-for-another-clip", lambda pack: keyframe_loader(aesthetic_head=clip_vision_pth(pack, "head_768.pth", aesthetic_weights(768))),
+        CheckpointError, "expects 768-d CLIP embeddings but the encoder gives"),
 ]
 
 # ------------------------------------------------------------------ saved banks
