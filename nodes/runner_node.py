@@ -94,6 +94,8 @@ class StoryRunner:
             if t2v_model is None:
                 raise StoryMemError("first_shot is t2v but t2v_model is not connected: load the Wan2.2 T2V experts, or choose mr2v.")
             t2v_model.require("t2v", "Story Runner's t2v_model")
+        elif reference_images is None:
+            raise StoryMemError("first_shot is mr2v but reference_images is not connected: connect a Load Image node with your references, or choose t2v.")
         options = StoryOptions(
             first_shot=first_shot, continuation=continuation, max_memory=max_size, fixed_memory=fixed, seed=seed,
             size_wh=(width, height), frames=frames, fps=fps, negative_prompt=negative_prompt,

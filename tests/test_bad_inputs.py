@@ -138,7 +138,7 @@ NODE_ROWS = [
     Row("runner-size-40x32", lambda pack: runner(pack, width=40), ConditioningError, "40x32 is not divisible by 16"),
     Row("shot-empty-memory-bank-m2v", lambda pack: shot(pack, memory=MemoryBank()), ConditioningError, "memory bank is empty"),
     Row("runner-mr2v-without-references", lambda pack: runner(pack, first_shot="mr2v", output_folder="runner-bad-mr2v"),
-        ConditioningError, "needs reference images"),
+        StoryMemError, "reference_images is not connected: connect a Load Image node"),
     Row("runner-t2v-without-t2v-model", lambda pack: runner(pack, t2v_model=None), StoryMemError, "t2v_model is not connected"),
     Row("runner-from-shot-past-the-end", lambda pack: runner(pack, from_shot=9), StoryMemError, "from_shot 9 is not a shot"),
     Row("runner-fixed-above-max", lambda pack: runner(pack, max_size=2, fixed=3), StoryMemError, "between 0 and max memory"),
