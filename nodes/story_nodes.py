@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import PurePosixPath
 
 from storymem_core.errors import StoryScriptError
+from storymem_core.memory import BANK_FILE
 from storymem_core.story import Story, load_story, loads_story
 
 from . import host
@@ -12,7 +14,6 @@ from .types import STORY
 
 CATEGORY = "StoryMem/story"
 SCRIPT_TEXT = "(script text below)"
-BANK_MANIFEST = "bank.json"
 
 EXAMPLE_SCRIPT = json.dumps({
     "story_name": "The Lighthouse Keeper",
@@ -31,7 +32,7 @@ EXAMPLE_SCRIPT = json.dumps({
 
 def story_files() -> list[str]:
     """Story scripts (.json) in the storymem folders; saved banks' manifests are not scripts."""
-    return [name for name in host.storymem_names() if name.lower().endswith(".json") and not name.endswith(BANK_MANIFEST)]
+    return [name for name in host.storymem_names() if name.lower().endswith(".json") and PurePosixPath(name).name != BANK_FILE]
 
 
 def _shot_list(story: Story) -> list[dict]:

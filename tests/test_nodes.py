@@ -259,9 +259,12 @@ def test_story_script_from_text_lists_its_shots(pack):
 def test_story_script_from_a_storymem_file(pack):
     folder = pack.root / "models" / "storymem" / "stories"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "boat.json").write_text((PACK_ROOT / "examples" / "stories" / "paper_boat.json").read_text())
+    for name in ("boat.json", "riverbank.json"):
+        (folder / name).write_text((PACK_ROOT / "examples" / "stories" / "paper_boat.json").read_text())
+    reference_bank().save(folder / "saved_bank")
     choices = node("StoryMemStoryScript").INPUT_TYPES()["required"]["script_file"][0]
-    assert "stories/boat.json" in choices
+    assert {"stories/boat.json", "stories/riverbank.json"} <= set(choices)
+    assert not any(name.endswith("/bank.json") for name in choices)  # a saved bank's manifest is no script
     (story, count, _), _ = call("StoryMemStoryScript", script_file="stories/boat.json", script="")
     assert story.name == "The Paper Boat" and count == 5
     assert node("StoryMemStoryScript").IS_CHANGED(script_file="stories/boat.json", script="")
