@@ -55,7 +55,7 @@ class StoryOptions:
     size_wh: tuple[int, int] = (832, 480)
     frames: int = 81
     fps: int = 16
-    m2v: SamplerSettings = SamplerSettings(steps=40, shift=4.0, boundary=0.9, guide_low=3.5, guide_high=3.5)
+    m2v: SamplerSettings = SamplerSettings()
     t2v: SamplerSettings = T2V_SETTINGS
     negative_prompt: str = ""
     mark_fixed_memory: bool = False  # mask value 2 for unfixed memory; the reference pipeline leaves it off

@@ -20,10 +20,10 @@ LATENT_CHANNELS = 16
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Defaults are StoryMem's M2V settings; the T2V first shot uses boundary 0.875 and its own guides."""
+    """Defaults are StoryMem's M2V settings (wan/configs/wan_m2v_A14B.py); the T2V first shot's are `shot.T2V_SETTINGS`."""
 
     steps: int = 40
-    shift: float = 5.0
+    shift: float = 4.0
     solver: str = "unipc"
     boundary: float = 0.9
     guide_low: float = 3.5

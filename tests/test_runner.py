@@ -14,14 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from storymem_core.cli import main
+from storymem_core.cli import _parser, main
 from storymem_core.demo import DEMO_FRAMES, DEMO_STORY
 from storymem_core.errors import CheckpointError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryFolder
-from storymem_core.runner import ROLES, find_model_files, required_roles
+from storymem_core.runner import ROLES, find_model_files, options_from_args, required_roles
+from storymem_core.sampling import SamplerSettings
 from storymem_core.tiny_models import write_reference_images, write_tiny_models
 from storymem_core.video import read_mp4
+from tests.golden_data import cases
 from tests.test_bad_inputs import files_under as snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,3 +240,14 @@ def test_hpsv3_quality_without_its_package_says_how_to_install(tmp_path, models_
     argv = ["story", str(story_script(tmp_path, 1)), "--models-dir", str(models), "--out", str(tmp_path / "out"), "--quality", "hpsv3", *TINY]
     assert main(argv) == 2
     assert "pip install hpsv3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", cases("m2v_"))
+def test_memory_shots_default_to_storymem_m2v_sampling(path):
+    """StoryMem's wan_m2v_A14B.py samples 40 steps, shift 4, boundary 0.9, guide 3.5, as the golden cases were made;
+    the story command without sampler flags and a bare SamplerSettings() (generate_memory_shot's default) both do."""
+    config = json.loads(path.read_text())
+    reference = SamplerSettings(steps=40, shift=config["shift"], boundary=config["boundary"],
+                                guide_low=config["guide_scale"], guide_high=config["guide_scale"])
+    args = _parser().parse_args(["story", "story.json", "--models-dir", "models", "--out", "out"])
+    assert options_from_args(args).m2v == SamplerSettings() == reference
