@@ -11,7 +11,7 @@ import argparse
 import fnmatch
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
 from .model_files import auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
 from .pipeline import StoryModels, StoryOptions, run_story
 from .sampling import ExpertPair, SamplerSettings
-from .shot import T2V_SETTINGS, shot_tokens
+from .shot import shot_tokens
 from .story import Story, load_story
 from .video import load_image
 from .wan import attention
@@ -179,15 +179,14 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise StoryMemError(f"--size {args.size!r} is not WIDTHxHEIGHT: write e.g. --size 832x480.") from None
+    if args.steps is not None and args.steps < 1:
+        raise StoryMemError(f"--steps {args.steps} samples nothing: use at least 1 (StoryMem uses 40).")
+    if args.shift is not None and args.shift <= 0:
+        raise StoryMemError(f"--shift {args.shift} must be positive: leave it out for StoryMem's 4 (M2V) and 12 (T2V).")
+    if args.guide is not None and args.guide < 0:
+        raise StoryMemError(f"--guide {args.guide} must be 0 or more: leave it out for StoryMem's 3.5 (M2V) and 3 / 4 (T2V).")
     defaults = StoryOptions()
-    m2v = SamplerSettings(
-        steps=args.steps or defaults.m2v.steps, shift=args.shift or defaults.m2v.shift, solver=args.solver,
-        boundary=defaults.m2v.boundary, guide_low=args.guide or defaults.m2v.guide_low, guide_high=args.guide or defaults.m2v.guide_high,
-    )
-    t2v = SamplerSettings(
-        steps=args.steps or defaults.t2v.steps, shift=args.shift or T2V_SETTINGS.shift, solver=args.solver, boundary=T2V_SETTINGS.boundary,
-        guide_low=args.guide or T2V_SETTINGS.guide_low, guide_high=args.guide or T2V_SETTINGS.guide_high,
-    )
+    m2v, t2v = _sampler_from_args(args, defaults.m2v), _sampler_from_args(args, defaults.t2v)
     options = StoryOptions(
         first_shot=args.first_shot, continuation=args.continuation, max_memory=args.max_memory, fixed_memory=args.fixed_memory,
         seed=args.seed, size_wh=(width, height), frames=args.frames, m2v=m2v, t2v=t2v,
@@ -196,10 +195,32 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
     return options
 
 
+def _sampler_from_args(args: argparse.Namespace, defaults: SamplerSettings) -> SamplerSettings:
+    """`defaults` with the sampler flags given on the command line (0 is a value, not 'unset')."""
+    given = {"steps": args.steps, "shift": args.shift, "guide_low": args.guide, "guide_high": args.guide}
+    return replace(defaults, solver=args.solver, **{name: value for name, value in given.items() if value is not None})
+
+
 def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
-    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    return LoadOptions(device=device, weights=args.weights, offload=args.offload, compile_blocks=args.compile,
+    return LoadOptions(device=_device(args.device), weights=args.weights, offload=args.offload, compile_blocks=args.compile,
                        open_clip_name=args.open_clip_name, quality=args.quality)
+
+
+def _device(name: str) -> torch.device:
+    """--device as a torch device, refused here (before any model loads) when this machine does not have it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StoryMemError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StoryMemError(f"--device {name} needs a CUDA GPU but none is visible: use --device cpu (or auto).")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise StoryMemError(f"--device {name} does not exist: this machine has cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    if device.type not in ("cpu", "cuda"):
+        raise StoryMemError(f"--device {name} is not supported: use auto, cpu, cuda or cuda:N.")
+    return device
 
 
 def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path, options: StoryOptions, load: LoadOptions,

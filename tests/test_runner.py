@@ -160,6 +160,10 @@ def test_quality_filter_needs_the_aesthetic_head_unless_turned_off(tmp_path, mod
     (["--reference", "face.png"], "add --m2v-first-shot"),
     (["--m2v-first-shot"], "pass them with --reference"),
     (["--max-memory", "0"], "max memory 0 leaves no room"),
+    (["--device", "foo"], "--device 'foo' is not a device: use auto, cpu, cuda or cuda:N."),
+    (["--steps", "0"], "--steps 0 samples nothing: use at least 1"),
+    (["--shift", "0"], "--shift 0.0 must be positive"),
+    (["--guide", "-1"], "--guide -1.0 must be 0 or more"),
 ])
 def test_story_options_are_refused_before_any_model_loads(tmp_path, extra, fragment, capsys, monkeypatch):
     from storymem_core import runner
@@ -168,6 +172,13 @@ def test_story_options_are_refused_before_any_model_loads(tmp_path, extra, fragm
     argv = ["story", str(story_script(tmp_path, 1)), "--models-dir", str(tmp_path), "--out", str(tmp_path / "out"), *extra]
     assert main(argv) == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_sampler_flags_set_to_zero_are_used_not_replaced_by_defaults():
+    args = _parser().parse_args(["story", "story.json", "--models-dir", "models", "--out", "out", "--steps", "1", "--guide", "0"])
+    options = options_from_args(args)
+    assert [(s.steps, s.guide_low, s.guide_high) for s in (options.m2v, options.t2v)] == [(1, 0.0, 0.0), (1, 0.0, 0.0)]
+    assert (options.m2v.shift, options.t2v.shift) == (4.0, 12.0)
 
 
 def test_story_command_without_models_exits_2(tmp_path, capsys):
