@@ -24,7 +24,6 @@ try:  # inside ComfyUI these are importable from its root
 except ImportError:
     folder_paths = None
 
-MODEL_FOLDERS = ("diffusion_models", "loras", "text_encoders", "vae", "clip_vision")
 STORYMEM_FOLDER = "storymem"  # saved memory banks and story scripts
 MODELS_DIR_ENV = "STORYMEM_MODELS_DIR"
 OUTPUT_DIR_ENV = "STORYMEM_OUTPUT_DIR"

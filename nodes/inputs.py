@@ -7,7 +7,6 @@ from storymem_core.solvers import SOLVERS
 from . import host
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
-TAIL_FRAMES = 5  # the last frames a shot hands on: MI2V uses the last one, MM2V all five
 
 
 def model_file(folder: str, tooltip: str) -> tuple:

@@ -12,14 +12,15 @@ from storymem_core.choices import OFFLOAD_CHOICES, WEIGHT_CHOICES
 from storymem_core.keyframes import AestheticHead, HPSv3Scorer
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.model_files import DTYPES, auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
+from storymem_core.shot import shot_tokens
 
 from . import host
 from .inputs import model_file
 from .types import KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, LoraSpec, TextModel, WanExperts
 
 CATEGORY = "StoryMem/loaders"
-# tokens of an 832x480, 81-frame shot with 10 memory frames: what "auto" offload plans for
-PLANNED_TOKENS = (21 + 10) * 30 * 52
+# an 832x480, 81-frame shot with 10 memory frames: what "auto" offload plans for
+PLANNED_TOKENS = shot_tokens(10, 81, 832 * 480)
 NO_AESTHETIC_HEAD = "none"
 AESTHETIC_HEAD = "sa_0_4_vit_b_32_linear.pth"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from storymem_core.conditioning import check_size
+from storymem_core.conditioning import MOTION_FRAMES, check_size
 from storymem_core.errors import ConditioningError, StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryOptions
@@ -29,7 +29,7 @@ OUTPUTS = (
     ("IMAGE", BANK, "IMAGE"),
     ("frames", "memory", "last_frames"),
     ("The shot's frames (frames given by MI2V / MM2V removed).", "The memory bank with this shot's keyframes added.",
-     f"The shot's last {inputs.TAIL_FRAMES} frames: connect to the next shot's previous_frames."),
+     f"The shot's last {MOTION_FRAMES} frames: connect to the next shot's previous_frames."),
 )
 
 
@@ -78,7 +78,7 @@ def _make_room(model: WanExperts, device: torch.device) -> None:
 
 def _finish(frames: torch.Tensor, memory: MemoryBank, keyframe_encoder: KeyframeModel, shot_number: int | None) -> dict:
     bank = add_shot_keyframes(frames, memory, keyframe_encoder, None if shot_number is None else shot_number - 1)
-    return with_bank_ui(bank, frames_to_image_batch(frames), bank, frames_to_image_batch(frames[-inputs.TAIL_FRAMES:]))
+    return with_bank_ui(bank, frames_to_image_batch(frames), bank, frames_to_image_batch(frames[-MOTION_FRAMES:]))
 
 
 class FirstShot:
@@ -174,7 +174,7 @@ class MemoryShot:
             result = generate_memory_shot(
                 experts, vae, context, context_null, memory.image_list(), frames, width * height, settings,
                 first_frame=previous[-1] if mode == "mi2v" else None,
-                motion_frames=previous[-inputs.TAIL_FRAMES:] if mode == "mm2v" else None,
+                motion_frames=previous[-MOTION_FRAMES:] if mode == "mm2v" else None,
                 on_step=host.ProgressSteps(steps, f"StoryMem shot ({mode.upper()})"),
             )
         shot_frames = trim_conditioning_frames(video_to_frames(result.video), mode)

@@ -17,7 +17,7 @@ import pickle
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -314,7 +314,8 @@ def _find_prefix(names, anchor: str) -> str | None:
     return min(prefixes, key=len) if prefixes else None
 
 
-def _count_blocks(names, blocks_prefix: str) -> int:
+def count_blocks(names: Iterable[str], blocks_prefix: str = "blocks.") -> int:
+    """Layers of a model from its tensor names (`blocks.0.`, `blocks.1.`, ...)."""
     return len({name[len(blocks_prefix):].split(".")[0] for name in names if name.startswith(blocks_prefix)})
 
 
@@ -338,7 +339,7 @@ def _classify(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str, dict[str
         ]
     for anchor, blocks, per_layer_bias, embedding in _T5_LAYOUTS:
         if (prefix := _find_prefix(shapes, anchor)) is not None:
-            layers = _count_blocks(shapes, prefix + blocks)
+            layers = count_blocks(shapes, prefix + blocks)
             architecture = {"dim": shapes[prefix + anchor][1], "layers": layers, "vocab": shapes.get(prefix + embedding, (0,))[0]}
             if layers > 1 and prefix + per_layer_bias not in shapes:
                 return "unknown", prefix, architecture, [
@@ -352,7 +353,7 @@ def _classify(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str, dict[str
 
 def _classify_dit(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> tuple[str, str, dict[str, int], list[str]]:
     in_dim = shapes.get(prefix + "patch_embedding.weight", (0, 0))[1]
-    architecture = {"dim": shapes[prefix + "head.modulation"][-1], "in_dim": in_dim, "layers": _count_blocks(shapes, prefix + "blocks.")}
+    architecture = {"dim": shapes[prefix + "head.modulation"][-1], "in_dim": in_dim, "layers": count_blocks(shapes, prefix + "blocks.")}
     kind = {16: "wan22-t2v-dit", 36: "wan22-i2v-dit"}.get(in_dim, "unknown")
     problems = []
     if kind == "unknown":

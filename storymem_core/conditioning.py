@@ -40,10 +40,6 @@ class ShotConditioning:
     def latent_frames(self) -> int:
         return self.y.shape[1]
 
-    @property
-    def latent_hw(self) -> tuple[int, int]:
-        return self.y.shape[2], self.y.shape[3]
-
 
 def check_frame_num(frame_num: int) -> None:
     if frame_num < 1 or (frame_num - 1) % VAE_STRIDE[0]:

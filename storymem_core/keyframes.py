@@ -37,6 +37,7 @@ from torch import nn
 from .checkpoints import SAFETENSORS_SUFFIXES, read_pth
 from .errors import CheckpointError, ConditioningError
 from .memory import Keyframe, MemoryBank
+from .video import check_frames
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +297,7 @@ def select_keyframes(
     Each frame is embedded exactly once; the bank's images once more when there is something to
     dedup. `quality_threshold` None means the scorer's own threshold.
     """
-    if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        shown = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(frames).__name__
-        raise ConditioningError(f"keyframe selection needs uint8 frames [T, H, W, 3] with T >= 1, got {shown}: convert them with storymem_core.video.")
+    check_frames(frames, "the frames for keyframe selection", min_count=1)
     embeddings = encoder.embed(frames).float().cpu()  # [T, D]
     similarity = embeddings @ embeddings.T  # [T, T]
     if scorer is None:

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from .choices import WEIGHT_DTYPE_NAMES
 from .lora import apply_loras, load_lora
 from .offload import BlockSwapDiT, resolve_offload
-from .checkpoints import KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, CheckpointInfo, describe, detect, fit_faults, load_model, model_shapes
+from .checkpoints import KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, CheckpointInfo, count_blocks, describe, detect, fit_faults, load_model, model_shapes
 from .errors import CheckpointError
 from .keyframes import OpenClipEncoder
 from .wan.dit import DiTConfig, WanDiT
@@ -60,10 +60,6 @@ def _opened(path: Path, kinds: tuple[str, ...], expected: str) -> Checkpoint:
     return checkpoint
 
 
-def _block_count(shapes: Mapping[str, tuple[int, ...]]) -> int:
-    return len({name.split(".")[1] for name in shapes if name.startswith("blocks.")})
-
-
 def dit_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str, num_heads: int | None = None) -> DiTConfig:
     """A Wan DiT's sizes from its tensor shapes (our names); the head count follows from Wan's 128-wide heads.
 
@@ -85,7 +81,7 @@ def dit_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str, n
         text_dim=shapes["text_embedding.0.weight"][1],
         out_dim=shapes["head.head.weight"][0] // (patch[0] * patch[1] * patch[2]),
         num_heads=num_heads if dim % WAN_HEAD_DIM else dim // WAN_HEAD_DIM,
-        num_layers=_block_count(shapes),
+        num_layers=count_blocks(shapes),
         qk_norm="blocks.0.self_attn.norm_q.weight" in shapes,
         cross_attn_norm="blocks.0.norm3.weight" in shapes,
     )
@@ -97,7 +93,7 @@ def t5_config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> T5Config:
     buckets, heads = shapes["blocks.0.pos_embedding.embedding.weight"]
     return T5Config(
         vocab=vocab, dim=dim, dim_attn=shapes["blocks.0.attn.q.weight"][0], dim_ffn=shapes["blocks.0.ffn.fc1.weight"][0],
-        num_heads=heads, num_layers=_block_count(shapes), num_buckets=buckets,
+        num_heads=heads, num_layers=count_blocks(shapes), num_buckets=buckets,
     )
 
 

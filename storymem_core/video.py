@@ -30,10 +30,13 @@ from .errors import ConditioningError, StoryMemError, WriteError
 GIVEN_FRAMES = {"m2v": 0, "mi2v": 1, "mm2v": MOTION_FRAMES}
 
 
-def _check_frames(frames: torch.Tensor, what: str) -> None:
-    if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
+def check_frames(frames: torch.Tensor, what: str, min_count: int = 0) -> None:
+    """Refuse anything but uint8 frames [T, H, W, 3] with T >= min_count, naming `what`."""
+    if (not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3
+            or len(frames) < min_count):
         shown = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(frames).__name__
-        raise ConditioningError(f"{what} must be uint8 frames [T, H, W, 3], got {shown}: convert them with the functions in storymem_core.video.")
+        count = f" with T >= {min_count}" if min_count else ""
+        raise ConditioningError(f"{what} must be uint8 frames [T, H, W, 3]{count}, got {shown}: convert them with the functions in storymem_core.video.")
 
 
 def _check_float(tensor: torch.Tensor, channel_dim: int, what: str, layout: str) -> None:
@@ -51,7 +54,7 @@ def video_to_frames(video: torch.Tensor) -> torch.Tensor:
 
 def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
     """uint8 frames [T, H, W, 3] -> engine video float32 [3, T, H, W] in [-1, 1]."""
-    _check_frames(frames, "the frames")
+    check_frames(frames, "the frames")
     return frames.permute(3, 0, 1, 2).float().div(127.5).sub(1)
 
 
@@ -63,7 +66,7 @@ def image_batch_to_frames(images: torch.Tensor) -> torch.Tensor:
 
 def frames_to_image_batch(frames: torch.Tensor) -> torch.Tensor:
     """uint8 frames [T, H, W, 3] -> ComfyUI IMAGE float32 [T, H, W, 3] in [0, 1]."""
-    _check_frames(frames, "the frames")
+    check_frames(frames, "the frames")
     return frames.float().div(255)
 
 
@@ -177,7 +180,7 @@ def _mp4_encoder(path: str | os.PathLike, fps: float) -> Iterator[_Mp4Encoder]:
 
 def write_mp4(frames: torch.Tensor, path: str | os.PathLike, fps: float = 16) -> Path:
     """Write uint8 frames [T, H, W, 3] as an H.264 (or MPEG-4) yuv420p mp4, atomically; returns `path`."""
-    _check_frames(frames, f"the frames for {path}")
+    check_frames(frames, f"the frames for {path}")
     with _mp4_encoder(path, fps) as encoder:
         for frame in frames.cpu().numpy():
             encoder.add(frame)
@@ -229,7 +232,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
 
 def save_image(frame: torch.Tensor, path: str | os.PathLike) -> Path:
     """Write one uint8 frame [H, W, 3] atomically, in the format its suffix names (.png, .jpg, ...)."""
-    _check_frames(frame[None] if isinstance(frame, torch.Tensor) else frame, f"the image for {path}")
+    check_frames(frame[None] if isinstance(frame, torch.Tensor) else frame, f"the image for {path}")
     path = Path(path)
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:

@@ -45,7 +45,7 @@ def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _shapes_match(model_type: str, config: dict, weights: dict[str, torch.Tensor]) -> bool:
+def _shapes_match(config: dict, weights: dict[str, torch.Tensor]) -> bool:
     patch = weights["patch_embedding.weight"]
     layers = len({k.split(".")[1] for k in weights if k.startswith("blocks.")})
     return (
@@ -64,7 +64,7 @@ def dit_config_for(weights: dict[str, torch.Tensor]) -> dict:
     """
     for path in case_paths("dit_"):
         case = json.loads(path.read_text())
-        if _shapes_match(case["model_type"], case["config"], weights):
+        if _shapes_match(case["config"], weights):
             return {**case["config"], "model_type": case["model_type"]}
     raise LookupError(f"no dit_* case in {golden_dir()} matches these expert weights")
 

@@ -16,7 +16,7 @@ from storymem_core.memory import MemoryBank
 from storymem_core.video import read_mp4
 from storymem_core import tiny_models as tiny
 from tests.graph_runner import (
-    VIRTUAL_NODES, GraphError, GraphRunner, input_specs, load_image_node, ui_to_api, validate, widget_slots,
+    CONTROL_VALUES, VIRTUAL_NODES, GraphError, GraphRunner, input_specs, load_image_node, ui_to_api, validate, widget_slots,
 )
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
@@ -89,7 +89,7 @@ def test_workflow_widget_values_match_the_node_inputs_in_order(path, comfy):
             if isinstance(value, str):
                 assert not ABSOLUTE_PATH.match(value), f"{node['type']}.{name} holds an absolute path"
             if name is None:
-                assert value in ("fixed", "increment", "decrement", "randomize", "image")
+                assert value in (*CONTROL_VALUES, "image")
     validate(ui_to_api(workflow, comfy), comfy)  # values of the right type, in range, in their lists
 
 
