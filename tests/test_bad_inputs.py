@@ -31,7 +31,7 @@ from storymem_core.errors import (
 )
 from storymem_core.memory import BANK_FILE, MemoryBank
 from storymem_core.story import loads_story
-from tests.test_nodes import SHOT, call, image_batch, models, pack, reference_bank, same, snapshot  # noqa: F401 (pack is a fixture)
+from tests.test_nodes import SHOT, call, files_under, image_batch, models, pack, reference_bank, same, snapshot  # noqa: F401 (pack is a fixture)
 from tests.test_story import BAD_SCRIPTS, VALID
 
 SCRIPT = json.dumps(VALID)
@@ -50,11 +50,6 @@ class Row:
 def node(name: str, **fixed) -> Callable:
     """A row action running node `name` with the prepared inputs (and `fixed` ones that need no pack)."""
     return lambda **inputs: call(name, **fixed, **inputs)
-
-
-def files_under(root: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file below `root`: relative path -> (bytes, mtime in ns)."""
-    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 class Payload:

@@ -57,7 +57,7 @@ def test_window_adding_shot_by_shot_equals_windowing_the_whole_history():
     bank = MemoryBank(max_size=8, fixed=3)
     for start in range(0, 23, 3):
         bank = bank.add(history[start : start + 3])
-    assert indices(bank) == [0, 1, 2, 18, 19, 20, 21, 22]
+    assert indices(bank) == indices(MemoryBank(max_size=8, fixed=3).add(history)) == [0, 1, 2, 18, 19, 20, 21, 22]
 
 
 def test_window_keeps_pinned_keyframes_as_fixed():

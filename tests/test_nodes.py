@@ -78,6 +78,11 @@ def image_batch(count: int = 3, size: tuple[int, int] = (32, 32), seed: int = 0)
     return torch.rand(count, size[0], size[1], 3, generator=generator)
 
 
+def files_under(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file below `root`: relative path -> (bytes, mtime in ns)."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def reference_bank(count: int = 2) -> MemoryBank:
     images = (image_batch(count, seed=5) * 255).round().to(torch.uint8)
     return MemoryBank.from_images(list(images), max_size=4, fixed=1)
@@ -427,11 +432,17 @@ def test_story_runner_generates_and_resumes(pack):
     assert len(bank) >= 1 and ui["storymem_bank"]
     shown = ui["images"][0]  # the film plays under the node, as under Combine Shots
     assert host.output_dir() / shown["subfolder"] / shown["filename"] == Path(path) and ui["animated"] == [True]
-    modified = Path(path).stat().st_mtime_ns
+    story_folder = Path(path).parent
+
+    def shots_and_banks() -> dict:
+        return {name: value for name, value in files_under(story_folder).items() if name.startswith(("shots/", "banks/"))}
+
+    finished = shots_and_banks()
+    assert any(name.startswith("shots/") for name in finished) and any(name.startswith("banks/") for name in finished)
     (_, _, again), _ = call("StoryMemStoryRunner", **arguments)
-    assert again == path and Path(path).parent.joinpath("shots").is_dir()
+    assert again == path and shots_and_banks() == finished  # resumed: no shot or bank regenerated or rewritten
     (_, _, reseeded), _ = call("StoryMemStoryRunner", **(arguments | {"seed": 7}))
-    assert Path(reseeded).parent != Path(path).parent and modified
+    assert Path(reseeded).parent != story_folder and shots_and_banks() == finished
 
 
 def test_story_runner_needs_the_t2v_experts_for_a_t2v_first_shot(pack):
