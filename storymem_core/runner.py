@@ -157,7 +157,7 @@ class StoryProgress:
         self.steps: tqdm | None = None
 
     def on_shot(self, index: int, total: int, prompt: str) -> None:
-        self.shots.n = index
+        self.shots.n = index  # shots before it are done, whether made now or skipped as finished
         self.shots.set_postfix_str(prompt[:40])
         self.shots.refresh()
 
@@ -167,6 +167,11 @@ class StoryProgress:
                 self.steps.close()
             self.steps = tqdm(total=steps, desc="  steps", unit="step", leave=False)
         self.steps.update(1)
+
+    def finished(self) -> None:
+        """The bar at its end: on_shot only moves it before a shot, and never past the last."""
+        self.shots.n = self.shots.total
+        self.shots.refresh()
 
     def close(self) -> None:
         for bar in (self.steps, self.shots):
@@ -242,8 +247,10 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     models = load_story_models(files, options, load)
     progress = StoryProgress(story)
     try:
-        return run_story(story, models, options, out, reference_images or None, None if from_shot is None else from_shot - 1,
+        film = run_story(story, models, options, out, reference_images or None, None if from_shot is None else from_shot - 1,
                          on_shot=progress.on_shot, on_step=progress.on_step)
+        progress.finished()
+        return film
     finally:
         progress.close()
 

@@ -54,6 +54,11 @@ def shot_files(snap: dict, shot: int) -> dict:
     return {name: value for name, value in snap.items() if any(tag in name for tag in tags)}
 
 
+def story_bar(stderr: str) -> list[str]:
+    """The shot counts the story's progress bar showed, one per redraw (tqdm redraws in place after a carriage return)."""
+    return [part.split("|")[-1].split()[0] for part in stderr.split("\r") if part.startswith("story:")]
+
+
 def test_demo_writes_every_artefact_and_a_film_of_the_summed_frames(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     folder = StoryFolder(tmp_path / "story")
@@ -64,7 +69,9 @@ def test_demo_writes_every_artefact_and_a_film_of_the_summed_frames(tmp_path, ca
     banks = [MemoryBank.load(folder.bank(i)) for i in range(shots)]
     assert all(len(bank) >= 1 for bank in banks)
     assert folder.contact_sheet.is_file()
-    assert "pixels are noise" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "pixels are noise" in captured.out
+    assert story_bar(captured.err)[-1] == f"{shots}/{shots}"
 
 
 def test_story_command_mr2v_starts_from_the_reference_images(tmp_path, models_dir):
@@ -83,12 +90,15 @@ def test_story_command_mr2v_starts_from_the_reference_images(tmp_path, models_di
     assert len(read_mp4(folder.film)) == FRAMES + FRAMES - 1  # shot 2 continues shot 1 (MI2V)
 
 
-def test_from_shot_regenerates_from_the_bank_before_it(tmp_path, models_dir):
+def test_from_shot_regenerates_from_the_bank_before_it(tmp_path, models_dir, capsys):
     script = story_script(tmp_path, 3)
     argv = ["story", str(script), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *TINY]
     assert main(argv) == 0
+    assert story_bar(capsys.readouterr().err)[-1] == "3/3"
     before = snapshot(tmp_path / "out")
     assert main(argv + ["--from-shot", "2", "--seed", "7"]) == 0
+    shown = story_bar(capsys.readouterr().err)
+    assert shown[:2] == ["0/3", "1/3"] and shown[-1] == "3/3"  # the finished shot 1 is counted done
     after = snapshot(tmp_path / "out")
     assert shot_files(after, 1) == shot_files(before, 1)
     assert after["banks/initial/bank.json"] == before["banks/initial/bank.json"]
