@@ -37,6 +37,8 @@ KIND_NAMES = {
     "umt5": "a umT5-xxl text encoder",
     "wan21-vae": "a Wan2.1 VAE",
     "lora": "a LoRA",
+    "clip-vision": "an open_clip CLIP image encoder (keyframe selection)",
+    "aesthetic-head": "an aesthetic head on CLIP embeddings (keyframe quality filter)",
     "unknown": "not a model this pack reads",
 }
 KIND_FILES = {
@@ -319,6 +321,25 @@ def count_blocks(names: Iterable[str], blocks_prefix: str = "blocks.") -> int:
     return len({name[len(blocks_prefix):].split(".")[0] for name in names if name.startswith(blocks_prefix)})
 
 
+def _natural_key(prefix: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", prefix)]
+
+
+def linear_chain(shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], str | None]:
+    """The layer prefixes of a chain of linear layers, in order (`weight`, or `layers.0.weight`, `layers.2.weight`,
+    ...; dropouts hold no tensors), and what keeps it from being an aesthetic head (None when nothing)."""
+    prefixes = sorted((name[: -len("weight")] for name in shapes if name.endswith("weight")), key=_natural_key)
+    out_features = None
+    for prefix in prefixes:
+        shape = tuple(shapes[prefix + "weight"])
+        if len(shape) != 2 or out_features not in (None, shape[1]):
+            return prefixes, f"is not a chain of linear layers (at '{prefix}weight' {shape})"
+        out_features = shape[0]
+    if out_features != 1:
+        return prefixes, "does not end in a single score output"
+    return prefixes, None
+
+
 def _lora_prefix(module: str) -> str:
     return next((p for p in _LORA_PREFIXES if module.startswith(p)), "")
 
@@ -347,8 +368,24 @@ def _classify(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str, dict[str
                     "umT5-xxl; use umt5_xxl_fp16 / umt5_xxl_fp8_e4m3fn_scaled."
                 ]
             return "umt5", prefix, architecture, []
+    if (prefix := _find_prefix(shapes, "class_embedding")) is not None and len(shapes.get(prefix + "proj", ())) == 2:
+        width, embed_dim = shapes[prefix + "proj"]
+        layers = count_blocks(shapes, prefix + "transformer.resblocks.")
+        return "clip-vision", prefix, {"width": width, "layers": layers, "embed_dim": embed_dim}, []
+    if _find_prefix(shapes, "vision_model.embeddings.class_embedding") is not None:
+        return "unknown", "", {}, [
+            "This is a Hugging Face CLIP vision model, but keyframe selection reads open_clip files: use "
+            "open_clip_model.safetensors of timm/vit_base_patch32_clip_224.openai."
+        ]
+    if all(name.endswith(("weight", "bias")) for name in shapes):
+        prefixes, problem = linear_chain(shapes)
+        if prefixes and problem is None:
+            return "aesthetic-head", "", {"embed_dim": shapes[prefixes[0] + "weight"][1], "layers": len(prefixes)}, []
     first = ", ".join(list(shapes)[:3]) or "no tensors"
-    return "unknown", "", {}, [f"It has none of the tensors of a Wan2.2 DiT, umT5 encoder, Wan2.1 VAE or LoRA (first names: {first})."]
+    return "unknown", "", {}, [
+        f"It has none of the tensors of a Wan2.2 DiT, umT5 encoder, Wan2.1 VAE, LoRA, open_clip image encoder or aesthetic head "
+        f"(first names: {first})."
+    ]
 
 
 def _classify_dit(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> tuple[str, str, dict[str, int], list[str]]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -34,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .checkpoints import SAFETENSORS_SUFFIXES, read_pth
+from .checkpoints import SAFETENSORS_SUFFIXES, linear_chain, read_pth
 from .errors import CheckpointError, ConditioningError
 from .memory import Keyframe, MemoryBank
 from .video import check_frames
@@ -155,17 +154,15 @@ class AestheticHead(nn.Module):
             path, "aesthetic head", f"download sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor) and put it in {CLIP_FOLDER_HINT}"
         )
         state = _read_state_dict(path)
-        prefixes = sorted((k[: -len("weight")] for k in state if k.endswith("weight")), key=_natural_key)
+        prefixes, problem = linear_chain({name: tuple(tensor.shape) for name, tensor in state.items()})
+        if problem is not None:
+            raise CheckpointError(f"{path} {problem}: use a LAION aesthetic predictor file.")
         layers = []
         for prefix in prefixes:
             weight, bias = state[prefix + "weight"], state.get(prefix + "bias")
-            if weight.dim() != 2 or (layers and layers[-1].out_features != weight.shape[1]):
-                raise CheckpointError(f"{path} is not a chain of linear layers (at '{prefix}weight' {tuple(weight.shape)}): use a LAION aesthetic predictor file.")
             layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
             layer.load_state_dict({"weight": weight} | ({"bias": bias} if bias is not None else {}))
             layers.append(layer)
-        if not layers or layers[-1].out_features != 1:
-            raise CheckpointError(f"{path} does not end in a single score output: use a LAION aesthetic predictor file.")
         return cls(layers, threshold).eval().requires_grad_(False)
 
     def check_fits(self, encoder: ImageEncoder) -> None:
@@ -186,10 +183,6 @@ class AestheticHead(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x[:, 0].float().cpu()
-
-
-def _natural_key(prefix: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", prefix)]
 
 
 class HPSv3Scorer:

@@ -16,7 +16,7 @@ from storymem_core.checkpoints import (
 )
 from storymem_core.errors import CheckpointError
 from storymem_core.model_files import inspect_main, load_text_encoder, load_vae
-from storymem_core.tiny_models import spiece_model
+from storymem_core.tiny_models import AESTHETIC_FILE, CLIP_FILE, spiece_model, write_tiny_models, CLIP as TINY_CLIP
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_per_tensor
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
@@ -478,6 +478,22 @@ def test_checkpoint_inspect_exit_codes(tmp_path, dit_case, capsys):
     assert inspect_main([str(good), str(bad), str(tmp_path / "absent.safetensors")]) == 2
     printed = capsys.readouterr().out
     assert "NOT usable" in printed and "does not exist" in printed
+
+
+def test_checkpoint_inspect_knows_the_keyframe_files(tmp_path, capsys):
+    models = write_tiny_models(tmp_path / "models") / "clip_vision"
+    clip, head = models / CLIP_FILE, models / AESTHETIC_FILE
+    assert inspect_main([str(clip), str(head)]) == 0
+    printed = capsys.readouterr().out
+    embed_dim = f"embed_dim {TINY_CLIP['embed_dim']}"
+    assert f"clip-vision: an open_clip CLIP image encoder (keyframe selection); width {TINY_CLIP['vision_cfg']['width']}" in printed
+    assert f"aesthetic-head: an aesthetic head on CLIP embeddings (keyframe quality filter); {embed_dim}, layers 1" in printed
+    assert printed.count(embed_dim) == 2
+
+    hugging_face = tmp_path / "clip_vision_hf.safetensors"
+    save_file({"vision_model.embeddings.class_embedding": torch.zeros(8), "vision_model.post_layernorm.weight": torch.zeros(8)}, str(hugging_face))
+    assert inspect_main([str(hugging_face)]) == 2
+    assert "Hugging Face CLIP vision model, but keyframe selection reads open_clip files" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("fault,expected", [
