@@ -134,7 +134,7 @@ def run_story(
             on_shot(shot.index, len(shots), shot.prompt)
         frames = _generate(shot, bank, models, options, folder, on_step)
         bank_after = _remember(frames, shot.index, bank, models)
-        _unfinish(folder, [later.index for later in shots if later.index > shot.index])
+        _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
         _persist(folder, shot.index, frames, bank_after, options.fps)
     concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
     MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet().save(folder.contact_sheet)
@@ -142,9 +142,10 @@ def run_story(
 
 
 def _unfinish(folder: StoryFolder, shot_indices: list[int]) -> None:
-    """Mark shots unfinished (their banks go, last first) once an earlier shot is replaced: they were made
-    from the memory it replaces, so a `from_shot` run stopped half-way must not leave them counted as finished.
-    Called only after the new shot is generated, so a failed shot leaves every file as it was."""
+    """Mark a replaced shot and every later one unfinished (their banks go, last first) before the new shot is saved:
+    later shots were made from the memory it replaces, and a stop while it is saved must not leave its new video
+    counted as finished beside its old bank. Called only after the new shot is generated, so a failed shot leaves
+    every file as it was."""
     for index in reversed(shot_indices):
         discard_bank(folder.bank(index))
 

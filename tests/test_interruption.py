@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import storymem_core.pipeline as pipeline
 import storymem_core.video as video
 from nodes import host
 from storymem_core import tiny_models as tiny
@@ -193,6 +194,29 @@ def test_story_runner_node_cancelled_mid_step_keeps_finished_shots(pack):
     before = files_under(out)
     (film, bank, path), _ = call("StoryMemStoryRunner", **arguments)
     assert kept(before, files_under(out)) and Path(path).is_file() and film.shape[0] == 5 + 5 + 4
+
+
+@pytest.mark.parametrize("writer", ["write_mp4", "save_image"])
+def test_from_shot_stopped_while_the_new_shot_is_saved_leaves_it_unfinished(story, story_models, uninterrupted, tmp_path, monkeypatch, writer):
+    out = tmp_path / "story"
+    run_story(story, story_models, OPTIONS, out)
+    folder = StoryFolder(out)
+    write = getattr(pipeline, writer)
+
+    def ctrl_c_at_shot_2(frames, path, *args, **kwargs):
+        if f"shot_{SHOT_2}" in str(path):
+            raise KeyboardInterrupt
+        return write(frames, path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, writer, ctrl_c_at_shot_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_story(story, story_models, OPTIONS, out, from_shot=1)
+    monkeypatch.undo()
+    assert [folder.is_finished(s) for s in range(SHOTS)] == [True, False, False]  # not a new video beside the old bank
+    before = files_under(out)
+    run_story(story, story_models, OPTIONS, out)  # the same command without --from-shot
+    assert files_under(out)["shots/shot_002.mp4"] != before["shots/shot_002.mp4"]  # regenerated, not skipped
+    same_story(out, uninterrupted)
 
 
 # ------------------------------------------------------------------ disk full while saving
