@@ -29,8 +29,11 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", type=float, default=None, help="flow shift (default: 4 for M2V, 12 for T2V)")
     parser.add_argument("--guide", type=float, default=None, help="CFG scale for both experts (default 3.5 M2V; 3/4 T2V)")
     parser.add_argument("--solver", default="unipc", choices=["unipc", "dpm++", "euler"], help="sampler (default unipc)")
-    parser.add_argument("--from-shot", type=int, default=None, metavar="N", help="regenerate from shot N (1-based) using the bank before it")
-    parser.add_argument("--out", required=True, help="output folder (re-running continues where it stopped)")
+    parser.add_argument("--from-shot", type=int, default=None, metavar="N",
+                        help="regenerate from shot N (1-based) with the options given now: from the bank before it, windowed to "
+                             "--max-memory / --fixed-memory (N = 1: the initial bank, rebuilt from --reference)")
+    parser.add_argument("--out", required=True, help="output folder (re-running with the same memory options and references "
+                                                     "continues where it stopped; other ones need --from-shot or a new --out)")
 
 
 def _add_load_options(parser: argparse.ArgumentParser) -> None:

@@ -3,14 +3,19 @@
 Every finished shot is on disk (video, last frames, bank after it) before the next one starts, and
 a shot counts as finished only once its bank folder exists (written last, atomically). Re-running
 the same story into the same folder therefore skips finished shots; `from_shot` regenerates from a
-given shot on, starting from the bank as it was before that shot.
+given shot on with the current options, starting from the bank as it was before that shot, windowed
+to the current max / fixed memory (from shot 1: the initial bank rebuilt from the current references).
+The folder records the memory options and references its shots are made with, so a plain re-run with
+others is refused instead of continuing with the old ones.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +28,9 @@ from .memory import MemoryBank, discard_bank
 from .sampling import ExpertPair, SamplerSettings
 from .shot import T2V_SETTINGS, PromptEncoder, encode_prompts, generate_memory_shot, generate_text_shot
 from .story import Story
-from .video import concat_videos, load_image, save_image, trim_conditioning_frames, video_to_frames, write_mp4
+from .video import (
+    atomic_write_path, concat_videos, load_image, save_image, trim_conditioning_frames, video_to_frames, write_mp4,
+)
 from .wan.vae import WanVAE
 
 log = logging.getLogger(__name__)
@@ -97,12 +104,81 @@ class StoryFolder:
     def contact_sheet(self) -> Path:
         return self.root / "memory.png"
 
+    @property
+    def memory_settings(self) -> Path:
+        return self.root / "memory_settings.json"
+
     def is_finished(self, shot: int) -> bool:
         return self.bank(shot).is_dir() and self.video(shot).is_file()
 
 
 ShotCallback = Callable[[int, int, str], None]
 StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """What a story's memory is made with, recorded in its folder so that a re-run with other values is refused
+    instead of continuing the shots made with these."""
+
+    max_memory: int
+    fixed_memory: int
+    reference_sha256: tuple[str, ...]  # of each reference image's pixels, so the images themselves need not be kept
+
+    @classmethod
+    def of(cls, options: StoryOptions, reference_images: list[torch.Tensor] | None) -> MemorySettings:
+        references = (reference_images or []) if options.first_shot == "mr2v" else []
+        return cls(options.max_memory, options.fixed_memory, _sha256(references))
+
+    @classmethod
+    def of_bank(cls, initial: MemoryBank) -> MemorySettings:
+        """A folder from before settings were recorded: every shot was made with its initial bank's."""
+        return cls(initial.max_size, initial.fixed, _sha256(initial.image_list()))
+
+    @classmethod
+    def load(cls, folder: StoryFolder) -> MemorySettings | None:
+        """The settings recorded in the folder, None where there are none."""
+        path = folder.memory_settings
+        if not path.is_file():
+            return None
+        try:
+            fields = json.loads(path.read_text())
+            return cls(int(fields["max_memory"]), int(fields["fixed_memory"]), tuple(str(d) for d in fields["reference_sha256"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise StoryMemError(f"{path} is not a valid settings file ({error}): delete it and re-run with the options the story was started with.") from None
+
+    def save(self, folder: StoryFolder) -> None:
+        """Written only when it changes, so a resumed story leaves the file (and its mtime) as it was."""
+        if MemorySettings.load(folder) != self:
+            with atomic_write_path(folder.memory_settings) as temp:
+                temp.write_text(json.dumps(asdict(self), indent=1))
+
+
+def _sha256(images: list[torch.Tensor]) -> tuple[str, ...]:
+    return tuple(hashlib.sha256(str(tuple(image.shape)).encode() + image.numpy().tobytes()).hexdigest() for image in images)
+
+
+def check_story_folder(out_dir: str | os.PathLike, options: StoryOptions, reference_images: list[torch.Tensor] | None = None,
+                       from_shot: int | None = None) -> None:
+    """Refuse, before anything loads or is written, a run into a started story whose memory it would not continue:
+    a plain re-run with other memory options or references, or changed references from a shot after the first."""
+    folder = StoryFolder(Path(out_dir))
+    recorded = MemorySettings.load(folder)
+    if recorded is None and folder.bank(-1).is_dir():
+        recorded = MemorySettings.of_bank(MemoryBank.load(folder.bank(-1)))
+    current = MemorySettings.of(options, reference_images)
+    if recorded is None or recorded == current:
+        return
+    where = f"the story in {folder.root}"
+    if recorded.reference_sha256 != current.reference_sha256 and from_shot != 0:
+        raise StoryMemError(f"the --reference images differ from those {where} was started with: pass the same ones to continue it, "
+                            "--from-shot 1 to remake it from the new ones, or a new --out folder.")
+    if from_shot is not None:
+        return  # --from-shot remakes its shots with the new memory options
+    for flag, old, new in (("--max-memory", recorded.max_memory, current.max_memory), ("--fixed-memory", recorded.fixed_memory, current.fixed_memory)):
+        if old != new:
+            raise StoryMemError(f"{flag} {new} differs from the {old} {where} was made with: pass {flag} {old} to continue it, "
+                                f"--from-shot N to remake shot N and after with {new}, or a new --out folder.")
 
 
 def run_story(
@@ -121,20 +197,25 @@ def run_story(
     generated shot and `on_step(step, steps)` after each sampling step (it may raise to interrupt).
     """
     options.check()
+    check_story_folder(out_dir, options, reference_images, from_shot)
+    initial = _initial_bank(options, reference_images)
     folder = StoryFolder(Path(out_dir))
     folder.root.mkdir(parents=True, exist_ok=True)
-    _initial_bank(folder, options, reference_images)
     shots = story.shots
     for shot in shots:
         regenerate = from_shot is not None and shot.index >= from_shot
         if folder.is_finished(shot.index) and not regenerate:
             continue
-        bank = MemoryBank.load(folder.bank(shot.index - 1))  # earlier shots are finished: the loop runs in order
+        # earlier shots are finished (the loop runs in order); a bank saved under other limits takes the current ones
+        bank = initial if shot.index == 0 else _windowed(MemoryBank.load(folder.bank(shot.index - 1)), options)
         if on_shot is not None:
             on_shot(shot.index, len(shots), shot.prompt)
         frames = _generate(shot, bank, models, options, folder, on_step)
         bank_after = _remember(frames, shot.index, bank, models)
         _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
+        if shot.index == 0:
+            initial.save(folder.bank(-1))
+        MemorySettings.of(options, reference_images).save(folder)  # once the banks made with other settings are gone
         _persist(folder, shot.index, frames, bank_after, options.fps)
     concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
     MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet().save(folder.contact_sheet)
@@ -150,17 +231,17 @@ def _unfinish(folder: StoryFolder, shot_indices: list[int]) -> None:
         discard_bank(folder.bank(index))
 
 
-def _initial_bank(folder: StoryFolder, options: StoryOptions, reference_images: list[torch.Tensor] | None) -> None:
-    """Write the bank the story starts with (once: a resumed run keeps the one it started with)."""
-    if folder.bank(-1).is_dir():
-        return
+def _initial_bank(options: StoryOptions, reference_images: list[torch.Tensor] | None) -> MemoryBank:
+    """The bank the story starts with: the references (MR2V) or empty (T2V), under the current memory limits."""
     if options.first_shot == "mr2v":
         if not reference_images:
             raise ConditioningError("An MR2V story needs reference images: pass --reference IMAGE (one or more).")
-        bank = MemoryBank.from_images(reference_images, max_size=options.max_memory, fixed=options.fixed_memory)
-    else:
-        bank = MemoryBank(keyframes=(), max_size=options.max_memory, fixed=options.fixed_memory)
-    bank.save(folder.bank(-1))
+        return MemoryBank.from_images(reference_images, max_size=options.max_memory, fixed=options.fixed_memory)
+    return MemoryBank(keyframes=(), max_size=options.max_memory, fixed=options.fixed_memory)
+
+
+def _windowed(bank: MemoryBank, options: StoryOptions) -> MemoryBank:
+    return replace(bank, max_size=options.max_memory, fixed=options.fixed_memory).window()
 
 
 def _generate(shot, bank: MemoryBank, models: StoryModels, options: StoryOptions, folder: StoryFolder, on_step) -> torch.Tensor:

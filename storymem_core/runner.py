@@ -21,7 +21,7 @@ from .checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
 from .errors import CheckpointError, StoryMemError
 from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
 from .model_files import auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
-from .pipeline import StoryModels, StoryOptions, run_story
+from .pipeline import StoryModels, StoryOptions, check_story_folder, run_story
 from .sampling import ExpertPair, SamplerSettings
 from .shot import shot_tokens
 from .story import Story, load_story
@@ -242,13 +242,14 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     if options.first_shot == "mr2v" and not references:
         raise StoryMemError("--m2v-first-shot starts from reference images: pass them with --reference IMAGE (one or more).")
     reference_images = [load_image(path) for path in references]
+    start = None if from_shot is None else from_shot - 1
+    check_story_folder(out, options, reference_images or None, start)
     files = find_model_files(models_dir, required_roles(options.first_shot, quality_model(load.quality, models_dir)))
     log.info("attention backend: %s", attention.BACKEND)
     models = load_story_models(files, options, load)
     progress = StoryProgress(story)
     try:
-        film = run_story(story, models, options, out, reference_images or None, None if from_shot is None else from_shot - 1,
-                         on_shot=progress.on_shot, on_step=progress.on_step)
+        film = run_story(story, models, options, out, reference_images or None, start, on_shot=progress.on_shot, on_step=progress.on_step)
         progress.finished()
         return film
     finally:

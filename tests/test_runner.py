@@ -22,7 +22,7 @@ from storymem_core.pipeline import StoryFolder
 from storymem_core.runner import ROLES, find_model_files, options_from_args, required_roles
 from storymem_core.sampling import SamplerSettings
 from storymem_core.tiny_models import write_reference_images, write_tiny_models
-from storymem_core.video import read_mp4
+from storymem_core.video import load_image, read_mp4
 from tests.golden_data import cases
 from tests.test_bad_inputs import files_under as snapshot
 
@@ -104,6 +104,66 @@ def test_from_shot_regenerates_from_the_bank_before_it(tmp_path, models_dir, cap
     assert after["banks/initial/bank.json"] == before["banks/initial/bank.json"]
     for shot in (2, 3):
         assert after[f"shots/shot_{shot:03d}.mp4"][MTIME] != before[f"shots/shot_{shot:03d}.mp4"][MTIME]
+
+
+def mr2v_argv(tmp_path: Path, models_dir: Path, references: str, shots: int = 2) -> list[str]:
+    """A story command starting from the reference images written into tmp_path/`references` (its name seeds them)."""
+    names = write_reference_images(tmp_path / references, count=2, size=(32, 32), seed=len(references))
+    argv = ["story", str(story_script(tmp_path, shots)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), "--m2v-first-shot", *TINY]
+    return argv + [arg for name in names for arg in ("--reference", str(tmp_path / references / name))]
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (["--max-memory", "1", "--fixed-memory", "0"], "--max-memory 1 differs from the 10 the story in"),
+    (["--fixed-memory", "0"], "--fixed-memory 0 differs from the 3 the story in"),
+    ("other-refs", "the --reference images differ from those the story in"),
+])
+def test_a_plain_rerun_with_other_memory_settings_is_refused(tmp_path, models_dir, capsys, monkeypatch, change, fragment):
+    from storymem_core import runner
+
+    argv = mr2v_argv(tmp_path, models_dir, "refs")
+    assert main(argv) == 0
+    before = snapshot(tmp_path / "out")
+    capsys.readouterr()
+    monkeypatch.setattr(runner, "find_model_files", lambda *args: pytest.fail("models were looked for"))
+    rerun = mr2v_argv(tmp_path, models_dir, change) if change == "other-refs" else argv + change
+    assert main(rerun) == 2
+    error = capsys.readouterr().err
+    assert fragment in error and "--from-shot" in error and "a new --out folder" in error and error.count(". ") == 0
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_from_shot_1_rebuilds_the_initial_bank_from_the_new_references_and_limits(tmp_path, models_dir):
+    assert main(mr2v_argv(tmp_path, models_dir, "refs")) == 0
+    argv = mr2v_argv(tmp_path, models_dir, "new-refs") + ["--max-memory", "1", "--fixed-memory", "0"]
+    assert main(argv + ["--from-shot", "1"]) == 0
+    folder = StoryFolder(tmp_path / "out")
+    banks = [MemoryBank.load(folder.bank(i)) for i in (-1, 0, 1)]
+    assert [(bank.max_size, bank.fixed, len(bank)) for bank in banks] == [(1, 0, 1)] * 3
+    assert torch.equal(banks[0].keyframes[0].image, load_image(tmp_path / "new-refs" / "storymem_reference_2.png"))
+    before = shot_files(snapshot(tmp_path / "out"), 1) | shot_files(snapshot(tmp_path / "out"), 2)
+    assert main(argv) == 0  # the new settings are now the story's: a plain re-run continues (nothing left to do)
+    assert shot_files(snapshot(tmp_path / "out"), 1) | shot_files(snapshot(tmp_path / "out"), 2) == before
+
+
+def test_from_a_later_shot_the_bank_before_it_takes_the_new_limits(tmp_path, models_dir, capsys):
+    argv = ["story", str(story_script(tmp_path, 3)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *TINY]
+    assert main(argv) == 0
+    folder = StoryFolder(tmp_path / "out")
+    first = snapshot(tmp_path / "out")
+    assert main(argv + ["--max-memory", "1", "--fixed-memory", "0", "--from-shot", "2"]) == 0
+    assert shot_files(snapshot(tmp_path / "out"), 1) == shot_files(first, 1)
+    assert [(bank.max_size, bank.fixed) for bank in map(MemoryBank.load, (folder.bank(0), folder.bank(1), folder.bank(2)))] == [(10, 3), (1, 0), (1, 0)]
+    assert all(len(MemoryBank.load(folder.bank(i))) == 1 for i in (1, 2))
+    capsys.readouterr()
+    assert main(argv) == 2 and "--max-memory 10 differs from the 1" in capsys.readouterr().err
+
+
+def test_changed_references_from_a_later_shot_are_refused(tmp_path, models_dir, capsys):
+    assert main(mr2v_argv(tmp_path, models_dir, "refs")) == 0
+    capsys.readouterr()
+    assert main(mr2v_argv(tmp_path, models_dir, "new-refs") + ["--from-shot", "2"]) == 2
+    assert "--from-shot 1 to remake it from the new ones" in capsys.readouterr().err
 
 
 def _start_story(script: Path, models_dir: Path, out: Path) -> subprocess.Popen:
