@@ -24,7 +24,7 @@ from storymem_core.sampling import SamplerSettings
 from storymem_core.tiny_models import write_reference_images, write_tiny_models
 from storymem_core.video import load_image, read_mp4
 from tests.golden_data import cases
-from tests.test_bad_inputs import files_under as snapshot
+from tests.test_nodes import files_under as snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 5
