@@ -17,7 +17,7 @@ import torch
 
 from storymem_core.errors import StoryMemError
 from storymem_core.memory import MemoryBank
-from storymem_core.pipeline import StoryFolder, StoryModels, StoryOptions, run_story
+from storymem_core.pipeline import StoryFolder, StoryModels, StoryOptions, pending_shots, run_story
 from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import T2V_SETTINGS
 from storymem_core.story import Story
@@ -118,8 +118,10 @@ class StoryRunner:
                 t2v=None if t2v_model is None else stack.enter_context(t2v_model.sampling(device, host.offload_device())),
                 aesthetic_scorer=keyframe_encoder.scorer,
             )
-            film = run_story(story, models, options, folder, None if references is None else list(references), from_shot - 1 if from_shot else None,
-                             on_step=host.ProgressSteps(len(story.shots) * steps, f"story '{story.name}'"))
+            start = from_shot - 1 if from_shot else None
+            total_steps = len(pending_shots(story, folder, start)) * steps
+            film = run_story(story, models, options, folder, None if references is None else list(references), start,
+                             on_step=host.ProgressSteps(total_steps, f"story '{story.name}'"))
         bank = MemoryBank.load(StoryFolder(folder).bank(story.shots[-1].index))
         result = (frames_to_image_batch(read_mp4(film)), bank, str(film))
         return {"ui": {**bank_ui(bank), **video_ui(film)}, "result": result}

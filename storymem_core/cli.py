@@ -46,7 +46,7 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the keyframe encoder weights")
     parser.add_argument("--quality", default="auto", choices=QUALITY_CHOICES,
                         help="keyframe quality filter: aesthetic (CLIP head, clip_vision/sa_0_4_vit_b_32_linear.pth), hpsv3 "
-                             "(the paper's, needs the hpsv3 package and hpsv3/HPSv3.safetensors), auto (hpsv3 when both are "
+                             "(the paper's, needs the hpsv3 package and HPSv3.safetensors in hpsv3/ or clip_vision/), auto (hpsv3 when both are "
                              "there, else aesthetic; default), off")
 
 

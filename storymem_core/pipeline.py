@@ -21,13 +21,13 @@ from typing import Callable
 
 import torch
 
-from .conditioning import check_frame_num, check_size
+from .conditioning import MOTION_FRAMES, check_frame_num, check_size
 from .errors import ConditioningError, StoryMemError
 from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
 from .memory import MemoryBank, discard_bank
 from .sampling import ExpertPair, SamplerSettings
 from .shot import T2V_SETTINGS, PromptEncoder, encode_prompts, generate_memory_shot, generate_text_shot
-from .story import Story
+from .story import Shot, Story
 from .video import (
     atomic_write_path, concat_videos, load_image, save_image, trim_conditioning_frames, video_to_frames, write_mp4,
 )
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 CONTINUATIONS = ("m2v", "mi2v", "mm2v")
 FIRST_SHOTS = ("t2v", "mr2v")
-TAIL_FRAMES = 5  # enough for MM2V; MI2V uses the last one
 
 
 @dataclass
@@ -181,6 +180,16 @@ def check_story_folder(out_dir: str | os.PathLike, options: StoryOptions, refere
                                 f"--from-shot N to remake shot N and after with {new}, or a new --out folder.")
 
 
+def pending_shots(story: Story, out_dir: str | os.PathLike, from_shot: int | None = None) -> tuple[Shot, ...]:
+    """The shots a run will generate: from the first unfinished one (or `from_shot`, 0-based) to the end, since a
+    regenerated shot changes the memory of every shot after it."""
+    folder = StoryFolder(Path(out_dir))
+    for position, shot in enumerate(story.shots):
+        if not folder.is_finished(shot.index) or (from_shot is not None and shot.index >= from_shot):
+            return story.shots[position:]
+    return ()
+
+
 def run_story(
     story: Story,
     models: StoryModels,
@@ -202,11 +211,8 @@ def run_story(
     folder = StoryFolder(Path(out_dir))
     folder.root.mkdir(parents=True, exist_ok=True)
     shots = story.shots
-    for shot in shots:
-        regenerate = from_shot is not None and shot.index >= from_shot
-        if folder.is_finished(shot.index) and not regenerate:
-            continue
-        # earlier shots are finished (the loop runs in order); a bank saved under other limits takes the current ones
+    for shot in pending_shots(story, out_dir, from_shot):
+        # earlier shots are finished; a bank saved under other limits takes the current ones
         bank = initial if shot.index == 0 else _windowed(MemoryBank.load(folder.bank(shot.index - 1)), options)
         if on_shot is not None:
             on_shot(shot.index, len(shots), shot.prompt)
@@ -267,7 +273,7 @@ def _generate(shot, bank: MemoryBank, models: StoryModels, options: StoryOptions
         models.m2v, models.vae, context, context_null, bank.image_list(), options.frames, width * height,
         replace(options.m2v, seed=seed),
         first_frame=tail[-1] if mode == "mi2v" else None,
-        motion_frames=tail[-TAIL_FRAMES:] if mode == "mm2v" else None,
+        motion_frames=tail[-MOTION_FRAMES:] if mode == "mm2v" else None,
         fix_mem=options.fixed_memory if options.mark_fixed_memory else None,
         on_step=on_step,
     )
@@ -284,7 +290,7 @@ def _persist(folder: StoryFolder, shot_index: int, frames: torch.Tensor, bank: M
     write_mp4(frames, folder.video(shot_index), fps=fps)
     tail_dir = folder.tail(shot_index)
     tail_dir.mkdir(parents=True, exist_ok=True)
-    for i, frame in enumerate(frames[-TAIL_FRAMES:]):
+    for i, frame in enumerate(frames[-MOTION_FRAMES:]):
         save_image(frame, tail_dir / f"{i}.png")
     bank.save(folder.bank(shot_index))  # last: marks the shot finished
 

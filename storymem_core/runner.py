@@ -32,7 +32,6 @@ from .wan.text_encoder import ParkedTextEncoder, TextEncoder
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class ModelRole:
     """One file a story needs: its folder, the name patterns it goes by, and the name to tell a user."""
@@ -40,6 +39,7 @@ class ModelRole:
     folder: str
     patterns: tuple[str, ...]
     usual_name: str
+    other_folders: tuple[str, ...] = ()  # also searched, e.g. where the nodes list the same file
 
 
 ROLES = {
@@ -53,7 +53,7 @@ ROLES = {
     "vae": ModelRole("vae", ("wan_2.1_vae*", "wan2.1_vae*"), "wan_2.1_vae.safetensors"),
     "clip": ModelRole("clip_vision", ("open_clip*", "*vit*b*32*clip*", "*clip*vit*b*32*"), "open_clip_model.safetensors (timm/vit_base_patch32_clip_224.openai)"),
     "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"), "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
-    "hpsv3": ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)"),
+    "hpsv3": ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)", ("clip_vision",)),
 }
 
 
@@ -64,7 +64,7 @@ def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
 
 def _find(root: Path, role: str) -> Path | None:
     spec = ROLES[role]
-    folders = [root / name for name in (spec.folder, *LEGACY_FOLDERS.get(spec.folder, ()))]
+    folders = [root / name for name in (spec.folder, *LEGACY_FOLDERS.get(spec.folder, ()), *spec.other_folders)]
     candidates = sorted(p for folder in folders for p in folder.rglob("*") if p.is_file() and _matches(p, spec.patterns))
     if len(candidates) > 1:
         log.info("%s: using %s of %d matching files", role, candidates[0].name, len(candidates))
@@ -129,6 +129,9 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
     width, height = options.size_wh
     tokens = shot_tokens(options.max_memory, options.frames, width * height)
     scorer = _quality_scorer(files, load.device)  # first: HPSv3 takes GPU memory the experts' offload plan must see
+    keyframe_encoder = load_keyframe_encoder(files["clip"], load.open_clip_name, load.device)
+    if isinstance(scorer, AestheticHead):
+        scorer.check_fits(keyframe_encoder)  # before the experts load, not after the first shot
     m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, ("lora_high", "lora_low"))
     t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, None) if options.first_shot == "t2v" else None
     text = load_text_encoder(files["text_encoder"], auto_dtype(load.device))
@@ -137,7 +140,7 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
         text_encoder=text_encoder,
         vae=load_vae(files["vae"], auto_dtype(load.device)),  # on the CPU: a shot takes it to the GPU to encode and decode
         m2v=m2v,
-        keyframe_encoder=load_keyframe_encoder(files["clip"], load.open_clip_name, load.device),
+        keyframe_encoder=keyframe_encoder,
         t2v=t2v,
         aesthetic_scorer=scorer,
     )

@@ -7,7 +7,7 @@ are uint8 [H, W, 3], and the result is the decoded video in [-1, 1].
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -175,7 +175,3 @@ def shot_tokens(memory_count: int, frame_num: int, pixel_area: int) -> int:
     """DiT tokens of a shot with `memory_count` memory frames: latent frames x patches per frame (what
     activation memory grows with)."""
     return (memory_count + latent_frame_count(frame_num)) * pixel_area // PIXELS_PER_TOKEN
-
-
-def with_seed(settings: SamplerSettings, seed: int) -> SamplerSettings:
-    return replace(settings, seed=seed)

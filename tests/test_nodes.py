@@ -445,6 +445,28 @@ def test_story_runner_generates_and_resumes(pack):
     assert Path(reseeded).parent != story_folder and shots_and_banks() == finished
 
 
+def test_story_runner_bar_counts_only_the_shots_it_makes(pack, monkeypatch):
+    story = call("StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])[0][0]
+    arguments = dict(story=story, model=pack.m2v, **models(pack), first_shot="t2v", continuation="mi2v", seed=3, cfg=3.5, fps=8,
+                     max_size=4, fixed=1, output_folder="runner-bar", from_shot=0, t2v_model=pack.t2v, **SHOT)
+    bars = []
+
+    class Bar:
+        def __init__(self, total: int, description: str):
+            self.total, self.shown = total, []
+            bars.append(self)
+
+        def update(self, value: int, total: int) -> None:
+            self.shown.append(value)
+
+    monkeypatch.setattr(host.current(), "progress", Bar)
+    call("StoryMemStoryRunner", **arguments)
+    call("StoryMemStoryRunner", **(arguments | {"from_shot": len(story.shots)}))
+    steps = SHOT["steps"]
+    assert [bar.total for bar in bars] == [len(story.shots) * steps, steps]
+    assert all(bar.shown[-1] == bar.total for bar in bars)
+
+
 def test_story_runner_needs_the_t2v_experts_for_a_t2v_first_shot(pack):
     story = call("StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])[0][0]
     with pytest.raises(StoryMemError, match="t2v_model is not connected"):

@@ -21,7 +21,7 @@ from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryFolder
 from storymem_core.runner import ROLES, find_model_files, options_from_args, required_roles
 from storymem_core.sampling import SamplerSettings
-from storymem_core.tiny_models import write_reference_images, write_tiny_models
+from storymem_core.tiny_models import AESTHETIC_FILE, write_reference_images, write_tiny_models
 from storymem_core.video import load_image, read_mp4
 from tests.golden_data import cases
 from tests.test_nodes import files_under as snapshot
@@ -299,17 +299,32 @@ def test_t2v_experts_leave_the_device_after_the_first_shot(tmp_path, models_dir,
     assert parked == ["t2v"]
 
 
-@pytest.mark.parametrize("package,checkpoint,expected", [(True, True, "hpsv3"), (True, False, "aesthetic"), (False, True, "aesthetic")])
+@pytest.mark.parametrize("package,checkpoint,expected", [
+    (True, "hpsv3", "hpsv3"), (True, "clip_vision", "hpsv3"), (True, None, "aesthetic"), (False, "hpsv3", "aesthetic"),
+])
 def test_auto_quality_takes_hpsv3_only_with_its_package_and_checkpoint(tmp_path, monkeypatch, package, checkpoint, expected):
     from storymem_core import runner
 
-    if checkpoint:
-        (tmp_path / "hpsv3").mkdir()
-        (tmp_path / "hpsv3" / "HPSv3.safetensors").write_bytes(b"")
+    if checkpoint:  # hpsv3/ as the CLI's own folder, clip_vision/ where the nodes list it
+        (tmp_path / checkpoint).mkdir()
+        (tmp_path / checkpoint / "HPSv3.safetensors").write_bytes(b"")
     find_spec = runner.importlib.util.find_spec
     monkeypatch.setattr(runner.importlib.util, "find_spec", lambda name: object() if name == "hpsv3" and package else find_spec(name))
     assert runner.quality_model("auto", tmp_path) == expected
     assert runner.quality_model("off", tmp_path) is None
+
+
+def test_an_aesthetic_head_for_another_clip_is_refused_before_any_shot(tmp_path, models_dir, capsys, monkeypatch):
+    from storymem_core import pipeline
+
+    monkeypatch.setattr(pipeline, "_generate", lambda *args, **kwargs: pytest.fail("a shot was generated before the refusal"))
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    torch.save({"weight": torch.zeros(1, 768), "bias": torch.zeros(1)}, models / "clip_vision" / AESTHETIC_FILE)
+    out = tmp_path / "out"
+    assert main(["story", str(story_script(tmp_path, 1)), "--models-dir", str(models), "--out", str(out), *TINY]) == 2
+    assert "expects 768-d CLIP embeddings but the encoder gives" in capsys.readouterr().err
+    assert not list(out.rglob("*.mp4"))
 
 
 def test_hpsv3_quality_without_its_package_says_how_to_install(tmp_path, models_dir, monkeypatch, capsys):
