@@ -23,7 +23,6 @@ from storymem_core.runner import ROLES, find_model_files, options_from_args, req
 from storymem_core.sampling import SamplerSettings
 from storymem_core.tiny_models import AESTHETIC_FILE, write_reference_images, write_tiny_models
 from storymem_core.video import load_image, read_mp4
-from tests.golden_data import cases
 from tests.test_nodes import files_under as snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,12 +337,9 @@ def test_hpsv3_quality_without_its_package_says_how_to_install(tmp_path, models_
     assert "pip install hpsv3" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", cases("m2v_"))
-def test_memory_shots_default_to_storymem_m2v_sampling(path):
-    """StoryMem's wan_m2v_A14B.py samples 40 steps, shift 4, boundary 0.9, guide 3.5, as the golden cases were made;
-    the story command without sampler flags and a bare SamplerSettings() (generate_memory_shot's default) both do."""
-    config = json.loads(path.read_text())
-    reference = SamplerSettings(steps=40, shift=config["shift"], boundary=config["boundary"],
-                                guide_low=config["guide_scale"], guide_high=config["guide_scale"])
+def test_memory_shots_default_to_storymem_m2v_sampling():
+    """StoryMem's wan_m2v_A14B.py samples 40 steps, shift 4, boundary 0.9, guide 3.5 for both experts; the story
+    command without sampler flags and a bare SamplerSettings() (generate_memory_shot's default) both do."""
+    reference = SamplerSettings(steps=40, shift=4.0, solver="unipc", boundary=0.9, guide_low=3.5, guide_high=3.5)
     args = _parser().parse_args(["story", "story.json", "--models-dir", "models", "--out", "out"])
     assert options_from_args(args).m2v == SamplerSettings() == reference
