@@ -46,7 +46,7 @@ class LoadWanExperts:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, high_noise_model: str, low_noise_model: str, weight_dtype: str, offload: str, compile: bool = False):
+    def load(self, high_noise_model: str, low_noise_model: str, weight_dtype: str, offload: str, compile: bool = False) -> tuple:
         device = host.device()
         high, low, placement = load_expert_pair(
             host.model_path("diffusion_models", high_noise_model), host.model_path("diffusion_models", low_noise_model),
@@ -81,7 +81,7 @@ class LoadStoryMemLora:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, model: WanExperts, lora_high_noise: str, lora_low_noise: str, strength: float):
+    def load(self, model: WanExperts, lora_high_noise: str, lora_low_noise: str, strength: float) -> tuple:
         model.require("i2v", "The StoryMem LoRA")
         weights = {"high": _read_lora(lora_high_noise, strength, model.high), "low": _read_lora(lora_low_noise, strength, model.low)}
         return (model.with_lora(LoraSpec(f"{lora_high_noise} + {lora_low_noise}", strength, weights)),)
@@ -105,7 +105,7 @@ class AddWanLora:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, model: WanExperts, lora: str, strength: float, experts: str):
+    def load(self, model: WanExperts, lora: str, strength: float, experts: str) -> tuple:
         targets = ("high", "low") if experts == "both" else (experts,)
         # entries for layers Wan2.2 lacks (a Wan2.1 speed LoRA's image cross-attention) are logged and skipped, as ComfyUI does
         weights = {expert: _read_lora(lora, strength, getattr(model, expert), strict=False) for expert in targets}
@@ -128,7 +128,7 @@ class LoadTextEncoder:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, text_encoder: str, weight_dtype: str):
+    def load(self, text_encoder: str, weight_dtype: str) -> tuple:
         dtype = DTYPES.get(weight_dtype, auto_dtype(host.device()))
         encoder = load_text_encoder(host.model_path("text_encoders", text_encoder), dtype)
         return (TextModel(encoder, text_encoder),)
@@ -150,7 +150,7 @@ class LoadVAE:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, vae: str, weight_dtype: str):
+    def load(self, vae: str, weight_dtype: str) -> tuple:
         return (load_vae(host.model_path("vae", vae), DTYPES[weight_dtype]),)
 
 
@@ -175,7 +175,7 @@ class LoadKeyframeEncoder:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, clip_model: str, open_clip_name: str, aesthetic_head: str):
+    def load(self, clip_model: str, open_clip_name: str, aesthetic_head: str) -> tuple:
         encoder = load_keyframe_encoder(host.model_path("clip_vision", clip_model), open_clip_name, host.device())
         scorer = None
         if aesthetic_head != NO_AESTHETIC_HEAD:

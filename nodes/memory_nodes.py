@@ -60,7 +60,7 @@ class EmptyBank:
     FUNCTION = "create"
     CATEGORY = CATEGORY
 
-    def create(self, max_size: int, fixed: int):
+    def create(self, max_size: int, fixed: int) -> dict:
         bank = MemoryBank((), max_size, fixed)
         return with_bank_ui(bank, bank)
 
@@ -86,7 +86,7 @@ class BankFromImages:
     FUNCTION = "create"
     CATEGORY = CATEGORY
 
-    def create(self, images: torch.Tensor, width: int, height: int, max_size: int, fixed: int, memory: MemoryBank | None = None):
+    def create(self, images: torch.Tensor, width: int, height: int, max_size: int, fixed: int, memory: MemoryBank | None = None) -> dict:
         references = []
         for i, frame in enumerate(image_batch_to_frames(images)):
             fitted = ImageOps.fit(Image.fromarray(frame.numpy()), (width, height), Image.BICUBIC)
@@ -114,7 +114,7 @@ class LoadBank:
         manifest = host.storymem_path(f"{bank}/{BANK_FILE}")
         return f"{manifest}:{manifest.stat().st_mtime_ns}"
 
-    def load(self, bank: str):
+    def load(self, bank: str) -> dict:
         loaded = MemoryBank.load(host.storymem_path(bank))
         return with_bank_ui(loaded, loaded)
 
@@ -136,7 +136,7 @@ class SaveBank:
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
 
-    def save(self, memory: MemoryBank, name: str):
+    def save(self, memory: MemoryBank, name: str) -> dict:
         if not name.strip():
             raise MemoryBankError("bank name is empty: give a relative folder name such as banks/my_story.")
         memory.save(host.save_dir() / host.output_name(name, "bank name", "banks/my_story", MemoryBankError))
@@ -160,7 +160,7 @@ class EditBank:
     FUNCTION = "edit"
     CATEGORY = CATEGORY
 
-    def edit(self, memory: MemoryBank, action: str, index: int):
+    def edit(self, memory: MemoryBank, action: str, index: int) -> dict:
         edited = getattr(memory, action)(index)
         return with_bank_ui(edited, edited)
 
@@ -179,7 +179,7 @@ class PreviewBank:
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
 
-    def preview(self, memory: MemoryBank):
+    def preview(self, memory: MemoryBank) -> dict:
         sheet = torch.from_numpy(np.asarray(memory.contact_sheet()).copy())[None]
         images = memory.image_list()
         if not images:
@@ -211,7 +211,7 @@ class SelectKeyframes:
     FUNCTION = "select"
     CATEGORY = CATEGORY
 
-    def select(self, frames: torch.Tensor, memory: MemoryBank, keyframe_encoder: KeyframeModel, shot_number: int | None = None):
+    def select(self, frames: torch.Tensor, memory: MemoryBank, keyframe_encoder: KeyframeModel, shot_number: int | None = None) -> dict:
         shot_index = None if shot_number is None else shot_number - 1
         bank = add_shot_keyframes(image_batch_to_frames(frames), memory, keyframe_encoder, shot_index)
         return with_bank_ui(bank, bank)

@@ -50,7 +50,7 @@ class CombineShots:
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
 
-    def combine(self, shot_1: torch.Tensor, fps: int, save_video: bool, filename_prefix: str, **shots: torch.Tensor):
+    def combine(self, shot_1: torch.Tensor, fps: int, save_video: bool, filename_prefix: str, **shots: torch.Tensor) -> dict:
         ordered = [("shot_1", shot_1)] + sorted(shots.items(), key=lambda item: int(item[0].split("_")[1]))
         size = tuple(shot_1.shape[1:3])
         for name, frames in ordered:

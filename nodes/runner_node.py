@@ -22,6 +22,7 @@ from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import T2V_SETTINGS
 from storymem_core.story import Story
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames, read_mp4
+from storymem_core.wan.vae import WanVAE
 
 from . import host
 from . import inputs
@@ -83,10 +84,10 @@ class StoryRunner:
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
 
-    def run(self, story: Story, model: WanExperts, text_encoder: TextModel, vae, keyframe_encoder: KeyframeModel,
+    def run(self, story: Story, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel,
             first_shot: str, continuation: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
             width: int, height: int, frames: int, fps: int, max_size: int, fixed: int, output_folder: str, from_shot: int,
-            t2v_model: WanExperts | None = None, reference_images: torch.Tensor | None = None, negative_prompt: str = ""):
+            t2v_model: WanExperts | None = None, reference_images: torch.Tensor | None = None, negative_prompt: str = "") -> dict:
         model.require("i2v", "Story Runner")
         if from_shot > len(story.shots):
             raise StoryMemError(f"from_shot {from_shot} is not a shot of '{story.name}' (it has shots 1 to {len(story.shots)}): use 0 to continue, or one of those.")

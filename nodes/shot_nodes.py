@@ -16,6 +16,7 @@ from storymem_core.pipeline import StoryOptions
 from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import T2V_SETTINGS, encode_prompts, generate_memory_shot, generate_text_shot
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames, trim_conditioning_frames, video_to_frames
+from storymem_core.wan.vae import WanVAE
 
 from . import host
 from . import inputs
@@ -107,9 +108,9 @@ class FirstShot:
     FUNCTION = "generate"
     CATEGORY = CATEGORY
 
-    def generate(self, model: WanExperts, text_encoder: TextModel, vae, keyframe_encoder: KeyframeModel, memory: MemoryBank,
+    def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel, memory: MemoryBank,
                  prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float, solver: str,
-                 width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None):
+                 width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None) -> dict:
         model.require("t2v", "First Shot")
         check_size(width, height)
         _check_prompt(prompt)
@@ -156,10 +157,10 @@ class MemoryShot:
     FUNCTION = "generate"
     CATEGORY = CATEGORY
 
-    def generate(self, model: WanExperts, text_encoder: TextModel, vae, keyframe_encoder: KeyframeModel, memory: MemoryBank,
+    def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel, memory: MemoryBank,
                  prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
                  width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
-                 negative_prompt: str = "", shot_number: int | None = None):
+                 negative_prompt: str = "", shot_number: int | None = None) -> dict:
         model.require("i2v", "StoryMem Shot")
         check_size(width, height)
         mode = resolve_mode(mode, cut, previous_frames is not None)

@@ -63,7 +63,7 @@ class StoryScript:
         path = host.storymem_path(script_file)
         return f"{path}:{path.stat().st_mtime_ns}"
 
-    def read(self, script_file: str, script: str):
+    def read(self, script_file: str, script: str) -> dict:
         story = loads_story(script) if script_file == SCRIPT_TEXT else load_story(host.storymem_path(script_file))
         return {"ui": {"storymem_shots": _shot_list(story)}, "result": (story, len(story.shots), story.overview)}
 
@@ -88,7 +88,7 @@ class StoryShot:
     FUNCTION = "pick"
     CATEGORY = CATEGORY
 
-    def pick(self, story: Story, shot_number: int):
+    def pick(self, story: Story, shot_number: int) -> tuple:
         shots = story.shots
         if not 1 <= shot_number <= len(shots):
             raise StoryScriptError(f"shot_number {shot_number} does not exist: '{story.name}' has shots 1 to {len(shots)}.")
