@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from storymem_core.errors import MemoryBankError
 from storymem_core.keyframes import select_keyframes
 from storymem_core.memory import BANK_FILE, Keyframe, MemoryBank
-from storymem_core.video import frames_to_image_batch, image_batch_to_frames
+from storymem_core.video import fit_image, frames_to_image_batch, image_batch_to_frames
 
 from . import host
 from .inputs import memory_size, shot_number, size
@@ -89,8 +89,7 @@ class BankFromImages:
     def create(self, images: torch.Tensor, width: int, height: int, max_size: int, fixed: int, memory: MemoryBank | None = None) -> dict:
         references = []
         for i, frame in enumerate(image_batch_to_frames(images)):
-            fitted = ImageOps.fit(Image.fromarray(frame.numpy()), (width, height), Image.BICUBIC)
-            references.append(Keyframe(torch.from_numpy(np.asarray(fitted).copy()), frame_index=i, source="reference"))
+            references.append(Keyframe(fit_image(frame, (width, height)), frame_index=i, source="reference"))
         start = () if memory is None else memory.keyframes
         bank = MemoryBank(start, max_size, fixed).add(references)
         return with_bank_ui(bank, bank)

@@ -29,7 +29,7 @@ from .sampling import ExpertPair, SamplerSettings
 from .shot import T2V_SETTINGS, PromptEncoder, encode_prompts, generate_memory_shot, generate_text_shot
 from .story import Shot, Story
 from .video import (
-    atomic_write_path, concat_videos, load_image, save_image, trim_conditioning_frames, video_to_frames, write_mp4,
+    atomic_write_path, concat_videos, fit_image, load_image, save_image, trim_conditioning_frames, video_to_frames, write_mp4,
 )
 from .wan.vae import WanVAE
 
@@ -135,6 +135,13 @@ class MemorySettings:
         return cls(initial.max_size, initial.fixed, _sha256(initial.image_list()))
 
     @classmethod
+    def of_unrecorded(cls, options: StoryOptions, reference_images: list[torch.Tensor] | None) -> MemorySettings:
+        """What `of_bank` gives for a folder started with these values before settings were recorded: its initial
+        bank held the references as given (not fitted), windowed to the limits."""
+        references = (reference_images or []) if options.first_shot == "mr2v" else []
+        return cls.of_bank(MemoryBank.from_images(references, max_size=options.max_memory, fixed=options.fixed_memory))
+
+    @classmethod
     def load(cls, folder: StoryFolder) -> MemorySettings | None:
         """The settings recorded in the folder, None where there are none."""
         path = folder.memory_settings
@@ -163,9 +170,10 @@ def check_story_folder(out_dir: str | os.PathLike, options: StoryOptions, refere
     a plain re-run with other memory options or references, or changed references from a shot after the first."""
     folder = StoryFolder(Path(out_dir))
     recorded = MemorySettings.load(folder)
+    current = MemorySettings.of(options, reference_images)
     if recorded is None and folder.bank(-1).is_dir():
         recorded = MemorySettings.of_bank(MemoryBank.load(folder.bank(-1)))
-    current = MemorySettings.of(options, reference_images)
+        current = MemorySettings.of_unrecorded(options, reference_images)
     if recorded is None or recorded == current:
         return
     where = f"the story in {folder.root}"
@@ -219,9 +227,10 @@ def run_story(
         frames = _generate(shot, bank, models, options, folder, on_step)
         bank_after = _remember(frames, shot.index, bank, models)
         _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
+        # the settings first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
+        MemorySettings.of(options, reference_images).save(folder)  # once the banks made with other settings are gone
         if shot.index == 0:
             initial.save(folder.bank(-1))
-        MemorySettings.of(options, reference_images).save(folder)  # once the banks made with other settings are gone
         _persist(folder, shot.index, frames, bank_after, options.fps)
     concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
     MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet().save(folder.contact_sheet)
@@ -242,7 +251,8 @@ def _initial_bank(options: StoryOptions, reference_images: list[torch.Tensor] | 
     if options.first_shot == "mr2v":
         if not reference_images:
             raise ConditioningError("An MR2V story needs reference images: pass --reference IMAGE (one or more).")
-        return MemoryBank.from_images(reference_images, max_size=options.max_memory, fixed=options.fixed_memory)
+        fitted = [fit_image(image, options.size_wh) for image in reference_images]
+        return MemoryBank.from_images(fitted, max_size=options.max_memory, fixed=options.fixed_memory)
     return MemoryBank(keyframes=(), max_size=options.max_memory, fixed=options.fixed_memory)
 
 

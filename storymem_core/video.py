@@ -230,6 +230,13 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(np.asarray(rgb).copy())
 
 
+def fit_image(image: torch.Tensor, size_wh: tuple[int, int]) -> torch.Tensor:
+    """uint8 [H, W, 3] center-cropped to the aspect ratio of `size_wh` and resized (bicubic) to it: references of
+    any shape then give shots of the story's size, whichever keyframe the memory window keeps first."""
+    fitted = ImageOps.fit(Image.fromarray(image.numpy()), tuple(size_wh), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(fitted).copy())
+
+
 def save_image(frame: torch.Tensor, path: str | os.PathLike) -> Path:
     """Write one uint8 frame [H, W, 3] atomically, in the format its suffix names (.png, .jpg, ...)."""
     check_frames(frame[None] if isinstance(frame, torch.Tensor) else frame, f"the image for {path}")

@@ -112,6 +112,31 @@ def mr2v_argv(tmp_path: Path, models_dir: Path, references: str, shots: int = 2)
     return argv + [arg for name in names for arg in ("--reference", str(tmp_path / references / name))]
 
 
+def test_references_of_any_shape_give_shots_of_the_story_size(tmp_path, models_dir):
+    tall = write_reference_images(tmp_path / "tall", count=1, size=(32, 64), seed=1)[0]
+    wide = write_reference_images(tmp_path / "wide", count=1, size=(64, 32), seed=2)[0]
+    argv = ["story", str(story_script(tmp_path, 3)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), "--m2v-first-shot",
+            *TINY, "--max-memory", "2", "--fixed-memory", "0", "--reference", str(tmp_path / "tall" / tall), "--reference", str(tmp_path / "wide" / wide)]
+    assert main(argv) == 0
+    folder = StoryFolder(tmp_path / "out")
+    assert [tuple(image.shape) for image in MemoryBank.load(folder.bank(-1)).image_list()] == [(32, 32, 3)] * 2
+    assert all(read_mp4(folder.video(index)).shape[1:] == (32, 32, 3) for index in range(3))
+
+
+def test_a_story_started_before_settings_were_recorded_resumes(tmp_path, models_dir):
+    """Such a folder's initial bank holds the references as given, windowed: 3 references under max memory 2 keep 2."""
+    names = write_reference_images(tmp_path / "refs", count=3, size=(32, 32), seed=4)
+    references = [arg for name in names for arg in ("--reference", str(tmp_path / "refs" / name))]
+    argv = ["story", str(story_script(tmp_path, 2)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), "--m2v-first-shot",
+            *TINY, "--max-memory", "2", "--fixed-memory", "1", *references]
+    assert main(argv) == 0
+    folder = StoryFolder(tmp_path / "out")
+    folder.memory_settings.unlink()  # as the story command left folders before it recorded settings
+    folder.video(1).unlink()  # stopped before its last shot
+    assert len(MemoryBank.load(folder.bank(-1))) == 2
+    assert main(argv) == 0 and folder.is_finished(1)
+
+
 @pytest.mark.parametrize("change,fragment", [
     (["--max-memory", "1", "--fixed-memory", "0"], "--max-memory 1 differs from the 10 the story in"),
     (["--fixed-memory", "0"], "--fixed-memory 0 differs from the 3 the story in"),
