@@ -126,8 +126,7 @@ class MemorySettings:
 
     @classmethod
     def of(cls, options: StoryOptions, reference_images: list[torch.Tensor] | None) -> MemorySettings:
-        references = (reference_images or []) if options.first_shot == "mr2v" else []
-        return cls(options.max_memory, options.fixed_memory, _sha256(references))
+        return cls(options.max_memory, options.fixed_memory, _sha256(_references(options, reference_images)))
 
     @classmethod
     def of_bank(cls, initial: MemoryBank) -> MemorySettings:
@@ -138,7 +137,7 @@ class MemorySettings:
     def of_unrecorded(cls, options: StoryOptions, reference_images: list[torch.Tensor] | None) -> MemorySettings:
         """What `of_bank` gives for a folder started with these values before settings were recorded: its initial
         bank held the references as given (not fitted), windowed to the limits."""
-        references = (reference_images or []) if options.first_shot == "mr2v" else []
+        references = _references(options, reference_images)
         return cls.of_bank(MemoryBank.from_images(references, max_size=options.max_memory, fixed=options.fixed_memory))
 
     @classmethod
@@ -158,6 +157,11 @@ class MemorySettings:
         if MemorySettings.load(folder) != self:
             with atomic_write_path(folder.memory_settings) as temp:
                 temp.write_text(json.dumps(asdict(self), indent=1))
+
+
+def _references(options: StoryOptions, reference_images: list[torch.Tensor] | None) -> list[torch.Tensor]:
+    """The references a story's memory starts from: only an MR2V story has any."""
+    return (reference_images or []) if options.first_shot == "mr2v" else []
 
 
 def _sha256(images: list[torch.Tensor]) -> tuple[str, ...]:
@@ -216,6 +220,7 @@ def run_story(
     options.check()
     check_story_folder(out_dir, options, reference_images, from_shot)
     initial = _initial_bank(options, reference_images)
+    settings = MemorySettings.of(options, reference_images)
     folder = StoryFolder(Path(out_dir))
     folder.root.mkdir(parents=True, exist_ok=True)
     shots = story.shots
@@ -228,7 +233,7 @@ def run_story(
         bank_after = _remember(frames, shot.index, bank, models)
         _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
         # the settings first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
-        MemorySettings.of(options, reference_images).save(folder)  # once the banks made with other settings are gone
+        settings.save(folder)  # once the banks made with other settings are gone
         if shot.index == 0:
             initial.save(folder.bank(-1))
         _persist(folder, shot.index, frames, bank_after, options.fps)
