@@ -49,18 +49,22 @@ def build_random_dit(config: DiTConfig, device: torch.device, seed: int = 0) -> 
     with torch.device("meta"):
         model = WanDiT(config)
     model.cast_weights(torch.bfloat16).to_empty(device=device)
-    generator = torch.Generator(device).manual_seed(seed)
+    return randomize_(model, config.dim, torch.Generator(device).manual_seed(seed)).eval()
+
+
+def randomize_(model: nn.Module, dim: int, generator: torch.Generator) -> nn.Module:
+    """Random weights in place, by Wan parameter names (also the reference model's, benchmarks/reference_dit.py)."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("modulation"):
-                param.normal_(0, config.dim**-0.5, generator=generator)
+                param.normal_(0, dim**-0.5, generator=generator)
             elif param.dim() >= 2:  # fan-in scaling keeps activations O(1) through 40 layers
                 param.normal_(0, param[0].numel() ** -0.5, generator=generator)
             elif "norm" in name and name.endswith("weight"):
                 param.normal_(1, 0.02, generator=generator)
             else:
                 param.normal_(0, 0.02, generator=generator)
-    return model.eval()
+    return model
 
 
 def latent_frames(memory_frames: int) -> int:

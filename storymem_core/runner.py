@@ -248,7 +248,7 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     start = None if from_shot is None else from_shot - 1
     check_story_folder(out, options, reference_images or None, start)
     files = find_model_files(models_dir, required_roles(options.first_shot, quality_model(load.quality, models_dir)))
-    log.info("attention backend: %s", attention.BACKEND)
+    log.info("attention backend: %s", attention.backend_name(load.device))
     models = load_story_models(files, options, load)
     progress = StoryProgress(story)
     try:
