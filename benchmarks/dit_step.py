@@ -298,12 +298,13 @@ def main() -> None:
     print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params in {time.perf_counter() - start:.1f} s on {device}"
           f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__})", flush=True)
     bench = Bench(model, device, args.repeats, args.json, height, width)
-    engine_priority = attention_module.sdpa_priority
+    engine_priority, installed_flash = attention_module.sdpa_priority, attention_module.INSTALLED
     top_m = max(args.memory)
     if device.type == "cuda":
-        print(f"engine attention priority: {engine_priority(device)}", flush=True)
+        print(f"engine attention: {attention_module.backend_name(device)}", flush=True)
 
     if "sdpa" not in args.skip:
+        attention_module.INSTALLED = ()  # SDPA's kernels, even where a flash-attn package would be used
         for name, priority in SDPA_VARIANTS.items():
             attention_module.sdpa_priority = lambda _device, priority=priority: priority
             try:
@@ -311,7 +312,7 @@ def main() -> None:
             except RuntimeError as error:  # a kernel that rejects these inputs
                 row = {"variant": f"bf16 sdpa {name}", "M": top_m, "error": str(error).splitlines()[0]}
             bench.record(row)
-        attention_module.sdpa_priority = engine_priority
+        attention_module.sdpa_priority, attention_module.INSTALLED = engine_priority, installed_flash
 
     reference = None
     for m in args.memory:
@@ -320,13 +321,13 @@ def main() -> None:
         if out is not None:
             reference = out
     if "sdpa" not in args.skip and device.type == "cuda":  # kernels agree to bf16 rounding?
-        attention_module.sdpa_priority = lambda _device: SDPA_VARIANTS["flash"]
+        attention_module.sdpa_priority, attention_module.INSTALLED = (lambda _device: SDPA_VARIANTS["flash"]), ()
         x, t, context, y = dit_inputs(config, top_m, 1, device, height, width)
         with torch.no_grad():
             flash_out = model(x, t, context, y)
         bench.record({"variant": "engine vs flash attention", "M": top_m, "rel_err": relative_error(reference, flash_out)})
         del flash_out
-        attention_module.sdpa_priority = engine_priority
+        attention_module.sdpa_priority, attention_module.INSTALLED = engine_priority, installed_flash
 
     if "fused" not in args.skip:
         with FusedQKV(model):

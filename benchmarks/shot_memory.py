@@ -3,7 +3,8 @@
 Run on a GPU from the repo root:  python -m benchmarks.shot_memory --json out.json --markdown out.md
 Two random A14B i2v experts (bf16, then fp8) run a few denoising steps of the real sampling loop
 (`storymem_core.sampling.denoise`: CFG, expert switch at the boundary) in these modes:
-  resident[-fp8]            both experts on the GPU (the fastest possible, no switch cost)
+  resident[-fp8]            both experts on the GPU (the fastest possible, no switch cost);
+                            resident-fp8-compiled adds `WanDiT.compile_blocks()`
   swap[-fp8][-compiled]     `BlockSwapDiT` experts under a VRAM cap with `ExpertPair(offload=True)`, so never
                             both on the GPU; -compiled adds `WanDiT.compile_blocks()`
 A whole shot (40 steps) is extrapolated as 40 x the measured mean step time, plus a tiled VAE decode of the
@@ -16,11 +17,12 @@ import argparse
 import gc
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
-from benchmarks.dit_step import GIB, HEIGHT, WIDTH, build_random_dit, dit_inputs, latent_frames, synchronize, timed, tokens
+from benchmarks.dit_step import GIB, HEIGHT, WIDTH, CompiledBlocks, build_random_dit, dit_inputs, latent_frames, synchronize, timed, tokens
 from storymem_core.offload import BlockSwapDiT
 from storymem_core.sampling import ExpertPair, SamplerSettings, denoise, seeded_noise
 from storymem_core.wan.dit import DiTConfig
@@ -102,7 +104,7 @@ def vae_decodes(device: torch.device, tiles: list[tuple[int, int] | None]) -> li
     for dtype in (torch.bfloat16, torch.float32):
         vae = random_vae(device, dtype)
         for tile in tiles:
-            seconds, first, peak = timed(lambda: vae.decode(latent, tile), device, repeats=1)
+            seconds, first, peak = timed(lambda vae=vae, tile=tile: vae.decode(latent, tile), device, repeats=1)
             rows.append({"mode": "vae decode", "dtype": str(dtype).removeprefix("torch."), "tile": tile, "seconds": seconds[0],
                          "first_call_s": first, "peak_gib": peak, "reserved_peak_gib": torch.cuda.max_memory_reserved(device) / GIB})
         del vae
@@ -115,6 +117,7 @@ MODES = {  # name: (fp8 weights, block swap, compiled blocks)
     "swap": (False, True, False),
     "swap-compiled": (False, True, True),
     "resident-fp8": (True, False, False),
+    "resident-fp8-compiled": (True, False, True),
     "swap-fp8": (True, True, False),
     "swap-fp8-compiled": (True, True, True),
 }
@@ -170,10 +173,11 @@ def main() -> None:
                         "gpu_gib_left": torch.cuda.memory_allocated(device) / GIB})
                 torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib / total_gib), device)
                 swapped = True
-            if compiled:
-                for model in (high, low):
-                    (model.dit if swap else model).compile_blocks()
-            result = run_steps(ExpertPair(high, low, device, offload=swap), config, args.memory, args.steps, args.batch_cfg, device)
+            with ExitStack() as compiled_blocks:  # undone after the mode, so the next one runs as named
+                if compiled:
+                    for model in (high, low):
+                        compiled_blocks.enter_context(CompiledBlocks(model.dit if swap else model))
+                result = run_steps(ExpertPair(high, low, device, offload=swap), config, args.memory, args.steps, args.batch_cfg, device)
             record({"mode": mode, "cfg": cfg, **({"cap_gib": args.cap_gib, "prefetch": args.prefetch} if swap else {}), **result})
         if swapped:
             high.to("cpu"), low.to("cpu")
