@@ -67,3 +67,13 @@ def test_flash_attention_op_matches_sdpa_and_compiles_into_one_graph(gpu, monkey
     compiled = torch.compile(block, backend=count_graphs, fullgraph=True)
     assert torch.equal(compiled(q, k, v), block(q, k, v))
     assert len(graphs) == 1
+
+
+def test_a_broken_flash_attn_install_is_skipped_with_a_warning(monkeypatch, caplog):
+    def broken_import(name):
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(attention_module.importlib, "import_module", broken_import)
+    with caplog.at_level("WARNING"):
+        assert attention_module._import("flash_attn.cute") is None
+    assert "flash_attn.cute is installed but does not import" in caplog.text

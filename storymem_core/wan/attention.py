@@ -9,12 +9,15 @@ scaled_dot_product_attention, with cuDNN's kernel first on Hopper. Figures: docs
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+log = logging.getLogger(__name__)
 
 HOPPER = 9
 HOPPER_SDPA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -38,6 +41,9 @@ def _import(module: str) -> Callable | None:
     try:
         return importlib.import_module(module).flash_attn_func
     except (ImportError, AttributeError):  # flash-attn 4 alone leaves `flash_attn` a namespace without it
+        return None
+    except Exception as error:  # installed but broken (a CUDA library it needs, say): run without it
+        log.warning("%s is installed but does not import (%s); StoryMem runs without it.", module, error)
         return None
 
 
