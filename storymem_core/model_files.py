@@ -8,6 +8,7 @@ which fixes the head count). A file may also carry its config as JSON in the saf
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,11 +23,14 @@ from .offload import BlockSwapDiT, resolve_offload
 from .checkpoints import KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, CheckpointInfo, count_blocks, describe, detect, fit_faults, load_model, model_shapes
 from .errors import CheckpointError
 from .keyframes import OpenClipEncoder
+from .wan.attention import backend_name
 from .wan.dit import DiTConfig, WanDiT
 from .wan.t5 import T5Config, UMT5Encoder
 from .wan.text_encoder import TextEncoder
 from .wan.tokenizer import UMT5Tokenizer
 from .wan.vae import VAEConfig, WanVAE
+
+log = logging.getLogger(__name__)
 
 CONFIG_KEY = "storymem_config"
 DTYPES = dict(zip(WEIGHT_DTYPE_NAMES, (torch.bfloat16, torch.float16, torch.float32)))
@@ -172,6 +176,8 @@ def load_expert_pair(
         pair = [dit.compile_blocks() for dit in pair]
     if placement == "blocks":
         pair = [BlockSwapDiT(dit) for dit in pair]
+    log.info("Wan experts: placement %s, attention %s%s", placement, backend_name(device),
+             ", compiled blocks" if compile_blocks and device.type == "cuda" else "")
     return pair[0], pair[1], placement
 
 

@@ -26,7 +26,6 @@ from .sampling import ExpertPair, SamplerSettings
 from .shot import shot_tokens
 from .story import Story, load_story
 from .video import load_image
-from .wan import attention
 from .wan.text_encoder import ParkedTextEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -248,7 +247,6 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     start = None if from_shot is None else from_shot - 1
     check_story_folder(out, options, reference_images or None, start)
     files = find_model_files(models_dir, required_roles(options.first_shot, quality_model(load.quality, models_dir)))
-    log.info("attention backend: %s", attention.backend_name(load.device))
     models = load_story_models(files, options, load)
     progress = StoryProgress(story)
     try:
