@@ -1,9 +1,10 @@
 """One attention entry point for the whole engine; the kernel is chosen per GPU generation.
 
 Half-precision CUDA inputs go to the fastest installed flash-attn that suits the GPU: flash-attn 4
-(`pip install flash-attn-4`, Hopper and Blackwell; 1.19x cuDNN on an H200), flash-attn 3 (Hopper), flash-attn 2
-(any GPU but Hopper, where cuDNN's SDPA kernel is 1.6x faster than it). Otherwise torch's
-scaled_dot_product_attention, with cuDNN's kernel first on Hopper. Figures: docs/benchmarks.md.
+(`pip install flash-attn-4`, Hopper and Blackwell; 1.19x faster than cuDNN on an H200), flash-attn 3
+(Hopper), flash-attn 2 (any GPU but Hopper, where cuDNN's SDPA kernel is 1.6x faster than it).
+Otherwise torch's scaled_dot_product_attention, with cuDNN's kernel first on Hopper.
+Figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
