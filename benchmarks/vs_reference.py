@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import importlib.util
 import sys
 import types
@@ -25,12 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.dit_step import CompiledBlocks, dit_inputs, forward_flops, median, randomize_, relative_error, timed, tokens
+from benchmarks.dit_step import HEIGHT, WIDTH, Bench, CompiledBlocks, dit_inputs, randomize_, relative_error
 from storymem_core.wan import attention as attention_module
 from storymem_core.wan.dit import DiTConfig, WanDiT
-
-GIB = 2**30
-
 
 def sdpa_flash_attention(q, k, v, q_lens=None, k_lens=None, *args, **kwargs):
     """Stands in for the reference's flash_attention: [B, L, N, D] in bf16 through torch SDPA (no padding here)."""
@@ -98,38 +94,16 @@ def engine_from(reference: nn.Module, config: DiTConfig, device: torch.device) -
     return model.eval().requires_grad_(False)
 
 
-class Run:
-    def __init__(self, config: DiTConfig, device: torch.device, repeats: int, json_path: Path | None):
-        self.config, self.device, self.repeats, self.json_path = config, device, repeats, json_path
-        self.rows: list[dict] = []
+class ReferenceCall:
+    """The reference model called as Bench calls our DiT: (x, t, context, y) batches of one, bf16 autocast."""
 
-    def record(self, row: dict) -> dict:
-        self.rows.append(row)
-        print(json.dumps(row), flush=True)
-        if self.json_path:
-            self.json_path.write_text(json.dumps(self.rows, indent=1))
-        return row
+    def __init__(self, model: nn.Module, config: DiTConfig):
+        self.model, self.config = model, config
 
-    def measure(self, name: str, forward, memory_frames: int) -> tuple[dict, torch.Tensor]:
-        x, t, context, y = dit_inputs(self.config, memory_frames, 1, self.device)
-        out: list[torch.Tensor] = []
-
-        def run():
-            with torch.no_grad():
-                out[:] = [forward(x, t, context, y)]
-
-        seconds, first, peak = timed(run, self.device, self.repeats)
-        length = tokens(self.config, memory_frames)
-        row = self.record({"variant": name, "M": memory_frames, "tokens": length, "seconds": median(seconds), "all_seconds": seconds,
-                           "first_call_s": first, "tflops": forward_flops(self.config, length) / median(seconds) / 1e12, "peak_gib": peak})
-        return row, out[0].float().cpu()
-
-
-def reference_forward(model: nn.Module):
-    def forward(x, t, context, y):
+    def __call__(self, x, t, context, y):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return model([x[0]], t=t, context=[context[0]], seq_len=x.shape[2] * x.shape[3] * x.shape[4] // 4, y=[y[0]])[0][None]
-    return forward
+            seq_len = x.shape[2] * x.shape[3] * x.shape[4] // 4  # tokens of a (1, 2, 2) patch grid
+            return self.model([x[0]], t=t, context=[context[0]], seq_len=seq_len, y=[y[0]])[0][None]
 
 
 def profile_forward(forward, config: DiTConfig, memory_frames: int, device: torch.device, path: Path) -> None:
@@ -169,51 +143,52 @@ def main() -> None:
     device = torch.device("cuda")
     config, top_m = DiTConfig.a14b("i2v"), max(args.memory)
     module = load_reference(args.reference_root)
-    run = Run(config, device, args.repeats, args.json)
-    run.record({"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
-                "flash-attn installed": [kernel.name for kernel, _ in attention_module.INSTALLED]})
+    bench = Bench(ReferenceCall(build_reference(module, config, device, torch.float32), config), device, args.repeats, args.json, HEIGHT, WIDTH)
+    bench.record({"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
+                  "flash-attn installed": [kernel.name for kernel, _ in attention_module.INSTALLED]})
 
-    reference = build_reference(module, config, device, torch.float32)
-    outputs = {}
+    outputs, seconds = {}, {}  # seconds[(what, M)]
+
+    def measure(variant: str, memory_frames: int, key: str) -> torch.Tensor:
+        row, out = bench.forward(variant, memory_frames, keep_output=True)
+        bench.record(row)
+        seconds[(key, memory_frames)] = row["seconds"]
+        return out
+
     for m in args.memory:
-        row, outputs[m] = run.measure("reference, fp32 params + bf16 autocast", reference_forward(reference), m)
-    engine = engine_from(reference, config, device)
-    del reference
+        outputs[m] = measure("reference, fp32 params + bf16 autocast", m, "reference")
+    engine = engine_from(bench.model.model, config, device)
+    bench.model = engine  # the reference's float32 weights go
     torch.cuda.empty_cache()
 
-    seconds = {}
     backend = attention_module.backend_name(device)
     for m in args.memory:
-        row, out = run.measure(f"engine bf16, eager, {backend}", engine, m)
-        seconds[("eager", m)] = row["seconds"]
+        out = measure(f"engine bf16, eager, {backend}", m, "eager")
         if m == top_m:
-            run.record({"variant": "engine eager vs reference output", "M": m, "rel_err": relative_error(out, outputs[m])})
+            bench.record({"variant": "engine eager vs reference output", "M": m, "rel_err": relative_error(out, outputs[m])})
     with CompiledBlocks(engine):
         for m in args.memory:
-            row, out = run.measure(f"engine bf16, compile_blocks(), {backend}", engine, m)
-            seconds[("compiled", m)] = row["seconds"]
+            out = measure(f"engine bf16, compile_blocks(), {backend}", m, "compiled")
             if m == top_m:
-                run.record({"variant": "engine compiled vs reference output", "M": m, "rel_err": relative_error(out, outputs[m])})
+                bench.record({"variant": "engine compiled vs reference output", "M": m, "rel_err": relative_error(out, outputs[m])})
         if args.profile:
             profile_forward(engine, config, top_m, device, args.profile)
         if attention_module.INSTALLED:  # the same compiled engine on torch SDPA, for the flash-attn gain
             installed, attention_module.INSTALLED = attention_module.INSTALLED, ()
             try:
                 for m in args.memory:
-                    row, out = run.measure(f"engine bf16, compile_blocks(), {attention_module.backend_name(device)}", engine, m)
-                    seconds[("compiled sdpa", m)] = row["seconds"]
+                    measure(f"engine bf16, compile_blocks(), {attention_module.backend_name(device)}", m, "compiled sdpa")
             finally:
                 attention_module.INSTALLED = installed
-    del engine
+    del engine, out
+    bench.model = None
     torch.cuda.empty_cache()
 
-    reference = build_reference(module, config, device, torch.bfloat16)
-    row, _ = run.measure("reference, bf16 params + bf16 autocast", reference_forward(reference), top_m)
-    for r in list(run.rows):
-        if r.get("variant", "").startswith("reference, fp32"):
-            m = r["M"]
-            run.record({"variant": "ratio reference / engine", "M": m, **{
-                name: r["seconds"] / value for (name, m_), value in seconds.items() if m_ == m}})
+    bench.model = ReferenceCall(build_reference(module, config, device, torch.bfloat16), config)
+    measure("reference, bf16 params + bf16 autocast", top_m, "reference, bf16 params")
+    for m in args.memory:
+        bench.record({"variant": "ratio reference / engine", "M": m, **{
+            key: seconds[("reference", m)] / value for (key, m_), value in seconds.items() if m_ == m and not key.startswith("reference")}})
 
 
 if __name__ == "__main__":
