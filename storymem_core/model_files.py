@@ -7,8 +7,10 @@ which fixes the head count). A file may also carry its config as JSON in the saf
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -227,6 +229,7 @@ def inspect_main(paths: list[str]) -> int:
 
 
 _registered_clip_configs: dict[str, str] = {}
+_clip_config_dir: Path | None = None  # open_clip re-reads every registered file on each registration: kept until exit
 
 
 def load_keyframe_encoder(path: str | Path, model_name: str, device: torch.device) -> OpenClipEncoder:
@@ -241,10 +244,14 @@ def _register_clip_config(config: dict) -> str:
     """open_clip builds models by registered config name: register a stored config once, under a name of its content."""
     import open_clip
 
+    global _clip_config_dir
     text = json.dumps(config, sort_keys=True)
     if text not in _registered_clip_configs:
+        if _clip_config_dir is None:
+            _clip_config_dir = Path(tempfile.mkdtemp(prefix="storymem-clip-"))
+            atexit.register(shutil.rmtree, _clip_config_dir, ignore_errors=True)
         name = f"storymem-stored-{len(_registered_clip_configs)}"
-        config_file = Path(tempfile.mkdtemp(prefix="storymem-clip-")) / f"{name}.json"
+        config_file = _clip_config_dir / f"{name}.json"
         config_file.write_text(text)
         open_clip.add_model_config(config_file)
         _registered_clip_configs[text] = name
