@@ -77,3 +77,10 @@ def test_a_broken_flash_attn_install_is_skipped_with_a_warning(monkeypatch, capl
     with caplog.at_level("WARNING"):
         assert attention_module._import("flash_attn.cute") is None
     assert "flash_attn.cute is installed but does not import" in caplog.text
+
+
+def test_torch_without_sdpa_priorities_keeps_its_own_kernel_order(gpu, monkeypatch):
+    device = gpu(9, [])
+    monkeypatch.setattr(attention_module, "SDPA_TAKES_PRIORITY", False)
+    assert attention_module.sdpa_priority(device) is None
+    assert attention_module.backend_name(device) == "torch SDPA"
