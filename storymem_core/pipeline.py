@@ -169,27 +169,29 @@ def _sha256(images: list[torch.Tensor]) -> tuple[str, ...]:
 
 
 def check_story_folder(out_dir: str | os.PathLike, options: StoryOptions, reference_images: list[torch.Tensor] | None = None,
-                       from_shot: int | None = None) -> None:
+                       from_shot: int | None = None) -> MemorySettings:
     """Refuse, before anything loads or is written, a run into a started story whose memory it would not continue:
-    a plain re-run with other memory options or references, or changed references from a shot after the first."""
+    a plain re-run with other memory options or references, or changed references from a shot after the first.
+    Returns the settings this run records."""
     folder = StoryFolder(Path(out_dir))
     recorded = MemorySettings.load(folder)
-    current = MemorySettings.of(options, reference_images)
+    settings = current = MemorySettings.of(options, reference_images)
     if recorded is None and folder.bank(-1).is_dir():
         recorded = MemorySettings.of_bank(MemoryBank.load(folder.bank(-1)))
         current = MemorySettings.of_unrecorded(options, reference_images)
     if recorded is None or recorded == current:
-        return
+        return settings
     where = f"the story in {folder.root}"
     if recorded.reference_sha256 != current.reference_sha256 and from_shot != 0:
         raise StoryMemError(f"the --reference images differ from those {where} was started with: pass the same ones to continue it, "
                             "--from-shot 1 to remake it from the new ones, or a new --out folder.")
     if from_shot is not None:
-        return  # --from-shot remakes its shots with the new memory options
+        return settings  # --from-shot remakes its shots with the new memory options
     for flag, old, new in (("--max-memory", recorded.max_memory, current.max_memory), ("--fixed-memory", recorded.fixed_memory, current.fixed_memory)):
         if old != new:
             raise StoryMemError(f"{flag} {new} differs from the {old} {where} was made with: pass {flag} {old} to continue it, "
                                 f"--from-shot N to remake shot N and after with {new}, or a new --out folder.")
+    return settings
 
 
 def pending_shots(story: Story, out_dir: str | os.PathLike, from_shot: int | None = None) -> tuple[Shot, ...]:
@@ -218,9 +220,8 @@ def run_story(
     generated shot and `on_step(step, steps)` after each sampling step (it may raise to interrupt).
     """
     options.check()
-    check_story_folder(out_dir, options, reference_images, from_shot)
+    settings = check_story_folder(out_dir, options, reference_images, from_shot)
     initial = _initial_bank(options, reference_images)
-    settings = MemorySettings.of(options, reference_images)
     folder = StoryFolder(Path(out_dir))
     folder.root.mkdir(parents=True, exist_ok=True)
     shots = story.shots
