@@ -31,8 +31,8 @@ from storymem_core.errors import (
 )
 from storymem_core.memory import BANK_FILE, MemoryBank
 from storymem_core.story import loads_story
-from tests.test_nodes import SHOT, call, files_under, image_batch, models, pack, reference_bank, same, snapshot  # noqa: F401 (pack is a fixture)
-from tests.test_story import BAD_SCRIPTS, VALID
+from test_nodes import SHOT, call, files_under, image_batch, models, pack, reference_bank, same, snapshot  # noqa: F401 (pack is a fixture)
+from test_story import BAD_SCRIPTS, VALID
 
 SCRIPT = json.dumps(VALID)
 

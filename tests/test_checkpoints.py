@@ -21,9 +21,9 @@ from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_per_tensor
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
 from storymem_core.wan.vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD, VAEConfig
-from tests.golden_data import case_paths, cases, golden_dir, load_case, manifests, vae_case, with_prefix
-from tests.test_dit import build_dit, run_case
-from tests.test_vae import build_vae
+from golden_data import case_paths, cases, golden_dir, load_case, manifests, vae_case, with_prefix
+from test_dit import build_dit, run_case
+from test_vae import build_vae
 
 COMFY_PREFIX = "model.diffusion_model."
 # fp8 e4m3 keeps 3 mantissa bits; test_fp8 measured 0.2-0.3% on the tiny golden DiTs

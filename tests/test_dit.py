@@ -5,7 +5,7 @@ import torch
 
 from storymem_core.errors import ConditioningError
 from storymem_core.wan.dit import DiTConfig, WanDiT
-from tests.golden_data import cases, load_case, with_prefix
+from golden_data import cases, load_case, with_prefix
 
 
 def build_dit(case_config: dict, weights: dict) -> WanDiT:

@@ -30,8 +30,8 @@ from storymem_core.shot import memory_advice
 from storymem_core.story import loads_story
 from storymem_core.video import load_image, read_mp4, save_image, write_mp4
 from storymem_core.wan.text_encoder import TextEncoder
-from tests.test_nodes import SHOT, call, files_under, first_shot, image_batch, memory_shot, models, pack, reference_bank  # noqa: F401 (pack is a fixture)
-from tests.test_story import VALID
+from test_nodes import SHOT, call, files_under, first_shot, image_batch, memory_shot, models, pack, reference_bank  # noqa: F401 (pack is a fixture)
+from test_story import VALID
 
 STEPS = 3
 FORWARDS_PER_STEP = 2  # CFG as two calls: conditional and unconditional

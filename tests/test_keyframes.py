@@ -20,7 +20,7 @@ from storymem_core.keyframes import (
     select_keyframes,
 )
 from storymem_core.memory import MemoryBank
-from tests.golden_data import golden_dir
+from golden_data import golden_dir
 
 TINY_CLIP = "storymem-test-tiny-clip"
 TINY_CONFIG = {

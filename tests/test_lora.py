@@ -12,7 +12,7 @@ from storymem_core.errors import CheckpointError
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import quantize_dit_to_fp8
-from tests.golden_data import cases, load_case, with_prefix
+from golden_data import cases, load_case, with_prefix
 
 
 def base_model(config: dict, tensors: dict) -> WanDiT:

@@ -14,7 +14,7 @@ from storymem_core.sampling import ExpertPair, SamplerSettings, seeded_noise
 from storymem_core.shot import generate_memory_shot, generate_text_shot
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.vae import VAEConfig, WanVAE
-from tests.golden_data import cases, dit_config_for, golden_dir, load_case, vae_case, with_prefix
+from golden_data import cases, dit_config_for, golden_dir, load_case, vae_case, with_prefix
 
 MASK_CHANNELS = 4
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from storymem_core.errors import MemoryBankError
 from storymem_core.memory import BANK_FILE, Keyframe, MemoryBank
-from tests.golden_data import golden_dir
+from golden_data import golden_dir
 
 
 def frame(value: int, height: int = 4, width: int = 6) -> torch.Tensor:

@@ -26,7 +26,7 @@ from storymem_core.wan.t5 import T5Config
 from storymem_core.wan.vae import WanVAE
 from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
 from storymem_core import tiny_models as tiny
-from tests.golden_data import manifests
+from golden_data import manifests
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 CUSTOM_TYPES = (BANK, MODEL, STORY, TEXT_ENCODER, VAE, KEYFRAME_ENCODER)

@@ -17,9 +17,9 @@ from storymem_core.memory import MemoryBank
 from storymem_core.story import Story, loads_story, parse_story
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
-from tests.test_checkpoints import hf_t5_names
-from tests.test_memory import indices, keyframes
-from tests.test_story import VALID
+from test_checkpoints import hf_t5_names
+from test_memory import indices, keyframes
+from test_story import VALID
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 JSON = st.recursive(

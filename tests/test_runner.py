@@ -23,7 +23,7 @@ from storymem_core.runner import ROLES, find_model_files, options_from_args, req
 from storymem_core.sampling import SamplerSettings
 from storymem_core.tiny_models import AESTHETIC_FILE, write_reference_images, write_tiny_models
 from storymem_core.video import load_image, read_mp4
-from tests.test_nodes import files_under as snapshot
+from test_nodes import files_under as snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 5

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from storymem_core.errors import SamplerError
 from storymem_core.solvers import SOLVERS, make_solver
-from tests.golden_data import case_paths, load_case
+from golden_data import case_paths, load_case
 
 SCHEDULE_KEY = re.compile(r"^(?P<solver>.+)_(?P<steps>\d+)_(?P<shift>[0-9.]+)\.timesteps$")
 TRAJECTORY_KEY = re.compile(r"^(?P<solver>.+)_traj\.start$")

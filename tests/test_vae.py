@@ -6,7 +6,7 @@ import torch
 
 from storymem_core.errors import ConditioningError
 from storymem_core.wan.vae import VAEConfig, WanVAE
-from tests.golden_data import cases, load_case, manifests, vae_case, with_prefix
+from golden_data import cases, load_case, manifests, vae_case, with_prefix
 
 TOLERANCE = dict(atol=1e-4, rtol=1e-4)
 

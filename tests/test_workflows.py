@@ -15,7 +15,7 @@ from nodes import host
 from storymem_core.memory import MemoryBank
 from storymem_core.video import read_mp4
 from storymem_core import tiny_models as tiny
-from tests.graph_runner import (
+from graph_runner import (
     CONTROL_VALUES, VIRTUAL_NODES, GraphError, GraphRunner, input_specs, load_image_node, ui_to_api, validate, widget_slots,
 )
 
