@@ -8,6 +8,7 @@ import sys
 
 from .errors import GenerationInterrupted, StoryMemError
 from .choices import OFFLOAD_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
+from .story import shown_text
 
 
 def _add_story_options(parser: argparse.ArgumentParser) -> None:
@@ -89,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(args.out, seed=args.seed)
     except GenerationInterrupted as error:
-        print(f"stopped: {error}", file=sys.stderr)
+        print(f"stopped: {shown_text(str(error))}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("stopped: every finished shot is saved; run the same command again to continue.", file=sys.stderr)
         return 130
     except StoryMemError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {shown_text(str(error))}", file=sys.stderr)
         return 2

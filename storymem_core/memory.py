@@ -33,6 +33,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import MemoryBankError, WriteError
+from .video import ordinary_permissions
 
 BANK_FILE = "bank.json"
 BANK_FORMAT = "storymem-memory-bank"
@@ -179,6 +180,7 @@ class MemoryBank:
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+            ordinary_permissions(staging)
         except OSError as error:
             raise _write_error(folder, error) from None
         try:

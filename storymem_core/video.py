@@ -84,6 +84,19 @@ def trim_conditioning_frames(frames: torch.Tensor, mode: str) -> torch.Tensor:
     return frames[given:]
 
 
+@lru_cache(maxsize=None)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_permissions(path: str | os.PathLike) -> None:
+    """Give a temp file or folder the mode open() / mkdir() would have (0644 / 0755 under the usual umask) instead of
+    mkstemp's and mkdtemp's private 0600 / 0700, so what a story writes reads the same whichever way it was written."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` only if the block succeeds."""
@@ -92,6 +105,7 @@ def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
+        ordinary_permissions(temp)
     except OSError as error:
         raise _write_error(path, error) from None
     try:
