@@ -110,6 +110,7 @@ def denoise(
 ) -> torch.Tensor:
     """Integrate from `noise` [16, T, h, w] to a clean latent. `on_step(i, total)` reports progress and may
     raise to stop (interruption is checked between steps, never mid-step)."""
+    settings.check()
     solver = make_solver(settings.solver, settings.steps, settings.shift, NUM_TRAIN_TIMESTEPS)
     boundary_t = settings.boundary * NUM_TRAIN_TIMESTEPS
     device = experts.device

@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from .model_files import CONFIG_KEY
+from .video import ordinary_permissions
 from .wan.dit import DiTConfig, WanDiT
 from .wan.t5 import T5Config, UMT5Encoder
 from .wan.vae import VAEConfig, WanVAE
@@ -59,6 +60,7 @@ def _save(tensors: dict[str, torch.Tensor], path: Path, config: dict | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = None if config is None else {CONFIG_KEY: json.dumps(config)}
     save_file({name: t.detach().contiguous() for name, t in tensors.items()}, str(path), metadata=metadata)
+    ordinary_permissions(path)  # safetensors writes 0600
 
 
 def _dit(in_dim: int, seed: int) -> tuple[dict[str, torch.Tensor], dict]:
