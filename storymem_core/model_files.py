@@ -68,6 +68,8 @@ def stored_config(path: str | Path, kind: str) -> dict | None:
 
 def _opened(path: Path, kinds: tuple[str, ...], expected: str) -> Checkpoint:
     checkpoint = Checkpoint(path)
+    if checkpoint.info.kind == "unknown" and checkpoint.info.problems:
+        checkpoint.raise_problems()  # what it is not says more than "not a model this pack reads"
     if checkpoint.info.kind not in kinds:
         raise CheckpointError(f"{path.name} is {KIND_NAMES[checkpoint.info.kind]}, not {expected}: pick the right file in this loader.")
     checkpoint.raise_problems()
