@@ -62,7 +62,8 @@ def _one_of(*rules: Rule) -> Rule:
 SCHEMAS: dict[str, dict[str, Rule]] = {
     "dit": {
         "model_type": _choice("t2v", "i2v"), "patch_size": _items(_whole(1, 64), 3, 3), "text_len": _whole(1, 4096),
-        "in_dim": _whole(1, CHANNELS), "dim": _whole(1, WIDTH), "ffn_dim": _whole(1, WIDTH), "freq_dim": _whole(2, WIDTH),
+        "in_dim": _whole(1, CHANNELS), "dim": _whole(1, WIDTH), "ffn_dim": _whole(1, WIDTH),
+        "freq_dim": _whole(2, WIDTH),
         "text_dim": _whole(1, WIDTH), "out_dim": _whole(1, CHANNELS), "num_heads": _whole(1, HEADS),
         "num_layers": _whole(1, LAYERS), "window_size": _items(_whole(-1, 1 << 20), 2, 2), "qk_norm": _flag,
         "cross_attn_norm": _flag, "eps": _number(0, 1),
@@ -80,7 +81,8 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
     "clip-vision": {"embed_dim": _whole(1, WIDTH), "quick_gelu": _flag},
     "clip-vision tower": {
         "image_size": _one_of(_whole(1, 4096), _items(_whole(1, 4096), 2, 2)), "layers": _whole(1, LAYERS),
-        "width": _whole(1, WIDTH), "patch_size": _whole(1, 4096), "head_width": _whole(1, WIDTH), "mlp_ratio": _number(0.01, 64),
+        "width": _whole(1, WIDTH), "patch_size": _whole(1, 4096), "head_width": _whole(1, WIDTH),
+        "mlp_ratio": _number(0.01, 64),
     },
 }
 REQUIRED = {
@@ -107,7 +109,8 @@ def _check_fields(values: Any, kind: str, source: str, where: str = "") -> None:
 
 def _divides(values: Mapping, width: str, heads: str, source: str, where: str = "") -> None:
     if width in values and heads in values and values[width] % values[heads]:
-        raise _refused(source, f"{where}{width} {values[width]} is not a whole number of {where}{heads} ({values[heads]})")
+        problem = f"{where}{width} {values[width]} is not a whole number of {where}{heads} ({values[heads]})"
+        raise _refused(source, problem)
 
 
 def checked_sizes(values: Any, kind: str, source: str) -> Any:

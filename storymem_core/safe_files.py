@@ -62,7 +62,8 @@ def check_file(path: str | os.PathLike, kind: str, error: type[StoryMemError], w
         info = os.stat(path)
     except OSError as failure:
         if failure.errno == errno.ELOOP:
-            raise error(f"{what} {path} is a symbolic link that loops back on itself: point the link at the real file.") from None
+            raise error(f"{what} {path} is a symbolic link that loops back on itself: "
+                        "point the link at the real file.") from None
         if failure.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
             return path  # missing: the caller names what belongs there
         raise error(f"{what} {path} cannot be opened ({failure.strerror}): check its permissions.") from None
@@ -83,7 +84,8 @@ def read_bytes(path: str | os.PathLike, kind: str, error: type[StoryMemError], w
         _check_stat(info, path, kind, error, what or kind)
         data = handle.read(SIZE_LIMITS[kind] + 1)
     if len(data) > SIZE_LIMITS[kind]:
-        raise error(f"{what or kind} {path} grew past {_size(SIZE_LIMITS[kind])} while it was read: check that this is the right file.")
+        raise error(f"{what or kind} {path} grew past {_size(SIZE_LIMITS[kind])} while it was read: "
+                    "check that this is the right file.")
     return data
 
 
@@ -92,8 +94,8 @@ def open_image(path: str | os.PathLike, error: type[StoryMemError], what: str = 
     """A PIL image, opened (header only) after `check_file`, refused when its header declares more pixels than any
     real photo has. A missing or unreadable file raises PIL's OSError, for the caller to put in its words."""
     path = check_file(path, "image", error, what)
-    bomb = (f"{what} {path} declares more than {MAX_IMAGE_PIXELS // 1_000_000} million pixels, more than any real photo "
-            "(a decompression bomb or a damaged header): use a smaller PNG or JPEG.")
+    bomb = (f"{what} {path} declares more than {MAX_IMAGE_PIXELS // 1_000_000} million pixels, more than any real "
+            "photo (a decompression bomb or a damaged header): use a smaller PNG or JPEG.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:

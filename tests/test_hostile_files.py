@@ -37,7 +37,8 @@ TIMEOUT_S = 120
 PROGRESS_BAR = re.compile(r"\|\s*\d+/\d+ \[")  # tqdm: "story:   0%|          | 0/2 [00:00<?, ?shot/s]"
 TINY = ["--size", "32x32", "--frames", "5", "--steps", "1", "--device", "cpu", "--quality", "off"]
 SCRIPT = {"story_name": "Lantern", "story_overview": "A keeper lights the lamp.",
-          "scenes": [{"scene_num": 1, "video_prompts": ["A keeper climbs the stairs.", "The lamp is lit."], "cut": [True, True]}]}
+          "scenes": [{"scene_num": 1, "video_prompts": ["A keeper climbs the stairs.", "The lamp is lit."],
+                      "cut": [True, True]}]}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,8 @@ def cli(argv: list[str], capsys, release: list[Path] = ()) -> tuple[int, str, st
 
 def assert_refused(code: int, err: str, named: str, fix: str) -> None:
     """Exit 2 with one or two lines (besides progress-bar redraws) naming the input and the fix, no traceback."""
-    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and not PROGRESS_BAR.search(line) and not line.startswith("\x1b")]
+    lines = [line for line in re.split(r"[\r\n]", err)
+             if line.strip() and not PROGRESS_BAR.search(line) and not line.startswith("\x1b")]
     assert code == 2, err
     assert "Traceback" not in err
     assert 1 <= len(lines) <= 2, err
@@ -141,7 +143,8 @@ def test_hostile_story_script_is_refused(tmp_path, capsys, models, command, make
     skip_without_fifo()
     script = make(tmp_path / "story.json")
     out = tmp_path / "out"
-    argv = ["validate", str(script)] if command == "validate" else ["story", str(script), "--models-dir", str(models), "--out", str(out), *TINY]
+    story = ["story", str(script), "--models-dir", str(models), "--out", str(out), *TINY]
+    argv = ["validate", str(script)] if command == "validate" else story
     before = snapshot(models)
     code, _, err = cli(argv, capsys, release=[script] if make is fifo else [])
     assert_refused(code, err, str(script), TOO_LARGE if "larger" in fragment else fragment)
@@ -207,7 +210,8 @@ def test_hostile_bank_file_in_a_story_folder_is_refused(tmp_path, capsys, models
     folder = StoryFolder(out)
     folder.video(1).unlink()
     bank = folder.bank(0)
-    victim = bank / ("bank.json" if target == "bank.json" else json.loads((bank / "bank.json").read_text())["keyframes"][0]["file"])
+    keyframe = json.loads((bank / "bank.json").read_text())["keyframes"][0]["file"]
+    victim = bank / ("bank.json" if target == "bank.json" else keyframe)
     victim.unlink()
     make(victim)
     before, models_before = snapshot(out), snapshot(models)
@@ -258,6 +262,10 @@ def write_pth(data: bytes | Callable[[bytes], bytes]) -> Callable[[Path], None]:
     return make
 
 
+def with_alpha(alpha: torch.Tensor) -> Callable[[Path], None]:
+    return lambda path: torch.save({**torch.load(path), "base_model.model.blocks.0.self_attn.q.alpha": alpha}, path)
+
+
 DIT = f"diffusion_models/{tiny.I2V_HIGH}"
 LORA = "loras/" + tiny.STORYMEM_LORA_HIGH
 DOCTORED = [  # (file under the models folder, how it is changed, a fragment of the reason inspect and the story give)
@@ -271,10 +279,8 @@ DOCTORED = [  # (file under the models folder, how it is changed, a fragment of 
     pytest.param(f"vae/{tiny.VAE_FILE}", with_config(dim_mult=[1] * 1000), "dim_mult", id="vae-config-absurd"),
     pytest.param(f"text_encoders/{tiny.TEXT_ENCODER}", replaced("token_embedding.weight", torch.zeros(128)),
                  "'token_embedding.weight' of shape [128]", id="umt5-anchor-rank"),
-    pytest.param(LORA, lambda path: torch.save({**torch.load(path), "base_model.model.blocks.0.self_attn.q.alpha": torch.ones(3)}, path),
-                 "not one number", id="lora-alpha-not-scalar"),
-    pytest.param(LORA, lambda path: torch.save({**torch.load(path), "base_model.model.blocks.0.self_attn.q.alpha": torch.tensor(float("nan"))}, path),
-                 "where a LoRA stores a single finite alpha", id="lora-alpha-nan"),
+    pytest.param(LORA, with_alpha(torch.ones(3)), "not one number", id="lora-alpha-not-scalar"),
+    pytest.param(LORA, with_alpha(torch.tensor(float("nan"))), "where a LoRA stores a single finite alpha", id="lora-alpha-nan"),
     pytest.param(LORA, write_pth(b"this is not a checkpoint\n"), "not a PyTorch checkpoint (it holds text", id="pth-text"),
     pytest.param(LORA, write_pth(bytes(4096)), "not a PyTorch checkpoint (it starts with zero bytes", id="pth-zeros"),
     pytest.param(LORA, write_pth(lambda data: data[: len(data) // 2]), "cut-off or damaged zip archive", id="pth-truncated-zip"),
