@@ -24,6 +24,7 @@ from .model_files import auto_dtype, load_expert_pair, load_keyframe_encoder, lo
 from .pipeline import StoryModels, StoryOptions, run_story
 from .sampling import ExpertPair, SamplerSettings
 from .shot import shot_tokens
+from .safe_files import files_under
 from .story import Story, load_story, shown_text
 from .story_folder import check_output_folder
 from .video import load_image
@@ -65,7 +66,7 @@ def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
 def _find(root: Path, role: str) -> Path | None:
     spec = ROLES[role]
     folders = [root / name for name in (spec.folder, *LEGACY_FOLDERS.get(spec.folder, ()), *spec.other_folders)]
-    candidates = sorted(p for folder in folders for p in folder.rglob("*") if p.is_file() and _matches(p, spec.patterns))
+    candidates = sorted(p for folder in folders for p in files_under(folder) if p.is_file() and _matches(p, spec.patterns))
     if len(candidates) > 1:
         log.info("%s: using %s of %d matching files", role, candidates[0].name, len(candidates))
     return candidates[0] if candidates else None

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoryScriptError
+from .safe_files import read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +211,13 @@ def _decode(text: str, source: str) -> Any:
 
 def _read_text(path: str | os.PathLike) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
+        return read_bytes(path, "story script", StoryScriptError).decode("utf-8")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise _fail(str(path), "no story script file is there", "check the path") from None
     except UnicodeDecodeError:
         raise _fail(str(path), "the file is not UTF-8 text", "save it as UTF-8") from None
+    except PermissionError:
+        raise _fail(str(path), "the file cannot be read (permission denied)", "make it readable") from None
 
 
 def loads_story(text: str, source: str = "<text>") -> Story:

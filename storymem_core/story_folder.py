@@ -212,6 +212,9 @@ def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[
     where = f"the story in {folder.root}"
     _check_record(folder, state.record, where, from_shot)
     _check_memory(folder, state.memory, max_memory, fixed_memory, references, where, from_shot)
+    pending = pending_shots(story, folder.root, from_shot)
+    if pending and pending[0].index > 0:
+        MemoryBank.load(folder.bank(pending[0].index - 1))  # a damaged bank is reported before any model loads
     return state
 
 

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 
 from .conditioning import MOTION_FRAMES
 from .errors import ConditioningError, StoryMemError, WriteError
+from .safe_files import check_file, open_image
 
 # frames at the start of a shot that were given as conditioning, not generated (dropped before saving)
 GIVEN_FRAMES = {"m2v": 0, "mi2v": 1, "mm2v": MOTION_FRAMES}
@@ -203,7 +204,7 @@ def write_mp4(frames: torch.Tensor, path: str | os.PathLike, fps: float = 16) ->
 
 def _decoded_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
     """RGB frames of the first video stream of `path`, one at a time."""
-    if not Path(path).is_file():
+    if not check_file(path, "video", ConditioningError).is_file():
         raise ConditioningError(f"video {path} does not exist: check the path (or regenerate the shot).")
     try:
         with av.open(str(path)) as container:
@@ -235,7 +236,7 @@ def concat_videos(paths: list[str | os.PathLike], out_path: str | os.PathLike, f
 def load_image(path: str | os.PathLike) -> torch.Tensor:
     """An image file as uint8 [H, W, 3] RGB, turned upright as its EXIF orientation says (phone photos)."""
     try:
-        with Image.open(path) as image:
+        with open_image(path, ConditioningError) as image:
             rgb = ImageOps.exif_transpose(image).convert("RGB")
     except FileNotFoundError:
         raise ConditioningError(f"image {path} does not exist: check the path.") from None
