@@ -142,13 +142,14 @@ class TrimFrames:
         return (images[given_frames:],)
 
 
-def add_storymem_lora(model, path, strength: float):
+def add_storymem_lora(model, path, strength: float, alpha: float | None = None):
     """A clone of a ComfyUI MODEL with the LoRA at `path` (StoryMem .pth or any Wan LoRA file) as weight patches.
 
     The LoRA goes through the same conversion as `convert-lora` (rsLoRA scale in alpha), then ComfyUI's
     own loader and patching, so it works on fp8, fp16 and GGUF models and stacks with other LoRAs.
+    `alpha` overrides the file's (a peft .pth stores none: StoryMem trains with alpha = rank).
     """
-    tensors = comfy_lora_tensors(load_lora(path))
+    tensors = comfy_lora_tensors(load_lora(path, alpha=alpha))
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     modules = {name.rsplit(".", 1)[0].removesuffix(".lora_down").removesuffix(".lora_up") for name in tensors}
     unmatched = sorted(m for m in modules if m not in key_map)
@@ -173,6 +174,10 @@ class StoryMemLora:
             "model": ("MODEL", {"tooltip": "A Wan2.2 I2V-A14B expert (high or low noise)."}),
             "lora_name": model_file("loras", "The StoryMem LoRA of this expert, e.g. StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth"),
             "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip": "1.0 as trained."}),
+        }, "optional": {
+            "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 1.0, "advanced": True,
+                                "tooltip": "0: the file's alpha, or the rank for a peft .pth (StoryMem's release). Set it for a peft "
+                                           "LoRA trained with another lora_alpha."}),
         }}
 
     RETURN_TYPES = ("MODEL",)
@@ -181,8 +186,8 @@ class StoryMemLora:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, model, lora_name: str, strength: float) -> tuple:
-        return (add_storymem_lora(model, host.model_path("loras", lora_name), strength),)
+    def load(self, model, lora_name: str, strength: float, alpha: float = 0.0) -> tuple:
+        return (add_storymem_lora(model, host.model_path("loras", lora_name), strength, alpha or None),)
 
 
 def _frame_ids(positions: torch.Tensor, grid: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:

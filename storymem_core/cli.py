@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("source", metavar="IN.pth")
     convert.add_argument("target", metavar="OUT.safetensors")
     convert.add_argument("--strength", type=float, default=1.0, help="strength folded into the file (default 1)")
+    convert.add_argument("--alpha", type=float, default=None, help="the LoRA's lora_alpha (default: the file's; the rank for a peft .pth)")
     demo = sub.add_parser("demo", help="a built-in 3-shot story on tiny random models (noise pixels, CPU, < 1 min)")
     demo.add_argument("--out", required=True)
     demo.add_argument("--seed", type=int, default=0)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "convert-lora":
             from .lora_convert import convert_lora
 
-            print(convert_lora(args.source, args.target, args.strength))
+            print(convert_lora(args.source, args.target, args.strength, args.alpha))
             return 0
         if args.command == "story":
             from .runner import run_story_command

@@ -32,9 +32,12 @@ def comfy_lora_tensors(weights: LoraWeights) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def convert_lora(source: str | Path, target: str | Path, strength: float = 1.0) -> Path:
-    """Write `source` (any LoRA layout the engine reads) as a ComfyUI LoRA safetensors file at `target`."""
-    tensors = comfy_lora_tensors(load_lora(source, strength))
+def convert_lora(source: str | Path, target: str | Path, strength: float = 1.0, alpha: float | None = None) -> Path:
+    """Write `source` (any LoRA layout the engine reads) as a ComfyUI LoRA safetensors file at `target`.
+
+    `alpha` overrides the file's (a peft .pth stores none: StoryMem trains with alpha = rank).
+    """
+    tensors = comfy_lora_tensors(load_lora(source, strength, alpha))
     with atomic_write_path(target) as temp:
         save_file(tensors, str(temp), metadata={"format": "pt", "storymem_source": Path(source).name})
     return Path(target)
