@@ -37,7 +37,7 @@ CLIP = {"embed_dim": 16, "quick_gelu": True,
 CORE_DIT = {**DIT, "dim": 128, "ffn_dim": 256, "freq_dim": 256, "text_dim": 4096, "text_len": 512, "num_heads": 1}
 CORE_VAE = {**VAE, "num_res_blocks": 2}
 CORE_T5 = {"d_model": 4096, "d_kv": 16, "num_heads": 2, "d_ff": 64, "num_layers": 1, "vocab_size": 128,
-           "relative_attention_num_buckets": 8}
+           "relative_attention_num_buckets": 32}  # ComfyUI builds 32 buckets whatever the config says
 LORA_RANK = 2
 LORA_TARGETS = ("self_attn.q", "self_attn.v", "cross_attn.k", "ffn.0")
 
@@ -49,6 +49,8 @@ T2V_LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
 STORYMEM_LORA_HIGH = "StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth"
 STORYMEM_LORA_LOW = "StoryMem/Wan2.2-MI2V-A14B/backbone_low_noise.pth"
 EXTRA_LORA = "wan2.2_style_lora.safetensors"
+LIGHTX2V_HIGH = "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors"  # Comfy-Org's names of the 4-step pair
+LIGHTX2V_LOW = "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors"
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_FILE = "wan_2.1_vae.safetensors"
 CLIP_FILE = "open_clip_model.safetensors"
@@ -97,9 +99,9 @@ def _peft_lora(seed: int, sizes: dict = DIT) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _comfy_lora(seed: int) -> dict[str, torch.Tensor]:
+def _comfy_lora(seed: int, sizes: dict = DIT) -> dict[str, torch.Tensor]:
     """ComfyUI's layout: `diffusion_model.<module>.lora_down/up.weight` with `.alpha`."""
-    peft = _peft_lora(seed)
+    peft = _peft_lora(seed, sizes)
     renamed = {}
     for name, tensor in peft.items():
         module = name.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
@@ -177,6 +179,8 @@ def _core_umt5(seed: int) -> dict[str, torch.Tensor]:
     tensors = {name: (torch.randn(*shape, generator=generator) * 0.05 + (1.0 if "layer_norm" in name else 0.0))
                for name, shape in shapes.items()}
     tensors["spiece_model"] = torch.frombuffer(bytearray(spiece_model()), dtype=torch.uint8)
+    # ComfyUI tells umT5-xxl from other T5s by the rows of block 23's wi_1 (10240); this unused stand-in says so
+    tensors["encoder.block.23.layer.1.DenseReluDense.wi_1.weight"] = torch.zeros(10240, 1)
     return tensors
 
 
@@ -191,6 +195,8 @@ def write_core_models(models_dir: str | Path, seed: int = 0) -> Path:
         path = root / "loras" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(_peft_lora(seed + offset, CORE_DIT), path)
+    for name, offset in ((LIGHTX2V_HIGH, 12), (LIGHTX2V_LOW, 13)):
+        _save(_comfy_lora(seed + offset, CORE_DIT), root / "loras" / name)
     _save(_core_umt5(seed + 8), root / "text_encoders" / TEXT_ENCODER)
     torch.manual_seed(seed + 9)
     _save(WanVAE(VAEConfig.from_dict(CORE_VAE)).state_dict(), root / "vae" / VAE_FILE, CORE_VAE)
