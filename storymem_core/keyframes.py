@@ -81,6 +81,28 @@ def _require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
     return path
 
 
+def _open_clip_weights(path: str | os.PathLike, model_name: str) -> tuple[dict, Mapping[str, torch.Tensor], Path]:
+    """The open_clip config of `model_name` and the state dict of an open_clip CLIP file (refusing Hugging Face files)."""
+    import open_clip
+
+    path = _require_file(path, "CLIP image encoder", f"download {CLIP_DOWNLOAD_HINT} and put it in {CLIP_FOLDER_HINT}")
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        raise CheckpointError(f"open_clip has no model config '{model_name}': use e.g. ViT-B-32-quickgelu for OpenAI CLIP weights.")
+    state = _read_state_dict(path)
+    if any(k.startswith("vision_model.") for k in state):
+        raise CheckpointError(f"{path} is a Hugging Face CLIP vision file, but this encoder reads open_clip files: use {CLIP_DOWNLOAD_HINT}.")
+    return config, state, path
+
+
+def _load_tower(tower: nn.Module, state: Mapping[str, torch.Tensor], path: Path, model_name: str) -> None:
+    try:
+        tower.load_state_dict(state)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise CheckpointError(f"{path} does not fit open_clip '{model_name}' ({first_line}): pick the model name its weights were made for.") from None
+
+
 class OpenClipEncoder:
     """An open_clip vision tower as an ImageEncoder: frames squashed to its input size, batched.
 
@@ -102,22 +124,12 @@ class OpenClipEncoder:
         """Build `model_name` (an open_clip config name) and load its vision weights from a local file only."""
         import open_clip
 
-        path = _require_file(path, "CLIP image encoder", f"download {CLIP_DOWNLOAD_HINT} and put it in {CLIP_FOLDER_HINT}")
-        config = open_clip.get_model_config(model_name)
-        if config is None:
-            raise CheckpointError(f"open_clip has no model config '{model_name}': use e.g. ViT-B-32-quickgelu for OpenAI CLIP weights.")
-        state = _read_state_dict(path)
-        if any(k.startswith("vision_model.") for k in state):
-            raise CheckpointError(f"{path} is a Hugging Face CLIP vision file, but this encoder reads open_clip files: use {CLIP_DOWNLOAD_HINT}.")
+        config, state, path = _open_clip_weights(path, model_name)
         if any(k.startswith("visual.") for k in state):
             state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
         # only the vision tower: the text tower is never used here
         visual = open_clip.model._build_vision_tower(config["embed_dim"], config["vision_cfg"], config.get("quick_gelu", False))
-        try:
-            visual.load_state_dict(state)
-        except RuntimeError as error:
-            first_line = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-            raise CheckpointError(f"{path} does not fit open_clip '{model_name}' ({first_line}): pick the model name its weights were made for.") from None
+        _load_tower(visual, state, path, model_name)
         preprocess = config.get("preprocess_cfg", {})
         mean = preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)
         std = preprocess.get("std", open_clip.OPENAI_DATASET_STD)
@@ -134,6 +146,37 @@ class OpenClipEncoder:
             batch = (batch - self.mean.to(batch.device)) / self.std.to(batch.device)
             chunks.append(F.normalize(self.visual(batch.to(parameter.dtype)).float(), dim=-1).cpu())
         return torch.cat(chunks)
+
+
+class OpenClipTextEncoder:
+    """The text tower of the same open_clip CLIP file, for prompt-image similarity (story evaluation).
+
+    Prompts longer than the context (77 tokens for OpenAI CLIP) are cut there by open_clip's tokenizer.
+    """
+
+    def __init__(self, text: nn.Module, tokenizer):
+        self.text = text.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, model_name: str = "ViT-B-32-quickgelu", device: torch.device | str = "cpu") -> OpenClipTextEncoder:
+        """Build the text tower of `model_name` and load its weights (the file's keys outside `visual.`)."""
+        import open_clip
+
+        config, state, path = _open_clip_weights(path, model_name)
+        text_state = {k: v for k, v in state.items() if not k.startswith("visual.") and k != "logit_scale"}
+        if "token_embedding.weight" not in text_state:
+            raise CheckpointError(f"{path} holds only CLIP's image tower, but prompt following needs its text tower too: use {CLIP_DOWNLOAD_HINT}.")
+        text = open_clip.model._build_text_tower(config["embed_dim"], config["text_cfg"], config.get("quick_gelu", False))
+        _load_tower(text, text_state, path, model_name)
+        return cls(text.to(device), open_clip.get_tokenizer(model_name))
+
+    @torch.inference_mode()
+    def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> L2-normalised float32 embeddings [N, D] on the CPU."""
+        parameter = next(self.text.parameters())
+        tokens = self.tokenizer(list(prompts)).to(parameter.device)
+        return F.normalize(self.text(tokens).float(), dim=-1).cpu()
 
 
 class AestheticHead(nn.Module):
