@@ -1,9 +1,9 @@
 """StoryMem ComfyUI nodes, grouped by what they handle; this module only gathers their mappings."""
 
-from . import loaders, memory_nodes, output_nodes, runner_node, shot_nodes, story_nodes
+from . import evaluation_nodes, loaders, memory_nodes, output_nodes, runner_node, shot_nodes, story_nodes
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-for _module in (loaders, story_nodes, memory_nodes, shot_nodes, output_nodes, runner_node):
+for _module in (loaders, story_nodes, memory_nodes, shot_nodes, output_nodes, runner_node, evaluation_nodes):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

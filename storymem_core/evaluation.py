@@ -208,31 +208,41 @@ def find_script(folder: str | os.PathLike, script: str | os.PathLike | None = No
     raise StoryMemError(f"{folder} has no {SCRIPT_NAME} in it or beside it: pass the script the story was made from with --script.")
 
 
-def finished_story(folder: str | os.PathLike, script: str | os.PathLike | None = None) -> Story:
-    """The story of a finished story folder; a folder that is none, misses shots or is unfinished raises one sentence."""
-    root = Path(folder)
+def _check_is_story_folder(root: Path) -> None:
     if not root.is_dir():
         raise StoryMemError(f"story folder {root} does not exist: give the folder passed as --out to the story command.")
     if not (root / "shots").is_dir():
         raise StoryMemError(f"{root} is not a story folder (it has no shots/ folder): give the folder passed as --out to the story command "
                             "(or the one Story Runner wrote).")
-    script_path = find_script(root, script)
-    story = load_story(script_path)
+
+
+def check_finished(folder: str | os.PathLike, story: Story, source: str = "the story", fix: str = "use the story it was made from") -> None:
+    """Refuse a folder that is no story folder, misses a shot of `story`, is unfinished or holds more shots, in one sentence."""
+    root = Path(folder)
+    _check_is_story_folder(root)
     layout = StoryFolder(root)
     shots = story.shots
     extra = layout.video(len(shots))
     if extra.is_file():
-        raise StoryMemError(f"{root} holds {extra.name} but the script {script_path} has only {len(shots)} shot(s): "
-                            "pass the script this story was made from with --script.")
+        raise StoryMemError(f"{root} holds {extra.name} but {source} has only {len(shots)} shot(s): {fix}.")
     unfinished = [shot.index for shot in shots if not layout.is_finished(shot.index)]
     if not unfinished:
-        return story
+        return
     first = unfinished[0]
     if any(layout.is_finished(index) for index in range(first + 1, len(shots))):
         raise StoryMemError(f"shot {first + 1} of {root} is missing ({layout.video(first).relative_to(root)} or its bank) while later shots "
                             f"are there: regenerate it with the story command's --from-shot {first + 1}, then evaluate.")
     raise StoryMemError(f"the story in {root} is unfinished ({first} of {len(shots)} shots done): run the story command again with "
                         "the same --out to finish it, then evaluate.")
+
+
+def finished_story(folder: str | os.PathLike, script: str | os.PathLike | None = None) -> Story:
+    """The story of a finished story folder, read from its script (see `find_script`)."""
+    _check_is_story_folder(Path(folder))
+    script_path = find_script(folder, script)
+    story = load_story(script_path)
+    check_finished(folder, story, f"the script {script_path}", "pass the script this story was made from with --script")
+    return story
 
 
 def folder_shot_frames(folder: str | os.PathLike, story: Story) -> Iterator[torch.Tensor]:

@@ -75,17 +75,18 @@ def _colour_bar(low: float, high: float, height: int) -> Image.Image:
     return image
 
 
-def _row(images: Sequence[Image.Image], footer: str = "") -> Image.Image:
-    """Images side by side, top-aligned, with a line of text under them."""
-    width = sum(i.width for i in images)
-    height = max(i.height for i in images) + (LINE + PAD if footer else 0)
-    sheet = Image.new("RGB", (max(width, 6 * len(footer) + 2 * PAD), height), "white")
+def _row(images: Sequence[Image.Image], footer: Sequence[str] = ()) -> Image.Image:
+    """Images side by side, top-aligned, with lines of text under them."""
+    width = max([sum(i.width for i in images), *(6 * len(line) + 2 * PAD for line in footer)])
+    height = max(i.height for i in images) + (len(footer) * LINE + PAD if footer else 0)
+    sheet = Image.new("RGB", (width, height), "white")
     x = 0
     for image in images:
         sheet.paste(image, (x, 0))
         x += image.width
-    if footer:
-        ImageDraw.Draw(sheet).text((PAD, height - LINE - PAD // 2), footer, fill=TEXT)
+    draw = ImageDraw.Draw(sheet)
+    for n, line in enumerate(footer):
+        draw.text((PAD, height - (len(footer) - n) * LINE - PAD // 2), line, fill=TEXT)
     return sheet
 
 
@@ -94,7 +95,7 @@ def heatmap(evaluations: Sequence[StoryEvaluation], titles: Sequence[str]) -> Im
     low, high = similarity_scale(evaluations)
     panels = [_panel(e, title, low, high) for e, title in zip(evaluations, titles)]
     bar = _colour_bar(low, high, max(p.height for p in panels))
-    return _row([*panels, bar], "cell: CLIP similarity of two shots; red tick: cut before the shot; white line: new scene")
+    return _row([*panels, bar], ["cell: CLIP similarity", "of two shots", "red tick: cut before", "white line: new scene"])
 
 
 def _bounds(values: Sequence[float]) -> tuple[float, float]:
