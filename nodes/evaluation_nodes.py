@@ -55,48 +55,63 @@ def resolve_story_folder(text: str) -> Path:
     output = host.output_dir().resolve()
     path = (given if given.is_absolute() else output / given).resolve()
     if not path.is_relative_to(output):
-        raise StoryMemError(f"story_folder '{text}' is outside the output folder {output}: give a folder inside it, such as "
-                            "storymem/stories/<story>, or connect Story Runner's video_path.")
+        raise StoryMemError(
+            f"story_folder '{text}' is outside the output folder {output}: give a folder inside it, such as "
+            "storymem/stories/<story>, or connect Story Runner's video_path."
+        )
     return path.parent if path.is_file() else path
 
 
 def _check_connected(story: Story, numbers: list[int]) -> None:
-    """Shot inputs must be shot_1 .. shot_N with N the story's shot count: a gap or a count mismatch misplaces prompts."""
+    """Shot inputs are shot_1 .. shot_N, N the story's shot count: a gap or another count would misplace prompts."""
     count = len(story.shots)
     if numbers != list(range(1, len(numbers) + 1)):
         missing = min(set(range(1, max(numbers) + 1)) - set(numbers))
-        raise StoryMemError(f"shot_{missing} is not connected but later shots are: connect the shots in story order from shot_1.")
+        raise StoryMemError(
+            f"shot_{missing} is not connected but later shots are: connect the shots in story order from shot_1."
+        )
     if len(numbers) != count:
         more = " or give story_folder" if count > SHOT_INPUTS else ""
-        raise StoryMemError(f"{len(numbers)} shot(s) are connected but '{story.name}' has {count}: connect one per shot{more}.")
+        raise StoryMemError(
+            f"{len(numbers)} shot(s) are connected but '{story.name}' has {count}: connect one per shot{more}."
+        )
 
 
 class EvaluateStory:
-    DESCRIPTION = ("Scores a finished story as StoryMem's paper does: aesthetic quality (LAION head on CLIP), prompt following "
-                   "(CLIP text-image), cross-shot consistency (CLIP image-image, shown as a heatmap) and within-shot smoothness.")
+    DESCRIPTION = (
+        "Scores a finished story as StoryMem's paper does: aesthetic quality (LAION head on CLIP), prompt following "
+        "(CLIP text-image), cross-shot consistency (CLIP image-image, shown as a heatmap) and within-shot smoothness."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
         heads = [NO_AESTHETIC_HEAD, *host.model_names("clip_vision")]
-        shots = {f"shot_{i}": ("IMAGE", {"tooltip": f"Shot {i}'s frames (connect shots in story order, or give story_folder)."})
-                 for i in range(1, SHOT_INPUTS + 1)}
+        shot_tip = "Shot {}'s frames (connect shots in story order, or give story_folder)."
+        shots = {f"shot_{i}": ("IMAGE", {"tooltip": shot_tip.format(i)}) for i in range(1, SHOT_INPUTS + 1)}
         return {
             "required": {
                 "story": (STORY, {"tooltip": "The story the shots were made from (its prompts, scenes and cuts)."}),
-                "clip_model": model_file("clip_vision", "open_clip CLIP weights with both towers, e.g. open_clip_model.safetensors "
-                                                        "of timm/vit_base_patch32_clip_224.openai"),
-                "open_clip_name": ("STRING", {"default": "ViT-B-32-quickgelu", "tooltip": "open_clip model name the weights belong to."}),
+                "clip_model": model_file(
+                    "clip_vision",
+                    "open_clip CLIP weights with both towers, e.g. open_clip_model.safetensors of "
+                    "timm/vit_base_patch32_clip_224.openai",
+                ),
+                "open_clip_name": ("STRING", {"default": "ViT-B-32-quickgelu",
+                                              "tooltip": "open_clip model name the weights belong to."}),
                 "aesthetic_head": (heads, {
                     "default": AESTHETIC_HEAD if AESTHETIC_HEAD in heads else NO_AESTHETIC_HEAD,
-                    "tooltip": f"LAION aesthetic head for the aesthetic score ({AESTHETIC_HEAD}); none leaves it out."}),
+                    "tooltip": f"LAION aesthetic head for the aesthetic score ({AESTHETIC_HEAD}); none leaves it out.",
+                }),
                 "frames_per_shot": ("INT", {"default": FRAMES_PER_SHOT, "min": 1, "max": 200,
                                             "tooltip": "Frames sampled evenly from each shot for the CLIP scores."}),
             },
             "optional": {
-                "story_folder": ("STRING", {"default": "", "tooltip": "Instead of shot inputs: a story folder under the output folder "
-                                                                      "(or Story Runner's video_path); evaluation.json and pictures are saved in it."}),
+                "story_folder": ("STRING", {"default": "", "tooltip": (
+                    "Instead of shot inputs: a story folder under the output folder (or Story Runner's video_path); "
+                    "evaluation.json and pictures are saved in it.")}),
                 **shots,
-                "reference_images": ("IMAGE", {"tooltip": "MR2V reference images, to score consistency against (shot inputs only)."}),
+                "reference_images": ("IMAGE", {"tooltip": "MR2V reference images to score consistency against "
+                                                          "(with shot inputs)."}),
             },
         }
 
@@ -145,7 +160,8 @@ class EvaluateStory:
         pictures = {"heatmap": heatmap([evaluation], title), "scores": score_chart([evaluation], title)}
         summary = summary_table([evaluation], title)
         ui = {"images": [_picture_entry(picture, kind) for kind, picture in pictures.items()], "text": [summary]}
-        return {"ui": ui, "result": (summary, _as_image_batch(pictures["heatmap"]), _as_image_batch(pictures["scores"]))}
+        images = (_as_image_batch(pictures["heatmap"]), _as_image_batch(pictures["scores"]))
+        return {"ui": ui, "result": (summary, *images)}
 
 
 

@@ -1,4 +1,4 @@
-"""`python -m storymem_core`: inspect model files, validate story scripts, run stories, run the demo, evaluate stories."""
+"""`python -m storymem_core`: inspect model files, validate story scripts, run stories, run the demo, evaluate."""
 
 from __future__ import annotations
 
@@ -51,14 +51,17 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    evaluate = sub.add_parser("evaluate", help="score finished stories: aesthetics, prompt following, cross-shot consistency, smoothness")
-    evaluate.add_argument("folders", nargs="+", metavar="STORY_FOLDER", help="folders written by the story command (its --out)")
-    evaluate.add_argument("--models-dir", required=True, help="folder whose clip_vision/ holds the CLIP model and the aesthetic head")
-    evaluate.add_argument("--script", default=None, help="the story script (default: story.json in or beside each folder)")
-    evaluate.add_argument("--frames-per-shot", type=int, default=8, help="frames sampled evenly from each shot (default 8)")
+    evaluate = sub.add_parser(
+        "evaluate", help="score finished stories: aesthetics, prompt following, cross-shot consistency, smoothness"
+    )
+    evaluate.add_argument("folders", nargs="+", metavar="STORY_FOLDER", help="the story command's --out folders")
+    evaluate.add_argument("--models-dir", required=True, help="folder whose clip_vision/ holds CLIP, aesthetic head")
+    evaluate.add_argument("--script", default=None, help="story script (default: story.json in or beside each folder)")
+    evaluate.add_argument("--frames-per-shot", type=int, default=8, help="frames sampled evenly per shot (default 8)")
     evaluate.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the CLIP weights")
     evaluate.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda when available)")
-    evaluate.add_argument("--out", default="storymem_comparison", help="where the comparison of several folders goes (default ./storymem_comparison)")
+    evaluate.add_argument("--out", default="storymem_comparison",
+                          help="where the comparison of several folders goes (default ./storymem_comparison)")
 
 
 def _parser() -> argparse.ArgumentParser:

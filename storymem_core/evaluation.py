@@ -86,13 +86,13 @@ class StoryEvaluation:
     reference_similarity: torch.Tensor | None = None
 
     def shot_consistency(self, index: int, in_scene: bool = False) -> float | None:
-        """Mean similarity of shot `index` to every other shot (of its scene only, with `in_scene`); None with no other."""
+        """Mean similarity of shot `index` to every other shot (of its scene only, with `in_scene`); None if none."""
         scene = self.shots[index].shot.scene_num
         others = [j for j, s in enumerate(self.shots) if j != index and (not in_scene or s.shot.scene_num == scene)]
         return _mean(self.similarity[index, others].tolist()) if others else None
 
     def shot_reference_consistency(self, index: int) -> float | None:
-        return None if self.reference_similarity is None else self.reference_similarity[index].mean().item()
+        return None if self.reference_similarity is None else _mean_of(self.reference_similarity[index])
 
     def summary(self) -> dict[str, float | None]:
         """Story-level numbers: per-shot scores averaged over shots, consistency averaged over shot pairs."""
@@ -104,7 +104,7 @@ class StoryEvaluation:
             "prompt_following": _mean([s.prompt_following for s in self.shots]),
             "consistency": _mean([self.similarity[i, j].item() for i, j in pairs]),
             "consistency_in_scene": _mean([self.similarity[i, j].item() for i, j in in_scene]),
-            "consistency_to_references": None if self.reference_similarity is None else self.reference_similarity.mean().item(),
+            "consistency_to_references": _mean_of(self.reference_similarity),
             "smoothness": _mean([s.smoothness for s in self.shots]),
         }
 
@@ -112,9 +112,10 @@ class StoryEvaluation:
         shots = []
         for index, scores in enumerate(self.shots):
             shots.append({
-                "shot": scores.shot.index + 1, "scene": scores.shot.scene_num, "cut": scores.shot.cut, "prompt": scores.shot.prompt,
-                "frames": list(scores.frame_indices), "aesthetic": scores.aesthetic, "prompt_following": scores.prompt_following,
-                "consistency": self.shot_consistency(index), "consistency_in_scene": self.shot_consistency(index, in_scene=True),
+                "shot": scores.shot.index + 1, "scene": scores.shot.scene_num, "cut": scores.shot.cut,
+                "prompt": scores.shot.prompt, "frames": list(scores.frame_indices), "aesthetic": scores.aesthetic,
+                "prompt_following": scores.prompt_following, "consistency": self.shot_consistency(index),
+                "consistency_in_scene": self.shot_consistency(index, in_scene=True),
                 "consistency_to_references": self.shot_reference_consistency(index), "smoothness": scores.smoothness,
             })
         return {
@@ -124,6 +125,10 @@ class StoryEvaluation:
         }
 
 
+def _mean_of(similarity: torch.Tensor | None) -> float | None:
+    return None if similarity is None else similarity.mean().item()
+
+
 def _mean(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
@@ -131,7 +136,9 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 def check_frames_per_shot(per_shot: int) -> None:
     if per_shot < 1:
-        raise StoryMemError(f"frames per shot = {per_shot} samples nothing: use at least 1 (default {FRAMES_PER_SHOT}).")
+        raise StoryMemError(
+            f"frames per shot = {per_shot} samples nothing: use at least 1 (default {FRAMES_PER_SHOT})."
+        )
 
 
 def sample_indices(count: int, per_shot: int) -> list[int]:
@@ -166,7 +173,9 @@ def score_shot(shot: Shot, frames: torch.Tensor, scorers: Scorers, frames_per_sh
     embeddings = scorers.image.embed(sampled).float().cpu()  # [K, D], normalised
     if prompt_embedding is None:
         prompt_embedding = scorers.text.embed_text([shot.prompt])[0]
-    aesthetic = None if scorers.aesthetic is None else scorers.aesthetic.score(sampled, embeddings).float().mean().item()
+    aesthetic = None
+    if scorers.aesthetic is not None:
+        aesthetic = scorers.aesthetic.score(sampled, embeddings).float().mean().item()
     return ShotScores(
         shot=shot, frame_indices=tuple(indices), embedding=F.normalize(embeddings.mean(0), dim=0), aesthetic=aesthetic,
         prompt_following=(embeddings @ prompt_embedding.float()).mean().item(), smoothness=smoothness(frames),
@@ -174,8 +183,14 @@ def score_shot(shot: Shot, frames: torch.Tensor, scorers: Scorers, frames_per_sh
     )
 
 
-def evaluate_story(story: Story, shot_frames: Iterable[torch.Tensor], scorers: Scorers, references: Sequence[torch.Tensor] = (),
-                   frames_per_shot: int = FRAMES_PER_SHOT, on_shot: Callable[[int, int], None] | None = None) -> StoryEvaluation:
+def evaluate_story(
+    story: Story,
+    shot_frames: Iterable[torch.Tensor],
+    scorers: Scorers,
+    references: Sequence[torch.Tensor] = (),
+    frames_per_shot: int = FRAMES_PER_SHOT,
+    on_shot: Callable[[int, int], None] | None = None,
+) -> StoryEvaluation:
     """Score every shot of `story` from its frames (one uint8 [T, H, W, 3] per shot, read lazily, in story order),
     then compare shots with each other and with the reference images (uint8 [H, W, 3] each).
     `on_shot(done, total)` is called after each shot (progress; it may raise to stop)."""
@@ -198,26 +213,32 @@ def evaluate_story(story: Story, shot_frames: Iterable[torch.Tensor], scorers: S
 
 
 def find_script(folder: str | os.PathLike, script: str | os.PathLike | None = None) -> Path:
-    """The story script of a story folder: `script` when given, else story.json in the folder or beside it (the demo's)."""
+    """A story folder's script: `script` when given, else story.json in the folder or beside it (the demo's)."""
     if script is not None:
         return Path(script)
     folder = Path(folder)
     for candidate in (folder / SCRIPT_NAME, folder.parent / SCRIPT_NAME):
         if candidate.is_file():
             return candidate
-    raise StoryMemError(f"{folder} has no {SCRIPT_NAME} in it or beside it: pass the script the story was made from with --script.")
+    raise StoryMemError(
+        f"{folder} has no {SCRIPT_NAME} in it or beside it: pass the script the story was made from with --script."
+    )
 
 
 def _check_is_story_folder(root: Path) -> None:
     if not root.is_dir():
-        raise StoryMemError(f"story folder {root} does not exist: give the folder passed as --out to the story command.")
+        raise StoryMemError(f"story folder {root} does not exist: give the story command's --out folder.")
     if not (root / "shots").is_dir():
-        raise StoryMemError(f"{root} is not a story folder (it has no shots/ folder): give the folder passed as --out to the story command "
-                            "(or the one Story Runner wrote).")
+        raise StoryMemError(
+            f"{root} is not a story folder (it has no shots/ folder): give the folder passed as --out to the story "
+            "command (or the one Story Runner wrote)."
+        )
 
 
-def check_finished(folder: str | os.PathLike, story: Story, source: str = "the story", fix: str = "use the story it was made from") -> None:
-    """Refuse a folder that is no story folder, misses a shot of `story`, is unfinished or holds more shots, in one sentence."""
+def check_finished(
+    folder: str | os.PathLike, story: Story, source: str = "the story", fix: str = "use the story it was made from"
+) -> None:
+    """Refuse in one sentence a folder that is no story folder, misses a shot of `story`, is unfinished or has extra."""
     root = Path(folder)
     _check_is_story_folder(root)
     layout = StoryFolder(root)
@@ -230,10 +251,14 @@ def check_finished(folder: str | os.PathLike, story: Story, source: str = "the s
         return
     first = unfinished[0]
     if any(layout.is_finished(index) for index in range(first + 1, len(shots))):
-        raise StoryMemError(f"shot {first + 1} of {root} is missing ({layout.video(first).relative_to(root)} or its bank) while later shots "
-                            f"are there: regenerate it with the story command's --from-shot {first + 1}, then evaluate.")
-    raise StoryMemError(f"the story in {root} is unfinished ({first} of {len(shots)} shots done): run the story command again with "
-                        "the same --out to finish it, then evaluate.")
+        raise StoryMemError(
+            f"shot {first + 1} of {root} is missing ({layout.video(first).relative_to(root)} or its bank) while later "
+            f"shots are there: regenerate it with the story command's --from-shot {first + 1}, then evaluate."
+        )
+    raise StoryMemError(
+        f"the story in {root} is unfinished ({first} of {len(shots)} shots done): run the story command again with "
+        "the same --out to finish it, then evaluate."
+    )
 
 
 def finished_story(folder: str | os.PathLike, script: str | os.PathLike | None = None) -> Story:
@@ -260,13 +285,11 @@ def folder_references(folder: str | os.PathLike) -> list[torch.Tensor]:
     try:
         return MemoryBank.load(initial).image_list()
     except MemoryBankError as error:
-        raise StoryMemError(f"the initial memory of {folder} cannot be read ({error}): regenerate the story with --from-shot 1.") from None
+        raise StoryMemError(
+            f"the initial memory of {folder} cannot be read ({error}): regenerate the story with --from-shot 1."
+        ) from None
 
 
-def evaluate_folder(folder: str | os.PathLike, scorers: Scorers, script: str | os.PathLike | None = None,
-                    frames_per_shot: int = FRAMES_PER_SHOT, on_shot: Callable[[int, int], None] | None = None) -> StoryEvaluation:
-    story = finished_story(folder, script)
-    return evaluate_story(story, folder_shot_frames(folder, story), scorers, folder_references(folder), frames_per_shot, on_shot)
 
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:
@@ -279,4 +302,3 @@ def save_picture(image: Image.Image, path: str | os.PathLike) -> Path:
     with atomic_write_path(path) as temp:
         image.save(temp, format="PNG")
     return Path(path)
-

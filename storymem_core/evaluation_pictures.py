@@ -69,7 +69,8 @@ def _colour_bar(low: float, high: float, height: int) -> Image.Image:
     draw = ImageDraw.Draw(image)
     top, bottom = 2 * LINE + PAD + 10, height - PAD
     for y in range(top, bottom):
-        draw.line((PAD, y, PAD + 16, y), fill=colour(high - (high - low) * (y - top) / max(1, bottom - top - 1), low, high))
+        value = high - (high - low) * (y - top) / max(1, bottom - top - 1)
+        draw.line((PAD, y, PAD + 16, y), fill=colour(value, low, high))
     draw.text((PAD + 20, top - 5), f"{high:.2f}", fill=TEXT)
     draw.text((PAD + 20, bottom - 10), f"{low:.2f}", fill=TEXT)
     return image
@@ -95,7 +96,8 @@ def heatmap(evaluations: Sequence[StoryEvaluation], titles: Sequence[str]) -> Im
     low, high = similarity_scale(evaluations)
     panels = [_panel(e, title, low, high) for e, title in zip(evaluations, titles)]
     bar = _colour_bar(low, high, max(p.height for p in panels))
-    return _row([*panels, bar], ["cell: CLIP similarity", "of two shots", "red tick: cut before", "white line: new scene"])
+    legend = ["cell: CLIP similarity", "of two shots", "red tick: cut before", "white line: new scene"]
+    return _row([*panels, bar], legend)
 
 
 def _bounds(values: Sequence[float]) -> tuple[float, float]:

@@ -27,7 +27,7 @@ PICTURES = {"heatmap": "evaluation_heatmap.png", "scores": "evaluation_scores.pn
 
 
 def load_scorers(models_dir: str | Path, open_clip_name: str, device: torch.device) -> Scorers:
-    """The CLIP towers (one file) and the LAION aesthetic head found in a models folder, as the story command finds them."""
+    """The CLIP towers and the LAION aesthetic head, found in a models folder as the story command finds them."""
     files = find_model_files(models_dir, ["clip", "aesthetic"])
     image = load_keyframe_encoder(files["clip"], open_clip_name, device)
     head = AestheticHead.from_file(files["aesthetic"])
@@ -68,17 +68,21 @@ def summary_table(evaluations: Sequence[StoryEvaluation], names: Sequence[str]) 
     lines = [" " * label_width + "  " + "  ".join(name.rjust(w) for name, w in zip(names, widths))]
     summaries = [e.summary() for e in evaluations]
     for key, label in SUMMARY_LABELS.items():
-        lines.append(label.ljust(label_width) + "  " + "  ".join(_cell(s[key]).rjust(w) for s, w in zip(summaries, widths)))
+        cells = "  ".join(_cell(summary[key]).rjust(width) for summary, width in zip(summaries, widths))
+        lines.append(f"{label.ljust(label_width)}  {cells}")
     return "\n".join(lines)
+
+
+SHOT_COLUMNS = (("aesthetic", 9), ("prompt_following", 6), ("consistency", 11), ("consistency_in_scene", 8),
+                ("smoothness", 10))
 
 
 def shot_table(evaluation: StoryEvaluation) -> str:
     """Per-shot scores of one story."""
     lines = ["shot  scene  cut   aesthetic  prompt  consistency  in scene  smoothness"]
     for row in evaluation.to_json()["shots"]:
-        lines.append(f"{row['shot']:4d}  {row['scene']:5d}  {'yes' if row['cut'] else 'no':4s}  {_cell(row['aesthetic']):>9s}  "
-                     f"{_cell(row['prompt_following']):>6s}  {_cell(row['consistency']):>11s}  {_cell(row['consistency_in_scene']):>8s}  "
-                     f"{_cell(row['smoothness']):>10s}")
+        scores = [_cell(row[key]).rjust(width) for key, width in SHOT_COLUMNS]
+        lines.append(f"{row['shot']:4d}  {row['scene']:5d}  {'yes' if row['cut'] else 'no':4s}  {'  '.join(scores)}")
     return "\n".join(lines)
 
 

@@ -82,7 +82,7 @@ def _require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
 
 
 def _open_clip_weights(path: str | os.PathLike, model_name: str) -> tuple[dict, Mapping[str, torch.Tensor], Path]:
-    """The open_clip config of `model_name` and the state dict of an open_clip CLIP file (refusing Hugging Face files)."""
+    """The open_clip config of `model_name` and the state dict of an open_clip CLIP file (Hugging Face's refused)."""
     import open_clip
 
     path = _require_file(path, "CLIP image encoder", f"download {CLIP_DOWNLOAD_HINT} and put it in {CLIP_FOLDER_HINT}")
@@ -159,15 +159,21 @@ class OpenClipTextEncoder:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, model_name: str = "ViT-B-32-quickgelu", device: torch.device | str = "cpu") -> OpenClipTextEncoder:
+    def from_file(
+        cls, path: str | os.PathLike, model_name: str = "ViT-B-32-quickgelu", device: torch.device | str = "cpu"
+    ) -> OpenClipTextEncoder:
         """Build the text tower of `model_name` and load its weights (the file's keys outside `visual.`)."""
         import open_clip
 
         config, state, path = _open_clip_weights(path, model_name)
         text_state = {k: v for k, v in state.items() if not k.startswith("visual.") and k != "logit_scale"}
         if "token_embedding.weight" not in text_state:
-            raise CheckpointError(f"{path} holds only CLIP's image tower, but prompt following needs its text tower too: use {CLIP_DOWNLOAD_HINT}.")
-        text = open_clip.model._build_text_tower(config["embed_dim"], config["text_cfg"], config.get("quick_gelu", False))
+            raise CheckpointError(
+                f"{path} holds only CLIP's image tower, but prompt following needs its text tower too: "
+                f"use {CLIP_DOWNLOAD_HINT}."
+            )
+        quick_gelu = config.get("quick_gelu", False)
+        text = open_clip.model._build_text_tower(config["embed_dim"], config["text_cfg"], quick_gelu)
         _load_tower(text, text_state, path, model_name)
         return cls(text.to(device), open_clip.get_tokenizer(model_name))
 

@@ -31,7 +31,8 @@ T5 = {"vocab": 128, "dim": TEXT_DIM, "dim_attn": TEXT_DIM, "dim_ffn": 64, "num_h
 VAE = {"dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_scales": [], "temperal_downsample": [False, True, True]}
 CLIP = {"embed_dim": 16, "quick_gelu": True,
         "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}  # open_clip's own tokenizer's vocabulary
+        # vocab_size: the vocabulary of open_clip's own tokenizer, which the text tower is read with
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
 LORA_RANK = 2
 LORA_TARGETS = ("self_attn.q", "self_attn.v", "cross_attn.k", "ffn.0")
 
@@ -110,7 +111,8 @@ def _clip(seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     visual = open_clip.model._build_vision_tower(CLIP["embed_dim"], CLIP["vision_cfg"], CLIP["quick_gelu"])
     text = open_clip.model._build_text_tower(CLIP["embed_dim"], CLIP["text_cfg"], CLIP["quick_gelu"])
-    return {f"visual.{name}": t for name, t in visual.state_dict().items()} | text.state_dict() | {"logit_scale": torch.tensor(4.6052)}
+    visual_state = {f"visual.{name}": t for name, t in visual.state_dict().items()}
+    return visual_state | text.state_dict() | {"logit_scale": torch.tensor(4.6052)}  # log(100), CLIP's trained value
 
 
 def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:

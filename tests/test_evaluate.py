@@ -49,7 +49,8 @@ def story_of(prompts: list[str], cuts: list[bool] | None = None, scenes: list[in
         grouped.setdefault(scene, ([], []))
         grouped[scene][0].append(prompt)
         grouped[scene][1].append(cut)
-    script = {"story_overview": "test", "scenes": [{"scene_num": n, "video_prompts": p, "cut": c} for n, (p, c) in grouped.items()]}
+    scenes = [{"scene_num": n, "video_prompts": p, "cut": c} for n, (p, c) in grouped.items()]
+    script = {"story_overview": "test", "scenes": scenes}
     return loads_story(json.dumps(script))
 
 
@@ -154,8 +155,9 @@ def test_evaluate_embeds_each_sampled_frame_once():
             calls.append(len(frames))
             return super().embed(frames)
 
-    evaluation = evaluate_story(story_of(["red", "blue"]), [plain_shot(COLOURS["red"], 20), plain_shot(COLOURS["blue"], 20)],
-                                Scorers(CountingCLIP(), GridCLIP()), frames_per_shot=4)
+    shots = [plain_shot(COLOURS["red"], 20), plain_shot(COLOURS["blue"], 20)]
+    evaluation = evaluate_story(story_of(["red", "blue"]), shots, Scorers(CountingCLIP(), GridCLIP()),
+                                frames_per_shot=4)
     assert calls == [4, 4]
     assert [shot.frame_indices for shot in evaluation.shots] == [(0, 6, 13, 19)] * 2
 
@@ -172,7 +174,7 @@ def test_evaluate_text_tower_loads_from_the_clip_file_and_a_vision_only_file_is_
     assert not torch.allclose(embeddings[0], embeddings[1])
     vision_only = tmp_path / "open_clip_vision.safetensors"
     save_file({k: v for k, v in load_file(str(clip_file)).items() if k.startswith("visual.")}, str(vision_only))
-    with pytest.raises(CheckpointError, match="holds only CLIP's image tower, but prompt following needs its text tower"):
+    with pytest.raises(CheckpointError, match="holds only CLIP's image tower, but prompt following needs its text"):
         OpenClipTextEncoder.from_file(vision_only, "ViT-B-32-quickgelu")
 
 
@@ -188,7 +190,8 @@ def test_evaluate_cli_on_the_demo_story_writes_json_and_pictures(demo, capsys):
     assert evaluate_cli(folder, "--models-dir", demo / "models-seed0") == 0
     result = json.loads((folder / "evaluation.json").read_text())
     assert result["story"] == "The Blue Kite" and [shot["shot"] for shot in result["shots"]] == [1, 2, 3]
-    assert [shot["cut"] for shot in result["shots"]] == [True, False, True] and [shot["scene"] for shot in result["shots"]] == [1, 1, 2]
+    assert [shot["cut"] for shot in result["shots"]] == [True, False, True]
+    assert [shot["scene"] for shot in result["shots"]] == [1, 1, 2]
     assert all(shot["frames"][0] == 0 and shot["aesthetic"] is not None for shot in result["shots"])
     assert [round(result["similarity"][i][i], 5) for i in range(3)] == [1.0, 1.0, 1.0]
     assert set(result["summary"]) == {"aesthetic", "prompt_following", "consistency", "consistency_in_scene",
@@ -211,7 +214,7 @@ def test_evaluate_cli_compares_folders_side_by_side(demo, tmp_path, capsys):
     assert header, "the side-by-side table names both folders"
     table = json.loads((out / "comparison.json").read_text())["stories"]
     assert set(table) == {"story", "second_setting"} and table["story"] == table["second_setting"]
-    with Image.open(out / "comparison_heatmap.png") as both, Image.open(demo / "story" / "evaluation_heatmap.png") as one:
+    with Image.open(out / "comparison_heatmap.png") as both, Image.open(other / "evaluation_heatmap.png") as one:
         assert both.width > one.width * 1.5  # two heatmaps side by side
     assert (out / "comparison_scores.png").is_file()
 
@@ -271,14 +274,17 @@ def comfy(demo, tmp_path):
 
 
 def node_inputs(**overrides):
-    return dict(clip_model=tiny.CLIP_FILE, open_clip_name="unused", aesthetic_head=tiny.AESTHETIC_FILE, frames_per_shot=4) | overrides
+    inputs = dict(clip_model=tiny.CLIP_FILE, open_clip_name="unused", aesthetic_head=tiny.AESTHETIC_FILE,
+                  frames_per_shot=4)
+    return inputs | overrides
 
 
 def test_evaluate_node_scores_connected_shots_and_shows_the_heatmap(comfy):
     clip_story = story_of(["a red barn", "a red barn", "a blue lake"])
     shots = {f"shot_{i + 1}": frames.float() / 255 for i, frames in
              enumerate([plain_shot(COLOURS["red"]), plain_shot(COLOURS["red"]), plain_shot(COLOURS["blue"])])}
-    (summary, heatmap_image, scores_image), ui = call("StoryMemEvaluateStory", story=clip_story, **node_inputs(), **shots)
+    (summary, heatmap_image, scores_image), ui = call("StoryMemEvaluateStory", story=clip_story, **node_inputs(),
+                                                      **shots)
     assert "consistency, all shot pairs" in summary and ui["text"] == [summary]
     assert heatmap_image.dim() == 4 and heatmap_image.shape[-1] == 3 and scores_image.shape[0] == 1
     for entry in ui["images"]:
@@ -289,7 +295,8 @@ def test_evaluate_node_reads_a_story_folder_in_the_output_folder(comfy, demo):
     folder = comfy / "storymem" / "stories" / "blue_kite"
     shutil.copytree(demo / "story", folder)
     story = loads_story((demo / "story.json").read_text())
-    (summary, _, _), _ = call("StoryMemEvaluateStory", story=story, **node_inputs(story_folder=str(folder / "film.mp4")))
+    inputs = node_inputs(story_folder=str(folder / "film.mp4"))  # Story Runner's video_path
+    (summary, _, _), _ = call("StoryMemEvaluateStory", story=story, **inputs)
     assert json.loads((folder / "evaluation.json").read_text())["story"] == "The Blue Kite"
     assert (folder / "evaluation_heatmap.png").is_file() and "aesthetic" in summary
 
