@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from nodes import host
 from storymem_core.cli import main
 from storymem_core.demo import run_demo
-from storymem_core.errors import CheckpointError, StoryMemError
+from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
 from storymem_core.evaluation import Scorers, evaluate_story, sample_indices, smoothness
 from storymem_core.keyframes import OpenClipTextEncoder
 from storymem_core.model_files import load_clip_text_encoder, load_keyframe_encoder
@@ -299,6 +299,12 @@ def test_evaluate_node_reads_a_story_folder_in_the_output_folder(comfy, demo):
     (summary, _, _), _ = call("StoryMemEvaluateStory", story=story, **inputs)
     assert json.loads((folder / "evaluation.json").read_text())["story"] == "The Blue Kite"
     assert (folder / "evaluation_heatmap.png").is_file() and "aesthetic" in summary
+
+
+def test_evaluate_node_stops_when_cancelled(comfy):
+    host.current().interrupt()
+    with pytest.raises(GenerationInterrupted):
+        call("StoryMemEvaluateStory", story=story_of(["red"]), **node_inputs(shot_1=torch.zeros(2, 32, 32, 3)))
 
 
 @pytest.mark.parametrize("inputs,expected", [
