@@ -147,12 +147,13 @@ def score_chart(evaluations: Sequence[StoryEvaluation], titles: Sequence[str]) -
                     draw.text((x, min(zero, y_of(value)) - LINE), f"{value:.2f}", fill=TEXT)
             draw.text((x0 + (group * bar_width) // 2 - 3, top + plot_height + 4), str(shot + 1), fill=TEXT)
         panels.append(panel)
-    legend = Image.new("RGB", (width, (LINE + 2) * group + PAD), "white")
+    legend = Image.new("RGB", (width, (LINE + 2) * (group + 1) + PAD), "white")
     draw = ImageDraw.Draw(legend)
     for series, title in enumerate(titles):
         y = PAD // 2 + series * (LINE + 2)
         draw.rectangle((PAD, y + 1, PAD + 10, y + 10), fill=SERIES_COLOURS[series % len(SERIES_COLOURS)])
-        draw.text((PAD + 16, y), f"{title} (x axis: shot)", fill=TEXT)
+        draw.text((PAD + 16, y), title, fill=TEXT)
+    draw.text((PAD, PAD // 2 + group * (LINE + 2)), "bars by shot number", fill=TEXT)
     return _column([legend, *panels])
 
 
