@@ -1,10 +1,10 @@
 """StoryMem ComfyUI nodes, grouped by what they handle; this module only gathers their mappings."""
 
-from . import host, loaders, memory_nodes, output_nodes, runner_node, shot_nodes, story_nodes
+from . import evaluation_nodes, host, loaders, memory_nodes, output_nodes, runner_node, shot_nodes, story_nodes
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-_MODULES = [loaders, story_nodes, memory_nodes, shot_nodes, output_nodes, runner_node]
+_MODULES = [loaders, story_nodes, memory_nodes, shot_nodes, output_nodes, runner_node, evaluation_nodes]
 if host.folder_paths is not None:  # the nodes for ComfyUI's own models exist only inside ComfyUI
     from . import native
 

@@ -1,4 +1,4 @@
-"""`python -m storymem_core`: inspect model files, validate story scripts, run stories, convert LoRAs, run the demo."""
+"""`python -m storymem_core`: inspect model files, validate story scripts, run stories, convert LoRAs, run the demo, evaluate."""
 
 from __future__ import annotations
 
@@ -51,6 +51,20 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
                              "there, else aesthetic; default), off")
 
 
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    evaluate = sub.add_parser(
+        "evaluate", help="score finished stories: aesthetics, prompt following, cross-shot consistency, smoothness"
+    )
+    evaluate.add_argument("folders", nargs="+", metavar="STORY_FOLDER", help="the story command's --out folders")
+    evaluate.add_argument("--models-dir", required=True, help="folder whose clip_vision/ holds CLIP, aesthetic head")
+    evaluate.add_argument("--script", default=None, help="story script (default: story.json in or beside each folder)")
+    evaluate.add_argument("--frames-per-shot", type=int, default=8, help="frames sampled evenly per shot (default 8)")
+    evaluate.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the CLIP weights")
+    evaluate.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda when available)")
+    evaluate.add_argument("--out", default="storymem_comparison",
+                          help="where the comparison of several folders goes (default ./storymem_comparison)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m storymem_core", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -72,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a built-in 3-shot story on tiny random models (noise pixels, CPU, < 1 min)")
     demo.add_argument("--out", required=True)
     demo.add_argument("--seed", type=int, default=0)
+    _add_evaluate_parser(sub)
     return parser
 
 
@@ -96,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             from .runner import run_story_command
 
             return run_story_command(args)
+        if args.command == "evaluate":
+            from .evaluation_report import evaluate_command
+
+            return evaluate_command(args)
         from .demo import run_demo
 
         return run_demo(args.out, seed=args.seed)

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,30 @@ def _require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
     return path
 
 
+def _open_clip_weights(path: str | os.PathLike, model_name: str) -> tuple[dict, Mapping[str, torch.Tensor], Path]:
+    """The open_clip config of `model_name` and the state dict of an open_clip CLIP file (Hugging Face's refused)."""
+    import open_clip
+
+    path = _require_file(path, "CLIP image encoder", f"download {CLIP_DOWNLOAD_HINT} and put it in {CLIP_FOLDER_HINT}")
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        raise CheckpointError(f"open_clip has no model config '{model_name}': use e.g. ViT-B-32-quickgelu for OpenAI CLIP weights.")
+    state = _read_state_dict(path)
+    if any(k.startswith("vision_model.") for k in state):
+        raise CheckpointError(f"{path} is a Hugging Face CLIP vision file, but this encoder reads open_clip files: use {CLIP_DOWNLOAD_HINT}.")
+    return config, state, path
+
+
+def _loaded_tower(build: Callable[[str], nn.Module], state: Mapping[str, torch.Tensor], path: Path, model_name: str) -> nn.Module:
+    """`build(device)`'s tower with the file's weights; sizes are compared on the meta device first, so a config larger
+    than the file is refused before memory is taken."""
+    if faults := fit_faults(model_shapes(build("meta")), {name: tuple(t.shape) for name, t in state.items()}):
+        raise CheckpointError(f"{path} does not fit open_clip '{model_name}' ({'; '.join(faults)}): pick the model name its weights were made for.")
+    tower = build("cpu")
+    tower.load_state_dict(state)
+    return tower
+
+
 class OpenClipEncoder:
     """An open_clip vision tower as an ImageEncoder: frames squashed to its input size, batched.
 
@@ -103,20 +127,10 @@ class OpenClipEncoder:
         """Build `model_name` (an open_clip config name) and load its vision weights from a local file only."""
         import open_clip
 
-        path = _require_file(path, "CLIP image encoder", f"download {CLIP_DOWNLOAD_HINT} and put it in {CLIP_FOLDER_HINT}")
-        config = open_clip.get_model_config(model_name)
-        if config is None:
-            raise CheckpointError(f"open_clip has no model config '{model_name}': use e.g. ViT-B-32-quickgelu for OpenAI CLIP weights.")
-        state = _read_state_dict(path)
-        if any(k.startswith("vision_model.") for k in state):
-            raise CheckpointError(f"{path} is a Hugging Face CLIP vision file, but this encoder reads open_clip files: use {CLIP_DOWNLOAD_HINT}.")
+        config, state, path = _open_clip_weights(path, model_name)
         if any(k.startswith("visual.") for k in state):
             state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
-        # sizes compared on the meta device first: a config larger than the file is refused before memory is taken
-        if faults := fit_faults(model_shapes(vision_tower(config, "meta")), {name: tuple(t.shape) for name, t in state.items()}):
-            raise CheckpointError(f"{path} does not fit open_clip '{model_name}' ({'; '.join(faults)}): pick the model name its weights were made for.")
-        visual = vision_tower(config, "cpu")
-        visual.load_state_dict(state)
+        visual = _loaded_tower(lambda device: vision_tower(config, device), state, path, model_name)
         preprocess = config.get("preprocess_cfg", {})
         mean = preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)
         std = preprocess.get("std", open_clip.OPENAI_DATASET_STD)
@@ -141,6 +155,48 @@ def vision_tower(config: Mapping, device: torch.device | str) -> nn.Module:
 
     with torch.device(device):
         return open_clip.model._build_vision_tower(config["embed_dim"], config["vision_cfg"], config.get("quick_gelu", False))
+
+
+def _text_tower(config: Mapping, device: torch.device | str) -> nn.Module:
+    import open_clip
+
+    with torch.device(device):
+        return open_clip.model._build_text_tower(config["embed_dim"], config["text_cfg"], config.get("quick_gelu", False))
+
+
+class OpenClipTextEncoder:
+    """The text tower of the same open_clip CLIP file, for prompt-image similarity (story evaluation).
+
+    Prompts longer than the context (77 tokens for OpenAI CLIP) are cut there by open_clip's tokenizer.
+    """
+
+    def __init__(self, text: nn.Module, tokenizer):
+        self.text = text.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike, model_name: str = "ViT-B-32-quickgelu", device: torch.device | str = "cpu"
+    ) -> OpenClipTextEncoder:
+        """Build the text tower of `model_name` and load its weights (the file's keys outside `visual.`)."""
+        import open_clip
+
+        config, state, path = _open_clip_weights(path, model_name)
+        text_state = {k: v for k, v in state.items() if not k.startswith("visual.") and k != "logit_scale"}
+        if "token_embedding.weight" not in text_state:
+            raise CheckpointError(
+                f"{path} holds only CLIP's image tower, but prompt following needs its text tower too: "
+                f"use {CLIP_DOWNLOAD_HINT}."
+            )
+        text = _loaded_tower(lambda device: _text_tower(config, device), text_state, path, model_name)
+        return cls(text.to(device), open_clip.get_tokenizer(model_name))
+
+    @torch.inference_mode()
+    def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> L2-normalised float32 embeddings [N, D] on the CPU."""
+        parameter = next(self.text.parameters())
+        tokens = self.tokenizer(list(prompts)).to(parameter.device)
+        return F.normalize(self.text(tokens).float(), dim=-1).cpu()
 
 
 class AestheticHead(nn.Module):

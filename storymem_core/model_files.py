@@ -28,7 +28,7 @@ from .checkpoints import (
     model_shapes,
 )
 from .errors import CheckpointError
-from .keyframes import OpenClipEncoder, vision_tower
+from .keyframes import OpenClipEncoder, OpenClipTextEncoder, vision_tower
 from .model_sizes import checked_sizes
 from .safe_files import check_file
 from .wan.attention import backend_name
@@ -261,10 +261,18 @@ _clip_config_dir: Path | None = None  # open_clip re-reads every registered file
 
 def load_keyframe_encoder(path: str | Path, model_name: str, device: torch.device) -> OpenClipEncoder:
     """An open_clip vision tower; a file storing an open_clip config (tiny test models) is built from that config."""
+    return OpenClipEncoder.from_file(path, model_name=_clip_model_name(path, model_name), device=device)
+
+
+def load_clip_text_encoder(path: str | Path, model_name: str, device: torch.device) -> OpenClipTextEncoder:
+    """The text tower of the same CLIP file (prompt following in story evaluation), built as the vision tower is."""
+    return OpenClipTextEncoder.from_file(path, model_name=_clip_model_name(path, model_name), device=device)
+
+
+def _clip_model_name(path: str | Path, model_name: str) -> str:
+    """`model_name`, or the registered name of the open_clip config the file stores (tiny test models)."""
     stored = stored_config(path, "clip-vision")
-    if stored is not None:
-        model_name = _register_clip_config(stored)
-    return OpenClipEncoder.from_file(path, model_name=model_name, device=device)
+    return model_name if stored is None else _register_clip_config(stored)
 
 
 def _register_clip_config(config: dict) -> str:

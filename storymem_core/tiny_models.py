@@ -32,7 +32,8 @@ T5 = {"vocab": 128, "dim": TEXT_DIM, "dim_attn": TEXT_DIM, "dim_ffn": 64, "num_h
 VAE = {"dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_scales": [], "temperal_downsample": [False, True, True]}
 CLIP = {"embed_dim": 16, "quick_gelu": True,
         "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+        # vocab_size: the vocabulary of open_clip's own tokenizer, which the text tower is read with
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
 # sizes ComfyUI core can load too: it reads heads as dim // 128, freq_dim 256, text_dim 4096, the VAE's
 # base width from its weights (num_res_blocks 2) and umT5 in the Hugging Face layout
 CORE_DIT = {**DIT, "dim": 128, "ffn_dim": 256, "freq_dim": 256, "text_dim": 4096, "text_len": 512, "num_heads": 1}
@@ -113,12 +114,15 @@ def _comfy_lora(seed: int, sizes: dict = DIT) -> dict[str, torch.Tensor]:
     return renamed
 
 
-def _clip_visual(seed: int) -> dict[str, torch.Tensor]:
+def _clip(seed: int) -> dict[str, torch.Tensor]:
+    """Both towers under open_clip's CLIP names, as timm's open_clip_model.safetensors holds them."""
     import open_clip
 
     torch.manual_seed(seed)
     visual = open_clip.model._build_vision_tower(CLIP["embed_dim"], CLIP["vision_cfg"], CLIP["quick_gelu"])
-    return {f"visual.{name}": t for name, t in visual.state_dict().items()}
+    text = open_clip.model._build_text_tower(CLIP["embed_dim"], CLIP["text_cfg"], CLIP["quick_gelu"])
+    visual_state = {f"visual.{name}": t for name, t in visual.state_dict().items()}
+    return visual_state | text.state_dict() | {"logit_scale": torch.tensor(4.6052)}  # log(100), CLIP's trained value
 
 
 def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
@@ -140,7 +144,7 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed + 9)
     _save(WanVAE(VAEConfig.from_dict(VAE)).state_dict(), root / "vae" / VAE_FILE, VAE)
-    _save(_clip_visual(seed + 10), root / "clip_vision" / CLIP_FILE, CLIP)
+    _save(_clip(seed + 10), root / "clip_vision" / CLIP_FILE, CLIP)
     generator = torch.Generator().manual_seed(seed + 11)  # scores near 5, above the 4.0 quality threshold
     torch.save({"weight": torch.randn(1, CLIP["embed_dim"], generator=generator) * 0.1, "bias": torch.tensor([5.0])},
                root / "clip_vision" / AESTHETIC_FILE)

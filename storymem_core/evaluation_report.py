@@ -1,0 +1,114 @@
+"""`python -m storymem_core evaluate STORY_FOLDER...`: score finished stories, write evaluation.json and pictures.
+
+Each folder gets evaluation.json, evaluation_heatmap.png, evaluation_scores.png and evaluation_frames.png.
+With several folders (one story made with several settings, say) a side-by-side table is printed and
+comparison.json with the two comparison pictures goes to --out. Every folder is checked before a model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from .evaluation import (
+    RESULT_FILE, SUMMARY_LABELS, Scorers, StoryEvaluation, check_frames_per_shot, evaluate_story, finished_story,
+    folder_references, folder_shot_frames, save_picture, write_json,
+)
+from .evaluation_pictures import contact_sheet, heatmap, score_chart
+from .keyframes import AestheticHead
+from .model_files import load_clip_text_encoder, load_keyframe_encoder
+from .runner import _device, find_model_files
+
+PICTURES = {"heatmap": "evaluation_heatmap.png", "scores": "evaluation_scores.png", "frames": "evaluation_frames.png"}
+
+
+def load_scorers(models_dir: str | Path, open_clip_name: str, device: torch.device) -> Scorers:
+    """The CLIP towers and the LAION aesthetic head, found in a models folder as the story command finds them."""
+    files = find_model_files(models_dir, ["clip", "aesthetic"])
+    image = load_keyframe_encoder(files["clip"], open_clip_name, device)
+    head = AestheticHead.from_file(files["aesthetic"])
+    head.check_fits(image)
+    return Scorers(image, load_clip_text_encoder(files["clip"], open_clip_name, device), head)
+
+
+def write_report(evaluation: StoryEvaluation, folder: str | Path) -> list[Path]:
+    """evaluation.json and the three pictures into `folder`, each written atomically."""
+    folder = Path(folder)
+    title = f"{evaluation.name} ({folder.name})"
+    return [
+        write_json(evaluation.to_json(), folder / RESULT_FILE),
+        save_picture(heatmap([evaluation], [title]), folder / PICTURES["heatmap"]),
+        save_picture(score_chart([evaluation], [title]), folder / PICTURES["scores"]),
+        save_picture(contact_sheet(evaluation, title), folder / PICTURES["frames"]),
+    ]
+
+
+def write_comparison(evaluations: Sequence[StoryEvaluation], names: Sequence[str], out: str | Path) -> list[Path]:
+    out = Path(out)
+    table = {name: evaluation.summary() for name, evaluation in zip(names, evaluations)}
+    return [
+        write_json({"stories": table}, out / "comparison.json"),
+        save_picture(heatmap(evaluations, names), out / "comparison_heatmap.png"),
+        save_picture(score_chart(evaluations, names), out / "comparison_scores.png"),
+    ]
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def summary_table(evaluations: Sequence[StoryEvaluation], names: Sequence[str]) -> str:
+    """Story-level scores, a column per story."""
+    label_width = max(len(label) for label in SUMMARY_LABELS.values())
+    widths = [max(8, len(name)) for name in names]
+    lines = [" " * label_width + "  " + "  ".join(name.rjust(w) for name, w in zip(names, widths))]
+    summaries = [e.summary() for e in evaluations]
+    for key, label in SUMMARY_LABELS.items():
+        cells = "  ".join(_cell(summary[key]).rjust(width) for summary, width in zip(summaries, widths))
+        lines.append(f"{label.ljust(label_width)}  {cells}")
+    return "\n".join(lines)
+
+
+SHOT_COLUMNS = (("aesthetic", 9), ("prompt_following", 6), ("consistency", 11), ("consistency_in_scene", 8),
+                ("smoothness", 10))
+
+
+def shot_table(evaluation: StoryEvaluation) -> str:
+    """Per-shot scores of one story."""
+    lines = ["shot  scene  cut   aesthetic  prompt  consistency  in scene  smoothness"]
+    for row in evaluation.to_json()["shots"]:
+        scores = [_cell(row[key]).rjust(width) for key, width in SHOT_COLUMNS]
+        lines.append(f"{row['shot']:4d}  {row['scene']:5d}  {'yes' if row['cut'] else 'no':4s}  {'  '.join(scores)}")
+    return "\n".join(lines)
+
+
+def _names(folders: Sequence[Path]) -> list[str]:
+    """Short, distinct column names: the folder names, or their paths where two share a name."""
+    names = [folder.name for folder in folders]
+    return names if len(set(names)) == len(names) else [str(folder) for folder in folders]
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    check_frames_per_shot(args.frames_per_shot)
+    folders = [Path(folder) for folder in args.folders]
+    stories = [finished_story(folder, args.script) for folder in folders]  # every folder checked before a model loads
+    scorers = load_scorers(args.models_dir, args.open_clip_name, _device(args.device))
+    evaluations = []
+    for folder, story in zip(folders, stories):
+        with tqdm(total=len(story.shots), desc=f"evaluate {folder.name}", unit="shot") as bar:
+            evaluation = evaluate_story(story, folder_shot_frames(folder, story), scorers, folder_references(folder),
+                                        args.frames_per_shot, on_shot=lambda done, total: bar.update(done - bar.n))
+        evaluations.append(evaluation)
+        written = write_report(evaluation, folder)
+        print(f"{folder}: '{story.name}', {len(story.shots)} shot(s)\n{shot_table(evaluation)}")
+        print(f"written: {', '.join(path.name for path in written)} in {folder}\n")
+    names = _names(folders)
+    print(summary_table(evaluations, names))
+    if len(evaluations) > 1:
+        written = write_comparison(evaluations, names, args.out)
+        print(f"\ncomparison: {', '.join(str(path) for path in written)}")
+    return 0
