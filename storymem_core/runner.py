@@ -20,8 +20,9 @@ from tqdm import tqdm
 from .checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
 from .errors import CheckpointError, StoryMemError
 from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
-from .model_files import auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
+from .model_files import ExpertLoras, auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
 from .pipeline import StoryModels, StoryOptions, check_story_folder, run_story
+from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE, lora_roles, preset_roles, preset_settings
 from .sampling import ExpertPair, SamplerSettings
 from .shot import shot_tokens
 from .story import Story, load_story
@@ -54,6 +55,7 @@ ROLES = {
     "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"), "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
     "hpsv3": ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)", ("clip_vision",)),
 }
+ROLES.update({role: ModelRole(LORA_FOLDER, lora.patterns, f"{lora.usual_name} ({SOURCE})") for role, lora in PRESET_LORA_ROLES.items()})
 
 
 def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
@@ -103,6 +105,11 @@ def required_roles(first_shot: str, quality: str | None = "aesthetic") -> list[s
     return roles + ([quality] if quality else []) + (["t2v_high", "t2v_low"] if first_shot == "t2v" else [])
 
 
+def _speed_loras(files: dict[str, Path], preset: str, kind: str) -> list[ExpertLoras]:
+    """Entries for layers Wan2.2 lacks are skipped (and logged), as Add Wan LoRA does for speed LoRAs."""
+    return [ExpertLoras(files[high], files[low], strict=False) for high, low in lora_roles(preset, kind)]
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     device: torch.device
@@ -111,13 +118,13 @@ class LoadOptions:
     compile_blocks: bool = False
     open_clip_name: str = "ViT-B-32-quickgelu"
     quality: str = "auto"  # QUALITY_CHOICES: the keyframe quality filter's model, or off
+    preset: str = "none"  # PRESET_CHOICES: speed LoRAs stacked on the experts (its sampler settings are in StoryOptions)
 
 
-def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int, loras: tuple[str, str] | None) -> ExpertPair:
+def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int, loras: list[ExpertLoras]) -> ExpertPair:
     free = torch.cuda.mem_get_info(load.device)[0] if load.device.type == "cuda" else 0
     high_expert, low_expert, placement = load_expert_pair(
-        files[high], files[low], load.weights, load.offload, load.compile_blocks, load.device, free, tokens,
-        None if loras is None else (files[loras[0]], files[loras[1]]),  # the StoryMem LoRA stays hooked for the whole story
+        files[high], files[low], load.weights, load.offload, load.compile_blocks, load.device, free, tokens, loras,
     )
     log.info("experts %s + %s: %s offload", files[high].name, files[low].name, placement)
     return ExpertPair(high_expert, low_expert, device=load.device, offload=placement == "experts")
@@ -131,8 +138,10 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
     keyframe_encoder = load_keyframe_encoder(files["clip"], load.open_clip_name, load.device)
     if isinstance(scorer, AestheticHead):
         scorer.check_fits(keyframe_encoder)  # before the experts load, not after the first shot
-    m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, ("lora_high", "lora_low"))
-    t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, None) if options.first_shot == "t2v" else None
+    # LoRAs stay hooked for the whole story: the StoryMem LoRA, then a preset's speed LoRAs on top
+    storymem = ExpertLoras(files["lora_high"], files["lora_low"])
+    m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, [storymem, *_speed_loras(files, load.preset, "i2v")])
+    t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, _speed_loras(files, load.preset, "t2v")) if options.first_shot == "t2v" else None
     text = load_text_encoder(files["text_encoder"], auto_dtype(load.device))
     text_encoder = ParkedTextEncoder(TextEncoder(text.tokenizer, text.encoder, m2v.high.config.text_len), torch.device("cpu"))
     return StoryModels(
@@ -193,7 +202,8 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
     if args.guide is not None and args.guide < 0:
         raise StoryMemError(f"--guide {args.guide} must be 0 or more: leave it out for StoryMem's 3.5 (M2V) and 3 / 4 (T2V).")
     defaults = StoryOptions()
-    m2v, t2v = _sampler_from_args(args, defaults.m2v), _sampler_from_args(args, defaults.t2v)
+    m2v = _sampler_from_args(args, preset_settings(args.preset, defaults.m2v, "m2v"))
+    t2v = _sampler_from_args(args, preset_settings(args.preset, defaults.t2v, "t2v"))
     options = StoryOptions(
         first_shot=args.first_shot, continuation=args.continuation, max_memory=args.max_memory, fixed_memory=args.fixed_memory,
         seed=args.seed, size_wh=(width, height), frames=args.frames, m2v=m2v, t2v=t2v,
@@ -203,14 +213,14 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
 
 
 def _sampler_from_args(args: argparse.Namespace, defaults: SamplerSettings) -> SamplerSettings:
-    """`defaults` with the sampler flags given on the command line (0 is a value, not 'unset')."""
-    given = {"steps": args.steps, "shift": args.shift, "guide_low": args.guide, "guide_high": args.guide}
-    return replace(defaults, solver=args.solver, **{name: value for name, value in given.items() if value is not None})
+    """`defaults` (a preset's, where chosen) with the sampler flags given on the command line (0 is a value, not 'unset')."""
+    given = {"steps": args.steps, "shift": args.shift, "guide_low": args.guide, "guide_high": args.guide, "solver": args.solver}
+    return replace(defaults, **{name: value for name, value in given.items() if value is not None})
 
 
 def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
     return LoadOptions(device=_device(args.device), weights=args.weights, offload=args.offload, compile_blocks=args.compile,
-                       open_clip_name=args.open_clip_name, quality=args.quality)
+                       open_clip_name=args.open_clip_name, quality=args.quality, preset=args.preset)
 
 
 def _device(name: str) -> torch.device:
@@ -246,7 +256,8 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     reference_images = [load_image(path) for path in references]
     start = None if from_shot is None else from_shot - 1
     check_story_folder(out, options, reference_images or None, start)
-    files = find_model_files(models_dir, required_roles(options.first_shot, quality_model(load.quality, models_dir)))
+    roles = required_roles(options.first_shot, quality_model(load.quality, models_dir)) + preset_roles(load.preset, options.first_shot)
+    files = find_model_files(models_dir, roles)
     models = load_story_models(files, options, load)
     progress = StoryProgress(story)
     try:

@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from .model_files import CONFIG_KEY
+from .presets import PRESET_LORA_ROLES
 from .wan.dit import DiTConfig, WanDiT
 from .wan.t5 import T5Config, UMT5Encoder
 from .wan.vae import VAEConfig, WanVAE
@@ -101,6 +102,26 @@ def _comfy_lora(seed: int) -> dict[str, torch.Tensor]:
         renamed[f"diffusion_model.{module}.{part}.weight"] = tensor
         renamed[f"diffusion_model.{module}.alpha"] = torch.tensor(float(LORA_RANK))
     return renamed
+
+
+def _speed_lora(seed: int) -> dict[str, torch.Tensor]:
+    """A distilled speed LoRA's layout (lightx2v): ComfyUI pairs with alpha, plus full deltas of a norm's weight and a bias."""
+    tensors = _comfy_lora(seed)
+    generator = torch.Generator().manual_seed(seed)
+    for block in range(DIT["num_layers"]):
+        prefix = f"diffusion_model.blocks.{block}"
+        tensors[f"{prefix}.norm3.diff"] = torch.randn(DIT["dim"], generator=generator) * 0.1
+        tensors[f"{prefix}.self_attn.o.diff_b"] = torch.randn(DIT["dim"], generator=generator) * 0.1
+    return tensors
+
+
+def write_speed_loras(models_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Tiny stand-ins for every preset's speed LoRAs, in `models_dir`/loras under their published names; role -> path."""
+    written = {}
+    for offset, (role, lora) in enumerate(PRESET_LORA_ROLES.items()):
+        written[role] = Path(models_dir) / "loras" / lora.usual_name
+        _save(_speed_lora(seed + 20 + offset), written[role])
+    return written
 
 
 def _clip_visual(seed: int) -> dict[str, torch.Tensor]:
