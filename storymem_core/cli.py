@@ -46,6 +46,8 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload", default="auto", choices=OFFLOAD_CHOICES,
                         help="GPU memory plan: none (both experts resident), experts (one at a time), blocks (stream blocks "
                              "from RAM, fits 24 GB with fp8), auto (from free memory, default)")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="under torchrun: shard each expert's weights over the GPUs (FSDP2), for GPUs that cannot hold one")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (~25%% faster steps after a ~20 s compile)")
     parser.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the keyframe encoder weights")
     parser.add_argument("--quality", default="auto", choices=QUALITY_CHOICES,

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from .checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
 from .errors import CheckpointError, StoryMemError
 from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
-from .model_files import ExpertLoras, auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
+from .distributed import Parallel, torchrun_session
+from .model_files import ExpertLoras, auto_dtype, dit_config, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
 from .pipeline import StoryModels, StoryOptions, check_story_folder, run_story
 from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE, lora_roles, preset_roles, preset_settings
 from .sampling import ExpertPair, SamplerSettings
@@ -119,6 +120,8 @@ class LoadOptions:
     open_clip_name: str = "ViT-B-32-quickgelu"
     quality: str = "auto"  # QUALITY_CHOICES: the keyframe quality filter's model, or off
     preset: str = "none"  # PRESET_CHOICES: speed LoRAs stacked on the experts (its sampler settings are in StoryOptions)
+    parallel: Parallel | None = None  # under torchrun: this rank's place (storymem_core/distributed.py)
+    fsdp: bool = False  # under torchrun: shard each expert's weights over the ranks
 
 
 def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int, loras: list[ExpertLoras]) -> ExpertPair:
@@ -218,9 +221,11 @@ def _sampler_from_args(args: argparse.Namespace, defaults: SamplerSettings) -> S
     return replace(defaults, **{name: value for name, value in given.items() if value is not None})
 
 
-def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
-    return LoadOptions(device=_device(args.device), weights=args.weights, offload=args.offload, compile_blocks=args.compile,
-                       open_clip_name=args.open_clip_name, quality=args.quality, preset=args.preset)
+def load_options_from_args(args: argparse.Namespace, parallel: Parallel | None = None) -> LoadOptions:
+    """Under torchrun (`parallel`) each rank takes its own device: cuda:LOCAL_RANK, or the CPU without GPUs."""
+    device = _device(args.device) if parallel is None else parallel.device
+    return LoadOptions(device=device, weights=args.weights, offload=args.offload, compile_blocks=args.compile,
+                       open_clip_name=args.open_clip_name, quality=args.quality, preset=args.preset, parallel=parallel, fsdp=args.fsdp)
 
 
 def _device(name: str) -> torch.device:
@@ -241,8 +246,9 @@ def _device(name: str) -> torch.device:
 
 
 def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path, options: StoryOptions, load: LoadOptions,
-                    references: list[str] = (), from_shot: int | None = None) -> Path:
-    """Validate the script and the inputs, load the models, run the story; returns the film's path.
+                    references: list[str] = (), from_shot: int | None = None) -> Path | None:
+    """Validate the script and the inputs, load the models, run the story; returns the film's path (None on the
+    ranks under torchrun that only serve rank 0's forwards).
 
     `from_shot` is 1-based as users count shots.
     """
@@ -258,19 +264,28 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     check_story_folder(out, options, reference_images or None, start)
     roles = required_roles(options.first_shot, quality_model(load.quality, models_dir)) + preset_roles(load.preset, options.first_shot)
     files = find_model_files(models_dir, roles)
+    if load.parallel is not None:
+        load.parallel.check_heads(dit_config(files["i2v_high"])[0].num_heads)
     models = load_story_models(files, options, load)
-    progress = StoryProgress(story)
-    try:
-        film = run_story(story, models, options, out, reference_images or None, start, on_shot=progress.on_shot, on_step=progress.on_step)
-        progress.finished()
-        return film
-    finally:
-        progress.close()
+
+    def run() -> Path:
+        progress = StoryProgress(story)
+        try:
+            film = run_story(story, models, options, out, reference_images or None, start, on_shot=progress.on_shot, on_step=progress.on_step)
+            progress.finished()
+            return film
+        finally:
+            progress.close()
+
+    return run() if load.parallel is None else load.parallel.run({"m2v": models.m2v, "t2v": models.t2v}, load.fsdp, run)
 
 
 def run_story_command(args: argparse.Namespace) -> int:
-    film = run_story_files(args.script, args.models_dir, args.out, options_from_args(args), load_options_from_args(args),
-                           args.reference, args.from_shot)
-    print(f"film: {film}")
-    print(f"shots, memory banks and the memory contact sheet: {Path(args.out)}")
+    options = options_from_args(args)
+    with torchrun_session() as parallel:
+        film = run_story_files(args.script, args.models_dir, args.out, options, load_options_from_args(args, parallel),
+                               args.reference, args.from_shot)
+    if film is not None:
+        print(f"film: {film}")
+        print(f"shots, memory banks and the memory contact sheet: {Path(args.out)}")
     return 0

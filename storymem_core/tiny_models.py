@@ -62,8 +62,8 @@ def _save(tensors: dict[str, torch.Tensor], path: Path, config: dict | None = No
     save_file({name: t.detach().contiguous() for name, t in tensors.items()}, str(path), metadata=metadata)
 
 
-def _dit(in_dim: int, seed: int) -> tuple[dict[str, torch.Tensor], dict]:
-    config = {**DIT, "in_dim": in_dim, "model_type": "i2v" if in_dim == 36 else "t2v"}
+def _dit(in_dim: int, seed: int, num_heads: int) -> tuple[dict[str, torch.Tensor], dict]:
+    config = {**DIT, "in_dim": in_dim, "model_type": "i2v" if in_dim == 36 else "t2v", "num_heads": num_heads}
     torch.manual_seed(seed)
     return WanDiT(DiTConfig.from_dict(config)).state_dict(), config
 
@@ -132,11 +132,13 @@ def _clip_visual(seed: int) -> dict[str, torch.Tensor]:
     return {f"visual.{name}": t for name, t in visual.state_dict().items()}
 
 
-def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
-    """Write every model a StoryMem workflow loads into `models_dir`/<ComfyUI folder>/<usual name>."""
+def write_tiny_models(models_dir: str | Path, seed: int = 0, num_heads: int = DIT["num_heads"]) -> Path:
+    """Write every model a StoryMem workflow loads into `models_dir`/<ComfyUI folder>/<usual name>.
+
+    `num_heads` (dividing the width 32) sets the experts' attention heads, e.g. 4 to split them over 4 ranks."""
     root = Path(models_dir)
     for name, in_dim, offset in ((I2V_HIGH, 36, 1), (I2V_LOW, 36, 2), (T2V_HIGH, 16, 3), (T2V_LOW, 16, 4)):
-        tensors, config = _dit(in_dim, seed + offset)
+        tensors, config = _dit(in_dim, seed + offset, num_heads)
         _save(tensors, root / "diffusion_models" / name, config)
     for name, offset in ((STORYMEM_LORA_HIGH, 5), (STORYMEM_LORA_LOW, 6)):
         path = root / "loras" / name
