@@ -32,8 +32,8 @@ from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.shot import generate_memory_shot
 from storymem_core.wan.dit import DiTConfig
 
-BLOCK_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k", "cross_attn.v",
-                 "cross_attn.o", "ffn.0", "ffn.2")
+BLOCK_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+                 "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
 
 
 def random_speed_lora(model: torch.nn.Module, rank: int, seed: int) -> LoraWeights:
@@ -43,7 +43,8 @@ def random_speed_lora(model: torch.nn.Module, rank: int, seed: int) -> LoraWeigh
         for name in BLOCK_LINEARS:
             layer = block.get_submodule(name)
             down = torch.randn(rank, layer.in_features, generator=generator) * 0.01
-            modules[f"blocks.{index}.{name}"] = LoraModule(down, torch.randn(layer.out_features, rank, generator=generator) * 0.01, 1.0)
+            up = torch.randn(layer.out_features, rank, generator=generator) * 0.01
+            modules[f"blocks.{index}.{name}"] = LoraModule(down, up, 1.0)
     return LoraWeights(f"random rank-{rank} speed LoRA", modules)
 
 
@@ -55,7 +56,8 @@ def main() -> None:
 
     device = torch.device("cuda", torch.cuda.current_device())
     config = DiTConfig.a14b("i2v")
-    row = {"memory": args.memory, "tokens": tokens(config, args.memory), "gpu": torch.cuda.get_device_name(device), "torch": torch.__version__}
+    row = {"memory": args.memory, "tokens": tokens(config, args.memory), "gpu": torch.cuda.get_device_name(device),
+           "torch": torch.__version__}
 
     def record(**values) -> None:
         row.update(values)
@@ -80,7 +82,8 @@ def main() -> None:
         synchronize(device)
         begin = time.perf_counter()
         with torch.no_grad():
-            video = generate_memory_shot(experts, vae, context, context_null, memory, FRAMES, WIDTH * HEIGHT, settings).video
+            video = generate_memory_shot(experts, vae, context, context_null, memory, FRAMES, WIDTH * HEIGHT,
+                                         settings).video
         synchronize(device)
         assert torch.isfinite(video).all(), "the shot has non-finite pixels"
         return time.perf_counter() - begin
@@ -88,7 +91,8 @@ def main() -> None:
     record(warm_up_s=shot(SamplerSettings(steps=1, seed=0)))
     default_2, default_6 = shot(SamplerSettings(steps=2, seed=0)), shot(SamplerSettings(steps=6, seed=0))
     default_40 = default_6 + (default_6 - default_2) * 34 / 4
-    record(default_2_steps_s=default_2, default_6_steps_s=default_6, default_step_s=(default_6 - default_2) / 4, default_40_steps_s=default_40)
+    record(default_2_steps_s=default_2, default_6_steps_s=default_6, default_step_s=(default_6 - default_2) / 4,
+           default_40_steps_s=default_40)
 
     for seed, dit in enumerate((experts.high, experts.low)):
         apply_loras(dit, [random_speed_lora(dit, 64, seed)], mode="hook")
@@ -98,11 +102,13 @@ def main() -> None:
     for _ in range(2):
         experts.parallel = None
         plain.append(shot(preset))
-        degree_1.append(parallel.run({"m2v": experts, "t2v": None}, False, lambda: shot(preset)))  # as rank 0 of torchrun
+        # as rank 0 of torchrun runs it
+        degree_1.append(parallel.run({"m2v": experts, "t2v": None}, False, lambda: shot(preset)))
     dist.destroy_process_group()
     preset_s, parallel_s = statistics.median(plain), statistics.median(degree_1)
-    record(preset_shot_s=plain, preset_degree_1_shot_s=degree_1, preset_s=preset_s, speedup_vs_default_40=default_40 / preset_s,
-           degree_1_overhead=parallel_s / preset_s - 1, peak_gib=torch.cuda.max_memory_allocated(device) / GIB)
+    record(preset_shot_s=plain, preset_degree_1_shot_s=degree_1, preset_s=preset_s,
+           speedup_vs_default_40=default_40 / preset_s, degree_1_overhead=parallel_s / preset_s - 1,
+           peak_gib=torch.cuda.max_memory_allocated(device) / GIB)
 
 
 if __name__ == "__main__":

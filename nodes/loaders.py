@@ -65,7 +65,8 @@ def _read_lora(name: str, strength: float, module: torch.nn.Module, strict: bool
     return weights
 
 
-def with_preset(model: WanExperts, preset: str, settings: SamplerSettings, shots: str) -> tuple[WanExperts, SamplerSettings]:
+def with_preset(model: WanExperts, preset: str, settings: SamplerSettings,
+                shots: str) -> tuple[WanExperts, SamplerSettings]:
     """The experts with the preset's speed LoRAs (found in the LoRA folder by their published names) added, and the
     preset's sampler settings for `shots` ('m2v' / 't2v'); with preset none, both as given."""
     loras = preset_loras(preset, model.kind)
@@ -73,8 +74,10 @@ def with_preset(model: WanExperts, preset: str, settings: SamplerSettings, shots
         return model, settings
     high, low = find_lora_names(host.model_names("loras"), loras)
     # entries for layers Wan2.2 lacks are skipped (and logged), as for any speed LoRA
-    weights = {"high": _read_lora(high, 1.0, model.high, strict=False), "low": _read_lora(low, 1.0, model.low, strict=False)}
-    return model.with_lora(LoraSpec(f"{high} + {low}", 1.0, weights, strict=False)), preset_settings(preset, settings, shots)
+    weights = {expert: _read_lora(name, 1.0, getattr(model, expert), strict=False)
+               for expert, name in (("high", high), ("low", low))}
+    speed = LoraSpec(f"{high} + {low}", 1.0, weights, strict=False)
+    return model.with_lora(speed), preset_settings(preset, settings, shots)
 
 
 class LoadStoryMemLora:

@@ -111,7 +111,8 @@ class FirstShot:
 
     def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel, memory: MemoryBank,
                  prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float, solver: str,
-                 width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None, preset: str = "none") -> dict:
+                 width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None,
+                 preset: str = "none") -> dict:
         model.require("t2v", "First Shot")
         check_size(width, height)
         _check_prompt(prompt)

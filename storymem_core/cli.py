@@ -30,9 +30,10 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guide", type=float, default=None, help="CFG scale for both experts (default 3.5 M2V; 3/4 T2V)")
     parser.add_argument("--solver", default=None, choices=["unipc", "dpm++", "euler"], help="sampler (default unipc)")
     parser.add_argument("--preset", default="none", choices=PRESET_CHOICES,
-                        help="lightx2v: the lightx2v 4-step distilled LoRAs (loras/wan2.2_i2v_lightx2v_4steps_lora_v1_{high,low}_noise, "
-                             "and the t2v v1.1 pair for a T2V first shot) stacked on the StoryMem LoRA, sampled as their authors do: "
-                             "4 Euler steps, shift 5, CFG 1 (one forward per step); --steps, --shift, --guide, --solver still override")
+                        help="lightx2v: the lightx2v 4-step distilled LoRAs "
+                             "(loras/wan2.2_i2v_lightx2v_4steps_lora_v1_{high,low}_noise, and the t2v v1.1 pair for a T2V "
+                             "first shot) stacked on the StoryMem LoRA, sampled as their authors do: 4 Euler steps, shift 5, "
+                             "CFG 1 (one forward per step); --steps, --shift, --guide, --solver still override")
     parser.add_argument("--from-shot", type=int, default=None, metavar="N",
                         help="regenerate from shot N (1-based) with the options given now: from the bank before it, windowed to "
                              "--max-memory / --fixed-memory (N = 1: the initial bank, rebuilt from --reference)")
@@ -47,7 +48,8 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
                         help="GPU memory plan: none (both experts resident), experts (one at a time), blocks (stream blocks "
                              "from RAM, fits 24 GB with fp8), auto (from free memory, default)")
     parser.add_argument("--fsdp", action="store_true",
-                        help="under torchrun: shard each expert's weights over the GPUs (FSDP2), for GPUs that cannot hold one")
+                        help="under torchrun: shard each expert's weights over the GPUs (FSDP2), for GPUs that cannot "
+                             "hold one")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (~25%% faster steps after a ~20 s compile)")
     parser.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the keyframe encoder weights")
     parser.add_argument("--quality", default="auto", choices=QUALITY_CHOICES,

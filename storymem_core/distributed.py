@@ -78,8 +78,8 @@ class Parallel:
         """Refuse, before any shot, a rank count whose splits do not divide the attention heads."""
         if heads % self.world:
             divisors = ", ".join(str(n) for n in range(2, heads + 1) if heads % n == 0)
-            raise StoryMemError(f"torchrun --nproc-per-node {self.world} splits the experts' {heads} attention heads unevenly: "
-                                f"use a process count that divides {heads} ({divisors}).")
+            raise StoryMemError(f"torchrun --nproc-per-node {self.world} splits the experts' {heads} attention heads "
+                                f"unevenly: use a process count that divides {heads} ({divisors}).")
 
     def run(self, pairs: dict[str, ExpertPair | None], fsdp: bool, story: Callable[[], T]) -> T | None:
         """Rank 0 runs `story` with its expert pairs forwarding on every rank; the others serve until it ends.
@@ -110,9 +110,10 @@ class Parallel:
                   context.shape[0], context_null.shape[0], context.shape[1]]
         with self._failures():
             self._broadcast(torch.tensor(header, dtype=torch.float64))
-            inputs = [self._broadcast(x.float()) for x in (latent, context, context_null, *([] if y is None else [y]))]
+            latent, context, context_null = (self._broadcast(x.float()) for x in (latent, context, context_null))
+            y = None if y is None else self._broadcast(y.float())
             # every rank computes from the same broadcast values, so every rank holds the same prediction
-            return self._predict(self._model(pair, high), inputs[0], t, inputs[1], inputs[2], guide, inputs[3] if y is not None else None)
+            return self._predict(self._model(pair, high), latent, t, context, context_null, guide, y)
 
     def stop(self) -> None:
         """Release the serving ranks (after the story, or after a failure on this rank outside a forward)."""
@@ -129,25 +130,26 @@ class Parallel:
                 header = self._broadcast(torch.empty(HEADER_SIZE, dtype=torch.float64)).tolist()
                 if header[0] == STOP:
                     return
-                _, pair_index, high, guide, t, channels, frames, height, width, y_channels, context_len, null_len, text_dim = header
+                _, pair_index, high, guide, t, *latent_shape, y_channels, context_len, null_len, text_dim = header
                 pair = self._pairs[PAIRS[int(pair_index)]]
                 if previous is not None and previous is not pair:
                     previous.park()
                 previous = pair
-                shape = [int(channels), int(frames), int(height), int(width)]
+                shape = [int(size) for size in latent_shape]
                 latent = self._broadcast(torch.empty(shape))
                 context = self._broadcast(torch.empty(int(context_len), int(text_dim)))
                 context_null = self._broadcast(torch.empty(int(null_len), int(text_dim)))
                 y = self._broadcast(torch.empty(int(y_channels), *shape[1:])) if y_channels else None
-                self._predict(self._model(PAIRS[int(pair_index)], bool(high)), latent, t, context, context_null, guide, y)
+                model = self._model(PAIRS[int(pair_index)], bool(high))
+                self._predict(model, latent, t, context, context_null, guide, y)
 
     # ------------------------------------------------------------------ every rank
 
     def _model(self, pair: str, high: bool) -> nn.Module:
         return self._pairs[pair].activate(high=high)
 
-    def _predict(self, model: nn.Module, latent: torch.Tensor, t: float, context: torch.Tensor, context_null: torch.Tensor,
-                 guide: float, y: torch.Tensor | None) -> torch.Tensor:
+    def _predict(self, model: nn.Module, latent: torch.Tensor, t: float, context: torch.Tensor,
+                 context_null: torch.Tensor, guide: float, y: torch.Tensor | None) -> torch.Tensor:
         """uncond + guide * (cond - uncond), as one process computes it, with the work split over the ranks."""
         device = self.device
         latent, context, context_null = latent.to(device), context.to(device), context_null.to(device)
@@ -184,7 +186,8 @@ class Parallel:
             mine = f"rank {self.rank}: {error}".strip()
             first = _first_error(mine)
             if first != mine:
-                raise RankFailed(f"{first.split(':', 1)[0]} failed ({first.split(':', 1)[1].strip()}); every finished shot is kept: "
+                rank, message = first.split(":", 1)
+                raise RankFailed(f"{rank} failed ({message.strip()}); every finished shot is kept: "
                                  "fix that and run the same command again to continue.") from None
             raise
 

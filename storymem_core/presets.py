@@ -105,7 +105,8 @@ def matches(name: str, lora: LoraFile) -> bool:
 
 
 def find_lora_names(names: Iterable[str], loras: tuple[LoraFile, LoraFile]) -> tuple[str, str]:
-    """The first of `names` (files in the LoRA folder) matching each of (high, low); one error names every missing file."""
+    """The first of `names` (files in the LoRA folder) matching each of (high, low); one error names every missing
+    file."""
     names = sorted(names)
     found = [next((name for name in names if matches(name, lora)), None) for lora in loras]
     missing = [lora.usual_name for lora, name in zip(loras, found) if name is None]

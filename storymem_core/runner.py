@@ -21,7 +21,9 @@ from .checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
 from .errors import CheckpointError, StoryMemError
 from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
 from .distributed import Parallel, torchrun_session
-from .model_files import ExpertLoras, auto_dtype, dit_config, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
+from .model_files import (
+    ExpertLoras, auto_dtype, dit_config, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae,
+)
 from .pipeline import StoryModels, StoryOptions, check_story_folder, run_story
 from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE, lora_roles, preset_roles, preset_settings
 from .sampling import ExpertPair, SamplerSettings
@@ -56,7 +58,9 @@ ROLES = {
     "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"), "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
     "hpsv3": ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)", ("clip_vision",)),
 }
-ROLES.update({role: ModelRole(LORA_FOLDER, lora.patterns, f"{lora.usual_name} ({SOURCE})") for role, lora in PRESET_LORA_ROLES.items()})
+ROLES.update({
+    role: ModelRole(LORA_FOLDER, lora.patterns, f"{lora.usual_name} ({SOURCE})") for role, lora in PRESET_LORA_ROLES.items()
+})
 
 
 def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
@@ -119,12 +123,13 @@ class LoadOptions:
     compile_blocks: bool = False
     open_clip_name: str = "ViT-B-32-quickgelu"
     quality: str = "auto"  # QUALITY_CHOICES: the keyframe quality filter's model, or off
-    preset: str = "none"  # PRESET_CHOICES: speed LoRAs stacked on the experts (its sampler settings are in StoryOptions)
+    preset: str = "none"  # PRESET_CHOICES: speed LoRAs on the experts (its sampler settings are in StoryOptions)
     parallel: Parallel | None = None  # under torchrun: this rank's place (storymem_core/distributed.py)
     fsdp: bool = False  # under torchrun: shard each expert's weights over the ranks
 
 
-def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int, loras: list[ExpertLoras]) -> ExpertPair:
+def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int,
+             loras: list[ExpertLoras]) -> ExpertPair:
     free = torch.cuda.mem_get_info(load.device)[0] if load.device.type == "cuda" else 0
     high_expert, low_expert, placement = load_expert_pair(
         files[high], files[low], load.weights, load.offload, load.compile_blocks, load.device, free, tokens, loras,
@@ -144,7 +149,9 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
     # LoRAs stay hooked for the whole story: the StoryMem LoRA, then a preset's speed LoRAs on top
     storymem = ExpertLoras(files["lora_high"], files["lora_low"])
     m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, [storymem, *_speed_loras(files, load.preset, "i2v")])
-    t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, _speed_loras(files, load.preset, "t2v")) if options.first_shot == "t2v" else None
+    t2v = None
+    if options.first_shot == "t2v":
+        t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, _speed_loras(files, load.preset, "t2v"))
     text = load_text_encoder(files["text_encoder"], auto_dtype(load.device))
     text_encoder = ParkedTextEncoder(TextEncoder(text.tokenizer, text.encoder, m2v.high.config.text_len), torch.device("cpu"))
     return StoryModels(
@@ -216,8 +223,10 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
 
 
 def _sampler_from_args(args: argparse.Namespace, defaults: SamplerSettings) -> SamplerSettings:
-    """`defaults` (a preset's, where chosen) with the sampler flags given on the command line (0 is a value, not 'unset')."""
-    given = {"steps": args.steps, "shift": args.shift, "guide_low": args.guide, "guide_high": args.guide, "solver": args.solver}
+    """`defaults` (a preset's, where chosen) with the sampler flags given on the command line (0 is a value, not
+    'unset')."""
+    given = {"steps": args.steps, "shift": args.shift, "guide_low": args.guide, "guide_high": args.guide,
+             "solver": args.solver}
     return replace(defaults, **{name: value for name, value in given.items() if value is not None})
 
 
@@ -225,7 +234,8 @@ def load_options_from_args(args: argparse.Namespace, parallel: Parallel | None =
     """Under torchrun (`parallel`) each rank takes its own device: cuda:LOCAL_RANK, or the CPU without GPUs."""
     device = _device(args.device) if parallel is None else parallel.device
     return LoadOptions(device=device, weights=args.weights, offload=args.offload, compile_blocks=args.compile,
-                       open_clip_name=args.open_clip_name, quality=args.quality, preset=args.preset, parallel=parallel, fsdp=args.fsdp)
+                       open_clip_name=args.open_clip_name, quality=args.quality, preset=args.preset, parallel=parallel,
+                       fsdp=args.fsdp)
 
 
 def _device(name: str) -> torch.device:
@@ -262,8 +272,8 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     reference_images = [load_image(path) for path in references]
     start = None if from_shot is None else from_shot - 1
     check_story_folder(out, options, reference_images or None, start)
-    roles = required_roles(options.first_shot, quality_model(load.quality, models_dir)) + preset_roles(load.preset, options.first_shot)
-    files = find_model_files(models_dir, roles)
+    roles = required_roles(options.first_shot, quality_model(load.quality, models_dir))
+    files = find_model_files(models_dir, roles + preset_roles(load.preset, options.first_shot))
     if load.parallel is not None:
         load.parallel.check_heads(dit_config(files["i2v_high"])[0].num_heads)
     models = load_story_models(files, options, load)
@@ -271,7 +281,8 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     def run() -> Path:
         progress = StoryProgress(story)
         try:
-            film = run_story(story, models, options, out, reference_images or None, start, on_shot=progress.on_shot, on_step=progress.on_step)
+            film = run_story(story, models, options, out, reference_images or None, start, on_shot=progress.on_shot,
+                             on_step=progress.on_step)
             progress.finished()
             return film
         finally:

@@ -123,7 +123,8 @@ def denoise(
             model = experts.for_timestep(t.item(), boundary_t)
             guide = settings.guide_high if t.item() >= boundary_t else settings.guide_low
             if experts.parallel is not None:
-                prediction = experts.parallel.prediction(model is experts.high, latent, t.item(), context, context_null, guide, y)
+                high = model is experts.high
+                prediction = experts.parallel.prediction(high, latent, t.item(), context, context_null, guide, y)
             else:
                 prediction = guided_prediction(
                     model, latent, t.reshape(1).to(device), context, context_null, guide, y, settings.batch_cfg

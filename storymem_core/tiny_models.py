@@ -105,7 +105,8 @@ def _comfy_lora(seed: int) -> dict[str, torch.Tensor]:
 
 
 def _speed_lora(seed: int) -> dict[str, torch.Tensor]:
-    """A distilled speed LoRA's layout (lightx2v): ComfyUI pairs with alpha, plus full deltas of a norm's weight and a bias."""
+    """A distilled speed LoRA's layout (lightx2v): ComfyUI pairs with alpha, plus full deltas of a norm's weight and a
+    bias."""
     tensors = _comfy_lora(seed)
     generator = torch.Generator().manual_seed(seed)
     for block in range(DIT["num_layers"]):
@@ -116,7 +117,8 @@ def _speed_lora(seed: int) -> dict[str, torch.Tensor]:
 
 
 def write_speed_loras(models_dir: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Tiny stand-ins for every preset's speed LoRAs, in `models_dir`/loras under their published names; role -> path."""
+    """Tiny stand-ins for every preset's speed LoRAs, in `models_dir`/loras under their published names; role ->
+    path."""
     written = {}
     for offset, (role, lora) in enumerate(PRESET_LORA_ROLES.items()):
         written[role] = Path(models_dir) / "loras" / lora.usual_name
