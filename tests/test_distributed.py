@@ -60,11 +60,12 @@ def torchrun(world: int, entry: list[str], tmp_path: Path) -> subprocess.Complet
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_torchrun_story_equals_one_process_and_only_rank_0_writes(tmp_path, models_dir):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["replicated", "fsdp"])
+def test_torchrun_story_equals_one_process_and_only_rank_0_writes(tmp_path, models_dir, sharding):
     script = story_script(tmp_path, 2)
     argv = ["story", str(script), "--models-dir", str(models_dir), *TINY]
     assert main(argv + ["--out", str(tmp_path / "alone"), "--device", "cpu"]) == 0
-    run = torchrun(2, ["-m", "storymem_core", *argv, "--out", str(tmp_path / "ranks")], tmp_path)
+    run = torchrun(2, ["-m", "storymem_core", *argv, *sharding, "--out", str(tmp_path / "ranks")], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("film:") == 1  # rank 0 alone reports (and writes)
     alone, ranks = StoryFolder(tmp_path / "alone"), StoryFolder(tmp_path / "ranks")
@@ -75,6 +76,14 @@ def test_torchrun_story_equals_one_process_and_only_rank_0_writes(tmp_path, mode
         for frame in sorted(alone.tail(shot).glob("*.png")):
             assert (load_image(frame).int() - load_image(ranks.tail(shot) / frame.name).int()).abs().max() <= 1
         assert len(MemoryBank.load(ranks.bank(shot))) == len(MemoryBank.load(alone.bank(shot)))
+
+
+def test_a_rank_count_that_does_not_divide_the_heads_is_refused_before_any_shot(tmp_path, models_dir):
+    argv = ["story", str(story_script(tmp_path, 1)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *TINY]
+    run = torchrun(3, ["-m", "storymem_core", *argv], tmp_path)
+    assert run.returncode != 0
+    assert "splits the experts' 4 attention heads unevenly: use a process count that divides 4 (2, 4)" in run.stderr
+    assert not (tmp_path / "out").exists()
 
 
 FAILING_RANK = """
