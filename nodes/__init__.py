@@ -1,9 +1,14 @@
 """StoryMem ComfyUI nodes, grouped by what they handle; this module only gathers their mappings."""
 
-from . import loaders, memory_nodes, output_nodes, runner_node, shot_nodes, story_nodes
+from . import host, loaders, memory_nodes, output_nodes, runner_node, shot_nodes, story_nodes
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-for _module in (loaders, story_nodes, memory_nodes, shot_nodes, output_nodes, runner_node):
+_MODULES = [loaders, story_nodes, memory_nodes, shot_nodes, output_nodes, runner_node]
+if host.folder_paths is not None:  # the nodes for ComfyUI's own models exist only inside ComfyUI
+    from . import native
+
+    _MODULES.append(native)
+for _module in _MODULES:
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

@@ -16,6 +16,7 @@ import torch
 
 from storymem_core.checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
 from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
+from storymem_core.safe_files import files_under
 
 try:  # inside ComfyUI these are importable from its root
     import comfy.model_management as comfy_model_management
@@ -63,7 +64,7 @@ class StandaloneHost:
         names = set()
         for root in self.folders(folder):
             if root.is_dir():
-                names.update(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts)
+                names.update(p.relative_to(root).as_posix() for p in files_under(root) if p.is_file() and ".git" not in p.parts)
         return sorted(names)
 
     def output_dir(self) -> Path:

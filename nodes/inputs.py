@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from storymem_core.choices import PRESET_CHOICES
+from storymem_core.limits import MAX_FRAMES, MAX_MEMORY, MAX_SEED, MAX_SHIFT, MAX_SIDE, MAX_STEPS, MIN_SHIFT
 from storymem_core.solvers import SOLVERS
 
 from . import host
-
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 def model_file(folder: str, tooltip: str) -> tuple:
@@ -16,15 +15,15 @@ def model_file(folder: str, tooltip: str) -> tuple:
 
 
 def seed(tooltip: str = "Noise seed of this shot; change it to re-roll the shot with the same memory.") -> tuple:
-    return ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": tooltip})
+    return ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True, "tooltip": tooltip})
 
 
 def steps(default: int = 40) -> tuple:
-    return ("INT", {"default": default, "min": 1, "max": 200, "tooltip": "Sampling steps (40 in Wan2.2 and StoryMem)."})
+    return ("INT", {"default": default, "min": 1, "max": MAX_STEPS, "tooltip": "Sampling steps (40 in Wan2.2 and StoryMem)."})
 
 
 def shift(default: float) -> tuple:
-    return ("FLOAT", {"default": default, "min": 0.1, "max": 100.0, "step": 0.1, "tooltip": f"Flow-matching schedule shift ({default:g} by default for this mode)."})
+    return ("FLOAT", {"default": default, "min": MIN_SHIFT, "max": MAX_SHIFT, "step": 0.1, "tooltip": f"Flow-matching schedule shift ({default:g} by default for this mode)."})
 
 
 def solver() -> tuple:
@@ -32,12 +31,12 @@ def solver() -> tuple:
 
 
 def size(axis: str, default: int) -> tuple:
-    return ("INT", {"default": default, "min": 16, "max": 4096, "step": 16,
+    return ("INT", {"default": default, "min": 16, "max": MAX_SIDE, "step": 16,
                     "tooltip": f"Video {axis} in pixels, a multiple of 16 (width x height is the pixel budget of memory-conditioned shots)."})
 
 
 def frames() -> tuple:
-    return ("INT", {"default": 81, "min": 5, "max": 1001, "step": 4, "tooltip": "Frames per shot, of the form 4n+1 (81 = 5 s at 16 fps)."})
+    return ("INT", {"default": 81, "min": 5, "max": MAX_FRAMES, "step": 4, "tooltip": "Frames per shot, of the form 4n+1 (81 = 5 s at 16 fps)."})
 
 
 def prompt(tooltip: str = "What the shot shows (one shot prompt of the story).") -> tuple:
@@ -55,8 +54,8 @@ def shot_number() -> tuple:
 
 def memory_size() -> dict:
     return {
-        "max_size": ("INT", {"default": 10, "min": 1, "max": 64, "tooltip": "Most keyframes the memory keeps (10 in StoryMem)."}),
-        "fixed": ("INT", {"default": 3, "min": 0, "max": 64, "tooltip": "The first keyframes that are never dropped (3 in StoryMem)."}),
+        "max_size": ("INT", {"default": 10, "min": 1, "max": MAX_MEMORY, "tooltip": "Most keyframes the memory keeps (10 in StoryMem)."}),
+        "fixed": ("INT", {"default": 3, "min": 0, "max": MAX_MEMORY, "tooltip": "The first keyframes that are never dropped (3 in StoryMem)."}),
     }
 
 

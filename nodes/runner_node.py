@@ -17,7 +17,8 @@ import torch
 
 from storymem_core.errors import StoryMemError
 from storymem_core.memory import MemoryBank
-from storymem_core.pipeline import StoryFolder, StoryModels, StoryOptions, pending_shots, run_story
+from storymem_core.pipeline import StoryModels, StoryOptions, run_story
+from storymem_core.story_folder import StoryFolder, pending_shots
 from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import T2V_SETTINGS
 from storymem_core.story import Story

@@ -15,7 +15,7 @@ import logging
 import math
 import pickle
 import re
-import zipfile
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .errors import CheckpointError
+from .safe_files import check_file, read_bytes
 from .wan.fp8 import FP8_DTYPES, load_fp8_weights
 from .wan.tokenizer import SPIECE_FILE, WAN_TOKENIZER_DIR
 
@@ -71,6 +72,7 @@ _INPUT_SCALES = ("scale_input", "input_scale")  # activations are quantised dyna
 _FP8_MARKER = "scaled_fp8"
 _TOKENIZER_TENSOR = "spiece_model"
 _FP8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
+_ZIP_MAGIC, _EMPTY_ZIP_MAGIC, _PICKLE_PROTOCOL = b"PK\x03\x04", b"PK\x05\x06", b"\x80"
 
 # Hugging Face T5 layer names (ComfyUI text-encoder files) -> the Wan-AI umT5 names
 _HF_T5_LAYERS = [
@@ -201,6 +203,7 @@ class _SafetensorsFiles:
         self.headers: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         self._handles = {}
         for path in files:
+            check_file(path, "model file", CheckpointError)
             try:
                 handle = safe_open(str(path), framework="pt")
                 names = list(handle.keys())
@@ -234,19 +237,43 @@ class _TensorDict:
         return self._tensors[name]
 
 
+def _pth_format(path: Path) -> str:
+    """'zip' (torch.save since 1.6), 'pickle' (the older single stream), or what else the file holds."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    if start in (_ZIP_MAGIC, _EMPTY_ZIP_MAGIC):
+        return "zip"
+    if start[:1] == _PICKLE_PROTOCOL:
+        return "pickle"
+    if not start:
+        return "it is empty"
+    if not start.strip(b"\0"):
+        return "it starts with zero bytes"
+    return "it holds text" if all(32 <= byte < 127 or byte in b"\t\n\r" for byte in start) else "it holds unknown data"
+
+
 def read_pth(path: Path) -> Mapping[str, torch.Tensor]:
     """A .pth / .bin / .ckpt state dict, tensors only: a file holding other Python objects is refused, never unpickled."""
+    check_file(path, "model file", CheckpointError)
+    file_format = _pth_format(path)
+    if file_format not in ("zip", "pickle"):
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint ({file_format}, not a zip archive or a pickle stream); download it again."
+        )
     try:
-        # mmap needs torch's zip format; older .pth files (one pickle stream) load whole, just as safely
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing or reading: our sentence says it
+            warnings.simplefilter("ignore")
+            # mmap needs torch's zip format; older .pth files (one pickle stream) load whole, just as safely
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=file_format == "zip")
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"{path} contains Python objects besides tensors and was refused, since loading it could run code; "
             "use a .safetensors copy or a file from a trusted source."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first_line}); download it again.") from None
+    except Exception as error:  # a damaged file fails anywhere in torch's readers, with any exception type
+        reason = re.split(r"(?<=[.:;])\s", str(error).strip())[0].rstrip(".:;")[:120] or type(error).__name__
+        damage = "a cut-off or damaged zip archive" if file_format == "zip" else "a damaged pickle stream"
+        raise CheckpointError(f"{path} is {damage}, not a readable PyTorch checkpoint ({reason}); download it again.") from None
     if not isinstance(state, Mapping) or not any(isinstance(t, torch.Tensor) for t in state.values()):
         raise CheckpointError(f"{path} holds no flat name -> tensor state dict; save the model's state_dict() instead.")
     return state
@@ -260,10 +287,15 @@ def _shard_files(folder_or_index: Path) -> list[Path]:
             return sorted(folder_or_index.glob("*.safetensors"))
         folder_or_index = indexes[0]
     try:
-        weight_map = json.loads(folder_or_index.read_text())["weight_map"]
+        weight_map = json.loads(read_bytes(folder_or_index, "shard index", CheckpointError))["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{folder_or_index} is not a shard index with a weight_map ({error}); download it again.") from None
-    files = [folder_or_index.parent / name for name in sorted(set(weight_map.values()))]
+    shard_names = set(weight_map.values()) if isinstance(weight_map, dict) else {None}
+    if outside := [name for name in shard_names if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..")]:
+        raise CheckpointError(
+            f"{folder_or_index} names the shard {outside[0]!r}, which is not a file beside it: download the index again."
+        )
+    files = [folder_or_index.parent / name for name in sorted(shard_names)]
     absent = [f.name for f in files if not f.is_file()]
     if absent:
         raise CheckpointError(
@@ -274,6 +306,7 @@ def _shard_files(folder_or_index: Path) -> list[Path]:
 
 def _open_source(path: Path, kind: str | None) -> tuple[str, Path, _SafetensorsFiles | _TensorDict]:
     """(layout, the path actually opened, reader); a Wan-AI folder is narrowed to the part `kind` asks for."""
+    check_file(path, "model file", CheckpointError)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist: check the path and that the download finished.")
     if path.is_dir():
@@ -340,19 +373,37 @@ def linear_chain(shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], str 
     return prefixes, None
 
 
+def anchor_shape(shapes: Mapping[str, tuple[int, ...]], name: str, rank: int, source: str = "It") -> tuple[int, ...]:
+    """The shape of a tensor the model's sizes are read from, once it has `rank` sizes and none is zero."""
+    if name not in shapes:
+        raise CheckpointError(f"{source} lacks '{name}', which gives the model's size: the file is incomplete; download it again.")
+    shape = tuple(shapes[name])
+    if len(shape) != rank or 0 in shape:
+        raise CheckpointError(f"{source} has '{name}' of shape {list(shape)}, where a model has {rank} sizes above 0: "
+                              "the file is damaged or was altered; download it again.")
+    return shape
+
+
 def _lora_prefix(module: str) -> str:
     return next((p for p in _LORA_PREFIXES if module.startswith(p)), "")
 
 
 def _classify(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str, dict[str, int], list[str]]:
     """(kind, key prefix, architecture sizes, problems) from tensor names and shapes alone."""
+    try:
+        return _classify_by_anchors(shapes)
+    except CheckpointError as error:  # an anchor tensor of the wrong rank or with a zero size
+        return "unknown", "", {}, [str(error)]
+
+
+def _classify_by_anchors(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str, dict[str, int], list[str]]:
     lora_keys = [m["module"] for m in map(_LORA_PART.match, shapes) if m]
     if lora_keys:
         return "lora", _lora_prefix(lora_keys[0]), {}, []
     if (prefix := _find_prefix(shapes, "head.modulation")) is not None:
         return _classify_dit(shapes, prefix)
     if (prefix := _find_prefix(shapes, "decoder.middle.0.residual.0.gamma")) is not None:
-        z_dim = shapes.get(prefix + "conv1.weight", (0,))[0] // 2
+        z_dim = anchor_shape(shapes, prefix + "conv1.weight", 5)[0] // 2
         if z_dim == 16:
             return "wan21-vae", prefix, {"z_dim": z_dim}, []
         return "unknown", prefix, {"z_dim": z_dim}, [
@@ -361,7 +412,8 @@ def _classify(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str, dict[str
     for anchor, blocks, per_layer_bias, embedding in _T5_LAYOUTS:
         if (prefix := _find_prefix(shapes, anchor)) is not None:
             layers = count_blocks(shapes, prefix + blocks)
-            architecture = {"dim": shapes[prefix + anchor][1], "layers": layers, "vocab": shapes.get(prefix + embedding, (0,))[0]}
+            architecture = {"dim": anchor_shape(shapes, prefix + anchor, 2)[1], "layers": layers,
+                            "vocab": anchor_shape(shapes, prefix + embedding, 2)[0] if prefix + embedding in shapes else 0}
             if layers > 1 and prefix + per_layer_bias not in shapes:
                 return "unknown", prefix, architecture, [
                     "This T5 encoder shares one position bias across layers (T5 v1.1, e.g. t5xxl for Flux), so it is not "
@@ -371,7 +423,9 @@ def _classify(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str, dict[str
     if (prefix := _find_prefix(shapes, "class_embedding")) is not None and len(shapes.get(prefix + "proj", ())) == 2:
         width, embed_dim = shapes[prefix + "proj"]
         layers = count_blocks(shapes, prefix + "transformer.resblocks.")
-        return "clip-vision", prefix, {"width": width, "layers": layers, "embed_dim": embed_dim}, []
+        architecture = {"width": width, "layers": layers, "embed_dim": embed_dim}
+        empty = [f"its {name} is 0" for name, size in architecture.items() if size == 0]
+        return "clip-vision", prefix, architecture, [f"This image encoder cannot work: {', '.join(empty)}; download it again."] if empty else []
     if _find_prefix(shapes, "vision_model.embeddings.class_embedding") is not None:
         return "unknown", "", {}, [
             "This is a Hugging Face CLIP vision model, but keyframe selection reads open_clip files: use "
@@ -380,7 +434,9 @@ def _classify(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str, dict[str
     if all(name.endswith(("weight", "bias")) for name in shapes):
         prefixes, problem = linear_chain(shapes)
         if prefixes and problem is None:
-            return "aesthetic-head", "", {"embed_dim": shapes[prefixes[0] + "weight"][1], "layers": len(prefixes)}, []
+            zero = [prefix + "weight" for prefix in prefixes if 0 in shapes[prefix + "weight"]]
+            problems = [f"This aesthetic head cannot work: layer '{zero[0]}' has width 0; download it again."] if zero else []
+            return "aesthetic-head", "", {"embed_dim": shapes[prefixes[0] + "weight"][1], "layers": len(prefixes)}, problems
     first = ", ".join(list(shapes)[:3]) or "no tensors"
     return "unknown", "", {}, [
         f"It has none of the tensors of a Wan2.2 DiT, umT5 encoder, Wan2.1 VAE, LoRA, open_clip image encoder or aesthetic head "
@@ -389,8 +445,8 @@ def _classify(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str, dict[str
 
 
 def _classify_dit(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> tuple[str, str, dict[str, int], list[str]]:
-    in_dim = shapes.get(prefix + "patch_embedding.weight", (0, 0))[1]
-    architecture = {"dim": shapes[prefix + "head.modulation"][-1], "in_dim": in_dim, "layers": count_blocks(shapes, prefix + "blocks.")}
+    in_dim = anchor_shape(shapes, prefix + "patch_embedding.weight", 5)[1]
+    architecture = {"dim": anchor_shape(shapes, prefix + "head.modulation", 3)[-1], "in_dim": in_dim, "layers": count_blocks(shapes, prefix + "blocks.")}
     kind = {16: "wan22-t2v-dit", 36: "wan22-i2v-dit"}.get(in_dim, "unknown")
     problems = []
     if kind == "unknown":
@@ -517,6 +573,10 @@ class Checkpoint:
             weight = f"{layer}.weight"
             if weight in entries:
                 entries[weight] = replace(entries[weight], scale_key=scale_key)
+                scale_size, outputs = math.prod(headers[scale_key][0]), (entries[weight].shape or (1,))[0]
+                if scale_size not in (1, outputs):
+                    info.problems.append(f"The fp8 scale '{scale_key}' holds {scale_size} numbers for a weight of {outputs} outputs; "
+                                         "the file is damaged or was altered; download it again.")
             else:
                 info.problems.append(f"The fp8 scale '{scale_key}' belongs to no weight in the file.")
         if info.fp8 is None and any(e.dtype in FP8_DTYPES for e in entries.values()):
@@ -528,7 +588,7 @@ class Checkpoint:
     def _check_quant_format(self, layer: str, key: str) -> None:
         try:
             quant_format = json.loads(self._reader.read(key).numpy().tobytes()).get("format")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError, RuntimeError):  # not JSON, not an object, not a byte tensor
             quant_format = "unreadable"
         if quant_format not in _FP8_FORMATS:
             self.info.problems.append(
@@ -536,8 +596,21 @@ class Checkpoint:
             )
 
     def _lora_summary(self) -> LoraSummary:
-        modules = {name[: -len(".lora_A.weight")]: e for name, e in self._entries.items() if name.endswith(".lora_A.weight")}
-        alphas = {float(self._reader.read(e.key)) for name, e in self._entries.items() if name.endswith(".alpha")}
+        """What the LoRA adapts; a pair part that is not a matrix or an alpha that is not one finite number is a problem."""
+        pairs = {name: e for name, e in self._entries.items() if name.endswith((".lora_A.weight", ".lora_B.weight"))}
+        if bad := [e for e in pairs.values() if len(e.shape) != 2 or 0 in e.shape]:
+            self.info.problems.append(f"Its '{bad[0].key}' has shape {list(bad[0].shape)}, not a LoRA matrix of rank 1 or more: "
+                                      "the file is damaged or was altered; download it again.")
+        modules = {name[: -len(".lora_A.weight")]: e for name, e in pairs.items() if name.endswith(".lora_A.weight") and e not in bad}
+        alphas = set()
+        for name, entry in self._entries.items():
+            if name.endswith(".alpha"):
+                alpha = self._reader.read(entry.key) if math.prod(entry.shape) == 1 else None
+                if alpha is None or not torch.isfinite(alpha.double()).all():
+                    self.info.problems.append(f"Its '{entry.key}' is {'not one number' if alpha is None else alpha.item()}, "
+                                              "where a LoRA stores a single finite alpha: the file is damaged or was altered; download it again.")
+                else:
+                    alphas.add(alpha.item())
         return LoraSummary(
             format="peft" if self.info.prefix == PEFT_PREFIX else "comfy",
             ranks=sorted({e.shape[0] for e in modules.values()}),

@@ -1,4 +1,4 @@
-"""`python -m storymem_core`: inspect model files, validate story scripts, run stories, run the demo."""
+"""`python -m storymem_core`: inspect model files, validate story scripts, run stories, convert LoRAs, run the demo."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 from .errors import GenerationInterrupted, StoryMemError
 from .choices import OFFLOAD_CHOICES, PRESET_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
+from .story import shown_text
 
 
 def _add_story_options(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     story.add_argument("--models-dir", required=True, help="folder with diffusion_models/, text_encoders/, vae/, loras/, clip_vision/ (ComfyUI layout)")
     _add_story_options(story)
     _add_load_options(story)
+    convert = sub.add_parser("convert-lora", help="write a StoryMem .pth LoRA as a ComfyUI LoRA (rsLoRA scale folded into alpha)")
+    convert.add_argument("source", metavar="IN.pth")
+    convert.add_argument("target", metavar="OUT.safetensors")
+    convert.add_argument("--strength", type=float, default=1.0, help="strength folded into the file (default 1)")
+    convert.add_argument("--alpha", type=float, default=None, help="the LoRA's lora_alpha (default: the file's; the rank for a peft .pth)")
     demo = sub.add_parser("demo", help="a built-in 3-shot story on tiny random models (noise pixels, CPU, < 1 min)")
     demo.add_argument("--out", required=True)
     demo.add_argument("--seed", type=int, default=0)
@@ -89,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             from .story import validate_main
 
             return validate_main(args.scripts)
+        if args.command == "convert-lora":
+            from .lora_convert import convert_lora
+
+            print(convert_lora(args.source, args.target, args.strength, args.alpha))
+            return 0
         if args.command == "story":
             from .runner import run_story_command
 
@@ -97,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(args.out, seed=args.seed)
     except GenerationInterrupted as error:
-        print(f"stopped: {error}", file=sys.stderr)
+        print(f"stopped: {shown_text(str(error))}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("stopped: every finished shot is saved; run the same command again to continue.", file=sys.stderr)
         return 130
     except StoryMemError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {shown_text(str(error))}", file=sys.stderr)
         return 2

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import torch
 
+from .errors import StoryMemError
 from .pipeline import StoryOptions
 from .runner import LoadOptions, run_story_files
 from .shot import T2V_SETTINGS
+from .story_folder import check_output_folder
 from .tiny_models import write_tiny_models
-from .video import atomic_write_path
+from .video import atomic_write_path, ordinary_permissions
 
 DEMO_STORY = {
     "story_name": "The Blue Kite",
@@ -57,17 +59,27 @@ def demo_options(seed: int) -> StoryOptions:
     )
 
 
+def _holds(path: Path, content: bytes) -> bool:
+    """`path` is a regular file with exactly `content` (compared by size first: a stranger's file may be huge)."""
+    return path.is_file() and path.stat().st_size == len(content) and path.read_bytes() == content
+
+
 def run_demo(out: str | Path, seed: int = 0) -> int:
-    out = Path(out)
+    out = check_output_folder(out)
+    script = out / "story.json"
+    story_text = json.dumps(DEMO_STORY, indent=2, ensure_ascii=False)
+    if os.path.lexists(script) and not _holds(script, story_text.encode()):
+        raise StoryMemError(f"--out {out} holds a story.json that is not the demo's: choose a new or empty folder for the demo.")
     models_dir = out / f"models-seed{seed}"
     if not models_dir.is_dir():  # written aside and renamed in: an interrupted first run leaves no half folder
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out, prefix=".models-"))
+        ordinary_permissions(staging)
         write_tiny_models(staging, seed)
         os.replace(staging, models_dir)
-    script = out / "story.json"
-    with atomic_write_path(script) as tmp:
-        tmp.write_text(json.dumps(DEMO_STORY, indent=2, ensure_ascii=False))
+    if not os.path.lexists(script):
+        with atomic_write_path(script) as tmp:
+            tmp.write_text(story_text, encoding="utf-8")
     film = run_story_files(script, models_dir, out / "story", demo_options(seed), LoadOptions(device=torch.device("cpu")))
     print(f"demo film: {film}")
     print(f"shots: {film.parent / 'shots'}; memory banks: {film.parent / 'banks'}; memory contact sheet: {film.parent / 'memory.png'}")

@@ -33,9 +33,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .checkpoints import SAFETENSORS_SUFFIXES, linear_chain, read_pth
+from .checkpoints import SAFETENSORS_SUFFIXES, fit_faults, linear_chain, model_shapes, read_pth
 from .errors import CheckpointError, ConditioningError
 from .memory import Keyframe, MemoryBank
+from .safe_files import check_file
 from .video import check_frames
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
 
 
 def _require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
-    path = Path(path)
+    path = check_file(path, "model file", CheckpointError, what)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist: {fix}.")
     return path
@@ -111,13 +112,11 @@ class OpenClipEncoder:
             raise CheckpointError(f"{path} is a Hugging Face CLIP vision file, but this encoder reads open_clip files: use {CLIP_DOWNLOAD_HINT}.")
         if any(k.startswith("visual.") for k in state):
             state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
-        # only the vision tower: the text tower is never used here
-        visual = open_clip.model._build_vision_tower(config["embed_dim"], config["vision_cfg"], config.get("quick_gelu", False))
-        try:
-            visual.load_state_dict(state)
-        except RuntimeError as error:
-            first_line = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-            raise CheckpointError(f"{path} does not fit open_clip '{model_name}' ({first_line}): pick the model name its weights were made for.") from None
+        # sizes compared on the meta device first: a config larger than the file is refused before memory is taken
+        if faults := fit_faults(model_shapes(vision_tower(config, "meta")), {name: tuple(t.shape) for name, t in state.items()}):
+            raise CheckpointError(f"{path} does not fit open_clip '{model_name}' ({'; '.join(faults)}): pick the model name its weights were made for.")
+        visual = vision_tower(config, "cpu")
+        visual.load_state_dict(state)
         preprocess = config.get("preprocess_cfg", {})
         mean = preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)
         std = preprocess.get("std", open_clip.OPENAI_DATASET_STD)
@@ -134,6 +133,14 @@ class OpenClipEncoder:
             batch = (batch - self.mean.to(batch.device)) / self.std.to(batch.device)
             chunks.append(F.normalize(self.visual(batch.to(parameter.dtype)).float(), dim=-1).cpu())
         return torch.cat(chunks)
+
+
+def vision_tower(config: Mapping, device: torch.device | str) -> nn.Module:
+    """The image tower of an open_clip model config (the text tower is never used here)."""
+    import open_clip
+
+    with torch.device(device):
+        return open_clip.model._build_vision_tower(config["embed_dim"], config["vision_cfg"], config.get("quick_gelu", False))
 
 
 class AestheticHead(nn.Module):

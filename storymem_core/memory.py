@@ -33,6 +33,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import MemoryBankError, WriteError
+from .safe_files import open_image, read_bytes
+from .video import ordinary_permissions
 
 BANK_FILE = "bank.json"
 BANK_FORMAT = "storymem-memory-bank"
@@ -179,6 +181,7 @@ class MemoryBank:
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+            ordinary_permissions(staging)
         except OSError as error:
             raise _write_error(folder, error) from None
         try:
@@ -204,12 +207,12 @@ class MemoryBank:
         """The bank saved in `folder`; a missing or unreadable file raises MemoryBankError naming it."""
         manifest_path = Path(folder) / BANK_FILE
         try:
-            manifest = json.loads(manifest_path.read_text())
+            manifest = json.loads(read_bytes(manifest_path, "memory bank file", MemoryBankError))
             entries = manifest["keyframes"]
             max_size, fixed = int(manifest["max_size"]), int(manifest["fixed"])
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise MemoryBankError(f"{manifest_path} does not exist: point to a folder written by MemoryBank.save.") from None
-        except (ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError) as error:
             raise MemoryBankError(f"{manifest_path} is not a valid memory bank file ({error}): save the bank again.") from None
         if not isinstance(entries, list):
             raise MemoryBankError(f"{manifest_path} is not a valid memory bank file (keyframes is not a list): save the bank again.")
@@ -266,7 +269,7 @@ def _own_file_name(name: str, manifest_path: Path) -> str:
 
 def _read_png(path: Path) -> torch.Tensor:
     try:
-        with Image.open(path) as image:
+        with open_image(path, MemoryBankError, "keyframe image") as image:
             return torch.from_numpy(np.asarray(image.convert("RGB")).copy())
     except FileNotFoundError:
         raise MemoryBankError(f"keyframe image {path} is missing: restore it or save the bank again.") from None

@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,9 +24,14 @@ from safetensors import SafetensorError, safe_open
 from .choices import WEIGHT_DTYPE_NAMES
 from .lora import apply_loras, load_lora
 from .offload import BlockSwapDiT, resolve_offload
-from .checkpoints import KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, CheckpointInfo, count_blocks, describe, detect, fit_faults, load_model, model_shapes
+from .checkpoints import (
+    KIND_NAMES, SAFETENSORS_SUFFIXES, Checkpoint, CheckpointInfo, anchor_shape, count_blocks, describe, detect, fit_faults, load_model,
+    model_shapes,
+)
 from .errors import CheckpointError
-from .keyframes import OpenClipEncoder
+from .keyframes import OpenClipEncoder, vision_tower
+from .model_sizes import checked_sizes
+from .safe_files import check_file
 from .wan.attention import backend_name
 from .wan.dit import DiTConfig, WanDiT
 from .wan.t5 import T5Config, UMT5Encoder
@@ -41,9 +47,10 @@ WAN_HEAD_DIM = 128
 DIT_KINDS = ("wan22-t2v-dit", "wan22-i2v-dit")
 
 
-def stored_config(path: str | Path) -> dict | None:
-    """The JSON config in a safetensors file's metadata, or None (no key, or a .pth file)."""
-    path = Path(path)
+def stored_config(path: str | Path, kind: str) -> dict | None:
+    """The JSON config in a safetensors file's metadata, its sizes checked for a model of `kind` (a checkpoint kind),
+    or None (no key, or a .pth file)."""
+    path = check_file(path, "model file", CheckpointError)
     if not path.name.lower().endswith(SAFETENSORS_SUFFIXES):
         return None
     try:
@@ -54,13 +61,16 @@ def stored_config(path: str | Path) -> dict | None:
     if CONFIG_KEY not in metadata:
         return None
     try:
-        return json.loads(metadata[CONFIG_KEY])
-    except ValueError:
+        config = json.loads(metadata[CONFIG_KEY])
+    except (ValueError, RecursionError):
         raise CheckpointError(f"{path} has an unreadable '{CONFIG_KEY}' metadata entry: rewrite the file with valid JSON there.") from None
+    return checked_sizes(config, "dit" if kind in DIT_KINDS else kind, str(path))
 
 
 def _opened(path: Path, kinds: tuple[str, ...], expected: str) -> Checkpoint:
     checkpoint = Checkpoint(path)
+    if checkpoint.info.kind == "unknown" and checkpoint.info.problems:
+        checkpoint.raise_problems()  # what it is not says more than "not a model this pack reads"
     if checkpoint.info.kind not in kinds:
         raise CheckpointError(f"{path.name} is {KIND_NAMES[checkpoint.info.kind]}, not {expected}: pick the right file in this loader.")
     checkpoint.raise_problems()
@@ -72,43 +82,48 @@ def dit_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str, n
 
     `num_heads` serves widths that are not whole 128-wide heads where only the shapes matter (checks, not runs).
     """
-    dim, in_dim, *patch = shapes["patch_embedding.weight"]
+    dim, in_dim, *patch = anchor_shape(shapes, "patch_embedding.weight", 5, source)
     if dim % WAN_HEAD_DIM and num_heads is None:
         raise CheckpointError(
             f"{source} has width {dim}, which is not a whole number of {WAN_HEAD_DIM}-wide heads: store its config "
             f"under the safetensors metadata key '{CONFIG_KEY}'."
         )
-    return DiTConfig(
+    config = DiTConfig(
         model_type="i2v" if in_dim == 36 else "t2v",
         patch_size=tuple(patch),
         in_dim=in_dim,
         dim=dim,
-        ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
-        freq_dim=shapes["time_embedding.0.weight"][1],
-        text_dim=shapes["text_embedding.0.weight"][1],
-        out_dim=shapes["head.head.weight"][0] // (patch[0] * patch[1] * patch[2]),
+        ffn_dim=anchor_shape(shapes, "blocks.0.ffn.0.weight", 2, source)[0],
+        freq_dim=anchor_shape(shapes, "time_embedding.0.weight", 2, source)[1],
+        text_dim=anchor_shape(shapes, "text_embedding.0.weight", 2, source)[1],
+        out_dim=anchor_shape(shapes, "head.head.weight", 2, source)[0] // (patch[0] * patch[1] * patch[2]),
         num_heads=num_heads if dim % WAN_HEAD_DIM else dim // WAN_HEAD_DIM,
         num_layers=count_blocks(shapes),
         qk_norm="blocks.0.self_attn.norm_q.weight" in shapes,
         cross_attn_norm="blocks.0.norm3.weight" in shapes,
     )
+    checked_sizes(asdict(config), "dit", source)
+    return config
 
 
-def t5_config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> T5Config:
+def t5_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str = "It") -> T5Config:
     """umT5 sizes from tensor shapes: each layer's position bias is [buckets, heads]."""
-    vocab, dim = shapes["token_embedding.weight"]
-    buckets, heads = shapes["blocks.0.pos_embedding.embedding.weight"]
-    return T5Config(
-        vocab=vocab, dim=dim, dim_attn=shapes["blocks.0.attn.q.weight"][0], dim_ffn=shapes["blocks.0.ffn.fc1.weight"][0],
-        num_heads=heads, num_layers=count_blocks(shapes), num_buckets=buckets,
+    vocab, dim = anchor_shape(shapes, "token_embedding.weight", 2, source)
+    buckets, heads = anchor_shape(shapes, "blocks.0.pos_embedding.embedding.weight", 2, source)
+    config = T5Config(
+        vocab=vocab, dim=dim, dim_attn=anchor_shape(shapes, "blocks.0.attn.q.weight", 2, source)[0],
+        dim_ffn=anchor_shape(shapes, "blocks.0.ffn.fc1.weight", 2, source)[0], num_heads=heads, num_layers=count_blocks(shapes),
+        num_buckets=buckets,
     )
+    checked_sizes(asdict(config), "umt5", source)
+    return config
 
 
 def dit_config(path: str | Path) -> tuple[DiTConfig, Checkpoint]:
     """A Wan2.2 expert's config from its metadata or, failing that, its tensor shapes."""
     path = Path(path)
     checkpoint = _opened(path, DIT_KINDS, "a Wan2.2 A14B DiT expert (wan2.2_t2v_* / wan2.2_i2v_*)")
-    stored = stored_config(path)
+    stored = stored_config(path, checkpoint.info.kind)
     config = DiTConfig.from_dict(stored) if stored is not None else dit_config_from_shapes(checkpoint.shapes(), path.name)
     return config, checkpoint
 
@@ -145,16 +160,21 @@ def load_dit(path: str | Path, dtype: torch.dtype, keep_fp8: bool | None = False
 def described_model(kind: str, path: str | Path, shapes: Mapping[str, tuple[int, ...]]) -> nn.Module | None:
     """The model a DiT, umT5 or VAE file describes (its stored config, else its shapes), on the meta device.
 
-    None for other kinds. The VAE's width is read from the file, the rest is Wan2.1's.
+    None for other kinds, and for an image encoder without a stored config (its open_clip name is the user's choice).
+    The VAE's width is read from the file, the rest is Wan2.1's. Every size is checked before anything is built.
     """
-    stored = stored_config(path)
-    with torch.device("meta"):
-        if kind in DIT_KINDS:
-            return WanDiT(DiTConfig.from_dict(stored) if stored is not None else dit_config_from_shapes(shapes, Path(path).name, num_heads=1))
-        if kind == "umt5":
-            return UMT5Encoder(T5Config.from_dict(stored) if stored is not None else t5_config_from_shapes(shapes))
-        if kind == "wan21-vae":
-            return WanVAE(VAEConfig.from_dict(stored) if stored is not None else VAEConfig(dim=shapes["encoder.conv1.weight"][0]))
+    stored, name = stored_config(path, kind), Path(path).name
+    if kind in DIT_KINDS:
+        config = DiTConfig.from_dict(stored) if stored is not None else dit_config_from_shapes(shapes, name, num_heads=1)
+        return _on_meta(WanDiT, config)
+    if kind == "umt5":
+        return _on_meta(UMT5Encoder, T5Config.from_dict(stored) if stored is not None else t5_config_from_shapes(shapes, name))
+    if kind == "wan21-vae":
+        if stored is None:
+            stored = checked_sizes({"dim": anchor_shape(shapes, "encoder.conv1.weight", 5, name)[0]}, kind, name)
+        return _on_meta(WanVAE, VAEConfig.from_dict(stored))
+    if kind == "clip-vision" and stored is not None:
+        return vision_tower(stored, "meta")
     return None
 
 
@@ -164,6 +184,11 @@ class ExpertLoras(NamedTuple):
     high: Path
     low: Path
     strict: bool = True
+
+
+def _on_meta(model: type[nn.Module], config) -> nn.Module:
+    with torch.device("meta"):
+        return model(config)
 
 
 def load_expert_pair(
@@ -212,15 +237,17 @@ def load_vae(path: str | Path, dtype: torch.dtype) -> WanVAE:
 
 
 def fit_problems(info: CheckpointInfo) -> list[str]:
-    """What in a DiT, umT5 or VAE file does not fit the model its own sizes describe (missing, unexpected,
-    wrong-shape tensors), so `inspect` finds what loading would refuse; empty for other kinds."""
-    if info.problems or info.layout == "wan-folder" or info.kind not in (*DIT_KINDS, "umt5", "wan21-vae"):
+    """What in a DiT, umT5, VAE or image-encoder file does not fit the model its own sizes describe (sizes no model
+    can have; missing, unexpected, wrong-shape tensors), so `inspect` finds what loading would refuse; empty for other kinds."""
+    if info.problems or info.layout == "wan-folder" or info.kind not in (*DIT_KINDS, "umt5", "wan21-vae", "clip-vision"):
         return []
     shapes = Checkpoint(info.path).shapes()
     try:
         model = described_model(info.kind, info.path, shapes)
-    except (KeyError, ValueError) as error:
-        return [f"It lacks {error}, which gives the model's size: the file is incomplete; download it again."]
+    except CheckpointError as error:
+        return [str(error)]
+    if model is None:
+        return []
     faults = fit_faults(model_shapes(model), shapes)
     return [f"Its tensors do not fit the model its sizes describe: {'; '.join(faults)}; download it again."] if faults else []
 
@@ -244,7 +271,7 @@ _clip_config_dir: Path | None = None  # open_clip re-reads every registered file
 
 def load_keyframe_encoder(path: str | Path, model_name: str, device: torch.device) -> OpenClipEncoder:
     """An open_clip vision tower; a file storing an open_clip config (tiny test models) is built from that config."""
-    stored = stored_config(path)
+    stored = stored_config(path, "clip-vision")
     if stored is not None:
         model_name = _register_clip_config(stored)
     return OpenClipEncoder.from_file(path, model_name=model_name, device=device)

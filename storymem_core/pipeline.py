@@ -1,21 +1,16 @@
 """The story loop: generate a shot, pick its keyframes, update the memory bank, persist, go on.
 
-Every finished shot is on disk (video, last frames, bank after it) before the next one starts, and
-a shot counts as finished only once its bank folder exists (written last, atomically). Re-running
-the same story into the same folder therefore skips finished shots; `from_shot` regenerates from a
-given shot on with the current options, starting from the bank as it was before that shot, windowed
-to the current max / fixed memory (from shot 1: the initial bank rebuilt from the current references).
-The folder records the memory options and references its shots are made with, so a plain re-run with
-others is refused instead of continuing with the old ones.
+Every finished shot is on disk (video, last frames, bank after it) before the next one starts; the folder's
+resume contract (what counts as finished, what a re-run or `from_shot` may change) is `story_folder`'s.
+`from_shot` regenerates from a given shot on with the current options, starting from the bank as it was before
+that shot, windowed to the current max / fixed memory (from shot 1: the initial bank rebuilt from the references).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,13 +19,13 @@ import torch
 from .conditioning import MOTION_FRAMES, check_frame_num, check_size
 from .errors import ConditioningError, StoryMemError
 from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
+from .limits import MAX_FRAMES, MAX_MEMORY, MAX_SIDE, check_number, check_seed
 from .memory import MemoryBank, discard_bank
 from .sampling import ExpertPair, SamplerSettings
 from .shot import T2V_SETTINGS, PromptEncoder, encode_prompts, generate_memory_shot, generate_text_shot
-from .story import Shot, Story
-from .video import (
-    atomic_write_path, concat_videos, fit_image, load_image, save_image, trim_conditioning_frames, video_to_frames, write_mp4,
-)
+from .story import Story, shown_text
+from .story_folder import FolderState, StoryFolder, check_story_folder, pending_shots
+from .video import GIVEN_FRAMES, atomic_write_path, concat_videos, fit_image, load_image, save_image, trim_conditioning_frames, video_to_frames, write_mp4
 from .wan.vae import WanVAE
 
 log = logging.getLogger(__name__)
@@ -67,141 +62,44 @@ class StoryOptions:
     mark_fixed_memory: bool = False  # mask value 2 for unfixed memory; the reference pipeline leaves it off
 
     def check(self) -> None:
+        """Every value in its range, before anything loads: a typo must not allocate memory or run a model."""
         if self.first_shot not in FIRST_SHOTS:
             raise StoryMemError(f"first shot mode '{self.first_shot}' is unknown: use one of {', '.join(FIRST_SHOTS)}.")
         if self.continuation not in CONTINUATIONS:
             raise StoryMemError(f"continuation '{self.continuation}' is unknown: use one of {', '.join(CONTINUATIONS)}.")
-        check_size(*self.size_wh)
-        if self.max_memory < 1:
-            raise StoryMemError(f"max memory {self.max_memory} leaves no room for keyframes: keep at least 1 (StoryMem uses 10).")
+        width, height = self.size_wh
+        check_number(max(width, height), "size (its longer side)", 16, MAX_SIDE, "use e.g. 832x480 or 1280x720")
+        check_size(width, height)
+        check_number(self.frames, "frames", 1, MAX_FRAMES, "StoryMem makes 81 (5 s at 16 fps)")
+        check_frame_num(self.frames)
+        check_number(self.max_memory, "max memory", 1, MAX_MEMORY, "StoryMem keeps 10 keyframes")
         if not 0 <= self.fixed_memory <= self.max_memory:
             raise StoryMemError(f"fixed memory {self.fixed_memory} must be between 0 and max memory {self.max_memory}.")
-        check_frame_num(self.frames)  # before anything is written, not at the first shot
+        check_number(self.fps, "fps", 1, 120, "StoryMem's videos are 16 fps")
+        check_seed(self.seed, 1)
+        self.m2v.check()
+        self.t2v.check()
 
+    def check_story(self, story: Story) -> None:
+        """What depends on the script: every shot's seed, and frames left after the ones a continuing shot is given."""
+        self.check()
+        check_seed(self.seed, len(story.shots))
+        given = GIVEN_FRAMES[self.continuation]
+        continuing = next((s for s in story.shots[1:] if not s.cut), None)
+        if continuing is not None and self.frames <= given:
+            raise StoryMemError(f"shot {continuing.index + 1} continues the previous one ({self.continuation.upper()}, {given} given frame(s)) "
+                                f"but --frames {self.frames} leaves no new frame: use --frames {given + 4 - (given - 1) % 4} or more, "
+                                "or the M2V continuation (no --mi2v / --mm2v).")
 
-@dataclass
-class StoryFolder:
-    """Where a story's artefacts live; shot numbers in file names are 1-based like the script's."""
-
-    root: Path
-
-    def video(self, shot: int) -> Path:
-        return self.root / "shots" / f"shot_{shot + 1:03d}.mp4"
-
-    def tail(self, shot: int) -> Path:
-        return self.root / "shots" / f"shot_{shot + 1:03d}_last_frames"
-
-    def bank(self, shot: int) -> Path:
-        """The bank after `shot`; shot -1 is the bank the story starts with."""
-        return self.root / "banks" / ("initial" if shot < 0 else f"after_shot_{shot + 1:03d}")
-
-    @property
-    def film(self) -> Path:
-        return self.root / "film.mp4"
-
-    @property
-    def contact_sheet(self) -> Path:
-        return self.root / "memory.png"
-
-    @property
-    def memory_settings(self) -> Path:
-        return self.root / "memory_settings.json"
-
-    def is_finished(self, shot: int) -> bool:
-        return self.bank(shot).is_dir() and self.video(shot).is_file()
+    def check_folder(self, out_dir: str | os.PathLike, story: Story, reference_images: list[torch.Tensor] | None,
+                     from_shot: int | None) -> FolderState:
+        """The story folder can take this run (`story_folder.check_story_folder` with these options)."""
+        references = (reference_images or []) if self.first_shot == "mr2v" else []
+        return check_story_folder(out_dir, story, self.size_wh, self.frames, self.max_memory, self.fixed_memory, references, from_shot)
 
 
 ShotCallback = Callable[[int, int, str], None]
 StepCallback = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class MemorySettings:
-    """What a story's memory is made with, recorded in its folder so that a re-run with other values is refused
-    instead of continuing the shots made with these."""
-
-    max_memory: int
-    fixed_memory: int
-    reference_sha256: tuple[str, ...]  # of each reference image's pixels, so the images themselves need not be kept
-
-    @classmethod
-    def of(cls, options: StoryOptions, reference_images: list[torch.Tensor] | None) -> MemorySettings:
-        return cls(options.max_memory, options.fixed_memory, _sha256(_references(options, reference_images)))
-
-    @classmethod
-    def of_bank(cls, initial: MemoryBank) -> MemorySettings:
-        """A folder from before settings were recorded: every shot was made with its initial bank's."""
-        return cls(initial.max_size, initial.fixed, _sha256(initial.image_list()))
-
-    @classmethod
-    def of_unrecorded(cls, options: StoryOptions, reference_images: list[torch.Tensor] | None) -> MemorySettings:
-        """What `of_bank` gives for a folder started with these values before settings were recorded: its initial
-        bank held the references as given (not fitted), windowed to the limits."""
-        references = _references(options, reference_images)
-        return cls.of_bank(MemoryBank.from_images(references, max_size=options.max_memory, fixed=options.fixed_memory))
-
-    @classmethod
-    def load(cls, folder: StoryFolder) -> MemorySettings | None:
-        """The settings recorded in the folder, None where there are none."""
-        path = folder.memory_settings
-        if not path.is_file():
-            return None
-        try:
-            fields = json.loads(path.read_text())
-            return cls(int(fields["max_memory"]), int(fields["fixed_memory"]), tuple(str(d) for d in fields["reference_sha256"]))
-        except (ValueError, KeyError, TypeError) as error:
-            raise StoryMemError(f"{path} is not a valid settings file ({error}): delete it and re-run with the options the story was started with.") from None
-
-    def save(self, folder: StoryFolder) -> None:
-        """Written only when it changes, so a resumed story leaves the file (and its mtime) as it was."""
-        if MemorySettings.load(folder) != self:
-            with atomic_write_path(folder.memory_settings) as temp:
-                temp.write_text(json.dumps(asdict(self), indent=1))
-
-
-def _references(options: StoryOptions, reference_images: list[torch.Tensor] | None) -> list[torch.Tensor]:
-    """The references a story's memory starts from: only an MR2V story has any."""
-    return (reference_images or []) if options.first_shot == "mr2v" else []
-
-
-def _sha256(images: list[torch.Tensor]) -> tuple[str, ...]:
-    return tuple(hashlib.sha256(str(tuple(image.shape)).encode() + image.numpy().tobytes()).hexdigest() for image in images)
-
-
-def check_story_folder(out_dir: str | os.PathLike, options: StoryOptions, reference_images: list[torch.Tensor] | None = None,
-                       from_shot: int | None = None) -> MemorySettings:
-    """Refuse, before anything loads or is written, a run into a started story whose memory it would not continue:
-    a plain re-run with other memory options or references, or changed references from a shot after the first.
-    Returns the settings this run records."""
-    folder = StoryFolder(Path(out_dir))
-    recorded = MemorySettings.load(folder)
-    settings = current = MemorySettings.of(options, reference_images)
-    if recorded is None and folder.bank(-1).is_dir():
-        recorded = MemorySettings.of_bank(MemoryBank.load(folder.bank(-1)))
-        current = MemorySettings.of_unrecorded(options, reference_images)
-    if recorded is None or recorded == current:
-        return settings
-    where = f"the story in {folder.root}"
-    if recorded.reference_sha256 != current.reference_sha256 and from_shot != 0:
-        raise StoryMemError(f"the --reference images differ from those {where} was started with: pass the same ones to continue it, "
-                            "--from-shot 1 to remake it from the new ones, or a new --out folder.")
-    if from_shot is not None:
-        return settings  # --from-shot remakes its shots with the new memory options
-    for flag, old, new in (("--max-memory", recorded.max_memory, current.max_memory), ("--fixed-memory", recorded.fixed_memory, current.fixed_memory)):
-        if old != new:
-            raise StoryMemError(f"{flag} {new} differs from the {old} {where} was made with: pass {flag} {old} to continue it, "
-                                f"--from-shot N to remake shot N and after with {new}, or a new --out folder.")
-    return settings
-
-
-def pending_shots(story: Story, out_dir: str | os.PathLike, from_shot: int | None = None) -> tuple[Shot, ...]:
-    """The shots a run will generate: from the first unfinished one (or `from_shot`, 0-based) to the end, since a
-    regenerated shot changes the memory of every shot after it."""
-    folder = StoryFolder(Path(out_dir))
-    for position, shot in enumerate(story.shots):
-        if not folder.is_finished(shot.index) or (from_shot is not None and shot.index >= from_shot):
-            return story.shots[position:]
-    return ()
 
 
 def run_story(
@@ -219,8 +117,8 @@ def run_story(
     `from_shot` is 0-based (the CLI converts); `on_shot(index, total, prompt)` is called before each
     generated shot and `on_step(step, steps)` after each sampling step (it may raise to interrupt).
     """
-    options.check()
-    settings = check_story_folder(out_dir, options, reference_images, from_shot)
+    options.check_story(story)
+    state = options.check_folder(out_dir, story, reference_images, from_shot)
     initial = _initial_bank(options, reference_images)
     folder = StoryFolder(Path(out_dir))
     folder.root.mkdir(parents=True, exist_ok=True)
@@ -233,13 +131,15 @@ def run_story(
         frames = _generate(shot, bank, models, options, folder, on_step)
         bank_after = _remember(frames, shot.index, bank, models)
         _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
-        # the settings first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
-        settings.save(folder)  # once the banks made with other settings are gone
+        # the record first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
+        state.save(folder, shot.index)  # once the banks made with other settings are gone
         if shot.index == 0:
             initial.save(folder.bank(-1))
         _persist(folder, shot.index, frames, bank_after, options.fps)
-    concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
-    MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet().save(folder.contact_sheet)
+    if not folder.film_is_current(shots):
+        concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
+        with atomic_write_path(folder.contact_sheet) as temp:
+            MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet().save(temp, format="PNG")
     return folder.film
 
 

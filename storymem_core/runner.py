@@ -24,11 +24,13 @@ from .distributed import Parallel, torchrun_session
 from .model_files import (
     ExpertLoras, auto_dtype, dit_config, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae,
 )
-from .pipeline import StoryModels, StoryOptions, check_story_folder, run_story
+from .pipeline import StoryModels, StoryOptions, run_story
 from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE, lora_roles, preset_roles, preset_settings
 from .sampling import ExpertPair, SamplerSettings
 from .shot import shot_tokens
-from .story import Story, load_story
+from .safe_files import files_under
+from .story import Story, load_story, shown_text
+from .story_folder import check_output_folder
 from .video import load_image
 from .wan.text_encoder import ParkedTextEncoder, TextEncoder
 
@@ -71,7 +73,7 @@ def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
 def _find(root: Path, role: str) -> Path | None:
     spec = ROLES[role]
     folders = [root / name for name in (spec.folder, *LEGACY_FOLDERS.get(spec.folder, ()), *spec.other_folders)]
-    candidates = sorted(p for folder in folders for p in folder.rglob("*") if p.is_file() and _matches(p, spec.patterns))
+    candidates = sorted(p for folder in folders for p in files_under(folder) if p.is_file() and _matches(p, spec.patterns))
     if len(candidates) > 1:
         log.info("%s: using %s of %d matching files", role, candidates[0].name, len(candidates))
     return candidates[0] if candidates else None
@@ -179,7 +181,7 @@ class StoryProgress:
 
     def on_shot(self, index: int, total: int, prompt: str) -> None:
         self.shots.n = index  # shots before it are done, whether made now or skipped as finished
-        self.shots.set_postfix_str(prompt[:40])
+        self.shots.set_postfix_str(shown_text(prompt[:40]))
         self.shots.refresh()
 
     def on_step(self, step: int, steps: int) -> None:
@@ -205,12 +207,6 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise StoryMemError(f"--size {args.size!r} is not WIDTHxHEIGHT: write e.g. --size 832x480.") from None
-    if args.steps is not None and args.steps < 1:
-        raise StoryMemError(f"--steps {args.steps} samples nothing: use at least 1 (StoryMem uses 40).")
-    if args.shift is not None and args.shift <= 0:
-        raise StoryMemError(f"--shift {args.shift} must be positive: leave it out for StoryMem's 4 (M2V) and 12 (T2V).")
-    if args.guide is not None and args.guide < 0:
-        raise StoryMemError(f"--guide {args.guide} must be 0 or more: leave it out for StoryMem's 3.5 (M2V) and 3 / 4 (T2V).")
     defaults = StoryOptions()
     m2v = _sampler_from_args(args, preset_settings(args.preset, defaults.m2v, "m2v"))
     t2v = _sampler_from_args(args, preset_settings(args.preset, defaults.t2v, "t2v"))
@@ -218,7 +214,7 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
         first_shot=args.first_shot, continuation=args.continuation, max_memory=args.max_memory, fixed_memory=args.fixed_memory,
         seed=args.seed, size_wh=(width, height), frames=args.frames, m2v=m2v, t2v=t2v,
     )
-    options.check()
+    options.check()  # every number in its range before anything loads
     return options
 
 
@@ -269,9 +265,11 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
         raise StoryMemError("--reference images are given but the first shot is T2V: add --m2v-first-shot to start from them (MR2V).")
     if options.first_shot == "mr2v" and not references:
         raise StoryMemError("--m2v-first-shot starts from reference images: pass them with --reference IMAGE (one or more).")
-    reference_images = [load_image(path) for path in references]
+    options.check_story(story)
     start = None if from_shot is None else from_shot - 1
-    check_story_folder(out, options, reference_images or None, start)
+    check_output_folder(out)  # before the references are read: a wrong --out is the cheaper fault to report
+    reference_images = [load_image(path) for path in references]
+    options.check_folder(out, story, reference_images, start)
     roles = required_roles(options.first_shot, quality_model(load.quality, models_dir))
     files = find_model_files(models_dir, roles + preset_roles(load.preset, options.first_shot))
     if load.parallel is not None:

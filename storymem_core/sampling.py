@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
-from .solvers import make_solver
+from .errors import SamplerError
+from .limits import MAX_GUIDE, MAX_SHIFT, MAX_STEPS, MIN_SHIFT, check_number
+from .solvers import SOLVERS, make_solver
 
 if TYPE_CHECKING:
     from .distributed import PairChannel
@@ -33,6 +35,16 @@ class SamplerSettings:
     guide_high: float = 3.5
     seed: int = 0
     batch_cfg: bool = False  # cond + uncond as one batch of two: faster on GPUs, same math
+
+    def check(self) -> None:
+        """Refuse values no sampler can use before a model loads (a NaN shift samples an all-black film)."""
+        if self.solver not in SOLVERS:
+            raise SamplerError(f"solver {self.solver!r} is unknown: choose one of {', '.join(SOLVERS)}.")
+        check_number(self.steps, "steps", 1, MAX_STEPS, "StoryMem samples 40")
+        check_number(self.shift, "shift", MIN_SHIFT, MAX_SHIFT, "leave it out for StoryMem's 4 (M2V) and 12 (T2V)")
+        for guide in (self.guide_high, self.guide_low):
+            check_number(guide, "guide (CFG)", 0, MAX_GUIDE, "leave it out for StoryMem's 3.5 (M2V) and 3 / 4 (T2V)")
+        check_number(self.boundary, "expert boundary", 0, 1, "Wan2.2 switches experts at 0.9 (M2V) and 0.875 (T2V)")
 
 
 class ExpertPair:
@@ -111,6 +123,7 @@ def denoise(
 ) -> torch.Tensor:
     """Integrate from `noise` [16, T, h, w] to a clean latent. `on_step(i, total)` reports progress and may
     raise to stop (interruption is checked between steps, never mid-step)."""
+    settings.check()
     solver = make_solver(settings.solver, settings.steps, settings.shift, NUM_TRAIN_TIMESTEPS)
     boundary_t = settings.boundary * NUM_TRAIN_TIMESTEPS
     device = experts.device

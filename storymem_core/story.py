@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoryScriptError
+from .safe_files import read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _fail(where: str, problem: str, fix: str) -> StoryScriptError:
 
 
 def _shown(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    text = shown_text(json.dumps(value, ensure_ascii=False))
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -79,11 +80,29 @@ def _described(value: Any) -> str:
     return f"{kind} {_shown(value)}"
 
 
+def shown_text(text: str) -> str:
+    """`text` with control characters and escape sequences written as escapes, so a prompt shown in a log, a progress
+    bar or `validate` cannot move the cursor, recolour the terminal or break a line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def _expect(value: Any, kind: type, what: str, where: str, example: str) -> Any:
     """`value` if it is of `kind` (booleans never count as numbers), else the error naming `what`."""
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        if isinstance(value, str):
+            _check_encodable(value, what, where)
         return value
     raise _fail(where, f"{what} is {_described(value)}", f"make it {example}")
+
+
+def _check_encodable(text: str, what: str, where: str) -> None:
+    """JSON can spell half of a character (a lone surrogate such as \\ud800); no file, log or tokenizer can take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = text[error.start:error.end]
+        raise _fail(where, f"{what} holds {shown_text(bad)}, half of a character (a lone surrogate)",
+                    "write the character itself, or both halves of its surrogate pair") from None
 
 
 def _cut_flag(value: Any, where: str) -> bool:
@@ -95,7 +114,7 @@ def _cut_flag(value: Any, where: str) -> bool:
 
 
 def _unknown_keys(data: dict, known: tuple[str, ...], where: str) -> list[str]:
-    return [f"{where}: unknown key '{key}' is ignored (known keys: {', '.join(known)})." for key in data if key not in known]
+    return [f"{where}: unknown key '{shown_text(key)}' is ignored (known keys: {', '.join(known)})." for key in data if key not in known]
 
 
 def _parse_scene(raw: Any, position: int, first_index: int, source: str) -> tuple[Scene, list[str]]:
@@ -192,11 +211,13 @@ def _decode(text: str, source: str) -> Any:
 
 def _read_text(path: str | os.PathLike) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
+        return read_bytes(path, "story script", StoryScriptError).decode("utf-8")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise _fail(str(path), "no story script file is there", "check the path") from None
     except UnicodeDecodeError:
         raise _fail(str(path), "the file is not UTF-8 text", "save it as UTF-8") from None
+    except PermissionError:
+        raise _fail(str(path), "the file cannot be read (permission denied)", "make it readable") from None
 
 
 def loads_story(text: str, source: str = "<text>") -> Story:
@@ -210,7 +231,7 @@ def load_story(path: str | os.PathLike) -> Story:
 
 
 def _excerpt(prompt: str) -> str:
-    flat = " ".join(prompt.split())
+    flat = shown_text(" ".join(prompt.split()))
     return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 3] + "..."
 
 
@@ -221,13 +242,13 @@ def validate_main(paths: list[str]) -> int:
         try:
             story, warnings = _validate(_decode(_read_text(path), path), path)
         except StoryScriptError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {shown_text(str(error))}", file=sys.stderr)
             status = 2
             continue
         shots = story.shots
-        print(f"{path}: '{story.name}', {len(story.scenes)} scene(s), {len(shots)} shot(s), {len(warnings)} warning(s)")
+        print(f"{shown_text(path)}: '{shown_text(story.name)}', {len(story.scenes)} scene(s), {len(shots)} shot(s), {len(warnings)} warning(s)")
         for warning in warnings:
-            print(f"  warning: {warning}")
+            print(f"  warning: {shown_text(warning)}")
         for shot in shots:
             flag = "cut" if shot.cut else "cont"
             print(f"  shot {shot.index + 1:3d}  scene {shot.scene_num:2d}  {flag:4s}  {_excerpt(shot.prompt)}")

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from .model_files import CONFIG_KEY
 from .presets import PRESET_LORA_ROLES
+from .video import ordinary_permissions
 from .wan.dit import DiTConfig, WanDiT
 from .wan.t5 import T5Config, UMT5Encoder
 from .wan.vae import VAEConfig, WanVAE
@@ -33,6 +34,12 @@ VAE = {"dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1, "at
 CLIP = {"embed_dim": 16, "quick_gelu": True,
         "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
         "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+# sizes ComfyUI core can load too: it reads heads as dim // 128, freq_dim 256, text_dim 4096, the VAE's
+# base width from its weights (num_res_blocks 2) and umT5 in the Hugging Face layout
+CORE_DIT = {**DIT, "dim": 128, "ffn_dim": 256, "freq_dim": 256, "text_dim": 4096, "text_len": 512, "num_heads": 1}
+CORE_VAE = {**VAE, "num_res_blocks": 2}
+CORE_T5 = {"d_model": 4096, "d_kv": 16, "num_heads": 2, "d_ff": 64, "num_layers": 1, "vocab_size": 128,
+           "relative_attention_num_buckets": 32}  # ComfyUI builds 32 buckets whatever the config says
 LORA_RANK = 2
 LORA_TARGETS = ("self_attn.q", "self_attn.v", "cross_attn.k", "ffn.0")
 
@@ -44,6 +51,8 @@ T2V_LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
 STORYMEM_LORA_HIGH = "StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth"
 STORYMEM_LORA_LOW = "StoryMem/Wan2.2-MI2V-A14B/backbone_low_noise.pth"
 EXTRA_LORA = "wan2.2_style_lora.safetensors"
+LIGHTX2V_HIGH = "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors"  # Comfy-Org's names of the 4-step pair
+LIGHTX2V_LOW = "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors"
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_FILE = "wan_2.1_vae.safetensors"
 CLIP_FILE = "open_clip_model.safetensors"
@@ -60,10 +69,11 @@ def _save(tensors: dict[str, torch.Tensor], path: Path, config: dict | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = None if config is None else {CONFIG_KEY: json.dumps(config)}
     save_file({name: t.detach().contiguous() for name, t in tensors.items()}, str(path), metadata=metadata)
+    ordinary_permissions(path)  # safetensors writes 0600
 
 
-def _dit(in_dim: int, seed: int, num_heads: int) -> tuple[dict[str, torch.Tensor], dict]:
-    config = {**DIT, "in_dim": in_dim, "model_type": "i2v" if in_dim == 36 else "t2v", "num_heads": num_heads}
+def _dit(in_dim: int, seed: int, sizes: dict = DIT) -> tuple[dict[str, torch.Tensor], dict]:
+    config = {**sizes, "in_dim": in_dim, "model_type": "i2v" if in_dim == 36 else "t2v"}
     torch.manual_seed(seed)
     return WanDiT(DiTConfig.from_dict(config)).state_dict(), config
 
@@ -79,22 +89,22 @@ def spiece_model(vocab_size: int = 100) -> bytes:
     return model.getvalue()
 
 
-def _peft_lora(seed: int) -> dict[str, torch.Tensor]:
+def _peft_lora(seed: int, sizes: dict = DIT) -> dict[str, torch.Tensor]:
     """StoryMem's layout: `base_model.model.<module>.lora_A/B.weight`, no alpha (rsLoRA with alpha = rank)."""
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
-    for block in range(DIT["num_layers"]):
+    for block in range(sizes["num_layers"]):
         for target in LORA_TARGETS:
-            out_dim = DIT["ffn_dim"] if target == "ffn.0" else DIT["dim"]
+            out_dim = sizes["ffn_dim"] if target == "ffn.0" else sizes["dim"]
             prefix = f"base_model.model.blocks.{block}.{target}"
-            tensors[f"{prefix}.lora_A.weight"] = torch.randn(LORA_RANK, DIT["dim"], generator=generator) * 0.1
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(LORA_RANK, sizes["dim"], generator=generator) * 0.1
             tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_dim, LORA_RANK, generator=generator) * 0.1
     return tensors
 
 
-def _comfy_lora(seed: int) -> dict[str, torch.Tensor]:
+def _comfy_lora(seed: int, sizes: dict = DIT) -> dict[str, torch.Tensor]:
     """ComfyUI's layout: `diffusion_model.<module>.lora_down/up.weight` with `.alpha`."""
-    peft = _peft_lora(seed)
+    peft = _peft_lora(seed, sizes)
     renamed = {}
     for name, tensor in peft.items():
         module = name.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
@@ -140,7 +150,7 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0, num_heads: int = DI
     `num_heads` (dividing the width 32) sets the experts' attention heads, e.g. 4 to split them over 4 ranks."""
     root = Path(models_dir)
     for name, in_dim, offset in ((I2V_HIGH, 36, 1), (I2V_LOW, 36, 2), (T2V_HIGH, 16, 3), (T2V_LOW, 16, 4)):
-        tensors, config = _dit(in_dim, seed + offset, num_heads)
+        tensors, config = _dit(in_dim, seed + offset, {**DIT, "num_heads": num_heads})
         _save(tensors, root / "diffusion_models" / name, config)
     for name, offset in ((STORYMEM_LORA_HIGH, 5), (STORYMEM_LORA_LOW, 6)):
         path = root / "loras" / name
@@ -176,3 +186,49 @@ def write_reference_images(folder: str | Path, count: int = 2, size: tuple[int, 
         Image.fromarray(pixels).save(folder / name)
         names.append(name)
     return names
+
+
+def _core_umt5(seed: int) -> dict[str, torch.Tensor]:
+    """A tiny umT5 encoder in the Hugging Face layout of ComfyUI's text-encoder files, tokenizer inside."""
+    generator = torch.Generator().manual_seed(seed)
+    c = CORE_T5
+    inner = c["d_kv"] * c["num_heads"]
+    shapes = {"shared.weight": (c["vocab_size"], c["d_model"]), "encoder.final_layer_norm.weight": (c["d_model"],)}
+    for i in range(c["num_layers"]):
+        block = f"encoder.block.{i}.layer"
+        shapes |= {f"{block}.0.SelfAttention.{p}.weight": (inner, c["d_model"]) for p in "qkv"}
+        shapes |= {f"{block}.0.SelfAttention.o.weight": (c["d_model"], inner),
+                   f"{block}.0.SelfAttention.relative_attention_bias.weight": (c["relative_attention_num_buckets"], c["num_heads"]),
+                   f"{block}.0.layer_norm.weight": (c["d_model"],), f"{block}.1.layer_norm.weight": (c["d_model"],),
+                   f"{block}.1.DenseReluDense.wi_0.weight": (c["d_ff"], c["d_model"]),
+                   f"{block}.1.DenseReluDense.wi_1.weight": (c["d_ff"], c["d_model"]),
+                   f"{block}.1.DenseReluDense.wo.weight": (c["d_model"], c["d_ff"])}
+    tensors = {name: (torch.randn(*shape, generator=generator) * 0.05 + (1.0 if "layer_norm" in name else 0.0))
+               for name, shape in shapes.items()}
+    tensors["spiece_model"] = torch.frombuffer(bytearray(spiece_model()), dtype=torch.uint8)
+    # ComfyUI tells umT5-xxl from other T5s by the rows of block 23's wi_1 (10240); this unused stand-in says so
+    tensors["encoder.block.23.layer.1.DenseReluDense.wi_1.weight"] = torch.zeros(10240, 1)
+    return tensors
+
+
+def write_core_models(models_dir: str | Path, seed: int = 0) -> Path:
+    """Tiny models for ComfyUI's own loaders (UNETLoader, CLIPLoader type wan, VAELoader) under the usual
+    names, with the StoryMem LoRA pair and the keyframe encoder; the DiT and VAE files load in our engine too."""
+    root = Path(models_dir)
+    for name, offset in ((I2V_HIGH, 1), (I2V_LOW, 2)):
+        tensors, config = _dit(36, seed + offset, CORE_DIT)
+        _save(tensors, root / "diffusion_models" / name, config)
+    for name, offset in ((STORYMEM_LORA_HIGH, 5), (STORYMEM_LORA_LOW, 6)):
+        path = root / "loras" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(_peft_lora(seed + offset, CORE_DIT), path)
+    for name, offset in ((LIGHTX2V_HIGH, 12), (LIGHTX2V_LOW, 13)):
+        _save(_comfy_lora(seed + offset, CORE_DIT), root / "loras" / name)
+    _save(_core_umt5(seed + 8), root / "text_encoders" / TEXT_ENCODER)
+    torch.manual_seed(seed + 9)
+    _save(WanVAE(VAEConfig.from_dict(CORE_VAE)).state_dict(), root / "vae" / VAE_FILE, CORE_VAE)
+    _save(_clip_visual(seed + 10), root / "clip_vision" / CLIP_FILE, CLIP)
+    generator = torch.Generator().manual_seed(seed + 11)
+    torch.save({"weight": torch.randn(1, CLIP["embed_dim"], generator=generator) * 0.1, "bias": torch.tensor([5.0])},
+               root / "clip_vision" / AESTHETIC_FILE)
+    return root

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 
 from .conditioning import MOTION_FRAMES
 from .errors import ConditioningError, StoryMemError, WriteError
+from .safe_files import check_file, open_image
 
 # frames at the start of a shot that were given as conditioning, not generated (dropped before saving)
 GIVEN_FRAMES = {"m2v": 0, "mi2v": 1, "mm2v": MOTION_FRAMES}
@@ -84,6 +85,19 @@ def trim_conditioning_frames(frames: torch.Tensor, mode: str) -> torch.Tensor:
     return frames[given:]
 
 
+@lru_cache(maxsize=None)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_permissions(path: str | os.PathLike) -> None:
+    """Give a temp file or folder the mode open() / mkdir() would have (0644 / 0755 under the usual umask) instead of
+    mkstemp's and mkdtemp's private 0600 / 0700, so what a story writes reads the same whichever way it was written."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` only if the block succeeds."""
@@ -92,6 +106,7 @@ def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
+        ordinary_permissions(temp)
     except OSError as error:
         raise _write_error(path, error) from None
     try:
@@ -189,7 +204,7 @@ def write_mp4(frames: torch.Tensor, path: str | os.PathLike, fps: float = 16) ->
 
 def _decoded_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
     """RGB frames of the first video stream of `path`, one at a time."""
-    if not Path(path).is_file():
+    if not check_file(path, "video", ConditioningError).is_file():
         raise ConditioningError(f"video {path} does not exist: check the path (or regenerate the shot).")
     try:
         with av.open(str(path)) as container:
@@ -221,7 +236,7 @@ def concat_videos(paths: list[str | os.PathLike], out_path: str | os.PathLike, f
 def load_image(path: str | os.PathLike) -> torch.Tensor:
     """An image file as uint8 [H, W, 3] RGB, turned upright as its EXIF orientation says (phone photos)."""
     try:
-        with Image.open(path) as image:
+        with open_image(path, ConditioningError) as image:
             rgb = ImageOps.exif_transpose(image).convert("RGB")
     except FileNotFoundError:
         raise ConditioningError(f"image {path} does not exist: check the path.") from None

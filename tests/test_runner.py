@@ -18,7 +18,7 @@ from storymem_core.cli import _parser, main
 from storymem_core.demo import DEMO_FRAMES, DEMO_STORY
 from storymem_core.errors import CheckpointError
 from storymem_core.memory import MemoryBank
-from storymem_core.pipeline import StoryFolder
+from storymem_core.story_folder import StoryFolder
 from storymem_core.runner import ROLES, find_model_files, options_from_args, required_roles
 from storymem_core.sampling import SamplerSettings
 from storymem_core.tiny_models import AESTHETIC_FILE, write_reference_images, write_tiny_models
@@ -253,11 +253,11 @@ def test_quality_filter_needs_the_aesthetic_head_unless_turned_off(tmp_path, mod
 @pytest.mark.parametrize("extra,fragment", [
     (["--reference", "face.png"], "add --m2v-first-shot"),
     (["--m2v-first-shot"], "pass them with --reference"),
-    (["--max-memory", "0"], "max memory 0 leaves no room"),
+    (["--max-memory", "0"], "max memory 0 is outside 1 to 64"),
     (["--device", "foo"], "--device 'foo' is not a device: use auto, cpu, cuda or cuda:N."),
-    (["--steps", "0"], "--steps 0 samples nothing: use at least 1"),
-    (["--shift", "0"], "--shift 0.0 must be positive"),
-    (["--guide", "-1"], "--guide -1.0 must be 0 or more"),
+    (["--steps", "0"], "steps 0 is outside 1 to 1000"),
+    (["--shift", "0"], "shift 0.0 is outside 0.1 to 100"),
+    (["--guide", "-1"], "guide (CFG) -1.0 is outside 0 to 100"),
 ])
 def test_story_options_are_refused_before_any_model_loads(tmp_path, extra, fragment, capsys, monkeypatch):
     from storymem_core import runner

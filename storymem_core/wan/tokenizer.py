@@ -21,6 +21,7 @@ import sentencepiece
 import torch
 
 from ..errors import CheckpointError
+from ..safe_files import check_file, read_bytes
 
 try:
     import ftfy
@@ -66,10 +67,10 @@ class UMT5Tokenizer:
     def from_path(cls, path: str | Path) -> "UMT5Tokenizer":
         """From a spiece.model file, a folder holding one, or a Wan-AI model folder (google/umt5-xxl/spiece.model)."""
         path = Path(path)
-        candidates = [path] if path.is_file() else [path / SPIECE_FILE, path / WAN_TOKENIZER_DIR / SPIECE_FILE]
+        candidates = [path] if check_file(path, "tokenizer", CheckpointError).is_file() else [path / SPIECE_FILE, path / WAN_TOKENIZER_DIR / SPIECE_FILE]
         for candidate in candidates:
             if candidate.is_file():
-                return cls(candidate.read_bytes(), str(candidate))
+                return cls(read_bytes(candidate, "tokenizer", CheckpointError), str(candidate))
         raise CheckpointError(
             f"No umT5 tokenizer at {path}: expected {SPIECE_FILE} in it or in {WAN_TOKENIZER_DIR}/ below it; "
             f"copy {SPIECE_FILE} from the google/umt5-xxl folder of the Wan2.2 download there."

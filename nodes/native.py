@@ -1,0 +1,257 @@
+"""StoryMem on ComfyUI's own models: the memory conditioning as standard CONDITIONING, the StoryMem LoRA
+and the memory's time positions as MODEL patches, and trimming after sampling.
+
+This is the one nodes module besides host.py that imports ComfyUI: it only loads inside ComfyUI. The
+conditioning is the engine's (`build_conditioning`), encoded by ComfyUI's VAE and put on ComfyUI's keys
+`concat_latent_image` (raw VAE latent; the model normalises it) and `concat_mask`, whose convention is
+the inverse of the reference's (ComfyUI: 0 = known frame; the model feeds 1 - mask to the DiT).
+"""
+
+from __future__ import annotations
+
+import comfy.ldm.common_dit
+import comfy.lora
+import comfy.model_management
+import comfy.patcher_extension
+import node_helpers
+import torch
+
+from storymem_core.conditioning import build_conditioning, check_size
+from storymem_core.errors import CheckpointError, ConditioningError
+from storymem_core.lora import load_lora
+from storymem_core.lora_convert import COMFY_PREFIX, comfy_lora_tensors
+from storymem_core.memory import MemoryBank
+from storymem_core.positions import DEFAULT_SPACING, PLACEMENTS, memory_frame_positions
+from storymem_core.video import GIVEN_FRAMES, image_batch_to_frames
+
+from . import host
+from .inputs import frames, model_file, size
+from .shot_nodes import MODES, resolve_mode
+from .types import BANK
+
+CATEGORY = "StoryMem/native"
+POSITIONS_WRAPPER = "storymem_memory_positions"
+
+
+class ComfyVideoEncoder:
+    """The engine's video encoder over ComfyUI's VAE: [B, 3, T, H, W] in [-1, 1] -> raw latents, each
+    of the B clips encoded on its own (so a memory keyframe is one 1-frame video)."""
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        clips = video.add(1).div(2).permute(0, 2, 3, 4, 1)  # [B, T, H, W, 3] in [0, 1], ComfyUI's IMAGE layout
+        return torch.cat([self.vae.encode(clip) for clip in clips])
+
+
+def storymem_conditioning(positive: list, negative: list, vae, memory: MemoryBank, mode: str, width: int, height: int,
+                          length: int, batch_size: int, previous: torch.Tensor | None = None,
+                          fix_mem: int | None = None) -> tuple[list, list, dict, int, int]:
+    """(positive, negative, empty latent, memory latent frames, given frames) for one shot in `mode`.
+
+    width x height is the pixel budget; the shot takes the aspect of its given frames or first keyframe,
+    as in the StoryMem Shot node and the reference.
+    """
+    check_size(width, height)
+    conditioning = build_conditioning(
+        ComfyVideoEncoder(vae), memory.image_list(), length, width * height,
+        first_frame=previous[-1] if mode == "mi2v" else None,
+        motion_frames=previous[-GIVEN_FRAMES["mm2v"]:] if mode == "mm2v" else None,
+        fix_mem=fix_mem,
+    )
+    y = conditioning.y[None]
+    values = {"concat_latent_image": y[:, 4:], "concat_mask": 1.0 - y[:, :4]}
+    latent = torch.zeros([batch_size, 16, *y.shape[2:]], device=comfy.model_management.intermediate_device())
+    return (node_helpers.conditioning_set_values(positive, values), node_helpers.conditioning_set_values(negative, values),
+            {"samples": latent}, conditioning.memory_count, GIVEN_FRAMES[mode])
+
+
+class StoryMemConditioning:
+    DESCRIPTION = ("StoryMem's memory conditioning for ComfyUI's Wan2.2 I2V models (Load Diffusion Model, GGUF, ...): memory "
+                   "keyframes in front of the shot, plus the previous shot's last frame (MI2V) or last 5 frames (MM2V) "
+                   "without a cut. Sample the latent with any sampler, then trim memory_latents off it and given_frames "
+                   "off the decoded images.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "positive": ("CONDITIONING", {"tooltip": "The shot's prompt, encoded (CLIP Text Encode with the umT5 loaded as type wan)."}),
+                "negative": ("CONDITIONING", {"tooltip": "The negative prompt, encoded."}),
+                "vae": ("VAE", {"tooltip": "The Wan2.1 VAE (wan_2.1_vae.safetensors) from Load VAE."}),
+                "memory": (BANK, {"tooltip": "The memory bank: keyframes of the shots before (or references)."}),
+                "cut": ("BOOLEAN", {"default": True, "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous shot."}),
+                "mode": (list(MODES), {"default": "auto-mi2v", "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / "
+                                                                           "MM2V (last 5 frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
+                "width": size("width", 832),
+                "height": size("height", 480),
+                "length": frames(),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos sampled at once with this conditioning."}),
+            },
+            "optional": {
+                "previous_frames": ("IMAGE", {"tooltip": "The previous shot's frames (at least its last 5), for MI2V / MM2V."}),
+                "fix_mem": ("INT", {"default": -1, "min": -1, "max": 64, "advanced": True,
+                                    "tooltip": "-1 (as released): every memory frame is marked 1. n >= 0: frames after the first n are "
+                                               "marked 2, the reference's unused fix_mem option."}),
+            },
+        }
+
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT", "INT", "INT")
+    RETURN_NAMES = ("positive", "negative", "latent", "memory_latents", "given_frames")
+    OUTPUT_TOOLTIPS = (
+        "The prompt with the memory conditioning (concat_latent_image, concat_mask).",
+        "The negative prompt with the same conditioning (as the reference uses one y for both).",
+        "An empty latent covering memory + shot: the sampler's latent_image.",
+        "Latent frames of memory in front of the shot: TrimVideoLatent's trim_amount after sampling.",
+        "Frames the shot was given (0 M2V, 1 MI2V, 5 MM2V): StoryMem Trim Frames' count after decoding.",
+    )
+    FUNCTION = "condition"
+    CATEGORY = CATEGORY
+
+    def condition(self, positive: list, negative: list, vae, memory: MemoryBank, cut: bool, mode: str, width: int, height: int,
+                  length: int, batch_size: int, previous_frames: torch.Tensor | None = None, fix_mem: int = -1) -> tuple:
+        mode = resolve_mode(mode, cut, previous_frames is not None)
+        previous = None if mode == "m2v" else image_batch_to_frames(previous_frames)
+        return storymem_conditioning(positive, negative, vae, memory, mode, width, height, length, batch_size, previous,
+                                     None if fix_mem < 0 else fix_mem)
+
+
+class TrimFrames:
+    DESCRIPTION = "Drops the frames a shot was given (MI2V: 1, MM2V: 5) from its decoded images, so the film shows them once."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The decoded shot (after TrimVideoLatent removed the memory)."}),
+            "given_frames": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "given_frames of StoryMem Conditioning."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("The shot's generated frames.",)
+    FUNCTION = "trim"
+    CATEGORY = CATEGORY
+
+    def trim(self, images: torch.Tensor, given_frames: int) -> tuple:
+        if images.shape[0] <= given_frames:
+            raise ConditioningError(
+                f"images has {images.shape[0]} frames, none left after dropping {given_frames} given frames: "
+                "decode the shot after TrimVideoLatent, not the memory alone."
+            )
+        return (images[given_frames:],)
+
+
+def add_storymem_lora(model, path, strength: float, alpha: float | None = None):
+    """A clone of a ComfyUI MODEL with the LoRA at `path` (StoryMem .pth or any Wan LoRA file) as weight patches.
+
+    The LoRA goes through the same conversion as `convert-lora` (rsLoRA scale in alpha), then ComfyUI's
+    own loader and patching, so it works on fp8, fp16 and GGUF models and stacks with other LoRAs.
+    `alpha` overrides the file's (a peft .pth stores none: StoryMem trains with alpha = rank).
+    """
+    tensors = comfy_lora_tensors(load_lora(path, alpha=alpha))
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    modules = {name.rsplit(".", 1)[0].removesuffix(".lora_down").removesuffix(".lora_up") for name in tensors}
+    unmatched = sorted(m for m in modules if m not in key_map)
+    if unmatched:
+        names = ", ".join(m.removeprefix(COMFY_PREFIX) for m in unmatched[:3])
+        raise CheckpointError(
+            f"LoRA {path} has {len(unmatched)} modules this model lacks ({names}, ...): use a LoRA made for Wan2.2 A14B "
+            "on a Wan2.2 I2V model."
+        )
+    patched = model.clone()
+    patched.add_patches(comfy.lora.load_lora(tensors, key_map, log_missing=False), strength)
+    return patched
+
+
+class StoryMemLora:
+    DESCRIPTION = ("Applies the StoryMem LoRA (the released backbone_*_noise.pth, rsLoRA-scaled, or a ComfyUI-converted file) "
+                   "to a ComfyUI MODEL through ComfyUI's patching: fp8, fp16 and GGUF models, stacks with LoRA loaders.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "A Wan2.2 I2V-A14B expert (high or low noise)."}),
+            "lora_name": model_file("loras", "The StoryMem LoRA of this expert, e.g. StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth"),
+            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip": "1.0 as trained."}),
+        }, "optional": {
+            "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 1.0, "advanced": True,
+                                "tooltip": "0: the file's alpha, or the rank for a peft .pth (StoryMem's release). Set it for a peft "
+                                           "LoRA trained with another lora_alpha."}),
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the LoRA patched in (the input model is unchanged).",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, model, lora_name: str, strength: float, alpha: float = 0.0) -> tuple:
+        return (add_storymem_lora(model, host.model_path("loras", lora_name), strength, alpha or None),)
+
+
+def _frame_ids(positions: torch.Tensor, grid: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(time, row, column) ids [1, F*H*W, 3] for ComfyUI's rope embedder, time from `positions`."""
+    f, h, w = grid
+    ids = torch.stack(torch.meshgrid(positions.to(torch.float32), torch.arange(h, dtype=torch.float32),
+                                     torch.arange(w, dtype=torch.float32), indexing="ij"), dim=-1)
+    return ids.reshape(1, f * h * w, 3).to(device, dtype)
+
+
+def memory_positions_wrapper(memory_latents: int, placement: str, spacing: int):
+    """A DIFFUSION_MODEL wrapper giving Wan's RoPE the memory frames' time positions (see storymem_core.positions)."""
+
+    def forward(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
+        model = executor.class_obj
+        positions = memory_frame_positions(memory_latents, x.shape[2], placement, spacing)
+        if positions is None or time_dim_concat is not None or "reference_latent" in kwargs:
+            return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
+        t, h, w = x.shape[2:]
+        x = comfy.ldm.common_dit.pad_to_patch_size(x, model.patch_size)
+        grid = (x.shape[2] // model.patch_size[0], x.shape[3] // model.patch_size[1], x.shape[4] // model.patch_size[2])
+        freqs = model.rope_embedder(_frame_ids(positions, grid, x.device, x.dtype)).movedim(1, 2)
+        out = model.forward_orig(x, timestep, context, clip_fea=clip_fea, freqs=freqs, transformer_options=transformer_options, **kwargs)
+        return out[:, :, :t, :h, :w]
+
+    return forward
+
+
+class MemoryPositions:
+    DESCRIPTION = ("Where the memory frames sit in time for Wan's RoPE. released (default, no patch needed): 0..M-1 in front "
+                   "of the shot, as the published StoryMem code and LoRA. negative: the paper's shift, memory at -M*S..-S, shot from 0.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The Wan2.2 I2V model (both experts need the same patch)."}),
+            "memory_latents": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "memory_latents of StoryMem Conditioning."}),
+            "placement": (list(PLACEMENTS), {"default": "released", "tooltip": "released: 0..M-1 then the shot; negative: the paper's shift."}),
+            "spacing": ("INT", {"default": DEFAULT_SPACING, "min": 1, "max": 100, "tooltip": "S, the gap between memory positions for negative."}),
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the memory positions set (the input model is unchanged).",)
+    FUNCTION = "patch"
+    CATEGORY = CATEGORY
+
+    def patch(self, model, memory_latents: int, placement: str, spacing: int) -> tuple:
+        memory_frame_positions(memory_latents, memory_latents, placement, spacing)  # bad settings fail here, not mid-sampling
+        patched = model.clone()
+        wrapper = memory_positions_wrapper(memory_latents, placement, spacing)
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, POSITIONS_WRAPPER, wrapper)
+        return (patched,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "StoryMemConditioning": StoryMemConditioning,
+    "StoryMemTrimFrames": TrimFrames,
+    "StoryMemLoraModel": StoryMemLora,
+    "StoryMemMemoryPositions": MemoryPositions,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "StoryMemConditioning": "StoryMem Conditioning",
+    "StoryMemTrimFrames": "StoryMem Trim Frames",
+    "StoryMemLoraModel": "StoryMem LoRA (MODEL)",
+    "StoryMemMemoryPositions": "StoryMem Memory Positions",
+}

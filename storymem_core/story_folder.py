@@ -1,0 +1,270 @@
+"""A story's output folder and its resume contract: what is finished, what made it, and what may continue it.
+
+A shot is finished once its bank folder exists (written last, atomically) beside its video. The folder
+records what its shots were made with: the memory options and references (`memory_settings.json`) and the
+script, size and frame count (`story_record.json`). A plain re-run continues only with the same; `--from-shot N`
+may change what shot N and later are made with, as long as the shots it keeps stay what they were (the same
+script up to N and, unless N is 1, the same size: a film never mixes sizes). A folder holding files that are
+none of ours is never written into.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .errors import StoryMemError
+from .memory import MemoryBank
+from .story import Shot, Story
+from .video import atomic_write_path
+
+
+@dataclass
+class StoryFolder:
+    """Where a story's artefacts live; shot numbers in file names are 1-based like the script's."""
+
+    root: Path
+
+    def video(self, shot: int) -> Path:
+        return self.root / "shots" / f"shot_{shot + 1:03d}.mp4"
+
+    def tail(self, shot: int) -> Path:
+        return self.root / "shots" / f"shot_{shot + 1:03d}_last_frames"
+
+    def bank(self, shot: int) -> Path:
+        """The bank after `shot`; shot -1 is the bank the story starts with."""
+        return self.root / "banks" / ("initial" if shot < 0 else f"after_shot_{shot + 1:03d}")
+
+    @property
+    def film(self) -> Path:
+        return self.root / "film.mp4"
+
+    @property
+    def contact_sheet(self) -> Path:
+        return self.root / "memory.png"
+
+    @property
+    def memory_settings(self) -> Path:
+        return self.root / "memory_settings.json"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "story_record.json"
+
+    def is_finished(self, shot: int) -> bool:
+        return self.bank(shot).is_dir() and self.video(shot).is_file()
+
+    def is_ours(self) -> bool:
+        """Empty, or started by a story run (every run records its settings before its first shot's files)."""
+        return not any(self.root.iterdir()) or any(p.exists() for p in (self.record, self.memory_settings, self.bank(-1)))
+
+    def film_is_current(self, shots: tuple[Shot, ...]) -> bool:
+        """The film exists and is newer than every shot in it, so a run that made no shot need not rewrite it."""
+        if not self.film.is_file():
+            return False
+        return all(self.video(s.index).stat().st_mtime_ns < self.film.stat().st_mtime_ns for s in shots)
+
+
+def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse, before anything loads, an output folder that cannot be one: a file, a device, a path under a file,
+    a broken link or a place this user cannot write. Creates nothing."""
+    path = Path(path).expanduser()
+    if os.path.lexists(path) and not path.exists():
+        raise StoryMemError(f"{flag} {path} is a broken link (or a link loop): point it at a folder, or remove the link.")
+    if path.exists() and not path.is_dir():
+        raise StoryMemError(f"{flag} {path} is a file, not a folder: give a folder path (it is created when missing).")
+    existing = path if path.exists() else next(parent for parent in path.parents if parent.exists())
+    if not existing.is_dir():
+        raise StoryMemError(f"{flag} {path} lies under {existing}, which is a file: choose a folder path.")
+    try:  # the only honest test of writability (root ignores modes; /proc and read-only mounts refuse)
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".storymem-write-check-"))
+    except OSError as error:
+        raise StoryMemError(f"{flag} {path} cannot be written ({error.strerror}): choose a folder you can write to.") from None
+    return path
+
+
+def _sha256(images: list[torch.Tensor]) -> tuple[str, ...]:
+    return tuple(hashlib.sha256(str(tuple(image.shape)).encode() + image.numpy().tobytes()).hexdigest() for image in images)
+
+
+def shot_digests(story: Story) -> tuple[str, ...]:
+    """One hash per shot of what makes it (prompt, cut, scene), so an edit is found at the first shot it changes."""
+    return tuple(hashlib.sha256(json.dumps([s.prompt, s.cut, s.scene_num, s.first_frame_prompt]).encode()).hexdigest()
+                 for s in story.shots)
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """What a story's memory is made with, recorded in its folder so that a re-run with other values is refused
+    instead of continuing the shots made with these."""
+
+    max_memory: int
+    fixed_memory: int
+    reference_sha256: tuple[str, ...]  # of each reference image's pixels, so the images themselves need not be kept
+
+    @classmethod
+    def of(cls, max_memory: int, fixed_memory: int, references: list[torch.Tensor]) -> MemorySettings:
+        return cls(max_memory, fixed_memory, _sha256(references))
+
+    @classmethod
+    def of_bank(cls, initial: MemoryBank) -> MemorySettings:
+        """A folder from before settings were recorded: every shot was made with its initial bank's."""
+        return cls(initial.max_size, initial.fixed, _sha256(initial.image_list()))
+
+    @classmethod
+    def load(cls, folder: StoryFolder) -> MemorySettings | None:
+        """The settings recorded in the folder, None where there are none."""
+        fields = _read_json(folder.memory_settings)
+        if fields is None:
+            return None
+        try:
+            return cls(int(fields["max_memory"]), int(fields["fixed_memory"]), tuple(str(d) for d in fields["reference_sha256"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise _unreadable(folder.memory_settings, error) from None
+
+
+@dataclass(frozen=True)
+class StoryRecord:
+    """Which script, size and frame count a story folder's shots are made with."""
+
+    shot_sha256: tuple[str, ...]  # of every shot of the script; only the finished ones bind a re-run
+    size_wh: tuple[int, int]
+    frames: int
+
+    @classmethod
+    def load(cls, folder: StoryFolder) -> StoryRecord | None:
+        fields = _read_json(folder.record)
+        if fields is None:
+            return None
+        try:
+            width, height = (int(v) for v in fields["size_wh"])
+            return cls(tuple(str(d) for d in fields["shot_sha256"]), (width, height), int(fields["frames"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise _unreadable(folder.record, error) from None
+
+    def continues(self, recorded: StoryRecord, shots: int) -> bool:
+        """Shots 1 to `shots` made under `recorded` are what this run would make of them."""
+        return (self.size_wh, self.frames) == (recorded.size_wh, recorded.frames) and \
+            self.shot_sha256[:shots] == recorded.shot_sha256[:shots] and len(recorded.shot_sha256) >= shots
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _unreadable(path, error) from None
+    if not isinstance(fields, dict):
+        raise _unreadable(path, "not an object")
+    return fields
+
+
+def _unreadable(path: Path, error: object) -> StoryMemError:
+    return StoryMemError(f"{path} is not a valid record file ({error}): delete it and re-run with the options the story was started with.")
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """What a run records in the folder before it saves its first shot; written only where it changed, so a resumed
+    story leaves the files (and their times) as they were."""
+
+    memory: MemorySettings
+    record: StoryRecord
+
+    def save(self, folder: StoryFolder, shot_index: int) -> None:
+        """Before shot `shot_index` is saved. The record is kept while it describes every shot up to this one, so shots
+        added to the script, or a run that fails while saving, leave it as it was."""
+        old_record = StoryRecord.load(folder)
+        if old_record is None or not self.record.continues(old_record, shot_index + 1):
+            _write_json(folder.record, self.record)
+        if MemorySettings.load(folder) != self.memory:
+            _write_json(folder.memory_settings, self.memory)
+
+
+def _write_json(path: Path, value: object) -> None:
+    with atomic_write_path(path) as temp:
+        temp.write_text(json.dumps(asdict(value), indent=1))
+
+
+def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[int, int], frames: int,
+                       max_memory: int, fixed_memory: int, references: list[torch.Tensor],
+                       from_shot: int | None = None) -> FolderState:
+    """Refuse, before anything loads or is written, a run the folder cannot take: a folder that is not a story
+    folder, or a started story this run would not continue (another script, size, frame count, memory options or
+    references on a plain re-run; a change to a shot `from_shot` keeps). Returns what this run records.
+
+    `references` are the images the memory starts from as given (MR2V), empty for a T2V story; `from_shot` is 0-based.
+    """
+    folder = StoryFolder(check_output_folder(out_dir))
+    state = FolderState(MemorySettings.of(max_memory, fixed_memory, references), StoryRecord(shot_digests(story), size_wh, frames))
+    if not folder.root.is_dir():
+        return state
+    if not folder.is_ours():
+        raise StoryMemError(f"--out {folder.root} holds files that are not a StoryMem story: choose a new or empty folder "
+                            "(a story is never written over other files).")
+    where = f"the story in {folder.root}"
+    _check_record(folder, state.record, where, from_shot)
+    _check_memory(folder, state.memory, max_memory, fixed_memory, references, where, from_shot)
+    pending = pending_shots(story, folder.root, from_shot)
+    if pending and pending[0].index > 0:
+        MemoryBank.load(folder.bank(pending[0].index - 1))  # a damaged bank is reported before any model loads
+    return state
+
+
+def _check_record(folder: StoryFolder, current: StoryRecord, where: str, from_shot: int | None) -> None:
+    recorded = StoryRecord.load(folder)
+    if recorded is None:
+        return  # a folder from before records: its script and sizes are unknown
+    made = next((i for i in range(len(recorded.shot_sha256)) if not folder.is_finished(i)), len(recorded.shot_sha256))
+    kept = made if from_shot is None else min(from_shot, made)
+    if len(current.shot_sha256) < kept:
+        raise StoryMemError(f"the script has {len(current.shot_sha256)} shot(s) but {where} has {made} made from another one: pass "
+                            "the script it was made from, or a new --out folder.")
+    changed = next((i for i in range(kept) if recorded.shot_sha256[i] != current.shot_sha256[i]), None)
+    if changed is not None:
+        raise StoryMemError(f"the script differs from the one {where} was made from, from shot {changed + 1} on: pass that script to "
+                            f"continue it, --from-shot {changed + 1} to remake shot {changed + 1} and after from this one, or a new --out folder.")
+    if recorded.size_wh != current.size_wh and from_shot != 0:
+        old, new = ("x".join(map(str, wh)) for wh in (recorded.size_wh, current.size_wh))
+        raise StoryMemError(f"--size {new} differs from the {old} {where} was made at, and a film never mixes sizes: pass --size {old} "
+                            "to continue it, --from-shot 1 to remake every shot at the new size, or a new --out folder.")
+    if recorded.frames != current.frames and from_shot is None:
+        raise StoryMemError(f"--frames {current.frames} differs from the {recorded.frames} {where} was made with: pass --frames "
+                            f"{recorded.frames} to continue it, --from-shot N to remake shot N and after, or a new --out folder.")
+
+
+def _check_memory(folder: StoryFolder, current: MemorySettings, max_memory: int, fixed_memory: int,
+                  references: list[torch.Tensor], where: str, from_shot: int | None) -> None:
+    recorded = MemorySettings.load(folder)
+    if recorded is None and folder.bank(-1).is_dir():
+        recorded = MemorySettings.of_bank(MemoryBank.load(folder.bank(-1)))
+        # such a folder's initial bank held the references as given (not fitted), windowed to the limits
+        current = MemorySettings.of_bank(MemoryBank.from_images(references, max_size=max_memory, fixed=fixed_memory))
+    if recorded is None or recorded == current:
+        return
+    if recorded.reference_sha256 != current.reference_sha256 and from_shot != 0:
+        raise StoryMemError(f"the --reference images differ from those {where} was started with: pass the same ones to continue it, "
+                            "--from-shot 1 to remake it from the new ones, or a new --out folder.")
+    if from_shot is not None:
+        return  # --from-shot remakes its shots with the new memory options
+    for flag, old, new in (("--max-memory", recorded.max_memory, current.max_memory), ("--fixed-memory", recorded.fixed_memory, current.fixed_memory)):
+        if old != new:
+            raise StoryMemError(f"{flag} {new} differs from the {old} {where} was made with: pass {flag} {old} to continue it, "
+                                f"--from-shot N to remake shot N and after with {new}, or a new --out folder.")
+
+
+def pending_shots(story: Story, out_dir: str | os.PathLike, from_shot: int | None = None) -> tuple[Shot, ...]:
+    """The shots a run will generate: from the first unfinished one (or `from_shot`, 0-based) to the end, since a
+    regenerated shot changes the memory of every shot after it."""
+    folder = StoryFolder(Path(out_dir))
+    for position, shot in enumerate(story.shots):
+        if not folder.is_finished(shot.index) or (from_shot is not None and shot.index >= from_shot):
+            return story.shots[position:]
+    return ()
