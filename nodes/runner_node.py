@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from storymem_core.wan.vae import WanVAE
 
 from . import host
 from . import inputs
+from .loaders import with_preset
 from .previews import bank_ui, video_ui
 from .types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts
 
@@ -75,6 +76,7 @@ class StoryRunner:
                 "t2v_model": (MODEL, {"tooltip": "Wan2.2 T2V-A14B experts, for a T2V first shot."}),
                 "reference_images": ("IMAGE", {"tooltip": "Reference images, the first memory of an MR2V story."}),
                 "negative_prompt": inputs.negative_prompt(),
+                "preset": inputs.preset(),
             },
         }
 
@@ -88,7 +90,8 @@ class StoryRunner:
     def run(self, story: Story, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel,
             first_shot: str, continuation: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
             width: int, height: int, frames: int, fps: int, max_size: int, fixed: int, output_folder: str, from_shot: int,
-            t2v_model: WanExperts | None = None, reference_images: torch.Tensor | None = None, negative_prompt: str = "") -> dict:
+            t2v_model: WanExperts | None = None, reference_images: torch.Tensor | None = None, negative_prompt: str = "",
+            preset: str = "none") -> dict:
         model.require("i2v", "Story Runner")
         if from_shot > len(story.shots):
             raise StoryMemError(f"from_shot {from_shot} is not a shot of '{story.name}' (it has shots 1 to {len(story.shots)}): use 0 to continue, or one of those.")
@@ -105,6 +108,11 @@ class StoryRunner:
             t2v=SamplerSettings(steps, T2V_SETTINGS.shift, solver, T2V_SETTINGS.boundary, T2V_SETTINGS.guide_low, T2V_SETTINGS.guide_high),
         )
         t2v_model = t2v_model if first_shot == "t2v" else None
+        model, m2v = with_preset(model, preset, options.m2v, "m2v")
+        if t2v_model is not None:
+            t2v_model, t2v = with_preset(t2v_model, preset, options.t2v, "t2v")
+            options = replace(options, t2v=t2v)
+        options = replace(options, m2v=m2v)
         references = None if reference_images is None or first_shot != "mr2v" else image_batch_to_frames(reference_images)
         sources = [model.name, *(f"{lora.name}@{lora.strength}" for lora in model.loras), text_encoder.name, keyframe_encoder.name,
                    "" if t2v_model is None else t2v_model.name,
@@ -121,7 +129,7 @@ class StoryRunner:
                 aesthetic_scorer=keyframe_encoder.scorer,
             )
             start = from_shot - 1 if from_shot else None
-            total_steps = len(pending_shots(story, folder, start)) * steps
+            total_steps = len(pending_shots(story, folder, start)) * options.m2v.steps
             film = run_story(story, models, options, folder, None if references is None else list(references), start,
                              on_step=host.ProgressSteps(total_steps, f"story '{story.name}'"))
         bank = MemoryBank.load(StoryFolder(folder).bank(story.shots[-1].index))

@@ -20,6 +20,7 @@ from storymem_core.wan.vae import WanVAE
 
 from . import host
 from . import inputs
+from .loaders import with_preset
 from .memory_nodes import add_shot_keyframes, with_bank_ui
 from .types import BANK, KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts
 
@@ -61,7 +62,7 @@ def _common_inputs(model_tooltip: str) -> dict:
 
 
 def _optional_inputs() -> dict:
-    return {"negative_prompt": inputs.negative_prompt(), "shot_number": inputs.shot_number()}
+    return {"negative_prompt": inputs.negative_prompt(), "shot_number": inputs.shot_number(), "preset": inputs.preset()}
 
 
 def _check_prompt(prompt: str) -> None:
@@ -110,18 +111,20 @@ class FirstShot:
 
     def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel, memory: MemoryBank,
                  prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float, solver: str,
-                 width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None) -> dict:
+                 width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None,
+                 preset: str = "none") -> dict:
         model.require("t2v", "First Shot")
         check_size(width, height)
         _check_prompt(prompt)
         device = host.device()
         settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
+        model, settings = with_preset(model, preset, settings, "t2v")
         _make_room(model, device)
         with model.sampling(device, host.offload_device()) as experts:
             encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
             context, context_null = encode_prompts(encoder, prompt, negative_prompt, experts)
             result = generate_text_shot(experts, vae, context, context_null, (width, height), frames, settings,
-                                        host.ProgressSteps(steps, "first shot"))
+                                        host.ProgressSteps(settings.steps, "first shot"))
         return _finish(video_to_frames(result.video), memory, keyframe_encoder, shot_number or 1)
 
 
@@ -160,7 +163,7 @@ class MemoryShot:
     def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel, memory: MemoryBank,
                  prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
                  width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
-                 negative_prompt: str = "", shot_number: int | None = None) -> dict:
+                 negative_prompt: str = "", shot_number: int | None = None, preset: str = "none") -> dict:
         model.require("i2v", "StoryMem Shot")
         check_size(width, height)
         mode = resolve_mode(mode, cut, previous_frames is not None)
@@ -168,6 +171,7 @@ class MemoryShot:
         _check_prompt(prompt)
         device = host.device()
         settings = SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg, seed)
+        model, settings = with_preset(model, preset, settings, "m2v")
         _make_room(model, device)
         with model.sampling(device, host.offload_device()) as experts:
             encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
@@ -176,7 +180,7 @@ class MemoryShot:
                 experts, vae, context, context_null, memory.image_list(), frames, width * height, settings,
                 first_frame=previous[-1] if mode == "mi2v" else None,
                 motion_frames=previous[-MOTION_FRAMES:] if mode == "mm2v" else None,
-                on_step=host.ProgressSteps(steps, f"StoryMem shot ({mode.upper()})"),
+                on_step=host.ProgressSteps(settings.steps, f"StoryMem shot ({mode.upper()})"),
             )
         shot_frames = trim_conditioning_frames(video_to_frames(result.video), mode)
         return _finish(shot_frames, memory, keyframe_encoder, shot_number)

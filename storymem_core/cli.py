@@ -7,7 +7,7 @@ import logging
 import sys
 
 from .errors import GenerationInterrupted, StoryMemError
-from .choices import OFFLOAD_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
+from .choices import OFFLOAD_CHOICES, PRESET_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
 from .story import shown_text
 
 
@@ -29,7 +29,12 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 40)")
     parser.add_argument("--shift", type=float, default=None, help="flow shift (default: 4 for M2V, 12 for T2V)")
     parser.add_argument("--guide", type=float, default=None, help="CFG scale for both experts (default 3.5 M2V; 3/4 T2V)")
-    parser.add_argument("--solver", default="unipc", choices=["unipc", "dpm++", "euler"], help="sampler (default unipc)")
+    parser.add_argument("--solver", default=None, choices=["unipc", "dpm++", "euler"], help="sampler (default unipc)")
+    parser.add_argument("--preset", default="none", choices=PRESET_CHOICES,
+                        help="lightx2v: the lightx2v 4-step distilled LoRAs "
+                             "(loras/wan2.2_i2v_lightx2v_4steps_lora_v1_{high,low}_noise, and the t2v v1.1 pair for a T2V "
+                             "first shot) stacked on the StoryMem LoRA, sampled as their authors do: 4 Euler steps, shift 5, "
+                             "CFG 1 (one forward per step); --steps, --shift, --guide, --solver still override")
     parser.add_argument("--from-shot", type=int, default=None, metavar="N",
                         help="regenerate from shot N (1-based) with the options given now: from the bank before it, windowed to "
                              "--max-memory / --fixed-memory (N = 1: the initial bank, rebuilt from --reference)")
@@ -43,6 +48,9 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload", default="auto", choices=OFFLOAD_CHOICES,
                         help="GPU memory plan: none (both experts resident), experts (one at a time), blocks (stream blocks "
                              "from RAM, fits 24 GB with fp8), auto (from free memory, default)")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="under torchrun: shard each expert's weights over the GPUs (FSDP2), for GPUs that cannot "
+                             "hold one")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (~25%% faster steps after a ~20 s compile)")
     parser.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the keyframe encoder weights")
     parser.add_argument("--quality", default="auto", choices=QUALITY_CHOICES,

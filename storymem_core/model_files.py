@@ -12,9 +12,10 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -177,6 +178,14 @@ def described_model(kind: str, path: str | Path, shapes: Mapping[str, tuple[int,
     return None
 
 
+class ExpertLoras(NamedTuple):
+    """A LoRA pair, one file per expert; `strict` False skips (and logs) entries matching no layer."""
+
+    high: Path
+    low: Path
+    strict: bool = True
+
+
 def _on_meta(model: type[nn.Module], config) -> nn.Module:
     with torch.device("meta"):
         return model(config)
@@ -184,20 +193,21 @@ def _on_meta(model: type[nn.Module], config) -> nn.Module:
 
 def load_expert_pair(
     high: Path, low: Path, weights: str, offload: str, compile_blocks: bool, device: torch.device, free_bytes: int, tokens: int,
-    loras: tuple[Path, Path] | None = None,
+    loras: Sequence[ExpertLoras] = (),
 ) -> tuple[nn.Module, nn.Module, str]:
     """(high, low, placement): a Wan2.2 expert pair as a story runs it, for the nodes and the CLI alike.
 
     Dtype from `weights` (WEIGHT_CHOICES); placement from `offload` ('auto' plans from `free_bytes` for `tokens`);
-    `loras` (one file per expert) stay hooked; blocks compiled on a GPU when asked; 'blocks' wraps in BlockSwapDiT.
+    `loras` stay hooked, stacked in order; blocks compiled on a GPU when asked; 'blocks' wraps in BlockSwapDiT.
     """
     dtype, keep_fp8 = expert_weights(weights, device)
     pair = [load_dit(high, dtype, keep_fp8), load_dit(low, dtype, keep_fp8)]
     if pair[0].config.model_type != pair[1].config.model_type:
         kinds = [dit.config.model_type.upper() for dit in pair]
         raise CheckpointError(f"{high.name} is a {kinds[0]} expert but {low.name} is {kinds[1]}: load two experts of one pair.")
-    for dit, lora in zip(pair, loras or ()):
-        apply_loras(dit, [load_lora(lora)], mode="hook")
+    for lora in loras:
+        for dit, path in zip(pair, (lora.high, lora.low)):
+            apply_loras(dit, [load_lora(path)], mode="hook", strict=lora.strict)
     placement = resolve_offload(offload, pair[0], device, free_bytes, tokens)
     if compile_blocks and device.type == "cuda":
         pair = [dit.compile_blocks() for dit in pair]

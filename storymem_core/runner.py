@@ -20,8 +20,12 @@ from tqdm import tqdm
 from .checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
 from .errors import CheckpointError, StoryMemError
 from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
-from .model_files import auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
+from .distributed import Parallel, torchrun_session
+from .model_files import (
+    ExpertLoras, auto_dtype, dit_config, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae,
+)
 from .pipeline import StoryModels, StoryOptions, run_story
+from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE, lora_roles, preset_roles, preset_settings
 from .sampling import ExpertPair, SamplerSettings
 from .shot import shot_tokens
 from .safe_files import files_under
@@ -56,6 +60,9 @@ ROLES = {
     "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"), "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
     "hpsv3": ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)", ("clip_vision",)),
 }
+ROLES.update({
+    role: ModelRole(LORA_FOLDER, lora.patterns, f"{lora.usual_name} ({SOURCE})") for role, lora in PRESET_LORA_ROLES.items()
+})
 
 
 def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
@@ -105,6 +112,11 @@ def required_roles(first_shot: str, quality: str | None = "aesthetic") -> list[s
     return roles + ([quality] if quality else []) + (["t2v_high", "t2v_low"] if first_shot == "t2v" else [])
 
 
+def _speed_loras(files: dict[str, Path], preset: str, kind: str) -> list[ExpertLoras]:
+    """Entries for layers Wan2.2 lacks are skipped (and logged), as Add Wan LoRA does for speed LoRAs."""
+    return [ExpertLoras(files[high], files[low], strict=False) for high, low in lora_roles(preset, kind)]
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     device: torch.device
@@ -113,13 +125,16 @@ class LoadOptions:
     compile_blocks: bool = False
     open_clip_name: str = "ViT-B-32-quickgelu"
     quality: str = "auto"  # QUALITY_CHOICES: the keyframe quality filter's model, or off
+    preset: str = "none"  # PRESET_CHOICES: speed LoRAs on the experts (its sampler settings are in StoryOptions)
+    parallel: Parallel | None = None  # under torchrun: this rank's place (storymem_core/distributed.py)
+    fsdp: bool = False  # under torchrun: shard each expert's weights over the ranks
 
 
-def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int, loras: tuple[str, str] | None) -> ExpertPair:
+def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int,
+             loras: list[ExpertLoras]) -> ExpertPair:
     free = torch.cuda.mem_get_info(load.device)[0] if load.device.type == "cuda" else 0
     high_expert, low_expert, placement = load_expert_pair(
-        files[high], files[low], load.weights, load.offload, load.compile_blocks, load.device, free, tokens,
-        None if loras is None else (files[loras[0]], files[loras[1]]),  # the StoryMem LoRA stays hooked for the whole story
+        files[high], files[low], load.weights, load.offload, load.compile_blocks, load.device, free, tokens, loras,
     )
     log.info("experts %s + %s: %s offload", files[high].name, files[low].name, placement)
     return ExpertPair(high_expert, low_expert, device=load.device, offload=placement == "experts")
@@ -133,8 +148,12 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
     keyframe_encoder = load_keyframe_encoder(files["clip"], load.open_clip_name, load.device)
     if isinstance(scorer, AestheticHead):
         scorer.check_fits(keyframe_encoder)  # before the experts load, not after the first shot
-    m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, ("lora_high", "lora_low"))
-    t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, None) if options.first_shot == "t2v" else None
+    # LoRAs stay hooked for the whole story: the StoryMem LoRA, then a preset's speed LoRAs on top
+    storymem = ExpertLoras(files["lora_high"], files["lora_low"])
+    m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, [storymem, *_speed_loras(files, load.preset, "i2v")])
+    t2v = None
+    if options.first_shot == "t2v":
+        t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, _speed_loras(files, load.preset, "t2v"))
     text = load_text_encoder(files["text_encoder"], auto_dtype(load.device))
     text_encoder = ParkedTextEncoder(TextEncoder(text.tokenizer, text.encoder, m2v.high.config.text_len), torch.device("cpu"))
     return StoryModels(
@@ -189,7 +208,8 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
     except ValueError:
         raise StoryMemError(f"--size {args.size!r} is not WIDTHxHEIGHT: write e.g. --size 832x480.") from None
     defaults = StoryOptions()
-    m2v, t2v = _sampler_from_args(args, defaults.m2v), _sampler_from_args(args, defaults.t2v)
+    m2v = _sampler_from_args(args, preset_settings(args.preset, defaults.m2v, "m2v"))
+    t2v = _sampler_from_args(args, preset_settings(args.preset, defaults.t2v, "t2v"))
     options = StoryOptions(
         first_shot=args.first_shot, continuation=args.continuation, max_memory=args.max_memory, fixed_memory=args.fixed_memory,
         seed=args.seed, size_wh=(width, height), frames=args.frames, m2v=m2v, t2v=t2v,
@@ -199,14 +219,19 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
 
 
 def _sampler_from_args(args: argparse.Namespace, defaults: SamplerSettings) -> SamplerSettings:
-    """`defaults` with the sampler flags given on the command line (0 is a value, not 'unset')."""
-    given = {"steps": args.steps, "shift": args.shift, "guide_low": args.guide, "guide_high": args.guide}
-    return replace(defaults, solver=args.solver, **{name: value for name, value in given.items() if value is not None})
+    """`defaults` (a preset's, where chosen) with the sampler flags given on the command line (0 is a value, not
+    'unset')."""
+    given = {"steps": args.steps, "shift": args.shift, "guide_low": args.guide, "guide_high": args.guide,
+             "solver": args.solver}
+    return replace(defaults, **{name: value for name, value in given.items() if value is not None})
 
 
-def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
-    return LoadOptions(device=_device(args.device), weights=args.weights, offload=args.offload, compile_blocks=args.compile,
-                       open_clip_name=args.open_clip_name, quality=args.quality)
+def load_options_from_args(args: argparse.Namespace, parallel: Parallel | None = None) -> LoadOptions:
+    """Under torchrun (`parallel`) each rank takes its own device: cuda:LOCAL_RANK, or the CPU without GPUs."""
+    device = _device(args.device) if parallel is None else parallel.device
+    return LoadOptions(device=device, weights=args.weights, offload=args.offload, compile_blocks=args.compile,
+                       open_clip_name=args.open_clip_name, quality=args.quality, preset=args.preset, parallel=parallel,
+                       fsdp=args.fsdp)
 
 
 def _device(name: str) -> torch.device:
@@ -227,8 +252,9 @@ def _device(name: str) -> torch.device:
 
 
 def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path, options: StoryOptions, load: LoadOptions,
-                    references: list[str] = (), from_shot: int | None = None) -> Path:
-    """Validate the script and the inputs, load the models, run the story; returns the film's path.
+                    references: list[str] = (), from_shot: int | None = None) -> Path | None:
+    """Validate the script and the inputs, load the models, run the story; returns the film's path (None on the
+    ranks under torchrun that only serve rank 0's forwards).
 
     `from_shot` is 1-based as users count shots.
     """
@@ -244,20 +270,31 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     check_output_folder(out)  # before the references are read: a wrong --out is the cheaper fault to report
     reference_images = [load_image(path) for path in references]
     options.check_folder(out, story, reference_images, start)
-    files = find_model_files(models_dir, required_roles(options.first_shot, quality_model(load.quality, models_dir)))
+    roles = required_roles(options.first_shot, quality_model(load.quality, models_dir))
+    files = find_model_files(models_dir, roles + preset_roles(load.preset, options.first_shot))
+    if load.parallel is not None:
+        load.parallel.check_heads(dit_config(files["i2v_high"])[0].num_heads)
     models = load_story_models(files, options, load)
-    progress = StoryProgress(story)
-    try:
-        film = run_story(story, models, options, out, reference_images or None, start, on_shot=progress.on_shot, on_step=progress.on_step)
-        progress.finished()
-        return film
-    finally:
-        progress.close()
+
+    def run() -> Path:
+        progress = StoryProgress(story)
+        try:
+            film = run_story(story, models, options, out, reference_images or None, start, on_shot=progress.on_shot,
+                             on_step=progress.on_step)
+            progress.finished()
+            return film
+        finally:
+            progress.close()
+
+    return run() if load.parallel is None else load.parallel.run({"m2v": models.m2v, "t2v": models.t2v}, load.fsdp, run)
 
 
 def run_story_command(args: argparse.Namespace) -> int:
-    film = run_story_files(args.script, args.models_dir, args.out, options_from_args(args), load_options_from_args(args),
-                           args.reference, args.from_shot)
-    print(f"film: {film}")
-    print(f"shots, memory banks and the memory contact sheet: {Path(args.out)}")
+    options = options_from_args(args)
+    with torchrun_session() as parallel:
+        film = run_story_files(args.script, args.models_dir, args.out, options, load_options_from_args(args, parallel),
+                               args.reference, args.from_shot)
+    if film is not None:
+        print(f"film: {film}")
+        print(f"shots, memory banks and the memory contact sheet: {Path(args.out)}")
     return 0

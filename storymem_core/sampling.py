@@ -7,7 +7,7 @@ conditioning `y` and the settings (boundary, guide scales, shift).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -15,6 +15,9 @@ from torch import nn
 from .errors import SamplerError
 from .limits import MAX_GUIDE, MAX_SHIFT, MAX_STEPS, MIN_SHIFT, check_number
 from .solvers import SOLVERS, make_solver
+
+if TYPE_CHECKING:
+    from .distributed import PairChannel
 
 NUM_TRAIN_TIMESTEPS = 1000
 LATENT_CHANNELS = 16
@@ -45,12 +48,15 @@ class SamplerSettings:
 
 
 class ExpertPair:
-    """High-noise and low-noise experts; `offload` keeps only the active one on the device."""
+    """High-noise and low-noise experts; `offload` keeps only the active one on the device; `parallel` (under
+    torchrun, on rank 0) runs each forward across every rank."""
 
-    def __init__(self, high: nn.Module, low: nn.Module, device: torch.device | str = "cpu", offload: bool = False):
+    def __init__(self, high: nn.Module, low: nn.Module, device: torch.device | str = "cpu", offload: bool = False,
+                 parallel: PairChannel | None = None):
         self.high, self.low = high, low
         self.device = torch.device(device)
         self.offload = offload
+        self.parallel = parallel
 
     def park(self) -> None:
         """Both experts off the device, e.g. the T2V pair once the first shot is done, so the M2V pair has the room."""
@@ -58,7 +64,11 @@ class ExpertPair:
         self.low.to("cpu")
 
     def for_timestep(self, t: float, boundary_t: float) -> nn.Module:
-        active, idle = (self.high, self.low) if t >= boundary_t else (self.low, self.high)
+        return self.activate(high=t >= boundary_t)
+
+    def activate(self, high: bool) -> nn.Module:
+        """The high (or low) expert, on the device."""
+        active, idle = (self.high, self.low) if high else (self.low, self.high)
         if self.offload:
             idle.to("cpu")  # first, so both experts are never on the device together
         return active.to(self.device)
@@ -80,8 +90,11 @@ def guided_prediction(
     y: torch.Tensor | None,
     batch_cfg: bool,
 ) -> torch.Tensor:
-    """uncond + guide * (cond - uncond) for one latent [C, T, h, w]."""
+    """uncond + guide * (cond - uncond) for one latent [C, T, h, w]; at a guide of exactly 1 that is cond alone,
+    so the negative prompt's forward is skipped (half the work, as distilled LoRAs sample)."""
     y_batch = None if y is None else y[None]
+    if guide == 1.0:
+        return model(latent[None], t, context[None], y_batch)[0]
     if batch_cfg:
         length = max(context.shape[0], context_null.shape[0])
         contexts = torch.stack([_pad_tokens(context, length), _pad_tokens(context_null, length)])
@@ -122,9 +135,13 @@ def denoise(
         for i, t in enumerate(solver.timesteps):
             model = experts.for_timestep(t.item(), boundary_t)
             guide = settings.guide_high if t.item() >= boundary_t else settings.guide_low
-            prediction = guided_prediction(
-                model, latent, t.reshape(1).to(device), context, context_null, guide, y, settings.batch_cfg
-            )
+            if experts.parallel is not None:
+                high = model is experts.high
+                prediction = experts.parallel.prediction(high, latent, t.item(), context, context_null, guide, y)
+            else:
+                prediction = guided_prediction(
+                    model, latent, t.reshape(1).to(device), context, context_null, guide, y, settings.batch_cfg
+                )
             latent = solver.step(prediction.float(), latent, generator=generator)
             if on_step is not None:
                 on_step(i + 1, total)

@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from .model_files import CONFIG_KEY
+from .presets import PRESET_LORA_ROLES
 from .video import ordinary_permissions
 from .wan.dit import DiTConfig, WanDiT
 from .wan.t5 import T5Config, UMT5Encoder
@@ -114,6 +115,28 @@ def _comfy_lora(seed: int, sizes: dict = DIT) -> dict[str, torch.Tensor]:
     return renamed
 
 
+def _speed_lora(seed: int) -> dict[str, torch.Tensor]:
+    """A distilled speed LoRA's layout (lightx2v): ComfyUI pairs with alpha, plus full deltas of a norm's weight and a
+    bias."""
+    tensors = _comfy_lora(seed)
+    generator = torch.Generator().manual_seed(seed)
+    for block in range(DIT["num_layers"]):
+        prefix = f"diffusion_model.blocks.{block}"
+        tensors[f"{prefix}.norm3.diff"] = torch.randn(DIT["dim"], generator=generator) * 0.1
+        tensors[f"{prefix}.self_attn.o.diff_b"] = torch.randn(DIT["dim"], generator=generator) * 0.1
+    return tensors
+
+
+def write_speed_loras(models_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Tiny stand-ins for every preset's speed LoRAs, in `models_dir`/loras under their published names; role ->
+    path."""
+    written = {}
+    for offset, (role, lora) in enumerate(PRESET_LORA_ROLES.items()):
+        written[role] = Path(models_dir) / "loras" / lora.usual_name
+        _save(_speed_lora(seed + 20 + offset), written[role])
+    return written
+
+
 def _clip(seed: int) -> dict[str, torch.Tensor]:
     """Both towers under open_clip's CLIP names, as timm's open_clip_model.safetensors holds them."""
     import open_clip
@@ -125,11 +148,13 @@ def _clip(seed: int) -> dict[str, torch.Tensor]:
     return visual_state | text.state_dict() | {"logit_scale": torch.tensor(4.6052)}  # log(100), CLIP's trained value
 
 
-def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
-    """Write every model a StoryMem workflow loads into `models_dir`/<ComfyUI folder>/<usual name>."""
+def write_tiny_models(models_dir: str | Path, seed: int = 0, num_heads: int = DIT["num_heads"]) -> Path:
+    """Write every model a StoryMem workflow loads into `models_dir`/<ComfyUI folder>/<usual name>.
+
+    `num_heads` (dividing the width 32) sets the experts' attention heads, e.g. 4 to split them over 4 ranks."""
     root = Path(models_dir)
     for name, in_dim, offset in ((I2V_HIGH, 36, 1), (I2V_LOW, 36, 2), (T2V_HIGH, 16, 3), (T2V_LOW, 16, 4)):
-        tensors, config = _dit(in_dim, seed + offset)
+        tensors, config = _dit(in_dim, seed + offset, {**DIT, "num_heads": num_heads})
         _save(tensors, root / "diffusion_models" / name, config)
     for name, offset in ((STORYMEM_LORA_HIGH, 5), (STORYMEM_LORA_LOW, 6)):
         path = root / "loras" / name
@@ -206,7 +231,7 @@ def write_core_models(models_dir: str | Path, seed: int = 0) -> Path:
     _save(_core_umt5(seed + 8), root / "text_encoders" / TEXT_ENCODER)
     torch.manual_seed(seed + 9)
     _save(WanVAE(VAEConfig.from_dict(CORE_VAE)).state_dict(), root / "vae" / VAE_FILE, CORE_VAE)
-    _save(_clip_visual(seed + 10), root / "clip_vision" / CLIP_FILE, CLIP)
+    _save(_clip(seed + 10), root / "clip_vision" / CLIP_FILE, CLIP)
     generator = torch.Generator().manual_seed(seed + 11)
     torch.save({"weight": torch.randn(1, CLIP["embed_dim"], generator=generator) * 0.1, "bias": torch.tensor([5.0])},
                root / "clip_vision" / AESTHETIC_FILE)

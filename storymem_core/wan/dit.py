@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ from torch import nn
 from ..errors import ConditioningError
 from .attention import attention
 from .rope import apply_rope, rope_tables
+
+if TYPE_CHECKING:
+    from .ulysses import SequenceShards
 
 
 @dataclass
@@ -92,6 +96,8 @@ class LayerNorm(nn.LayerNorm):
 
 
 class SelfAttention(nn.Module):
+    sequence_parallel: SequenceShards | None = None  # set by ulysses.sharded_sequence while a forward runs split
+
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
         super().__init__()
         self.num_heads = num_heads
@@ -109,7 +115,8 @@ class SelfAttention(nn.Module):
         q = apply_rope(self._heads(self.norm_q(self.q(x))), *rope)
         k = apply_rope(self._heads(self.norm_k(self.k(x))), *rope)
         v = self._heads(self.v(x))
-        return self.o(attention(q, k, v).flatten(2))
+        attend = attention if self.sequence_parallel is None else self.sequence_parallel.attention
+        return self.o(attend(q, k, v).flatten(2))
 
 
 class CrossAttention(SelfAttention):
@@ -167,6 +174,8 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 class WanDiT(nn.Module):
     """Wan2.2 DiT. forward: x [B, C, F, H, W] (+ y [B, C', F, H, W] for i2v) -> [B, out_dim, F, H, W]."""
+
+    sequence_parallel: SequenceShards | None = None  # set by ulysses.sharded_sequence: tokens split over ranks
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -233,9 +242,14 @@ class WanDiT(nn.Module):
         time_mod = self.time_projection(time_emb).float().unflatten(1, (6, self.config.dim))  # [B, 6, C]
         context = self.embed_text(context)
 
+        shards = self.sequence_parallel
+        if shards is not None:  # this rank keeps a slice of the tokens and their rotary tables
+            shards.split(tokens.shape[1])
+            tokens, rope = shards.shard(tokens, 1), (shards.shard(rope[0], 0), shards.shard(rope[1], 0))
         for block in self.blocks:
             tokens = block(tokens, time_mod, rope, context)
-        return self.unpatchify(self.head(tokens, time_emb, context.dtype), grid)
+        out = self.head(tokens, time_emb, context.dtype)
+        return self.unpatchify(out if shards is None else shards.gather(out, 1), grid)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, F*H*W, out*pt*ph*pw] -> [B, out, F*pt, H*ph, W*pw]."""
