@@ -15,12 +15,13 @@ import comfy.patcher_extension
 import node_helpers
 import torch
 
+from storymem_core.choices import MEMORY_POSITIONS
 from storymem_core.conditioning import build_conditioning, check_size
 from storymem_core.errors import CheckpointError, ConditioningError
 from storymem_core.lora import load_lora
 from storymem_core.lora_convert import COMFY_PREFIX, comfy_lora_tensors
 from storymem_core.memory import MemoryBank
-from storymem_core.positions import DEFAULT_SPACING, PLACEMENTS, memory_frame_positions
+from storymem_core.positions import DEFAULT_SPACING, memory_frame_positions
 from storymem_core.video import GIVEN_FRAMES, image_batch_to_frames
 
 from . import host
@@ -231,7 +232,8 @@ class MemoryPositions:
         return {"required": {
             "model": ("MODEL", {"tooltip": "The Wan2.2 I2V model (both experts need the same patch)."}),
             "memory_latents": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "memory_latents of StoryMem Conditioning."}),
-            "placement": (list(PLACEMENTS), {"default": "released", "tooltip": "released: 0..M-1 then the shot; negative: the paper's shift."}),
+            "placement": (list(MEMORY_POSITIONS), {
+                "default": "released", "tooltip": "released: 0..M-1 then the shot; negative: the paper's shift."}),
             "spacing": ("INT", {"default": DEFAULT_SPACING, "min": 1, "max": 100, "tooltip": "S, the gap between memory positions for negative."}),
         }}
 

@@ -4,3 +4,4 @@ WEIGHT_DTYPE_NAMES = ("bf16", "fp16", "fp32")
 WEIGHT_CHOICES = ("auto", "fp8", *WEIGHT_DTYPE_NAMES)  # auto: fp8 files stay fp8 on a GPU, the rest bf16 (fp32 on the CPU)
 OFFLOAD_CHOICES = ("auto", "none", "experts", "blocks")  # GPU memory plans; auto picks from free memory
 QUALITY_CHOICES = ("auto", "aesthetic", "hpsv3", "off")  # keyframe quality filter models
+MEMORY_POSITIONS = ("released", "negative")  # memory's RoPE time positions (storymem_core.positions); released first

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from .errors import GenerationInterrupted, StoryMemError
-from .choices import OFFLOAD_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
+from .choices import MEMORY_POSITIONS, OFFLOAD_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
 from .story import shown_text
 
 
@@ -30,6 +30,9 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", type=float, default=None, help="flow shift (default: 4 for M2V, 12 for T2V)")
     parser.add_argument("--guide", type=float, default=None, help="CFG scale for both experts (default 3.5 M2V; 3/4 T2V)")
     parser.add_argument("--solver", default="unipc", choices=["unipc", "dpm++", "euler"], help="sampler (default unipc)")
+    parser.add_argument("--memory-positions", default="released", choices=MEMORY_POSITIONS,
+                        help="memory frames' time positions: released (0..M-1 before the shot, as the published "
+                             "code and LoRA; default) or negative (the paper's shift: memory at -5M..-5, shot from 0)")
     parser.add_argument("--from-shot", type=int, default=None, metavar="N",
                         help="regenerate from shot N (1-based) with the options given now: from the bank before it, windowed to "
                              "--max-memory / --fixed-memory (N = 1: the initial bank, rebuilt from --reference)")
