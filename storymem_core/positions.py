@@ -4,6 +4,10 @@ The released StoryMem code numbers memory and shot latent frames together, 0 .. 
 ("released", what the LoRA was published with). The paper describes a negative shift instead: memory
 frames at -M*S, ..., -S and the shot from 0 ("negative", S = `spacing`), so the shot keeps the
 positions of a plain I2V clip and memory reads as the past.
+
+"released" is the default everywhere and the placement golden parity holds for; "negative" is offered to
+experiment with (`generate_memory_shot(memory_positions=...)`, `--memory-positions`, the Shot and Story Runner
+nodes' `memory_positions`, and the StoryMem Memory Positions patch for ComfyUI's own models).
 """
 
 from __future__ import annotations
