@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storymem_core.choices import PRESET_CHOICES
+from storymem_core.choices import MEMORY_POSITIONS, PRESET_CHOICES
 from storymem_core.limits import MAX_FRAMES, MAX_MEMORY, MAX_SEED, MAX_SHIFT, MAX_SIDE, MAX_STEPS, MIN_SHIFT
 from storymem_core.solvers import SOLVERS
 
@@ -24,6 +24,13 @@ def steps(default: int = 40) -> tuple:
 
 def shift(default: float) -> tuple:
     return ("FLOAT", {"default": default, "min": MIN_SHIFT, "max": MAX_SHIFT, "step": 0.1, "tooltip": f"Flow-matching schedule shift ({default:g} by default for this mode)."})
+
+
+def memory_positions() -> tuple:
+    """Where the memory frames sit in time; last among a node's optional inputs, so saved workflows keep loading."""
+    return (list(MEMORY_POSITIONS), {"default": MEMORY_POSITIONS[0], "advanced": True, "tooltip":
+            "released (as the published StoryMem code and LoRA): memory at time positions 0..M-1, the shot after it. "
+            "negative (the paper's description): memory at -5M..-5, the shot from 0."})
 
 
 def solver() -> tuple:

@@ -9,19 +9,19 @@ the inverse of the reference's (ComfyUI: 0 = known frame; the model feeds 1 - ma
 
 from __future__ import annotations
 
-import comfy.ldm.common_dit
 import comfy.lora
 import comfy.model_management
 import comfy.patcher_extension
 import node_helpers
 import torch
 
+from storymem_core.choices import MEMORY_POSITIONS
 from storymem_core.conditioning import build_conditioning, check_size
 from storymem_core.errors import CheckpointError, ConditioningError
 from storymem_core.lora import load_lora
 from storymem_core.lora_convert import COMFY_PREFIX, comfy_lora_tensors
 from storymem_core.memory import MemoryBank
-from storymem_core.positions import DEFAULT_SPACING, PLACEMENTS, memory_frame_positions
+from storymem_core.positions import DEFAULT_SPACING, memory_frame_positions
 from storymem_core.video import GIVEN_FRAMES, image_batch_to_frames
 
 from . import host
@@ -190,28 +190,35 @@ class StoryMemLora:
         return (add_storymem_lora(model, host.model_path("loras", lora_name), strength, alpha or None),)
 
 
-def _frame_ids(positions: torch.Tensor, grid: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(time, row, column) ids [1, F*H*W, 3] for ComfyUI's rope embedder, time from `positions`."""
-    f, h, w = grid
-    ids = torch.stack(torch.meshgrid(positions.to(torch.float32), torch.arange(h, dtype=torch.float32),
-                                     torch.arange(w, dtype=torch.float32), indexing="ij"), dim=-1)
-    return ids.reshape(1, f * h * w, 3).to(device, dtype)
-
-
 def memory_positions_wrapper(memory_latents: int, placement: str, spacing: int):
-    """A DIFFUSION_MODEL wrapper giving Wan's RoPE the memory frames' time positions (see storymem_core.positions)."""
+    """A DIFFUSION_MODEL wrapper giving Wan's RoPE the memory frames' time positions (see storymem_core.positions).
 
-    def forward(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
+    ComfyUI's WanModel numbers the latent frames 0..T-1 in `rope_encode`. For the duration of one call the
+    wrapper shadows that method on the model with one numbering them by `memory_frame_positions`, and runs the
+    rest of the wrapper chain as usual, so wrappers added after this patch (EasyCache, ...) still run. Latents
+    longer than the conditioning's (time_dim_concat, reference_latent) keep ComfyUI's numbering.
+    """
+
+    def forward(executor, x, *args, **kwargs):
         model = executor.class_obj
         positions = memory_frame_positions(memory_latents, x.shape[2], placement, spacing)
-        if positions is None or time_dim_concat is not None or "reference_latent" in kwargs:
-            return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
-        t, h, w = x.shape[2:]
-        x = comfy.ldm.common_dit.pad_to_patch_size(x, model.patch_size)
-        grid = (x.shape[2] // model.patch_size[0], x.shape[3] // model.patch_size[1], x.shape[4] // model.patch_size[2])
-        freqs = model.rope_embedder(_frame_ids(positions, grid, x.device, x.dtype)).movedim(1, 2)
-        out = model.forward_orig(x, timestep, context, clip_fea=clip_fea, freqs=freqs, transformer_options=transformer_options, **kwargs)
-        return out[:, :, :t, :h, :w]
+        if positions is None:
+            return executor(x, *args, **kwargs)
+        numbered = model.rope_encode
+
+        def rope_encode(t, h, w, device=None, dtype=None, **options):
+            if t != len(positions) or options.get("t_start", 0) != 0:
+                return numbered(t, h, w, device=device, dtype=dtype, **options)
+            rows, columns = (-(-size // patch) for size, patch in zip((h, w), model.patch_size[1:]))  # as padded
+            ids = torch.stack(torch.meshgrid(positions.float(), torch.arange(rows, dtype=torch.float32),
+                                             torch.arange(columns, dtype=torch.float32), indexing="ij"), dim=-1)
+            return model.rope_embedder(ids.reshape(1, -1, 3).to(device, dtype)).movedim(1, 2)
+
+        model.rope_encode = rope_encode
+        try:
+            return executor(x, *args, **kwargs)
+        finally:
+            del model.rope_encode  # the class's method again
 
     return forward
 
@@ -225,7 +232,8 @@ class MemoryPositions:
         return {"required": {
             "model": ("MODEL", {"tooltip": "The Wan2.2 I2V model (both experts need the same patch)."}),
             "memory_latents": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "memory_latents of StoryMem Conditioning."}),
-            "placement": (list(PLACEMENTS), {"default": "released", "tooltip": "released: 0..M-1 then the shot; negative: the paper's shift."}),
+            "placement": (list(MEMORY_POSITIONS), {
+                "default": "released", "tooltip": "released: 0..M-1 then the shot; negative: the paper's shift."}),
             "spacing": ("INT", {"default": DEFAULT_SPACING, "min": 1, "max": 100, "tooltip": "S, the gap between memory positions for negative."}),
         }}
 

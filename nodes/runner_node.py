@@ -37,7 +37,10 @@ M2V = StoryOptions().m2v
 
 def story_folder(root: Path, story: Story, options: StoryOptions, sources: list[str]) -> Path:
     """The story's folder: named after it, suffixed by a hash of everything that shapes its frames."""
-    fingerprint = json.dumps([asdict(story), asdict(options), sources], sort_keys=True, default=str)
+    settings = asdict(options)
+    if settings["memory_positions"] == "released":
+        del settings["memory_positions"]  # the default: folders made before the option existed keep their names
+    fingerprint = json.dumps([asdict(story), settings, sources], sort_keys=True, default=str)
     safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in story.name)[:60] or "story"
     return root / f"{safe_name}-{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
 
@@ -77,6 +80,7 @@ class StoryRunner:
                 "reference_images": ("IMAGE", {"tooltip": "Reference images, the first memory of an MR2V story."}),
                 "negative_prompt": inputs.negative_prompt(),
                 "preset": inputs.preset(),
+                "memory_positions": inputs.memory_positions(),
             },
         }
 
@@ -91,7 +95,7 @@ class StoryRunner:
             first_shot: str, continuation: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
             width: int, height: int, frames: int, fps: int, max_size: int, fixed: int, output_folder: str, from_shot: int,
             t2v_model: WanExperts | None = None, reference_images: torch.Tensor | None = None, negative_prompt: str = "",
-            preset: str = "none") -> dict:
+            preset: str = "none", memory_positions: str = "released") -> dict:
         model.require("i2v", "Story Runner")
         if from_shot > len(story.shots):
             raise StoryMemError(f"from_shot {from_shot} is not a shot of '{story.name}' (it has shots 1 to {len(story.shots)}): use 0 to continue, or one of those.")
@@ -104,6 +108,7 @@ class StoryRunner:
         options = StoryOptions(
             first_shot=first_shot, continuation=continuation, max_memory=max_size, fixed_memory=fixed, seed=seed,
             size_wh=(width, height), frames=frames, fps=fps, negative_prompt=negative_prompt,
+            memory_positions=memory_positions,
             m2v=SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg),
             t2v=SamplerSettings(steps, T2V_SETTINGS.shift, solver, T2V_SETTINGS.boundary, T2V_SETTINGS.guide_low, T2V_SETTINGS.guide_high),
         )

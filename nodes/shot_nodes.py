@@ -153,6 +153,7 @@ class MemoryShot:
             "optional": {
                 "previous_frames": ("IMAGE", {"tooltip": "The previous shot's last_frames, for MI2V / MM2V continuation."}),
                 **_optional_inputs(),
+                "memory_positions": inputs.memory_positions(),
             },
         }
 
@@ -163,7 +164,8 @@ class MemoryShot:
     def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel, memory: MemoryBank,
                  prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
                  width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
-                 negative_prompt: str = "", shot_number: int | None = None, preset: str = "none") -> dict:
+                 negative_prompt: str = "", shot_number: int | None = None, preset: str = "none",
+                 memory_positions: str = "released") -> dict:
         model.require("i2v", "StoryMem Shot")
         check_size(width, height)
         mode = resolve_mode(mode, cut, previous_frames is not None)
@@ -181,6 +183,7 @@ class MemoryShot:
                 first_frame=previous[-1] if mode == "mi2v" else None,
                 motion_frames=previous[-MOTION_FRAMES:] if mode == "mm2v" else None,
                 on_step=host.ProgressSteps(settings.steps, f"StoryMem shot ({mode.upper()})"),
+                memory_positions=memory_positions,
             )
         shot_frames = trim_conditioning_frames(video_to_frames(result.video), mode)
         return _finish(shot_frames, memory, keyframe_encoder, shot_number)

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from .errors import GenerationInterrupted, StoryMemError
-from .choices import OFFLOAD_CHOICES, PRESET_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
+from .choices import MEMORY_POSITIONS, OFFLOAD_CHOICES, PRESET_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
 from .story import shown_text
 
 
@@ -35,6 +35,9 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
                              "(loras/wan2.2_i2v_lightx2v_4steps_lora_v1_{high,low}_noise, and the t2v v1.1 pair for a T2V "
                              "first shot) stacked on the StoryMem LoRA, sampled as their authors do: 4 Euler steps, shift 5, "
                              "CFG 1 (one forward per step); --steps, --shift, --guide, --solver still override")
+    parser.add_argument("--memory-positions", default="released", choices=MEMORY_POSITIONS,
+                        help="memory frames' time positions: released (0..M-1 before the shot, as the published "
+                             "code and LoRA; default) or negative (the paper's shift: memory at -5M..-5, shot from 0)")
     parser.add_argument("--from-shot", type=int, default=None, metavar="N",
                         help="regenerate from shot N (1-based) with the options given now: from the bank before it, windowed to "
                              "--max-memory / --fixed-memory (N = 1: the initial bank, rebuilt from --reference)")

@@ -21,6 +21,7 @@ from .errors import ConditioningError, StoryMemError
 from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
 from .limits import MAX_FRAMES, MAX_MEMORY, MAX_SIDE, check_number, check_seed
 from .memory import MemoryBank, discard_bank
+from .positions import check_placement
 from .sampling import ExpertPair, SamplerSettings
 from .shot import T2V_SETTINGS, PromptEncoder, encode_prompts, generate_memory_shot, generate_text_shot
 from .story import Story, shown_text
@@ -60,6 +61,7 @@ class StoryOptions:
     t2v: SamplerSettings = T2V_SETTINGS
     negative_prompt: str = ""
     mark_fixed_memory: bool = False  # mask value 2 for unfixed memory; the reference pipeline leaves it off
+    memory_positions: str = "released"  # memory's RoPE time positions: as released (0..M-1), or the paper's "negative"
 
     def check(self) -> None:
         """Every value in its range, before anything loads: a typo must not allocate memory or run a model."""
@@ -77,6 +79,7 @@ class StoryOptions:
             raise StoryMemError(f"fixed memory {self.fixed_memory} must be between 0 and max memory {self.max_memory}.")
         check_number(self.fps, "fps", 1, 120, "StoryMem's videos are 16 fps")
         check_seed(self.seed, 1)
+        check_placement(self.memory_positions)
         self.m2v.check()
         self.t2v.check()
 
@@ -192,6 +195,7 @@ def _generate(shot, bank: MemoryBank, models: StoryModels, options: StoryOptions
         motion_frames=tail[-MOTION_FRAMES:] if mode == "mm2v" else None,
         fix_mem=options.fixed_memory if options.mark_fixed_memory else None,
         on_step=on_step,
+        memory_positions=options.memory_positions,
     )
     return trim_conditioning_frames(video_to_frames(result.video), mode)
 

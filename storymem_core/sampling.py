@@ -7,6 +7,7 @@ conditioning `y` and the settings (boundary, guide scales, shift).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -120,9 +121,11 @@ def denoise(
     settings: SamplerSettings,
     y: torch.Tensor | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    frame_positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Integrate from `noise` [16, T, h, w] to a clean latent. `on_step(i, total)` reports progress and may
-    raise to stop (interruption is checked between steps, never mid-step)."""
+    raise to stop (interruption is checked between steps, never mid-step). `frame_positions` are the latent
+    frames' RoPE time positions (storymem_core.positions); None numbers them 0..T-1."""
     settings.check()
     solver = make_solver(settings.solver, settings.steps, settings.shift, NUM_TRAIN_TIMESTEPS)
     boundary_t = settings.boundary * NUM_TRAIN_TIMESTEPS
@@ -134,6 +137,8 @@ def denoise(
     with torch.no_grad():
         for i, t in enumerate(solver.timesteps):
             model = experts.for_timestep(t.item(), boundary_t)
+            if frame_positions is not None:
+                model = partial(model, frame_positions=frame_positions)
             guide = settings.guide_high if t.item() >= boundary_t else settings.guide_low
             if experts.parallel is not None:
                 high = model is experts.high

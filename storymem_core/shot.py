@@ -15,6 +15,7 @@ import torch
 from .conditioning import PATCH, VAE_STRIDE, build_conditioning, check_frame_num, latent_frame_count
 from .errors import OutOfMemory
 from .offload import BlockSwapDiT, choose_offload
+from .positions import check_placement, memory_frame_positions
 from .sampling import LATENT_CHANNELS, ExpertPair, SamplerSettings, denoise, seeded_noise
 from .wan.fp8 import Fp8Linear
 from .wan.vae import WanVAE
@@ -69,17 +70,24 @@ def generate_memory_shot(
     fix_mem: int | None = None,
     decode_memory: bool = False,
     on_step: Callable[[int, int], None] | None = None,
+    memory_positions: str = "released",
 ) -> ShotResult:
-    """Generate one shot conditioned on memory keyframes (and the previous shot's last frame(s))."""
+    """Generate one shot conditioned on memory keyframes (and the previous shot's last frame(s)).
+
+    `memory_positions` places the memory latents in time (storymem_core.positions): "released" numbers memory
+    and shot 0..n-1 as the published code and LoRA do; "negative" is the paper's shift (memory before 0).
+    """
+    check_placement(memory_positions)
     tokens = shot_tokens(len(memory_images), max(frame_num, 1), max_area)
     with reporting_out_of_memory(experts, tokens):
         with visiting(vae, experts.device):
             conditioning = build_conditioning(
                 vae, memory_images, frame_num, max_area, first_frame, motion_frames, fix_mem, device=experts.device
             )
-        noise, generator = seeded_noise((LATENT_CHANNELS, *conditioning.y.shape[1:]), settings.seed)
-        latent = denoise(experts, noise, generator, context, context_null, settings, conditioning.y, on_step)
         memory_count = conditioning.memory_count
+        positions = memory_frame_positions(memory_count, conditioning.y.shape[1], memory_positions)
+        noise, generator = seeded_noise((LATENT_CHANNELS, *conditioning.y.shape[1:]), settings.seed)
+        latent = denoise(experts, noise, generator, context, context_null, settings, conditioning.y, on_step, positions)
         with visiting(vae, experts.device):
             video = vae.decode(latent[None, :, memory_count:])[0]
             memory_decoded = None

@@ -1,7 +1,7 @@
 """ComfyUI's Wan model and its LoRA patching against ours and the reference, inside a real ComfyUI:
-the same tiny weights give the same DiT output, and StoryMem LoRA (MODEL) patches the weights our
-engine's merge gives, from the released .pth, a ComfyUI-layout file and a convert-lora file, stacked
-with LoraLoaderModelOnly."""
+the same tiny weights give the same DiT output, also with StoryMem Memory Positions against our DiT's
+frame positions, and StoryMem LoRA (MODEL) patches the weights our engine's merge gives, from the
+released .pth, a ComfyUI-layout file and a convert-lora file, stacked with LoraLoaderModelOnly."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from storymem_core import tiny_models
 from storymem_core.cli import main as cli_main
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.model_files import load_dit
+from storymem_core.positions import DEFAULT_SPACING, memory_frame_positions
 from storymem_core.wan.dit import DiTConfig, WanDiT
 
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}  # golden README: DiT / LoRA forward
+POSITIONS = {"memory_latents": 2, "spacing": DEFAULT_SPACING, "frames": 5}  # 2 memory latents in front of a 3-frame shot
 
 
 def core_dit_inputs(config: dict, frames: int = 3, size: int = 8) -> dict:
@@ -38,6 +40,8 @@ def host_results(tmp_path_factory) -> dict:
     state, config = tiny_models._dit(36, 1, tiny_models.CORE_DIT)
     tiny_models._save(state, jobs / "core_dit.safetensors", config)
     save_file(core_dit_inputs(config), str(jobs / "core_dit_inputs.safetensors"))
+    settings = {name: torch.tensor(value) for name, value in POSITIONS.items()}
+    save_file({**core_dit_inputs(config, POSITIONS["frames"], size=6), **settings}, str(jobs / "positions_inputs.safetensors"))
     for path in case_paths("dit_"):
         case, tensors = load_case(path)
         save_file(tensors, str(jobs / f"{path.stem}.safetensors"))
@@ -65,6 +69,30 @@ def test_host_dit_comfyui_wan_and_our_dit_agree_on_a_core_loaded_file(host_resul
         out = ours(inputs["x"][None], inputs["t"], inputs["context"][None], inputs["y"][None])[0]
     assert out.abs().mean() > 1e-3  # a real output, not zeros on both sides
     torch.testing.assert_close(host_results["core_dit.out"], out, **TOLERANCE)
+
+
+def our_dit_with_positions(jobs, placement: str) -> torch.Tensor:
+    inputs = load_file(str(jobs / "positions_inputs.safetensors"))
+    ours = load_dit(jobs / "core_dit.safetensors", torch.float32).eval()
+    positions = memory_frame_positions(POSITIONS["memory_latents"], POSITIONS["frames"], placement, POSITIONS["spacing"])
+    with torch.no_grad():
+        return ours(inputs["x"][None], inputs["t"], inputs["context"][None], inputs["y"][None], positions)[0]
+
+
+def test_host_dit_memory_positions_negative_matches_our_dit(host_results):
+    """StoryMem Memory Positions (negative) on ComfyUI's model gives our DiT's output at the paper's positions."""
+    ours = our_dit_with_positions(host_results["jobs"], "negative")
+    torch.testing.assert_close(host_results["positions.negative"], ours, **TOLERANCE)
+    assert (host_results["positions.negative"] - host_results["positions.unpatched"]).abs().max() > 1e-3  # the patch acts
+    assert int(host_results["positions.negative.inner_calls"]) == 1  # a wrapper added after the patch still runs
+
+
+def test_host_dit_memory_positions_released_is_the_unpatched_model(host_results):
+    """released, the default, leaves ComfyUI's numbering: the unpatched model's output, our DiT's plain one."""
+    torch.testing.assert_close(host_results["positions.released"], host_results["positions.unpatched"], rtol=0, atol=0)
+    torch.testing.assert_close(host_results["positions.released"], our_dit_with_positions(host_results["jobs"], "released"), **TOLERANCE)
+    assert int(host_results["positions.released.inner_calls"]) == 1
+    assert bool(host_results["positions.rope_encode_restored"])  # the model is ComfyUI's own again after each call
 
 
 @pytest.mark.parametrize("path", cases("dit_"))

@@ -399,6 +399,22 @@ def test_reroll_gets_the_same_bank_and_gives_another_shot(pack):
     assert all(torch.equal(a, b) for a, b in zip(snapshot, bank.image_list()))
 
 
+def test_memory_positions_negative_gives_another_shot_released_is_the_default(pack):
+    bank = reference_bank()
+    (default, _, _), _ = memory_shot(pack, bank)
+    (released, _, _), _ = memory_shot(pack, bank, memory_positions="released")
+    (negative, _, _), _ = memory_shot(pack, bank, memory_positions="negative")
+    assert torch.equal(default, released) and not torch.equal(released, negative)
+
+
+@pytest.mark.parametrize("name", ["StoryMemShot", "StoryMemStoryRunner"])
+def test_memory_positions_is_the_last_input_so_saved_workflows_keep_loading(name):
+    """ComfyUI restores widget values by position: a widget added anywhere but last would shift the saved ones."""
+    declared = node(name).INPUT_TYPES()
+    assert list(declared["optional"])[-1] == "memory_positions"
+    assert declared["optional"]["memory_positions"][1]["default"] == "released"
+
+
 def test_interrupted_shot_raises_and_keeps_the_bank(pack):
     bank = reference_bank()
     host.current().interrupt()
@@ -443,6 +459,11 @@ def test_story_runner_generates_and_resumes(pack):
     assert again == path and shots_and_banks() == finished  # resumed: no shot or bank regenerated or rewritten
     (_, _, reseeded), _ = call("StoryMemStoryRunner", **(arguments | {"seed": 7}))
     assert Path(reseeded).parent != story_folder and shots_and_banks() == finished
+    (_, _, released), _ = call("StoryMemStoryRunner", **(arguments | {"memory_positions": "released"}))
+    assert released == path  # the default, spelled out: the same story folder, resumed
+    (shifted_film, _, shifted), _ = call("StoryMemStoryRunner", **(arguments | {"memory_positions": "negative"}))
+    assert Path(shifted).parent != story_folder and shots_and_banks() == finished
+    assert shifted_film.shape == film.shape and not torch.equal(shifted_film, film)
 
 
 def test_story_runner_bar_counts_only_the_shots_it_makes(pack, monkeypatch):

@@ -362,6 +362,16 @@ def test_hpsv3_quality_without_its_package_says_how_to_install(tmp_path, models_
     assert "pip install hpsv3" in capsys.readouterr().err
 
 
+def test_memory_positions_flag_reaches_the_story_options(capsys):
+    base = ["story", "story.json", "--models-dir", "models", "--out", "out"]
+    assert options_from_args(_parser().parse_args(base)).memory_positions == "released"  # as the published code
+    negative = options_from_args(_parser().parse_args(base + ["--memory-positions", "negative"]))
+    assert negative.memory_positions == "negative"
+    with pytest.raises(SystemExit) as refused:
+        _parser().parse_args(base + ["--memory-positions", "before"])
+    assert refused.value.code == 2 and "choose from 'released', 'negative'" in capsys.readouterr().err
+
+
 def test_memory_shots_default_to_storymem_m2v_sampling():
     """StoryMem's wan_m2v_A14B.py samples 40 steps, shift 4, boundary 0.9, guide 3.5 for both experts; the story
     command without sampler flags and a bare SamplerSettings() (generate_memory_shot's default) both do."""

@@ -1,6 +1,9 @@
 """In ComfyUI: its Wan model and its patching on the jobs in JOB_DIR (written by tests/test_host_models.py).
 
-- core_dit: the tiny core-loadable DiT file loaded by ComfyUI's own loader, run on the given inputs;
+- core_dit: the tiny core-loadable DiT file loaded by ComfyUI's own loader, run on the given inputs, and with
+  StoryMem Memory Positions (released, negative; a later DIFFUSION_MODEL wrapper counting its calls) on
+  positions_inputs (which also hold the node's memory_latents and spacing), called with the MODEL's
+  wrappers as ComfyUI's samplers pass them;
 - dit_*: ComfyUI's WanModel built at a golden case's size with its weights, run on its inputs;
 - lora_*: the golden base model as a ComfyUI MODEL, patched by StoryMem LoRA (MODEL) with the peft .pth,
   with the ComfyUI-layout file, stacked with LoraLoaderModelOnly, and the convert-lora file through
@@ -19,6 +22,7 @@ classes = in_host.start(models_dir=job_dir / "models")
 
 import comfy.model_detection  # noqa: E402
 import comfy.model_patcher  # noqa: E402
+import comfy.patcher_extension  # noqa: E402
 import comfy.sd  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -37,12 +41,13 @@ def wan_model(config: dict, weights: dict) -> comfy.model_patcher.ModelPatcher:
     return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
 
 
-def run(diffusion_model, inputs: dict, text_len: int) -> torch.Tensor:
-    """out for x ++ y, t and the context zero-padded to text_len (what the reference does before embedding)."""
+def run(diffusion_model, inputs: dict, text_len: int, transformer_options: dict | None = None) -> torch.Tensor:
+    """out for x ++ y, t and the context zero-padded to text_len (what the reference does before embedding);
+    transformer_options as a sampler passes them (its MODEL's wrappers)."""
     x = (torch.cat([inputs["x"], inputs["y"]]) if "y" in inputs else inputs["x"])[None]
     context = torch.nn.functional.pad(inputs["context"], (0, 0, 0, text_len - inputs["context"].shape[0]))[None]
     with torch.no_grad():
-        return diffusion_model(x, inputs["t"].float(), context)[0]
+        return diffusion_model(x, inputs["t"].float(), context, transformer_options=transformer_options or {})[0]
 
 
 def patched_weights(patcher) -> dict:
@@ -56,6 +61,18 @@ if core.exists():
     model = comfy.sd.load_diffusion_model(str(core), model_options={"dtype": torch.float32})
     inputs = load_file(str(job_dir / "core_dit_inputs.safetensors"))
     results["core_dit.out"] = run(model.model.diffusion_model, inputs, model.model.diffusion_model.text_len)
+    inputs = load_file(str(job_dir / "positions_inputs.safetensors"))  # with the node's memory_latents and spacing
+    for placement in ("released", "negative"):
+        patched = classes["StoryMemMemoryPositions"]().patch(model, int(inputs["memory_latents"]), placement, int(inputs["spacing"]))[0]
+        calls = []
+        probed = patched.clone()
+        probed.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "probe",
+                                    lambda executor, *args, **kwargs: calls.append(1) or executor(*args, **kwargs))
+        results[f"positions.{placement}"] = run(model.model.diffusion_model, inputs, model.model.diffusion_model.text_len,
+                                                {"wrappers": probed.wrappers})
+        results[f"positions.{placement}.inner_calls"] = torch.tensor(len(calls))
+    results["positions.unpatched"] = run(model.model.diffusion_model, inputs, model.model.diffusion_model.text_len)
+    results["positions.rope_encode_restored"] = torch.tensor("rope_encode" not in vars(model.model.diffusion_model))
 
 for job in sorted(job_dir.glob("*.json")):
     settings = json.loads(job.read_text())
