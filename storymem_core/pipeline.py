@@ -18,15 +18,16 @@ import torch
 
 from .conditioning import MOTION_FRAMES, check_frame_num, check_size
 from .errors import ConditioningError, StoryMemError
-from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
+from .keyframes import AestheticScorer, ImageEncoder
 from .limits import MAX_FRAMES, MAX_MEMORY, MAX_SIDE, check_number, check_seed
 from .memory import MemoryBank, discard_bank
 from .positions import check_placement
 from .sampling import ExpertPair, SamplerSettings
-from .shot import T2V_SETTINGS, PromptEncoder, encode_prompts, generate_memory_shot, generate_text_shot
-from .story import Story, shown_text
+from .run_shot import ShotModels, ShotOutcome, ShotRequest, run_shot, story_shot_mode
+from .shot import T2V_SETTINGS, PromptEncoder
+from .story import Shot, Story
 from .story_folder import FolderState, StoryFolder, check_story_folder, pending_shots
-from .video import GIVEN_FRAMES, atomic_write_path, concat_videos, fit_image, load_image, save_image, trim_conditioning_frames, video_to_frames, write_mp4
+from .video import GIVEN_FRAMES, atomic_write_path, concat_videos, fit_image, load_image, save_image, write_mp4
 from .wan.vae import WanVAE
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,13 @@ def run_story(
         bank = initial if shot.index == 0 else _windowed(MemoryBank.load(folder.bank(shot.index - 1)), options)
         if on_shot is not None:
             on_shot(shot.index, len(shots), shot.prompt)
-        frames = _generate(shot, bank, models, options, folder, on_step)
-        bank_after = _remember(frames, shot.index, bank, models)
+        outcome = _make_shot(shot, bank, models, options, folder, on_step)
         _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
         # the record first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
         state.save(folder, shot.index)  # once the banks made with other settings are gone
         if shot.index == 0:
             initial.save(folder.bank(-1))
-        _persist(folder, shot.index, frames, bank_after, options.fps)
+        _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
     if not folder.film_is_current(shots):
         concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
         with atomic_write_path(folder.contact_sheet) as temp:
@@ -169,41 +169,28 @@ def _windowed(bank: MemoryBank, options: StoryOptions) -> MemoryBank:
     return replace(bank, max_size=options.max_memory, fixed=options.fixed_memory).window()
 
 
-def _generate(shot, bank: MemoryBank, models: StoryModels, options: StoryOptions, folder: StoryFolder, on_step) -> torch.Tensor:
-    """The shot's frames, uint8 [T, H, W, 3], with frames given by MI2V / MM2V already trimmed."""
-    seed = options.seed + shot.index
-    if shot.index == 0 and options.first_shot == "t2v":
-        if models.t2v is None:
-            raise StoryMemError("A T2V first shot needs the Wan2.2 T2V experts: load them or use an MR2V first shot.")
-        context, context_null = encode_prompts(models.text_encoder, shot.prompt, options.negative_prompt, models.t2v)
-        try:
-            result = generate_text_shot(
-                models.t2v, models.vae, context, context_null, options.size_wh, options.frames,
-                replace(options.t2v, seed=seed), on_step,
-            )
-        finally:
-            models.t2v.park()  # only the first shot uses the T2V experts
-        return video_to_frames(result.video)
-    mode = "m2v" if shot.cut or shot.index == 0 else options.continuation
-    tail = _load_tail(folder, shot.index - 1) if mode != "m2v" else None
-    context, context_null = encode_prompts(models.text_encoder, shot.prompt, options.negative_prompt, models.m2v)
-    width, height = options.size_wh
-    result = generate_memory_shot(
-        models.m2v, models.vae, context, context_null, bank.image_list(), options.frames, width * height,
-        replace(options.m2v, seed=seed),
-        first_frame=tail[-1] if mode == "mi2v" else None,
-        motion_frames=tail[-MOTION_FRAMES:] if mode == "mm2v" else None,
-        fix_mem=options.fixed_memory if options.mark_fixed_memory else None,
-        on_step=on_step,
+def _make_shot(shot: Shot, bank: MemoryBank, models: StoryModels, options: StoryOptions, folder: StoryFolder,
+               on_step: StepCallback | None) -> ShotOutcome:
+    """The story's shot through `run_shot`, from the story's options and the previous shot's saved last frames."""
+    mode = story_shot_mode(shot.index, shot.cut, options.first_shot, options.continuation)
+    experts = models.t2v if mode == "t2v" else models.m2v
+    if experts is None:
+        raise StoryMemError("A T2V first shot needs the Wan2.2 T2V experts: load them or use an MR2V first shot.")
+    request = ShotRequest(
+        prompt=shot.prompt, mode=mode, memory=bank, size_wh=options.size_wh, frames=options.frames,
+        settings=replace(options.t2v if mode == "t2v" else options.m2v, seed=options.seed + shot.index), index=shot.index,
+        previous_frames=_load_tail(folder, shot.index - 1) if mode in ("mi2v", "mm2v") else None,
+        negative_prompt=options.negative_prompt, fix_mem=options.fixed_memory if options.mark_fixed_memory else None,
         memory_positions=options.memory_positions,
     )
-    return trim_conditioning_frames(video_to_frames(result.video), mode)
-
-
-def _remember(frames: torch.Tensor, shot_index: int, bank: MemoryBank, models: StoryModels) -> MemoryBank:
-    keyframes = select_keyframes(frames, models.keyframe_encoder, bank=bank, scorer=models.aesthetic_scorer, shot=shot_index)
-    log.info("shot %d: %d keyframe(s) added to memory", shot_index + 1, len(keyframes))
-    return bank.add(keyframes)
+    try:
+        outcome = run_shot(request, ShotModels(experts, models.text_encoder, models.vae, models.keyframe_encoder,
+                                               models.aesthetic_scorer), on_step)
+    finally:
+        if mode == "t2v":
+            experts.park()  # only the first shot uses the T2V experts
+    log.info("shot %d: %d keyframe(s) added to memory", shot.index + 1, outcome.keyframes_added)
+    return outcome
 
 
 def _persist(folder: StoryFolder, shot_index: int, frames: torch.Tensor, bank: MemoryBank, fps: int) -> None:

@@ -295,18 +295,18 @@ def test_an_interrupted_from_shot_run_leaves_later_shots_unfinished(tmp_path, mo
     script = story_script(tmp_path, 3)
     argv = ["story", str(script), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *TINY]
     assert main(argv) == 0
-    generate = pipeline._generate
+    generate = pipeline._make_shot
 
     def stop_at_third_shot(shot, *args, **kwargs):
         if shot.index == 2:
             raise KeyboardInterrupt
         return generate(shot, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_generate", stop_at_third_shot)
+    monkeypatch.setattr(pipeline, "_make_shot", stop_at_third_shot)
     assert main(argv + ["--from-shot", "2", "--seed", "5"]) == 130
     folder = StoryFolder(tmp_path / "out")
     assert [folder.is_finished(i) for i in range(3)] == [True, True, False]  # shot 3 still holds the old memory's frames
-    monkeypatch.setattr(pipeline, "_generate", generate)
+    monkeypatch.setattr(pipeline, "_make_shot", generate)
     before = snapshot(tmp_path / "out")
     assert main(argv) == 0
     after = snapshot(tmp_path / "out")
@@ -341,7 +341,7 @@ def test_auto_quality_takes_hpsv3_only_with_its_package_and_checkpoint(tmp_path,
 def test_an_aesthetic_head_for_another_clip_is_refused_before_any_shot(tmp_path, models_dir, capsys, monkeypatch):
     from storymem_core import pipeline
 
-    monkeypatch.setattr(pipeline, "_generate", lambda *args, **kwargs: pytest.fail("a shot was generated before the refusal"))
+    monkeypatch.setattr(pipeline, "_make_shot", lambda *args, **kwargs: pytest.fail("a shot was generated before the refusal"))
     models = tmp_path / "models"
     shutil.copytree(models_dir, models)
     torch.save({"weight": torch.zeros(1, 768), "bias": torch.zeros(1)}, models / "clip_vision" / AESTHETIC_FILE)
