@@ -22,11 +22,12 @@ from storymem_core.lora import load_lora
 from storymem_core.lora_convert import COMFY_PREFIX, comfy_lora_tensors
 from storymem_core.memory import MemoryBank
 from storymem_core.positions import DEFAULT_SPACING, memory_frame_positions
-from storymem_core.video import GIVEN_FRAMES, image_batch_to_frames
+from storymem_core.choices import GIVEN_FRAMES, NODE_SHOT_MODES
+from storymem_core.video import image_batch_to_frames
 
 from . import host
 from .inputs import frames, model_file, size
-from .shot_nodes import MODES, resolve_mode
+from .shot_nodes import resolve_mode
 from .types import BANK
 
 CATEGORY = "StoryMem/native"
@@ -82,7 +83,7 @@ class StoryMemConditioning:
                 "vae": ("VAE", {"tooltip": "The Wan2.1 VAE (wan_2.1_vae.safetensors) from Load VAE."}),
                 "memory": (BANK, {"tooltip": "The memory bank: keyframes of the shots before (or references)."}),
                 "cut": ("BOOLEAN", {"default": True, "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous shot."}),
-                "mode": (list(MODES), {"default": "auto-mi2v", "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / "
+                "mode": (list(NODE_SHOT_MODES), {"default": "auto-mi2v", "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / "
                                                                            "MM2V (last 5 frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
                 "width": size("width", 832),
                 "height": size("height", 480),

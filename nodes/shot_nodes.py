@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from storymem_core.conditioning import MOTION_FRAMES, check_size
+from storymem_core.choices import MOTION_FRAMES, NODE_SHOT_MODES
+from storymem_core.conditioning import check_size
 from storymem_core.errors import ConditioningError, StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryOptions
@@ -25,7 +26,6 @@ from .memory_nodes import add_shot_keyframes, with_bank_ui
 from .types import BANK, KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts
 
 CATEGORY = "StoryMem/shots"
-MODES = ("auto-mi2v", "auto-mm2v", "m2v", "mi2v", "mm2v")
 M2V = StoryOptions().m2v
 OUTPUTS = (
     ("IMAGE", BANK, "IMAGE"),
@@ -139,7 +139,7 @@ class MemoryShot:
                 **_common_inputs("Wan2.2 I2V-A14B experts with the StoryMem LoRA."),
                 "prompt": inputs.prompt(),
                 "cut": ("BOOLEAN", {"default": True, "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous shot."}),
-                "mode": (list(MODES), {"default": "auto-mi2v", "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 frames), "
+                "mode": (list(NODE_SHOT_MODES), {"default": "auto-mi2v", "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 frames), "
                                                                            "matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
                 "seed": inputs.seed(),
                 "steps": inputs.steps(M2V.steps),

@@ -14,13 +14,12 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from .choices import MOTION_FRAMES
 from .errors import ConditioningError
 
 VAE_STRIDE = (4, 8, 8)
 LATENT_FRAME_STRIDE = VAE_STRIDE[0]
 PATCH = (1, 2, 2)
-MOTION_FRAMES = 5
-MODES = ("m2v", "mi2v", "mm2v")
 
 
 class VideoEncoder(Protocol):

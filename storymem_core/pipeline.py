@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from .conditioning import MOTION_FRAMES, check_frame_num, check_size
+from .choices import CONTINUATIONS, FIRST_SHOTS, GIVEN_FRAMES, MOTION_FRAMES
+from .conditioning import check_frame_num, check_size
 from .errors import ConditioningError, StoryMemError
 from .keyframes import AestheticScorer, ImageEncoder
 from .limits import MAX_FRAMES, MAX_MEMORY, MAX_SIDE, check_number, check_seed
@@ -27,13 +28,11 @@ from .run_shot import ShotModels, ShotOutcome, ShotRequest, run_shot, story_shot
 from .shot import T2V_SETTINGS, PromptEncoder
 from .story import Shot, Story
 from .story_folder import FolderState, StoryFolder, check_story_folder, pending_shots
-from .video import GIVEN_FRAMES, atomic_write_path, concat_videos, fit_image, load_image, save_image, write_mp4
+from .video import atomic_write_path, concat_videos, fit_image, load_image, save_image, write_mp4
 from .wan.vae import WanVAE
 
 log = logging.getLogger(__name__)
 
-CONTINUATIONS = ("m2v", "mi2v", "mm2v")
-FIRST_SHOTS = ("t2v", "mr2v")
 
 
 @dataclass

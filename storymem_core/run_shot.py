@@ -13,16 +13,14 @@ from typing import Callable
 
 import torch
 
-from .conditioning import MOTION_FRAMES
+from .choices import GIVEN_FRAMES, MOTION_FRAMES, SHOT_MODES
 from .errors import ConditioningError
 from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
 from .memory import MemoryBank
 from .sampling import ExpertPair, SamplerSettings
 from .shot import PromptEncoder, encode_prompts, generate_memory_shot, generate_text_shot
-from .video import GIVEN_FRAMES, trim_conditioning_frames, video_to_frames
+from .video import trim_conditioning_frames, video_to_frames
 from .wan.vae import WanVAE
-
-SHOT_MODES = ("t2v", *GIVEN_FRAMES)  # t2v: text alone; m2v / mi2v / mm2v: memory, + the last frame / the last 5 frames
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from torch import nn
 
 from .errors import SamplerError
 from .limits import MAX_GUIDE, MAX_SHIFT, MAX_STEPS, MIN_SHIFT, check_number
-from .solvers import SOLVERS, make_solver
+from .choices import SOLVERS
+from .solvers import make_solver
 
 if TYPE_CHECKING:
     from .distributed import PairChannel

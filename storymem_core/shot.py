@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
+from .choices import PLACEMENTS
 from .conditioning import PATCH, VAE_STRIDE, build_conditioning, check_frame_num, latent_frame_count
 from .errors import OutOfMemory
 from .offload import BlockSwapDiT, choose_offload
@@ -27,7 +28,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "三条腿，背景人很多，倒着走"
 )
 T2V_SETTINGS = SamplerSettings(shift=12.0, boundary=0.875, guide_low=3.0, guide_high=4.0)
-PLACEMENTS = ("none", "experts", "blocks")  # GPU memory plans, each needing less than the one before
 PIXELS_PER_TOKEN = VAE_STRIDE[1] * PATCH[1] * VAE_STRIDE[2] * PATCH[2]
 PLACEMENT_HINTS = {
     "experts": "offload 'experts' (one expert on the GPU at a time; Load Wan2.2 Experts' offload, --offload experts)",

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .choices import SOLVERS
 from .errors import SamplerError
 
-SOLVERS = ("unipc", "dpm++", "euler")
 
 
 def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:

@@ -23,12 +23,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .conditioning import MOTION_FRAMES
+from .choices import GIVEN_FRAMES
 from .errors import ConditioningError, StoryMemError, WriteError
 from .safe_files import check_file, open_image
 
 # frames at the start of a shot that were given as conditioning, not generated (dropped before saving)
-GIVEN_FRAMES = {"m2v": 0, "mi2v": 1, "mm2v": MOTION_FRAMES}
 
 
 def check_frames(frames: torch.Tensor, what: str, min_count: int = 0) -> None:
