@@ -7,10 +7,13 @@ receives is the cached output of the shot before, unchanged.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from storymem_core.conditioning import MOTION_FRAMES, check_size
-from storymem_core.errors import ConditioningError, StoryMemError
+from storymem_core.errors import ConditioningError, GenerationInterrupted, StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryOptions
 from storymem_core.sampling import SamplerSettings
@@ -20,7 +23,8 @@ from storymem_core.wan.vae import WanVAE
 
 from . import host
 from . import inputs
-from .memory_nodes import add_shot_keyframes, with_bank_ui
+from .memory_nodes import add_shot_keyframes, next_shot, with_bank_ui
+from .previews import excerpt, shot_ui
 from .types import BANK, KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts
 
 CATEGORY = "StoryMem/shots"
@@ -77,9 +81,26 @@ def _make_room(model: WanExperts, device: torch.device) -> None:
     host.make_room(device, expert_bytes * (1 if model.offload == "experts" else 2))
 
 
-def _finish(frames: torch.Tensor, memory: MemoryBank, keyframe_encoder: KeyframeModel, shot_number: int | None) -> dict:
-    bank = add_shot_keyframes(frames, memory, keyframe_encoder, None if shot_number is None else shot_number - 1)
-    return with_bank_ui(bank, frames_to_image_batch(frames), bank, frames_to_image_batch(frames[-MOTION_FRAMES:]))
+@contextlib.contextmanager
+def naming_shot(number: int, prompt: str) -> Iterator[None]:
+    """An error inside a shot says which shot it is (the host's error dialog names only the node type)."""
+    try:
+        yield
+    except GenerationInterrupted:
+        raise
+    except StoryMemError as error:
+        label = f"shot {number} ('{excerpt(prompt, 40)}')" if prompt.strip() else f"shot {number}"
+        raise type(error)(f"{label}: {error}") from error
+
+
+def _finish(frames: torch.Tensor, memory: MemoryBank, keyframe_encoder: KeyframeModel, number: int,
+            mode: str, cut: bool, prompt: str, progress: host.ShotProgress) -> dict:
+    """The bank after the shot and the node result, with the shot's keyframes, title facts and preview video."""
+    bank = add_shot_keyframes(frames, memory, keyframe_encoder, number - 1)
+    result = with_bank_ui(bank, frames_to_image_batch(frames), bank, frames_to_image_batch(frames[-MOTION_FRAMES:]))
+    result["ui"].update(shot_ui(number, mode, cut, prompt, frames))
+    progress.finished()
+    return result
 
 
 class FirstShot:
@@ -111,18 +132,22 @@ class FirstShot:
     def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel, memory: MemoryBank,
                  prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float, solver: str,
                  width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None) -> dict:
-        model.require("t2v", "First Shot")
-        check_size(width, height)
-        _check_prompt(prompt)
-        device = host.device()
-        settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
-        _make_room(model, device)
-        with model.sampling(device, host.offload_device()) as experts:
-            encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
-            context, context_null = encode_prompts(encoder, prompt, negative_prompt, experts)
-            result = generate_text_shot(experts, vae, context, context_null, (width, height), frames, settings,
-                                        host.ProgressSteps(steps, "first shot"))
-        return _finish(video_to_frames(result.video), memory, keyframe_encoder, shot_number or 1)
+        number = shot_number or 1
+        with naming_shot(number, prompt):
+            model.require("t2v", "First Shot")
+            check_size(width, height)
+            _check_prompt(prompt)
+            device = host.device()
+            settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
+            progress = host.ShotProgress(steps, f"shot {number} (T2V)")
+            _make_room(model, device)
+            with model.sampling(device, host.offload_device()) as experts:
+                encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
+                context, context_null = encode_prompts(encoder, prompt, negative_prompt, experts)
+                result = generate_text_shot(experts, vae, context, context_null, (width, height), frames, settings,
+                                            progress, progress.preview)
+            progress.decoded()
+            return _finish(video_to_frames(result.video), memory, keyframe_encoder, number, "t2v", True, prompt, progress)
 
 
 class MemoryShot:
@@ -161,25 +186,29 @@ class MemoryShot:
                  prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
                  width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
                  negative_prompt: str = "", shot_number: int | None = None) -> dict:
-        model.require("i2v", "StoryMem Shot")
-        check_size(width, height)
-        mode = resolve_mode(mode, cut, previous_frames is not None)
-        previous = None if mode == "m2v" else image_batch_to_frames(previous_frames)
-        _check_prompt(prompt)
-        device = host.device()
-        settings = SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg, seed)
-        _make_room(model, device)
-        with model.sampling(device, host.offload_device()) as experts:
-            encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
-            context, context_null = encode_prompts(encoder, prompt, negative_prompt, experts)
-            result = generate_memory_shot(
-                experts, vae, context, context_null, memory.image_list(), frames, width * height, settings,
-                first_frame=previous[-1] if mode == "mi2v" else None,
-                motion_frames=previous[-MOTION_FRAMES:] if mode == "mm2v" else None,
-                on_step=host.ProgressSteps(steps, f"StoryMem shot ({mode.upper()})"),
-            )
-        shot_frames = trim_conditioning_frames(video_to_frames(result.video), mode)
-        return _finish(shot_frames, memory, keyframe_encoder, shot_number)
+        number = shot_number or next_shot(memory) + 1
+        with naming_shot(number, prompt):
+            model.require("i2v", "StoryMem Shot")
+            check_size(width, height)
+            mode = resolve_mode(mode, cut, previous_frames is not None)
+            previous = None if mode == "m2v" else image_batch_to_frames(previous_frames)
+            _check_prompt(prompt)
+            device = host.device()
+            settings = SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg, seed)
+            progress = host.ShotProgress(steps, f"shot {number} ({mode.upper()})")
+            _make_room(model, device)
+            with model.sampling(device, host.offload_device()) as experts:
+                encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
+                context, context_null = encode_prompts(encoder, prompt, negative_prompt, experts)
+                result = generate_memory_shot(
+                    experts, vae, context, context_null, memory.image_list(), frames, width * height, settings,
+                    first_frame=previous[-1] if mode == "mi2v" else None,
+                    motion_frames=previous[-MOTION_FRAMES:] if mode == "mm2v" else None,
+                    on_step=progress, on_preview=progress.preview,
+                )
+            progress.decoded()
+            shot_frames = trim_conditioning_frames(video_to_frames(result.video), mode)
+            return _finish(shot_frames, memory, keyframe_encoder, number, mode, cut, prompt, progress)
 
 
 NODE_CLASS_MAPPINGS = {"StoryMemFirstShot": FirstShot, "StoryMemShot": MemoryShot}

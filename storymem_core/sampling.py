@@ -95,9 +95,11 @@ def denoise(
     settings: SamplerSettings,
     y: torch.Tensor | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    on_preview: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Integrate from `noise` [16, T, h, w] to a clean latent. `on_step(i, total)` reports progress and may
-    raise to stop (interruption is checked between steps, never mid-step)."""
+    raise to stop (interruption is checked between steps, never mid-step); `on_preview` gets each step's
+    denoised estimate [16, T, h, w] (what the sample will look like), for live previews."""
     solver = make_solver(settings.solver, settings.steps, settings.shift, NUM_TRAIN_TIMESTEPS)
     boundary_t = settings.boundary * NUM_TRAIN_TIMESTEPS
     device = experts.device
@@ -112,6 +114,8 @@ def denoise(
             prediction = guided_prediction(
                 model, latent, t.reshape(1).to(device), context, context_null, guide, y, settings.batch_cfg
             )
+            if on_preview is not None:  # flow matching: x0 = x_sigma - sigma * velocity
+                on_preview(latent - solver.sigmas[i].to(device) * prediction.float())
             latent = solver.step(prediction.float(), latent, generator=generator)
             if on_step is not None:
                 on_step(i + 1, total)
