@@ -64,7 +64,7 @@ function panel(node, name, height, className = "") {
     found.serialize = false;
   }
   const size = node.computeSize();
-  node.setSize([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
+  node.setSize([node.size[0], Math.max(node.size[1], size[1])]); // taller, never wider: neighbours keep their place
   app.graph?.setDirtyCanvas(true, true);
   return found.element;
 }
@@ -230,7 +230,7 @@ function showLinkOnly(node) {
   }
   if (changed) {
     const size = node.computeSize();
-    node.setSize([node.size[0], size[1]]);
+    node.setSize([node.size[0], Math.max(node.size[1], size[1])]);
   }
 }
 
@@ -327,7 +327,7 @@ app.registerExtension({
     document.head.append(style);
     colourBankLinks();
     api.addEventListener("executing", ({ detail }) => {
-      if ((detail?.node ?? detail) == null) showOutputsFromHistory(); // a run ended and is in the history
+      if ((detail?.node ?? detail) == null) showOutputsFromHistory(); // the run ended and is in the history
     });
   },
   async afterConfigureGraph() {

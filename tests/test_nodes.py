@@ -550,7 +550,7 @@ def test_frontend_extension_reads_the_ui_keys_the_nodes_send(pack):
     (_, ui_bank), (_, ui_story) = call("StoryMemEmptyBank", max_size=3, fixed=1), call(
         "StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])
     for key in [*ui_bank, *ui_story]:
-        assert f"message?.{key}" in script or f"message.{key}" in script, f"js/storymem.js ignores ui key {key}"
+        assert f"output?.{key}" in script or f"output.{key}" in script, f"js/storymem.js ignores ui key {key}"
     assert "STORYMEM_BANK" in script and "StoryMemStoryScript" in script
 
 
