@@ -147,7 +147,8 @@ class FirstShot:
                 result = generate_text_shot(experts, vae, context, context_null, (width, height), frames, settings,
                                             progress, progress.preview)
             progress.decoded()
-            return _finish(video_to_frames(result.video), memory, keyframe_encoder, number, "t2v", True, prompt, progress)
+            shot_frames = video_to_frames(result.video)
+            return _finish(shot_frames, memory, keyframe_encoder, number, "t2v", True, prompt, progress)
 
 
 class MemoryShot:

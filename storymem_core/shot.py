@@ -79,7 +79,9 @@ def generate_memory_shot(
                 vae, memory_images, frame_num, max_area, first_frame, motion_frames, fix_mem, device=experts.device
             )
         noise, generator = seeded_noise((LATENT_CHANNELS, *conditioning.y.shape[1:]), settings.seed)
-        latent = denoise(experts, noise, generator, context, context_null, settings, conditioning.y, on_step, on_preview)
+        latent = denoise(
+            experts, noise, generator, context, context_null, settings, conditioning.y, on_step, on_preview
+        )
         memory_count = conditioning.memory_count
         with visiting(vae, experts.device):
             video = vae.decode(latent[None, :, memory_count:])[0]

@@ -556,7 +556,8 @@ def test_frontend_extension_reads_the_ui_keys_the_nodes_send(pack):
 
 def test_shot_nodes_tell_the_frontend_what_they_made_and_play_it(pack):
     (frames, _, _), ui = memory_shot(pack, reference_bank(), shot_number=2)
-    assert ui["storymem_shot"] == [{"number": 2, "mode": "m2v", "cut": True, "prompt": "the fox reaches the lighthouse", "frames": 5}]
+    made = {"number": 2, "mode": "m2v", "cut": True, "prompt": "the fox reaches the lighthouse", "frames": 5}
+    assert ui["storymem_shot"] == [made]
     video = ui["storymem_video"][0]
     path = host.temp_dir() / video["subfolder"] / video["filename"]
     assert video["type"] == "temp" and read_mp4(path).shape == frames.shape  # the shot itself, small enough to loop
@@ -590,7 +591,8 @@ def test_a_shot_moves_one_bar_from_encoding_to_keyframes_with_live_previews(pack
     steps = SHOT["steps"]
     (bar,) = bars
     assert bar.total == steps + 3 and bar.shown == [0, *range(2, steps + 2), steps + 2, steps + 3]
-    assert len(bar.previews) == steps and all(p.shape == (16, 1, 4, 4) for p in bar.previews)  # the shot's last latent frame
+    assert len(bar.previews) == steps
+    assert all(p.shape == (16, 1, 4, 4) for p in bar.previews)  # the shot's last latent frame
 
 
 def test_frontend_extension_is_valid_javascript(tmp_path):

@@ -157,13 +157,14 @@ def test_validation_refuses_what_comfyui_refuses(comfy):
         validate(broken, comfy)
 
 
-LOADER_FOLDERS = {"StoryMemLoadExperts": "diffusion_models", "StoryMemLoadLora": "loras", "StoryMemLoadTextEncoder": "text_encoders",
-                  "StoryMemLoadVAE": "vae", "StoryMemLoadKeyframeEncoder": "clip_vision"}
+LOADER_FOLDERS = {"StoryMemLoadExperts": "diffusion_models", "StoryMemLoadLora": "loras",
+                  "StoryMemLoadTextEncoder": "text_encoders", "StoryMemLoadVAE": "vae",
+                  "StoryMemLoadKeyframeEncoder": "clip_vision"}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_offers_a_download_for_every_model_file(path, comfy):
-    """ComfyUI's missing-models dialog reads node.properties.models: each file a loader asks for, with its URL and folder."""
+    """ComfyUI's missing-models dialog reads node.properties.models: each file a loader asks for, its URL and folder."""
     for node in load(path)["nodes"]:
         if node["type"] not in LOADER_FOLDERS:
             continue
