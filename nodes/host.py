@@ -19,9 +19,11 @@ from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMe
 from storymem_core.safe_files import files_under
 
 try:  # inside ComfyUI these are importable from its root
+    import comfy.latent_formats as comfy_latent_formats
     import comfy.model_management as comfy_model_management
     import comfy.utils as comfy_utils
     import folder_paths
+    import latent_preview
 except ImportError:
     folder_paths = None
 
@@ -31,7 +33,8 @@ OUTPUT_DIR_ENV = "STORYMEM_OUTPUT_DIR"
 
 
 class Progress(Protocol):
-    def update(self, value: int, total: int) -> None: ...
+    def update(self, value: int, total: int, preview: torch.Tensor | None = None) -> None:
+        """Move the bar; `preview` is a latent [16, 1, h, w] the host may show (ComfyUI's live preview)."""
 
 
 class _TqdmProgress:
@@ -40,7 +43,7 @@ class _TqdmProgress:
 
         self.bar = tqdm(total=total, desc=description, leave=False)
 
-    def update(self, value: int, total: int) -> None:
+    def update(self, value: int, total: int, preview: torch.Tensor | None = None) -> None:
         self.bar.total = total
         self.bar.update(value - self.bar.n)
         if value >= total:
@@ -144,11 +147,21 @@ class ComfyHost:
 
 
 class _ComfyProgress:
+    """ComfyUI's progress bar; a preview latent is drawn by the previewer the user chose (--preview-method,
+    the frontend's live preview setting), as ComfyUI's own samplers do; none is sent when previews are off."""
+
     def __init__(self, bar):
         self.bar = bar
+        self.previewer = None
 
-    def update(self, value: int, total: int) -> None:
-        self.bar.update_absolute(value, total)
+    def update(self, value: int, total: int, preview: torch.Tensor | None = None) -> None:
+        image = None
+        if preview is not None:
+            if self.previewer is None:
+                self.previewer = latent_preview.get_previewer(preview.device, comfy_latent_formats.Wan21()) or False
+            if self.previewer:
+                image = self.previewer.decode_latent_to_preview_image("JPEG", preview[None].float())
+        self.bar.update_absolute(value, total, image)
 
 
 _host: StandaloneHost | ComfyHost = ComfyHost() if folder_paths is not None else StandaloneHost()
@@ -256,3 +269,33 @@ class ProgressSteps:
         self.bar.update(min(self.done + step, self.total), self.total)
         if step == steps:
             self.done += steps
+
+
+class ShotProgress:
+    """One host progress bar for one shot, from start to finish: prompt and memory encoding (1), each
+    sampling step (`steps`), decoding (1), keyframe selection (1).
+
+    Use it as the engine's `on_step` (checks for Cancel) and `on_preview` (the newest denoised latent goes
+    out with the next step's update, as a live preview of the shot's last frame).
+    """
+
+    def __init__(self, steps: int, description: str):
+        self.steps = steps
+        self.total = steps + 3
+        self.latest: torch.Tensor | None = None
+        self.bar = _host.progress(self.total, description)
+        self.bar.update(0, self.total)
+
+    def preview(self, denoised: torch.Tensor) -> None:
+        self.latest = denoised[:, -1:]
+
+    def __call__(self, step: int, steps: int) -> None:
+        throw_if_interrupted()
+        self.bar.update(1 + step, self.total, self.latest)
+        self.latest = None
+
+    def decoded(self) -> None:
+        self.bar.update(self.steps + 2, self.total)
+
+    def finished(self) -> None:
+        self.bar.update(self.total, self.total)

@@ -7,22 +7,27 @@ receives is the cached output of the shot before, unchanged.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from storymem_core.choices import MOTION_FRAMES, NODE_SHOT_MODES
 from storymem_core.conditioning import check_size
-from storymem_core.errors import ConditioningError, StoryMemError
+from storymem_core.errors import ConditioningError, GenerationInterrupted, StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryOptions
 from storymem_core.sampling import SamplerSettings
-from storymem_core.shot import T2V_SETTINGS, encode_prompts, generate_memory_shot, generate_text_shot
-from storymem_core.video import frames_to_image_batch, image_batch_to_frames, trim_conditioning_frames, video_to_frames
+from storymem_core.run_shot import ShotModels, ShotRequest, run_shot
+from storymem_core.shot import T2V_SETTINGS
+from storymem_core.video import frames_to_image_batch, image_batch_to_frames
 from storymem_core.wan.vae import WanVAE
 
 from . import host
 from . import inputs
 from .loaders import with_preset
-from .memory_nodes import add_shot_keyframes, with_bank_ui
+from .memory_nodes import next_shot, with_bank_ui
+from .previews import excerpt, shot_ui
 from .types import BANK, KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts
 
 CATEGORY = "StoryMem/shots"
@@ -78,9 +83,34 @@ def _make_room(model: WanExperts, device: torch.device) -> None:
     host.make_room(device, expert_bytes * (1 if model.offload == "experts" else 2))
 
 
-def _finish(frames: torch.Tensor, memory: MemoryBank, keyframe_encoder: KeyframeModel, shot_number: int | None) -> dict:
-    bank = add_shot_keyframes(frames, memory, keyframe_encoder, None if shot_number is None else shot_number - 1)
-    return with_bank_ui(bank, frames_to_image_batch(frames), bank, frames_to_image_batch(frames[-MOTION_FRAMES:]))
+@contextlib.contextmanager
+def naming_shot(number: int, prompt: str) -> Iterator[None]:
+    """An error inside a shot says which shot it is (the host's error dialog names only the node type)."""
+    try:
+        yield
+    except GenerationInterrupted:
+        raise
+    except StoryMemError as error:
+        label = f"shot {number} ('{excerpt(prompt, 40)}')" if prompt.strip() else f"shot {number}"
+        raise type(error)(f"{label}: {error}") from error
+
+
+def _shot(request: ShotRequest, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_model: KeyframeModel,
+          cut: bool) -> dict:
+    """The shot made by the engine's `run_shot` (as the Story Runner and the CLI make theirs) on one progress bar, and
+    the node result: its frames, the bank after it, its last frames, and what the frontend shows (strip, title, video)."""
+    device = host.device()
+    progress = host.ShotProgress(request.settings.steps, f"shot {request.index + 1} ({request.mode.upper()})")
+    _make_room(model, device)
+    with model.sampling(device, host.offload_device()) as experts:
+        models = ShotModels(experts, text_encoder.for_dit(model.config.text_len, host.offload_device()), vae,
+                            keyframe_model.encoder, keyframe_model.scorer)
+        outcome = run_shot(request, models, progress, progress.preview, progress.decoded)
+    frames, bank = outcome.frames, outcome.memory
+    result = with_bank_ui(bank, frames_to_image_batch(frames), bank, frames_to_image_batch(frames[-MOTION_FRAMES:]))
+    result["ui"].update(shot_ui(request.index + 1, request.mode, cut, request.prompt, frames))
+    progress.finished()
+    return result
 
 
 class FirstShot:
@@ -113,19 +143,16 @@ class FirstShot:
                  prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float, solver: str,
                  width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None,
                  preset: str = "none") -> dict:
-        model.require("t2v", "First Shot")
-        check_size(width, height)
-        _check_prompt(prompt)
-        device = host.device()
-        settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
-        model, settings = with_preset(model, preset, settings, "t2v")
-        _make_room(model, device)
-        with model.sampling(device, host.offload_device()) as experts:
-            encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
-            context, context_null = encode_prompts(encoder, prompt, negative_prompt, experts)
-            result = generate_text_shot(experts, vae, context, context_null, (width, height), frames, settings,
-                                        host.ProgressSteps(settings.steps, "first shot"))
-        return _finish(video_to_frames(result.video), memory, keyframe_encoder, shot_number or 1)
+        number = shot_number or 1
+        with naming_shot(number, prompt):
+            model.require("t2v", "First Shot")
+            check_size(width, height)
+            _check_prompt(prompt)
+            settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
+            model, settings = with_preset(model, preset, settings, "t2v")
+            request = ShotRequest(prompt, "t2v", memory, (width, height), frames, settings, number - 1,
+                                  negative_prompt=negative_prompt)
+            return _shot(request, model, text_encoder, vae, keyframe_encoder, cut=True)
 
 
 class MemoryShot:
@@ -166,27 +193,20 @@ class MemoryShot:
                  width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
                  negative_prompt: str = "", shot_number: int | None = None, preset: str = "none",
                  memory_positions: str = "released") -> dict:
-        model.require("i2v", "StoryMem Shot")
-        check_size(width, height)
-        mode = resolve_mode(mode, cut, previous_frames is not None)
-        previous = None if mode == "m2v" else image_batch_to_frames(previous_frames)
-        _check_prompt(prompt)
-        device = host.device()
-        settings = SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg, seed)
-        model, settings = with_preset(model, preset, settings, "m2v")
-        _make_room(model, device)
-        with model.sampling(device, host.offload_device()) as experts:
-            encoder = text_encoder.for_dit(model.config.text_len, host.offload_device())
-            context, context_null = encode_prompts(encoder, prompt, negative_prompt, experts)
-            result = generate_memory_shot(
-                experts, vae, context, context_null, memory.image_list(), frames, width * height, settings,
-                first_frame=previous[-1] if mode == "mi2v" else None,
-                motion_frames=previous[-MOTION_FRAMES:] if mode == "mm2v" else None,
-                on_step=host.ProgressSteps(settings.steps, f"StoryMem shot ({mode.upper()})"),
-                memory_positions=memory_positions,
+        number = shot_number or next_shot(memory) + 1
+        with naming_shot(number, prompt):
+            model.require("i2v", "StoryMem Shot")
+            check_size(width, height)
+            mode = resolve_mode(mode, cut, previous_frames is not None)
+            _check_prompt(prompt)
+            settings = SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg, seed)
+            model, settings = with_preset(model, preset, settings, "m2v")
+            request = ShotRequest(
+                prompt, mode, memory, (width, height), frames, settings, number - 1,
+                previous_frames=None if mode == "m2v" else image_batch_to_frames(previous_frames),
+                negative_prompt=negative_prompt, memory_positions=memory_positions,
             )
-        shot_frames = trim_conditioning_frames(video_to_frames(result.video), mode)
-        return _finish(shot_frames, memory, keyframe_encoder, shot_number)
+            return _shot(request, model, text_encoder, vae, keyframe_encoder, cut)
 
 
 NODE_CLASS_MAPPINGS = {"StoryMemFirstShot": FirstShot, "StoryMemShot": MemoryShot}

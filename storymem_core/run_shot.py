@@ -63,21 +63,23 @@ def story_shot_mode(index: int, cut: bool, first_shot: str, continuation: str) -
 
 
 def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, int], None] | None = None,
+             on_preview: Callable[[torch.Tensor], None] | None = None,
              on_decoded: Callable[[], None] | None = None) -> ShotOutcome:
     """Make the shot `request` asks for. `on_step(step, steps)` follows sampling and may raise to stop it;
-    `on_decoded` is called once the frames are decoded (keyframe selection follows)."""
+    `on_preview` gets each step's denoised latent; `on_decoded` is called once the frames are decoded (keyframe
+    selection follows)."""
     given = _given_frames(request)
     context, context_null = encode_prompts(models.text_encoder, request.prompt, request.negative_prompt, models.experts)
     if request.mode == "t2v":
         result = generate_text_shot(models.experts, models.vae, context, context_null, request.size_wh, request.frames,
-                                    request.settings, on_step)
+                                    request.settings, on_step, on_preview)
     else:
         width, height = request.size_wh
         result = generate_memory_shot(
             models.experts, models.vae, context, context_null, request.memory.image_list(), request.frames, width * height,
             request.settings, first_frame=given[-1] if request.mode == "mi2v" else None,
             motion_frames=given if request.mode == "mm2v" else None, fix_mem=request.fix_mem, on_step=on_step,
-            memory_positions=request.memory_positions,
+            memory_positions=request.memory_positions, on_preview=on_preview,
         )
     if on_decoded is not None:
         on_decoded()

@@ -123,10 +123,12 @@ def denoise(
     y: torch.Tensor | None = None,
     on_step: Callable[[int, int], None] | None = None,
     frame_positions: torch.Tensor | None = None,
+    on_preview: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Integrate from `noise` [16, T, h, w] to a clean latent. `on_step(i, total)` reports progress and may
     raise to stop (interruption is checked between steps, never mid-step). `frame_positions` are the latent
-    frames' RoPE time positions (storymem_core.positions); None numbers them 0..T-1."""
+    frames' RoPE time positions (storymem_core.positions); None numbers them 0..T-1. `on_preview` gets each step's
+    denoised estimate [16, T, h, w] (what the sample will look like), for live previews."""
     settings.check()
     solver = make_solver(settings.solver, settings.steps, settings.shift, NUM_TRAIN_TIMESTEPS)
     boundary_t = settings.boundary * NUM_TRAIN_TIMESTEPS
@@ -148,6 +150,8 @@ def denoise(
                 prediction = guided_prediction(
                     model, latent, t.reshape(1).to(device), context, context_null, guide, y, settings.batch_cfg
                 )
+            if on_preview is not None:  # flow matching: x0 = x_sigma - sigma * velocity
+                on_preview(latent - solver.sigmas[i].to(device) * prediction.float())
             latent = solver.step(prediction.float(), latent, generator=generator)
             if on_step is not None:
                 on_step(i + 1, total)

@@ -71,6 +71,7 @@ def generate_memory_shot(
     decode_memory: bool = False,
     on_step: Callable[[int, int], None] | None = None,
     memory_positions: str = "released",
+    on_preview: Callable[[torch.Tensor], None] | None = None,
 ) -> ShotResult:
     """Generate one shot conditioned on memory keyframes (and the previous shot's last frame(s)).
 
@@ -87,7 +88,8 @@ def generate_memory_shot(
         memory_count = conditioning.memory_count
         positions = memory_frame_positions(memory_count, conditioning.y.shape[1], memory_positions)
         noise, generator = seeded_noise((LATENT_CHANNELS, *conditioning.y.shape[1:]), settings.seed)
-        latent = denoise(experts, noise, generator, context, context_null, settings, conditioning.y, on_step, positions)
+        latent = denoise(experts, noise, generator, context, context_null, settings, conditioning.y, on_step,
+                         frame_positions=positions, on_preview=on_preview)
         with visiting(vae, experts.device):
             video = vae.decode(latent[None, :, memory_count:])[0]
             memory_decoded = None
@@ -105,6 +107,7 @@ def generate_text_shot(
     frame_num: int = 81,
     settings: SamplerSettings = T2V_SETTINGS,
     on_step: Callable[[int, int], None] | None = None,
+    on_preview: Callable[[torch.Tensor], None] | None = None,
 ) -> ShotResult:
     """The story's first shot from text alone (Wan2.2 T2V experts)."""
     check_frame_num(frame_num)
@@ -112,7 +115,7 @@ def generate_text_shot(
     shape = (LATENT_CHANNELS, latent_frame_count(frame_num), height // 8, width // 8)
     noise, generator = seeded_noise(shape, settings.seed)
     with reporting_out_of_memory(experts, shot_tokens(0, frame_num, width * height)):
-        latent = denoise(experts, noise, generator, context, context_null, settings, None, on_step)
+        latent = denoise(experts, noise, generator, context, context_null, settings, None, on_step, on_preview=on_preview)
         with visiting(vae, experts.device):
             video = vae.decode(latent[None])[0]
     return ShotResult(video=video, latent=latent)

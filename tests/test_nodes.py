@@ -571,8 +571,49 @@ def test_frontend_extension_reads_the_ui_keys_the_nodes_send(pack):
     (_, ui_bank), (_, ui_story) = call("StoryMemEmptyBank", max_size=3, fixed=1), call(
         "StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])
     for key in [*ui_bank, *ui_story]:
-        assert f"message?.{key}" in script or f"message.{key}" in script, f"js/storymem.js ignores ui key {key}"
+        assert f"output?.{key}" in script or f"output.{key}" in script, f"js/storymem.js ignores ui key {key}"
     assert "STORYMEM_BANK" in script and "StoryMemStoryScript" in script
+
+
+def test_shot_nodes_tell_the_frontend_what_they_made_and_play_it(pack):
+    (frames, _, _), ui = memory_shot(pack, reference_bank(), shot_number=2)
+    made = {"number": 2, "mode": "m2v", "cut": True, "prompt": "the fox reaches the lighthouse", "frames": 5}
+    assert ui["storymem_shot"] == [made]
+    video = ui["storymem_video"][0]
+    path = host.temp_dir() / video["subfolder"] / video["filename"]
+    assert video["type"] == "temp" and read_mp4(path).shape == frames.shape  # the shot itself, small enough to loop
+    assert ui["storymem_bank"]  # and the memory strip, as before
+
+
+def test_errors_inside_a_shot_name_the_shot(pack):
+    with pytest.raises(ConditioningError, match=r"^shot 3 \('the fox reaches the lighthouse'\): cut is false"):
+        memory_shot(pack, reference_bank(), cut=False, shot_number=3)
+    with pytest.raises(StoryMemError, match="^shot 2: prompt is empty"):
+        memory_shot(pack, reference_bank(), prompt=" ", shot_number=2)
+    with pytest.raises(ConditioningError, match="^shot 1 .*4n\\+1"):  # unconnected: the shot after the memory's newest
+        memory_shot(pack, reference_bank(), frames=6)
+
+
+def test_a_shot_moves_one_bar_from_encoding_to_keyframes_with_live_previews(pack, monkeypatch):
+    bars = []
+
+    class Bar:
+        def __init__(self, total: int, description: str):
+            self.total, self.shown, self.previews = total, [], []
+            bars.append(self)
+
+        def update(self, value: int, total: int, preview=None) -> None:
+            self.shown.append(value)
+            if preview is not None:
+                self.previews.append(preview)
+
+    monkeypatch.setattr(host.current(), "progress", Bar)
+    memory_shot(pack, reference_bank())
+    steps = SHOT["steps"]
+    (bar,) = bars
+    assert bar.total == steps + 3 and bar.shown == [0, *range(2, steps + 2), steps + 2, steps + 3]
+    assert len(bar.previews) == steps
+    assert all(p.shape == (16, 1, 4, 4) for p in bar.previews)  # the shot's last latent frame
 
 
 def test_frontend_extension_is_valid_javascript(tmp_path):

@@ -155,3 +155,42 @@ def test_validation_refuses_what_comfyui_refuses(comfy):
     del broken[shot_id]["inputs"]["vae"]
     with pytest.raises(GraphError, match="required input vae is missing"):
         validate(broken, comfy)
+
+
+LOADER_FOLDERS = {"StoryMemLoadExperts": "diffusion_models", "StoryMemLoadLora": "loras",
+                  "StoryMemLoadTextEncoder": "text_encoders", "StoryMemLoadVAE": "vae",
+                  "StoryMemLoadKeyframeEncoder": "clip_vision"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_offers_a_download_for_every_model_file(path, comfy):
+    """ComfyUI's missing-models dialog reads node.properties.models: each file a loader asks for, its URL and folder."""
+    for node in load(path)["nodes"]:
+        if node["type"] not in LOADER_FOLDERS:
+            continue
+        files = [value for name, value in zip(widget_slots(comfy[node["type"]]), node["widgets_values"])
+                 if isinstance(value, str) and value.endswith((".safetensors", ".pth"))]
+        offered = {entry["name"]: entry for entry in node["properties"]["models"]}
+        assert files and sorted(offered) == sorted(files), (node["type"], files, offered)
+        for entry in offered.values():
+            assert entry["directory"] == LOADER_FOLDERS[node["type"]] and entry["url"].startswith("https://")
+            assert entry["url"].endswith("/" + entry["name"].rsplit("/", 1)[-1]), entry
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_shot_values_match_the_story_shot_that_feeds_them(path, comfy):
+    """A linked prompt / cut is never shown stale: the saved value is the one the Story Shot sends."""
+    workflow = load(path)
+    by_id = {n["id"]: n for n in workflow["nodes"]}
+    origin = {link[0]: link[1] for link in workflow["links"]}
+    for node in workflow["nodes"]:
+        if node["type"] not in ("StoryMemFirstShot", "StoryMemShot"):
+            continue
+        story_shot = next(by_id[origin[s["link"]]] for s in node["inputs"] if s["name"] == "prompt")
+        script = by_id[origin[story_shot["inputs"][0]["link"]]]
+        story = comfy["StoryMemStoryScript"]().read(*script["widgets_values"])["result"][0]
+        number = story_shot["widgets_values"][0]
+        shot = story.shots[number - 1]
+        values = dict(zip(widget_slots(comfy[node["type"]]), node["widgets_values"]))
+        assert values["prompt"] == shot.prompt and values.get("cut", shot.cut) == shot.cut
+        assert node["title"].startswith(f"Shot {number} · ")
