@@ -18,6 +18,7 @@ from typing import Callable
 
 import pytest
 import torch
+from helpers import BAD_SCRIPTS, SHOT, VALID, call, files_under, image_batch, models, reference_bank, same, snapshot
 from safetensors.torch import load_file, save_file
 
 from nodes import host
@@ -31,8 +32,6 @@ from storymem_core.errors import (
 )
 from storymem_core.memory import BANK_FILE, MemoryBank
 from storymem_core.story import loads_story
-from test_nodes import SHOT, call, files_under, image_batch, models, pack, reference_bank, same, snapshot  # noqa: F401 (pack is a fixture)
-from test_story import BAD_SCRIPTS, VALID
 
 SCRIPT = json.dumps(VALID)
 

@@ -5,6 +5,8 @@ import json
 
 import pytest
 import torch
+from golden_data import case_paths, cases, golden_dir, load_case, manifests, vae_case, with_prefix
+from helpers import build_dit, build_vae, hf_t5_names, run_case
 from safetensors.torch import save_file
 
 from storymem_core.checkpoints import (
@@ -16,14 +18,12 @@ from storymem_core.checkpoints import (
 )
 from storymem_core.errors import CheckpointError
 from storymem_core.model_files import inspect_main, load_text_encoder, load_vae
-from storymem_core.tiny_models import AESTHETIC_FILE, CLIP_FILE, spiece_model, write_tiny_models, CLIP as TINY_CLIP
+from storymem_core.tiny_models import AESTHETIC_FILE, CLIP_FILE, spiece_model, write_tiny_models
+from storymem_core.tiny_models import CLIP as TINY_CLIP
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_per_tensor
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
 from storymem_core.wan.vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD, VAEConfig
-from golden_data import case_paths, cases, golden_dir, load_case, manifests, vae_case, with_prefix
-from test_dit import build_dit, run_case
-from test_vae import build_vae
 
 COMFY_PREFIX = "model.diffusion_model."
 # fp8 e4m3 keeps 3 mantissa bits; test_fp8 measured 0.2-0.3% on the tiny golden DiTs
@@ -35,19 +35,6 @@ FP8_RELATIVE_ERROR = 0.01
 # measured 2.3% (norm) on the shared t5_tiny (2 layers), 4.7% on a 3-layer case whose worst element moved 0.27
 # against a largest |out| of 3.4. Exactness is checked against the dequantised weights instead.
 FP8_T5_RELATIVE_ERROR = 2**-4
-
-OURS_TO_HF_T5 = [  # the Hugging Face T5 names ComfyUI's umt5_xxl files use, written out by hand
-    ("token_embedding", "shared"),
-    ("blocks.{}.attn.{}", "encoder.block.{}.layer.0.SelfAttention.{}"),
-    ("blocks.{}.pos_embedding.embedding", "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias"),
-    ("blocks.{}.norm1", "encoder.block.{}.layer.0.layer_norm"),
-    ("blocks.{}.ffn.gate.0", "encoder.block.{}.layer.1.DenseReluDense.wi_0"),
-    ("blocks.{}.ffn.fc1", "encoder.block.{}.layer.1.DenseReluDense.wi_1"),
-    ("blocks.{}.ffn.fc2", "encoder.block.{}.layer.1.DenseReluDense.wo"),
-    ("blocks.{}.norm2", "encoder.block.{}.layer.1.layer_norm"),
-    ("norm", "encoder.final_layer_norm"),
-]
-
 
 @pytest.fixture(scope="module")
 def dit_case():
@@ -148,22 +135,6 @@ def assert_vae_forward(vae, tensors: dict, reference=None, **tolerance) -> None:
 @pytest.fixture(scope="module")
 def spiece_bytes() -> bytes:
     return spiece_model()
-
-
-def hf_t5_names(weights: dict) -> dict:
-    renamed = {}
-    for name, tensor in weights.items():
-        layer, param = name.rsplit(".", 1)
-        for ours, hf in OURS_TO_HF_T5:
-            parts = layer.split(".")
-            pattern = ours.split(".")
-            if len(parts) == len(pattern) and all(p == "{}" or p == q for p, q in zip(pattern, parts)):
-                values = [q for p, q in zip(pattern, parts) if p == "{}"]
-                renamed[f"{hf.format(*values)}.{param}"] = tensor
-                break
-        else:
-            raise AssertionError(f"no HF name for {name}")
-    return renamed
 
 
 # ------------------------------------------------------------------ real-size names

@@ -13,12 +13,12 @@ import stat
 from pathlib import Path
 
 import pytest
+from helpers import files_under
 
 from storymem_core import runner
 from storymem_core.cli import main
 from storymem_core.demo import DEMO_FRAMES, DEMO_SIZE_WH, DEMO_STEPS, DEMO_STORY
 from storymem_core.limits import MAX_SEED
-from test_nodes import files_under
 
 DEMO_FLAGS = ["--size", "x".join(map(str, DEMO_SIZE_WH)), "--frames", str(DEMO_FRAMES), "--steps", str(DEMO_STEPS), "--mi2v"]
 

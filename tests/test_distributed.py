@@ -12,15 +12,24 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import files_under, story_script
+from parallel_cases import (
+    HEADS,
+    TOLERANCE,
+    dit_inputs,
+    dit_worker,
+    free_port,
+    memory_shot,
+    shot_models,
+    shot_worker,
+    tiny_dit,
+)
 
 from storymem_core.cli import main
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryFolder
 from storymem_core.tiny_models import write_tiny_models
 from storymem_core.video import load_image
-from parallel_cases import HEADS, TOLERANCE, dit_inputs, dit_worker, free_port, memory_shot, shot_models, shot_worker, tiny_dit
-from test_nodes import files_under
-from test_runner import story_script
 
 ROOT = Path(__file__).resolve().parents[1]
 

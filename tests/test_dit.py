@@ -2,22 +2,11 @@
 
 import pytest
 import torch
+from golden_data import cases, load_case, with_prefix
+from helpers import build_dit, run_case
 
 from storymem_core.errors import ConditioningError
 from storymem_core.wan.dit import DiTConfig, WanDiT
-from golden_data import cases, load_case, with_prefix
-
-
-def build_dit(case_config: dict, weights: dict) -> WanDiT:
-    model = WanDiT(DiTConfig.from_dict({**case_config["config"], "model_type": case_config["model_type"]}))
-    model.load_state_dict(weights)
-    return model.eval()
-
-
-def run_case(model: WanDiT, tensors: dict, **kwargs) -> torch.Tensor:
-    y = tensors["y"][None] if "y" in tensors else None
-    with torch.no_grad():
-        return model(tensors["x"][None], tensors["t"].reshape(1), tensors["context"][None], y, **kwargs)[0]
 
 
 @pytest.mark.parametrize("path", cases("dit_"))

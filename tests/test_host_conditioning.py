@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from comfy_host import run_in_host
 from golden_data import case_paths, cases, load_case
+from helpers import given_frames, is_released_mi2v_bug, loop_vae, loop_weights
+from safetensors.torch import load_file, save_file
+
 from storymem_core.conditioning import build_conditioning
-from test_m2v import build_vae, given_frames, is_released_mi2v_bug, loop_weights
 
 MASK_CHANNELS = 4
 
@@ -42,7 +42,7 @@ def captured(tmp_path_factory) -> dict:
         given = given_frames(config, tensors)
         previous = given["first_frame"][None] if given["first_frame"] is not None else given["motion_frames"]
         width, height = pixel_size(config["max_area"], tuple(config["image_hw"]))
-        vae_weights = {f"vae.{k}": v for k, v in build_vae(loop_weights(config, tensors)).state_dict().items()}
+        vae_weights = {f"vae.{k}": v for k, v in loop_vae(loop_weights(config, tensors)).state_dict().items()}
         inputs = {**vae_weights, "memory_images": tensors["memory_images"]}
         if previous is not None:
             inputs["previous_frames"] = previous.contiguous()
@@ -57,7 +57,7 @@ def captured(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("path", cases("m2v_"))
 def test_host_m2v_conditioning_reaching_comfyui_wan_equals_engine_y(path, captured):
     config, tensors = load_case(path)
-    vae = build_vae(loop_weights(config, tensors))
+    vae = loop_vae(loop_weights(config, tensors))
     engine = build_conditioning(vae, tensors["memory_images"], config["frame_num"], config["max_area"],
                                 fix_mem=config["fix_mem"], **given_frames(config, tensors))
     result = captured[path.stem]

@@ -9,10 +9,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from comfy_host import run_in_host
 from golden_data import case_paths, cases, load_case, with_prefix
+from safetensors.torch import load_file, save_file
+
 from storymem_core import tiny_models
 from storymem_core.cli import main as cli_main
 from storymem_core.lora import apply_loras, load_lora

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from comfy_host import run_in_host
+
 from storymem_core import tiny_models
 from storymem_core.video import read_mp4
 

@@ -21,18 +21,18 @@ from typing import Callable
 
 import pytest
 import torch
+from helpers import files_under as snapshot
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from nodes.host import StandaloneHost
+from storymem_core import runner
 from storymem_core import tiny_models as tiny
 from storymem_core.cli import main
 from storymem_core.model_files import CONFIG_KEY
 from storymem_core.pipeline import StoryFolder
-from storymem_core import runner
 from storymem_core.runner import find_model_files, required_roles
-from test_nodes import files_under as snapshot
 
 TIMEOUT_S = 120
 PROGRESS_BAR = re.compile(r"\|\s*\d+/\d+ \[")  # tqdm: "story:   0%|          | 0/2 [00:00<?, ?shot/s]"

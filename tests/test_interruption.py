@@ -14,6 +14,7 @@ from typing import Callable
 
 import pytest
 import torch
+from helpers import SHOT, VALID, call, files_under, first_shot, image_batch, memory_shot, models, reference_bank
 from PIL import Image
 
 import storymem_core.pipeline as pipeline
@@ -25,14 +26,12 @@ from storymem_core.lora import apply_loras, load_lora
 from storymem_core.memory import MemoryBank
 from storymem_core.model_files import load_dit, load_keyframe_encoder, load_text_encoder, load_vae
 from storymem_core.pipeline import StoryModels, StoryOptions, run_story
-from storymem_core.story_folder import StoryFolder
 from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.shot import memory_advice
 from storymem_core.story import loads_story
+from storymem_core.story_folder import StoryFolder
 from storymem_core.video import load_image, read_mp4, save_image, write_mp4
 from storymem_core.wan.text_encoder import TextEncoder
-from test_nodes import SHOT, call, files_under, first_shot, image_batch, memory_shot, models, pack, reference_bank  # noqa: F401 (pack is a fixture)
-from test_story import VALID
 
 STEPS = 3
 FORWARDS_PER_STEP = 2  # CFG as two calls: conditional and unconditional

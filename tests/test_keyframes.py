@@ -8,6 +8,7 @@ import logging
 import open_clip
 import pytest
 import torch
+from golden_data import golden_dir
 from safetensors.torch import save_file
 
 from storymem_core.errors import CheckpointError, ConditioningError
@@ -20,7 +21,6 @@ from storymem_core.keyframes import (
     select_keyframes,
 )
 from storymem_core.memory import MemoryBank
-from golden_data import golden_dir
 
 TINY_CLIP = "storymem-test-tiny-clip"
 TINY_CONFIG = {

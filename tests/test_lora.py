@@ -5,6 +5,7 @@ import copy
 import peft
 import pytest
 import torch
+from golden_data import cases, load_case, with_prefix
 from safetensors.torch import save_file
 from torch import nn
 
@@ -12,7 +13,6 @@ from storymem_core.errors import CheckpointError
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import quantize_dit_to_fp8
-from golden_data import cases, load_case, with_prefix
 
 
 def base_model(config: dict, tensors: dict) -> WanDiT:

@@ -7,26 +7,14 @@ import os
 
 import pytest
 import torch
+from golden_data import golden_dir
+from helpers import frame, indices, keyframes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from storymem_core.errors import MemoryBankError
 from storymem_core.memory import BANK_FILE, Keyframe, MemoryBank
-from golden_data import golden_dir
-
-
-def frame(value: int, height: int = 4, width: int = 6) -> torch.Tensor:
-    return torch.full((height, width, 3), value % 256, dtype=torch.uint8)
-
-
-def keyframes(count: int, start: int = 0) -> list[Keyframe]:
-    """Keyframes whose frame_index tells them apart (their pixels too)."""
-    return [Keyframe(frame(i), shot=i // 3, frame_index=i) for i in range(start, start + count)]
-
-
-def indices(bank: MemoryBank) -> list[int]:
-    return [k.frame_index for k in bank.keyframes]
 
 
 def _window_cases():

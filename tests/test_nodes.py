@@ -3,7 +3,6 @@ values never mutated, errors a user can act on."""
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -12,94 +11,52 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
+from golden_data import manifests
+from helpers import (
+    SHOT,
+    call,
+    files_under,
+    first_shot,
+    image_batch,
+    memory_shot,
+    models,
+    node,
+    reference_bank,
+    same,
+    snapshot,
+)
 
 import nodes
 from nodes import host
-from nodes.types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, KeyframeModel, LoraSpec, TextModel, WanExperts
-from storymem_core.errors import CheckpointError, ConditioningError, GenerationInterrupted, MemoryBankError, StoryMemError, StoryScriptError
+from nodes.types import (
+    BANK,
+    KEYFRAME_ENCODER,
+    MODEL,
+    STORY,
+    TEXT_ENCODER,
+    VAE,
+    LoraSpec,
+    WanExperts,
+)
+from storymem_core import tiny_models as tiny
+from storymem_core.errors import (
+    CheckpointError,
+    ConditioningError,
+    GenerationInterrupted,
+    MemoryBankError,
+    StoryMemError,
+    StoryScriptError,
+)
 from storymem_core.memory import MemoryBank
+from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
 from storymem_core.story import Story
 from storymem_core.video import read_mp4
 from storymem_core.wan.dit import DiTConfig
 from storymem_core.wan.t5 import T5Config
-from storymem_core.wan.vae import WanVAE
-from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
-from storymem_core import tiny_models as tiny
-from golden_data import manifests
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 CUSTOM_TYPES = (BANK, MODEL, STORY, TEXT_ENCODER, VAE, KEYFRAME_ENCODER)
 PRIMITIVE_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "IMAGE", "MASK")
-SHOT = dict(steps=2, width=32, height=32, frames=5, shift=4.0, solver="unipc")
-
-
-def node(name: str):
-    return nodes.NODE_CLASS_MAPPINGS[name]()
-
-
-def call(node_type: str, **kwargs):
-    """Run a node as ComfyUI does; returns (result tuple, ui dict)."""
-    instance = node(node_type)
-    returned = getattr(instance, instance.FUNCTION)(**kwargs)
-    if isinstance(returned, dict):
-        return tuple(returned["result"]), returned.get("ui", {})
-    return tuple(returned), {}
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    """Tiny models in a ComfyUI-style folder, the standalone host pointed at it, every model loaded by its node."""
-    root = tmp_path_factory.mktemp("storymem")
-    tiny.write_tiny_models(root / "models")
-    previous = host.use(host.StandaloneHost(root / "models", root / "output"))
-    try:
-        i2v = call("StoryMemLoadExperts", high_noise_model=tiny.I2V_HIGH, low_noise_model=tiny.I2V_LOW, weight_dtype="auto", offload="auto")[0][0]
-        m2v = call("StoryMemLoadLora", model=i2v, lora_high_noise=tiny.STORYMEM_LORA_HIGH, lora_low_noise=tiny.STORYMEM_LORA_LOW, strength=1.0)[0][0]
-        yield SimpleNamespace(
-            root=root,
-            i2v=i2v,
-            m2v=m2v,
-            t2v=call("StoryMemLoadExperts", high_noise_model=tiny.T2V_HIGH, low_noise_model=tiny.T2V_LOW, weight_dtype="fp32", offload="none")[0][0],
-            text=call("StoryMemLoadTextEncoder", text_encoder=tiny.TEXT_ENCODER, weight_dtype="auto")[0][0],
-            vae=call("StoryMemLoadVAE", vae=tiny.VAE_FILE, weight_dtype="fp32")[0][0],
-            keyframes=call("StoryMemLoadKeyframeEncoder", clip_model=tiny.CLIP_FILE, open_clip_name="unused", aesthetic_head="none")[0][0],
-        )
-    finally:
-        host.use(previous)
-
-
-def models(pack) -> dict:
-    return dict(text_encoder=pack.text, vae=pack.vae, keyframe_encoder=pack.keyframes)
-
-
-def image_batch(count: int = 3, size: tuple[int, int] = (32, 32), seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(count, size[0], size[1], 3, generator=generator)
-
-
-def files_under(root: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file below `root`: relative path -> (bytes, mtime in ns)."""
-    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def reference_bank(count: int = 2) -> MemoryBank:
-    images = (image_batch(count, seed=5) * 255).round().to(torch.uint8)
-    return MemoryBank.from_images(list(images), max_size=4, fixed=1)
-
-
-def first_shot(pack, seed: int = 0):
-    empty = MemoryBank((), max_size=4, fixed=1)
-    return call("StoryMemFirstShot", model=pack.t2v, **models(pack), memory=empty, prompt="a fox runs through snow", seed=seed,
-                cfg_high=4.0, cfg_low=3.0, **SHOT)
-
-
-def memory_shot(pack, memory: MemoryBank, seed: int = 1, **overrides):
-    arguments = dict(model=pack.m2v, **models(pack), memory=memory, prompt="the fox reaches the lighthouse", cut=True,
-                     mode="auto-mi2v", seed=seed, cfg=3.5, **SHOT)
-    return call("StoryMemShot", **(arguments | overrides))
-
-
 # ------------------------------------------------------------------ declarations
 
 
@@ -496,44 +453,6 @@ def test_story_runner_needs_the_t2v_experts_for_a_t2v_first_shot(pack):
 
 
 # ------------------------------------------------------------------ values are never mutated
-
-
-def weights(**modules: nn.Module | None) -> dict[str, torch.Tensor]:
-    """A copy of every parameter and buffer of `modules` (None ones skipped), named '<part>.<tensor>'."""
-    present = {part: module for part, module in modules.items() if module is not None}
-    return {f"{part}.{name}": t.detach().clone() for part, module in present.items() for name, t in module.state_dict().items()}
-
-
-def snapshot(value):
-    """A deep copy that compares by content (tensors, banks, stories, model weights and LoRA lists)."""
-    if isinstance(value, torch.Tensor):
-        return ("tensor", value.detach().clone())
-    if isinstance(value, MemoryBank):
-        return ("bank", value.max_size, value.fixed, [(k.image, k.shot, k.frame_index, dict(k.scores), k.pinned, k.source) for k in value.keyframes])
-    if isinstance(value, WanExperts):
-        # a BlockSwapDiT wraps the expert; its weights live in .dit
-        return ("experts", value.kind, value.offload, [lora.name for lora in value.loras],
-                weights(high=getattr(value.high, "dit", value.high), low=getattr(value.low, "dit", value.low)))
-    if isinstance(value, TextModel):
-        return ("text encoder", value.name, weights(umt5=value.encoder.encoder))
-    if isinstance(value, WanVAE):
-        return ("vae", weights(vae=value))
-    if isinstance(value, KeyframeModel):
-        scorer = value.scorer if isinstance(value.scorer, nn.Module) else None
-        return ("keyframe encoder", value.name, weights(clip=value.encoder.visual, aesthetic_head=scorer))
-    return ("value", copy.deepcopy(value)) if isinstance(value, (str, int, float, bool, type(None), Story)) else ("object", id(value))
-
-
-def same(a, b) -> bool:
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, torch.Tensor):
-        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return a == b
 
 
 def test_no_node_mutates_its_inputs(pack):

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import torch
+from helpers import SHOT, call, image_batch, models
 
 from storymem_core import pipeline, run_shot
 from storymem_core.memory import MemoryBank
 from storymem_core.video import fit_image, image_batch_to_frames, load_image
-from test_nodes import SHOT, call, image_batch, models, pack  # noqa: F401 (pack is a fixture)
 
 STORY = {"story_overview": "A fox crosses the snow to the lighthouse.", "scenes": [
     {"scene_num": 1, "video_prompts": ["a fox runs through snow", "the fox reaches the lighthouse door"], "cut": [True, False]},

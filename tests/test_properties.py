@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from helpers import VALID, hf_t5_names, indices, keyframes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,9 +18,6 @@ from storymem_core.memory import MemoryBank
 from storymem_core.story import Story, loads_story, parse_story
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
-from test_checkpoints import hf_t5_names
-from test_memory import indices, keyframes
-from test_story import VALID
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 JSON = st.recursive(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -13,32 +12,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import files_under as snapshot
+from helpers import story_script
 
 from storymem_core.cli import _parser, main
 from storymem_core.demo import DEMO_FRAMES, DEMO_STORY
 from storymem_core.errors import CheckpointError
 from storymem_core.memory import MemoryBank
-from storymem_core.story_folder import StoryFolder
 from storymem_core.runner import ROLES, find_model_files, options_from_args, required_roles
 from storymem_core.sampling import SamplerSettings
+from storymem_core.story_folder import StoryFolder
 from storymem_core.tiny_models import AESTHETIC_FILE, write_reference_images, write_tiny_models
 from storymem_core.video import load_image, read_mp4
-from test_nodes import files_under as snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 5
 MTIME = 1  # in a snapshot entry (bytes, mtime)
 TINY = ["--size", "32x32", "--frames", str(FRAMES), "--steps", "2", "--device", "cpu"]
-
-
-def story_script(folder: Path, shots: int) -> Path:
-    """A one-scene story of `shots` shots; every third shot continues the one before (no cut)."""
-    prompts = [f"Shot {i + 1}: a lantern keeper climbs the stairs of a lighthouse, step {i + 1}." for i in range(shots)]
-    script = {"story_name": "Lantern", "story_overview": "A keeper lights the lamp.",
-              "scenes": [{"scene_num": 1, "video_prompts": prompts, "cut": [i % 3 != 1 for i in range(shots)]}]}
-    path = folder / "story.json"
-    path.write_text(json.dumps(script))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ import io
 import pytest
 import sentencepiece
 import torch
+from golden_data import cases, load_case, manifests, with_prefix
 
 from storymem_core.errors import CheckpointError
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
 from storymem_core.wan.text_encoder import TextEncoder
 from storymem_core.wan.tokenizer import UMT5Tokenizer, clean_prompt
-from golden_data import cases, load_case, manifests, with_prefix
 
 
 def golden_encoder(config: dict, tensors: dict) -> UMT5Encoder:

@@ -9,15 +9,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from graph_runner import (
+    CONTROL_VALUES,
+    VIRTUAL_NODES,
+    GraphError,
+    GraphRunner,
+    input_specs,
+    load_image_node,
+    ui_to_api,
+    validate,
+    widget_slots,
+)
 
 import nodes
 from nodes import host
+from storymem_core import tiny_models as tiny
 from storymem_core.memory import MemoryBank
 from storymem_core.video import read_mp4
-from storymem_core import tiny_models as tiny
-from graph_runner import (
-    CONTROL_VALUES, VIRTUAL_NODES, GraphError, GraphRunner, input_specs, load_image_node, ui_to_api, validate, widget_slots,
-)
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
 CORE_NODES = ("LoadImage",)  # ComfyUI's own nodes a shipped workflow may use

@@ -20,8 +20,8 @@ classes = in_host.start(models_dir=job_dir / "models", output_dir=job_dir / "out
 
 import comfy.sd  # noqa: E402
 import execution  # noqa: E402
-
 from graph_runner import ui_to_api, widget_slots  # noqa: E402  (the tests' UI -> API conversion, as the frontend does it)
+
 from storymem_core import tiny_models  # noqa: E402
 
 # ComfyUI's umT5 builder assumes the xxl sizes; the tiny file's are given to it through its own config override
