@@ -39,6 +39,18 @@ def test_dit_rope_depends_only_on_relative_frame_positions(path):
 
 
 def test_dit_rejects_wrong_channel_count():
-    model = WanDiT(DiTConfig(model_type="i2v", in_dim=36, dim=32, ffn_dim=64, num_heads=2, num_layers=1, text_dim=8, text_len=4, freq_dim=16))
+    model = WanDiT(
+        DiTConfig(
+            model_type="i2v",
+            in_dim=36,
+            dim=32,
+            ffn_dim=64,
+            num_heads=2,
+            num_layers=1,
+            text_dim=8,
+            text_len=4,
+            freq_dim=16,
+        )
+    )
     with pytest.raises(ConditioningError, match="36 input channels"):
         model(torch.zeros(1, 16, 1, 4, 4), torch.zeros(1), torch.zeros(1, 4, 8))

@@ -20,9 +20,13 @@ MASK_CHANNELS = 4
 
 def pixel_size(max_area: int, image_hw: tuple[int, int]) -> tuple[int, int]:
     """(width, height), multiples of 16 with width * height = max_area, closest to the image's aspect."""
-    candidates = [(max_area // h, h) for h in range(16, max_area // 16 + 1, 16) if max_area % h == 0 and (max_area // h) % 16 == 0]
+    candidates = [
+        (max_area // h, h) for h in range(16, max_area // 16 + 1, 16) if max_area % h == 0 and (max_area // h) % 16 == 0
+    ]
     if not candidates:
-        pytest.fail(f"max_area {max_area} is no product of two multiples of 16: StoryMem Conditioning cannot express it.")
+        pytest.fail(
+            f"max_area {max_area} is no product of two multiples of 16: StoryMem Conditioning cannot express it."
+        )
     aspect = image_hw[0] / image_hw[1]
     return min(candidates, key=lambda wh: abs(math.log(wh[1] / wh[0] / aspect)))
 
@@ -47,8 +51,13 @@ def captured(tmp_path_factory) -> dict:
         if previous is not None:
             inputs["previous_frames"] = previous.contiguous()
         save_file(inputs, str(jobs / f"{path.stem}.safetensors"))
-        job = {"length": config["frame_num"], "width": width, "height": height, "mode": mode_of(config),
-               "fix_mem": -1 if config["fix_mem"] is None else config["fix_mem"]}
+        job = {
+            "length": config["frame_num"],
+            "width": width,
+            "height": height,
+            "mode": mode_of(config),
+            "fix_mem": -1 if config["fix_mem"] is None else config["fix_mem"],
+        }
         (jobs / f"{path.stem}.json").write_text(json.dumps(job))
     run_in_host("capture_conditioning.py", jobs, scratch=scratch)
     return {p.name.removesuffix(".out.safetensors"): load_file(str(p)) for p in jobs.glob("*.out.safetensors")}
@@ -58,8 +67,14 @@ def captured(tmp_path_factory) -> dict:
 def test_host_m2v_conditioning_reaching_comfyui_wan_equals_engine_y(path, captured):
     config, tensors = load_case(path)
     vae = loop_vae(loop_weights(config, tensors))
-    engine = build_conditioning(vae, tensors["memory_images"], config["frame_num"], config["max_area"],
-                                fix_mem=config["fix_mem"], **given_frames(config, tensors))
+    engine = build_conditioning(
+        vae,
+        tensors["memory_images"],
+        config["frame_num"],
+        config["max_area"],
+        fix_mem=config["fix_mem"],
+        **given_frames(config, tensors),
+    )
     result = captured[path.stem]
     rows = result["c_concat"]
     assert rows.shape[0] >= 2  # cond and uncond both conditioned, as the reference uses one y for both

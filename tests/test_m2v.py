@@ -163,7 +163,9 @@ class StrideEncoder:
 
 def test_m2v_memory_images_of_other_sizes_are_resized_each_on_its_own():
     generator = torch.Generator().manual_seed(0)
-    square, wide = (torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8) for h, w in ((64, 64), (32, 48)))
+    square, wide = (
+        torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8) for h, w in ((64, 64), (32, 48))
+    )
     y = build_conditioning(StrideEncoder(), [square, wide], 9, 4096).y
     assert y.shape[2:] == (8, 8)  # the first keyframe's aspect ratio sets the shot's
     wide_latent = StrideEncoder().encode(to_model_images(wide[None], (64, 64)).unsqueeze(2))[0, :, 0]

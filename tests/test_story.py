@@ -116,7 +116,11 @@ def test_validate_reports_each_bad_script_and_returns_two(tmp_path, capsys):
     bad.write_text(BAD_SCRIPTS["first_cut_false"][0], encoding="utf-8")
     assert validate_main([str(bad), str(EXAMPLES / "paper_boat.json")]) == 2
     captured = capsys.readouterr()
-    assert captured.err.strip() == f"error: {bad}, scene 1, shot 1: cut[0] is false but the story's first shot has no shot before it to continue; set it to true."
+    assert (
+        captured.err.strip()
+        == f"error: {bad}, scene 1, shot 1: cut[0] is false but the story's first shot has no shot before it "
+        "to continue; set it to true."
+    )
     assert "'The Paper Boat', 2 scene(s), 5 shot(s)" in captured.out
 
 
