@@ -68,23 +68,33 @@ def ui_to_api(workflow: dict, node_classes: dict[str, type]) -> dict[str, dict]:
         if node["type"] in VIRTUAL_NODES:
             continue
         if node.get("mode", 0) != 0:
-            raise GraphError(f"node {node['id']} ({node['type']}) is muted or bypassed; this runner only runs active nodes.")
+            raise GraphError(
+                f"node {node['id']} ({node['type']}) is muted or bypassed; this runner only runs active nodes."
+            )
         node_class = node_classes.get(node["type"])
         if node_class is None:
             raise GraphError(f"node {node['id']} has unknown type {node['type']}.")
         slots = widget_slots(node_class)
         values = node.get("widgets_values", [])
         if len(values) != len(slots):
-            raise GraphError(f"node {node['id']} ({node['type']}) has {len(values)} widget values for {len(slots)} widgets {slots}.")
+            raise GraphError(
+                f"node {node['id']} ({node['type']}) has {len(values)} widget values for {len(slots)} widgets {slots}."
+            )
         inputs = {name: value for name, value in zip(slots, values) if name is not None}
         for socket in node.get("inputs", []):
             if socket.get("link") is None:
                 continue
             _, origin, origin_slot, target, _, _ = links[socket["link"]]
             if target != node["id"]:
-                raise GraphError(f"link {socket['link']} ends at node {target}, not at node {node['id']} that lists it.")
+                raise GraphError(
+                    f"link {socket['link']} ends at node {target}, not at node {node['id']} that lists it."
+                )
             inputs[socket["name"]] = [str(origin), origin_slot]
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs, "_meta": {"title": node.get("title", node["type"])}}
+        prompt[str(node["id"])] = {
+            "class_type": node["type"],
+            "inputs": inputs,
+            "_meta": {"title": node.get("title", node["type"])},
+        }
     return prompt
 
 
@@ -130,7 +140,9 @@ def validate(prompt: dict[str, dict], node_classes: dict[str, type]) -> dict[str
                 received = output_types[value[1]] if value[1] < len(output_types) else None
                 expected = "COMBO" if isinstance(kind, list) else kind
                 if received != expected and "*" not in (received, expected):
-                    raise GraphError(f"node {node_id}: input {name} expects {expected} but gets {received} from node {value[0]}.")
+                    raise GraphError(
+                        f"node {node_id}: input {name} expects {expected} but gets {received} from node {value[0]}."
+                    )
             else:
                 value = _converted(name, kind, options, value)
             inputs[name] = value
@@ -159,7 +171,9 @@ class GraphRunner:
             entries = []
             for key in sorted(node["inputs"]):
                 value = node["inputs"][key]
-                entries.append((key, ("ANCESTOR", self._signature(prompt, value[0], memo), value[1]) if _is_link(value) else value))
+                entries.append(
+                    (key, ("ANCESTOR", self._signature(prompt, value[0], memo), value[1]) if _is_link(value) else value)
+                )
             memo[node_id] = (node["class_type"], changed, tuple(entries))
         return memo[node_id]
 

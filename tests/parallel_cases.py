@@ -30,7 +30,9 @@ def free_port() -> int:
 
 def join(rank: int, world: int, port: int) -> None:
     """The environment torchrun gives each rank."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
 
 
 def tiny_dit(seed: int, in_dim: int = 36) -> WanDiT:
@@ -64,10 +66,15 @@ def shot_models() -> tuple[ExpertPair, WanVAE]:
 def memory_shot(experts: ExpertPair, vae: WanVAE) -> torch.Tensor:
     generator = torch.Generator().manual_seed(11)
     memory = [torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=generator) for _ in range(2)]
-    context, context_null = torch.randn(6, DIT["text_dim"], generator=generator), torch.randn(4, DIT["text_dim"], generator=generator)
+    context, context_null = (
+        torch.randn(6, DIT["text_dim"], generator=generator),
+        torch.randn(4, DIT["text_dim"], generator=generator),
+    )
     # the high expert guided (CFG parallel), the low one at 1 (one pass split over every rank)
     settings = SamplerSettings(steps=4, shift=5.0, solver="unipc", guide_high=3.5, guide_low=1.0, seed=5)
-    return generate_memory_shot(experts, vae, context, context_null, memory, frame_num=5, max_area=32 * 32, settings=settings).video
+    return generate_memory_shot(
+        experts, vae, context, context_null, memory, frame_num=5, max_area=32 * 32, settings=settings
+    ).video
 
 
 def shot_worker(rank: int, world: int, port: int, out: Path) -> None:
@@ -79,6 +86,3 @@ def shot_worker(rank: int, world: int, port: int, out: Path) -> None:
             torch.save(video, out / "video.pt")
         else:
             assert video is None  # the serving ranks make no shot of their own
-
-
-

@@ -67,7 +67,9 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("comfyui")
     tiny.write_tiny_models(root / "models")
     tiny.write_reference_images(root / "input")
-    folders = "".join(f"  {name}: {name}\n" for name in ("diffusion_models", "loras", "text_encoders", "vae", "clip_vision"))
+    folders = "".join(
+        f"  {name}: {name}\n" for name in ("diffusion_models", "loras", "text_encoders", "vae", "clip_vision")
+    )
     (root / "extra_model_paths.yaml").write_text(f"storymem_tiny:\n  base_path: {root / 'models'}\n{folders}")
     settings = root / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
@@ -75,11 +77,33 @@ def server(tmp_path_factory):
     port = _free_port()
     log = (root / "server.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-         "--extra-model-paths-config", str(root / "extra_model_paths.yaml"), "--output-directory", str(root / "output"),
-         "--temp-directory", str(root / "temp"), "--input-directory", str(root / "input"), "--user-directory", str(root / "user"),
-         "--database-url", f"sqlite:///{root / 'comfyui.db'}", "--preview-method", "auto"],
-        cwd=comfyui, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-auto-launch",
+            "--extra-model-paths-config",
+            str(root / "extra_model_paths.yaml"),
+            "--output-directory",
+            str(root / "output"),
+            "--temp-directory",
+            str(root / "temp"),
+            "--input-directory",
+            str(root / "input"),
+            "--user-directory",
+            str(root / "user"),
+            "--database-url",
+            f"sqlite:///{root / 'comfyui.db'}",
+            "--preview-method",
+            "auto",
+        ],
+        cwd=comfyui,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -133,10 +157,15 @@ class Frontend:
         self.problems: list[str] = []
         self.messages: list[dict] = []
         self.previews = 0
-        self.page.on("console", lambda message: message.type == "error" and self.problems.append(f"console: {message.text}"))
+        self.page.on(
+            "console", lambda message: message.type == "error" and self.problems.append(f"console: {message.text}")
+        )
         self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error} {error.stack}"))
         self.page.on("requestfailed", lambda request: self.problems.append(f"request failed: {request.url}"))
-        self.page.on("response", lambda response: response.status >= 400 and self.problems.append(f"HTTP {response.status}: {response.url}"))
+        self.page.on(
+            "response",
+            lambda response: response.status >= 400 and self.problems.append(f"HTTP {response.status}: {response.url}"),
+        )
         self.page.on("websocket", self._listen)
         self.open()
 
@@ -146,11 +175,14 @@ class Frontend:
                 self.previews += int.from_bytes(payload[:4], "big") in (1, 4)  # a preview image, ComfyUI's binary event
             else:
                 self.messages.append(json.loads(payload))
+
         websocket.on("framereceived", received)
 
     def open(self) -> None:
         self.page.goto(self.url)
-        self.page.wait_for_function("() => window.app?.graph && window.app.vueAppReady && window.app.canvas", timeout=90_000)
+        self.page.wait_for_function(
+            "() => window.app?.graph && window.app.vueAppReady && window.app.canvas", timeout=90_000
+        )
         self.page.wait_for_timeout(1000)
 
     def pack_problems(self) -> list[str]:
@@ -158,7 +190,9 @@ class Frontend:
         return [problem for problem in self.problems if "storymem" in problem.lower()]
 
     def load(self, path: Path) -> None:
-        self.page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", json.loads(path.read_text()))
+        self.page.evaluate(
+            "async (workflow) => { await window.app.loadGraphData(workflow); }", json.loads(path.read_text())
+        )
         self.page.wait_for_timeout(1500)
 
     def evaluate(self, script: str, argument=None):
@@ -206,7 +240,9 @@ def _overlap(a, b) -> bool:
 
 def _overlapping_nodes(layout: dict) -> list[tuple[str, str]]:
     nodes = layout["nodes"]
-    return [(a["title"], b["title"]) for i, a in enumerate(nodes) for b in nodes[i + 1:] if _overlap(a["rect"], b["rect"])]
+    return [
+        (a["title"], b["title"]) for i, a in enumerate(nodes) for b in nodes[i + 1 :] if _overlap(a["rect"], b["rect"])
+    ]
 
 
 def _on_screen(layout: dict, rect: list[float]) -> list[float]:
@@ -231,14 +267,21 @@ def _hidden_by_the_page(layout: dict) -> list[str]:
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_shipped_workflow_opens_whole_and_tidy_without_errors(frontend, path, screenshots):
     frontend.load(path)
-    dialogs = frontend.evaluate("() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText.slice(0, 200))")
+    dialogs = frontend.evaluate(
+        "() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText.slice(0, 200))"
+    )
     assert dialogs == [], f"a dialog opened with the workflow (missing nodes or models?): {dialogs}"
     broken = frontend.evaluate("() => app.graph.nodes.filter((n) => n.has_errors).map((n) => n.type)")
     assert broken == [], f"nodes the frontend does not know: {broken}"
     layout = frontend.evaluate(LAYOUT)
     assert _overlapping_nodes(layout) == []
     groups = layout["groups"]
-    assert [(a["title"], b["title"]) for i, a in enumerate(groups) for b in groups[i + 1:] if _overlap(a["rect"], b["rect"])] == []
+    assert [
+        (a["title"], b["title"])
+        for i, a in enumerate(groups)
+        for b in groups[i + 1 :]
+        if _overlap(a["rect"], b["rect"])
+    ] == []
     assert _hidden_by_the_page(layout) == []
     shots = [node for node in layout["nodes"] if node["type"] in SHOT_TYPES]
     assert all(node["title"].startswith(f"Shot {k} · ") for k, node in enumerate(shots, 1)), [n["title"] for n in shots]
@@ -256,12 +299,15 @@ def test_new_shot_nodes_keep_their_seed_and_memory_links_have_their_colour(front
         return node.widgets.find((w) => w.name === 'control_after_generate').value;
     })""")
     assert added == ["fixed", "fixed", "fixed"]
-    colours = frontend.evaluate("() => [app.canvas.constructor.link_type_colors.STORYMEM_BANK, app.canvas.constructor.link_type_colors.IMAGE]")
+    colours = frontend.evaluate(
+        "() => [app.canvas.constructor.link_type_colors.STORYMEM_BANK, app.canvas.constructor.link_type_colors.IMAGE]"
+    )
     assert colours[0] == BANK_LINK_COLOUR and colours[0] != colours[1]
 
 
 def _shot_panels(frontend: Frontend) -> list[dict]:
-    return frontend.evaluate("""() => app.graph.nodes.filter((n) => ['StoryMemFirstShot', 'StoryMemShot'].includes(n.type)).map((n) => {
+    return frontend.evaluate("""() => app.graph.nodes
+        .filter((n) => ['StoryMemFirstShot', 'StoryMemShot'].includes(n.type)).map((n) => {
         const element = (name) => n.widgets.find((w) => w.name === name)?.element;
         const images = [...(element('storymem_memory')?.querySelectorAll('img') ?? [])];
         const video = element('storymem_video')?.querySelector('video');
@@ -272,32 +318,57 @@ def _shot_panels(frontend: Frontend) -> list[dict]:
 
 
 def _wait_for_strips(frontend: Frontend) -> None:
-    frontend.page.wait_for_function("""() => {
+    frontend.page.wait_for_function(
+        """() => {
         const shots = app.graph.nodes.filter((n) => ['StoryMemFirstShot', 'StoryMemShot'].includes(n.type));
-        return shots.length > 0 && shots.every((n) => [...(n.widgets.find((w) => w.name === 'storymem_memory')?.element.querySelectorAll('img') ?? [])]
+        const images = (n) =>
+            n.widgets.find((w) => w.name === 'storymem_memory')?.element.querySelectorAll('img') ?? [];
+        return shots.length > 0 && shots.every((n) => [...images(n)]
             .some((image) => image.complete && image.naturalWidth > 0));
-    }""", timeout=60_000)
+    }""",
+        timeout=60_000,
+    )
 
 
 def test_story_runs_with_previews_and_its_memory_stays_after_a_reload(frontend, screenshots):
     frontend.load(STORY)
-    frontend.evaluate("""(tiny) => { for (const node of app.graph.nodes)
-        for (const widget of node.widgets ?? []) if (widget.name in tiny) widget.value = tiny[widget.name]; }""", tiny.TINY_SHOT)
+    frontend.evaluate(
+        """(tiny) => { for (const node of app.graph.nodes)
+        for (const widget of node.widgets ?? []) if (widget.name in tiny) widget.value = tiny[widget.name]; }""",
+        tiny.TINY_SHOT,
+    )
     run = frontend.queue_and_wait()
     assert run["status"]["status_str"] == "success", run["status"]["messages"]
 
     _wait_for_strips(frontend)
     panels = _shot_panels(frontend)
-    assert [panel["title"].split(" · ")[:-1] for panel in panels] == [["Shot 1", "T2V"], ["Shot 2", "cut", "M2V"], ["Shot 3", "continues", "MI2V"]]
+    assert [panel["title"].split(" · ")[:-1] for panel in panels] == [
+        ["Shot 1", "T2V"],
+        ["Shot 2", "cut", "M2V"],
+        ["Shot 3", "continues", "MI2V"],
+    ]
     for panel in panels:
         assert panel["keyframes"] >= 1 and panel["loaded"], panel
-        assert panel["video"] and panel["video"]["loop"] and panel["video"]["muted"] and "shot_" in panel["video"]["src"], panel
+        assert (
+            panel["video"] and panel["video"]["loop"] and panel["video"]["muted"] and "shot_" in panel["video"]["src"]
+        ), panel
 
     total = tiny.TINY_SHOT["steps"] + 3  # encode, each step, decode, keyframes: one bar per shot
     for panel in panels:
-        shown = [m["data"]["value"] for m in frontend.messages if m["type"] == "progress" and m["data"].get("node") == panel["id"]]
-        maxima = {m["data"]["max"] for m in frontend.messages if m["type"] == "progress" and m["data"].get("node") == panel["id"]}
-        assert maxima == {total} and shown[-1] == total and any(0 < value < total for value in shown), (panel["title"], shown)
+        shown = [
+            m["data"]["value"]
+            for m in frontend.messages
+            if m["type"] == "progress" and m["data"].get("node") == panel["id"]
+        ]
+        maxima = {
+            m["data"]["max"]
+            for m in frontend.messages
+            if m["type"] == "progress" and m["data"].get("node") == panel["id"]
+        }
+        assert maxima == {total} and shown[-1] == total and any(0 < value < total for value in shown), (
+            panel["title"],
+            shown,
+        )
     assert frontend.previews >= len(panels), "live previews while sampling"
 
     frontend.page.wait_for_timeout(1000)  # the preview videos start playing
@@ -317,6 +388,10 @@ def test_story_runs_with_previews_and_its_memory_stays_after_a_reload(frontend, 
         shot.widgets.find((w) => w.name === 'frames').value = 7; }""")  # not 4n+1: the third shot fails
     failed = frontend.queue_and_wait()
     errors = [data for kind, data in failed["status"]["messages"] if kind == "execution_error"]
-    assert errors and errors[0]["exception_message"].startswith("shot 3 ('The old keeper in the yellow raincoat"), errors
-    frontend.page.wait_for_function("() => document.body.innerText.includes(\"shot 3 ('The old keeper\")", timeout=30_000)
+    assert errors and errors[0]["exception_message"].startswith("shot 3 ('The old keeper in the yellow raincoat"), (
+        errors
+    )
+    frontend.page.wait_for_function(
+        '() => document.body.innerText.includes("shot 3 (\'The old keeper")', timeout=30_000
+    )
     assert frontend.pack_problems() == []

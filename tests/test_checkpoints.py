@@ -5,6 +5,8 @@ import json
 
 import pytest
 import torch
+from golden_data import case_paths, cases, golden_dir, load_case, manifests, vae_case, with_prefix
+from helpers import build_dit, build_vae, hf_t5_names, run_case
 from safetensors.torch import save_file
 
 from storymem_core.checkpoints import (
@@ -16,14 +18,12 @@ from storymem_core.checkpoints import (
 )
 from storymem_core.errors import CheckpointError
 from storymem_core.model_files import inspect_main, load_text_encoder, load_vae
-from storymem_core.tiny_models import AESTHETIC_FILE, CLIP_FILE, spiece_model, write_tiny_models, CLIP as TINY_CLIP
+from storymem_core.tiny_models import AESTHETIC_FILE, CLIP_FILE, spiece_model, write_tiny_models
+from storymem_core.tiny_models import CLIP as TINY_CLIP
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_per_tensor
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
 from storymem_core.wan.vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD, VAEConfig
-from golden_data import case_paths, cases, golden_dir, load_case, manifests, vae_case, with_prefix
-from test_dit import build_dit, run_case
-from test_vae import build_vae
 
 COMFY_PREFIX = "model.diffusion_model."
 # fp8 e4m3 keeps 3 mantissa bits; test_fp8 measured 0.2-0.3% on the tiny golden DiTs
@@ -35,19 +35,6 @@ FP8_RELATIVE_ERROR = 0.01
 # measured 2.3% (norm) on the shared t5_tiny (2 layers), 4.7% on a 3-layer case whose worst element moved 0.27
 # against a largest |out| of 3.4. Exactness is checked against the dequantised weights instead.
 FP8_T5_RELATIVE_ERROR = 2**-4
-
-OURS_TO_HF_T5 = [  # the Hugging Face T5 names ComfyUI's umt5_xxl files use, written out by hand
-    ("token_embedding", "shared"),
-    ("blocks.{}.attn.{}", "encoder.block.{}.layer.0.SelfAttention.{}"),
-    ("blocks.{}.pos_embedding.embedding", "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias"),
-    ("blocks.{}.norm1", "encoder.block.{}.layer.0.layer_norm"),
-    ("blocks.{}.ffn.gate.0", "encoder.block.{}.layer.1.DenseReluDense.wi_0"),
-    ("blocks.{}.ffn.fc1", "encoder.block.{}.layer.1.DenseReluDense.wi_1"),
-    ("blocks.{}.ffn.fc2", "encoder.block.{}.layer.1.DenseReluDense.wo"),
-    ("blocks.{}.norm2", "encoder.block.{}.layer.1.layer_norm"),
-    ("norm", "encoder.final_layer_norm"),
-]
-
 
 @pytest.fixture(scope="module")
 def dit_case():
@@ -82,11 +69,17 @@ def write_shards(folder, weights: dict, shards: int = 2) -> None:
         part = names[i::shards]
         save_file({n: weights[n].contiguous() for n in part}, str(folder / file))
         weight_map.update({n: file for n in part})
-    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
 
 
 def block_linears(weights: dict) -> list[str]:
-    return [n[: -len(".weight")] for n, t in weights.items() if n.startswith("blocks.") and n.endswith(".weight") and t.dim() == 2]
+    return [
+        n[: -len(".weight")]
+        for n, t in weights.items()
+        if n.startswith("blocks.") and n.endswith(".weight") and t.dim() == 2
+    ]
 
 
 def fp8_file(weights: dict, generation: str) -> tuple[dict, dict]:
@@ -101,7 +94,9 @@ def fp8_file(weights: dict, generation: str) -> tuple[dict, dict]:
             stored[f"{layer}.scale_input"] = torch.ones(())
         else:
             stored[f"{layer}.weight_scale"] = scale
-            stored[f"{layer}.comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
+            stored[f"{layer}.comfy_quant"] = torch.tensor(
+                list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8
+            )
     if generation == "old":
         stored = {COMFY_PREFIX + n: t for n, t in stored.items()}
         stored["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
@@ -109,7 +104,8 @@ def fp8_file(weights: dict, generation: str) -> tuple[dict, dict]:
 
 
 def fp8_scaled_t5_file(weights: dict) -> tuple[dict, dict]:
-    """(ComfyUI's umt5_xxl_fp8_e4m3fn_scaled.safetensors layout, the float32 weights it dequantises to), both under HF names.
+    """(ComfyUI's umt5_xxl_fp8_e4m3fn_scaled.safetensors layout, the float32 weights it dequantises to), both under HF
+    names.
 
     Every block linear (q, k, v, o, wi_0, wi_1, wo) is float8_e4m3fn with a per-tensor float32 `scale_weight`;
     embedding, position biases and norms stay 16-bit; a `scaled_fp8` marker says which fp8 format it is.
@@ -148,22 +144,6 @@ def assert_vae_forward(vae, tensors: dict, reference=None, **tolerance) -> None:
 @pytest.fixture(scope="module")
 def spiece_bytes() -> bytes:
     return spiece_model()
-
-
-def hf_t5_names(weights: dict) -> dict:
-    renamed = {}
-    for name, tensor in weights.items():
-        layer, param = name.rsplit(".", 1)
-        for ours, hf in OURS_TO_HF_T5:
-            parts = layer.split(".")
-            pattern = ours.split(".")
-            if len(parts) == len(pattern) and all(p == "{}" or p == q for p, q in zip(pattern, parts)):
-                values = [q for p, q in zip(pattern, parts) if p == "{}"]
-                renamed[f"{hf.format(*values)}.{param}"] = tensor
-                break
-        else:
-            raise AssertionError(f"no HF name for {name}")
-    return renamed
 
 
 # ------------------------------------------------------------------ real-size names
@@ -220,7 +200,10 @@ def test_dit_wan_ai_folder_loads_each_expert_and_finds_the_other_pieces(tmp_path
     info = detect(root)
     assert info.layout == "wan-folder" and info.kind == "wan22-i2v-dit" and info.usable
     assert {part: p.kind for part, p in info.parts.items()} == {
-        "high_noise": "wan22-i2v-dit", "low_noise": "wan22-i2v-dit", "text_encoder": "umt5", "vae": "wan21-vae"
+        "high_noise": "wan22-i2v-dit",
+        "low_noise": "wan22-i2v-dit",
+        "text_encoder": "umt5",
+        "vae": "wan21-vae",
     }
     with pytest.raises(CheckpointError, match="two DiT experts"):
         load_state_dict(root)
@@ -381,8 +364,15 @@ def test_t5_hf_names_mean_what_transformers_computes(tmp_path, t5_case):
     config, tensors, _ = t5_case
     c = config["config"]
     hf_config = transformers.UMT5Config(
-        vocab_size=c["vocab"], d_model=c["dim"], d_kv=c["dim_attn"] // c["num_heads"], d_ff=c["dim_ffn"], num_heads=c["num_heads"],
-        num_layers=c["num_layers"], relative_attention_num_buckets=c["num_buckets"], feed_forward_proj="gated-gelu", dropout_rate=0.0,
+        vocab_size=c["vocab"],
+        d_model=c["dim"],
+        d_kv=c["dim_attn"] // c["num_heads"],
+        d_ff=c["dim_ffn"],
+        num_heads=c["num_heads"],
+        num_layers=c["num_layers"],
+        relative_attention_num_buckets=c["num_buckets"],
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
     )
     torch.manual_seed(0)
     hf_model = transformers.UMT5EncoderModel(hf_config).eval()
@@ -403,7 +393,9 @@ def test_t5_hf_names_mean_what_transformers_computes(tmp_path, t5_case):
 def test_dit_file_that_does_not_fit_names_the_key_and_the_file(tmp_path, dit_case, fault):
     config, _, weights = dit_case
     weights = dict(weights)
-    key = {"missing": "blocks.1.cross_attn.k.weight", "extra": "blocks.0.ffn.9.weight", "shape": "head.head.weight"}[fault]
+    key = {"missing": "blocks.1.cross_attn.k.weight", "extra": "blocks.0.ffn.9.weight", "shape": "head.head.weight"}[
+        fault
+    ]
     if fault == "missing":
         del weights[key]
     elif fault == "extra":
@@ -467,8 +459,13 @@ def test_checkpoint_inspect_exit_codes(tmp_path, dit_case, capsys):
     good = tmp_path / "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"
     save_file(fp8_file(dit_case[2], "new")[0], str(good))
     lora = tmp_path / "backbone_high_noise.pth"
-    torch.save({"base_model.model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(4, 8),
-                "base_model.model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(8, 4)}, lora)
+    torch.save(
+        {
+            "base_model.model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(4, 8),
+            "base_model.model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(8, 4),
+        },
+        lora,
+    )
     assert inspect_main([str(good), str(lora)]) == 0
     printed = capsys.readouterr().out
     assert "wan22-i2v-dit" in printed and "comfy_quant" in printed and "rank 4" in printed and "self_attn.q" in printed
@@ -486,21 +483,36 @@ def test_checkpoint_inspect_knows_the_keyframe_files(tmp_path, capsys):
     assert inspect_main([str(clip), str(head)]) == 0
     printed = capsys.readouterr().out
     embed_dim = f"embed_dim {TINY_CLIP['embed_dim']}"
-    assert f"clip-vision: an open_clip CLIP image encoder (keyframe selection); width {TINY_CLIP['vision_cfg']['width']}" in printed
-    assert f"aesthetic-head: an aesthetic head on CLIP embeddings (keyframe quality filter); {embed_dim}, layers 1" in printed
+    assert (
+        f"clip-vision: an open_clip CLIP image encoder (keyframe selection); width {TINY_CLIP['vision_cfg']['width']}"
+        in printed
+    )
+    assert (
+        f"aesthetic-head: an aesthetic head on CLIP embeddings (keyframe quality filter); {embed_dim}, layers 1"
+        in printed
+    )
     assert printed.count(embed_dim) == 2
 
     hugging_face = tmp_path / "clip_vision_hf.safetensors"
-    save_file({"vision_model.embeddings.class_embedding": torch.zeros(8), "vision_model.post_layernorm.weight": torch.zeros(8)}, str(hugging_face))
+    save_file(
+        {
+            "vision_model.embeddings.class_embedding": torch.zeros(8),
+            "vision_model.post_layernorm.weight": torch.zeros(8),
+        },
+        str(hugging_face),
+    )
     assert inspect_main([str(hugging_face)]) == 2
     assert "Hugging Face CLIP vision model, but keyframe selection reads open_clip files" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("fault,expected", [
-    ("missing", "missing blocks.0.ffn.0.bias"),
-    ("extra", "unexpected blocks.0.extra.weight"),
-    ("wrong shape", "wrong shape blocks.0.ffn.0.bias"),
-])
+@pytest.mark.parametrize(
+    "fault,expected",
+    [
+        ("missing", "missing blocks.0.ffn.0.bias"),
+        ("extra", "unexpected blocks.0.extra.weight"),
+        ("wrong shape", "wrong shape blocks.0.ffn.0.bias"),
+    ],
+)
 def test_checkpoint_inspect_finds_what_loading_would_refuse(tmp_path, dit_case, capsys, fault, expected):
     weights = dict(dit_case[2])
     if fault == "missing":

@@ -13,19 +13,28 @@ import stat
 from pathlib import Path
 
 import pytest
+from helpers import files_under
 
 from storymem_core import runner
 from storymem_core.cli import main
 from storymem_core.demo import DEMO_FRAMES, DEMO_SIZE_WH, DEMO_STEPS, DEMO_STORY
 from storymem_core.limits import MAX_SEED
-from test_nodes import files_under
 
-DEMO_FLAGS = ["--size", "x".join(map(str, DEMO_SIZE_WH)), "--frames", str(DEMO_FRAMES), "--steps", str(DEMO_STEPS), "--mi2v"]
+DEMO_FLAGS = [
+    "--size",
+    "x".join(map(str, DEMO_SIZE_WH)),
+    "--frames",
+    str(DEMO_FRAMES),
+    "--steps",
+    str(DEMO_STEPS),
+    "--mi2v",
+]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    """A finished 3-shot story made by `demo` (its models in models-seed0/, its script story.json, its folder story/)."""
+    """A finished 3-shot story made by `demo` (its models in models-seed0/, its script story.json, its folder
+    story/)."""
     out = tmp_path_factory.mktemp("demo")
     old_umask = os.umask(0o022)
     try:
@@ -70,14 +79,25 @@ def refused(capsys, argv: list[str], fragment: str) -> str:
 
 @pytest.fixture
 def no_models(monkeypatch):
-    monkeypatch.setattr(runner, "find_model_files", lambda *args: pytest.fail("models were looked for before the check"))
+    monkeypatch.setattr(
+        runner, "find_model_files", lambda *args: pytest.fail("models were looked for before the check")
+    )
 
 
 def story_argv(demo: Path, out: Path | str, *extra: str, script: Path | None = None) -> list[str]:
-    return ["story", str(script or demo / "story.json"), "--models-dir", str(demo / "models-seed0"), "--out", str(out), *extra]
+    return [
+        "story",
+        str(script or demo / "story.json"),
+        "--models-dir",
+        str(demo / "models-seed0"),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 # ------------------------------------------------------------------ --out is not a folder we may write
+
 
 def symlink_loop(tmp_path: Path) -> Path:
     (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
@@ -92,7 +112,10 @@ OUT_ROWS = {
     "proc": (lambda demo, tmp: Path("/proc/storymem-out"), "cannot be written"),
     "sysfs": (lambda demo, tmp: Path("/sys/storymem-out/story"), "cannot be written"),
     "symlink-loop": (lambda demo, tmp: symlink_loop(tmp), "broken link"),
-    "dangling-link": (lambda demo, tmp: (tmp / "dangling").symlink_to(tmp / "nowhere") or tmp / "dangling", "broken link"),
+    "dangling-link": (
+        lambda demo, tmp: (tmp / "dangling").symlink_to(tmp / "nowhere") or tmp / "dangling",
+        "broken link",
+    ),
     "name-too-long": (lambda demo, tmp: tmp / ("x" * 300) / "story", "cannot be used (File name too long)"),
 }
 
@@ -129,13 +152,16 @@ def test_demo_with_a_bad_seed_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "demo").exists()
 
 
-# ------------------------------------------------------------------ a finished story and a run that would not continue it
+# ------------------------------------------------------------------ a finished story, a run that would not continue it
 
 FOLDER_ROWS = {
     "other-script": (lambda tmp: ["--out-script", edit_shot_2], "--from-shot 2"),
     "fewer-shots": (lambda tmp: ["--out-script", drop_last_shot], "has 3 made from another one"),
     "other-size": (lambda tmp: ["--size", "80x64"], "never mixes sizes"),
-    "other-size-from-shot-2": (lambda tmp: ["--size", "80x64", "--from-shot", "2"], "--from-shot 1 to remake every shot"),
+    "other-size-from-shot-2": (
+        lambda tmp: ["--size", "80x64", "--from-shot", "2"],
+        "--from-shot 1 to remake every shot",
+    ),
     "other-frames": (lambda tmp: ["--frames", "13"], "--frames 13 differs from the 9"),
     "other-script-from-shot-3": (lambda tmp: ["--out-script", edit_shot_2, "--from-shot", "3"], "from shot 2 on"),
     "other-memory": (lambda tmp: ["--max-memory", "5"], "--max-memory 5 differs"),
@@ -143,7 +169,9 @@ FOLDER_ROWS = {
 
 
 @pytest.mark.parametrize("row", FOLDER_ROWS)
-def test_a_run_that_would_not_continue_a_finished_story_is_refused_before_models_load(demo, tmp_path, capsys, no_models, row):
+def test_a_run_that_would_not_continue_a_finished_story_is_refused_before_models_load(
+    demo, tmp_path, capsys, no_models, row
+):
     changes, fragment = FOLDER_ROWS[row]
     flags = dict(zip(DEMO_FLAGS[::2], DEMO_FLAGS[1::2]))
     flags.pop("--mi2v", None)
@@ -169,7 +197,9 @@ def test_a_script_with_shots_added_continues_the_story(demo, tmp_path, capsys):
 
     shutil.copytree(demo / "story", story_dir)
     before = files_under(story_dir)
-    longer = script_with(tmp_path, lambda s: s["scenes"].append({"scene_num": 3, "video_prompts": ["The kite lands."], "cut": [True]}))
+    longer = script_with(
+        tmp_path, lambda s: s["scenes"].append({"scene_num": 3, "video_prompts": ["The kite lands."], "cut": [True]})
+    )
     assert main(story_argv(demo, story_dir, *DEMO_FLAGS, script=longer)) == 0
     after = files_under(story_dir)
     assert all(after[name] == entry for name, entry in before.items() if name.startswith(("banks/", "shots/")))
@@ -220,6 +250,7 @@ def test_mode_check_looks_at_every_shot_not_only_the_second(demo, tmp_path, caps
 
 # ------------------------------------------------------------------ text
 
+
 def test_prompts_with_escape_sequences_are_shown_escaped(tmp_path, capsys):
     script = script_with(tmp_path, with_escape)
     assert main(["validate", str(script)]) == 0
@@ -231,7 +262,9 @@ def test_prompts_with_escape_sequences_are_shown_escaped(tmp_path, capsys):
 def test_progress_bar_shows_a_prompt_escaped(demo, tmp_path, capsys):
     shown = []
     progress = runner.StoryProgress.__new__(runner.StoryProgress)
-    progress.shots = type("Bar", (), {"set_postfix_str": lambda self, text: shown.append(text), "refresh": lambda self: None})()
+    progress.shots = type(
+        "Bar", (), {"set_postfix_str": lambda self, text: shown.append(text), "refresh": lambda self: None}
+    )()
     progress.on_shot(0, 1, "A kite \x1b[31mred")
     assert shown == ["A kite \\x1b[31mred"]
 
@@ -243,7 +276,9 @@ def test_a_lone_surrogate_in_the_script_is_a_sentence(tmp_path, capsys, no_model
     script = tmp_path / "surrogate.json"
     script.write_text(text.replace(target, target + "\\ud800", 1), encoding="utf-8")
     refused(capsys, ["validate", str(script)], "lone surrogate")
-    refused(capsys, ["story", str(script), "--models-dir", str(tmp_path), "--out", str(tmp_path / "out")], "lone surrogate")
+    refused(
+        capsys, ["story", str(script), "--models-dir", str(tmp_path), "--out", str(tmp_path / "out")], "lone surrogate"
+    )
 
 
 def test_an_error_message_holding_control_characters_is_printed_escaped(tmp_path, capsys, no_models):
@@ -254,6 +289,7 @@ def test_an_error_message_holding_control_characters_is_printed_escaped(tmp_path
 
 
 # ------------------------------------------------------------------ permissions
+
 
 def test_every_file_the_story_writes_has_ordinary_permissions(demo):
     for path in demo.rglob("*"):  # the folder itself is pytest's

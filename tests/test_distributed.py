@@ -12,15 +12,24 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import files_under, story_script
+from parallel_cases import (
+    HEADS,
+    TOLERANCE,
+    dit_inputs,
+    dit_worker,
+    free_port,
+    memory_shot,
+    shot_models,
+    shot_worker,
+    tiny_dit,
+)
 
 from storymem_core.cli import main
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryFolder
 from storymem_core.tiny_models import write_tiny_models
 from storymem_core.video import load_image
-from parallel_cases import HEADS, TOLERANCE, dit_inputs, dit_worker, free_port, memory_shot, shot_models, shot_worker, tiny_dit
-from test_nodes import files_under
-from test_runner import story_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +64,16 @@ def models_dir(tmp_path_factory) -> Path:
 
 
 def torchrun(world: int, entry: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-port", str(free_port()), *entry]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(world),
+        "--master-port",
+        str(free_port()),
+        *entry,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
@@ -79,7 +97,15 @@ def test_torchrun_story_equals_one_process_and_only_rank_0_writes(tmp_path, mode
 
 
 def test_a_rank_count_that_does_not_divide_the_heads_is_refused_before_any_shot(tmp_path, models_dir):
-    argv = ["story", str(story_script(tmp_path, 1)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *TINY]
+    argv = [
+        "story",
+        str(story_script(tmp_path, 1)),
+        "--models-dir",
+        str(models_dir),
+        "--out",
+        str(tmp_path / "out"),
+        *TINY,
+    ]
     run = torchrun(3, ["-m", "storymem_core", *argv], tmp_path)
     assert run.returncode != 0
     assert "splits the experts' 4 attention heads unevenly: use a process count that divides 4 (2, 4)" in run.stderr

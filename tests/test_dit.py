@@ -2,22 +2,11 @@
 
 import pytest
 import torch
+from golden_data import cases, load_case, with_prefix
+from helpers import build_dit, run_case
 
 from storymem_core.errors import ConditioningError
 from storymem_core.wan.dit import DiTConfig, WanDiT
-from golden_data import cases, load_case, with_prefix
-
-
-def build_dit(case_config: dict, weights: dict) -> WanDiT:
-    model = WanDiT(DiTConfig.from_dict({**case_config["config"], "model_type": case_config["model_type"]}))
-    model.load_state_dict(weights)
-    return model.eval()
-
-
-def run_case(model: WanDiT, tensors: dict, **kwargs) -> torch.Tensor:
-    y = tensors["y"][None] if "y" in tensors else None
-    with torch.no_grad():
-        return model(tensors["x"][None], tensors["t"].reshape(1), tensors["context"][None], y, **kwargs)[0]
 
 
 @pytest.mark.parametrize("path", cases("dit_"))
@@ -50,6 +39,18 @@ def test_dit_rope_depends_only_on_relative_frame_positions(path):
 
 
 def test_dit_rejects_wrong_channel_count():
-    model = WanDiT(DiTConfig(model_type="i2v", in_dim=36, dim=32, ffn_dim=64, num_heads=2, num_layers=1, text_dim=8, text_len=4, freq_dim=16))
+    model = WanDiT(
+        DiTConfig(
+            model_type="i2v",
+            in_dim=36,
+            dim=32,
+            ffn_dim=64,
+            num_heads=2,
+            num_layers=1,
+            text_dim=8,
+            text_len=4,
+            freq_dim=16,
+        )
+    )
     with pytest.raises(ConditioningError, match="36 input channels"):
         model(torch.zeros(1, 16, 1, 4, 4), torch.zeros(1), torch.zeros(1, 4, 8))

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import call
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from nodes import host
+from storymem_core import tiny_models as tiny
 from storymem_core.cli import main
 from storymem_core.demo import run_demo
 from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
@@ -21,8 +23,6 @@ from storymem_core.evaluation import Scorers, evaluate_story, sample_indices, sm
 from storymem_core.keyframes import OpenClipTextEncoder
 from storymem_core.model_files import load_clip_text_encoder, load_keyframe_encoder
 from storymem_core.story import loads_story
-from storymem_core import tiny_models as tiny
-from test_nodes import call
 
 GRID = 4
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from golden_data import cases, load_case, with_prefix
+from helpers import build_dit, run_case
 from torch import nn
 
 from storymem_core.errors import CheckpointError
 from storymem_core.wan.fp8 import FP8, Fp8Linear, load_fp8_weights, quantize_dit_to_fp8, quantize_per_tensor
-from golden_data import cases, load_case, with_prefix
-from test_dit import build_dit, run_case
 
 # e4m3 keeps 3 mantissa bits (~2.5% rms per weight); the golden tiny DiTs measured 0.17-0.26% (bf16: 0.4%)
 DIT_FP8_RELATIVE_ERROR = 0.01

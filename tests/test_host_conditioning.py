@@ -8,21 +8,25 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from comfy_host import run_in_host
 from golden_data import case_paths, cases, load_case
+from helpers import given_frames, is_released_mi2v_bug, loop_vae, loop_weights
+from safetensors.torch import load_file, save_file
+
 from storymem_core.conditioning import build_conditioning
-from test_m2v import build_vae, given_frames, is_released_mi2v_bug, loop_weights
 
 MASK_CHANNELS = 4
 
 
 def pixel_size(max_area: int, image_hw: tuple[int, int]) -> tuple[int, int]:
     """(width, height), multiples of 16 with width * height = max_area, closest to the image's aspect."""
-    candidates = [(max_area // h, h) for h in range(16, max_area // 16 + 1, 16) if max_area % h == 0 and (max_area // h) % 16 == 0]
+    candidates = [
+        (max_area // h, h) for h in range(16, max_area // 16 + 1, 16) if max_area % h == 0 and (max_area // h) % 16 == 0
+    ]
     if not candidates:
-        pytest.fail(f"max_area {max_area} is no product of two multiples of 16: StoryMem Conditioning cannot express it.")
+        pytest.fail(
+            f"max_area {max_area} is no product of two multiples of 16: StoryMem Conditioning cannot express it."
+        )
     aspect = image_hw[0] / image_hw[1]
     return min(candidates, key=lambda wh: abs(math.log(wh[1] / wh[0] / aspect)))
 
@@ -42,13 +46,18 @@ def captured(tmp_path_factory) -> dict:
         given = given_frames(config, tensors)
         previous = given["first_frame"][None] if given["first_frame"] is not None else given["motion_frames"]
         width, height = pixel_size(config["max_area"], tuple(config["image_hw"]))
-        vae_weights = {f"vae.{k}": v for k, v in build_vae(loop_weights(config, tensors)).state_dict().items()}
+        vae_weights = {f"vae.{k}": v for k, v in loop_vae(loop_weights(config, tensors)).state_dict().items()}
         inputs = {**vae_weights, "memory_images": tensors["memory_images"]}
         if previous is not None:
             inputs["previous_frames"] = previous.contiguous()
         save_file(inputs, str(jobs / f"{path.stem}.safetensors"))
-        job = {"length": config["frame_num"], "width": width, "height": height, "mode": mode_of(config),
-               "fix_mem": -1 if config["fix_mem"] is None else config["fix_mem"]}
+        job = {
+            "length": config["frame_num"],
+            "width": width,
+            "height": height,
+            "mode": mode_of(config),
+            "fix_mem": -1 if config["fix_mem"] is None else config["fix_mem"],
+        }
         (jobs / f"{path.stem}.json").write_text(json.dumps(job))
     run_in_host("capture_conditioning.py", jobs, scratch=scratch)
     return {p.name.removesuffix(".out.safetensors"): load_file(str(p)) for p in jobs.glob("*.out.safetensors")}
@@ -57,9 +66,15 @@ def captured(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("path", cases("m2v_"))
 def test_host_m2v_conditioning_reaching_comfyui_wan_equals_engine_y(path, captured):
     config, tensors = load_case(path)
-    vae = build_vae(loop_weights(config, tensors))
-    engine = build_conditioning(vae, tensors["memory_images"], config["frame_num"], config["max_area"],
-                                fix_mem=config["fix_mem"], **given_frames(config, tensors))
+    vae = loop_vae(loop_weights(config, tensors))
+    engine = build_conditioning(
+        vae,
+        tensors["memory_images"],
+        config["frame_num"],
+        config["max_area"],
+        fix_mem=config["fix_mem"],
+        **given_frames(config, tensors),
+    )
     result = captured[path.stem]
     rows = result["c_concat"]
     assert rows.shape[0] >= 2  # cond and uncond both conditioned, as the reference uses one y for both

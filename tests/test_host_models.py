@@ -9,10 +9,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from comfy_host import run_in_host
 from golden_data import case_paths, cases, load_case, with_prefix
+from safetensors.torch import load_file, save_file
+
 from storymem_core import tiny_models
 from storymem_core.cli import main as cli_main
 from storymem_core.lora import apply_loras, load_lora
@@ -21,14 +21,21 @@ from storymem_core.positions import DEFAULT_SPACING, memory_frame_positions
 from storymem_core.wan.dit import DiTConfig, WanDiT
 
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}  # golden README: DiT / LoRA forward
-POSITIONS = {"memory_latents": 2, "spacing": DEFAULT_SPACING, "frames": 5}  # 2 memory latents in front of a 3-frame shot
+POSITIONS = {
+    "memory_latents": 2,
+    "spacing": DEFAULT_SPACING,
+    "frames": 5,
+}  # 2 memory latents in front of a 3-frame shot
 
 
 def core_dit_inputs(config: dict, frames: int = 3, size: int = 8) -> dict:
     generator = torch.Generator().manual_seed(3)
-    return {"x": torch.randn(16, frames, size, size, generator=generator),
-            "y": torch.randn(20, frames, size, size, generator=generator),
-            "t": torch.tensor([700.0]), "context": torch.randn(12, config["text_dim"], generator=generator)}
+    return {
+        "x": torch.randn(16, frames, size, size, generator=generator),
+        "y": torch.randn(20, frames, size, size, generator=generator),
+        "t": torch.tensor([700.0]),
+        "context": torch.randn(12, config["text_dim"], generator=generator),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,9 @@ def host_results(tmp_path_factory) -> dict:
     tiny_models._save(state, jobs / "core_dit.safetensors", config)
     save_file(core_dit_inputs(config), str(jobs / "core_dit_inputs.safetensors"))
     settings = {name: torch.tensor(value) for name, value in POSITIONS.items()}
-    save_file({**core_dit_inputs(config, POSITIONS["frames"], size=6), **settings}, str(jobs / "positions_inputs.safetensors"))
+    save_file(
+        {**core_dit_inputs(config, POSITIONS["frames"], size=6), **settings}, str(jobs / "positions_inputs.safetensors")
+    )
     for path in case_paths("dit_"):
         case, tensors = load_case(path)
         save_file(tensors, str(jobs / f"{path.stem}.safetensors"))
@@ -51,11 +60,27 @@ def host_results(tmp_path_factory) -> dict:
         torch.save(with_prefix(tensors, "peft."), loras / f"{path.stem}.pth")
         save_file(with_prefix(tensors, "comfy."), str(loras / f"{path.stem}_comfy.safetensors"))
         converted = loras / f"{path.stem}_converted.safetensors"
-        assert cli_main(["convert-lora", str(loras / f"{path.stem}.pth"), str(converted), "--alpha", str(case["lora_alpha"])]) == 0
-        save_file({k: v for k, v in tensors.items() if not k.startswith(("peft.", "comfy."))}, str(jobs / f"{path.stem}.safetensors"))
-        (jobs / f"{path.stem}.json").write_text(json.dumps({
-            "config": case["config"], "pth": f"{path.stem}.pth", "alpha": case["lora_alpha"], "comfy": f"{path.stem}_comfy.safetensors",
-            "converted": f"{path.stem}_converted.safetensors"}))
+        assert (
+            cli_main(
+                ["convert-lora", str(loras / f"{path.stem}.pth"), str(converted), "--alpha", str(case["lora_alpha"])]
+            )
+            == 0
+        )
+        save_file(
+            {k: v for k, v in tensors.items() if not k.startswith(("peft.", "comfy."))},
+            str(jobs / f"{path.stem}.safetensors"),
+        )
+        (jobs / f"{path.stem}.json").write_text(
+            json.dumps(
+                {
+                    "config": case["config"],
+                    "pth": f"{path.stem}.pth",
+                    "alpha": case["lora_alpha"],
+                    "comfy": f"{path.stem}_comfy.safetensors",
+                    "converted": f"{path.stem}_converted.safetensors",
+                }
+            )
+        )
     run_in_host("wan_models.py", jobs, scratch=scratch)
     return {"jobs": jobs, **load_file(str(jobs / "results.safetensors"))}
 
@@ -74,7 +99,9 @@ def test_host_dit_comfyui_wan_and_our_dit_agree_on_a_core_loaded_file(host_resul
 def our_dit_with_positions(jobs, placement: str) -> torch.Tensor:
     inputs = load_file(str(jobs / "positions_inputs.safetensors"))
     ours = load_dit(jobs / "core_dit.safetensors", torch.float32).eval()
-    positions = memory_frame_positions(POSITIONS["memory_latents"], POSITIONS["frames"], placement, POSITIONS["spacing"])
+    positions = memory_frame_positions(
+        POSITIONS["memory_latents"], POSITIONS["frames"], placement, POSITIONS["spacing"]
+    )
     with torch.no_grad():
         return ours(inputs["x"][None], inputs["t"], inputs["context"][None], inputs["y"][None], positions)[0]
 
@@ -83,14 +110,18 @@ def test_host_dit_memory_positions_negative_matches_our_dit(host_results):
     """StoryMem Memory Positions (negative) on ComfyUI's model gives our DiT's output at the paper's positions."""
     ours = our_dit_with_positions(host_results["jobs"], "negative")
     torch.testing.assert_close(host_results["positions.negative"], ours, **TOLERANCE)
-    assert (host_results["positions.negative"] - host_results["positions.unpatched"]).abs().max() > 1e-3  # the patch acts
+    assert (
+        host_results["positions.negative"] - host_results["positions.unpatched"]
+    ).abs().max() > 1e-3  # the patch acts
     assert int(host_results["positions.negative.inner_calls"]) == 1  # a wrapper added after the patch still runs
 
 
 def test_host_dit_memory_positions_released_is_the_unpatched_model(host_results):
     """released, the default, leaves ComfyUI's numbering: the unpatched model's output, our DiT's plain one."""
     torch.testing.assert_close(host_results["positions.released"], host_results["positions.unpatched"], rtol=0, atol=0)
-    torch.testing.assert_close(host_results["positions.released"], our_dit_with_positions(host_results["jobs"], "released"), **TOLERANCE)
+    torch.testing.assert_close(
+        host_results["positions.released"], our_dit_with_positions(host_results["jobs"], "released"), **TOLERANCE
+    )
     assert int(host_results["positions.released.inner_calls"]) == 1
     assert bool(host_results["positions.rope_encode_restored"])  # the model is ComfyUI's own again after each call
 
@@ -111,7 +142,9 @@ def merged(case: dict, tensors: dict, loras: list) -> dict[str, torch.Tensor]:
 
 def assert_weights(host_results: dict, prefix: str, expected: dict) -> None:
     for name, value in expected.items():
-        torch.testing.assert_close(host_results[f"{prefix}.{name}"], value, atol=1e-6, rtol=1e-5, msg=f"{prefix}.{name}")
+        torch.testing.assert_close(
+            host_results[f"{prefix}.{name}"], value, atol=1e-6, rtol=1e-5, msg=f"{prefix}.{name}"
+        )
 
 
 @pytest.mark.parametrize("path", cases("lora_"))
@@ -119,9 +152,15 @@ def test_host_lora_node_patches_the_weights_of_our_merge(path, host_results):
     case, tensors = load_case(path)
     storymem = load_lora(with_prefix(tensors, "peft."), alpha=case["lora_alpha"])
     expected = merged(case, tensors, [storymem])
-    for variant in ("pth", "comfy", "converted"):  # released .pth, ComfyUI layout, convert-lora file via LoraLoaderModelOnly
+    for variant in (
+        "pth",
+        "comfy",
+        "converted",
+    ):  # released .pth, ComfyUI layout, convert-lora file via LoraLoaderModelOnly
         assert_weights(host_results, f"{path.stem}.{variant}", expected)
-    assert not torch.equal(expected["blocks.0.self_attn.q.weight"], with_prefix(tensors, "weight.")["blocks.0.self_attn.q.weight"])
+    assert not torch.equal(
+        expected["blocks.0.self_attn.q.weight"], with_prefix(tensors, "weight.")["blocks.0.self_attn.q.weight"]
+    )
     assert bool(host_results[f"{path.stem}.base_unchanged"])  # the MODEL given to the node is not changed
 
 

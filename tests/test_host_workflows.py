@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from comfy_host import run_in_host
+
 from storymem_core import tiny_models
 from storymem_core.video import read_mp4
 
@@ -46,7 +46,9 @@ def test_host_native_workflow_writes_the_film_and_grows_the_memory(runs):
     assert len(banks) == 3 and all(bank[0]["source"] == "reference" for bank in banks)  # each shot's selection ran
     generated = [{entry["shot"] for entry in bank if entry["source"] == "generated"} for bank in banks]
     assert all(earlier <= later for earlier, later in zip(generated, generated[1:]))  # the memory only grows
-    assert all(shots <= set(range(1, n + 2)) for n, shots in enumerate(generated))  # shot k's keyframes appear from shot k
+    assert all(
+        shots <= set(range(1, n + 2)) for n, shots in enumerate(generated)
+    )  # shot k's keyframes appear from shot k
 
 
 def test_host_native_workflow_reroll_of_shot_2_reruns_only_shot_2_and_later(runs):

@@ -21,18 +21,18 @@ from typing import Callable
 
 import pytest
 import torch
+from helpers import files_under as snapshot
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from nodes.host import StandaloneHost
+from storymem_core import runner
 from storymem_core import tiny_models as tiny
 from storymem_core.cli import main
 from storymem_core.model_files import CONFIG_KEY
 from storymem_core.pipeline import StoryFolder
-from storymem_core import runner
 from storymem_core.runner import find_model_files, required_roles
-from test_nodes import files_under as snapshot
 
 TIMEOUT_S = 120
 PROGRESS_BAR = re.compile(r"\|\s*\d+/\d+ \[")  # tqdm: "story:   0%|          | 0/2 [00:00<?, ?shot/s]"
@@ -168,7 +168,9 @@ def bomb_png(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
 
 
 IMAGE_ROWS = hostile_rows("image") + [
-    pytest.param(bomb_png, "a decompression bomb or a damaged header): use a smaller PNG or JPEG", id="bomb-100000x100000"),
+    pytest.param(
+        bomb_png, "a decompression bomb or a damaged header): use a smaller PNG or JPEG", id="bomb-100000x100000"
+    ),
     pytest.param(lambda path: bomb_png(path, 20_000, 10_000), "decompression bomb", id="bomb-200-megapixels"),
 ]
 
@@ -180,8 +182,18 @@ def test_hostile_reference_image_is_refused_before_models_load(tmp_path, capsys,
     script.write_text(json.dumps(SCRIPT))
     image = make(tmp_path / "face.png")
     out = tmp_path / "out"
-    argv = ["story", str(script), "--models-dir", str(tmp_path / "no-models"), "--out", str(out), "--m2v-first-shot",
-            "--reference", str(image), *TINY]
+    argv = [
+        "story",
+        str(script),
+        "--models-dir",
+        str(tmp_path / "no-models"),
+        "--out",
+        str(out),
+        "--m2v-first-shot",
+        "--reference",
+        str(image),
+        *TINY,
+    ]
     code, _, err = cli(argv, capsys, release=[image] if make is fifo else [])
     assert_refused(code, err, str(image), TOO_LARGE if "larger" in fragment else fragment)
     assert fragment in err and "--models-dir" not in err  # refused before models were looked for
@@ -202,11 +214,14 @@ BANK_ROWS = [
 
 
 @pytest.mark.parametrize("target,make,fragment", BANK_ROWS)
-def test_hostile_bank_file_in_a_story_folder_is_refused_before_models_load(tmp_path, capsys, monkeypatch, models, finished_story,
-                                                                          target, make, fragment):
+def test_hostile_bank_file_in_a_story_folder_is_refused_before_models_load(
+    tmp_path, capsys, monkeypatch, models, finished_story, target, make, fragment
+):
     """Shot 2 left to do, so the run reads the bank saved after shot 1; a hostile file there is refused."""
     skip_without_fifo()
-    monkeypatch.setattr(runner, "find_model_files", lambda *args: pytest.fail("models were looked for before the bank was read"))
+    monkeypatch.setattr(
+        runner, "find_model_files", lambda *args: pytest.fail("models were looked for before the bank was read")
+    )
     script, finished = finished_story
     out = tmp_path / "out"
     shutil.copytree(finished, out, symlinks=True)
@@ -218,7 +233,9 @@ def test_hostile_bank_file_in_a_story_folder_is_refused_before_models_load(tmp_p
     victim.unlink()
     make(victim)
     before, models_before = snapshot(out), snapshot(models)
-    code, _, err = cli(["story", str(script), "--models-dir", str(models), "--out", str(out), *TINY], capsys, release=[victim])
+    code, _, err = cli(
+        ["story", str(script), "--models-dir", str(models), "--out", str(out), *TINY], capsys, release=[victim]
+    )
     assert_refused(code, err, str(victim), fragment)
     assert snapshot(out) == before and snapshot(models) == models_before
 
@@ -252,6 +269,7 @@ def with_config(**sizes) -> Callable:
             target = config["vision_cfg"] if name in ("width", "layers") and "vision_cfg" in config else config
             target[name] = value
         metadata[CONFIG_KEY] = json.dumps(config)
+
     return change
 
 
@@ -262,6 +280,7 @@ def replaced(name: str, tensor: torch.Tensor) -> Callable:
 def write_pth(data: bytes | Callable[[bytes], bytes]) -> Callable[[Path], None]:
     def make(path: Path) -> None:
         path.write_bytes(data(path.read_bytes()) if callable(data) else data)
+
     return make
 
 
@@ -272,24 +291,49 @@ def with_alpha(alpha: torch.Tensor) -> Callable[[Path], None]:
 DIT = f"diffusion_models/{tiny.I2V_HIGH}"
 LORA = "loras/" + tiny.STORYMEM_LORA_HIGH
 DOCTORED = [  # (file under the models folder, how it is changed, a fragment of the reason inspect and the story give)
-    pytest.param(DIT, with_config(num_layers=1_000_000), "num_layers = 1000000 is outside 1 to 256", id="dit-million-layers"),
+    pytest.param(
+        DIT, with_config(num_layers=1_000_000), "num_layers = 1000000 is outside 1 to 256", id="dit-million-layers"
+    ),
     pytest.param(DIT, with_config(dim=1 << 40), "dim = 1099511627776 is outside 1 to 65,536", id="dit-huge-width"),
     pytest.param(DIT, with_config(dim=0), "dim = 0 is outside", id="dit-zero-width"),
     pytest.param(DIT, with_config(num_heads=3), "not a whole number of num_heads", id="dit-heads-not-dividing"),
     pytest.param(DIT, with_config(patch_size="big"), "patch_size = big is not a list", id="dit-config-wrong-type"),
-    pytest.param(DIT, lambda t, m: m.__setitem__(CONFIG_KEY, "[1, 2]"), "not a JSON object", id="dit-config-not-object"),
-    pytest.param(DIT, replaced("head.modulation", torch.tensor(1.0)), "'head.modulation' of shape []", id="dit-anchor-scalar"),
+    pytest.param(
+        DIT, lambda t, m: m.__setitem__(CONFIG_KEY, "[1, 2]"), "not a JSON object", id="dit-config-not-object"
+    ),
+    pytest.param(
+        DIT, replaced("head.modulation", torch.tensor(1.0)), "'head.modulation' of shape []", id="dit-anchor-scalar"
+    ),
     pytest.param(f"vae/{tiny.VAE_FILE}", with_config(dim_mult=[1] * 1000), "dim_mult", id="vae-config-absurd"),
-    pytest.param(f"text_encoders/{tiny.TEXT_ENCODER}", replaced("token_embedding.weight", torch.zeros(128)),
-                 "'token_embedding.weight' of shape [128]", id="umt5-anchor-rank"),
+    pytest.param(
+        f"text_encoders/{tiny.TEXT_ENCODER}",
+        replaced("token_embedding.weight", torch.zeros(128)),
+        "'token_embedding.weight' of shape [128]",
+        id="umt5-anchor-rank",
+    ),
     pytest.param(LORA, with_alpha(torch.ones(3)), "not one number", id="lora-alpha-not-scalar"),
-    pytest.param(LORA, with_alpha(torch.tensor(float("nan"))), "where a LoRA stores a single finite alpha", id="lora-alpha-nan"),
-    pytest.param(LORA, write_pth(b"this is not a checkpoint\n"), "not a PyTorch checkpoint (it holds text", id="pth-text"),
+    pytest.param(
+        LORA, with_alpha(torch.tensor(float("nan"))), "where a LoRA stores a single finite alpha", id="lora-alpha-nan"
+    ),
+    pytest.param(
+        LORA, write_pth(b"this is not a checkpoint\n"), "not a PyTorch checkpoint (it holds text", id="pth-text"
+    ),
     pytest.param(LORA, write_pth(bytes(4096)), "not a PyTorch checkpoint (it starts with zero bytes", id="pth-zeros"),
-    pytest.param(LORA, write_pth(lambda data: data[: len(data) // 2]), "cut-off or damaged zip archive", id="pth-truncated-zip"),
-    pytest.param(f"clip_vision/{tiny.CLIP_FILE}", with_config(width=10 ** 9), "vision_cfg.width = 1000000000 is outside",
-                 id="clip-config-huge-width"),
-    pytest.param(f"clip_vision/{tiny.CLIP_FILE}", with_config(layers=0), "vision_cfg.layers = 0 is outside", id="clip-config-no-layers"),
+    pytest.param(
+        LORA, write_pth(lambda data: data[: len(data) // 2]), "cut-off or damaged zip archive", id="pth-truncated-zip"
+    ),
+    pytest.param(
+        f"clip_vision/{tiny.CLIP_FILE}",
+        with_config(width=10**9),
+        "vision_cfg.width = 1000000000 is outside",
+        id="clip-config-huge-width",
+    ),
+    pytest.param(
+        f"clip_vision/{tiny.CLIP_FILE}",
+        with_config(layers=0),
+        "vision_cfg.layers = 0 is outside",
+        id="clip-config-no-layers",
+    ),
 ]
 
 
@@ -328,19 +372,38 @@ def test_doctored_model_file_is_refused_by_the_story_command(tmp_path, capsys, m
 
 
 def zero_width_head(path: Path) -> None:
-    torch.save({"layers.0.weight": torch.zeros(0, tiny.CLIP["embed_dim"]), "layers.0.bias": torch.zeros(0),
-                "layers.2.weight": torch.zeros(1, 0), "layers.2.bias": torch.zeros(1)}, path)
+    torch.save(
+        {
+            "layers.0.weight": torch.zeros(0, tiny.CLIP["embed_dim"]),
+            "layers.0.bias": torch.zeros(0),
+            "layers.2.weight": torch.zeros(1, 0),
+            "layers.2.bias": torch.zeros(1),
+        },
+        path,
+    )
 
 
 def no_layer_encoder(path: Path) -> None:
     modify(path, lambda tensors, metadata: [tensors.pop(name) for name in list(tensors) if ".resblocks." in name])
 
 
-@pytest.mark.parametrize("relative,make,fragment", [
-    pytest.param(f"clip_vision/{tiny.AESTHETIC_FILE}", zero_width_head, "aesthetic head cannot work: layer 'layers.0.weight' has width 0",
-                 id="aesthetic-zero-width"),
-    pytest.param(f"clip_vision/{tiny.CLIP_FILE}", no_layer_encoder, "image encoder cannot work: its layers is 0", id="clip-no-layers"),
-])
+@pytest.mark.parametrize(
+    "relative,make,fragment",
+    [
+        pytest.param(
+            f"clip_vision/{tiny.AESTHETIC_FILE}",
+            zero_width_head,
+            "aesthetic head cannot work: layer 'layers.0.weight' has width 0",
+            id="aesthetic-zero-width",
+        ),
+        pytest.param(
+            f"clip_vision/{tiny.CLIP_FILE}",
+            no_layer_encoder,
+            "image encoder cannot work: its layers is 0",
+            id="clip-no-layers",
+        ),
+    ],
+)
 def test_keyframe_models_whose_sizes_cannot_work_are_unusable(tmp_path, capsys, models, relative, make, fragment):
     copy = tmp_path / "models"
     shutil.copytree(models, copy)

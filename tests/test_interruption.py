@@ -14,6 +14,7 @@ from typing import Callable
 
 import pytest
 import torch
+from helpers import SHOT, VALID, call, files_under, first_shot, image_batch, memory_shot, models, reference_bank
 from PIL import Image
 
 import storymem_core.pipeline as pipeline
@@ -25,14 +26,12 @@ from storymem_core.lora import apply_loras, load_lora
 from storymem_core.memory import MemoryBank
 from storymem_core.model_files import load_dit, load_keyframe_encoder, load_text_encoder, load_vae
 from storymem_core.pipeline import StoryModels, StoryOptions, run_story
-from storymem_core.story_folder import StoryFolder
 from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.shot import memory_advice
 from storymem_core.story import loads_story
+from storymem_core.story_folder import StoryFolder
 from storymem_core.video import load_image, read_mp4, save_image, write_mp4
 from storymem_core.wan.text_encoder import TextEncoder
-from test_nodes import SHOT, call, files_under, first_shot, image_batch, memory_shot, models, pack, reference_bank  # noqa: F401 (pack is a fixture)
-from test_story import VALID
 
 STEPS = 3
 FORWARDS_PER_STEP = 2  # CFG as two calls: conditional and unconditional
@@ -41,10 +40,24 @@ FORWARDS_PER_SHOT = STEPS * FORWARDS_PER_STEP
 STORY_FORWARDS = SHOTS * FORWARDS_PER_SHOT
 # Cancel at the story's very first and very last forward call and at random ones; Ctrl-C at random ones
 _DRAWN = random.Random(8).sample(range(1, STORY_FORWARDS - 1), 4)
-CANCELS = [(0, "cancel"), (STORY_FORWARDS - 1, "cancel"), (_DRAWN[0], "cancel"), (_DRAWN[1], "cancel"), (_DRAWN[2], "ctrl-c"), (_DRAWN[3], "ctrl-c")]
+CANCELS = [
+    (0, "cancel"),
+    (STORY_FORWARDS - 1, "cancel"),
+    (_DRAWN[0], "cancel"),
+    (_DRAWN[1], "cancel"),
+    (_DRAWN[2], "ctrl-c"),
+    (_DRAWN[3], "ctrl-c"),
+]
 OPTIONS = StoryOptions(
-    first_shot="t2v", continuation="mi2v", max_memory=4, fixed_memory=1, size_wh=(32, 32), frames=5, fps=8,
-    m2v=SamplerSettings(steps=STEPS, shift=4.0, boundary=0.9), t2v=SamplerSettings(steps=STEPS, shift=12.0, boundary=0.875),
+    first_shot="t2v",
+    continuation="mi2v",
+    max_memory=4,
+    fixed_memory=1,
+    size_wh=(32, 32),
+    frames=5,
+    fps=8,
+    m2v=SamplerSettings(steps=STEPS, shift=4.0, boundary=0.9),
+    t2v=SamplerSettings(steps=STEPS, shift=12.0, boundary=0.875),
 )
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -125,7 +138,9 @@ def same_story(out: Path, reference: Path) -> None:
         assert all(torch.equal(load_image(a), load_image(b)) for a, b in zip(*tails))
     for shot in range(SHOTS):
         ours, theirs = (MemoryBank.load(StoryFolder(root).bank(shot)) for root in (out, reference))
-        assert [(k.shot, k.frame_index, k.source) for k in ours.keyframes] == [(k.shot, k.frame_index, k.source) for k in theirs.keyframes]
+        assert [(k.shot, k.frame_index, k.source) for k in ours.keyframes] == [
+            (k.shot, k.frame_index, k.source) for k in theirs.keyframes
+        ]
         assert all(torch.equal(a, b) for a, b in zip(ours.image_list(), theirs.image_list()))
 
 
@@ -138,7 +153,9 @@ def kept(before: dict, after: dict) -> bool:
 
 
 @pytest.mark.parametrize("at, how", CANCELS, ids=[f"{how}-at-forward-{at}-of-{STORY_FORWARDS}" for at, how in CANCELS])
-def test_story_cancelled_at_any_step_keeps_finished_shots_and_resumes_to_the_same_film(story, story_models, uninterrupted, tmp_path, at, how):
+def test_story_cancelled_at_any_step_keeps_finished_shots_and_resumes_to_the_same_film(
+    story, story_models, uninterrupted, tmp_path, at, how
+):
     out = tmp_path / "story"
     cancel_requested = []
 
@@ -175,8 +192,22 @@ def test_story_cancelled_at_any_step_keeps_finished_shots_and_resumes_to_the_sam
 def test_story_runner_node_cancelled_mid_step_keeps_finished_shots(pack):
     """The ComfyUI path: Cancel sets the host's flag from outside; ProgressSteps raises at the end of that step."""
     script = call("StoryMemStoryScript", script_file="(script text below)", script=json.dumps(VALID))[0][0]
-    arguments = dict(story=script, model=pack.m2v, **models(pack), first_shot="t2v", continuation="mi2v", seed=0, cfg=3.5, fps=8,
-                     max_size=4, fixed=1, output_folder="cancelled", from_shot=0, t2v_model=pack.t2v, **SHOT)
+    arguments = dict(
+        story=script,
+        model=pack.m2v,
+        **models(pack),
+        first_shot="t2v",
+        continuation="mi2v",
+        seed=0,
+        cfg=3.5,
+        fps=8,
+        max_size=4,
+        fixed=1,
+        output_folder="cancelled",
+        from_shot=0,
+        t2v_model=pack.t2v,
+        **SHOT,
+    )
     out = host.output_dir() / "cancelled"
     per_shot = SHOT["steps"] * FORWARDS_PER_STEP
     for at in sorted({per_shot + 1, random.Random(3).randrange(per_shot, SHOTS * per_shot)}):
@@ -190,14 +221,18 @@ def test_story_runner_node_cancelled_mid_step_keeps_finished_shots(pack):
                 handle.remove()
         assert saboteur.after_strike < FORWARDS_PER_STEP
         assert files_under(out) == saboteur.shot_starts[at // per_shot]
-        assert not any(module._forward_hooks for expert in (pack.m2v.high, pack.m2v.low) for module in expert.modules())  # LoRA off
+        assert not any(
+            module._forward_hooks for expert in (pack.m2v.high, pack.m2v.low) for module in expert.modules()
+        )  # LoRA off
     before = files_under(out)
     (film, bank, path), _ = call("StoryMemStoryRunner", **arguments)
     assert kept(before, files_under(out)) and Path(path).is_file() and film.shape[0] == 5 + 5 + 4
 
 
 @pytest.mark.parametrize("writer", ["write_mp4", "save_image"])
-def test_from_shot_stopped_while_the_new_shot_is_saved_leaves_it_unfinished(story, story_models, uninterrupted, tmp_path, monkeypatch, writer):
+def test_from_shot_stopped_while_the_new_shot_is_saved_leaves_it_unfinished(
+    story, story_models, uninterrupted, tmp_path, monkeypatch, writer
+):
     out = tmp_path / "story"
     run_story(story, story_models, OPTIONS, out)
     folder = StoryFolder(out)
@@ -236,18 +271,28 @@ def fail_when(monkeypatch, owner, name: str, matches) -> None:
 
 SHOT_2 = "002"
 DISK_FULL_AT = {
-    "shot-mp4-third-frame": lambda mp: fail_when(mp, video._Mp4Encoder, "add", lambda a: a[0].count >= 2 and f"shot_{SHOT_2}" in a[0].container.name),
-    "shot-last-frame-png": lambda mp: fail_when(mp, Image.Image, "save", lambda a: f"shot_{SHOT_2}_last_frames" in str(a[1])),
+    "shot-mp4-third-frame": lambda mp: fail_when(
+        mp, video._Mp4Encoder, "add", lambda a: a[0].count >= 2 and f"shot_{SHOT_2}" in a[0].container.name
+    ),
+    "shot-last-frame-png": lambda mp: fail_when(
+        mp, Image.Image, "save", lambda a: f"shot_{SHOT_2}_last_frames" in str(a[1])
+    ),
     "bank-keyframe-png": lambda mp: fail_when(mp, Image.Image, "save", lambda a: f".after_shot_{SHOT_2}." in str(a[1])),
     "bank-manifest": lambda mp: fail_when(mp, Path, "write_text", lambda a: f".after_shot_{SHOT_2}." in str(a[0])),
-    "bank-rename-into-place": lambda mp: fail_when(mp, os, "replace", lambda a: str(a[1]).endswith(f"after_shot_{SHOT_2}")),
+    "bank-rename-into-place": lambda mp: fail_when(
+        mp, os, "replace", lambda a: str(a[1]).endswith(f"after_shot_{SHOT_2}")
+    ),
 }
 
 
 @pytest.mark.parametrize("where", DISK_FULL_AT)
-def test_disk_full_while_saving_a_shot_keeps_every_finished_shot_and_bank(story, story_models, uninterrupted, tmp_path, monkeypatch, where):
+def test_disk_full_while_saving_a_shot_keeps_every_finished_shot_and_bank(
+    story, story_models, uninterrupted, tmp_path, monkeypatch, where
+):
     out = tmp_path / "story"
-    run_story(loads_story(json.dumps({**VALID, "scenes": VALID["scenes"][:1]}), "first.json"), story_models, OPTIONS, out)  # shots 1-2
+    run_story(
+        loads_story(json.dumps({**VALID, "scenes": VALID["scenes"][:1]}), "first.json"), story_models, OPTIONS, out
+    )  # shots 1-2
     StoryFolder(out).bank(1).rename(out / "stash")  # shot 2 unfinished again, shot 1 finished
     (out / "film.mp4").unlink()
     before = files_under(out)
@@ -302,11 +347,17 @@ def test_disk_full_mid_file_keeps_the_previous_file(tmp_path, monkeypatch, kind)
 
 
 def out_of_memory(*args, **kwargs):
-    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 23.6 GiB")
+    raise torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 23.6 GiB"
+    )
 
 
 ADVICE = {  # (placement, fp8 weights, plan measured to fit) -> what the message must offer, and must not
-    "none-bf16-unmeasured": (("none", False, None), ["offload 'experts'", "fp8 weights", "fewer frames"], ["offload 'blocks'"]),
+    "none-bf16-unmeasured": (
+        ("none", False, None),
+        ["offload 'experts'", "fp8 weights", "fewer frames"],
+        ["offload 'blocks'"],
+    ),
     "none-bf16-blocks-fit": (("none", False, "blocks"), ["offload 'blocks'", "fp8 weights"], ["offload 'experts'"]),
     "none-fp8-experts-fit": (("none", True, "experts"), ["offload 'experts'"], ["fp8 weights"]),
     "experts-bf16-unmeasured": (("experts", False, None), ["offload 'blocks'", "fp8 weights"], ["offload 'experts'"]),
@@ -324,7 +375,9 @@ def test_out_of_memory_advice_names_the_next_setting_that_fits(case):
 
 
 @pytest.mark.parametrize("offload, suggested", [(False, "offload 'experts'"), (True, "offload 'blocks'")])
-def test_story_out_of_memory_at_a_shot_keeps_finished_shots_and_names_the_fix(story, story_models, uninterrupted, tmp_path, monkeypatch, offload, suggested):
+def test_story_out_of_memory_at_a_shot_keeps_finished_shots_and_names_the_fix(
+    story, story_models, uninterrupted, tmp_path, monkeypatch, offload, suggested
+):
     out = tmp_path / "story"
     run_story(story, story_models, OPTIONS, out)  # a finished story, then shot 2 on is regenerated on a smaller GPU
     before = files_under(out)
@@ -352,6 +405,8 @@ def test_shot_node_out_of_memory_is_reported_and_keeps_the_bank(pack, monkeypatc
     with pytest.raises(OutOfMemory, match="offload 'experts'"):
         first_shot(pack) if where == "first-shot-dit" else memory_shot(pack, bank)
     assert all(torch.equal(a, b) for a, b in zip(pixels, bank.image_list()))
-    assert not any(module._forward_hooks for expert in (pack.m2v.high, pack.m2v.low) for module in expert.modules())  # LoRA off
+    assert not any(
+        module._forward_hooks for expert in (pack.m2v.high, pack.m2v.low) for module in expert.modules()
+    )  # LoRA off
     monkeypatch.undo()
     memory_shot(pack, bank)  # the next run works

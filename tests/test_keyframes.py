@@ -8,6 +8,7 @@ import logging
 import open_clip
 import pytest
 import torch
+from golden_data import golden_dir
 from safetensors.torch import save_file
 
 from storymem_core.errors import CheckpointError, ConditioningError
@@ -20,7 +21,6 @@ from storymem_core.keyframes import (
     select_keyframes,
 )
 from storymem_core.memory import MemoryBank
-from golden_data import golden_dir
 
 TINY_CLIP = "storymem-test-tiny-clip"
 TINY_CONFIG = {
@@ -44,7 +44,12 @@ def _golden_cases(field: str):
 @pytest.mark.parametrize("case", _golden_cases("sim"))
 def test_keyframe_selection_matches_golden_at_every_threshold(case):
     search = select_indices(
-        case["sim"], case.get("quality"), case["start_threshold"], case["step"], case["max_keyframes"], case["quality_threshold"]
+        case["sim"],
+        case.get("quality"),
+        case["start_threshold"],
+        case["step"],
+        case["max_keyframes"],
+        case["quality_threshold"],
     )
     assert {f"{threshold:.2f}": list(indices) for threshold, indices in search.trace} == case["indices_by_threshold"]
     assert list(search.indices) == case["final_indices"]
@@ -100,7 +105,9 @@ def fast_pan(frames: int = 81, size: int = 48, shift: int = 24, seed: int = 0) -
     """uint8 [T, size, size, 3]: a camera sweeping fast over a wide panorama of changing colours."""
     generator = torch.Generator().manual_seed(seed)
     colours = torch.rand(1, 3, 2, 41, generator=generator) * 255
-    panorama = torch.nn.functional.interpolate(colours, size=(size, size + (frames - 1) * shift), mode="bilinear", align_corners=True)[0]
+    panorama = torch.nn.functional.interpolate(
+        colours, size=(size, size + (frames - 1) * shift), mode="bilinear", align_corners=True
+    )[0]
     panorama = panorama + torch.rand(panorama.shape, generator=generator) * 40 - 20
     views = torch.stack([panorama[:, :, i * shift : i * shift + size] for i in range(frames)])
     return views.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8)
@@ -199,7 +206,9 @@ def test_keyframe_aesthetic_head_reads_laion_layouts(tmp_path, layout, suffix):
         state = layers[0].state_dict()
     else:  # improved predictor: Linear, Dropout, Linear, Dropout, ..., Linear, Linear
         layers = [torch.nn.Linear(32, 16), torch.nn.Linear(16, 8), torch.nn.Linear(8, 1)]
-        state = {f"layers.{i}.{name}": t for i, layer in zip((0, 2, 11), layers) for name, t in layer.state_dict().items()}
+        state = {
+            f"layers.{i}.{name}": t for i, layer in zip((0, 2, 11), layers) for name, t in layer.state_dict().items()
+        }
     path = tmp_path / f"aesthetic{suffix}"
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
     head = AestheticHead.from_file(path, threshold=2.5)

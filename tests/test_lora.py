@@ -5,6 +5,7 @@ import copy
 import peft
 import pytest
 import torch
+from golden_data import cases, load_case, with_prefix
 from safetensors.torch import save_file
 from torch import nn
 
@@ -12,7 +13,6 @@ from storymem_core.errors import CheckpointError
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import quantize_dit_to_fp8
-from golden_data import cases, load_case, with_prefix
 
 
 def base_model(config: dict, tensors: dict) -> WanDiT:
@@ -124,8 +124,10 @@ def test_lora_stacking_adds_up(path):
 def test_lora_unmatched_keys_are_reported(path):
     config, tensors = load_case(path)
     state = with_prefix(tensors, "comfy.")
-    state["diffusion_model.blocks.99.self_attn.q.lora_A.weight"] = state["diffusion_model.blocks.0.self_attn.q.lora_A.weight"]
-    state["diffusion_model.blocks.99.self_attn.q.lora_B.weight"] = state["diffusion_model.blocks.0.self_attn.q.lora_B.weight"]
+    for part in ("A", "B"):
+        state[f"diffusion_model.blocks.99.self_attn.q.lora_{part}.weight"] = state[
+            f"diffusion_model.blocks.0.self_attn.q.lora_{part}.weight"
+        ]
     state["diffusion_model.blocks.0.cross_attn.k_img.diff_b"] = torch.zeros(config["config"]["dim"])  # Wan2.1 I2V only
     lora = load_lora(state)
     model = base_model(config, tensors)
@@ -172,8 +174,16 @@ def with_deltas(config: dict, tensors: dict) -> tuple[dict, dict]:
     model = base_model(config, tensors)
     generator = torch.Generator().manual_seed(5)
     state, deltas = with_prefix(tensors, "comfy."), {}
-    for parameter in ("blocks.0.self_attn.q.weight", "blocks.0.self_attn.q.bias", "blocks.1.ffn.2.bias", "blocks.0.self_attn.norm_q.weight",
-                      "blocks.1.norm3.weight", "blocks.1.norm3.bias", "patch_embedding.bias", "head.head.weight"):
+    for parameter in (
+        "blocks.0.self_attn.q.weight",
+        "blocks.0.self_attn.q.bias",
+        "blocks.1.ffn.2.bias",
+        "blocks.0.self_attn.norm_q.weight",
+        "blocks.1.norm3.weight",
+        "blocks.1.norm3.bias",
+        "patch_embedding.bias",
+        "head.head.weight",
+    ):
         module, _, kind = parameter.rpartition(".")
         deltas[parameter] = torch.randn(model.get_parameter(parameter).shape, generator=generator) * 0.05
         state[f"diffusion_model.{module}.{'diff' if kind == 'weight' else 'diff_b'}"] = deltas[parameter]

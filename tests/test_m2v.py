@@ -1,31 +1,27 @@
 """Memory-to-video and text-to-video shots equal the reference loop on every m2v_* / t2v_* golden case."""
 
-import re
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from golden_data import cases, dit_config_for, load_case, with_prefix
+from helpers import given_frames, is_released_mi2v_bug, loop_vae, loop_weights
 
 from storymem_core.conditioning import (
-    LATENT_FRAME_STRIDE, VAE_STRIDE, build_conditioning, conditioning_mask, latent_size, to_model_images,
+    LATENT_FRAME_STRIDE,
+    VAE_STRIDE,
+    build_conditioning,
+    conditioning_mask,
+    latent_size,
+    to_model_images,
 )
 from storymem_core.errors import ConditioningError
 from storymem_core.sampling import ExpertPair, SamplerSettings, seeded_noise
 from storymem_core.shot import generate_memory_shot, generate_text_shot
 from storymem_core.wan.dit import DiTConfig, WanDiT
-from storymem_core.wan.vae import VAEConfig, WanVAE
-from golden_data import cases, dit_config_for, golden_dir, load_case, vae_case, with_prefix
+from storymem_core.wan.vae import WanVAE
 
 MASK_CHANNELS = 4
 SHOT_TOLERANCE = 2e-3  # decoded frames of a whole sampled shot against the reference's
-
-
-def loop_weights(config: dict, tensors: dict) -> dict:
-    """Loop cases share one weights file, named in the case's `weights` note."""
-    if any(k.startswith("high.") for k in tensors):
-        return tensors
-    name = re.search(r"(\S+\.safetensors)", config["weights"]).group(1)
-    return load_file(str(golden_dir() / name))
 
 
 def build_experts(weights: dict) -> ExpertPair:
@@ -36,14 +32,6 @@ def build_experts(weights: dict) -> ExpertPair:
         model.load_state_dict(expert_weights)
         models.append(model.eval())
     return ExpertPair(*models)
-
-
-def build_vae(weights: dict) -> WanVAE:
-    vae_config, vae_tensors = vae_case()
-    vae_weights = with_prefix(weights, "vae.") or with_prefix(vae_tensors, "weight.")
-    vae = WanVAE(VAEConfig.from_dict(vae_config["config"]), vae_config["latent_mean"], vae_config["latent_std"])
-    vae.load_state_dict(vae_weights)
-    return vae.eval()
 
 
 def guides(config: dict) -> tuple[float, float]:
@@ -58,17 +46,6 @@ def settings_for(config: dict) -> SamplerSettings:
         steps=config["sampling_steps"], shift=config["shift"], solver=config["solver"],
         boundary=config["boundary"], guide_low=low, guide_high=high, seed=config["seed"],
     )
-
-
-def given_frames(config: dict, tensors: dict) -> dict:
-    return {
-        "first_frame": tensors["first_frame"] if config["first_frame"] else None,
-        "motion_frames": tensors["motion_frames"] if config["motion_frames"] else None,
-    }
-
-
-def is_released_mi2v_bug(config: dict) -> bool:
-    return config["first_frame"] and not config["released_code_mi2v_bug_fixed"]
 
 
 @pytest.mark.parametrize("path", cases("m2v_"))
@@ -97,7 +74,7 @@ def released_mi2v_conditioning(y: torch.Tensor, vae: WanVAE, memory_count: int, 
 @pytest.mark.parametrize("path", cases("m2v_"))
 def test_m2v_conditioning_matches_reference(path):
     config, tensors = load_case(path)
-    vae = build_vae(loop_weights(config, tensors))
+    vae = loop_vae(loop_weights(config, tensors))
     y = build_conditioning(
         vae, tensors["memory_images"], config["frame_num"], config["max_area"],
         fix_mem=config["fix_mem"], **given_frames(config, tensors),
@@ -115,7 +92,7 @@ def test_m2v_shot_matches_reference(path):
     weights = loop_weights(config, tensors)
     settings = settings_for(config)
     result = generate_memory_shot(
-        build_experts(weights), build_vae(weights), tensors["context"], tensors["context_null"],
+        build_experts(weights), loop_vae(weights), tensors["context"], tensors["context_null"],
         tensors["memory_images"], config["frame_num"], config["max_area"], settings,
         fix_mem=config["fix_mem"], decode_memory=True, memory_positions="released", **given_frames(config, tensors),
     )
@@ -137,7 +114,7 @@ def test_m2v_negative_memory_positions_give_another_shot(path):
     config, tensors = load_case(path)
     weights = loop_weights(config, tensors)
     result = generate_memory_shot(
-        build_experts(weights), build_vae(weights), tensors["context"], tensors["context_null"],
+        build_experts(weights), loop_vae(weights), tensors["context"], tensors["context_null"],
         tensors["memory_images"], config["frame_num"], config["max_area"], settings_for(config),
         fix_mem=config["fix_mem"], memory_positions="negative", **given_frames(config, tensors),
     )
@@ -155,7 +132,7 @@ def test_m2v_unknown_memory_positions_are_refused_before_sampling():
 def test_t2v_first_shot_matches_reference(path):
     config, tensors = load_case(path)
     result = generate_text_shot(
-        build_experts(tensors), build_vae(tensors), tensors["context"], tensors["context_null"],
+        build_experts(tensors), loop_vae(tensors), tensors["context"], tensors["context_null"],
         tuple(config["size_wh"]), config["frame_num"], settings_for(config),
     )
     torch.testing.assert_close(result.video, tensors["video"], atol=SHOT_TOLERANCE, rtol=0)
@@ -186,7 +163,9 @@ class StrideEncoder:
 
 def test_m2v_memory_images_of_other_sizes_are_resized_each_on_its_own():
     generator = torch.Generator().manual_seed(0)
-    square, wide = (torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8) for h, w in ((64, 64), (32, 48)))
+    square, wide = (
+        torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8) for h, w in ((64, 64), (32, 48))
+    )
     y = build_conditioning(StrideEncoder(), [square, wide], 9, 4096).y
     assert y.shape[2:] == (8, 8)  # the first keyframe's aspect ratio sets the shot's
     wide_latent = StrideEncoder().encode(to_model_images(wide[None], (64, 64)).unsqueeze(2))[0, :, 0]

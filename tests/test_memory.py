@@ -7,26 +7,14 @@ import os
 
 import pytest
 import torch
+from golden_data import golden_dir
+from helpers import frame, indices, keyframes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from storymem_core.errors import MemoryBankError
 from storymem_core.memory import BANK_FILE, Keyframe, MemoryBank
-from golden_data import golden_dir
-
-
-def frame(value: int, height: int = 4, width: int = 6) -> torch.Tensor:
-    return torch.full((height, width, 3), value % 256, dtype=torch.uint8)
-
-
-def keyframes(count: int, start: int = 0) -> list[Keyframe]:
-    """Keyframes whose frame_index tells them apart (their pixels too)."""
-    return [Keyframe(frame(i), shot=i // 3, frame_index=i) for i in range(start, start + count)]
-
-
-def indices(bank: MemoryBank) -> list[int]:
-    return [k.frame_index for k in bank.keyframes]
 
 
 def _window_cases():
@@ -107,11 +95,20 @@ def test_window_bank_survives_pickle_and_deepcopy():
     import copy
     import pickle
 
-    bank = MemoryBank(max_size=4, fixed=1).add([Keyframe(frame(3), shot=1, frame_index=9, scores={"quality": 4.5}, pinned=True)])
+    bank = MemoryBank(max_size=4, fixed=1).add(
+        [Keyframe(frame(3), shot=1, frame_index=9, scores={"quality": 4.5}, pinned=True)]
+    )
     for twin in (copy.deepcopy(bank), pickle.loads(pickle.dumps(bank))):
         (a,), (b,) = bank.keyframes, twin.keyframes
         assert torch.equal(a.image, b.image)
-        assert (b.shot, b.frame_index, dict(b.scores), b.pinned, twin.max_size, twin.fixed) == (1, 9, {"quality": 4.5}, True, 4, 1)
+        assert (b.shot, b.frame_index, dict(b.scores), b.pinned, twin.max_size, twin.fixed) == (
+            1,
+            9,
+            {"quality": 4.5},
+            True,
+            4,
+            1,
+        )
 
 
 @settings(max_examples=60, deadline=None)
@@ -166,16 +163,33 @@ def test_window_from_images_marks_references():
 
 
 def test_window_save_load_round_trip(tmp_path):
-    bank = MemoryBank(max_size=6, fixed=2).add(
-        [Keyframe(torch.randint(0, 256, (5, 7, 3), dtype=torch.uint8), shot=2, frame_index=40, scores={"quality": 5.5, "similarity": 0.25})]
-        + keyframes(3)
-    ).pin(3)
+    bank = (
+        MemoryBank(max_size=6, fixed=2)
+        .add(
+            [
+                Keyframe(
+                    torch.randint(0, 256, (5, 7, 3), dtype=torch.uint8),
+                    shot=2,
+                    frame_index=40,
+                    scores={"quality": 5.5, "similarity": 0.25},
+                )
+            ]
+            + keyframes(3)
+        )
+        .pin(3)
+    )
     bank.save(tmp_path / "bank")
     loaded = MemoryBank.load(tmp_path / "bank")
     assert (loaded.max_size, loaded.fixed, len(loaded)) == (6, 2, 4)
     for a, b in zip(bank.keyframes, loaded.keyframes):
         assert torch.equal(a.image, b.image)
-        assert (a.shot, a.frame_index, dict(a.scores), a.pinned, a.source) == (b.shot, b.frame_index, dict(b.scores), b.pinned, b.source)
+        assert (a.shot, a.frame_index, dict(a.scores), a.pinned, a.source) == (
+            b.shot,
+            b.frame_index,
+            dict(b.scores),
+            b.pinned,
+            b.source,
+        )
 
 
 def test_window_save_replaces_a_bank_and_a_failed_save_leaves_it_intact(tmp_path, monkeypatch):

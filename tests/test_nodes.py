@@ -3,7 +3,6 @@ values never mutated, errors a user can act on."""
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -12,94 +11,52 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
+from golden_data import manifests
+from helpers import (
+    SHOT,
+    call,
+    files_under,
+    first_shot,
+    image_batch,
+    memory_shot,
+    models,
+    node,
+    reference_bank,
+    same,
+    snapshot,
+)
 
 import nodes
 from nodes import host
-from nodes.types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, KeyframeModel, LoraSpec, TextModel, WanExperts
-from storymem_core.errors import CheckpointError, ConditioningError, GenerationInterrupted, MemoryBankError, StoryMemError, StoryScriptError
+from nodes.types import (
+    BANK,
+    KEYFRAME_ENCODER,
+    MODEL,
+    STORY,
+    TEXT_ENCODER,
+    VAE,
+    LoraSpec,
+    WanExperts,
+)
+from storymem_core import tiny_models as tiny
+from storymem_core.errors import (
+    CheckpointError,
+    ConditioningError,
+    GenerationInterrupted,
+    MemoryBankError,
+    StoryMemError,
+    StoryScriptError,
+)
 from storymem_core.memory import MemoryBank
+from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
 from storymem_core.story import Story
 from storymem_core.video import read_mp4
 from storymem_core.wan.dit import DiTConfig
 from storymem_core.wan.t5 import T5Config
-from storymem_core.wan.vae import WanVAE
-from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
-from storymem_core import tiny_models as tiny
-from golden_data import manifests
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 CUSTOM_TYPES = (BANK, MODEL, STORY, TEXT_ENCODER, VAE, KEYFRAME_ENCODER)
 PRIMITIVE_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "IMAGE", "MASK")
-SHOT = dict(steps=2, width=32, height=32, frames=5, shift=4.0, solver="unipc")
-
-
-def node(name: str):
-    return nodes.NODE_CLASS_MAPPINGS[name]()
-
-
-def call(node_type: str, **kwargs):
-    """Run a node as ComfyUI does; returns (result tuple, ui dict)."""
-    instance = node(node_type)
-    returned = getattr(instance, instance.FUNCTION)(**kwargs)
-    if isinstance(returned, dict):
-        return tuple(returned["result"]), returned.get("ui", {})
-    return tuple(returned), {}
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    """Tiny models in a ComfyUI-style folder, the standalone host pointed at it, every model loaded by its node."""
-    root = tmp_path_factory.mktemp("storymem")
-    tiny.write_tiny_models(root / "models")
-    previous = host.use(host.StandaloneHost(root / "models", root / "output"))
-    try:
-        i2v = call("StoryMemLoadExperts", high_noise_model=tiny.I2V_HIGH, low_noise_model=tiny.I2V_LOW, weight_dtype="auto", offload="auto")[0][0]
-        m2v = call("StoryMemLoadLora", model=i2v, lora_high_noise=tiny.STORYMEM_LORA_HIGH, lora_low_noise=tiny.STORYMEM_LORA_LOW, strength=1.0)[0][0]
-        yield SimpleNamespace(
-            root=root,
-            i2v=i2v,
-            m2v=m2v,
-            t2v=call("StoryMemLoadExperts", high_noise_model=tiny.T2V_HIGH, low_noise_model=tiny.T2V_LOW, weight_dtype="fp32", offload="none")[0][0],
-            text=call("StoryMemLoadTextEncoder", text_encoder=tiny.TEXT_ENCODER, weight_dtype="auto")[0][0],
-            vae=call("StoryMemLoadVAE", vae=tiny.VAE_FILE, weight_dtype="fp32")[0][0],
-            keyframes=call("StoryMemLoadKeyframeEncoder", clip_model=tiny.CLIP_FILE, open_clip_name="unused", aesthetic_head="none")[0][0],
-        )
-    finally:
-        host.use(previous)
-
-
-def models(pack) -> dict:
-    return dict(text_encoder=pack.text, vae=pack.vae, keyframe_encoder=pack.keyframes)
-
-
-def image_batch(count: int = 3, size: tuple[int, int] = (32, 32), seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(count, size[0], size[1], 3, generator=generator)
-
-
-def files_under(root: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file below `root`: relative path -> (bytes, mtime in ns)."""
-    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def reference_bank(count: int = 2) -> MemoryBank:
-    images = (image_batch(count, seed=5) * 255).round().to(torch.uint8)
-    return MemoryBank.from_images(list(images), max_size=4, fixed=1)
-
-
-def first_shot(pack, seed: int = 0):
-    empty = MemoryBank((), max_size=4, fixed=1)
-    return call("StoryMemFirstShot", model=pack.t2v, **models(pack), memory=empty, prompt="a fox runs through snow", seed=seed,
-                cfg_high=4.0, cfg_low=3.0, **SHOT)
-
-
-def memory_shot(pack, memory: MemoryBank, seed: int = 1, **overrides):
-    arguments = dict(model=pack.m2v, **models(pack), memory=memory, prompt="the fox reaches the lighthouse", cut=True,
-                     mode="auto-mi2v", seed=seed, cfg=3.5, **SHOT)
-    return call("StoryMemShot", **(arguments | overrides))
-
-
 # ------------------------------------------------------------------ declarations
 
 
@@ -142,7 +99,8 @@ def test_pack_root_imports_as_comfyui_loads_it_without_comfyui():
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('ComfyUI-StoryMem', r'{PACK_ROOT / '__init__.py'}', "
         f"submodule_search_locations=[r'{PACK_ROOT}'])\n"
-        "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module; spec.loader.exec_module(module)\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module\n"
+        "spec.loader.exec_module(module)\n"
         "print(len(module.NODE_CLASS_MAPPINGS), module.WEB_DIRECTORY)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/", timeout=120)
@@ -178,25 +136,45 @@ def test_real_a14b_and_umt5_sizes_are_read_from_their_tensor_shapes():
 
 def test_loader_refuses_a_pair_of_two_kinds(pack):
     with pytest.raises(CheckpointError, match="load two experts of one pair"):
-        call("StoryMemLoadExperts", high_noise_model=tiny.I2V_HIGH, low_noise_model=tiny.T2V_LOW, weight_dtype="fp32", offload="none")
+        call(
+            "StoryMemLoadExperts",
+            high_noise_model=tiny.I2V_HIGH,
+            low_noise_model=tiny.T2V_LOW,
+            weight_dtype="fp32",
+            offload="none",
+        )
 
 
 def test_loader_names_the_folder_of_a_missing_file(pack):
     with pytest.raises(CheckpointError, match="diffusion_models folder"):
-        call("StoryMemLoadExperts", high_noise_model="missing.safetensors", low_noise_model=tiny.I2V_LOW, weight_dtype="fp32", offload="none")
+        call(
+            "StoryMemLoadExperts",
+            high_noise_model="missing.safetensors",
+            low_noise_model=tiny.I2V_LOW,
+            weight_dtype="fp32",
+            offload="none",
+        )
 
 
 def test_loader_refuses_a_file_of_another_kind_or_outside_its_folder(pack):
     with pytest.raises(CheckpointError, match="not a path"):
         call("StoryMemLoadTextEncoder", text_encoder=f"../vae/{tiny.VAE_FILE}", weight_dtype="fp32")
-    (pack.root / "models" / "text_encoders" / "vae_copy.safetensors").write_bytes((pack.root / "models" / "vae" / tiny.VAE_FILE).read_bytes())
+    (pack.root / "models" / "text_encoders" / "vae_copy.safetensors").write_bytes(
+        (pack.root / "models" / "vae" / tiny.VAE_FILE).read_bytes()
+    )
     with pytest.raises(CheckpointError, match="not a umT5"):
         call("StoryMemLoadTextEncoder", text_encoder="vae_copy.safetensors", weight_dtype="fp32")
 
 
 def test_storymem_lora_needs_i2v_experts(pack):
     with pytest.raises(StoryMemError, match="I2V-A14B"):
-        call("StoryMemLoadLora", model=pack.t2v, lora_high_noise=tiny.STORYMEM_LORA_HIGH, lora_low_noise=tiny.STORYMEM_LORA_LOW, strength=1.0)
+        call(
+            "StoryMemLoadLora",
+            model=pack.t2v,
+            lora_high_noise=tiny.STORYMEM_LORA_HIGH,
+            lora_low_noise=tiny.STORYMEM_LORA_LOW,
+            strength=1.0,
+        )
 
 
 def test_lora_acts_only_while_sampling_and_leaves_weights_untouched(pack):
@@ -223,9 +201,16 @@ def test_extra_lora_for_wan21_layers_is_applied_where_it_fits(pack, caplog):
     state["diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight"] = torch.zeros(tiny.DIT["dim"], 2)
     state["diffusion_model.blocks.0.self_attn.o.diff_b"] = torch.full((tiny.DIT["dim"],), 0.1)
     save_file(state, str(pack.root / "models" / "loras" / "wan21_speed_lora.safetensors"))
-    sped = call("StoryMemAddLora", model=pack.m2v, lora="wan21_speed_lora.safetensors", strength=1.0, experts="both")[0][0]
+    sped = call("StoryMemAddLora", model=pack.m2v, lora="wan21_speed_lora.safetensors", strength=1.0, experts="both")[
+        0
+    ][0]
     assert "cross_attn.k_img" in caplog.text  # reported, not silently dropped
-    x, t, context, y = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 8, tiny.TEXT_DIM), torch.randn(1, 20, 2, 4, 4)
+    x, t, context, y = (
+        torch.randn(1, 16, 2, 4, 4),
+        torch.tensor([500.0]),
+        torch.randn(1, 8, tiny.TEXT_DIM),
+        torch.randn(1, 20, 2, 4, 4),
+    )
     with torch.no_grad():
         plain = pack.m2v.high(x, t, context, y)
         with sped.sampling(torch.device("cpu"), torch.device("cpu")) as experts:
@@ -233,7 +218,9 @@ def test_extra_lora_for_wan21_layers_is_applied_where_it_fits(pack, caplog):
 
 
 def test_a_pair_that_samples_parks_the_pair_that_sampled_before(monkeypatch):
-    monkeypatch.setattr(nodes.types, "_SAMPLED_EXPERTS", __import__("weakref").WeakSet())  # leave the pack's experts alone
+    monkeypatch.setattr(
+        nodes.types, "_SAMPLED_EXPERTS", __import__("weakref").WeakSet()
+    )  # leave the pack's experts alone
 
     def pair(name: str) -> WanExperts:
         return WanExperts(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), "i2v", name)
@@ -255,7 +242,11 @@ def test_a_pair_that_samples_parks_the_pair_that_sampled_before(monkeypatch):
 
 
 def test_story_script_from_text_lists_its_shots(pack):
-    (story, count, overview), ui = call("StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])
+    (story, count, overview), ui = call(
+        "StoryMemStoryScript",
+        script_file="(script text below)",
+        script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"],
+    )
     assert isinstance(story, Story) and count == 3 and overview
     assert [shot["cut"] for shot in ui["storymem_shots"]] == [True, True, False]
     assert call("StoryMemStoryShot", story=story, shot_number=3)[0] == (story.shots[2].prompt, False, 3)
@@ -278,8 +269,11 @@ def test_story_script_from_a_storymem_file(pack):
 def test_story_script_errors_name_the_problem(pack):
     with pytest.raises(StoryScriptError, match="not valid JSON at line 1"):
         call("StoryMemStoryScript", script_file="(script text below)", script="{oops")
-    story = call("StoryMemStoryScript", script_file="(script text below)", script=json.dumps(
-        {"story_overview": "o", "scenes": [{"scene_num": 1, "video_prompts": ["p"], "cut": [True]}]}))[0][0]
+    story = call(
+        "StoryMemStoryScript",
+        script_file="(script text below)",
+        script=json.dumps({"story_overview": "o", "scenes": [{"scene_num": 1, "video_prompts": ["p"], "cut": [True]}]}),
+    )[0][0]
     with pytest.raises(StoryScriptError, match="has shots 1 to 1"):
         call("StoryMemStoryShot", story=story, shot_number=2)
 
@@ -288,10 +282,20 @@ def test_story_script_errors_name_the_problem(pack):
 
 
 def test_bank_from_images_fits_references_to_the_shot_size_and_appends(pack):
-    (first,), ui = call("StoryMemBankFromImages", images=image_batch(2, (40, 24)), width=32, height=48, max_size=5, fixed=2)
+    (first,), ui = call(
+        "StoryMemBankFromImages", images=image_batch(2, (40, 24)), width=32, height=48, max_size=5, fixed=2
+    )
     assert [tuple(image.shape) for image in first.image_list()] == [(48, 32, 3)] * 2
     assert {k.source for k in first.keyframes} == {"reference"} and len(ui["storymem_bank"]) == 2
-    (more,), _ = call("StoryMemBankFromImages", images=image_batch(1, (16, 16)), width=32, height=48, max_size=5, fixed=2, memory=first)
+    (more,), _ = call(
+        "StoryMemBankFromImages",
+        images=image_batch(1, (16, 16)),
+        width=32,
+        height=48,
+        max_size=5,
+        fixed=2,
+        memory=first,
+    )
     assert len(more) == 3 and len(first) == 2
 
 
@@ -333,7 +337,13 @@ def test_bank_preview_gives_images_and_a_contact_sheet(pack):
 
 def test_select_keyframes_adds_labelled_keyframes(pack):
     bank = MemoryBank(max_size=6, fixed=1)
-    (after,), _ = call("StoryMemSelectKeyframes", frames=image_batch(5, seed=3), memory=bank, keyframe_encoder=pack.keyframes, shot_number=4)
+    (after,), _ = call(
+        "StoryMemSelectKeyframes",
+        frames=image_batch(5, seed=3),
+        memory=bank,
+        keyframe_encoder=pack.keyframes,
+        shot_number=4,
+    )
     assert 1 <= len(after) <= 3 and {k.shot for k in after.keyframes} == {3} and len(bank) == 0
 
 
@@ -351,7 +361,7 @@ def test_memory_shot_modes_trim_the_given_frames(pack):
     (frames, bank, last), _ = first_shot(pack)
     (m2v_frames, m2v_bank, _), _ = memory_shot(pack, bank)
     assert m2v_frames.shape == (5, 32, 32, 3) and len(m2v_bank) >= len(bank)
-    assert all(k.shot == 1 for k in m2v_bank.keyframes[len(bank):])
+    assert all(k.shot == 1 for k in m2v_bank.keyframes[len(bank) :])
     (mi2v_frames, _, _), _ = memory_shot(pack, bank, cut=False, previous_frames=last)
     assert mi2v_frames.shape[0] == 4  # the given first frame is not shown twice
     (mm2v_frames, _, _), _ = memory_shot(pack, bank, mode="auto-mm2v", cut=False, previous_frames=last, frames=9)
@@ -368,7 +378,9 @@ def test_memory_shot_from_references_is_mr2v(pack):
 
 def test_memory_shot_takes_references_of_different_sizes(pack):
     (square,), _ = call("StoryMemBankFromImages", images=image_batch(1), width=32, height=32, max_size=4, fixed=1)
-    (mixed,), _ = call("StoryMemBankFromImages", images=image_batch(1), width=48, height=32, max_size=4, fixed=1, memory=square)
+    (mixed,), _ = call(
+        "StoryMemBankFromImages", images=image_batch(1), width=48, height=32, max_size=4, fixed=1, memory=square
+    )
     (frames, bank, _), _ = memory_shot(pack, mixed, shot_number=1)
     assert frames.shape == (5, 32, 32, 3)  # the first keyframe's aspect ratio
     assert [k.size for k in bank.keyframes[:2]] == [k.size for k in mixed.keyframes]
@@ -430,19 +442,52 @@ def test_interrupted_shot_raises_and_keeps_the_bank(pack):
 
 def test_combine_shots_concatenates_and_writes_an_mp4(pack):
     shots = [image_batch(3, seed=i) for i in range(3)]
-    (film, path), ui = call("StoryMemCombineShots", shot_1=shots[0], shot_3=shots[2], shot_2=shots[1], fps=8, save_video=True, filename_prefix="tests/film")
+    (film, path), ui = call(
+        "StoryMemCombineShots",
+        shot_1=shots[0],
+        shot_3=shots[2],
+        shot_2=shots[1],
+        fps=8,
+        save_video=True,
+        filename_prefix="tests/film",
+    )
     assert torch.equal(film, torch.cat(shots)) and Path(path).name == "film_00001.mp4"
     assert read_mp4(path).shape == (9, 32, 32, 3) and ui["images"][0]["subfolder"] == "tests"
     (_, second), _ = call("StoryMemCombineShots", shot_1=shots[0], fps=8, save_video=True, filename_prefix="tests/film")
     assert Path(second).name == "film_00002.mp4"
     with pytest.raises(ConditioningError, match="one size"):
-        call("StoryMemCombineShots", shot_1=shots[0], shot_2=image_batch(1, (16, 16)), fps=8, save_video=False, filename_prefix="x")
+        call(
+            "StoryMemCombineShots",
+            shot_1=shots[0],
+            shot_2=image_batch(1, (16, 16)),
+            fps=8,
+            save_video=False,
+            filename_prefix="x",
+        )
 
 
 def test_story_runner_generates_and_resumes(pack):
-    story = call("StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])[0][0]
-    arguments = dict(story=story, model=pack.m2v, **models(pack), first_shot="t2v", continuation="mi2v", seed=0, cfg=3.5, fps=8,
-                     max_size=4, fixed=1, output_folder="runner", from_shot=0, t2v_model=pack.t2v, **SHOT)
+    story = call(
+        "StoryMemStoryScript",
+        script_file="(script text below)",
+        script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"],
+    )[0][0]
+    arguments = dict(
+        story=story,
+        model=pack.m2v,
+        **models(pack),
+        first_shot="t2v",
+        continuation="mi2v",
+        seed=0,
+        cfg=3.5,
+        fps=8,
+        max_size=4,
+        fixed=1,
+        output_folder="runner",
+        from_shot=0,
+        t2v_model=pack.t2v,
+        **SHOT,
+    )
     (film, bank, path), ui = call("StoryMemStoryRunner", **arguments)
     assert film.shape[1:] == (32, 32, 3) and film.shape[0] == 5 + 5 + 4 and Path(path).is_file()
     assert len(bank) >= 1 and ui["storymem_bank"]
@@ -451,7 +496,9 @@ def test_story_runner_generates_and_resumes(pack):
     story_folder = Path(path).parent
 
     def shots_and_banks() -> dict:
-        return {name: value for name, value in files_under(story_folder).items() if name.startswith(("shots/", "banks/"))}
+        return {
+            name: value for name, value in files_under(story_folder).items() if name.startswith(("shots/", "banks/"))
+        }
 
     finished = shots_and_banks()
     assert any(name.startswith("shots/") for name in finished) and any(name.startswith("banks/") for name in finished)
@@ -467,9 +514,27 @@ def test_story_runner_generates_and_resumes(pack):
 
 
 def test_story_runner_bar_counts_only_the_shots_it_makes(pack, monkeypatch):
-    story = call("StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])[0][0]
-    arguments = dict(story=story, model=pack.m2v, **models(pack), first_shot="t2v", continuation="mi2v", seed=3, cfg=3.5, fps=8,
-                     max_size=4, fixed=1, output_folder="runner-bar", from_shot=0, t2v_model=pack.t2v, **SHOT)
+    story = call(
+        "StoryMemStoryScript",
+        script_file="(script text below)",
+        script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"],
+    )[0][0]
+    arguments = dict(
+        story=story,
+        model=pack.m2v,
+        **models(pack),
+        first_shot="t2v",
+        continuation="mi2v",
+        seed=3,
+        cfg=3.5,
+        fps=8,
+        max_size=4,
+        fixed=1,
+        output_folder="runner-bar",
+        from_shot=0,
+        t2v_model=pack.t2v,
+        **SHOT,
+    )
     bars = []
 
     class Bar:
@@ -489,58 +554,50 @@ def test_story_runner_bar_counts_only_the_shots_it_makes(pack, monkeypatch):
 
 
 def test_story_runner_needs_the_t2v_experts_for_a_t2v_first_shot(pack):
-    story = call("StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])[0][0]
+    story = call(
+        "StoryMemStoryScript",
+        script_file="(script text below)",
+        script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"],
+    )[0][0]
     with pytest.raises(StoryMemError, match="t2v_model is not connected"):
-        call("StoryMemStoryRunner", story=story, model=pack.m2v, **models(pack), first_shot="t2v", continuation="mi2v", seed=0, cfg=3.5,
-             fps=8, max_size=4, fixed=1, output_folder="runner", from_shot=0, **SHOT)
+        call(
+            "StoryMemStoryRunner",
+            story=story,
+            model=pack.m2v,
+            **models(pack),
+            first_shot="t2v",
+            continuation="mi2v",
+            seed=0,
+            cfg=3.5,
+            fps=8,
+            max_size=4,
+            fixed=1,
+            output_folder="runner",
+            from_shot=0,
+            **SHOT,
+        )
 
 
 # ------------------------------------------------------------------ values are never mutated
 
 
-def weights(**modules: nn.Module | None) -> dict[str, torch.Tensor]:
-    """A copy of every parameter and buffer of `modules` (None ones skipped), named '<part>.<tensor>'."""
-    present = {part: module for part, module in modules.items() if module is not None}
-    return {f"{part}.{name}": t.detach().clone() for part, module in present.items() for name, t in module.state_dict().items()}
-
-
-def snapshot(value):
-    """A deep copy that compares by content (tensors, banks, stories, model weights and LoRA lists)."""
-    if isinstance(value, torch.Tensor):
-        return ("tensor", value.detach().clone())
-    if isinstance(value, MemoryBank):
-        return ("bank", value.max_size, value.fixed, [(k.image, k.shot, k.frame_index, dict(k.scores), k.pinned, k.source) for k in value.keyframes])
-    if isinstance(value, WanExperts):
-        # a BlockSwapDiT wraps the expert; its weights live in .dit
-        return ("experts", value.kind, value.offload, [lora.name for lora in value.loras],
-                weights(high=getattr(value.high, "dit", value.high), low=getattr(value.low, "dit", value.low)))
-    if isinstance(value, TextModel):
-        return ("text encoder", value.name, weights(umt5=value.encoder.encoder))
-    if isinstance(value, WanVAE):
-        return ("vae", weights(vae=value))
-    if isinstance(value, KeyframeModel):
-        scorer = value.scorer if isinstance(value.scorer, nn.Module) else None
-        return ("keyframe encoder", value.name, weights(clip=value.encoder.visual, aesthetic_head=scorer))
-    return ("value", copy.deepcopy(value)) if isinstance(value, (str, int, float, bool, type(None), Story)) else ("object", id(value))
-
-
-def same(a, b) -> bool:
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, torch.Tensor):
-        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return a == b
-
-
 def test_no_node_mutates_its_inputs(pack):
     (frames, bank, last), _ = first_shot(pack)
-    story = call("StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])[0][0]
+    story = call(
+        "StoryMemStoryScript",
+        script_file="(script text below)",
+        script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"],
+    )[0][0]
     calls = [
-        ("StoryMemLoadLora", dict(model=pack.i2v, lora_high_noise=tiny.STORYMEM_LORA_HIGH, lora_low_noise=tiny.STORYMEM_LORA_LOW, strength=0.5)),
+        (
+            "StoryMemLoadLora",
+            dict(
+                model=pack.i2v,
+                lora_high_noise=tiny.STORYMEM_LORA_HIGH,
+                lora_low_noise=tiny.STORYMEM_LORA_LOW,
+                strength=0.5,
+            ),
+        ),
         ("StoryMemAddLora", dict(model=pack.m2v, lora=tiny.EXTRA_LORA, strength=1.0, experts="both")),
         ("StoryMemStoryShot", dict(story=story, shot_number=2)),
         ("StoryMemBankFromImages", dict(images=frames, width=32, height=32, max_size=3, fixed=1, memory=bank)),
@@ -549,12 +606,48 @@ def test_no_node_mutates_its_inputs(pack):
         ("StoryMemEditBank", dict(memory=bank, action="remove", index=0)),
         ("StoryMemPreviewBank", dict(memory=bank)),
         ("StoryMemSelectKeyframes", dict(frames=frames, memory=bank, keyframe_encoder=pack.keyframes)),
-        ("StoryMemShot", dict(model=pack.m2v, **models(pack), memory=bank, prompt="p", cut=False, mode="auto-mm2v", seed=3, cfg=3.5,
-                              previous_frames=last, **(SHOT | {"frames": 9}))),
-        ("StoryMemFirstShot", dict(model=pack.t2v, **models(pack), memory=bank, prompt="p", seed=3, cfg_high=4.0, cfg_low=3.0, **SHOT)),
-        ("StoryMemCombineShots", dict(shot_1=frames, shot_2=last, fps=8, save_video=True, filename_prefix="tests/mutation")),
-        ("StoryMemStoryRunner", dict(story=story, model=pack.m2v, **models(pack), first_shot="t2v", continuation="mi2v", seed=0, cfg=3.5, fps=8,
-                                     max_size=4, fixed=1, output_folder="runner-mutation", from_shot=0, t2v_model=pack.t2v, **SHOT)),
+        (
+            "StoryMemShot",
+            dict(
+                model=pack.m2v,
+                **models(pack),
+                memory=bank,
+                prompt="p",
+                cut=False,
+                mode="auto-mm2v",
+                seed=3,
+                cfg=3.5,
+                previous_frames=last,
+                **(SHOT | {"frames": 9}),
+            ),
+        ),
+        (
+            "StoryMemFirstShot",
+            dict(model=pack.t2v, **models(pack), memory=bank, prompt="p", seed=3, cfg_high=4.0, cfg_low=3.0, **SHOT),
+        ),
+        (
+            "StoryMemCombineShots",
+            dict(shot_1=frames, shot_2=last, fps=8, save_video=True, filename_prefix="tests/mutation"),
+        ),
+        (
+            "StoryMemStoryRunner",
+            dict(
+                story=story,
+                model=pack.m2v,
+                **models(pack),
+                first_shot="t2v",
+                continuation="mi2v",
+                seed=0,
+                cfg=3.5,
+                fps=8,
+                max_size=4,
+                fixed=1,
+                output_folder="runner-mutation",
+                from_shot=0,
+                t2v_model=pack.t2v,
+                **SHOT,
+            ),
+        ),
     ]
     for name, arguments in calls:
         before = {key: snapshot(value) for key, value in arguments.items()}
@@ -568,8 +661,14 @@ def test_no_node_mutates_its_inputs(pack):
 
 def test_frontend_extension_reads_the_ui_keys_the_nodes_send(pack):
     script = (PACK_ROOT / "js" / "storymem.js").read_text()
-    (_, ui_bank), (_, ui_story) = call("StoryMemEmptyBank", max_size=3, fixed=1), call(
-        "StoryMemStoryScript", script_file="(script text below)", script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"])
+    (_, ui_bank), (_, ui_story) = (
+        call("StoryMemEmptyBank", max_size=3, fixed=1),
+        call(
+            "StoryMemStoryScript",
+            script_file="(script text below)",
+            script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"],
+        ),
+    )
     for key in [*ui_bank, *ui_story]:
         assert f"output?.{key}" in script or f"output.{key}" in script, f"js/storymem.js ignores ui key {key}"
     assert "STORYMEM_BANK" in script and "StoryMemStoryScript" in script
@@ -630,5 +729,10 @@ def test_keyframe_encoder_takes_hpsv3_when_chosen(pack, monkeypatch):
     (pack.root / "models" / "clip_vision" / "HPSv3.safetensors").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "hpsv3", None)  # not installed: the node says how to get it
     with pytest.raises(CheckpointError, match="pip install hpsv3"):
-        call("StoryMemLoadKeyframeEncoder", clip_model=tiny.CLIP_FILE, open_clip_name="ViT-B-32-quickgelu", aesthetic_head="HPSv3.safetensors")
+        call(
+            "StoryMemLoadKeyframeEncoder",
+            clip_model=tiny.CLIP_FILE,
+            open_clip_name="ViT-B-32-quickgelu",
+            aesthetic_head="HPSv3.safetensors",
+        )
     (pack.root / "models" / "clip_vision" / "HPSv3.safetensors").unlink()

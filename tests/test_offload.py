@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from golden_data import cases, load_case, with_prefix
+from helpers import build_dit, run_case
 
 from storymem_core.offload import ACTIVATION_BYTES_PER_TOKEN, HEADROOM_BYTES, BlockSwapDiT, choose_offload
 from storymem_core.wan.fp8 import quantize_dit_to_fp8
-from golden_data import cases, load_case, with_prefix
-from test_dit import build_dit, run_case
 
 
 @pytest.mark.parametrize("prefetch", [1, 2])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from helpers import VALID, hf_t5_names, indices, keyframes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,9 +18,6 @@ from storymem_core.memory import MemoryBank
 from storymem_core.story import Story, loads_story, parse_story
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
-from test_checkpoints import hf_t5_names
-from test_memory import indices, keyframes
-from test_story import VALID
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 JSON = st.recursive(
@@ -129,8 +127,19 @@ def test_bank_edit_sequences_keep_size_fixed_pins_order_and_old_banks(max_size, 
 
 
 def tiny_dit(layers: int, in_dim: int) -> dict[str, torch.Tensor]:
-    config = {"patch_size": [1, 2, 2], "text_len": 8, "dim": 16, "ffn_dim": 24, "freq_dim": 8, "text_dim": 8, "out_dim": 4,
-              "num_heads": 2, "num_layers": layers, "in_dim": in_dim, "model_type": "i2v" if in_dim == 36 else "t2v"}
+    config = {
+        "patch_size": [1, 2, 2],
+        "text_len": 8,
+        "dim": 16,
+        "ffn_dim": 24,
+        "freq_dim": 8,
+        "text_dim": 8,
+        "out_dim": 4,
+        "num_heads": 2,
+        "num_layers": layers,
+        "in_dim": in_dim,
+        "model_type": "i2v" if in_dim == 36 else "t2v",
+    }
     return WanDiT(DiTConfig.from_dict(config)).state_dict()
 
 
@@ -151,12 +160,20 @@ def test_mapper_dit_names_do_not_depend_on_the_file_prefix(shape, prefix, extra)
     assert checkpoint.info.architecture["layers"] == shape[0]
 
 
-T5_STATES = {layers: UMT5Encoder(T5Config(vocab=32, dim=8, dim_attn=8, dim_ffn=12, num_heads=2, num_layers=layers, num_buckets=4)).state_dict()
-             for layers in (1, 2, 4)}
+T5_STATES = {
+    layers: UMT5Encoder(
+        T5Config(vocab=32, dim=8, dim_attn=8, dim_ffn=12, num_heads=2, num_layers=layers, num_buckets=4)
+    ).state_dict()
+    for layers in (1, 2, 4)
+}
 
 
 @FEW
-@given(layers=st.sampled_from(sorted(T5_STATES)), tied=st.booleans(), prefix=st.sampled_from(["", "text_encoders.umt5xxl.transformer."]))
+@given(
+    layers=st.sampled_from(sorted(T5_STATES)),
+    tied=st.booleans(),
+    prefix=st.sampled_from(["", "text_encoders.umt5xxl.transformer."]),
+)
 def test_mapper_hf_umt5_names_map_back_one_to_one(layers, tied, prefix):
     ours = T5_STATES[layers]
     hf = hf_t5_names(ours)
@@ -169,15 +186,17 @@ def test_mapper_hf_umt5_names_map_back_one_to_one(layers, tied, prefix):
         assert torch.equal(checkpoint.read(name), tensor)
 
 
-LINEARS = sorted({name.removesuffix(".weight") for name, t in tiny_dit(3, 36).items() if t.dim() == 2 and name.endswith(".weight")})
+LINEARS = sorted(
+    {name.removesuffix(".weight") for name, t in tiny_dit(3, 36).items() if t.dim() == 2 and name.endswith(".weight")}
+)
 
 
 def lora_key(module: str, part: str, layout: str) -> str:
     """`module` (ours) in one of the layouts users have; `part` is 'down', 'up' or 'alpha'."""
     if layout == "peft":
-        return f"base_model.model.{module}.{ {'down': 'lora_A', 'up': 'lora_B'}[part]}.weight"
+        return f"base_model.model.{module}.{ {'down': 'lora_A', 'up': 'lora_B'}[part] }.weight"
     if layout == "peft-adapter-name":
-        return f"diffusion_model.{module}.{ {'down': 'lora_A', 'up': 'lora_B'}[part]}.default.weight"
+        return f"diffusion_model.{module}.{ {'down': 'lora_A', 'up': 'lora_B'}[part] }.default.weight"
     prefix = {"comfy": "diffusion_model.", "comfy-full": "model.diffusion_model."}.get(layout)
     name = f"{prefix}{module}" if prefix else "lora_unet_" + module.replace(".", "_")
     return f"{name}.alpha" if part == "alpha" else f"{name}.lora_{part}.weight"
@@ -208,6 +227,8 @@ def test_mapper_lora_layouts_give_the_same_modules_and_scales(modules, layout, r
         if peft:
             expected_scale = rank / rank**0.5 * 0.5
         else:
-            stored_alpha = float(torch.tensor(alpha)) if alpha is not None and not layout.startswith("peft") else rank  # float32 in the file
+            stored_alpha = (
+                float(torch.tensor(alpha)) if alpha is not None and not layout.startswith("peft") else rank
+            )  # float32 in the file
             expected_scale = stored_alpha / rank * 0.5
         assert abs(part.scale - expected_scale) < 1e-9 * max(1.0, expected_scale)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -13,32 +12,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import files_under as snapshot
+from helpers import story_script
 
 from storymem_core.cli import _parser, main
 from storymem_core.demo import DEMO_FRAMES, DEMO_STORY
 from storymem_core.errors import CheckpointError
 from storymem_core.memory import MemoryBank
-from storymem_core.story_folder import StoryFolder
 from storymem_core.runner import ROLES, find_model_files, options_from_args, required_roles
 from storymem_core.sampling import SamplerSettings
+from storymem_core.story_folder import StoryFolder
 from storymem_core.tiny_models import AESTHETIC_FILE, write_reference_images, write_tiny_models
 from storymem_core.video import load_image, read_mp4
-from test_nodes import files_under as snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 5
 MTIME = 1  # in a snapshot entry (bytes, mtime)
 TINY = ["--size", "32x32", "--frames", str(FRAMES), "--steps", "2", "--device", "cpu"]
-
-
-def story_script(folder: Path, shots: int) -> Path:
-    """A one-scene story of `shots` shots; every third shot continues the one before (no cut)."""
-    prompts = [f"Shot {i + 1}: a lantern keeper climbs the stairs of a lighthouse, step {i + 1}." for i in range(shots)]
-    script = {"story_name": "Lantern", "story_overview": "A keeper lights the lamp.",
-              "scenes": [{"scene_num": 1, "video_prompts": prompts, "cut": [i % 3 != 1 for i in range(shots)]}]}
-    path = folder / "story.json"
-    path.write_text(json.dumps(script))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +44,8 @@ def shot_files(snap: dict, shot: int) -> dict:
 
 
 def story_bar(stderr: str) -> list[str]:
-    """The shot counts the story's progress bar showed, one per redraw (tqdm redraws in place after a carriage return)."""
+    """The shot counts the story's progress bar showed, one per redraw (tqdm redraws in place after a carriage
+    return)."""
     return [part.split("|")[-1].split()[0] for part in stderr.split("\r") if part.startswith("story:")]
 
 
@@ -63,7 +54,11 @@ def test_demo_writes_every_artefact_and_a_film_of_the_summed_frames(tmp_path, ca
     folder = StoryFolder(tmp_path / "story")
     shots = sum(len(scene["video_prompts"]) for scene in DEMO_STORY["scenes"])
     lengths = [len(read_mp4(folder.video(i))) for i in range(shots)]
-    assert lengths == [DEMO_FRAMES, DEMO_FRAMES - 1, DEMO_FRAMES]  # shot 2 continues shot 1 (MI2V drops its given frame)
+    assert lengths == [
+        DEMO_FRAMES,
+        DEMO_FRAMES - 1,
+        DEMO_FRAMES,
+    ]  # shot 2 continues shot 1 (MI2V drops its given frame)
     assert len(read_mp4(folder.film)) == sum(lengths)
     banks = [MemoryBank.load(folder.bank(i)) for i in range(shots)]
     assert all(len(bank) >= 1 for bank in banks)
@@ -76,7 +71,17 @@ def test_demo_writes_every_artefact_and_a_film_of_the_summed_frames(tmp_path, ca
 def test_story_command_mr2v_starts_from_the_reference_images(tmp_path, models_dir):
     references = write_reference_images(tmp_path / "refs", count=2, size=(64, 48))
     script = story_script(tmp_path, 2)
-    argv = ["story", str(script), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), "--m2v-first-shot", "--mi2v", *TINY]
+    argv = [
+        "story",
+        str(script),
+        "--models-dir",
+        str(models_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--m2v-first-shot",
+        "--mi2v",
+        *TINY,
+    ]
     for name in references:
         argv += ["--reference", str(tmp_path / "refs" / name)]
     assert main(argv) == 0
@@ -85,7 +90,10 @@ def test_story_command_mr2v_starts_from_the_reference_images(tmp_path, models_di
     assert [k.source for k in initial.keyframes] == ["reference", "reference"]
     after = MemoryBank.load(folder.bank(1))
     # reference images are the fixed first memory
-    assert all(torch.equal(a.image, b.image) and a.source == b.source for a, b in zip(after.keyframes[:2], initial.keyframes, strict=True))
+    assert all(
+        torch.equal(a.image, b.image) and a.source == b.source
+        for a, b in zip(after.keyframes[:2], initial.keyframes, strict=True)
+    )
     assert len(read_mp4(folder.film)) == FRAMES + FRAMES - 1  # shot 2 continues shot 1 (MI2V)
 
 
@@ -108,15 +116,40 @@ def test_from_shot_regenerates_from_the_bank_before_it(tmp_path, models_dir, cap
 def mr2v_argv(tmp_path: Path, models_dir: Path, references: str, shots: int = 2) -> list[str]:
     """A story command starting from the reference images written into tmp_path/`references` (its name seeds them)."""
     names = write_reference_images(tmp_path / references, count=2, size=(32, 32), seed=len(references))
-    argv = ["story", str(story_script(tmp_path, shots)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), "--m2v-first-shot", *TINY]
+    argv = [
+        "story",
+        str(story_script(tmp_path, shots)),
+        "--models-dir",
+        str(models_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--m2v-first-shot",
+        *TINY,
+    ]
     return argv + [arg for name in names for arg in ("--reference", str(tmp_path / references / name))]
 
 
 def test_references_of_any_shape_give_shots_of_the_story_size(tmp_path, models_dir):
     tall = write_reference_images(tmp_path / "tall", count=1, size=(32, 64), seed=1)[0]
     wide = write_reference_images(tmp_path / "wide", count=1, size=(64, 32), seed=2)[0]
-    argv = ["story", str(story_script(tmp_path, 3)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), "--m2v-first-shot",
-            *TINY, "--max-memory", "2", "--fixed-memory", "0", "--reference", str(tmp_path / "tall" / tall), "--reference", str(tmp_path / "wide" / wide)]
+    argv = [
+        "story",
+        str(story_script(tmp_path, 3)),
+        "--models-dir",
+        str(models_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--m2v-first-shot",
+        *TINY,
+        "--max-memory",
+        "2",
+        "--fixed-memory",
+        "0",
+        "--reference",
+        str(tmp_path / "tall" / tall),
+        "--reference",
+        str(tmp_path / "wide" / wide),
+    ]
     assert main(argv) == 0
     folder = StoryFolder(tmp_path / "out")
     assert [tuple(image.shape) for image in MemoryBank.load(folder.bank(-1)).image_list()] == [(32, 32, 3)] * 2
@@ -127,8 +160,21 @@ def test_a_story_started_before_settings_were_recorded_resumes(tmp_path, models_
     """Such a folder's initial bank holds the references as given, windowed: 3 references under max memory 2 keep 2."""
     names = write_reference_images(tmp_path / "refs", count=3, size=(32, 32), seed=4)
     references = [arg for name in names for arg in ("--reference", str(tmp_path / "refs" / name))]
-    argv = ["story", str(story_script(tmp_path, 2)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), "--m2v-first-shot",
-            *TINY, "--max-memory", "2", "--fixed-memory", "1", *references]
+    argv = [
+        "story",
+        str(story_script(tmp_path, 2)),
+        "--models-dir",
+        str(models_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--m2v-first-shot",
+        *TINY,
+        "--max-memory",
+        "2",
+        "--fixed-memory",
+        "1",
+        *references,
+    ]
     assert main(argv) == 0
     folder = StoryFolder(tmp_path / "out")
     folder.memory_settings.unlink()  # as the story command left folders before it recorded settings
@@ -137,12 +183,17 @@ def test_a_story_started_before_settings_were_recorded_resumes(tmp_path, models_
     assert main(argv) == 0 and folder.is_finished(1)
 
 
-@pytest.mark.parametrize("change,fragment", [
-    (["--max-memory", "1", "--fixed-memory", "0"], "--max-memory 1 differs from the 10 the story in"),
-    (["--fixed-memory", "0"], "--fixed-memory 0 differs from the 3 the story in"),
-    ("other-refs", "the --reference images differ from those the story in"),
-])
-def test_a_plain_rerun_with_other_memory_settings_is_refused(tmp_path, models_dir, capsys, monkeypatch, change, fragment):
+@pytest.mark.parametrize(
+    "change,fragment",
+    [
+        (["--max-memory", "1", "--fixed-memory", "0"], "--max-memory 1 differs from the 10 the story in"),
+        (["--fixed-memory", "0"], "--fixed-memory 0 differs from the 3 the story in"),
+        ("other-refs", "the --reference images differ from those the story in"),
+    ],
+)
+def test_a_plain_rerun_with_other_memory_settings_is_refused(
+    tmp_path, models_dir, capsys, monkeypatch, change, fragment
+):
     from storymem_core import runner
 
     argv = mr2v_argv(tmp_path, models_dir, "refs")
@@ -171,13 +222,23 @@ def test_from_shot_1_rebuilds_the_initial_bank_from_the_new_references_and_limit
 
 
 def test_from_a_later_shot_the_bank_before_it_takes_the_new_limits(tmp_path, models_dir, capsys):
-    argv = ["story", str(story_script(tmp_path, 3)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *TINY]
+    argv = [
+        "story",
+        str(story_script(tmp_path, 3)),
+        "--models-dir",
+        str(models_dir),
+        "--out",
+        str(tmp_path / "out"),
+        *TINY,
+    ]
     assert main(argv) == 0
     folder = StoryFolder(tmp_path / "out")
     first = snapshot(tmp_path / "out")
     assert main(argv + ["--max-memory", "1", "--fixed-memory", "0", "--from-shot", "2"]) == 0
     assert shot_files(snapshot(tmp_path / "out"), 1) == shot_files(first, 1)
-    assert [(bank.max_size, bank.fixed) for bank in map(MemoryBank.load, (folder.bank(0), folder.bank(1), folder.bank(2)))] == [(10, 3), (1, 0), (1, 0)]
+    assert [
+        (bank.max_size, bank.fixed) for bank in map(MemoryBank.load, (folder.bank(0), folder.bank(1), folder.bank(2)))
+    ] == [(10, 3), (1, 0), (1, 0)]
     assert all(len(MemoryBank.load(folder.bank(i))) == 1 for i in (1, 2))
     capsys.readouterr()
     assert main(argv) == 2 and "--max-memory 10 differs from the 1" in capsys.readouterr().err
@@ -191,8 +252,18 @@ def test_changed_references_from_a_later_shot_are_refused(tmp_path, models_dir, 
 
 
 def _start_story(script: Path, models_dir: Path, out: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "storymem_core", "story", str(script), "--models-dir", str(models_dir), "--out", str(out),
-               *TINY]
+    command = [
+        sys.executable,
+        "-m",
+        "storymem_core",
+        "story",
+        str(script),
+        "--models-dir",
+        str(models_dir),
+        "--out",
+        str(out),
+        *TINY,
+    ]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -250,26 +321,39 @@ def test_quality_filter_needs_the_aesthetic_head_unless_turned_off(tmp_path, mod
     assert main(argv + ["--quality", "off"]) == 0
 
 
-@pytest.mark.parametrize("extra,fragment", [
-    (["--reference", "face.png"], "add --m2v-first-shot"),
-    (["--m2v-first-shot"], "pass them with --reference"),
-    (["--max-memory", "0"], "max memory 0 is outside 1 to 64"),
-    (["--device", "foo"], "--device 'foo' is not a device: use auto, cpu, cuda or cuda:N."),
-    (["--steps", "0"], "steps 0 is outside 1 to 1000"),
-    (["--shift", "0"], "shift 0.0 is outside 0.1 to 100"),
-    (["--guide", "-1"], "guide (CFG) -1.0 is outside 0 to 100"),
-])
+@pytest.mark.parametrize(
+    "extra,fragment",
+    [
+        (["--reference", "face.png"], "add --m2v-first-shot"),
+        (["--m2v-first-shot"], "pass them with --reference"),
+        (["--max-memory", "0"], "max memory 0 is outside 1 to 64"),
+        (["--device", "foo"], "--device 'foo' is not a device: use auto, cpu, cuda or cuda:N."),
+        (["--steps", "0"], "steps 0 is outside 1 to 1000"),
+        (["--shift", "0"], "shift 0.0 is outside 0.1 to 100"),
+        (["--guide", "-1"], "guide (CFG) -1.0 is outside 0 to 100"),
+    ],
+)
 def test_story_options_are_refused_before_any_model_loads(tmp_path, extra, fragment, capsys, monkeypatch):
     from storymem_core import runner
 
     monkeypatch.setattr(runner, "find_model_files", lambda *args: pytest.fail("models were looked for"))
-    argv = ["story", str(story_script(tmp_path, 1)), "--models-dir", str(tmp_path), "--out", str(tmp_path / "out"), *extra]
+    argv = [
+        "story",
+        str(story_script(tmp_path, 1)),
+        "--models-dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    ]
     assert main(argv) == 2
     assert fragment in capsys.readouterr().err
 
 
 def test_sampler_flags_set_to_zero_are_used_not_replaced_by_defaults():
-    args = _parser().parse_args(["story", "story.json", "--models-dir", "models", "--out", "out", "--steps", "1", "--guide", "0"])
+    args = _parser().parse_args(
+        ["story", "story.json", "--models-dir", "models", "--out", "out", "--steps", "1", "--guide", "0"]
+    )
     options = options_from_args(args)
     assert [(s.steps, s.guide_low, s.guide_high) for s in (options.m2v, options.t2v)] == [(1, 0.0, 0.0), (1, 0.0, 0.0)]
     assert (options.m2v.shift, options.t2v.shift) == (4.0, 12.0)
@@ -305,7 +389,11 @@ def test_an_interrupted_from_shot_run_leaves_later_shots_unfinished(tmp_path, mo
     monkeypatch.setattr(pipeline, "_make_shot", stop_at_third_shot)
     assert main(argv + ["--from-shot", "2", "--seed", "5"]) == 130
     folder = StoryFolder(tmp_path / "out")
-    assert [folder.is_finished(i) for i in range(3)] == [True, True, False]  # shot 3 still holds the old memory's frames
+    assert [folder.is_finished(i) for i in range(3)] == [
+        True,
+        True,
+        False,
+    ]  # shot 3 still holds the old memory's frames
     monkeypatch.setattr(pipeline, "_make_shot", generate)
     before = snapshot(tmp_path / "out")
     assert main(argv) == 0
@@ -319,21 +407,44 @@ def test_t2v_experts_leave_the_device_after_the_first_shot(tmp_path, models_dir,
 
     parked = []
     monkeypatch.setattr(ExpertPair, "park", lambda pair: parked.append(pair.high.config.model_type))
-    assert main(["story", str(story_script(tmp_path, 2)), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *TINY]) == 0
+    assert (
+        main(
+            [
+                "story",
+                str(story_script(tmp_path, 2)),
+                "--models-dir",
+                str(models_dir),
+                "--out",
+                str(tmp_path / "out"),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert parked == ["t2v"]
 
 
-@pytest.mark.parametrize("package,checkpoint,expected", [
-    (True, "hpsv3", "hpsv3"), (True, "clip_vision", "hpsv3"), (True, None, "aesthetic"), (False, "hpsv3", "aesthetic"),
-])
-def test_auto_quality_takes_hpsv3_only_with_its_package_and_checkpoint(tmp_path, monkeypatch, package, checkpoint, expected):
+@pytest.mark.parametrize(
+    "package,checkpoint,expected",
+    [
+        (True, "hpsv3", "hpsv3"),
+        (True, "clip_vision", "hpsv3"),
+        (True, None, "aesthetic"),
+        (False, "hpsv3", "aesthetic"),
+    ],
+)
+def test_auto_quality_takes_hpsv3_only_with_its_package_and_checkpoint(
+    tmp_path, monkeypatch, package, checkpoint, expected
+):
     from storymem_core import runner
 
     if checkpoint:  # hpsv3/ as the CLI's own folder, clip_vision/ where the nodes list it
         (tmp_path / checkpoint).mkdir()
         (tmp_path / checkpoint / "HPSv3.safetensors").write_bytes(b"")
     find_spec = runner.importlib.util.find_spec
-    monkeypatch.setattr(runner.importlib.util, "find_spec", lambda name: object() if name == "hpsv3" and package else find_spec(name))
+    monkeypatch.setattr(
+        runner.importlib.util, "find_spec", lambda name: object() if name == "hpsv3" and package else find_spec(name)
+    )
     assert runner.quality_model("auto", tmp_path) == expected
     assert runner.quality_model("off", tmp_path) is None
 
@@ -341,7 +452,9 @@ def test_auto_quality_takes_hpsv3_only_with_its_package_and_checkpoint(tmp_path,
 def test_an_aesthetic_head_for_another_clip_is_refused_before_any_shot(tmp_path, models_dir, capsys, monkeypatch):
     from storymem_core import pipeline
 
-    monkeypatch.setattr(pipeline, "_make_shot", lambda *args, **kwargs: pytest.fail("a shot was generated before the refusal"))
+    monkeypatch.setattr(
+        pipeline, "_make_shot", lambda *args, **kwargs: pytest.fail("a shot was generated before the refusal")
+    )
     models = tmp_path / "models"
     shutil.copytree(models_dir, models)
     torch.save({"weight": torch.zeros(1, 768), "bias": torch.zeros(1)}, models / "clip_vision" / AESTHETIC_FILE)
@@ -357,7 +470,17 @@ def test_hpsv3_quality_without_its_package_says_how_to_install(tmp_path, models_
     (models / "hpsv3").mkdir()
     (models / "hpsv3" / "HPSv3.safetensors").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "hpsv3", None)
-    argv = ["story", str(story_script(tmp_path, 1)), "--models-dir", str(models), "--out", str(tmp_path / "out"), "--quality", "hpsv3", *TINY]
+    argv = [
+        "story",
+        str(story_script(tmp_path, 1)),
+        "--models-dir",
+        str(models),
+        "--out",
+        str(tmp_path / "out"),
+        "--quality",
+        "hpsv3",
+        *TINY,
+    ]
     assert main(argv) == 2
     assert "pip install hpsv3" in capsys.readouterr().err
 

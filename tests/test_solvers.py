@@ -9,12 +9,12 @@ import re
 
 import pytest
 import torch
+from golden_data import case_paths, load_case
 from safetensors import safe_open
 
-from storymem_core.errors import SamplerError
 from storymem_core.choices import SOLVERS
+from storymem_core.errors import SamplerError
 from storymem_core.solvers import make_solver
-from golden_data import case_paths, load_case
 
 SCHEDULE_KEY = re.compile(r"^(?P<solver>.+)_(?P<steps>\d+)_(?P<shift>[0-9.]+)\.timesteps$")
 TRAJECTORY_KEY = re.compile(r"^(?P<solver>.+)_traj\.start$")

@@ -9,24 +9,23 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import SHOT, call, story_script
 from torch import nn
 
+from nodes import host
+from storymem_core import tiny_models as tiny
 from storymem_core.cli import _parser, main
+from storymem_core.errors import StoryMemError
 from storymem_core.lora import apply_loras, load_lora
+from storymem_core.memory import MemoryBank
 from storymem_core.model_files import load_dit
 from storymem_core.pipeline import StoryFolder, StoryOptions
 from storymem_core.presets import preset_roles
 from storymem_core.runner import LoadOptions, find_model_files, load_story_models, options_from_args, required_roles
 from storymem_core.sampling import ExpertPair, SamplerSettings, denoise, seeded_noise
+from storymem_core.story import loads_story
 from storymem_core.tiny_models import DIT, write_speed_loras, write_tiny_models
 from storymem_core.wan.dit import DiTConfig, WanDiT
-from nodes import host
-from storymem_core import tiny_models as tiny
-from storymem_core.errors import StoryMemError
-from storymem_core.memory import MemoryBank
-from storymem_core.story import loads_story
-from test_nodes import SHOT, call
-from test_runner import story_script
 
 
 class CountingExpert(nn.Module):
@@ -58,7 +57,9 @@ def sample(settings: SamplerSettings) -> tuple[torch.Tensor, CountingExpert, Cou
 @pytest.mark.parametrize("batch_cfg", [False, True])
 def test_guide_one_runs_one_forward_per_step_in_each_expert_independently(batch_cfg):
     # boundary 0.9 with shift 4: the first 2 of 4 steps are the high expert's
-    settings = SamplerSettings(steps=4, shift=4.0, solver="euler", boundary=0.9, guide_high=3.5, guide_low=1.0, batch_cfg=batch_cfg)
+    settings = SamplerSettings(
+        steps=4, shift=4.0, solver="euler", boundary=0.9, guide_high=3.5, guide_low=1.0, batch_cfg=batch_cfg
+    )
     _, high, low = sample(settings)
     high_calls = 1 if batch_cfg else 2  # a batch of two is one call
     assert (high.calls, low.calls) == (2 * high_calls, 2)
@@ -68,7 +69,9 @@ def test_guide_one_gives_the_shot_that_both_passes_give():
     settings = SamplerSettings(steps=3, solver="unipc", guide_high=1.0, guide_low=1.0)
     one_pass, high, low = sample(settings)
     # a guide a hair above 1 takes the two-pass path: the same shot within float32 rounding, at twice the forwards
-    two_passes, high_both, low_both = sample(SamplerSettings(steps=3, solver="unipc", guide_high=1.0000001, guide_low=1.0000001))
+    two_passes, high_both, low_both = sample(
+        SamplerSettings(steps=3, solver="unipc", guide_high=1.0000001, guide_low=1.0000001)
+    )
     torch.testing.assert_close(one_pass, two_passes, rtol=1e-5, atol=1e-5)
     assert high.calls + low.calls == 3
     assert high_both.calls + low_both.calls == 6
@@ -88,10 +91,21 @@ def speed_models(tmp_path_factory) -> Path:
 
 
 def story_argv(tmp_path: Path, models: Path, *extra: str) -> list[str]:
-    return ["story", str(story_script(tmp_path, 2)), "--models-dir", str(models), "--out", str(tmp_path / "out"), *TINY_STORY, *extra]
+    return [
+        "story",
+        str(story_script(tmp_path, 2)),
+        "--models-dir",
+        str(models),
+        "--out",
+        str(tmp_path / "out"),
+        *TINY_STORY,
+        *extra,
+    ]
 
 
-def test_lightx2v_preset_samples_4_euler_steps_of_one_forward_switching_experts_after_step_2(tmp_path, speed_models, monkeypatch):
+def test_lightx2v_preset_samples_4_euler_steps_of_one_forward_switching_experts_after_step_2(
+    tmp_path, speed_models, monkeypatch
+):
     calls = []
     forward = WanDiT.forward
 
@@ -115,10 +129,21 @@ def test_lightx2v_preset_sets_the_published_sampler_settings_and_flags_still_ove
     base = ["story", "story.json", "--models-dir", "models", "--out", "out", "--preset", "lightx2v"]
     options = options_from_args(_parser().parse_args(base))
     for settings, boundary in ((options.m2v, 0.9), (options.t2v, 0.875)):
-        assert (settings.steps, settings.shift, settings.solver, settings.guide_high, settings.guide_low) == (4, 5.0, "euler", 1.0, 1.0)
+        assert (settings.steps, settings.shift, settings.solver, settings.guide_high, settings.guide_low) == (
+            4,
+            5.0,
+            "euler",
+            1.0,
+            1.0,
+        )
         assert settings.boundary == boundary
     overridden = options_from_args(_parser().parse_args(base + ["--steps", "6", "--solver", "unipc", "--guide", "2"]))
-    assert (overridden.m2v.steps, overridden.m2v.solver, overridden.m2v.guide_low, overridden.m2v.shift) == (6, "unipc", 2.0, 5.0)
+    assert (overridden.m2v.steps, overridden.m2v.solver, overridden.m2v.guide_low, overridden.m2v.shift) == (
+        6,
+        "unipc",
+        2.0,
+        5.0,
+    )
     plain = options_from_args(_parser().parse_args(base[:-2]))
     assert plain.m2v == StoryOptions().m2v and plain.t2v == StoryOptions().t2v
 
@@ -133,7 +158,9 @@ def test_lightx2v_preset_stacks_its_loras_on_the_storymem_lora(speed_models):
     options = StoryOptions(first_shot="t2v", size_wh=(32, 32), frames=5)
     roles = required_roles("t2v", None) + preset_roles("lightx2v", "t2v")
     files = find_model_files(speed_models, roles)
-    models = load_story_models(files, options, LoadOptions(device=torch.device("cpu"), quality="off", preset="lightx2v"))
+    models = load_story_models(
+        files, options, LoadOptions(device=torch.device("cpu"), quality="off", preset="lightx2v")
+    )
     expected = {
         (models.m2v, "high"): ("i2v_high", ["lora_high", "lightx2v_i2v_high"]),
         (models.m2v, "low"): ("i2v_low", ["lora_low", "lightx2v_i2v_low"]),
@@ -143,12 +170,17 @@ def test_lightx2v_preset_stacks_its_loras_on_the_storymem_lora(speed_models):
     torch.manual_seed(0)
     for (pair, expert), (model_role, lora_roles) in expected.items():
         dit = getattr(pair, expert)
-        x, y = torch.randn(1, 16, 2, 4, 4), torch.randn(1, dit.config.in_dim - 16, 2, 4, 4) if dit.config.in_dim > 16 else None
+        x, y = (
+            torch.randn(1, 16, 2, 4, 4),
+            torch.randn(1, dit.config.in_dim - 16, 2, 4, 4) if dit.config.in_dim > 16 else None,
+        )
         t, context = torch.tensor([500.0]), torch.randn(1, 4, dit.config.text_dim)
         with torch.no_grad():
             hooked = dit(x, t, context, y)
             reference = merged_expert(files[model_role], [files[role] for role in lora_roles])(x, t, context, y)
-            without_speed = merged_expert(files[model_role], [files[role] for role in lora_roles[:-1]])(x, t, context, y)
+            without_speed = merged_expert(files[model_role], [files[role] for role in lora_roles[:-1]])(
+                x, t, context, y
+            )
         torch.testing.assert_close(hooked, reference, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(hooked, without_speed, atol=1e-3)  # the speed LoRA really acts
 
@@ -158,8 +190,12 @@ def test_lightx2v_preset_names_each_missing_lora_and_its_folder(tmp_path, capsys
     write_tiny_models(models)
     assert main(story_argv(tmp_path, models, "--preset", "lightx2v")) == 2
     error = capsys.readouterr().err
-    for name in ("wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise", "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise",
-                 "wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise", "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise"):
+    for name in (
+        "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise",
+        "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise",
+        "wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise",
+        "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise",
+    ):
         assert f"loras/{name}.safetensors" in error
     assert "Comfy-Org/Wan_2.2_ComfyUI_Repackaged" in error and not (tmp_path / "out").exists()
 
@@ -170,13 +206,33 @@ def speed_host(tmp_path_factory, speed_models):
     root = tmp_path_factory.mktemp("host")
     previous = host.use(host.StandaloneHost(speed_models, root / "output"))
     try:
-        i2v = call("StoryMemLoadExperts", high_noise_model=tiny.I2V_HIGH, low_noise_model=tiny.I2V_LOW, weight_dtype="fp32", offload="none")[0][0]
+        i2v = call(
+            "StoryMemLoadExperts",
+            high_noise_model=tiny.I2V_HIGH,
+            low_noise_model=tiny.I2V_LOW,
+            weight_dtype="fp32",
+            offload="none",
+        )[0][0]
         yield SimpleNamespace(
-            m2v=call("StoryMemLoadLora", model=i2v, lora_high_noise=tiny.STORYMEM_LORA_HIGH, lora_low_noise=tiny.STORYMEM_LORA_LOW, strength=1.0)[0][0],
-            t2v=call("StoryMemLoadExperts", high_noise_model=tiny.T2V_HIGH, low_noise_model=tiny.T2V_LOW, weight_dtype="fp32", offload="none")[0][0],
+            m2v=call(
+                "StoryMemLoadLora",
+                model=i2v,
+                lora_high_noise=tiny.STORYMEM_LORA_HIGH,
+                lora_low_noise=tiny.STORYMEM_LORA_LOW,
+                strength=1.0,
+            )[0][0],
+            t2v=call(
+                "StoryMemLoadExperts",
+                high_noise_model=tiny.T2V_HIGH,
+                low_noise_model=tiny.T2V_LOW,
+                weight_dtype="fp32",
+                offload="none",
+            )[0][0],
             text=call("StoryMemLoadTextEncoder", text_encoder=tiny.TEXT_ENCODER, weight_dtype="auto")[0][0],
             vae=call("StoryMemLoadVAE", vae=tiny.VAE_FILE, weight_dtype="fp32")[0][0],
-            keyframes=call("StoryMemLoadKeyframeEncoder", clip_model=tiny.CLIP_FILE, open_clip_name="unused", aesthetic_head="none")[0][0],
+            keyframes=call(
+                "StoryMemLoadKeyframeEncoder", clip_model=tiny.CLIP_FILE, open_clip_name="unused", aesthetic_head="none"
+            )[0][0],
         )
     finally:
         host.use(previous)
@@ -195,30 +251,95 @@ def counted_forwards(monkeypatch) -> list[int]:
     return calls
 
 
-def test_shot_nodes_with_the_lightx2v_preset_sample_4_steps_of_one_forward_and_leave_the_model_as_given(speed_host, counted_forwards):
-    shared = dict(text_encoder=speed_host.text, vae=speed_host.vae, keyframe_encoder=speed_host.keyframes, **SHOT, preset="lightx2v")
+def test_shot_nodes_with_the_lightx2v_preset_sample_4_steps_of_one_forward_and_leave_the_model_as_given(
+    speed_host, counted_forwards
+):
+    shared = dict(
+        text_encoder=speed_host.text,
+        vae=speed_host.vae,
+        keyframe_encoder=speed_host.keyframes,
+        **SHOT,
+        preset="lightx2v",
+    )
     empty = MemoryBank((), max_size=4, fixed=1)
-    (_, bank, _), _ = call("StoryMemFirstShot", model=speed_host.t2v, memory=empty, prompt="a fox runs", seed=0,
-                           cfg_high=4.0, cfg_low=3.0, **shared)
-    call("StoryMemShot", model=speed_host.m2v, memory=bank, prompt="the fox rests", cut=True, mode="auto-mi2v", seed=1, cfg=3.5, **shared)
+    (_, bank, _), _ = call(
+        "StoryMemFirstShot",
+        model=speed_host.t2v,
+        memory=empty,
+        prompt="a fox runs",
+        seed=0,
+        cfg_high=4.0,
+        cfg_low=3.0,
+        **shared,
+    )
+    call(
+        "StoryMemShot",
+        model=speed_host.m2v,
+        memory=bank,
+        prompt="the fox rests",
+        cut=True,
+        mode="auto-mi2v",
+        seed=1,
+        cfg=3.5,
+        **shared,
+    )
     assert counted_forwards == [1000, 937, 833, 625] * 2  # the widgets' steps, cfg, shift and solver are replaced
     assert [lora.name for lora in speed_host.m2v.loras] == [f"{tiny.STORYMEM_LORA_HIGH} + {tiny.STORYMEM_LORA_LOW}"]
 
 
 def test_story_runner_with_the_lightx2v_preset_samples_4_steps_per_shot(speed_host, counted_forwards):
-    story = loads_story(json.dumps({"story_name": "fox", "story_overview": "A fox.",
-                                    "scenes": [{"scene_num": 1, "video_prompts": ["a fox runs", "the fox rests"], "cut": [True, True]}]}))
-    call("StoryMemStoryRunner", story=story, model=speed_host.m2v, text_encoder=speed_host.text, vae=speed_host.vae,
-         keyframe_encoder=speed_host.keyframes, first_shot="t2v", continuation="m2v", seed=0, cfg=3.5, fps=8, max_size=4, fixed=1,
-         output_folder="runner", from_shot=0, t2v_model=speed_host.t2v, preset="lightx2v", **SHOT)
+    story = loads_story(
+        json.dumps(
+            {
+                "story_name": "fox",
+                "story_overview": "A fox.",
+                "scenes": [{"scene_num": 1, "video_prompts": ["a fox runs", "the fox rests"], "cut": [True, True]}],
+            }
+        )
+    )
+    call(
+        "StoryMemStoryRunner",
+        story=story,
+        model=speed_host.m2v,
+        text_encoder=speed_host.text,
+        vae=speed_host.vae,
+        keyframe_encoder=speed_host.keyframes,
+        first_shot="t2v",
+        continuation="m2v",
+        seed=0,
+        cfg=3.5,
+        fps=8,
+        max_size=4,
+        fixed=1,
+        output_folder="runner",
+        from_shot=0,
+        t2v_model=speed_host.t2v,
+        preset="lightx2v",
+        **SHOT,
+    )
     assert counted_forwards == [1000, 937, 833, 625] * 2
 
 
 def test_shot_node_preset_names_the_missing_lora_files(speed_host, tmp_path):
     previous = host.use(host.StandaloneHost(tmp_path / "empty", tmp_path / "output"))
     try:
-        with pytest.raises(StoryMemError, match=r"loras/wan2\.2_i2v_lightx2v_4steps_lora_v1_high_noise\.safetensors.*low_noise"):
-            call("StoryMemShot", model=speed_host.m2v, text_encoder=speed_host.text, vae=speed_host.vae, keyframe_encoder=speed_host.keyframes,
-                 memory=MemoryBank((), max_size=4, fixed=1), prompt="p", cut=True, mode="m2v", seed=1, cfg=3.5, **SHOT, preset="lightx2v")
+        with pytest.raises(
+            StoryMemError, match=r"loras/wan2\.2_i2v_lightx2v_4steps_lora_v1_high_noise\.safetensors.*low_noise"
+        ):
+            call(
+                "StoryMemShot",
+                model=speed_host.m2v,
+                text_encoder=speed_host.text,
+                vae=speed_host.vae,
+                keyframe_encoder=speed_host.keyframes,
+                memory=MemoryBank((), max_size=4, fixed=1),
+                prompt="p",
+                cut=True,
+                mode="m2v",
+                seed=1,
+                cfg=3.5,
+                **SHOT,
+                preset="lightx2v",
+            )
     finally:
         host.use(previous)

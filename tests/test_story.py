@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import BAD_SCRIPTS, VALID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,65 +12,6 @@ from storymem_core.story import Shot, load_story, loads_story, parse_story, vali
 
 ST_BENCH = Path(__file__).parents[2] / "shared" / "st-bench"
 EXAMPLES = Path(__file__).parents[1] / "examples" / "stories"
-
-VALID = {
-    "story_name": "Two Scenes",
-    "story_overview": "A short test story.",
-    "scenes": [
-        {"scene_num": 1, "video_prompts": ["a harbour at dawn", "the boat leaves"], "cut": [True, False]},
-        {"scene_num": 2, "video_prompts": ["open sea"], "cut": [True]},
-    ],
-}
-
-
-def edited(change) -> str:
-    script = copy.deepcopy(VALID)
-    change(script)
-    return json.dumps(script)
-
-
-def scene(n: int = 0):
-    return lambda change: lambda script: change(script["scenes"][n])
-
-
-BAD_SCRIPTS = {
-    "malformed_json": ('{"story_overview": "x", "scenes": [}', "line 1, column 36"),
-    "trailing_comma": ('{"story_overview": "x",\n "scenes": [],\n}', "line 3, column 1"),
-    "empty_text": ("", "not valid JSON at line 1, column 1"),
-    "top_level_list": ("[]", "the story is a list"),
-    "overview_missing": (edited(lambda s: s.pop("story_overview")), "'story_overview' is missing"),
-    "scenes_missing": (edited(lambda s: s.pop("scenes")), "'scenes' is missing"),
-    "overview_number": (edited(lambda s: s.update(story_overview=3)), "story_overview is a number 3"),
-    "name_null": (edited(lambda s: s.update(story_name=None)), "story_name is null; make it a string."),
-    "name_list": (edited(lambda s: s.update(story_name=["a"])), "story_name is a list"),
-    "scenes_object": (edited(lambda s: s.update(scenes={})), "scenes is an object"),
-    "zero_scenes": (edited(lambda s: s.update(scenes=[])), "scenes is empty"),
-    "scene_string": (edited(lambda s: s.update(scenes=["scene one"])), "scenes[0] is a string"),
-    "scene_num_missing": (edited(scene(1)(lambda c: c.pop("scene_num"))), "scenes[1]: the field 'scene_num' is missing"),
-    "prompts_missing": (edited(scene(1)(lambda c: c.pop("video_prompts"))), "the field 'video_prompts' is missing"),
-    "cut_missing": (edited(scene(0)(lambda c: c.pop("cut"))), "scenes[0]: the field 'cut' is missing"),
-    "scene_num_string": (edited(scene(1)(lambda c: c.update(scene_num="2"))), 'scenes[1]: scene_num is a string "2"'),
-    "scene_num_float": (edited(scene(0)(lambda c: c.update(scene_num=1.5))), "scene_num is a number 1.5"),
-    "scene_num_bool": (edited(scene(0)(lambda c: c.update(scene_num=True))), "scene_num is a boolean"),
-    "scene_num_zero": (edited(scene(0)(lambda c: c.update(scene_num=0))), "scene_num is 0; number scenes from 1"),
-    "scene_num_twice": (edited(scene(1)(lambda c: c.update(scene_num=1))), "scene_num 1 is used twice"),
-    "prompts_string": (edited(scene(0)(lambda c: c.update(video_prompts="a harbour"))), "scene 1: video_prompts is a string"),
-    "prompt_number": (edited(scene(1)(lambda c: c.update(video_prompts=[7]))), "scene 2, shot 1: video_prompts[0] is a number 7"),
-    "zero_shots": (edited(scene(1)(lambda c: c.update(video_prompts=[], cut=[]))), "scene 2: video_prompts is empty"),
-    "empty_prompt": (edited(scene(0)(lambda c: c["video_prompts"].__setitem__(1, "  "))), "scene 1, shot 2: video_prompts[1] is empty"),
-    "cut_too_short": (edited(scene(0)(lambda c: c.update(cut=[True]))), "cut has 1 entries but video_prompts has 2"),
-    "cut_too_long": (edited(scene(1)(lambda c: c.update(cut=[True, True]))), "scene 2: cut has 2 entries but video_prompts has 1"),
-    "cut_bool_not_list": (edited(scene(1)(lambda c: c.update(cut=True))), "cut is a boolean"),
-    "cut_word": (edited(scene(0)(lambda c: c.update(cut=[True, "maybe"]))), 'scene 1, shot 2, cut[1]: cut must be true or false, got "maybe"'),
-    "cut_number": (edited(scene(0)(lambda c: c.update(cut=[True, 0]))), "cut must be true or false, got 0"),
-    "first_cut_false": (edited(scene(0)(lambda c: c.update(cut=[False, False]))), "scene 1, shot 1: cut[0] is false"),
-    "first_cut_false_string": (edited(scene(0)(lambda c: c.update(cut=["False", True]))), "set it to true"),
-    "first_frame_prompt_length": (
-        edited(scene(0)(lambda c: c.update(first_frame_prompt=["one"]))),
-        "first_frame_prompt has 1 entries but video_prompts has 2",
-    ),
-}
-
 
 @pytest.mark.parametrize("text,fragment", BAD_SCRIPTS.values(), ids=BAD_SCRIPTS.keys())
 def test_bad_script_raises_one_sentence_naming_the_fault(text, fragment):
@@ -174,7 +116,11 @@ def test_validate_reports_each_bad_script_and_returns_two(tmp_path, capsys):
     bad.write_text(BAD_SCRIPTS["first_cut_false"][0], encoding="utf-8")
     assert validate_main([str(bad), str(EXAMPLES / "paper_boat.json")]) == 2
     captured = capsys.readouterr()
-    assert captured.err.strip() == f"error: {bad}, scene 1, shot 1: cut[0] is false but the story's first shot has no shot before it to continue; set it to true."
+    assert (
+        captured.err.strip()
+        == f"error: {bad}, scene 1, shot 1: cut[0] is false but the story's first shot has no shot before it "
+        "to continue; set it to true."
+    )
     assert "'The Paper Boat', 2 scene(s), 5 shot(s)" in captured.out
 
 

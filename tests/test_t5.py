@@ -1,16 +1,17 @@
-"""umT5 encoder equals the reference on every t5_* golden case; tokenizer and TextEncoder behave as the reference's call."""
+"""umT5 encoder equals the reference on every t5_* golden case; tokenizer and TextEncoder behave as the reference's
+call."""
 
 import io
 
 import pytest
 import sentencepiece
 import torch
+from golden_data import cases, load_case, manifests, with_prefix
 
 from storymem_core.errors import CheckpointError
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
 from storymem_core.wan.text_encoder import TextEncoder
 from storymem_core.wan.tokenizer import UMT5Tokenizer, clean_prompt
-from golden_data import cases, load_case, manifests, with_prefix
 
 
 def golden_encoder(config: dict, tensors: dict) -> UMT5Encoder:
@@ -71,8 +72,15 @@ def spiece_bytes() -> bytes:
     sentences = (" ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 8)) for i in range(400))
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=sentences, model_writer=model, vocab_size=100, hard_vocab_limit=False,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+        sentence_iterator=sentences,
+        model_writer=model,
+        vocab_size=100,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
     )
     return model.getvalue()
 
@@ -132,7 +140,9 @@ def test_t5_tokenizer_rejects_non_t5_models(tmp_path, spiece_bytes):
 @pytest.fixture(scope="module")
 def text_encoder(tokenizer) -> TextEncoder:
     torch.manual_seed(0)
-    config = T5Config(vocab=tokenizer.vocab_size, dim=16, dim_attn=16, dim_ffn=32, num_heads=2, num_layers=2, num_buckets=8)
+    config = T5Config(
+        vocab=tokenizer.vocab_size, dim=16, dim_attn=16, dim_ffn=32, num_heads=2, num_layers=2, num_buckets=8
+    )
     return TextEncoder(tokenizer, UMT5Encoder(config).eval(), text_len=24)
 
 

@@ -3,19 +3,13 @@
 
 import pytest
 import torch
+from golden_data import cases, load_case, manifests, vae_case, with_prefix
+from helpers import build_vae
 
 from storymem_core.errors import ConditioningError
 from storymem_core.wan.vae import VAEConfig, WanVAE
-from golden_data import cases, load_case, manifests, vae_case, with_prefix
 
 TOLERANCE = dict(atol=1e-4, rtol=1e-4)
-
-
-def build_vae(config: dict, weights: dict | None = None) -> WanVAE:
-    vae = WanVAE(VAEConfig.from_dict(config["config"]), config["latent_mean"], config["latent_std"])
-    if weights is not None:
-        vae.load_state_dict(weights)
-    return vae.eval()
 
 
 def random_vae(seed: int = 0) -> WanVAE:

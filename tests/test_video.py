@@ -103,7 +103,9 @@ def test_video_and_frames_round_trip():
     video = frames_to_video(frames)
     assert video.shape == (3, 4, 6, 8) and video.min() >= -1 and video.max() <= 1
     assert torch.equal(video_to_frames(video), frames)
-    assert torch.equal(video_to_frames(video.to(torch.bfloat16)[:, :, :1, :1] * 0 - 5), torch.zeros(4, 1, 1, 3, dtype=torch.uint8))
+    assert torch.equal(
+        video_to_frames(video.to(torch.bfloat16)[:, :, :1, :1] * 0 - 5), torch.zeros(4, 1, 1, 3, dtype=torch.uint8)
+    )
 
 
 def test_image_batch_and_frames_round_trip():

@@ -9,15 +9,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from graph_runner import (
+    CONTROL_VALUES,
+    VIRTUAL_NODES,
+    GraphError,
+    GraphRunner,
+    input_specs,
+    load_image_node,
+    ui_to_api,
+    validate,
+    widget_slots,
+)
 
 import nodes
 from nodes import host
+from storymem_core import tiny_models as tiny
 from storymem_core.memory import MemoryBank
 from storymem_core.video import read_mp4
-from storymem_core import tiny_models as tiny
-from graph_runner import (
-    CONTROL_VALUES, VIRTUAL_NODES, GraphError, GraphRunner, input_specs, load_image_node, ui_to_api, validate, widget_slots,
-)
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
 CORE_NODES = ("LoadImage",)  # ComfyUI's own nodes a shipped workflow may use
@@ -73,7 +81,12 @@ def test_workflow_uses_known_nodes_and_type_matched_links(path, comfy):
         assert link_id in output["links"] and socket["link"] == link_id
         declared_output = comfy[source["type"]].RETURN_TYPES[origin_slot]
         declared_input = input_specs(comfy[dest["type"]])[socket["name"]][1]
-        assert kind == output["type"] == socket["type"] == declared_output == declared_input, (link_id, kind, declared_output, declared_input)
+        assert kind == output["type"] == socket["type"] == declared_output == declared_input, (
+            link_id,
+            kind,
+            declared_output,
+            declared_input,
+        )
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -98,7 +111,9 @@ def test_workflow_runs_end_to_end_on_tiny_models(path, comfy):
     workflow = shrink(load(path), comfy)
     runner = GraphRunner(comfy)
     outputs = runner.run(ui_to_api(workflow, comfy))
-    films = [outputs[i][0] for i in node_ids(workflow, "StoryMemCombineShots") + node_ids(workflow, "StoryMemStoryRunner")]
+    films = [
+        outputs[i][0] for i in node_ids(workflow, "StoryMemCombineShots") + node_ids(workflow, "StoryMemStoryRunner")
+    ]
     assert films and all(film.shape[1:] == (32, 32, 3) and film.shape[0] >= 3 * 4 for film in films)
     for node_id in node_ids(workflow, "StoryMemCombineShots"):
         assert read_mp4(outputs[node_id][1]).shape[0] == outputs[node_id][0].shape[0]
@@ -117,7 +132,12 @@ def test_rerolled_shot_reruns_alone_with_the_same_bank(comfy):
     node["widgets_values"][widget_slots(comfy["StoryMemShot"]).index("seed")] += 1000
     second = runner.run(ui_to_api(workflow, comfy))
 
-    downstream = {shot_2, shot_3, *node_ids(workflow, "StoryMemCombineShots"), *node_ids(workflow, "StoryMemPreviewBank")}
+    downstream = {
+        shot_2,
+        shot_3,
+        *node_ids(workflow, "StoryMemCombineShots"),
+        *node_ids(workflow, "StoryMemPreviewBank"),
+    }
     assert set(runner.executed) == downstream
     bank_before, bank_after = (inputs["memory"] for inputs in received[shot_2])
     assert bank_before is bank_after  # the cached output of the first shot, untouched
@@ -157,9 +177,13 @@ def test_validation_refuses_what_comfyui_refuses(comfy):
         validate(broken, comfy)
 
 
-LOADER_FOLDERS = {"StoryMemLoadExperts": "diffusion_models", "StoryMemLoadLora": "loras",
-                  "StoryMemLoadTextEncoder": "text_encoders", "StoryMemLoadVAE": "vae",
-                  "StoryMemLoadKeyframeEncoder": "clip_vision"}
+LOADER_FOLDERS = {
+    "StoryMemLoadExperts": "diffusion_models",
+    "StoryMemLoadLora": "loras",
+    "StoryMemLoadTextEncoder": "text_encoders",
+    "StoryMemLoadVAE": "vae",
+    "StoryMemLoadKeyframeEncoder": "clip_vision",
+}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -168,8 +192,11 @@ def test_workflow_offers_a_download_for_every_model_file(path, comfy):
     for node in load(path)["nodes"]:
         if node["type"] not in LOADER_FOLDERS:
             continue
-        files = [value for name, value in zip(widget_slots(comfy[node["type"]]), node["widgets_values"])
-                 if isinstance(value, str) and value.endswith((".safetensors", ".pth"))]
+        files = [
+            value
+            for name, value in zip(widget_slots(comfy[node["type"]]), node["widgets_values"])
+            if isinstance(value, str) and value.endswith((".safetensors", ".pth"))
+        ]
         offered = {entry["name"]: entry for entry in node["properties"]["models"]}
         assert files and sorted(offered) == sorted(files), (node["type"], files, offered)
         for entry in offered.values():

@@ -15,9 +15,9 @@ classes = in_host.start()
 
 import comfy.sd  # noqa: E402
 import torch  # noqa: E402
-from nodes import KSampler  # noqa: E402  (ComfyUI's)
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from nodes import KSampler  # noqa: E402  (ComfyUI's)
 from storymem_core import tiny_models  # noqa: E402
 from storymem_core.memory import MemoryBank  # noqa: E402
 

@@ -11,17 +11,20 @@ import sys
 from pathlib import Path
 
 workflow_path, job_dir = Path(sys.argv[1]), Path(sys.argv[2])
-sys.path.append(str(Path(__file__).resolve().parent.parent))  # tests/, for graph_runner (after ComfyUI: no `nodes` there)
+sys.path.append(
+    str(Path(__file__).resolve().parent.parent)
+)  # tests/, for graph_runner (after ComfyUI: no `nodes` there)
 
 import in_host  # noqa: E402
 
-classes = in_host.start(models_dir=job_dir / "models", output_dir=job_dir / "output", input_dir=job_dir / "input",
-                        core_nodes=True)
+classes = in_host.start(
+    models_dir=job_dir / "models", output_dir=job_dir / "output", input_dir=job_dir / "input", core_nodes=True
+)
 
 import comfy.sd  # noqa: E402
 import execution  # noqa: E402
-
 from graph_runner import ui_to_api, widget_slots  # noqa: E402  (the tests' UI -> API conversion, as the frontend does it)
+
 from storymem_core import tiny_models  # noqa: E402
 
 # ComfyUI's umT5 builder assumes the xxl sizes; the tiny file's are given to it through its own config override
@@ -83,7 +86,9 @@ def run(executor, server, prompt, prompt_id):
 
 workflow = shrink(json.loads(workflow_path.read_text(encoding="utf-8")))
 server = Server()
-executor = execution.PromptExecutor(server, cache_type=False, cache_args={"lru": 0, "ram": 0})  # as main.py with defaults
+executor = execution.PromptExecutor(
+    server, cache_type=False, cache_args={"lru": 0, "ram": 0}
+)  # as main.py with defaults
 first = run(executor, server, ui_to_api(workflow, classes), "first")
 for node in workflow["nodes"]:  # re-roll shot 2: new seeds on both of its samplers
     if node["type"] == "KSamplerAdvanced" and node.get("title", "").startswith("Shot 2"):

@@ -63,13 +63,19 @@ if core.exists():
     results["core_dit.out"] = run(model.model.diffusion_model, inputs, model.model.diffusion_model.text_len)
     inputs = load_file(str(job_dir / "positions_inputs.safetensors"))  # with the node's memory_latents and spacing
     for placement in ("released", "negative"):
-        patched = classes["StoryMemMemoryPositions"]().patch(model, int(inputs["memory_latents"]), placement, int(inputs["spacing"]))[0]
+        patched = classes["StoryMemMemoryPositions"]().patch(
+            model, int(inputs["memory_latents"]), placement, int(inputs["spacing"])
+        )[0]
         calls = []
         probed = patched.clone()
-        probed.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "probe",
-                                    lambda executor, *args, **kwargs: calls.append(1) or executor(*args, **kwargs))
-        results[f"positions.{placement}"] = run(model.model.diffusion_model, inputs, model.model.diffusion_model.text_len,
-                                                {"wrappers": probed.wrappers})
+        probed.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+            "probe",
+            lambda executor, *args, **kwargs: calls.append(1) or executor(*args, **kwargs),
+        )
+        results[f"positions.{placement}"] = run(
+            model.model.diffusion_model, inputs, model.model.diffusion_model.text_len, {"wrappers": probed.wrappers}
+        )
         results[f"positions.{placement}.inner_calls"] = torch.tensor(len(calls))
     results["positions.unpatched"] = run(model.model.diffusion_model, inputs, model.model.diffusion_model.text_len)
     results["positions.rope_encode_restored"] = torch.tensor("rope_encode" not in vars(model.model.diffusion_model))
