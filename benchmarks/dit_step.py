@@ -25,8 +25,8 @@ from torch.nn.attention import SDPBackend
 
 from storymem_core.wan import attention as attention_module
 from storymem_core.wan import dit as dit_module
-from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan import fp8 as fp8_module
+from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_dit_to_fp8, quantize_per_tensor
 from storymem_core.wan.rope import apply_rope
 

@@ -22,7 +22,18 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.dit_step import GIB, HEIGHT, WIDTH, CompiledBlocks, build_random_dit, dit_inputs, latent_frames, synchronize, timed, tokens
+from benchmarks.dit_step import (
+    GIB,
+    HEIGHT,
+    WIDTH,
+    CompiledBlocks,
+    build_random_dit,
+    dit_inputs,
+    latent_frames,
+    synchronize,
+    timed,
+    tokens,
+)
 from storymem_core.offload import BlockSwapDiT
 from storymem_core.sampling import ExpertPair, SamplerSettings, denoise, seeded_noise
 from storymem_core.wan.dit import DiTConfig

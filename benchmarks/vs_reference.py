@@ -28,6 +28,7 @@ from benchmarks.dit_step import HEIGHT, WIDTH, Bench, CompiledBlocks, dit_inputs
 from storymem_core.wan import attention as attention_module
 from storymem_core.wan.dit import DiTConfig, WanDiT
 
+
 def sdpa_flash_attention(q, k, v, q_lens=None, k_lens=None, *args, **kwargs):
     """Stands in for the reference's flash_attention: [B, L, N, D] in bf16 through torch SDPA (no padding here)."""
     if k_lens is not None and bool((k_lens != k.shape[1]).any()):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from storymem_core.choices import MEMORY_POSITIONS, PRESET_CHOICES
+from storymem_core.choices import MEMORY_POSITIONS, PRESET_CHOICES, SOLVERS
 from storymem_core.limits import MAX_FRAMES, MAX_MEMORY, MAX_SEED, MAX_SHIFT, MAX_SIDE, MAX_STEPS, MIN_SHIFT
-from storymem_core.choices import SOLVERS
 
 from . import host
 

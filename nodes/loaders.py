@@ -11,7 +11,14 @@ import torch
 from storymem_core.choices import OFFLOAD_CHOICES, WEIGHT_CHOICES
 from storymem_core.keyframes import AestheticHead, HPSv3Scorer
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.model_files import DTYPES, auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
+from storymem_core.model_files import (
+    DTYPES,
+    auto_dtype,
+    load_expert_pair,
+    load_keyframe_encoder,
+    load_text_encoder,
+    load_vae,
+)
 from storymem_core.presets import find_lora_names, preset_loras, preset_settings
 from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import shot_tokens

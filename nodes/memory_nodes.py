@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from storymem_core.errors import MemoryBankError
+from storymem_core.files import fit_image
 from storymem_core.keyframes import select_keyframes
 from storymem_core.memory import BANK_FILE, Keyframe, MemoryBank
-from storymem_core.video import fit_image, frames_to_image_batch, image_batch_to_frames
+from storymem_core.video import frames_to_image_batch, image_batch_to_frames
 
 from . import host
 from .inputs import memory_size, shot_number, size

@@ -15,14 +15,13 @@ import comfy.patcher_extension
 import node_helpers
 import torch
 
-from storymem_core.choices import MEMORY_POSITIONS
+from storymem_core.choices import GIVEN_FRAMES, MEMORY_POSITIONS, NODE_SHOT_MODES
 from storymem_core.conditioning import build_conditioning, check_size
 from storymem_core.errors import CheckpointError, ConditioningError
 from storymem_core.lora import load_lora
 from storymem_core.lora_convert import COMFY_PREFIX, comfy_lora_tensors
 from storymem_core.memory import MemoryBank
 from storymem_core.positions import DEFAULT_SPACING, memory_frame_positions
-from storymem_core.choices import GIVEN_FRAMES, NODE_SHOT_MODES
 from storymem_core.video import image_batch_to_frames
 
 from . import host

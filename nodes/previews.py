@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from storymem_core.files import save_picture
 from storymem_core.memory import MemoryBank
-from storymem_core.video import atomic_write_path, write_mp4
+from storymem_core.video import write_mp4
 
 from . import host
 
@@ -43,8 +44,7 @@ def _thumbnail(pixels) -> str:
     if not path.exists():
         image = Image.fromarray(array)
         image = image.resize((max(1, round(image.width * THUMB_HEIGHT / image.height)), THUMB_HEIGHT), Image.BILINEAR)
-        with atomic_write_path(path) as temp:
-            image.save(temp, format="JPEG", quality=88)
+        save_picture(image, path, "JPEG", quality=88)
     return name
 
 

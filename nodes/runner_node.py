@@ -18,15 +18,14 @@ import torch
 from storymem_core.errors import StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryModels, StoryOptions, run_story
-from storymem_core.story_folder import StoryFolder, pending_shots
 from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import T2V_SETTINGS
 from storymem_core.story import Story
+from storymem_core.story_folder import StoryFolder, pending_shots
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames, read_mp4
 from storymem_core.wan.vae import WanVAE
 
-from . import host
-from . import inputs
+from . import host, inputs
 from .loaders import with_preset
 from .previews import bank_ui, video_ui
 from .types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts

@@ -17,14 +17,13 @@ from storymem_core.conditioning import check_size
 from storymem_core.errors import ConditioningError, GenerationInterrupted, StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryOptions
-from storymem_core.sampling import SamplerSettings
 from storymem_core.run_shot import ShotModels, ShotRequest, run_shot
+from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import T2V_SETTINGS
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames
 from storymem_core.wan.vae import WanVAE
 
-from . import host
-from . import inputs
+from . import host, inputs
 from .loaders import with_preset
 from .memory_nodes import next_shot, with_bank_ui
 from .previews import excerpt, shot_ui

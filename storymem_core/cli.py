@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from .errors import GenerationInterrupted, StoryMemError
 from .choices import MEMORY_POSITIONS, OFFLOAD_CHOICES, PRESET_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
+from .errors import GenerationInterrupted, StoryMemError
 from .story import shown_text
 
 

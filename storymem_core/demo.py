@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .errors import StoryMemError
+from .files import atomic_write_path, staging_folder
 from .pipeline import StoryOptions
 from .runner import LoadOptions, run_story_files
 from .shot import T2V_SETTINGS
 from .story_folder import check_output_folder
 from .tiny_models import write_tiny_models
-from .video import atomic_write_path, ordinary_permissions
 
 DEMO_STORY = {
     "story_name": "The Blue Kite",
@@ -73,8 +72,7 @@ def run_demo(out: str | Path, seed: int = 0) -> int:
     models_dir = out / f"models-seed{seed}"
     if not models_dir.is_dir():  # written aside and renamed in: an interrupted first run leaves no half folder
         out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out, prefix=".models-"))
-        ordinary_permissions(staging)
+        staging = staging_folder(models_dir)
         write_tiny_models(staging, seed)
         os.replace(staging, models_dir)
     if not os.path.lexists(script):

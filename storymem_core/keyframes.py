@@ -35,9 +35,9 @@ from torch import nn
 
 from .checkpoints import SAFETENSORS_SUFFIXES, fit_faults, linear_chain, model_shapes, read_pth
 from .errors import CheckpointError, ConditioningError
+from .files import check_frames
 from .memory import Keyframe, MemoryBank
 from .safe_files import check_file
-from .video import check_frames
 
 log = logging.getLogger(__name__)
 

@@ -21,20 +21,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from .errors import MemoryBankError, WriteError
-from .safe_files import open_image, read_bytes
-from .video import ordinary_permissions
+from .files import load_keyframe_image, staging_folder
+from .safe_files import read_bytes
 
 BANK_FILE = "bank.json"
 BANK_FORMAT = "storymem-memory-bank"
@@ -180,8 +178,7 @@ class MemoryBank:
         _check_replaceable(folder)
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-            ordinary_permissions(staging)
+            staging = staging_folder(folder)
         except OSError as error:
             raise _write_error(folder, error) from None
         try:
@@ -223,7 +220,7 @@ class MemoryBank:
             try:
                 keyframes.append(
                     Keyframe(
-                        _read_png(Path(folder) / _own_file_name(entry["file"], manifest_path)), shot=int(entry["shot"]), frame_index=int(entry["frame_index"]),
+                        load_keyframe_image(Path(folder) / _own_file_name(entry["file"], manifest_path)), shot=int(entry["shot"]), frame_index=int(entry["frame_index"]),
                         scores=entry.get("scores", {}), pinned=bool(entry.get("pinned", False)), source=entry.get("source", "generated"),
                     )
                 )
@@ -265,16 +262,6 @@ def _own_file_name(name: str, manifest_path: Path) -> str:
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
         raise MemoryBankError(f"{manifest_path} names the keyframe file {name!r}, which is not a file in the bank's folder: save the bank again.")
     return name
-
-
-def _read_png(path: Path) -> torch.Tensor:
-    try:
-        with open_image(path, MemoryBankError, "keyframe image") as image:
-            return torch.from_numpy(np.asarray(image.convert("RGB")).copy())
-    except FileNotFoundError:
-        raise MemoryBankError(f"keyframe image {path} is missing: restore it or save the bank again.") from None
-    except OSError as error:
-        raise MemoryBankError(f"keyframe image {path} cannot be read ({error}): restore it or save the bank again.") from None
 
 
 def _write_error(folder: Path, error: OSError) -> WriteError:

@@ -19,16 +19,17 @@ import torch
 from .choices import CONTINUATIONS, FIRST_SHOTS, GIVEN_FRAMES, MOTION_FRAMES
 from .conditioning import check_frame_num, check_size
 from .errors import ConditioningError, StoryMemError
+from .files import fit_image, load_image, save_image, save_picture
 from .keyframes import AestheticScorer, ImageEncoder
 from .limits import MAX_FRAMES, MAX_MEMORY, MAX_SIDE, check_number, check_seed
 from .memory import MemoryBank, discard_bank
 from .positions import check_placement
-from .sampling import ExpertPair, SamplerSettings
 from .run_shot import ShotModels, ShotOutcome, ShotRequest, run_shot, story_shot_mode
+from .sampling import ExpertPair, SamplerSettings
 from .shot import T2V_SETTINGS, PromptEncoder
 from .story import Shot, Story
 from .story_folder import FolderState, StoryFolder, check_story_folder, pending_shots
-from .video import atomic_write_path, concat_videos, fit_image, load_image, save_image, write_mp4
+from .video import concat_videos, write_mp4
 from .wan.vae import WanVAE
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,7 @@ def run_story(
         _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
     if not folder.film_is_current(shots):
         concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
-        with atomic_write_path(folder.contact_sheet) as temp:
-            MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet().save(temp, format="PNG")
+        save_picture(MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet(), folder.contact_sheet)
     return folder.film
 
 

@@ -18,20 +18,26 @@ import torch
 from tqdm import tqdm
 
 from .checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
-from .errors import CheckpointError, StoryMemError
-from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
 from .distributed import Parallel, torchrun_session
+from .errors import CheckpointError, StoryMemError
+from .files import load_image
+from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
 from .model_files import (
-    ExpertLoras, auto_dtype, dit_config, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae,
+    ExpertLoras,
+    auto_dtype,
+    dit_config,
+    load_expert_pair,
+    load_keyframe_encoder,
+    load_text_encoder,
+    load_vae,
 )
 from .pipeline import StoryModels, StoryOptions, run_story
 from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE, lora_roles, preset_roles, preset_settings
+from .safe_files import files_under
 from .sampling import ExpertPair, SamplerSettings
 from .shot import shot_tokens
-from .safe_files import files_under
 from .story import Story, load_story, shown_text
 from .story_folder import check_output_folder
-from .video import load_image
 from .wan.text_encoder import ParkedTextEncoder, TextEncoder
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
+from .choices import SOLVERS
 from .errors import SamplerError
 from .limits import MAX_GUIDE, MAX_SHIFT, MAX_STEPS, MIN_SHIFT, check_number
-from .choices import SOLVERS
 from .solvers import make_solver
 
 if TYPE_CHECKING:

@@ -15,7 +15,6 @@ from .choices import SOLVERS
 from .errors import SamplerError
 
 
-
 def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
     """Wan's timestep shift: a larger `shift` spends more of the steps at high noise."""
     return shift * sigmas / (1 + (shift - 1) * sigmas)

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from .errors import StoryMemError
+from .files import atomic_write_path
 from .memory import MemoryBank
 from .story import Shot, Story
-from .video import atomic_write_path
 
 
 @dataclass

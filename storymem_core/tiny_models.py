@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from .files import ordinary_permissions
 from .model_files import CONFIG_KEY
 from .presets import PRESET_LORA_ROLES
-from .video import ordinary_permissions
 from .wan.dit import DiTConfig, WanDiT
 from .wan.t5 import T5Config, UMT5Encoder
 from .wan.vae import VAEConfig, WanVAE

@@ -17,7 +17,7 @@ from storymem_core.cli import main
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryFolder
 from storymem_core.tiny_models import write_tiny_models
-from storymem_core.video import load_image
+from storymem_core.files import load_image
 from parallel_cases import HEADS, TOLERANCE, dit_inputs, dit_worker, free_port, memory_shot, shot_models, shot_worker, tiny_dit
 from test_nodes import files_under
 from test_runner import story_script

@@ -29,7 +29,8 @@ from storymem_core.story_folder import StoryFolder
 from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.shot import memory_advice
 from storymem_core.story import loads_story
-from storymem_core.video import load_image, read_mp4, save_image, write_mp4
+from storymem_core.files import load_image, save_image
+from storymem_core.video import read_mp4, write_mp4
 from storymem_core.wan.text_encoder import TextEncoder
 from test_nodes import SHOT, call, files_under, first_shot, image_batch, memory_shot, models, pack, reference_bank  # noqa: F401 (pack is a fixture)
 from test_story import VALID

@@ -10,7 +10,8 @@ import torch
 
 from storymem_core import pipeline, run_shot
 from storymem_core.memory import MemoryBank
-from storymem_core.video import fit_image, image_batch_to_frames, load_image
+from storymem_core.files import fit_image, load_image
+from storymem_core.video import image_batch_to_frames
 from test_nodes import SHOT, call, image_batch, models, pack  # noqa: F401 (pack is a fixture)
 
 STORY = {"story_overview": "A fox crosses the snow to the lighthouse.", "scenes": [

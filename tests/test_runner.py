@@ -22,7 +22,8 @@ from storymem_core.story_folder import StoryFolder
 from storymem_core.runner import ROLES, find_model_files, options_from_args, required_roles
 from storymem_core.sampling import SamplerSettings
 from storymem_core.tiny_models import AESTHETIC_FILE, write_reference_images, write_tiny_models
-from storymem_core.video import load_image, read_mp4
+from storymem_core.files import load_image
+from storymem_core.video import read_mp4
 from test_nodes import files_under as snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
