@@ -58,13 +58,15 @@ def bank_ui(bank: MemoryBank) -> dict[str, list]:
             "index": index, "shot": keyframe.shot + 1, "frame": keyframe.frame_index, "source": keyframe.source,
             "pinned": keyframe.pinned, "fixed": index in protected and not keyframe.pinned,
         })
-    return {"storymem_bank": entries, "storymem_bank_limits": [{"size": len(bank), "max_size": bank.max_size, "fixed": bank.fixed}]}
+    return {"storymem_bank": entries,
+            "storymem_bank_limits": [{"size": len(bank), "max_size": bank.max_size, "fixed": bank.fixed}]}
 
 
 def video_ui(path: Path) -> dict[str, list]:
     """The `ui` part that makes ComfyUI show an mp4 in the output folder under the node."""
     subfolder = path.parent.relative_to(host.output_dir()).as_posix()
-    return {"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}], "animated": [True]}
+    return {"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}],
+            "animated": [True]}
 
 
 def _preview_video(frames: torch.Tensor) -> str:

@@ -51,7 +51,8 @@ def resolve_mode(mode: str, cut: bool, has_previous: bool) -> str:
                 "connect the previous shot's last_frames, or set cut to true."
             )
     elif mode != "m2v" and not has_previous:
-        raise ConditioningError(f"mode {mode.upper()} continues the previous shot: connect its last_frames to previous_frames, or use m2v.")
+        raise ConditioningError(f"mode {mode.upper()} continues the previous shot: connect its last_frames to "
+                                "previous_frames, or use m2v.")
     return mode
 
 
@@ -60,7 +61,8 @@ def _common_inputs(model_tooltip: str) -> dict:
         "model": (MODEL, {"tooltip": model_tooltip}),
         "text_encoder": (TEXT_ENCODER, {"tooltip": "From Load umT5 Text Encoder."}),
         "vae": (VAE, {"tooltip": "From Load Wan VAE."}),
-        "keyframe_encoder": (KEYFRAME_ENCODER, {"tooltip": "From Load Keyframe Encoder: picks this shot's keyframes for the memory."}),
+        "keyframe_encoder": (KEYFRAME_ENCODER,
+                             {"tooltip": "From Load Keyframe Encoder: picks this shot's keyframes for the memory."}),
         "memory": (BANK, {"tooltip": "The memory bank from the previous shot (or an empty / reference bank)."}),
     }
 
@@ -113,7 +115,8 @@ def _shot(request: ShotRequest, model: WanExperts, text_encoder: TextModel, vae:
 
 
 class FirstShot:
-    DESCRIPTION = "The story's first shot from its prompt alone, with the Wan2.2 T2V experts; its keyframes start the memory."
+    DESCRIPTION = ("The story's first shot from its prompt alone, with the Wan2.2 T2V experts; its keyframes start the "
+                   "memory.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -123,8 +126,12 @@ class FirstShot:
                 "prompt": inputs.prompt(),
                 "seed": inputs.seed(),
                 "steps": inputs.steps(T2V_SETTINGS.steps),
-                "cfg_high": ("FLOAT", {"default": T2V_SETTINGS.guide_high, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Guidance of the high-noise expert."}),
-                "cfg_low": ("FLOAT", {"default": T2V_SETTINGS.guide_low, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Guidance of the low-noise expert."}),
+                "cfg_high": ("FLOAT",
+                             {"default": T2V_SETTINGS.guide_high, "min": 0.0, "max": 30.0, "step": 0.1,
+                              "tooltip": "Guidance of the high-noise expert."}),
+                "cfg_low": ("FLOAT",
+                            {"default": T2V_SETTINGS.guide_low, "min": 0.0, "max": 30.0, "step": 0.1,
+                             "tooltip": "Guidance of the low-noise expert."}),
                 "shift": inputs.shift(T2V_SETTINGS.shift),
                 "solver": inputs.solver(),
                 "width": inputs.size("width", 832),
@@ -138,7 +145,8 @@ class FirstShot:
     FUNCTION = "generate"
     CATEGORY = CATEGORY
 
-    def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel, memory: MemoryBank,
+    def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel,
+                 memory: MemoryBank,
                  prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float, solver: str,
                  width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None,
                  preset: str = "none") -> dict:
@@ -155,7 +163,8 @@ class FirstShot:
 
 
 class MemoryShot:
-    DESCRIPTION = ("A shot conditioned on the memory bank (StoryMem M2V); without a cut it also continues the previous shot "
+    DESCRIPTION = ("A shot conditioned on the memory bank (StoryMem M2V); without a cut it also continues the previous "
+                   "shot "
                    "from its last frame (MI2V) or last 5 frames (MM2V).")
 
     @classmethod
@@ -164,12 +173,21 @@ class MemoryShot:
             "required": {
                 **_common_inputs("Wan2.2 I2V-A14B experts with the StoryMem LoRA."),
                 "prompt": inputs.prompt(),
-                "cut": ("BOOLEAN", {"default": True, "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous shot."}),
-                "mode": (list(NODE_SHOT_MODES), {"default": "auto-mi2v", "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 frames), "
-                                                                           "matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
+                "cut": ("BOOLEAN",
+                        {"default": True,
+                         "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous "
+                                    "shot."}),
+                "mode": (list(NODE_SHOT_MODES),
+                         {"default": "auto-mi2v",
+                          "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 "
+                                     "frames), "
+                                                                           "matching the StoryMem LoRA loaded. m2v, "
+                                                                           "mi2v, mm2v force a mode."}),
                 "seed": inputs.seed(),
                 "steps": inputs.steps(M2V.steps),
-                "cfg": ("FLOAT", {"default": M2V.guide_low, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Classifier-free guidance of both experts (3.5 in StoryMem)."}),
+                "cfg": ("FLOAT",
+                        {"default": M2V.guide_low, "min": 0.0, "max": 30.0, "step": 0.1,
+                         "tooltip": "Classifier-free guidance of both experts (3.5 in StoryMem)."}),
                 "shift": inputs.shift(M2V.shift),
                 "solver": inputs.solver(),
                 "width": inputs.size("width", 832),
@@ -177,7 +195,8 @@ class MemoryShot:
                 "frames": inputs.frames(),
             },
             "optional": {
-                "previous_frames": ("IMAGE", {"tooltip": "The previous shot's last_frames, for MI2V / MM2V continuation."}),
+                "previous_frames": ("IMAGE",
+                                    {"tooltip": "The previous shot's last_frames, for MI2V / MM2V continuation."}),
                 **_optional_inputs(),
                 "memory_positions": inputs.memory_positions(),
             },
@@ -187,7 +206,8 @@ class MemoryShot:
     FUNCTION = "generate"
     CATEGORY = CATEGORY
 
-    def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel, memory: MemoryBank,
+    def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel,
+                 memory: MemoryBank,
                  prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
                  width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
                  negative_prompt: str = "", shot_number: int | None = None, preset: str = "none",

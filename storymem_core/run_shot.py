@@ -76,7 +76,8 @@ def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, i
     else:
         width, height = request.size_wh
         result = generate_memory_shot(
-            models.experts, models.vae, context, context_null, request.memory.image_list(), request.frames, width * height,
+            models.experts, models.vae, context, context_null, request.memory.image_list(), request.frames,
+            width * height,
             request.settings, first_frame=given[-1] if request.mode == "mi2v" else None,
             motion_frames=given if request.mode == "mm2v" else None, fix_mem=request.fix_mem, on_step=on_step,
             memory_positions=request.memory_positions, on_preview=on_preview,
@@ -86,7 +87,8 @@ def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, i
     frames = video_to_frames(result.video)
     if request.mode != "t2v":
         frames = trim_conditioning_frames(frames, request.mode)
-    keyframes = select_keyframes(frames, models.keyframe_encoder, bank=request.memory, scorer=models.scorer, shot=request.index)
+    keyframes = select_keyframes(frames, models.keyframe_encoder, bank=request.memory, scorer=models.scorer,
+                                 shot=request.index)
     return ShotOutcome(frames, request.memory.add(keyframes), len(keyframes))
 
 

@@ -100,7 +100,8 @@ def guided_prediction(
     if batch_cfg:
         length = max(context.shape[0], context_null.shape[0])
         contexts = torch.stack([_pad_tokens(context, length), _pad_tokens(context_null, length)])
-        both = model(latent[None].expand(2, -1, -1, -1, -1), t.expand(2), contexts, None if y is None else y_batch.expand(2, -1, -1, -1, -1))
+        both = model(latent[None].expand(2, -1, -1, -1, -1), t.expand(2), contexts,
+                     None if y is None else y_batch.expand(2, -1, -1, -1, -1))
         cond, uncond = both[0], both[1]
     else:
         cond = model(latent[None], t, context[None], y_batch)[0]

@@ -28,7 +28,8 @@ from .safe_files import check_file
 
 
 def _check_float(tensor: torch.Tensor, channel_dim: int, what: str, layout: str) -> None:
-    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.dim() != 4 or tensor.shape[channel_dim] != 3:
+    if not isinstance(tensor,
+                      torch.Tensor) or not tensor.is_floating_point() or tensor.dim() != 4 or tensor.shape[channel_dim] != 3:
         shown = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
         raise ConditioningError(f"{what} must be a float tensor {layout}, got {shown}.")
 
@@ -68,7 +69,8 @@ def trim_conditioning_frames(frames: torch.Tensor, mode: str) -> torch.Tensor:
         raise ConditioningError(f"conditioning mode '{mode}' is unknown: use one of {', '.join(GIVEN_FRAMES)}.")
     given = GIVEN_FRAMES[mode]
     if len(frames) <= given:
-        raise ConditioningError(f"a {mode.upper()} shot of {len(frames)} frames has none left after its {given} given frame(s): generate more frames (4n+1, e.g. 81).")
+        raise ConditioningError(f"a {mode.upper()} shot of {len(frames)} frames has none left after its {given} given "
+                                "frame(s): generate more frames (4n+1, e.g. 81).")
     return frames[given:]
 
 
@@ -81,7 +83,8 @@ def _video_codec() -> str:
             return name
         except Exception:  # PyAV raises different types per version for a missing codec
             continue
-    raise StoryMemError("this PyAV build has neither the libx264 nor the mpeg4 encoder: install PyAV from PyPI (pip install av).")
+    raise StoryMemError("this PyAV build has neither the libx264 nor the mpeg4 encoder: install PyAV from PyPI (pip "
+                        "install av).")
 
 
 def _even(frame: np.ndarray) -> np.ndarray:
@@ -117,7 +120,8 @@ class _Mp4Encoder:
             self._open(*frame.shape[:2])
         elif (frame.shape[0], frame.shape[1]) != (self.stream.height, self.stream.width):
             raise ConditioningError(
-                f"frame {self.count} is {frame.shape[1]}x{frame.shape[0]} but the video is {self.stream.width}x{self.stream.height}: "
+                f"frame {self.count} is {frame.shape[1]}x{frame.shape[0]} but the video is "
+                f"{self.stream.width}x{self.stream.height}: "
                 "every frame of a video, and every shot of a film, must have the same size."
             )
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
