@@ -64,8 +64,8 @@ def negative_prompt() -> tuple:
 def shot_number() -> tuple:
     return ("INT",
             {"forceInput": True, "min": 1,
-             "tooltip": "1-based number of the shot in the story (from Story Shot); labels its keyframes. "
-                                                            "Unconnected: one after the newest shot in the memory."})
+             "tooltip": "1-based number of the shot in the story (from Story Shot); labels its keyframes. Unconnected: "
+                        "one after the newest shot in the memory."})
 
 
 def memory_size() -> dict:

@@ -51,14 +51,12 @@ class LoadWanExperts:
                               "tooltip": "auto: fp8 files stay fp8 on a GPU, others run in bf16 (fp32 on CPU)."}),
             "offload": (list(OFFLOAD_CHOICES),
                         {"default": "auto",
-                         "tooltip": "GPU memory plan: none (both experts resident), experts (one at a time), "
-                                                                            "blocks (stream blocks from RAM, for small "
-                                                                            "GPUs), auto (pick from free memory)."}),
+                         "tooltip": "GPU memory plan: none (both experts resident), experts (one at a time), blocks "
+                                    "(stream blocks from RAM, for small GPUs), auto (pick from free memory)."}),
             "compile": ("BOOLEAN",
                         {"default": False,
                          "tooltip": "torch.compile the DiT blocks on a GPU: about 25% faster steps after a one-time "
-                                    "compile "
-                                                                 "of about 20 s per expert (needs Triton)."}),
+                                    "compile of about 20 s per expert (needs Triton)."}),
         }}
 
     RETURN_TYPES = (MODEL,)

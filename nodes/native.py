@@ -92,10 +92,8 @@ class StoryMemConditioning:
                                     "shot."}),
                 "mode": (list(NODE_SHOT_MODES),
                          {"default": "auto-mi2v",
-                          "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / "
-                                                                           "MM2V (last 5 frames), matching the "
-                                                                           "StoryMem LoRA loaded. m2v, mi2v, mm2v "
-                                                                           "force a mode."}),
+                          "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 "
+                                     "frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
                 "width": size("width", 832),
                 "height": size("height", 480),
                 "length": frames(),

@@ -59,14 +59,13 @@ class StoryRunner:
                 "vae": (VAE, {"tooltip": "From Load Wan VAE."}),
                 "keyframe_encoder": (KEYFRAME_ENCODER, {"tooltip": "From Load Keyframe Encoder."}),
                 "first_shot": (["t2v", "mr2v"],
-                               {"default": "t2v", "tooltip": "t2v: first shot from text (connect t2v_model); "
-                                                                            "mr2v: first shot from reference images as "
-                                                                            "memory (connect reference_images)."}),
+                               {"default": "t2v", "tooltip": "t2v: first shot from text (connect t2v_model); mr2v: "
+                                                             "first shot from reference images as memory (connect "
+                                                             "reference_images)."}),
                 "continuation": (["m2v", "mi2v", "mm2v"],
-                                 {"default": "mi2v", "tooltip": "For shots without a cut: m2v (memory only), "
-                                                                                       "mi2v (from the last frame) or "
-                                                                                       "mm2v (last 5 frames), matching "
-                                                                                       "the LoRA."}),
+                                 {"default": "mi2v", "tooltip": "For shots without a cut: m2v (memory only), mi2v "
+                                                                "(from the last frame) or mm2v (last 5 frames), "
+                                                                "matching the LoRA."}),
                 "seed": inputs.seed("Seed of shot 1; shot k uses seed + k - 1."),
                 "steps": inputs.steps(M2V.steps),
                 "cfg": ("FLOAT",

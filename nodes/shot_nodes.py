@@ -180,9 +180,7 @@ class MemoryShot:
                 "mode": (list(NODE_SHOT_MODES),
                          {"default": "auto-mi2v",
                           "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 "
-                                     "frames), "
-                                                                           "matching the StoryMem LoRA loaded. m2v, "
-                                                                           "mi2v, mm2v force a mode."}),
+                                     "frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
                 "seed": inputs.seed(),
                 "steps": inputs.steps(M2V.steps),
                 "cfg": ("FLOAT",

@@ -52,9 +52,8 @@ class StoryScript:
     def INPUT_TYPES(cls):
         return {"required": {
             "script_file": ([SCRIPT_TEXT, *story_files()],
-                            {"default": SCRIPT_TEXT, "tooltip": "A story JSON in a storymem folder "
-                                                            "(output/storymem or models/storymem), or the text "
-                                                            "below."}),
+                            {"default": SCRIPT_TEXT, "tooltip": "A story JSON in a storymem folder (output/storymem or "
+                                                                "models/storymem), or the text below."}),
             "script": ("STRING",
                        {"multiline": True, "default": EXAMPLE_SCRIPT,
                         "tooltip": "The story as JSON, used when no file is chosen."}),

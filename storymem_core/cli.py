@@ -51,9 +51,8 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
                              "windowed to "
                              "--max-memory / --fixed-memory (N = 1: the initial bank, rebuilt from --reference)")
     parser.add_argument("--out", required=True,
-                        help="output folder (re-running with the same memory options and references "
-                                                     "continues where it stopped; other ones need --from-shot or a new "
-                                                     "--out)")
+                        help="output folder (re-running with the same memory options and references continues where it "
+                             "stopped; other ones need --from-shot or a new --out)")
 
 
 def _add_load_options(parser: argparse.ArgumentParser) -> None:
