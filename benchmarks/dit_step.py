@@ -278,8 +278,8 @@ def markdown(rows: list[dict]) -> str:
             notes = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
                               if k in ("rel_err_vs_bf16", "compile_s", "graphs", "note"))
             lines.append(f"| {row['variant']} | {row['M']} | {row['tokens']} | {row['batch']}x{row['calls']} | "
-                         f"{row['seconds']:.3f} | "
-                         f"{row['tflops']:.0f} | {row['peak_gib']:.1f} | {row['first_call_s']:.1f} | {notes} |")
+                         f"{row['seconds']:.3f} | {row['tflops']:.0f} | {row['peak_gib']:.1f} | "
+                         f"{row['first_call_s']:.1f} | {notes} |")
     lines += ["",
               "| linear | bf16 ms | fp8 ms | fp8 (torch-ops quantiser) ms | raw _scaled_mm ms | raw fast accum ms | "
               "fp8 vs bf16 |",
@@ -314,8 +314,8 @@ def main() -> None:
     model = build_random_dit(config, device)
     synchronize(device)
     print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params in {time.perf_counter() - start:.1f} "
-          f"s on {device}"
-          f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__})", flush=True)
+          f"s on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch "
+          f"{torch.__version__})", flush=True)
     bench = Bench(model, device, args.repeats, args.json, height, width)
     engine_priority, installed_flash = attention_module.sdpa_priority, attention_module.INSTALLED
     top_m = max(args.memory)

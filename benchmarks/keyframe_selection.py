@@ -189,11 +189,9 @@ def synthetic_fast_pan(args: argparse.Namespace) -> list[str]:
     assert picked == naive.kept, f"selections differ: ours {picked}, naive {naive.kept}"
     return [
         f"Synthetic fast pan: {args.frames} frames {args.width}x{args.height}, {args.shift} px/frame, seed "
-        f"{args.seed}, "
-        f"bank of {args.bank} (seed {args.bank_seed}); {naive.steps} threshold steps (0.90 -> {naive.threshold:.2f}), "
-        f"keyframes {naive.chosen}, "
-        f"{picked} after dedup; tiny encoder, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, best "
-        f"of {args.repeats}.",
+        f"{args.seed}, bank of {args.bank} (seed {args.bank_seed}); {naive.steps} threshold steps (0.90 -> "
+        f"{naive.threshold:.2f}), keyframes {naive.chosen}, {picked} after dedup; tiny encoder, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} CPU threads, best of {args.repeats}.",
         "",
         "| method | encoder forwards (images, incl. quality checks) | time (s) |",
         "|---|---:|---:|",

@@ -220,8 +220,7 @@ def main() -> None:
         if "mean_step_s" in row:
             steps = ", ".join(f"{s:.2f}" for s in row["step_s"])
             lines.append(f"| {row['mode']} | {row['cfg']} | {row['mean_step_s']:.2f} | {steps} | {row['peak_gib']:.1f} "
-                         "| "
-                         f"{row['reserved_peak_gib']:.1f} | {SHOT_STEPS * row['mean_step_s']:.0f} |")
+                         f"| {row['reserved_peak_gib']:.1f} | {SHOT_STEPS * row['mean_step_s']:.0f} |")
     lines += ["",
               "| VAE decode, 81 frames 832x480 | tile (latent px) | s | peak GiB (allocated) | peak GiB (reserved) |",
               "|---|---|---|---|---|"]

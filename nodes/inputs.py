@@ -82,8 +82,6 @@ def memory_size() -> dict:
 def preset() -> tuple:
     return (list(PRESET_CHOICES), {"default": "none", "tooltip": (
         "lightx2v: the lightx2v 4-step distilled LoRAs from models/loras "
-        "(wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise / "
-        "_low_noise, the t2v v1.1 pair for T2V experts; Comfy-Org/Wan_2.2_ComfyUI_Repackaged) added to the experts, "
-        "sampled as their authors do: 4 Euler steps, shift 5, CFG 1, about 20x faster. It replaces steps, cfg, shift "
-        "and "
-        "solver. none: those inputs as set.")})
+        "(wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise / _low_noise, the t2v v1.1 pair for T2V experts; "
+        "Comfy-Org/Wan_2.2_ComfyUI_Repackaged) added to the experts, sampled as their authors do: 4 Euler steps, shift "
+        "5, CFG 1, about 20x faster. It replaces steps, cfg, shift and solver. none: those inputs as set.")})

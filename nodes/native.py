@@ -70,11 +70,9 @@ def storymem_conditioning(positive: list, negative: list, vae, memory: MemoryBan
 
 class StoryMemConditioning:
     DESCRIPTION = ("StoryMem's memory conditioning for ComfyUI's Wan2.2 I2V models (Load Diffusion Model, GGUF, ...): "
-                   "memory "
-                   "keyframes in front of the shot, plus the previous shot's last frame (MI2V) or last 5 frames (MM2V) "
-                   "without a cut. Sample the latent with any sampler, then trim memory_latents off it and "
-                   "given_frames "
-                   "off the decoded images.")
+                   "memory keyframes in front of the shot, plus the previous shot's last frame (MI2V) or last 5 frames "
+                   "(MM2V) without a cut. Sample the latent with any sampler, then trim memory_latents off it and "
+                   "given_frames off the decoded images.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -106,8 +104,7 @@ class StoryMemConditioning:
                                     {"tooltip": "The previous shot's frames (at least its last 5), for MI2V / MM2V."}),
                 "fix_mem": ("INT", {"default": -1, "min": -1, "max": 64, "advanced": True,
                                     "tooltip": "-1 (as released): every memory frame is marked 1. n >= 0: frames after "
-                                               "the first n are "
-                                               "marked 2, the reference's unused fix_mem option."}),
+                                               "the first n are marked 2, the reference's unused fix_mem option."}),
             },
         }
 
@@ -176,8 +173,7 @@ def add_storymem_lora(model, path, strength: float, alpha: float | None = None):
         names = ", ".join(m.removeprefix(COMFY_PREFIX) for m in unmatched[:3])
         raise CheckpointError(
             f"LoRA {path} has {len(unmatched)} modules this model lacks ({names}, ...): use a LoRA made for Wan2.2 "
-            "A14B "
-            "on a Wan2.2 I2V model."
+            "A14B on a Wan2.2 I2V model."
         )
     patched = model.clone()
     patched.add_patches(comfy.lora.load_lora(tensors, key_map, log_missing=False), strength)
@@ -186,9 +182,8 @@ def add_storymem_lora(model, path, strength: float, alpha: float | None = None):
 
 class StoryMemLora:
     DESCRIPTION = ("Applies the StoryMem LoRA (the released backbone_*_noise.pth, rsLoRA-scaled, or a "
-                   "ComfyUI-converted file) "
-                   "to a ComfyUI MODEL through ComfyUI's patching: fp8, fp16 and GGUF models, stacks with LoRA "
-                   "loaders.")
+                   "ComfyUI-converted file) to a ComfyUI MODEL through ComfyUI's patching: fp8, fp16 and GGUF models, "
+                   "stacks with LoRA loaders.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -202,8 +197,7 @@ class StoryMemLora:
         }, "optional": {
             "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 1.0, "advanced": True,
                                 "tooltip": "0: the file's alpha, or the rank for a peft .pth (StoryMem's release). Set "
-                                           "it for a peft "
-                                           "LoRA trained with another lora_alpha."}),
+                                           "it for a peft LoRA trained with another lora_alpha."}),
         }}
 
     RETURN_TYPES = ("MODEL",)
@@ -251,8 +245,7 @@ def memory_positions_wrapper(memory_latents: int, placement: str, spacing: int):
 
 class MemoryPositions:
     DESCRIPTION = ("Where the memory frames sit in time for Wan's RoPE. released (default, no patch needed): 0..M-1 in "
-                   "front "
-                   "of the shot, as the published StoryMem code and LoRA. negative: the paper's shift, memory at "
+                   "front of the shot, as the published StoryMem code and LoRA. negative: the paper's shift, memory at "
                    "-M*S..-S, shot from 0.")
 
     @classmethod

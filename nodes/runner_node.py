@@ -46,8 +46,7 @@ def story_folder(root: Path, story: Story, options: StoryOptions, sources: list[
 
 class StoryRunner:
     DESCRIPTION = ("Generates every shot of a story script in order (first shot, then memory shots, keyframes into the "
-                   "bank after each), "
-                   "saving each finished shot; re-running continues where it stopped.")
+                   "bank after each), saving each finished shot; re-running continues where it stopped.")
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -164,8 +164,7 @@ class FirstShot:
 
 class MemoryShot:
     DESCRIPTION = ("A shot conditioned on the memory bank (StoryMem M2V); without a cut it also continues the previous "
-                   "shot "
-                   "from its last frame (MI2V) or last 5 frames (MM2V).")
+                   "shot from its last frame (MI2V) or last 5 frames (MM2V).")
 
     @classmethod
     def INPUT_TYPES(cls):

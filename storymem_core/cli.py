@@ -39,17 +39,16 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="none", choices=PRESET_CHOICES,
                         help="lightx2v: the lightx2v 4-step distilled LoRAs "
                              "(loras/wan2.2_i2v_lightx2v_4steps_lora_v1_{high,low}_noise, and the t2v v1.1 pair for a "
-                             "T2V "
-                             "first shot) stacked on the StoryMem LoRA, sampled as their authors do: 4 Euler steps, "
-                             "shift 5, "
-                             "CFG 1 (one forward per step); --steps, --shift, --guide, --solver still override")
+                             "T2V first shot) stacked on the StoryMem LoRA, sampled as their authors do: 4 Euler "
+                             "steps, shift 5, CFG 1 (one forward per step); --steps, --shift, --guide, --solver still "
+                             "override")
     parser.add_argument("--memory-positions", default="released", choices=MEMORY_POSITIONS,
                         help="memory frames' time positions: released (0..M-1 before the shot, as the published "
                              "code and LoRA; default) or negative (the paper's shift: memory at -5M..-5, shot from 0)")
     parser.add_argument("--from-shot", type=int, default=None, metavar="N",
                         help="regenerate from shot N (1-based) with the options given now: from the bank before it, "
-                             "windowed to "
-                             "--max-memory / --fixed-memory (N = 1: the initial bank, rebuilt from --reference)")
+                             "windowed to --max-memory / --fixed-memory (N = 1: the initial bank, rebuilt from "
+                             "--reference)")
     parser.add_argument("--out", required=True,
                         help="output folder (re-running with the same memory options and references continues where it "
                              "stopped; other ones need --from-shot or a new --out)")
@@ -61,8 +60,7 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
                         help="expert weights: auto keeps fp8 files fp8 on a GPU (default)")
     parser.add_argument("--offload", default="auto", choices=OFFLOAD_CHOICES,
                         help="GPU memory plan: none (both experts resident), experts (one at a time), blocks (stream "
-                             "blocks "
-                             "from RAM, fits 24 GB with fp8), auto (from free memory, default)")
+                             "blocks from RAM, fits 24 GB with fp8), auto (from free memory, default)")
     parser.add_argument("--fsdp", action="store_true",
                         help="under torchrun: shard each expert's weights over the GPUs (FSDP2), for GPUs that cannot "
                              "hold one")
@@ -72,10 +70,8 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
                         help="open_clip config of the keyframe encoder weights")
     parser.add_argument("--quality", default="auto", choices=QUALITY_CHOICES,
                         help="keyframe quality filter: aesthetic (CLIP head, clip_vision/sa_0_4_vit_b_32_linear.pth), "
-                             "hpsv3 "
-                             "(the paper's, needs the hpsv3 package and HPSv3.safetensors in hpsv3/ or clip_vision/), "
-                             "auto (hpsv3 when both are "
-                             "there, else aesthetic; default), off")
+                             "hpsv3 (the paper's, needs the hpsv3 package and HPSv3.safetensors in hpsv3/ or "
+                             "clip_vision/), auto (hpsv3 when both are there, else aesthetic; default), off")
 
 
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:

@@ -156,8 +156,7 @@ def build_conditioning(
         if len(given) != MOTION_FRAMES:
             raise ConditioningError(
                 f"MM2V needs exactly {MOTION_FRAMES} motion frames, got {len(given)}: give the previous shot's last "
-                f"{MOTION_FRAMES} frames "
-                f"(a shot of at least {MOTION_FRAMES} frames), or use MI2V."
+                f"{MOTION_FRAMES} frames (a shot of at least {MOTION_FRAMES} frames), or use MI2V."
             )
     if given is not None and frame_num < len(given):
         raise ConditioningError(f"frames = {frame_num} is shorter than the {len(given)} given frames of "

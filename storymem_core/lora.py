@@ -122,9 +122,8 @@ def _check_fits(layer: nn.Module, name: str, part: LoraModule, source: str, mode
     if part.down.shape[1] != layer.in_features or part.up.shape[0] != layer.out_features:
         raise CheckpointError(
             f"LoRA {source} does not fit this model: {name} is [{layer.out_features}, {layer.in_features}] but the "
-            "LoRA gives "
-            f"[{part.up.shape[0]}, {part.down.shape[1]}] (rank {part.down.shape[0]}); use a LoRA made for this base "
-            "model."
+            f"LoRA gives [{part.up.shape[0]}, {part.down.shape[1]}] (rank {part.down.shape[0]}); use a LoRA made for "
+            "this base model."
         )
 
 
@@ -171,8 +170,7 @@ def _check_delta_fits(layer: nn.Module, name: str, param: str, delta: torch.Tens
     if tuple(delta.shape) != tuple(target.shape):
         raise CheckpointError(
             f"LoRA {source} does not fit this model: {name} is {list(target.shape)} but the LoRA's delta is "
-            f"{list(delta.shape)}; "
-            "use a LoRA made for this base model."
+            f"{list(delta.shape)}; use a LoRA made for this base model."
         )
     if isinstance(layer, Fp8Linear) and param == "weight" and mode == "merge":
         raise CheckpointError(f"Layer {name} holds fp8 weights that merging would re-round: apply LoRA {source} with "

@@ -278,8 +278,7 @@ def _own_file_name(name: str, manifest_path: Path) -> str:
 
 def _write_error(folder: Path, error: OSError) -> WriteError:
     return WriteError(f"the memory bank could not be written to {folder} ({error}); a bank saved there before is "
-                      "unchanged: "
-                      "free disk space or choose another folder, then save again.")
+                      "unchanged: free disk space or choose another folder, then save again.")
 
 
 def _check_replaceable(folder: Path) -> None:

@@ -93,10 +93,8 @@ class StoryOptions:
         continuing = next((s for s in story.shots[1:] if not s.cut), None)
         if continuing is not None and self.frames <= given:
             raise StoryMemError(f"shot {continuing.index + 1} continues the previous one ({self.continuation.upper()}, "
-                                f"{given} given frame(s)) "
-                                f"but --frames {self.frames} leaves no new frame: use --frames "
-                                f"{given + 4 - (given - 1) % 4} or more, "
-                                "or the M2V continuation (no --mi2v / --mm2v).")
+                                f"{given} given frame(s)) but --frames {self.frames} leaves no new frame: use --frames "
+                                f"{given + 4 - (given - 1) % 4} or more, or the M2V continuation (no --mi2v / --mm2v).")
 
     def check_folder(self, out_dir: str | os.PathLike, story: Story, reference_images: list[torch.Tensor] | None,
                      from_shot: int | None) -> FolderState:

@@ -214,8 +214,7 @@ def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[
         return state
     if not folder.is_ours():
         raise StoryMemError(f"--out {folder.root} holds files that are not a StoryMem story: choose a new or empty "
-                            "folder "
-                            "(a story is never written over other files).")
+                            "folder (a story is never written over other files).")
     where = f"the story in {folder.root}"
     _check_record(folder, state.record, where, from_shot)
     _check_memory(folder, state.memory, max_memory, fixed_memory, references, where, from_shot)
@@ -233,25 +232,21 @@ def _check_record(folder: StoryFolder, current: StoryRecord, where: str, from_sh
     kept = made if from_shot is None else min(from_shot, made)
     if len(current.shot_sha256) < kept:
         raise StoryMemError(f"the script has {len(current.shot_sha256)} shot(s) but {where} has {made} made from "
-                            "another one: pass "
-                            "the script it was made from, or a new --out folder.")
+                            "another one: pass the script it was made from, or a new --out folder.")
     changed = next((i for i in range(kept) if recorded.shot_sha256[i] != current.shot_sha256[i]), None)
     if changed is not None:
         raise StoryMemError(f"the script differs from the one {where} was made from, from shot {changed + 1} on: pass "
-                            "that script to "
-                            f"continue it, --from-shot {changed + 1} to remake shot {changed + 1} and after from this "
-                            "one, or a new --out folder.")
+                            f"that script to continue it, --from-shot {changed + 1} to remake shot {changed + 1} and "
+                            "after from this one, or a new --out folder.")
     if recorded.size_wh != current.size_wh and from_shot != 0:
         old, new = ("x".join(map(str, wh)) for wh in (recorded.size_wh, current.size_wh))
         raise StoryMemError(f"--size {new} differs from the {old} {where} was made at, and a film never mixes sizes: "
-                            f"pass --size {old} "
-                            "to continue it, --from-shot 1 to remake every shot at the new size, or a new --out "
-                            "folder.")
+                            f"pass --size {old} to continue it, --from-shot 1 to remake every shot at the new size, or "
+                            "a new --out folder.")
     if recorded.frames != current.frames and from_shot is None:
         raise StoryMemError(f"--frames {current.frames} differs from the {recorded.frames} {where} was made with: pass "
-                            "--frames "
-                            f"{recorded.frames} to continue it, --from-shot N to remake shot N and after, or a new "
-                            "--out folder.")
+                            f"--frames {recorded.frames} to continue it, --from-shot N to remake shot N and after, or "
+                            "a new --out folder.")
 
 
 def _check_memory(folder: StoryFolder, current: MemorySettings, max_memory: int, fixed_memory: int,
@@ -265,16 +260,15 @@ def _check_memory(folder: StoryFolder, current: MemorySettings, max_memory: int,
         return
     if recorded.reference_sha256 != current.reference_sha256 and from_shot != 0:
         raise StoryMemError(f"the --reference images differ from those {where} was started with: pass the same ones to "
-                            "continue it, "
-                            "--from-shot 1 to remake it from the new ones, or a new --out folder.")
+                            "continue it, --from-shot 1 to remake it from the new ones, or a new --out folder.")
     if from_shot is not None:
         return  # --from-shot remakes its shots with the new memory options
     for flag, old, new in (("--max-memory", recorded.max_memory, current.max_memory),
                            ("--fixed-memory", recorded.fixed_memory, current.fixed_memory)):
         if old != new:
             raise StoryMemError(f"{flag} {new} differs from the {old} {where} was made with: pass {flag} {old} to "
-                                "continue it, "
-                                f"--from-shot N to remake shot N and after with {new}, or a new --out folder.")
+                                f"continue it, --from-shot N to remake shot N and after with {new}, or a new --out "
+                                "folder.")
 
 
 def pending_shots(story: Story, out_dir: str | os.PathLike, from_shot: int | None = None) -> tuple[Shot, ...]:
