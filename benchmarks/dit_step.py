@@ -1,7 +1,8 @@
 """One forward of the real Wan2.2 A14B i2v DiT (random bf16 weights) at 832x480, 81 frames, M memory frames.
 
 Run on a GPU from the repo root:  python -m benchmarks.dit_step --json out.json --markdown out.md
-Variants: attention kernels (the engine's choice vs forced ones), fused QKV, torch.compile of the blocks, CFG as a batch of two vs two calls,
+Variants: attention kernels (the engine's choice vs forced ones), fused QKV, torch.compile of the blocks, CFG as a
+batch of two vs two calls,
 fp8 linear layers (and a bf16-vs-fp8 linear microbenchmark). Each result line prints as soon as it is
 measured; the markdown table comes last.
 
@@ -79,7 +80,8 @@ def tokens(config: DiTConfig, memory_frames: int, height: int = HEIGHT, width: i
 
 def forward_flops(config: DiTConfig, length: int) -> float:
     d, f, lc = config.dim, config.ffn_dim, config.text_len
-    per_layer = 8 * length * d**2 + 4 * length**2 * d + 4 * length * d**2 + 4 * lc * d**2 + 4 * length * lc * d + 4 * length * d * f
+    per_layer = (8 * length * d**2 + 4 * length**2 * d + 4 * length * d**2 + 4 * lc * d**2 + 4 * length * lc * d
+                 + 4 * length * d * f)
     return per_layer * config.num_layers
 
 
@@ -127,7 +129,8 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int,
 
 def median(values: list[float]) -> float:
     ordered = sorted(values)
-    return ordered[len(ordered) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1]) / 2
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else sum(ordered[middle - 1 : middle + 1]) / 2
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -217,7 +220,8 @@ class Bench:
         return row, (out[0] if keep_output else None)
 
     def linear_layers(self, length: int) -> None:
-        """bf16 nn.Linear vs Fp8Linear on the block's matmul shapes at `length` tokens; 6 dxd + d->f + f->d per block."""
+        """bf16 nn.Linear vs Fp8Linear on the block's matmul shapes at `length` tokens; 6 dxd + d->f + f->d per
+        block."""
         d, f = self.model.config.dim, self.model.config.ffn_dim
         shapes = {"d->d": (d, d, 6), "d->f": (d, f, 1), "f->d": (f, d, 1)}
         total = {"bf16": 0.0, "fp8": 0.0, "fp8 torch-ops quantiser": 0.0, "fp8 raw _scaled_mm": 0.0,

@@ -156,7 +156,8 @@ def synthetic_fast_pan(args: argparse.Namespace) -> list[str]:
     bank_images = list(fast_pan(args.bank - 1, args.height, args.width, args.shift, args.bank_seed)) + [shot[0]]
     head = AestheticHead([torch.nn.Linear(EMBED_DIM, 1)]).eval().requires_grad_(False)
     quality = head.score(None, encoder.embed(shot)).sort().values
-    head.threshold = ((quality[len(quality) // 10] + quality[len(quality) // 10 + 1]) / 2).item()  # between two frames: no ties
+    tenth = len(quality) // 10
+    head.threshold = ((quality[tenth] + quality[tenth + 1]) / 2).item()  # between two frames: no ties
 
     bank = MemoryBank.from_images(bank_images)
 

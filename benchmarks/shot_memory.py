@@ -61,7 +61,8 @@ def host_to_device_gbps(device: torch.device, megabytes: int = 1024) -> float:
 
 def run_steps(experts: ExpertPair, config: DiTConfig, memory_frames: int, steps: int, batch_cfg: bool,
               device: torch.device) -> dict:
-    """Warm up with one step, then time `steps` steps of the real loop (boundary 0.9: the first ones use the high expert)."""
+    """Warm up with one step, then time `steps` steps of the real loop (boundary 0.9: the first ones use the high
+    expert)."""
     x, _, context, y = dit_inputs(config, memory_frames, 1, device, HEIGHT, WIDTH)
     context_null = torch.randn_like(context[0])
     settings = SamplerSettings(steps=steps, batch_cfg=batch_cfg)

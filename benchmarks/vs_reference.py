@@ -77,7 +77,8 @@ def reference_kwargs(config: DiTConfig) -> dict:
 
 
 def build_reference(module: types.ModuleType, config: DiTConfig, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """The reference WanModel with random weights made on the GPU (its rope table from a one-layer CPU copy of the same head size)."""
+    """The reference WanModel with random weights made on the GPU (its rope table from a one-layer CPU copy of the
+    same head size)."""
     kwargs = reference_kwargs(config)
     with torch.device("meta"):
         model = module.WanModel(**kwargs)

@@ -226,7 +226,8 @@ def output_dir() -> Path:
 
 
 def output_name(name: str, input_name: str, example: str, error: type[StoryMemError] = StoryMemError) -> Path:
-    """A save node's path input as a relative path; one that would leave the output folder (absolute, '..') raises `error`."""
+    """A save node's path input as a relative path; one that would leave the output folder (absolute, '..') raises
+    `error`."""
     relative = Path(name.strip())
     if relative.is_absolute() or ".." in relative.parts:
         raise error(f"{input_name} '{name}' must be a relative folder name inside the output folder, such as "

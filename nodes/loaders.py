@@ -150,7 +150,8 @@ class AddWanLora:
 
     def load(self, model: WanExperts, lora: str, strength: float, experts: str) -> tuple:
         targets = ("high", "low") if experts == "both" else (experts,)
-        # entries for layers Wan2.2 lacks (a Wan2.1 speed LoRA's image cross-attention) are logged and skipped, as ComfyUI does
+        # entries for layers Wan2.2 lacks (a Wan2.1 speed LoRA's image cross-attention) are logged and skipped, as
+        # ComfyUI does
         weights = {expert: _read_lora(lora, strength, getattr(model, expert), strict=False) for expert in targets}
         return (model.with_lora(LoraSpec(lora, strength, weights, strict=False)),)
 
@@ -232,7 +233,8 @@ class LoadKeyframeEncoder:
         scorer = None
         if aesthetic_head != NO_AESTHETIC_HEAD:
             path = host.model_path("clip_vision", aesthetic_head)
-            # the paper's HPSv3 reward model when chosen (needs `pip install hpsv3`), else a LAION head on the CLIP embeddings
+            # the paper's HPSv3 reward model when chosen (needs `pip install hpsv3`), else a LAION head on the CLIP
+            # embeddings
             if "hpsv3" in aesthetic_head.lower():
                 scorer = HPSv3Scorer(path, host.device())
             else:

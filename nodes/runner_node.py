@@ -138,7 +138,8 @@ class StoryRunner:
             t2v_model, t2v = with_preset(t2v_model, preset, options.t2v, "t2v")
             options = replace(options, t2v=t2v)
         options = replace(options, m2v=m2v)
-        references = None if reference_images is None or first_shot != "mr2v" else image_batch_to_frames(reference_images)
+        references = (None if reference_images is None or first_shot != "mr2v"
+                      else image_batch_to_frames(reference_images))
         sources = [model.name, *(f"{lora.name}@{lora.strength}" for lora in model.loras), text_encoder.name,
                    keyframe_encoder.name,
                    "" if t2v_model is None else t2v_model.name,

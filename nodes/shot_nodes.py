@@ -98,8 +98,9 @@ def naming_shot(number: int, prompt: str) -> Iterator[None]:
 
 def _shot(request: ShotRequest, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_model: KeyframeModel,
           cut: bool) -> dict:
-    """The shot made by the engine's `run_shot` (as the Story Runner and the CLI make theirs) on one progress bar, and
-    the node result: its frames, the bank after it, its last frames, and what the frontend shows (strip, title, video)."""
+    """The shot made by the engine's `run_shot` (as the Story Runner and the CLI make theirs) on one progress bar,
+    and the node result: its frames, the bank after it, its last frames, and what the frontend shows (strip, title,
+    video)."""
     device = host.device()
     progress = host.ShotProgress(request.settings.steps, f"shot {request.index + 1} ({request.mode.upper()})")
     _make_room(model, device)

@@ -1,4 +1,5 @@
-"""`python -m storymem_core`: inspect model files, validate story scripts, run stories, convert LoRAs, run the demo, evaluate."""
+"""`python -m storymem_core`: inspect model files, validate story scripts, run stories, convert LoRAs, run the demo,
+evaluate."""
 
 from __future__ import annotations
 

@@ -318,7 +318,8 @@ def select_indices(
     max_keyframes: int = MAX_KEYFRAMES,
     quality_threshold: float = HPSV3_THRESHOLD,
 ) -> KeyframeSearch:
-    """The reference's keyframe rule on a frame-similarity matrix [T, T] and per-frame quality [T] (None: all acceptable)."""
+    """The reference's keyframe rule on a frame-similarity matrix [T, T] and per-frame quality [T] (None: all
+    acceptable)."""
     if max_keyframes < 1 or step <= 0:
         raise ConditioningError(f"max_keyframes = {max_keyframes} and step = {step} must be positive: use e.g. 3 and "
                                 "0.01.")
@@ -377,8 +378,8 @@ def select_keyframes(
     if scorer is None:
         _warn_quality_filter_off()
     quality = None if scorer is None else scorer.score(frames, embeddings).float().cpu()  # [T]
-    cut = quality_threshold if quality_threshold is not None else getattr(scorer, "threshold",
-                                                                          HPSV3_THRESHOLD)  # unused without a scorer
+    # cut is unused without a scorer
+    cut = quality_threshold if quality_threshold is not None else getattr(scorer, "threshold", HPSV3_THRESHOLD)
     search = select_indices(similarity, quality, threshold, step, max_keyframes, cut)
     chosen = list(search.indices)
     bank_similarity = None

@@ -145,7 +145,8 @@ def _hook(layer: nn.Module, part: LoraModule) -> Callable[[], None]:
     """Add scale * B(A x) to the layer's output; A and B ride along as non-persistent buffers (moved with the layer)."""
     index = _free_buffer_index(layer, "lora_down")
     names = (f"lora_down_{index}", f"lora_up_{index}")
-    weight_dtype = layer.weight.dtype if layer.weight.is_floating_point() and layer.weight.dtype.itemsize > 1 else part.down.dtype
+    floating = layer.weight.is_floating_point() and layer.weight.dtype.itemsize > 1
+    weight_dtype = layer.weight.dtype if floating else part.down.dtype
     layer.register_buffer(names[0], part.down.to(layer.weight.device, weight_dtype), persistent=False)
     layer.register_buffer(names[1], part.up.to(layer.weight.device, weight_dtype), persistent=False)
 

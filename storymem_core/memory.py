@@ -213,9 +213,11 @@ class MemoryBank:
             entries = manifest["keyframes"]
             max_size, fixed = int(manifest["max_size"]), int(manifest["fixed"])
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise MemoryBankError(f"{manifest_path} does not exist: point to a folder written by MemoryBank.save.") from None
+            raise MemoryBankError(
+                f"{manifest_path} does not exist: point to a folder written by MemoryBank.save.") from None
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise MemoryBankError(f"{manifest_path} is not a valid memory bank file ({error}): save the bank again.") from None
+            raise MemoryBankError(
+                f"{manifest_path} is not a valid memory bank file ({error}): save the bank again.") from None
         if not isinstance(entries, list):
             raise MemoryBankError(f"{manifest_path} is not a valid memory bank file (keyframes is not a list): save "
                                   "the bank again.")

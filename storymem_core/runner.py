@@ -117,8 +117,8 @@ def quality_model(quality: str, models_dir: str | Path) -> str | None:
     if quality == "off":
         return None
     if quality == "auto":
-        found = importlib.util.find_spec("hpsv3") is not None and _find(Path(models_dir).expanduser(),
-                                                                        "hpsv3") is not None
+        found = (importlib.util.find_spec("hpsv3") is not None
+                 and _find(Path(models_dir).expanduser(), "hpsv3") is not None)
         return "hpsv3" if found else "aesthetic"
     return quality
 

@@ -27,7 +27,8 @@ LATENT_CHANNELS = 16
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Defaults are StoryMem's M2V settings (wan/configs/wan_m2v_A14B.py); the T2V first shot's are `shot.T2V_SETTINGS`."""
+    """Defaults are StoryMem's M2V settings (wan/configs/wan_m2v_A14B.py); the T2V first shot's are
+    `shot.T2V_SETTINGS`."""
 
     steps: int = 40
     shift: float = 4.0

@@ -87,7 +87,8 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     try:  # the only honest test of writability (root ignores modes; /proc and read-only mounts refuse)
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".storymem-write-check-"))
     except OSError as error:
-        raise StoryMemError(f"{flag} {path} cannot be written ({error.strerror}): choose a folder you can write to.") from None
+        raise StoryMemError(
+            f"{flag} {path} cannot be written ({error.strerror}): choose a folder you can write to.") from None
     return path
 
 

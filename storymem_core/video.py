@@ -28,8 +28,8 @@ from .safe_files import check_file
 
 
 def _check_float(tensor: torch.Tensor, channel_dim: int, what: str, layout: str) -> None:
-    if not isinstance(tensor,
-                      torch.Tensor) or not tensor.is_floating_point() or tensor.dim() != 4 or tensor.shape[channel_dim] != 3:
+    if (not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.dim() != 4
+            or tensor.shape[channel_dim] != 3):
         shown = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
         raise ConditioningError(f"{what} must be a float tensor {layout}, got {shown}.")
 
@@ -162,7 +162,8 @@ def _decoded_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
             for frame in container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24")
     except av.FFmpegError as error:
-        raise ConditioningError(f"video {path} cannot be decoded ({error}): regenerate it or convert it to mp4.") from None
+        raise ConditioningError(
+            f"video {path} cannot be decoded ({error}): regenerate it or convert it to mp4.") from None
 
 
 def read_mp4(path: str | os.PathLike) -> torch.Tensor:

@@ -75,7 +75,8 @@ def backend_name(device: torch.device) -> str:
 
 def sdpa_priority(device: torch.device) -> list[SDPBackend] | None:
     """SDPA kernel priority for a CUDA device; None leaves torch's own choice (also where torch takes no priority)."""
-    return HOPPER_SDPA_PRIORITY if SDPA_TAKES_PRIORITY and torch.cuda.get_device_properties(device).major == HOPPER else None
+    hopper = SDPA_TAKES_PRIORITY and torch.cuda.get_device_properties(device).major == HOPPER
+    return HOPPER_SDPA_PRIORITY if hopper else None
 
 
 @torch.library.custom_op("storymem::flash_attention", mutates_args=())

@@ -60,7 +60,8 @@ def relative_position_buckets(length: int, num_buckets: int, device: torch.devic
     max_exact = half // 2
     # clamp keeps log() finite where the exact branch is taken anyway
     far = distance.clamp(min=max_exact).float()
-    log_bucket = max_exact + (torch.log(far / max_exact) / math.log(MAX_DISTANCE / max_exact) * (half - max_exact)).long()
+    log_bucket = max_exact + (
+        torch.log(far / max_exact) / math.log(MAX_DISTANCE / max_exact) * (half - max_exact)).long()
     log_bucket = log_bucket.clamp(max=half - 1)
     return direction + torch.where(distance < max_exact, distance, log_bucket)
 

@@ -69,8 +69,10 @@ class UMT5Tokenizer:
     def from_path(cls, path: str | Path) -> "UMT5Tokenizer":
         """From a spiece.model file, a folder holding one, or a Wan-AI model folder (google/umt5-xxl/spiece.model)."""
         path = Path(path)
-        candidates = [path] if check_file(path, "tokenizer", CheckpointError).is_file() else [path / SPIECE_FILE,
-                                                                                              path / WAN_TOKENIZER_DIR / SPIECE_FILE]
+        if check_file(path, "tokenizer", CheckpointError).is_file():
+            candidates = [path]
+        else:
+            candidates = [path / SPIECE_FILE, path / WAN_TOKENIZER_DIR / SPIECE_FILE]
         for candidate in candidates:
             if candidate.is_file():
                 return cls(read_bytes(candidate, "tokenizer", CheckpointError), str(candidate))
