@@ -249,10 +249,10 @@ class Bench:
                     "bf16": median(timed(lambda: linear(x), self.device, 10, warmup=3)[0]),
                     "fp8": median(timed(lambda: fp8(x), self.device, 10, warmup=3)[0]),
                     "fp8 torch-ops quantiser": median(timed(torch_ops_quantiser, self.device, 10, warmup=3)[0]),
-                    "fp8 raw _scaled_mm": median(timed(lambda: raw(False), self.device, 10, warmup=3)[0]) if cuda
-                    else float("nan"),
-                    "fp8 raw fast accum": median(timed(lambda: raw(True), self.device, 10, warmup=3)[0]) if cuda
-                    else float("nan"),
+                    "fp8 raw _scaled_mm": (median(timed(lambda: raw(False), self.device, 10, warmup=3)[0])
+                                           if cuda else float("nan")),
+                    "fp8 raw fast accum": (median(timed(lambda: raw(True), self.device, 10, warmup=3)[0])
+                                           if cuda else float("nan")),
                 }
                 error = relative_error(fp8(x), linear(x))
                 agreement = quantiser_agreement(x)

@@ -199,8 +199,8 @@ def main() -> None:
     measure("reference, bf16 params + bf16 autocast", top_m, "reference, bf16 params")
     for m in args.memory:
         bench.record({"variant": "ratio reference / engine", "M": m, **{
-            key: seconds[("reference", m)] / value for (key, m_), value in seconds.items() if m_ == m
-            and not key.startswith("reference")}})
+            key: seconds[("reference", m)] / value for (key, m_), value in seconds.items()
+            if m_ == m and not key.startswith("reference")}})
 
 
 if __name__ == "__main__":

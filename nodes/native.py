@@ -269,8 +269,8 @@ class MemoryPositions:
     CATEGORY = CATEGORY
 
     def patch(self, model, memory_latents: int, placement: str, spacing: int) -> tuple:
-        memory_frame_positions(memory_latents, memory_latents,
-                               placement, spacing)  # bad settings fail here, not mid-sampling
+        # bad settings fail here, not mid-sampling
+        memory_frame_positions(memory_latents, memory_latents, placement, spacing)
         patched = model.clone()
         wrapper = memory_positions_wrapper(memory_latents, placement, spacing)
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, POSITIONS_WRAPPER, wrapper)

@@ -153,8 +153,8 @@ class StoryRunner:
                 vae=vae,
                 m2v=stack.enter_context(model.sampling(device, host.offload_device())),
                 keyframe_encoder=keyframe_encoder.encoder,
-                t2v=None if t2v_model is None
-                else stack.enter_context(t2v_model.sampling(device, host.offload_device())),
+                t2v=(None if t2v_model is None
+                     else stack.enter_context(t2v_model.sampling(device, host.offload_device()))),
                 aesthetic_scorer=keyframe_encoder.scorer,
             )
             start = from_shot - 1 if from_shot else None

@@ -230,9 +230,8 @@ class MemoryBank:
                 keyframes.append(
                     Keyframe(
                         load_keyframe_image(Path(folder) / _own_file_name(entry["file"], manifest_path)),
-                        shot=int(entry["shot"]), frame_index=int(entry["frame_index"]),
-                        scores=entry.get("scores", {}), pinned=bool(entry.get("pinned", False)),
-                        source=entry.get("source", "generated"),
+                        shot=int(entry["shot"]), frame_index=int(entry["frame_index"]), scores=entry.get("scores", {}),
+                        pinned=bool(entry.get("pinned", False)), source=entry.get("source", "generated"),
                     )
                 )
             except (KeyError, TypeError, ValueError) as error:

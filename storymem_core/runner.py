@@ -176,8 +176,8 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
                                      torch.device("cpu"))
     return StoryModels(
         text_encoder=text_encoder,
-        vae=load_vae(files["vae"],
-                     auto_dtype(load.device)),  # on the CPU: a shot takes it to the GPU to encode and decode
+        # on the CPU: a shot takes it to the GPU to encode and decode
+        vae=load_vae(files["vae"], auto_dtype(load.device)),
         m2v=m2v,
         keyframe_encoder=keyframe_encoder,
         t2v=t2v,

@@ -62,8 +62,8 @@ class StoryFolder:
 
     def is_ours(self) -> bool:
         """Empty, or started by a story run (every run records its settings before its first shot's files)."""
-        return not any(self.root.iterdir()) or any(p.exists()
-                                                   for p in (self.record, self.memory_settings, self.bank(-1)))
+        return not any(self.root.iterdir()) or any(
+            p.exists() for p in (self.record, self.memory_settings, self.bank(-1)))
 
     def film_is_current(self, shots: tuple[Shot, ...]) -> bool:
         """The film exists and is newer than every shot in it, so a run that made no shot need not rewrite it."""
