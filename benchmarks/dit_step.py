@@ -260,8 +260,7 @@ class Bench:
                 total[key] += value * count
             self.record({"variant": f"linear {name}", "tokens": length, "ms": {k_: v * 1e3 for k_, v in times.items()},
                          "tflops": {k_: 2 * length * k * n / v / 1e12 for k_, v in times.items()},
-                         "fp8_vs_bf16_rel_err": error,
-                         **agreement})
+                         "fp8_vs_bf16_rel_err": error, **agreement})
         self.record({"variant": "linear per block", "tokens": length, "ms": {k_: v * 1e3 for k_, v in total.items()},
                      "fp8_speedup": total["bf16"] / total["fp8"]})
 

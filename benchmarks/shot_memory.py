@@ -119,8 +119,7 @@ def vae_decodes(device: torch.device, tiles: list[tuple[int, int] | None]) -> li
         for tile in tiles:
             seconds, first, peak = timed(lambda vae=vae, tile=tile: vae.decode(latent, tile), device, repeats=1)
             rows.append({"mode": "vae decode", "dtype": str(dtype).removeprefix("torch."), "tile": tile,
-                         "seconds": seconds[0],
-                         "first_call_s": first, "peak_gib": peak,
+                         "seconds": seconds[0], "first_call_s": first, "peak_gib": peak,
                          "reserved_peak_gib": torch.cuda.max_memory_reserved(device) / GIB})
         del vae
         torch.cuda.empty_cache()
@@ -165,8 +164,8 @@ def main() -> None:
             args.json.write_text(json.dumps(rows, indent=1))
 
     record({"mode": "host->device copy", "pinned_gbps": host_to_device_gbps(device),
-            "gpu": torch.cuda.get_device_name(device),
-            "torch": torch.__version__, "total_gib": total_gib, "tokens": tokens(config, args.memory)})
+            "gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "total_gib": total_gib,
+            "tokens": tokens(config, args.memory)})
     cfg = "batch of two" if args.batch_cfg else "two calls"
     for fp8 in (False, True):
         modes = [m for m in args.modes if MODES[m][0] == fp8]
@@ -187,8 +186,7 @@ def main() -> None:
                 block_bytes = sum(t.numel() * t.element_size() for m in (high, low)
                                   for t in m.dit.blocks.state_dict().values())
                 record({"mode": f"pin two {'fp8' if fp8 else 'bf16'} experts' blocks",
-                        "seconds": time.perf_counter() - start,
-                        "block_gib": block_bytes / GIB,
+                        "seconds": time.perf_counter() - start, "block_gib": block_bytes / GIB,
                         "pinned_gib": torch.cuda.host_memory_stats()["allocated_bytes.current"] / GIB,
                         "gpu_gib_left": torch.cuda.memory_allocated(device) / GIB})
                 torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib / total_gib), device)

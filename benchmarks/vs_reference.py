@@ -71,8 +71,7 @@ def load_reference(root: Path) -> types.ModuleType:
 
 def reference_kwargs(config: DiTConfig) -> dict:
     return dict(model_type=config.model_type, in_dim=config.in_dim, dim=config.dim, ffn_dim=config.ffn_dim,
-                freq_dim=config.freq_dim,
-                text_dim=config.text_dim, out_dim=config.out_dim, num_heads=config.num_heads,
+                freq_dim=config.freq_dim, text_dim=config.text_dim, out_dim=config.out_dim, num_heads=config.num_heads,
                 num_layers=config.num_layers, text_len=config.text_len)
 
 

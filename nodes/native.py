@@ -64,8 +64,8 @@ def storymem_conditioning(positive: list, negative: list, vae, memory: MemoryBan
     values = {"concat_latent_image": y[:, 4:], "concat_mask": 1.0 - y[:, :4]}
     latent = torch.zeros([batch_size, 16, *y.shape[2:]], device=comfy.model_management.intermediate_device())
     return (node_helpers.conditioning_set_values(positive, values),
-            node_helpers.conditioning_set_values(negative, values),
-            {"samples": latent}, conditioning.memory_count, GIVEN_FRAMES[mode])
+            node_helpers.conditioning_set_values(negative, values), {"samples": latent}, conditioning.memory_count,
+            GIVEN_FRAMES[mode])
 
 
 class StoryMemConditioning:
@@ -121,8 +121,7 @@ class StoryMemConditioning:
     CATEGORY = CATEGORY
 
     def condition(self, positive: list, negative: list, vae, memory: MemoryBank, cut: bool, mode: str,
-                  width: int, height: int,
-                  length: int, batch_size: int, previous_frames: torch.Tensor | None = None,
+                  width: int, height: int, length: int, batch_size: int, previous_frames: torch.Tensor | None = None,
                   fix_mem: int = -1) -> tuple:
         mode = resolve_mode(mode, cut, previous_frames is not None)
         previous = None if mode == "m2v" else image_batch_to_frames(previous_frames)

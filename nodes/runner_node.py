@@ -105,13 +105,12 @@ class StoryRunner:
     OUTPUT_NODE = True
 
     def run(self, story: Story, model: WanExperts, text_encoder: TextModel, vae: WanVAE,
-            keyframe_encoder: KeyframeModel,
-            first_shot: str, continuation: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
+            keyframe_encoder: KeyframeModel, first_shot: str, continuation: str, seed: int, steps: int, cfg: float,
+            shift: float, solver: str,
             width: int, height: int, frames: int, fps: int, max_size: int, fixed: int, output_folder: str,
-            from_shot: int,
-            t2v_model: WanExperts | None = None, reference_images: torch.Tensor | None = None,
-            negative_prompt: str = "",
-            preset: str = "none", memory_positions: str = "released") -> dict:
+            from_shot: int, t2v_model: WanExperts | None = None, reference_images: torch.Tensor | None = None,
+            negative_prompt: str = "", preset: str = "none",
+            memory_positions: str = "released") -> dict:
         model.require("i2v", "Story Runner")
         if from_shot > len(story.shots):
             raise StoryMemError(f"from_shot {from_shot} is not a shot of '{story.name}' (it has shots 1 to "
@@ -141,8 +140,7 @@ class StoryRunner:
         references = (None if reference_images is None or first_shot != "mr2v"
                       else image_batch_to_frames(reference_images))
         sources = [model.name, *(f"{lora.name}@{lora.strength}" for lora in model.loras), text_encoder.name,
-                   keyframe_encoder.name,
-                   "" if t2v_model is None else t2v_model.name,
+                   keyframe_encoder.name, "" if t2v_model is None else t2v_model.name,
                    "" if references is None else hashlib.sha1(references.numpy().tobytes()).hexdigest()]
         folder = story_folder(host.output_dir() / host.output_name(output_folder, "output_folder", "storymem/stories"),
                               story, options, sources)

@@ -147,8 +147,8 @@ class FirstShot:
     CATEGORY = CATEGORY
 
     def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel,
-                 memory: MemoryBank,
-                 prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float, solver: str,
+                 memory: MemoryBank, prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float,
+                 solver: str,
                  width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None,
                  preset: str = "none") -> dict:
         number = shot_number or 1
@@ -205,8 +205,8 @@ class MemoryShot:
     CATEGORY = CATEGORY
 
     def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel,
-                 memory: MemoryBank,
-                 prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
+                 memory: MemoryBank, prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float,
+                 solver: str,
                  width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
                  negative_prompt: str = "", shot_number: int | None = None, preset: str = "none",
                  memory_positions: str = "released") -> dict:

@@ -191,8 +191,7 @@ class MemoryBank:
                 Image.fromarray(keyframe._pixels.numpy()).save(staging / name, format="PNG")
                 entries.append(
                     {"file": name, "shot": keyframe.shot, "frame_index": keyframe.frame_index,
-                     "scores": dict(keyframe.scores),
-                     "pinned": keyframe.pinned, "source": keyframe.source}
+                     "scores": dict(keyframe.scores), "pinned": keyframe.pinned, "source": keyframe.source}
                 )
             manifest = {"format": BANK_FORMAT, "version": BANK_VERSION, "max_size": self.max_size, "fixed": self.fixed,
                         "keyframes": entries}

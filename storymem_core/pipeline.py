@@ -180,8 +180,7 @@ def _make_shot(shot: Shot, bank: MemoryBank, models: StoryModels, options: Story
     request = ShotRequest(
         prompt=shot.prompt, mode=mode, memory=bank, size_wh=options.size_wh, frames=options.frames,
         settings=replace(options.t2v if mode == "t2v" else options.m2v, seed=options.seed + shot.index),
-        index=shot.index,
-        previous_frames=_load_tail(folder, shot.index - 1) if mode in ("mi2v", "mm2v") else None,
+        index=shot.index, previous_frames=_load_tail(folder, shot.index - 1) if mode in ("mi2v", "mm2v") else None,
         negative_prompt=options.negative_prompt, fix_mem=options.fixed_memory if options.mark_fixed_memory else None,
         memory_positions=options.memory_positions,
     )

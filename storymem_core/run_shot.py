@@ -77,8 +77,7 @@ def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, i
         width, height = request.size_wh
         result = generate_memory_shot(
             models.experts, models.vae, context, context_null, request.memory.image_list(), request.frames,
-            width * height,
-            request.settings, first_frame=given[-1] if request.mode == "mi2v" else None,
+            width * height, request.settings, first_frame=given[-1] if request.mode == "mi2v" else None,
             motion_frames=given if request.mode == "mm2v" else None, fix_mem=request.fix_mem, on_step=on_step,
             memory_positions=request.memory_positions, on_preview=on_preview,
         )

@@ -231,8 +231,7 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
     t2v = _sampler_from_args(args, preset_settings(args.preset, defaults.t2v, "t2v"))
     options = StoryOptions(
         first_shot=args.first_shot, continuation=args.continuation, max_memory=args.max_memory,
-        fixed_memory=args.fixed_memory,
-        seed=args.seed, size_wh=(width, height), frames=args.frames, m2v=m2v, t2v=t2v,
+        fixed_memory=args.fixed_memory, seed=args.seed, size_wh=(width, height), frames=args.frames, m2v=m2v, t2v=t2v,
         memory_positions=args.memory_positions,
     )
     options.check()  # every number in its range before anything loads
