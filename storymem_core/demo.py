@@ -67,6 +67,8 @@ def _holds(path: Path, content: bytes) -> bool:
 
 
 def run_demo(out: str | Path, seed: int = 0) -> int:
+    options = demo_options(seed)
+    options.check()  # before the models are written: a bad --seed must leave nothing behind
     out = check_output_folder(out)
     script = out / "story.json"
     story_text = json.dumps(DEMO_STORY, indent=2, ensure_ascii=False)
@@ -82,8 +84,7 @@ def run_demo(out: str | Path, seed: int = 0) -> int:
     if not os.path.lexists(script):
         with atomic_write_path(script) as tmp:
             tmp.write_text(story_text, encoding="utf-8")
-    film = run_story_files(script, models_dir, out / "story", demo_options(seed),
-                           LoadOptions(device=torch.device("cpu")))
+    film = run_story_files(script, models_dir, out / "story", options, LoadOptions(device=torch.device("cpu")))
     print(f"demo film: {film}")
     print(f"shots: {film.parent / 'shots'}; memory banks: {film.parent / 'banks'}; memory contact sheet: "
           f"{film.parent / 'memory.png'}")

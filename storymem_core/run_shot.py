@@ -97,8 +97,9 @@ def _given_frames(request: ShotRequest) -> torch.Tensor | None:
         raise ConditioningError(f"shot mode '{request.mode}' is unknown: use one of {', '.join(SHOT_MODES)}.")
     if request.mode in ("t2v", "m2v"):
         return None
-    needed = GIVEN_FRAMES[request.mode]
-    if request.previous_frames is None or len(request.previous_frames) < needed:
-        raise ConditioningError(f"a {request.mode.upper()} shot continues the previous shot's last {needed} frame(s): "
-                                "give them (previous_frames), or make the shot M2V.")
+    if request.previous_frames is None:
+        raise ConditioningError(f"a {request.mode.upper()} shot continues the previous shot's last "
+                                f"{GIVEN_FRAMES[request.mode]} frame(s): give them (previous_frames), or make the shot "
+                                "M2V.")
+    # too few frames for MM2V is reported by the conditioning, which counts them
     return request.previous_frames[-MOTION_FRAMES:] if request.mode == "mm2v" else request.previous_frames[-1:]

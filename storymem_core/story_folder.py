@@ -76,6 +76,14 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Refuse, before anything loads, an output folder that cannot be one: a file, a device, a path under a file,
     a broken link or a place this user cannot write. Creates nothing."""
     path = Path(path).expanduser()
+    try:
+        _check_writable_folder(path, flag)
+    except OSError as error:  # a name too long, a component not searchable, ...
+        raise StoryMemError(f"{flag} {path} cannot be used ({error.strerror}): choose another folder path.") from None
+    return path
+
+
+def _check_writable_folder(path: Path, flag: str) -> None:
     if os.path.lexists(path) and not path.exists():
         raise StoryMemError(f"{flag} {path} is a broken link (or a link loop): point it at a folder, or remove the "
                             "link.")
@@ -89,7 +97,6 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     except OSError as error:
         raise StoryMemError(
             f"{flag} {path} cannot be written ({error.strerror}): choose a folder you can write to.") from None
-    return path
 
 
 def _sha256(images: list[torch.Tensor]) -> tuple[str, ...]:

@@ -93,6 +93,7 @@ OUT_ROWS = {
     "sysfs": (lambda demo, tmp: Path("/sys/storymem-out/story"), "cannot be written"),
     "symlink-loop": (lambda demo, tmp: symlink_loop(tmp), "broken link"),
     "dangling-link": (lambda demo, tmp: (tmp / "dangling").symlink_to(tmp / "nowhere") or tmp / "dangling", "broken link"),
+    "name-too-long": (lambda demo, tmp: tmp / ("x" * 300) / "story", "cannot be used (File name too long)"),
 }
 
 
@@ -121,6 +122,11 @@ def test_demo_refuses_a_folder_whose_story_json_is_not_the_demos(tmp_path, capsy
     before = files_under(tmp_path)
     refused(capsys, ["demo", "--out", str(tmp_path)], "not the demo's")
     assert files_under(tmp_path) == before
+
+
+def test_demo_with_a_bad_seed_writes_nothing(tmp_path, capsys):
+    refused(capsys, ["demo", "--out", str(tmp_path / "demo"), "--seed", "-5"], "seed -5 is outside")
+    assert not (tmp_path / "demo").exists()
 
 
 # ------------------------------------------------------------------ a finished story and a run that would not continue it
