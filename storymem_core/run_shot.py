@@ -99,7 +99,7 @@ def _given_frames(request: ShotRequest) -> torch.Tensor | None:
         return None
     if request.previous_frames is None:
         raise ConditioningError(f"a {request.mode.upper()} shot continues the previous shot's last "
-                                f"{GIVEN_FRAMES[request.mode]} frame(s): give them (previous_frames), or make the shot "
-                                "M2V.")
+                                f"{GIVEN_FRAMES[request.mode]} frame(s): give them (previous_frames), or make the "
+                                "shot M2V.")
     # too few frames for MM2V is reported by the conditioning, which counts them
     return request.previous_frames[-MOTION_FRAMES:] if request.mode == "mm2v" else request.previous_frames[-1:]
