@@ -27,7 +27,8 @@ CHECKED_HEADS = 2  # float32 attention is materialised for these heads only (L x
 def sdpa(backend: SDPBackend):
     def run(q, k, v):
         with sdpa_kernel([backend]):
-            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                  v.transpose(1, 2)).transpose(1, 2)
     return run
 
 
@@ -42,7 +43,8 @@ def first(out):
 
 
 def kernels() -> dict:
-    found = {"torch SDPA cuDNN": sdpa(SDPBackend.CUDNN_ATTENTION), "torch SDPA flash (flash-attn 2 code)": sdpa(SDPBackend.FLASH_ATTENTION)}
+    found = {"torch SDPA cuDNN": sdpa(SDPBackend.CUDNN_ATTENTION),
+             "torch SDPA flash (flash-attn 2 code)": sdpa(SDPBackend.FLASH_ATTENTION)}
     for kernel, func in attention_module.INSTALLED:
         found[kernel.name] = lambda q, k, v, func=func: first(func(q, k, v))
     found["engine attention()"] = attention_module.attention
@@ -54,7 +56,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device("cuda")
-    rows = [{"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "engine backend": attention_module.backend_name(device)}]
+    rows = [{"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
+             "engine backend": attention_module.backend_name(device)}]
     print(json.dumps(rows[0]), flush=True)
     generator = torch.Generator(device).manual_seed(0)
     for shape_name, (lq, lk) in SHAPES.items():

@@ -1,7 +1,8 @@
 """One forward of the real Wan2.2 A14B i2v DiT (random bf16 weights) at 832x480, 81 frames, M memory frames.
 
 Run on a GPU from the repo root:  python -m benchmarks.dit_step --json out.json --markdown out.md
-Variants: attention kernels (the engine's choice vs forced ones), fused QKV, torch.compile of the blocks, CFG as a batch of two vs two calls,
+Variants: attention kernels (the engine's choice vs forced ones), fused QKV, torch.compile of the blocks, CFG as a
+batch of two vs two calls,
 fp8 linear layers (and a bf16-vs-fp8 linear microbenchmark). Each result line prints as soon as it is
 measured; the markdown table comes last.
 
@@ -25,8 +26,8 @@ from torch.nn.attention import SDPBackend
 
 from storymem_core.wan import attention as attention_module
 from storymem_core.wan import dit as dit_module
-from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan import fp8 as fp8_module
+from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_dit_to_fp8, quantize_per_tensor
 from storymem_core.wan.rope import apply_rope
 
@@ -41,7 +42,8 @@ GIB = 2**30
 
 def tiny_config() -> DiTConfig:
     """A CPU-sized i2v config for a smoke run of this script (--tiny)."""
-    return DiTConfig(model_type="i2v", in_dim=36, dim=128, ffn_dim=256, num_heads=2, num_layers=2, text_len=16, text_dim=32, freq_dim=32)
+    return DiTConfig(model_type="i2v", in_dim=36, dim=128, ffn_dim=256, num_heads=2, num_layers=2, text_len=16,
+                     text_dim=32, freq_dim=32)
 
 
 def build_random_dit(config: DiTConfig, device: torch.device, seed: int = 0) -> WanDiT:
@@ -78,16 +80,19 @@ def tokens(config: DiTConfig, memory_frames: int, height: int = HEIGHT, width: i
 
 def forward_flops(config: DiTConfig, length: int) -> float:
     d, f, lc = config.dim, config.ffn_dim, config.text_len
-    per_layer = 8 * length * d**2 + 4 * length**2 * d + 4 * length * d**2 + 4 * lc * d**2 + 4 * length * lc * d + 4 * length * d * f
+    per_layer = (8 * length * d**2 + 4 * length**2 * d + 4 * length * d**2 + 4 * lc * d**2 + 4 * length * lc * d
+                 + 4 * length * d * f)
     return per_layer * config.num_layers
 
 
-def dit_inputs(config: DiTConfig, memory_frames: int, batch: int, device: torch.device, height: int = HEIGHT, width: int = WIDTH, seed: int = 1):
+def dit_inputs(config: DiTConfig, memory_frames: int, batch: int, device: torch.device, height: int = HEIGHT,
+               width: int = WIDTH, seed: int = 1):
     """(x, t, context, y) as the sampler passes them: float32 latents, y = 4 mask + 16 latent channels."""
     generator = torch.Generator(device).manual_seed(seed)
     shape = (batch, latent_frames(memory_frames), height // 8, width // 8)
     x = torch.randn(shape[0], 16, *shape[1:], device=device, generator=generator)
-    y = torch.randn(shape[0], config.in_dim - 16, *shape[1:], device=device, generator=generator) if config.in_dim > 16 else None
+    y = torch.randn(shape[0], config.in_dim - 16, *shape[1:], device=device,
+                    generator=generator) if config.in_dim > 16 else None
     context = torch.randn(batch, config.text_len, config.text_dim, device=device, generator=generator)
     t = torch.full((batch,), 900.0, device=device)
     return x, t, context, y
@@ -98,7 +103,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> tuple[list[float], float, float]:
+def timed(fn: Callable[[], object], device: torch.device, repeats: int,
+          warmup: int = 1) -> tuple[list[float], float, float]:
     """(seconds of each timed call, seconds of the first warm-up call, peak GiB over the timed calls)."""
     first = 0.0
     for i in range(warmup):
@@ -123,7 +129,8 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
 
 def median(values: list[float]) -> float:
     ordered = sorted(values)
-    return ordered[len(ordered) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1]) / 2
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else sum(ordered[middle - 1 : middle + 1]) / 2
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -178,7 +185,8 @@ class CompiledBlocks:
 
 
 class Bench:
-    def __init__(self, model: WanDiT, device: torch.device, repeats: int, json_path: Path | None, height: int, width: int):
+    def __init__(self, model: WanDiT, device: torch.device, repeats: int, json_path: Path | None,
+                 height: int, width: int):
         self.model, self.device, self.repeats = model, device, repeats
         self.json_path, self.height, self.width = json_path, height, width
         self.rows: list[dict] = []
@@ -189,7 +197,8 @@ class Bench:
         if self.json_path:
             self.json_path.write_text(json.dumps(self.rows, indent=1))
 
-    def forward(self, variant: str, memory_frames: int, batch: int = 1, calls: int = 1, keep_output: bool = False, **extra):
+    def forward(self, variant: str, memory_frames: int, batch: int = 1, calls: int = 1,
+                keep_output: bool = False, **extra):
         """Time `calls` forwards of batch `batch` (CFG as two calls of 1 = calls 2)."""
         config = self.model.config
         x, t, context, y = dit_inputs(config, memory_frames, batch, self.device, self.height, self.width)
@@ -211,10 +220,12 @@ class Bench:
         return row, (out[0] if keep_output else None)
 
     def linear_layers(self, length: int) -> None:
-        """bf16 nn.Linear vs Fp8Linear on the block's matmul shapes at `length` tokens; 6 dxd + d->f + f->d per block."""
+        """bf16 nn.Linear vs Fp8Linear on the block's matmul shapes at `length` tokens; 6 dxd + d->f + f->d per
+        block."""
         d, f = self.model.config.dim, self.model.config.ffn_dim
         shapes = {"d->d": (d, d, 6), "d->f": (d, f, 1), "f->d": (f, d, 1)}
-        total = {"bf16": 0.0, "fp8": 0.0, "fp8 torch-ops quantiser": 0.0, "fp8 raw _scaled_mm": 0.0, "fp8 raw fast accum": 0.0}
+        total = {"bf16": 0.0, "fp8": 0.0, "fp8 torch-ops quantiser": 0.0, "fp8 raw _scaled_mm": 0.0,
+                 "fp8 raw fast accum": 0.0}
         for name, (k, n, count) in shapes.items():
             linear = nn.Linear(k, n, device=self.device, dtype=torch.bfloat16)
             fp8 = Fp8Linear.from_linear(linear)
@@ -238,16 +249,18 @@ class Bench:
                     "bf16": median(timed(lambda: linear(x), self.device, 10, warmup=3)[0]),
                     "fp8": median(timed(lambda: fp8(x), self.device, 10, warmup=3)[0]),
                     "fp8 torch-ops quantiser": median(timed(torch_ops_quantiser, self.device, 10, warmup=3)[0]),
-                    "fp8 raw _scaled_mm": median(timed(lambda: raw(False), self.device, 10, warmup=3)[0]) if cuda else float("nan"),
-                    "fp8 raw fast accum": median(timed(lambda: raw(True), self.device, 10, warmup=3)[0]) if cuda else float("nan"),
+                    "fp8 raw _scaled_mm": (median(timed(lambda: raw(False), self.device, 10, warmup=3)[0])
+                                           if cuda else float("nan")),
+                    "fp8 raw fast accum": (median(timed(lambda: raw(True), self.device, 10, warmup=3)[0])
+                                           if cuda else float("nan")),
                 }
                 error = relative_error(fp8(x), linear(x))
                 agreement = quantiser_agreement(x)
             for key, value in times.items():
                 total[key] += value * count
             self.record({"variant": f"linear {name}", "tokens": length, "ms": {k_: v * 1e3 for k_, v in times.items()},
-                         "tflops": {k_: 2 * length * k * n / v / 1e12 for k_, v in times.items()}, "fp8_vs_bf16_rel_err": error,
-                         **agreement})
+                         "tflops": {k_: 2 * length * k * n / v / 1e12 for k_, v in times.items()},
+                         "fp8_vs_bf16_rel_err": error, **agreement})
         self.record({"variant": "linear per block", "tokens": length, "ms": {k_: v * 1e3 for k_, v in total.items()},
                      "fp8_speedup": total["bf16"] / total["fp8"]})
 
@@ -261,29 +274,37 @@ def quantiser_agreement(x: torch.Tensor) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| variant | M | tokens | batch x calls | s | TFLOP/s | peak GiB | first call s | notes |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | M | tokens | batch x calls | s | TFLOP/s | peak GiB | first call s | notes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "seconds" in row:
-            notes = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k in ("rel_err_vs_bf16", "compile_s", "graphs", "note"))
-            lines.append(f"| {row['variant']} | {row['M']} | {row['tokens']} | {row['batch']}x{row['calls']} | {row['seconds']:.3f} | "
-                         f"{row['tflops']:.0f} | {row['peak_gib']:.1f} | {row['first_call_s']:.1f} | {notes} |")
-    lines += ["", "| linear | bf16 ms | fp8 ms | fp8 (torch-ops quantiser) ms | raw _scaled_mm ms | raw fast accum ms | fp8 vs bf16 |",
+            notes = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                              if k in ("rel_err_vs_bf16", "compile_s", "graphs", "note"))
+            lines.append(f"| {row['variant']} | {row['M']} | {row['tokens']} | {row['batch']}x{row['calls']} | "
+                         f"{row['seconds']:.3f} | {row['tflops']:.0f} | {row['peak_gib']:.1f} | "
+                         f"{row['first_call_s']:.1f} | {notes} |")
+    lines += ["",
+              "| linear | bf16 ms | fp8 ms | fp8 (torch-ops quantiser) ms | raw _scaled_mm ms | raw fast accum ms | "
+              "fp8 vs bf16 |",
               "|---|---|---|---|---|---|---|"]
     for row in rows:
         if row["variant"].startswith("linear") and "ms" in row:
             ms = row["ms"]
             err = row.get("fp8_vs_bf16_rel_err")
             extra = f"rel err {err:.4f}" if err is not None else f"speedup {row['fp8_speedup']:.2f}x"
-            lines.append(f"| {row['variant']} | {ms['bf16']:.2f} | {ms['fp8']:.2f} | {ms['fp8 torch-ops quantiser']:.2f} | "
+            lines.append(f"| {row['variant']} | {ms['bf16']:.2f} | {ms['fp8']:.2f} | "
+                         f"{ms['fp8 torch-ops quantiser']:.2f} | "
                          f"{ms['fp8 raw _scaled_mm']:.2f} | {ms['fp8 raw fast accum']:.2f} | {extra} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--memory", type=int, nargs="+", default=[0, 3, 10], help="memory frame counts for the plain engine")
+    parser.add_argument("--memory", type=int, nargs="+", default=[0, 3, 10],
+                        help="memory frame counts for the plain engine")
     parser.add_argument("--repeats", type=int, default=2, help="timed forwards per variant (after one warm-up)")
-    parser.add_argument("--skip", nargs="*", default=[], help="variant groups to skip: sdpa fused cfg compile fp8 linear")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        help="variant groups to skip: sdpa fused cfg compile fp8 linear")
     parser.add_argument("--tiny", action="store_true", help="tiny config, small frames (CPU smoke run)")
     parser.add_argument("--json", type=Path, help="write every result here as it comes")
     parser.add_argument("--markdown", type=Path, help="write the final table here")
@@ -295,8 +316,9 @@ def main() -> None:
     start = time.perf_counter()
     model = build_random_dit(config, device)
     synchronize(device)
-    print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params in {time.perf_counter() - start:.1f} s on {device}"
-          f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__})", flush=True)
+    print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params in {time.perf_counter() - start:.1f} "
+          f"s on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch "
+          f"{torch.__version__})", flush=True)
     bench = Bench(model, device, args.repeats, args.json, height, width)
     engine_priority, installed_flash = attention_module.sdpa_priority, attention_module.INSTALLED
     top_m = max(args.memory)
@@ -325,7 +347,8 @@ def main() -> None:
         x, t, context, y = dit_inputs(config, top_m, 1, device, height, width)
         with torch.no_grad():
             flash_out = model(x, t, context, y)
-        bench.record({"variant": "engine vs flash attention", "M": top_m, "rel_err": relative_error(reference, flash_out)})
+        bench.record({"variant": "engine vs flash attention", "M": top_m,
+                      "rel_err": relative_error(reference, flash_out)})
         del flash_out
         attention_module.sdpa_priority, attention_module.INSTALLED = engine_priority, installed_flash
 

@@ -72,7 +72,8 @@ def main() -> None:
     def shot(steps: int, on_step=None) -> torch.Tensor:
         settings = SamplerSettings(steps=steps, seed=0)
         with torch.no_grad():
-            return generate_memory_shot(experts, vae, context, context_null, memory, FRAMES, WIDTH * HEIGHT, settings, on_step=on_step).video
+            return generate_memory_shot(experts, vae, context, context_null, memory, FRAMES, WIDTH * HEIGHT, settings,
+                                        on_step=on_step).video
 
     start = time.perf_counter()
     shot(1)
@@ -97,7 +98,8 @@ def main() -> None:
     assert torch.isfinite(video).all(), "the shot has non-finite pixels"
     record(
         shot_s=time.perf_counter() - start, sampling_s=sum(step_s), video_shape=list(video.shape),
-        peak_gib=torch.cuda.max_memory_allocated(device) / GIB, reserved_peak_gib=torch.cuda.max_memory_reserved(device) / GIB,
+        peak_gib=torch.cuda.max_memory_allocated(device) / GIB,
+        reserved_peak_gib=torch.cuda.max_memory_reserved(device) / GIB,
     )
 
 

@@ -58,7 +58,8 @@ class NaiveResult:
 
 
 def naive_reference(
-    frames: int, bank: int, similarity: Callable[[int, int], float], bank_similarity: Callable[[int, int], float], low_quality: Callable[[int], bool]
+    frames: int, bank: int, similarity: Callable[[int, int], float], bank_similarity: Callable[[int, int], float],
+    low_quality: Callable[[int], bool]
 ) -> NaiveResult:
     """The reference's loops over frame indices; the callables do (and count) the encoding."""
 
@@ -97,13 +98,15 @@ def golden_fast_pan() -> list[str]:
         return quality[i] < case["quality_threshold"]
 
     naive = naive_reference(len(sim), 0, similarity, similarity, low_quality)
-    ours = select_indices(sim, quality, case["start_threshold"], case["step"], case["max_keyframes"], case["quality_threshold"])
+    ours = select_indices(sim, quality, case["start_threshold"], case["step"], case["max_keyframes"],
+                          case["quality_threshold"])
     assert list(ours.indices) == naive.chosen == case["final_indices"]
     frames = len(sim)
     ratio = counts.encoder / frames
     assert ratio >= 20, f"naive takes only {ratio:.1f}x the forwards"
     return [
-        f"Golden `fast_pan` ({frames} frames, reference data): {naive.steps} threshold steps (0.90 -> {naive.threshold:.2f}), keyframes {naive.chosen}.",
+        f"Golden `fast_pan` ({frames} frames, reference data): {naive.steps} threshold steps (0.90 -> "
+        f"{naive.threshold:.2f}), keyframes {naive.chosen}.",
         "",
         "| method | CLIP encoder forwards | quality-model calls |",
         "|---|---:|---:|",
@@ -126,7 +129,8 @@ def fast_pan(frames: int, height: int, width: int, shift: int, seed: int) -> tor
     """uint8 [T, H, W, 3]: a camera sweeping `shift` px per frame over a panorama of changing colours."""
     generator = torch.Generator().manual_seed(seed)
     colours = torch.rand(1, 3, 3, 41, generator=generator) * 255
-    panorama = F.interpolate(colours, size=(height, width + (frames - 1) * shift), mode="bilinear", align_corners=True)[0]
+    panorama = F.interpolate(colours, size=(height, width + (frames - 1) * shift), mode="bilinear",
+                             align_corners=True)[0]
     panorama = panorama + torch.rand(panorama.shape, generator=generator) * 40 - 20
     views = torch.stack([panorama[:, :, i * shift : i * shift + width] for i in range(frames)])
     return views.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8)
@@ -152,7 +156,8 @@ def synthetic_fast_pan(args: argparse.Namespace) -> list[str]:
     bank_images = list(fast_pan(args.bank - 1, args.height, args.width, args.shift, args.bank_seed)) + [shot[0]]
     head = AestheticHead([torch.nn.Linear(EMBED_DIM, 1)]).eval().requires_grad_(False)
     quality = head.score(None, encoder.embed(shot)).sort().values
-    head.threshold = ((quality[len(quality) // 10] + quality[len(quality) // 10 + 1]) / 2).item()  # between two frames: no ties
+    tenth = len(quality) // 10
+    head.threshold = ((quality[tenth] + quality[tenth + 1]) / 2).item()  # between two frames: no ties
 
     bank = MemoryBank.from_images(bank_images)
 
@@ -184,9 +189,10 @@ def synthetic_fast_pan(args: argparse.Namespace) -> list[str]:
     picked = [k.frame_index for k in ours]
     assert picked == naive.kept, f"selections differ: ours {picked}, naive {naive.kept}"
     return [
-        f"Synthetic fast pan: {args.frames} frames {args.width}x{args.height}, {args.shift} px/frame, seed {args.seed}, "
-        f"bank of {args.bank} (seed {args.bank_seed}); {naive.steps} threshold steps (0.90 -> {naive.threshold:.2f}), keyframes {naive.chosen}, "
-        f"{picked} after dedup; tiny encoder, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, best of {args.repeats}.",
+        f"Synthetic fast pan: {args.frames} frames {args.width}x{args.height}, {args.shift} px/frame, seed "
+        f"{args.seed}, bank of {args.bank} (seed {args.bank_seed}); {naive.steps} threshold steps (0.90 -> "
+        f"{naive.threshold:.2f}), keyframes {naive.chosen}, {picked} after dedup; tiny encoder, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} CPU threads, best of {args.repeats}.",
         "",
         "| method | encoder forwards (images, incl. quality checks) | time (s) |",
         "|---|---:|---:|",
@@ -202,9 +208,12 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--width", type=int, default=416)
     parser.add_argument("--shift", type=int, default=120, help="pan speed, px per frame")
-    parser.add_argument("--seed", type=int, default=3, help="panorama seed (3: a search about as long as golden fast_pan's)")
-    parser.add_argument("--bank-seed", type=int, default=6, help="seed of the earlier shot in the bank (6: unlike this pan for the tiny encoder)")
-    parser.add_argument("--bank", type=int, default=6, help="bank images to dedup against (the last is the shot's first frame)")
+    parser.add_argument("--seed", type=int, default=3,
+                        help="panorama seed (3: a search about as long as golden fast_pan's)")
+    parser.add_argument("--bank-seed", type=int, default=6,
+                        help="seed of the earlier shot in the bank (6: unlike this pan for the tiny encoder)")
+    parser.add_argument("--bank", type=int, default=6,
+                        help="bank images to dedup against (the last is the shot's first frame)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the fastest counts")
     parser.add_argument("--markdown", help="also write the result tables to this file")
     args = parser.parse_args()

@@ -22,7 +22,18 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.dit_step import GIB, HEIGHT, WIDTH, CompiledBlocks, build_random_dit, dit_inputs, latent_frames, synchronize, timed, tokens
+from benchmarks.dit_step import (
+    GIB,
+    HEIGHT,
+    WIDTH,
+    CompiledBlocks,
+    build_random_dit,
+    dit_inputs,
+    latent_frames,
+    synchronize,
+    timed,
+    tokens,
+)
 from storymem_core.offload import BlockSwapDiT
 from storymem_core.sampling import ExpertPair, SamplerSettings, denoise, seeded_noise
 from storymem_core.wan.dit import DiTConfig
@@ -48,8 +59,10 @@ def host_to_device_gbps(device: torch.device, megabytes: int = 1024) -> float:
     return 5 * host.numel() * 4 / (time.perf_counter() - start) / 1e9
 
 
-def run_steps(experts: ExpertPair, config: DiTConfig, memory_frames: int, steps: int, batch_cfg: bool, device: torch.device) -> dict:
-    """Warm up with one step, then time `steps` steps of the real loop (boundary 0.9: the first ones use the high expert)."""
+def run_steps(experts: ExpertPair, config: DiTConfig, memory_frames: int, steps: int, batch_cfg: bool,
+              device: torch.device) -> dict:
+    """Warm up with one step, then time `steps` steps of the real loop (boundary 0.9: the first ones use the high
+    expert)."""
     x, _, context, y = dit_inputs(config, memory_frames, 1, device, HEIGHT, WIDTH)
     context_null = torch.randn_like(context[0])
     settings = SamplerSettings(steps=steps, batch_cfg=batch_cfg)
@@ -105,8 +118,9 @@ def vae_decodes(device: torch.device, tiles: list[tuple[int, int] | None]) -> li
         vae = random_vae(device, dtype)
         for tile in tiles:
             seconds, first, peak = timed(lambda vae=vae, tile=tile: vae.decode(latent, tile), device, repeats=1)
-            rows.append({"mode": "vae decode", "dtype": str(dtype).removeprefix("torch."), "tile": tile, "seconds": seconds[0],
-                         "first_call_s": first, "peak_gib": peak, "reserved_peak_gib": torch.cuda.max_memory_reserved(device) / GIB})
+            rows.append({"mode": "vae decode", "dtype": str(dtype).removeprefix("torch."), "tile": tile,
+                         "seconds": seconds[0], "first_call_s": first, "peak_gib": peak,
+                         "reserved_peak_gib": torch.cuda.max_memory_reserved(device) / GIB})
         del vae
         torch.cuda.empty_cache()
     return rows
@@ -130,7 +144,8 @@ def main() -> None:
     parser.add_argument("--cap-gib", type=float, default=24.0, help="VRAM cap for the swap modes")
     parser.add_argument("--prefetch", type=int, default=1, help="blocks copied ahead of the one computing")
     parser.add_argument("--batch-cfg", action="store_true", help="CFG as one batch of two (default: two calls)")
-    parser.add_argument("--vae-tiles", type=int, nargs="*", default=[0, 32], help="VAE decode tile sides in latent pixels (0 = whole)")
+    parser.add_argument("--vae-tiles", type=int, nargs="*", default=[0, 32],
+                        help="VAE decode tile sides in latent pixels (0 = whole)")
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES),
                         help="run in this order within each weight type (bf16 modes first, then fp8)")
     parser.add_argument("--json", type=Path)
@@ -148,8 +163,9 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
 
-    record({"mode": "host->device copy", "pinned_gbps": host_to_device_gbps(device), "gpu": torch.cuda.get_device_name(device),
-            "torch": torch.__version__, "total_gib": total_gib, "tokens": tokens(config, args.memory)})
+    record({"mode": "host->device copy", "pinned_gbps": host_to_device_gbps(device),
+            "gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "total_gib": total_gib,
+            "tokens": tokens(config, args.memory)})
     cfg = "batch of two" if args.batch_cfg else "two calls"
     for fp8 in (False, True):
         modes = [m for m in args.modes if MODES[m][0] == fp8]
@@ -167,9 +183,11 @@ def main() -> None:
                 start = time.perf_counter()
                 high, low = BlockSwapDiT(high, args.prefetch).to("cpu"), BlockSwapDiT(low, args.prefetch).to("cpu")
                 torch.cuda.empty_cache()
-                block_bytes = sum(t.numel() * t.element_size() for m in (high, low) for t in m.dit.blocks.state_dict().values())
-                record({"mode": f"pin two {'fp8' if fp8 else 'bf16'} experts' blocks", "seconds": time.perf_counter() - start,
-                        "block_gib": block_bytes / GIB, "pinned_gib": torch.cuda.host_memory_stats()["allocated_bytes.current"] / GIB,
+                block_bytes = sum(t.numel() * t.element_size() for m in (high, low)
+                                  for t in m.dit.blocks.state_dict().values())
+                record({"mode": f"pin two {'fp8' if fp8 else 'bf16'} experts' blocks",
+                        "seconds": time.perf_counter() - start, "block_gib": block_bytes / GIB,
+                        "pinned_gib": torch.cuda.host_memory_stats()["allocated_bytes.current"] / GIB,
                         "gpu_gib_left": torch.cuda.memory_allocated(device) / GIB})
                 torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib / total_gib), device)
                 swapped = True
@@ -177,8 +195,10 @@ def main() -> None:
                 if compiled:
                     for model in (high, low):
                         compiled_blocks.enter_context(CompiledBlocks(model.dit if swap else model))
-                result = run_steps(ExpertPair(high, low, device, offload=swap), config, args.memory, args.steps, args.batch_cfg, device)
-            record({"mode": mode, "cfg": cfg, **({"cap_gib": args.cap_gib, "prefetch": args.prefetch} if swap else {}), **result})
+                result = run_steps(ExpertPair(high, low, device, offload=swap), config, args.memory, args.steps,
+                                   args.batch_cfg, device)
+            record({"mode": mode, "cfg": cfg,
+                    **({"cap_gib": args.cap_gib, "prefetch": args.prefetch} if swap else {}), **result})
         if swapped:
             high.to("cpu"), low.to("cpu")
         del high, low
@@ -192,17 +212,21 @@ def main() -> None:
     for row in vae_decodes(device, [(side, side) if side else None for side in args.vae_tiles]):
         record(row)
 
-    lines = [f"| mode | cfg | mean step s | step s | peak GiB (allocated) | peak GiB (reserved) | shot of {SHOT_STEPS} steps, s (extrapolated) |",
+    lines = [f"| mode | cfg | mean step s | step s | peak GiB (allocated) | peak GiB (reserved) | shot of {SHOT_STEPS} "
+             "steps, s (extrapolated) |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         if "mean_step_s" in row:
             steps = ", ".join(f"{s:.2f}" for s in row["step_s"])
-            lines.append(f"| {row['mode']} | {row['cfg']} | {row['mean_step_s']:.2f} | {steps} | {row['peak_gib']:.1f} | "
-                         f"{row['reserved_peak_gib']:.1f} | {SHOT_STEPS * row['mean_step_s']:.0f} |")
-    lines += ["", "| VAE decode, 81 frames 832x480 | tile (latent px) | s | peak GiB (allocated) | peak GiB (reserved) |", "|---|---|---|---|---|"]
+            lines.append(f"| {row['mode']} | {row['cfg']} | {row['mean_step_s']:.2f} | {steps} | {row['peak_gib']:.1f} "
+                         f"| {row['reserved_peak_gib']:.1f} | {SHOT_STEPS * row['mean_step_s']:.0f} |")
+    lines += ["",
+              "| VAE decode, 81 frames 832x480 | tile (latent px) | s | peak GiB (allocated) | peak GiB (reserved) |",
+              "|---|---|---|---|---|"]
     for row in rows:
         if row["mode"] == "vae decode":
-            lines.append(f"| {row['dtype']} | {row['tile'] or 'whole'} | {row['seconds']:.2f} | {row['peak_gib']:.1f} | {row['reserved_peak_gib']:.1f} |")
+            lines.append(f"| {row['dtype']} | {row['tile'] or 'whole'} | {row['seconds']:.2f} | {row['peak_gib']:.1f} "
+                         f"| {row['reserved_peak_gib']:.1f} |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:

@@ -28,6 +28,7 @@ from benchmarks.dit_step import HEIGHT, WIDTH, Bench, CompiledBlocks, dit_inputs
 from storymem_core.wan import attention as attention_module
 from storymem_core.wan.dit import DiTConfig, WanDiT
 
+
 def sdpa_flash_attention(q, k, v, q_lens=None, k_lens=None, *args, **kwargs):
     """Stands in for the reference's flash_attention: [B, L, N, D] in bf16 through torch SDPA (no padding here)."""
     if k_lens is not None and bool((k_lens != k.shape[1]).any()):
@@ -69,18 +70,21 @@ def load_reference(root: Path) -> types.ModuleType:
 
 
 def reference_kwargs(config: DiTConfig) -> dict:
-    return dict(model_type=config.model_type, in_dim=config.in_dim, dim=config.dim, ffn_dim=config.ffn_dim, freq_dim=config.freq_dim,
-                text_dim=config.text_dim, out_dim=config.out_dim, num_heads=config.num_heads, num_layers=config.num_layers, text_len=config.text_len)
+    return dict(model_type=config.model_type, in_dim=config.in_dim, dim=config.dim, ffn_dim=config.ffn_dim,
+                freq_dim=config.freq_dim, text_dim=config.text_dim, out_dim=config.out_dim, num_heads=config.num_heads,
+                num_layers=config.num_layers, text_len=config.text_len)
 
 
 def build_reference(module: types.ModuleType, config: DiTConfig, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """The reference WanModel with random weights made on the GPU (its rope table from a one-layer CPU copy of the same head size)."""
+    """The reference WanModel with random weights made on the GPU (its rope table from a one-layer CPU copy of the
+    same head size)."""
     kwargs = reference_kwargs(config)
     with torch.device("meta"):
         model = module.WanModel(**kwargs)
     model.to_empty(device=device)
     randomize_(model, config.dim, torch.Generator(device).manual_seed(0))
-    small = {**kwargs, "dim": config.head_dim, "num_heads": 1, "num_layers": 1, "ffn_dim": 8, "text_dim": 8, "freq_dim": 8}
+    small = {**kwargs, "dim": config.head_dim, "num_heads": 1, "num_layers": 1, "ffn_dim": 8,
+             "text_dim": 8, "freq_dim": 8}
     model.freqs = module.WanModel(**small).freqs
     return model.to(dtype).eval().requires_grad_(False)
 
@@ -136,15 +140,18 @@ def main() -> None:
     parser.add_argument("--memory", type=int, nargs="+", default=[0, 3, 10])
     parser.add_argument("--repeats", type=int, default=2, help="timed forwards per row (after one warm-up)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--profile", type=Path, help="write a kernel-time profile of one compiled forward at the largest M here")
+    parser.add_argument("--profile", type=Path,
+                        help="write a kernel-time profile of one compiled forward at the largest M here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("vs_reference needs a CUDA GPU (the reference's autocast and attention are CUDA-only).")
     device = torch.device("cuda")
     config, top_m = DiTConfig.a14b("i2v"), max(args.memory)
     module = load_reference(args.reference_root)
-    bench = Bench(ReferenceCall(build_reference(module, config, device, torch.float32), config), device, args.repeats, args.json, HEIGHT, WIDTH)
-    bench.record({"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
+    bench = Bench(ReferenceCall(build_reference(module, config, device, torch.float32), config), device, args.repeats,
+                  args.json, HEIGHT, WIDTH)
+    bench.record({"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
+                  "cudnn": torch.backends.cudnn.version(),
                   "flash-attn installed": [kernel.name for kernel, _ in attention_module.INSTALLED]})
 
     outputs, seconds = {}, {}  # seconds[(what, M)]
@@ -165,19 +172,22 @@ def main() -> None:
     for m in args.memory:
         out = measure(f"engine bf16, eager, {backend}", m, "eager")
         if m == top_m:
-            bench.record({"variant": "engine eager vs reference output", "M": m, "rel_err": relative_error(out, outputs[m])})
+            bench.record({"variant": "engine eager vs reference output", "M": m,
+                          "rel_err": relative_error(out, outputs[m])})
     with CompiledBlocks(engine):
         for m in args.memory:
             out = measure(f"engine bf16, compile_blocks(), {backend}", m, "compiled")
             if m == top_m:
-                bench.record({"variant": "engine compiled vs reference output", "M": m, "rel_err": relative_error(out, outputs[m])})
+                bench.record({"variant": "engine compiled vs reference output", "M": m,
+                              "rel_err": relative_error(out, outputs[m])})
         if args.profile:
             profile_forward(engine, config, top_m, device, args.profile)
         if attention_module.INSTALLED:  # the same compiled engine on torch SDPA, for the flash-attn gain
             installed, attention_module.INSTALLED = attention_module.INSTALLED, ()
             try:
                 for m in args.memory:
-                    measure(f"engine bf16, compile_blocks(), {attention_module.backend_name(device)}", m, "compiled sdpa")
+                    measure(f"engine bf16, compile_blocks(), {attention_module.backend_name(device)}", m,
+                            "compiled sdpa")
             finally:
                 attention_module.INSTALLED = installed
     del engine, out
@@ -188,7 +198,8 @@ def main() -> None:
     measure("reference, bf16 params + bf16 autocast", top_m, "reference, bf16 params")
     for m in args.memory:
         bench.record({"variant": "ratio reference / engine", "M": m, **{
-            key: seconds[("reference", m)] / value for (key, m_), value in seconds.items() if m_ == m and not key.startswith("reference")}})
+            key: seconds[("reference", m)] / value for (key, m_), value in seconds.items()
+            if m_ == m and not key.startswith("reference")}})
 
 
 if __name__ == "__main__":

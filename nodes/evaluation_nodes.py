@@ -15,14 +15,21 @@ from PIL import Image
 
 from storymem_core.errors import StoryMemError
 from storymem_core.evaluation import (
-    FRAMES_PER_SHOT, Scorers, StoryEvaluation, check_finished, evaluate_story, folder_references, folder_shot_frames,
+    FRAMES_PER_SHOT,
+    Scorers,
+    StoryEvaluation,
+    check_finished,
+    evaluate_story,
+    folder_references,
+    folder_shot_frames,
 )
 from storymem_core.evaluation_pictures import heatmap, score_chart
 from storymem_core.evaluation_report import summary_table, write_report
+from storymem_core.files import save_picture
 from storymem_core.keyframes import AestheticHead
 from storymem_core.model_files import load_clip_text_encoder, load_keyframe_encoder
 from storymem_core.story import Story
-from storymem_core.video import atomic_write_path, image_batch_to_frames
+from storymem_core.video import image_batch_to_frames
 
 from . import host
 from .inputs import model_file
@@ -40,8 +47,7 @@ def _picture_entry(picture: Image.Image, kind: str) -> dict:
     name = f"evaluation_{kind}_{hashlib.sha1(picture.tobytes() + str(picture.size).encode()).hexdigest()[:20]}.png"
     path = host.temp_dir() / SUBFOLDER / name
     if not path.exists():
-        with atomic_write_path(path) as temp:
-            picture.save(temp, format="PNG")
+        save_picture(picture, path)
     return {"filename": name, "subfolder": SUBFOLDER, "type": "temp"}
 
 

@@ -67,7 +67,8 @@ class StandaloneHost:
         names = set()
         for root in self.folders(folder):
             if root.is_dir():
-                names.update(p.relative_to(root).as_posix() for p in files_under(root) if p.is_file() and ".git" not in p.parts)
+                names.update(p.relative_to(root).as_posix() for p in files_under(root) if p.is_file()
+                             and ".git" not in p.parts)
         return sorted(names)
 
     def output_dir(self) -> Path:
@@ -107,7 +108,8 @@ class ComfyHost:
     """ComfyUI's folders (extra_model_paths.yaml included), progress bar, Cancel button and model manager."""
 
     def __init__(self):
-        for path in (Path(folder_paths.get_output_directory()) / STORYMEM_FOLDER, Path(folder_paths.models_dir) / STORYMEM_FOLDER):
+        for path in (Path(folder_paths.get_output_directory()) / STORYMEM_FOLDER,
+                     Path(folder_paths.models_dir) / STORYMEM_FOLDER):
             folder_paths.add_model_folder_path(STORYMEM_FOLDER, str(path))
 
     def folders(self, folder: str) -> list[Path]:
@@ -187,7 +189,8 @@ def model_path(folder: str, name: str) -> Path:
     """The file behind a COMBO choice; a missing one names the folders searched."""
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts:
-        raise CheckpointError(f"model name '{name}' must be a file inside the {folder} folder, not a path: pick one from the list.")
+        raise CheckpointError(f"model name '{name}' must be a file inside the {folder} folder, not a path: pick one "
+                              "from the list.")
     for root in _host.folders(folder):
         if (root / relative).is_file():
             return root / relative
@@ -203,12 +206,14 @@ def storymem_names() -> list[str]:
 def storymem_path(relative: str) -> Path:
     """An existing file or folder under one of the storymem folders."""
     if Path(relative).is_absolute() or ".." in Path(relative).parts:
-        raise CheckpointError(f"'{relative}' must be a name inside the storymem folders, not a path: pick one from the list.")
+        raise CheckpointError(f"'{relative}' must be a name inside the storymem folders, not a path: pick one from the "
+                              "list.")
     for root in _host.folders(STORYMEM_FOLDER):
         if (root / relative).exists():
             return root / relative
     searched = ", ".join(str(root) for root in _host.folders(STORYMEM_FOLDER))
-    raise CheckpointError(f"'{relative}' is not in the storymem folders ({searched}): save it there first or pick another.")
+    raise CheckpointError(f"'{relative}' is not in the storymem folders ({searched}): save it there first or pick "
+                          "another.")
 
 
 def save_dir() -> Path:
@@ -221,10 +226,12 @@ def output_dir() -> Path:
 
 
 def output_name(name: str, input_name: str, example: str, error: type[StoryMemError] = StoryMemError) -> Path:
-    """A save node's path input as a relative path; one that would leave the output folder (absolute, '..') raises `error`."""
+    """A save node's path input as a relative path; one that would leave the output folder (absolute, '..') raises
+    `error`."""
     relative = Path(name.strip())
     if relative.is_absolute() or ".." in relative.parts:
-        raise error(f"{input_name} '{name}' must be a relative folder name inside the output folder, such as {example}.")
+        raise error(f"{input_name} '{name}' must be a relative folder name inside the output folder, such as "
+                    f"{example}.")
     return relative
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from storymem_core.choices import MEMORY_POSITIONS, PRESET_CHOICES
+from storymem_core.choices import MEMORY_POSITIONS, PRESET_CHOICES, SOLVERS
 from storymem_core.limits import MAX_FRAMES, MAX_MEMORY, MAX_SEED, MAX_SHIFT, MAX_SIDE, MAX_STEPS, MIN_SHIFT
-from storymem_core.choices import SOLVERS
 
 from . import host
 
@@ -19,11 +18,14 @@ def seed(tooltip: str = "Noise seed of this shot; change it to re-roll the shot 
 
 
 def steps(default: int = 40) -> tuple:
-    return ("INT", {"default": default, "min": 1, "max": MAX_STEPS, "tooltip": "Sampling steps (40 in Wan2.2 and StoryMem)."})
+    return ("INT",
+            {"default": default, "min": 1, "max": MAX_STEPS, "tooltip": "Sampling steps (40 in Wan2.2 and StoryMem)."})
 
 
 def shift(default: float) -> tuple:
-    return ("FLOAT", {"default": default, "min": MIN_SHIFT, "max": MAX_SHIFT, "step": 0.1, "tooltip": f"Flow-matching schedule shift ({default:g} by default for this mode)."})
+    return ("FLOAT",
+            {"default": default, "min": MIN_SHIFT, "max": MAX_SHIFT, "step": 0.1,
+             "tooltip": f"Flow-matching schedule shift ({default:g} by default for this mode)."})
 
 
 def memory_positions() -> tuple:
@@ -39,11 +41,14 @@ def solver() -> tuple:
 
 def size(axis: str, default: int) -> tuple:
     return ("INT", {"default": default, "min": 16, "max": MAX_SIDE, "step": 16,
-                    "tooltip": f"Video {axis} in pixels, a multiple of 16 (width x height is the pixel budget of memory-conditioned shots)."})
+                    "tooltip": f"Video {axis} in pixels, a multiple of 16 (width x height is the pixel budget of "
+                               "memory-conditioned shots)."})
 
 
 def frames() -> tuple:
-    return ("INT", {"default": 81, "min": 5, "max": MAX_FRAMES, "step": 4, "tooltip": "Frames per shot, of the form 4n+1 (81 = 5 s at 16 fps)."})
+    return ("INT",
+            {"default": 81, "min": 5, "max": MAX_FRAMES, "step": 4,
+             "tooltip": "Frames per shot, of the form 4n+1 (81 = 5 s at 16 fps)."})
 
 
 def prompt(tooltip: str = "What the shot shows (one shot prompt of the story).") -> tuple:
@@ -51,24 +56,32 @@ def prompt(tooltip: str = "What the shot shows (one shot prompt of the story).")
 
 
 def negative_prompt() -> tuple:
-    return ("STRING", {"multiline": True, "default": "", "tooltip": "What to avoid; empty uses Wan2.2's standard negative prompt."})
+    return ("STRING",
+            {"multiline": True, "default": "",
+             "tooltip": "What to avoid; empty uses Wan2.2's standard negative prompt."})
 
 
 def shot_number() -> tuple:
-    return ("INT", {"forceInput": True, "min": 1, "tooltip": "1-based number of the shot in the story (from Story Shot); labels its keyframes. "
-                                                            "Unconnected: one after the newest shot in the memory."})
+    return ("INT",
+            {"forceInput": True, "min": 1,
+             "tooltip": "1-based number of the shot in the story (from Story Shot); labels its keyframes. Unconnected: "
+                        "one after the newest shot in the memory."})
 
 
 def memory_size() -> dict:
     return {
-        "max_size": ("INT", {"default": 10, "min": 1, "max": MAX_MEMORY, "tooltip": "Most keyframes the memory keeps (10 in StoryMem)."}),
-        "fixed": ("INT", {"default": 3, "min": 0, "max": MAX_MEMORY, "tooltip": "The first keyframes that are never dropped (3 in StoryMem)."}),
+        "max_size": ("INT",
+                     {"default": 10, "min": 1, "max": MAX_MEMORY,
+                      "tooltip": "Most keyframes the memory keeps (10 in StoryMem)."}),
+        "fixed": ("INT",
+                  {"default": 3, "min": 0, "max": MAX_MEMORY,
+                   "tooltip": "The first keyframes that are never dropped (3 in StoryMem)."}),
     }
 
 
 def preset() -> tuple:
     return (list(PRESET_CHOICES), {"default": "none", "tooltip": (
-        "lightx2v: the lightx2v 4-step distilled LoRAs from models/loras (wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise / "
-        "_low_noise, the t2v v1.1 pair for T2V experts; Comfy-Org/Wan_2.2_ComfyUI_Repackaged) added to the experts, "
-        "sampled as their authors do: 4 Euler steps, shift 5, CFG 1, about 20x faster. It replaces steps, cfg, shift and "
-        "solver. none: those inputs as set.")})
+        "lightx2v: the lightx2v 4-step distilled LoRAs from models/loras "
+        "(wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise / _low_noise, the t2v v1.1 pair for T2V experts; "
+        "Comfy-Org/Wan_2.2_ComfyUI_Repackaged) added to the experts, sampled as their authors do: 4 Euler steps, shift "
+        "5, CFG 1, about 20x faster. It replaces steps, cfg, shift and solver. none: those inputs as set.")})

@@ -11,7 +11,14 @@ import torch
 from storymem_core.choices import OFFLOAD_CHOICES, WEIGHT_CHOICES
 from storymem_core.keyframes import AestheticHead, HPSv3Scorer
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.model_files import DTYPES, auto_dtype, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae
+from storymem_core.model_files import (
+    DTYPES,
+    auto_dtype,
+    load_expert_pair,
+    load_keyframe_encoder,
+    load_text_encoder,
+    load_vae,
+)
 from storymem_core.presets import find_lora_names, preset_loras, preset_settings
 from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import shot_tokens
@@ -28,18 +35,28 @@ AESTHETIC_HEAD = "sa_0_4_vit_b_32_linear.pth"
 
 
 class LoadWanExperts:
-    DESCRIPTION = "Loads the Wan2.2 A14B high-noise and low-noise experts: I2V experts (+ the StoryMem LoRA) for memory shots, T2V experts for a text-only first shot."
+    DESCRIPTION = ("Loads the Wan2.2 A14B high-noise and low-noise experts: I2V experts (+ the StoryMem LoRA) for "
+                   "memory shots, T2V experts for a text-only first shot.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "high_noise_model": model_file("diffusion_models", "High-noise expert, e.g. wan2.2_i2v_high_noise_14B_fp8_scaled"),
-            "low_noise_model": model_file("diffusion_models", "Low-noise expert of the same pair, e.g. wan2.2_i2v_low_noise_14B_fp8_scaled"),
-            "weight_dtype": (list(WEIGHT_CHOICES), {"default": "auto", "tooltip": "auto: fp8 files stay fp8 on a GPU, others run in bf16 (fp32 on CPU)."}),
-            "offload": (list(OFFLOAD_CHOICES), {"default": "auto", "tooltip": "GPU memory plan: none (both experts resident), experts (one at a time), "
-                                                                            "blocks (stream blocks from RAM, for small GPUs), auto (pick from free memory)."}),
-            "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile the DiT blocks on a GPU: about 25% faster steps after a one-time compile "
-                                                                 "of about 20 s per expert (needs Triton)."}),
+            "high_noise_model": model_file("diffusion_models",
+                                           "High-noise expert, e.g. wan2.2_i2v_high_noise_14B_fp8_scaled"),
+            "low_noise_model": model_file("diffusion_models",
+                                          "Low-noise expert of the same pair, e.g. "
+                                          "wan2.2_i2v_low_noise_14B_fp8_scaled"),
+            "weight_dtype": (list(WEIGHT_CHOICES),
+                             {"default": "auto",
+                              "tooltip": "auto: fp8 files stay fp8 on a GPU, others run in bf16 (fp32 on CPU)."}),
+            "offload": (list(OFFLOAD_CHOICES),
+                        {"default": "auto",
+                         "tooltip": "GPU memory plan: none (both experts resident), experts (one at a time), blocks "
+                                    "(stream blocks from RAM, for small GPUs), auto (pick from free memory)."}),
+            "compile": ("BOOLEAN",
+                        {"default": False,
+                         "tooltip": "torch.compile the DiT blocks on a GPU: about 25% faster steps after a one-time "
+                                    "compile of about 20 s per expert (needs Triton)."}),
         }}
 
     RETURN_TYPES = (MODEL,)
@@ -48,7 +65,8 @@ class LoadWanExperts:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, high_noise_model: str, low_noise_model: str, weight_dtype: str, offload: str, compile: bool = False) -> tuple:
+    def load(self, high_noise_model: str, low_noise_model: str, weight_dtype: str, offload: str,
+             compile: bool = False) -> tuple:
         device = host.device()
         high, low, placement = load_expert_pair(
             host.model_path("diffusion_models", high_noise_model), host.model_path("diffusion_models", low_noise_model),
@@ -81,15 +99,22 @@ def with_preset(model: WanExperts, preset: str, settings: SamplerSettings,
 
 
 class LoadStoryMemLora:
-    DESCRIPTION = "Adds the StoryMem M2V LoRA pair (backbone_high_noise / backbone_low_noise) to Wan2.2 I2V experts: what makes them memory-conditioned."
+    DESCRIPTION = ("Adds the StoryMem M2V LoRA pair (backbone_high_noise / backbone_low_noise) to Wan2.2 I2V experts: "
+                   "what makes them memory-conditioned.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (MODEL, {"tooltip": "Wan2.2 I2V-A14B experts."}),
-            "lora_high_noise": model_file("loras", "StoryMem LoRA for the high-noise expert, e.g. StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth"),
-            "lora_low_noise": model_file("loras", "StoryMem LoRA for the low-noise expert, e.g. StoryMem/Wan2.2-MI2V-A14B/backbone_low_noise.pth"),
-            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05, "tooltip": "LoRA strength (1 as trained)."}),
+            "lora_high_noise": model_file("loras",
+                                          "StoryMem LoRA for the high-noise expert, e.g. "
+                                          "StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth"),
+            "lora_low_noise": model_file("loras",
+                                         "StoryMem LoRA for the low-noise expert, e.g. "
+                                         "StoryMem/Wan2.2-MI2V-A14B/backbone_low_noise.pth"),
+            "strength": ("FLOAT",
+                         {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                          "tooltip": "LoRA strength (1 as trained)."}),
         }}
 
     RETURN_TYPES = (MODEL,)
@@ -100,7 +125,8 @@ class LoadStoryMemLora:
 
     def load(self, model: WanExperts, lora_high_noise: str, lora_low_noise: str, strength: float) -> tuple:
         model.require("i2v", "The StoryMem LoRA")
-        weights = {"high": _read_lora(lora_high_noise, strength, model.high), "low": _read_lora(lora_low_noise, strength, model.low)}
+        weights = {"high": _read_lora(lora_high_noise, strength, model.high),
+                   "low": _read_lora(lora_low_noise, strength, model.low)}
         return (model.with_lora(LoraSpec(f"{lora_high_noise} + {lora_low_noise}", strength, weights)),)
 
 
@@ -124,13 +150,15 @@ class AddWanLora:
 
     def load(self, model: WanExperts, lora: str, strength: float, experts: str) -> tuple:
         targets = ("high", "low") if experts == "both" else (experts,)
-        # entries for layers Wan2.2 lacks (a Wan2.1 speed LoRA's image cross-attention) are logged and skipped, as ComfyUI does
+        # entries for layers Wan2.2 lacks (a Wan2.1 speed LoRA's image cross-attention) are logged and skipped, as
+        # ComfyUI does
         weights = {expert: _read_lora(lora, strength, getattr(model, expert), strict=False) for expert in targets}
         return (model.with_lora(LoraSpec(lora, strength, weights, strict=False)),)
 
 
 class LoadTextEncoder:
-    DESCRIPTION = "Loads the umT5-xxl text encoder Wan2.2 uses; ComfyUI's files carry their tokenizer, otherwise spiece.model must sit beside the file."
+    DESCRIPTION = ("Loads the umT5-xxl text encoder Wan2.2 uses; ComfyUI's files carry their tokenizer, otherwise "
+                   "spiece.model must sit beside the file.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -158,7 +186,8 @@ class LoadVAE:
     def INPUT_TYPES(cls):
         return {"required": {
             "vae": model_file("vae", "The Wan2.1 VAE, e.g. wan_2.1_vae"),
-            "weight_dtype": (["fp32", "bf16"], {"default": "fp32", "tooltip": "fp32 as in Wan2.2; bf16 halves its memory."}),
+            "weight_dtype": (["fp32", "bf16"],
+                             {"default": "fp32", "tooltip": "fp32 as in Wan2.2; bf16 halves its memory."}),
         }}
 
     RETURN_TYPES = (VAE,)
@@ -172,18 +201,25 @@ class LoadVAE:
 
 
 class LoadKeyframeEncoder:
-    DESCRIPTION = "Loads the CLIP image encoder that picks each shot's keyframes (OpenAI ViT-B/32 in open_clip format), and optionally an aesthetic head as quality filter."
+    DESCRIPTION = ("Loads the CLIP image encoder that picks each shot's keyframes (OpenAI ViT-B/32 in open_clip "
+                   "format), and optionally an aesthetic head as quality filter.")
 
     @classmethod
     def INPUT_TYPES(cls):
         heads = [NO_AESTHETIC_HEAD, *host.model_names("clip_vision")]
         return {"required": {
-            "clip_model": model_file("clip_vision", "open_clip CLIP weights, e.g. open_clip_model.safetensors of timm/vit_base_patch32_clip_224.openai"),
-            "open_clip_name": ("STRING", {"default": "ViT-B-32-quickgelu", "tooltip": "open_clip model name the weights belong to."}),
+            "clip_model": model_file("clip_vision",
+                                     "open_clip CLIP weights, e.g. open_clip_model.safetensors of "
+                                     "timm/vit_base_patch32_clip_224.openai"),
+            "open_clip_name": ("STRING",
+                               {"default": "ViT-B-32-quickgelu",
+                                "tooltip": "open_clip model name the weights belong to."}),
             "aesthetic_head": (heads, {
                 "default": AESTHETIC_HEAD if AESTHETIC_HEAD in heads else NO_AESTHETIC_HEAD,
-                "tooltip": f"Quality filter: frames scoring low are not kept as keyframes, as in StoryMem. A LAION aesthetic head ({AESTHETIC_HEAD}, "
-                           "github.com/LAION-AI/aesthetic-predictor), or the paper's HPSv3.safetensors (needs pip install hpsv3); none turns it off."}),
+                "tooltip": "Quality filter: frames scoring low are not kept as keyframes, as in StoryMem. A LAION "
+                           f"aesthetic head ({AESTHETIC_HEAD}, "
+                           "github.com/LAION-AI/aesthetic-predictor), or the paper's HPSv3.safetensors (needs pip "
+                           "install hpsv3); none turns it off."}),
         }}
 
     RETURN_TYPES = (KEYFRAME_ENCODER,)
@@ -197,7 +233,8 @@ class LoadKeyframeEncoder:
         scorer = None
         if aesthetic_head != NO_AESTHETIC_HEAD:
             path = host.model_path("clip_vision", aesthetic_head)
-            # the paper's HPSv3 reward model when chosen (needs `pip install hpsv3`), else a LAION head on the CLIP embeddings
+            # the paper's HPSv3 reward model when chosen (needs `pip install hpsv3`), else a LAION head on the CLIP
+            # embeddings
             if "hpsv3" in aesthetic_head.lower():
                 scorer = HPSv3Scorer(path, host.device())
             else:

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from storymem_core.errors import MemoryBankError
+from storymem_core.files import fit_image
 from storymem_core.keyframes import select_keyframes
 from storymem_core.memory import BANK_FILE, Keyframe, MemoryBank
-from storymem_core.video import fit_image, frames_to_image_batch, image_batch_to_frames
+from storymem_core.video import frames_to_image_batch, image_batch_to_frames
 
 from . import host
 from .inputs import memory_size, shot_number, size
@@ -35,7 +36,8 @@ def next_shot(bank: MemoryBank) -> int:
     return 1 + max((k.shot for k in bank.keyframes if k.source == "generated"), default=-1)
 
 
-def add_shot_keyframes(frames: torch.Tensor, bank: MemoryBank, keyframe_model: KeyframeModel, shot_index: int | None) -> MemoryBank:
+def add_shot_keyframes(frames: torch.Tensor, bank: MemoryBank, keyframe_model: KeyframeModel,
+                       shot_index: int | None) -> MemoryBank:
     """The bank after a shot: its semantic keyframes (deduplicated against `bank`) appended, then windowed."""
     shot = next_shot(bank) if shot_index is None else shot_index
     keyframes = select_keyframes(frames, keyframe_model.encoder, bank=bank, scorer=keyframe_model.scorer, shot=shot)
@@ -66,7 +68,8 @@ class EmptyBank:
 
 
 class BankFromImages:
-    DESCRIPTION = "A memory bank of reference images (MR2V: characters, places), center-cropped to the shot size; append to a bank to mix sizes."
+    DESCRIPTION = ("A memory bank of reference images (MR2V: characters, places), center-cropped to the shot size; "
+                   "append to a bank to mix sizes.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -77,7 +80,8 @@ class BankFromImages:
                 "height": size("height", 480),
                 **memory_size(),
             },
-            "optional": {"memory": (BANK, {"tooltip": "A bank to append the references to (its keyframes come first)."})},
+            "optional": {"memory": (BANK,
+                                    {"tooltip": "A bank to append the references to (its keyframes come first)."})},
         }
 
     RETURN_TYPES = (BANK,)
@@ -86,7 +90,8 @@ class BankFromImages:
     FUNCTION = "create"
     CATEGORY = CATEGORY
 
-    def create(self, images: torch.Tensor, width: int, height: int, max_size: int, fixed: int, memory: MemoryBank | None = None) -> dict:
+    def create(self, images: torch.Tensor, width: int, height: int, max_size: int, fixed: int,
+               memory: MemoryBank | None = None) -> dict:
         references = []
         for i, frame in enumerate(image_batch_to_frames(images)):
             references.append(Keyframe(fit_image(frame, (width, height)), frame_index=i, source="reference"))
@@ -100,7 +105,8 @@ class LoadBank:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"bank": (bank_names(), {"tooltip": "Saved bank folder (output/storymem/... or models/storymem/...)."})}}
+        return {"required": {"bank": (bank_names(),
+                                      {"tooltip": "Saved bank folder (output/storymem/... or models/storymem/...)."})}}
 
     RETURN_TYPES = (BANK,)
     RETURN_NAMES = ("memory",)
@@ -119,13 +125,16 @@ class LoadBank:
 
 
 class SaveBank:
-    DESCRIPTION = "Saves the memory bank (PNG keyframes + bank.json) to output/storymem/<name>, to reuse it in another story or session."
+    DESCRIPTION = ("Saves the memory bank (PNG keyframes + bank.json) to output/storymem/<name>, to reuse it in "
+                   "another story or session.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "memory": (BANK, {"tooltip": BANK_TOOLTIP}),
-            "name": ("STRING", {"default": "banks/my_story", "tooltip": "Folder under output/storymem; an existing bank there is replaced."}),
+            "name": ("STRING",
+                     {"default": "banks/my_story",
+                      "tooltip": "Folder under output/storymem; an existing bank there is replaced."}),
         }}
 
     RETURN_TYPES = (BANK,)
@@ -149,8 +158,12 @@ class EditBank:
     def INPUT_TYPES(cls):
         return {"required": {
             "memory": (BANK, {"tooltip": BANK_TOOLTIP}),
-            "action": (list(EDIT_ACTIONS), {"default": "pin", "tooltip": "pin: always keep; unpin: back to the window rule; remove: drop it."}),
-            "index": ("INT", {"default": 0, "min": -64, "max": 63, "tooltip": "Keyframe index from 0 (negative counts from the newest)."}),
+            "action": (list(EDIT_ACTIONS),
+                       {"default": "pin",
+                        "tooltip": "pin: always keep; unpin: back to the window rule; remove: drop it."}),
+            "index": ("INT",
+                      {"default": 0, "min": -64, "max": 63,
+                       "tooltip": "Keyframe index from 0 (negative counts from the newest)."}),
         }}
 
     RETURN_TYPES = (BANK,)
@@ -165,7 +178,8 @@ class EditBank:
 
 
 class PreviewBank:
-    DESCRIPTION = "The bank's keyframes as IMAGEs (resized to the first keyframe's size) and as one labelled contact sheet."
+    DESCRIPTION = ("The bank's keyframes as IMAGEs (resized to the first keyframe's size) and as one labelled contact "
+                   "sheet.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -173,7 +187,8 @@ class PreviewBank:
 
     RETURN_TYPES = ("IMAGE", "IMAGE")
     RETURN_NAMES = ("keyframes", "contact_sheet")
-    OUTPUT_TOOLTIPS = ("One image per keyframe (an empty bank gives one black image).", "All keyframes on one labelled sheet.")
+    OUTPUT_TOOLTIPS = ("One image per keyframe (an empty bank gives one black image).",
+                       "All keyframes on one labelled sheet.")
     FUNCTION = "preview"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
@@ -185,13 +200,15 @@ class PreviewBank:
             keyframes = torch.zeros(1, 64, 64, 3)
         else:
             height, width = images[0].shape[:2]
-            resized = [np.asarray(Image.fromarray(image.numpy()).resize((width, height), Image.BICUBIC)) for image in images]
+            resized = [np.asarray(Image.fromarray(image.numpy()).resize((width, height), Image.BICUBIC))
+                       for image in images]
             keyframes = frames_to_image_batch(torch.from_numpy(np.stack(resized)))
         return with_bank_ui(memory, keyframes, frames_to_image_batch(sheet))
 
 
 class SelectKeyframes:
-    DESCRIPTION = "Adds a shot's keyframes to the memory: CLIP-similarity selection (up to 3), quality filter, dedup against the bank."
+    DESCRIPTION = ("Adds a shot's keyframes to the memory: CLIP-similarity selection (up to 3), quality filter, dedup "
+                   "against the bank.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -210,7 +227,8 @@ class SelectKeyframes:
     FUNCTION = "select"
     CATEGORY = CATEGORY
 
-    def select(self, frames: torch.Tensor, memory: MemoryBank, keyframe_encoder: KeyframeModel, shot_number: int | None = None) -> dict:
+    def select(self, frames: torch.Tensor, memory: MemoryBank, keyframe_encoder: KeyframeModel,
+               shot_number: int | None = None) -> dict:
         shot_index = None if shot_number is None else shot_number - 1
         bank = add_shot_keyframes(image_batch_to_frames(frames), memory, keyframe_encoder, shot_index)
         return with_bank_ui(bank, bank)

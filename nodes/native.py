@@ -15,14 +15,13 @@ import comfy.patcher_extension
 import node_helpers
 import torch
 
-from storymem_core.choices import MEMORY_POSITIONS
+from storymem_core.choices import GIVEN_FRAMES, MEMORY_POSITIONS, NODE_SHOT_MODES
 from storymem_core.conditioning import build_conditioning, check_size
 from storymem_core.errors import CheckpointError, ConditioningError
 from storymem_core.lora import load_lora
 from storymem_core.lora_convert import COMFY_PREFIX, comfy_lora_tensors
 from storymem_core.memory import MemoryBank
 from storymem_core.positions import DEFAULT_SPACING, memory_frame_positions
-from storymem_core.choices import GIVEN_FRAMES, NODE_SHOT_MODES
 from storymem_core.video import image_batch_to_frames
 
 from . import host
@@ -64,37 +63,48 @@ def storymem_conditioning(positive: list, negative: list, vae, memory: MemoryBan
     y = conditioning.y[None]
     values = {"concat_latent_image": y[:, 4:], "concat_mask": 1.0 - y[:, :4]}
     latent = torch.zeros([batch_size, 16, *y.shape[2:]], device=comfy.model_management.intermediate_device())
-    return (node_helpers.conditioning_set_values(positive, values), node_helpers.conditioning_set_values(negative, values),
-            {"samples": latent}, conditioning.memory_count, GIVEN_FRAMES[mode])
+    return (node_helpers.conditioning_set_values(positive, values),
+            node_helpers.conditioning_set_values(negative, values), {"samples": latent}, conditioning.memory_count,
+            GIVEN_FRAMES[mode])
 
 
 class StoryMemConditioning:
-    DESCRIPTION = ("StoryMem's memory conditioning for ComfyUI's Wan2.2 I2V models (Load Diffusion Model, GGUF, ...): memory "
-                   "keyframes in front of the shot, plus the previous shot's last frame (MI2V) or last 5 frames (MM2V) "
-                   "without a cut. Sample the latent with any sampler, then trim memory_latents off it and given_frames "
-                   "off the decoded images.")
+    DESCRIPTION = ("StoryMem's memory conditioning for ComfyUI's Wan2.2 I2V models (Load Diffusion Model, GGUF, ...): "
+                   "memory keyframes in front of the shot, plus the previous shot's last frame (MI2V) or last 5 frames "
+                   "(MM2V) without a cut. Sample the latent with any sampler, then trim memory_latents off it and "
+                   "given_frames off the decoded images.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "positive": ("CONDITIONING", {"tooltip": "The shot's prompt, encoded (CLIP Text Encode with the umT5 loaded as type wan)."}),
+                "positive": ("CONDITIONING",
+                             {"tooltip": "The shot's prompt, encoded (CLIP Text Encode with the umT5 loaded as type "
+                                         "wan)."}),
                 "negative": ("CONDITIONING", {"tooltip": "The negative prompt, encoded."}),
                 "vae": ("VAE", {"tooltip": "The Wan2.1 VAE (wan_2.1_vae.safetensors) from Load VAE."}),
                 "memory": (BANK, {"tooltip": "The memory bank: keyframes of the shots before (or references)."}),
-                "cut": ("BOOLEAN", {"default": True, "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous shot."}),
-                "mode": (list(NODE_SHOT_MODES), {"default": "auto-mi2v", "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / "
-                                                                           "MM2V (last 5 frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
+                "cut": ("BOOLEAN",
+                        {"default": True,
+                         "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous "
+                                    "shot."}),
+                "mode": (list(NODE_SHOT_MODES),
+                         {"default": "auto-mi2v",
+                          "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 "
+                                     "frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
                 "width": size("width", 832),
                 "height": size("height", 480),
                 "length": frames(),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos sampled at once with this conditioning."}),
+                "batch_size": ("INT",
+                               {"default": 1, "min": 1, "max": 64,
+                                "tooltip": "Videos sampled at once with this conditioning."}),
             },
             "optional": {
-                "previous_frames": ("IMAGE", {"tooltip": "The previous shot's frames (at least its last 5), for MI2V / MM2V."}),
+                "previous_frames": ("IMAGE",
+                                    {"tooltip": "The previous shot's frames (at least its last 5), for MI2V / MM2V."}),
                 "fix_mem": ("INT", {"default": -1, "min": -1, "max": 64, "advanced": True,
-                                    "tooltip": "-1 (as released): every memory frame is marked 1. n >= 0: frames after the first n are "
-                                               "marked 2, the reference's unused fix_mem option."}),
+                                    "tooltip": "-1 (as released): every memory frame is marked 1. n >= 0: frames after "
+                                               "the first n are marked 2, the reference's unused fix_mem option."}),
             },
         }
 
@@ -110,8 +120,9 @@ class StoryMemConditioning:
     FUNCTION = "condition"
     CATEGORY = CATEGORY
 
-    def condition(self, positive: list, negative: list, vae, memory: MemoryBank, cut: bool, mode: str, width: int, height: int,
-                  length: int, batch_size: int, previous_frames: torch.Tensor | None = None, fix_mem: int = -1) -> tuple:
+    def condition(self, positive: list, negative: list, vae, memory: MemoryBank, cut: bool, mode: str,
+                  width: int, height: int, length: int, batch_size: int, previous_frames: torch.Tensor | None = None,
+                  fix_mem: int = -1) -> tuple:
         mode = resolve_mode(mode, cut, previous_frames is not None)
         previous = None if mode == "m2v" else image_batch_to_frames(previous_frames)
         return storymem_conditioning(positive, negative, vae, memory, mode, width, height, length, batch_size, previous,
@@ -119,13 +130,16 @@ class StoryMemConditioning:
 
 
 class TrimFrames:
-    DESCRIPTION = "Drops the frames a shot was given (MI2V: 1, MM2V: 5) from its decoded images, so the film shows them once."
+    DESCRIPTION = ("Drops the frames a shot was given (MI2V: 1, MM2V: 5) from its decoded images, so the film shows "
+                   "them once.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "images": ("IMAGE", {"tooltip": "The decoded shot (after TrimVideoLatent removed the memory)."}),
-            "given_frames": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "given_frames of StoryMem Conditioning."}),
+            "given_frames": ("INT",
+                             {"default": 0, "min": 0, "max": 4096,
+                              "tooltip": "given_frames of StoryMem Conditioning."}),
         }}
 
     RETURN_TYPES = ("IMAGE",)
@@ -157,8 +171,8 @@ def add_storymem_lora(model, path, strength: float, alpha: float | None = None):
     if unmatched:
         names = ", ".join(m.removeprefix(COMFY_PREFIX) for m in unmatched[:3])
         raise CheckpointError(
-            f"LoRA {path} has {len(unmatched)} modules this model lacks ({names}, ...): use a LoRA made for Wan2.2 A14B "
-            "on a Wan2.2 I2V model."
+            f"LoRA {path} has {len(unmatched)} modules this model lacks ({names}, ...): use a LoRA made for Wan2.2 "
+            "A14B on a Wan2.2 I2V model."
         )
     patched = model.clone()
     patched.add_patches(comfy.lora.load_lora(tensors, key_map, log_missing=False), strength)
@@ -166,19 +180,23 @@ def add_storymem_lora(model, path, strength: float, alpha: float | None = None):
 
 
 class StoryMemLora:
-    DESCRIPTION = ("Applies the StoryMem LoRA (the released backbone_*_noise.pth, rsLoRA-scaled, or a ComfyUI-converted file) "
-                   "to a ComfyUI MODEL through ComfyUI's patching: fp8, fp16 and GGUF models, stacks with LoRA loaders.")
+    DESCRIPTION = ("Applies the StoryMem LoRA (the released backbone_*_noise.pth, rsLoRA-scaled, or a "
+                   "ComfyUI-converted file) to a ComfyUI MODEL through ComfyUI's patching: fp8, fp16 and GGUF models, "
+                   "stacks with LoRA loaders.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "A Wan2.2 I2V-A14B expert (high or low noise)."}),
-            "lora_name": model_file("loras", "The StoryMem LoRA of this expert, e.g. StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth"),
-            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip": "1.0 as trained."}),
+            "lora_name": model_file("loras",
+                                    "The StoryMem LoRA of this expert, e.g. "
+                                    "StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth"),
+            "strength": ("FLOAT",
+                         {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip": "1.0 as trained."}),
         }, "optional": {
             "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 1.0, "advanced": True,
-                                "tooltip": "0: the file's alpha, or the rank for a peft .pth (StoryMem's release). Set it for a peft "
-                                           "LoRA trained with another lora_alpha."}),
+                                "tooltip": "0: the file's alpha, or the rank for a peft .pth (StoryMem's release). Set "
+                                           "it for a peft LoRA trained with another lora_alpha."}),
         }}
 
     RETURN_TYPES = ("MODEL",)
@@ -225,17 +243,22 @@ def memory_positions_wrapper(memory_latents: int, placement: str, spacing: int):
 
 
 class MemoryPositions:
-    DESCRIPTION = ("Where the memory frames sit in time for Wan's RoPE. released (default, no patch needed): 0..M-1 in front "
-                   "of the shot, as the published StoryMem code and LoRA. negative: the paper's shift, memory at -M*S..-S, shot from 0.")
+    DESCRIPTION = ("Where the memory frames sit in time for Wan's RoPE. released (default, no patch needed): 0..M-1 in "
+                   "front of the shot, as the published StoryMem code and LoRA. negative: the paper's shift, memory at "
+                   "-M*S..-S, shot from 0.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "The Wan2.2 I2V model (both experts need the same patch)."}),
-            "memory_latents": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "memory_latents of StoryMem Conditioning."}),
+            "memory_latents": ("INT",
+                               {"default": 0, "min": 0, "max": 4096,
+                                "tooltip": "memory_latents of StoryMem Conditioning."}),
             "placement": (list(MEMORY_POSITIONS), {
                 "default": "released", "tooltip": "released: 0..M-1 then the shot; negative: the paper's shift."}),
-            "spacing": ("INT", {"default": DEFAULT_SPACING, "min": 1, "max": 100, "tooltip": "S, the gap between memory positions for negative."}),
+            "spacing": ("INT",
+                        {"default": DEFAULT_SPACING, "min": 1, "max": 100,
+                         "tooltip": "S, the gap between memory positions for negative."}),
         }}
 
     RETURN_TYPES = ("MODEL",)
@@ -245,7 +268,8 @@ class MemoryPositions:
     CATEGORY = CATEGORY
 
     def patch(self, model, memory_latents: int, placement: str, spacing: int) -> tuple:
-        memory_frame_positions(memory_latents, memory_latents, placement, spacing)  # bad settings fail here, not mid-sampling
+        # bad settings fail here, not mid-sampling
+        memory_frame_positions(memory_latents, memory_latents, placement, spacing)
         patched = model.clone()
         wrapper = memory_positions_wrapper(memory_latents, placement, spacing)
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, POSITIONS_WRAPPER, wrapper)

@@ -18,7 +18,8 @@ OPTIONAL_SHOTS = 7  # shot_2 .. shot_8; longer stories chain a second Combine Sh
 
 def next_video_path(prefix: str) -> Path:
     """`<output>/<prefix>_00001.mp4`, numbered past the files already there (as ComfyUI's save nodes do)."""
-    relative = host.output_name(prefix.strip() or "storymem/film", "filename_prefix", "storymem/film", ConditioningError)
+    relative = host.output_name(prefix.strip() or "storymem/film", "filename_prefix", "storymem/film",
+                                ConditioningError)
     folder = host.output_dir() / relative.parent
     taken = {p.name for p in folder.glob(f"{relative.name}_*.mp4")} if folder.is_dir() else set()
     number = 1
@@ -32,13 +33,18 @@ class CombineShots:
 
     @classmethod
     def INPUT_TYPES(cls):
-        optional = {f"shot_{i}": ("IMAGE", {"tooltip": f"Shot {i} (leave unconnected to stop earlier)."}) for i in range(2, OPTIONAL_SHOTS + 2)}
+        optional = {f"shot_{i}": ("IMAGE", {"tooltip": f"Shot {i} (leave unconnected to stop earlier)."})
+                    for i in range(2, OPTIONAL_SHOTS + 2)}
         return {
             "required": {
                 "shot_1": ("IMAGE", {"tooltip": "The first shot's frames (or the film of an earlier Combine Shots)."}),
-                "fps": ("INT", {"default": 16, "min": 1, "max": 120, "tooltip": "Frames per second of the video (Wan2.2 generates 16)."}),
+                "fps": ("INT",
+                        {"default": 16, "min": 1, "max": 120,
+                         "tooltip": "Frames per second of the video (Wan2.2 generates 16)."}),
                 "save_video": ("BOOLEAN", {"default": True, "tooltip": "Write an mp4 to the output folder."}),
-                "filename_prefix": ("STRING", {"default": "storymem/film", "tooltip": "Video path under the output folder, numbered _00001, _00002, ..."}),
+                "filename_prefix": ("STRING",
+                                    {"default": "storymem/film",
+                                     "tooltip": "Video path under the output folder, numbered _00001, _00002, ..."}),
             },
             "optional": optional,
         }
@@ -50,13 +56,15 @@ class CombineShots:
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
 
-    def combine(self, shot_1: torch.Tensor, fps: int, save_video: bool, filename_prefix: str, **shots: torch.Tensor) -> dict:
+    def combine(self, shot_1: torch.Tensor, fps: int, save_video: bool, filename_prefix: str,
+                **shots: torch.Tensor) -> dict:
         ordered = [("shot_1", shot_1)] + sorted(shots.items(), key=lambda item: int(item[0].split("_")[1]))
         size = tuple(shot_1.shape[1:3])
         for name, frames in ordered:
             if tuple(frames.shape[1:3]) != size:
                 raise ConditioningError(
-                    f"{name} is {frames.shape[2]}x{frames.shape[1]} but shot_1 is {size[1]}x{size[0]}: every shot of a film must have one size."
+                    f"{name} is {frames.shape[2]}x{frames.shape[1]} but shot_1 is {size[1]}x{size[0]}: every shot of a "
+                    "film must have one size."
                 )
         film = torch.cat([frames for _, frames in ordered])
         if not save_video:

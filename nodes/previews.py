@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from storymem_core.files import save_picture
 from storymem_core.memory import MemoryBank
-from storymem_core.video import atomic_write_path, write_mp4
+from storymem_core.video import write_mp4
 
 from . import host
 
@@ -43,8 +44,7 @@ def _thumbnail(pixels) -> str:
     if not path.exists():
         image = Image.fromarray(array)
         image = image.resize((max(1, round(image.width * THUMB_HEIGHT / image.height)), THUMB_HEIGHT), Image.BILINEAR)
-        with atomic_write_path(path) as temp:
-            image.save(temp, format="JPEG", quality=88)
+        save_picture(image, path, "JPEG", quality=88)
     return name
 
 
@@ -58,13 +58,15 @@ def bank_ui(bank: MemoryBank) -> dict[str, list]:
             "index": index, "shot": keyframe.shot + 1, "frame": keyframe.frame_index, "source": keyframe.source,
             "pinned": keyframe.pinned, "fixed": index in protected and not keyframe.pinned,
         })
-    return {"storymem_bank": entries, "storymem_bank_limits": [{"size": len(bank), "max_size": bank.max_size, "fixed": bank.fixed}]}
+    return {"storymem_bank": entries,
+            "storymem_bank_limits": [{"size": len(bank), "max_size": bank.max_size, "fixed": bank.fixed}]}
 
 
 def video_ui(path: Path) -> dict[str, list]:
     """The `ui` part that makes ComfyUI show an mp4 in the output folder under the node."""
     subfolder = path.parent.relative_to(host.output_dir()).as_posix()
-    return {"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}], "animated": [True]}
+    return {"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}],
+            "animated": [True]}
 
 
 def _preview_video(frames: torch.Tensor) -> str:

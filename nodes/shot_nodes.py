@@ -17,14 +17,13 @@ from storymem_core.conditioning import check_size
 from storymem_core.errors import ConditioningError, GenerationInterrupted, StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryOptions
-from storymem_core.sampling import SamplerSettings
 from storymem_core.run_shot import ShotModels, ShotRequest, run_shot
+from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import T2V_SETTINGS
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames
 from storymem_core.wan.vae import WanVAE
 
-from . import host
-from . import inputs
+from . import host, inputs
 from .loaders import with_preset
 from .memory_nodes import next_shot, with_bank_ui
 from .previews import excerpt, shot_ui
@@ -52,7 +51,8 @@ def resolve_mode(mode: str, cut: bool, has_previous: bool) -> str:
                 "connect the previous shot's last_frames, or set cut to true."
             )
     elif mode != "m2v" and not has_previous:
-        raise ConditioningError(f"mode {mode.upper()} continues the previous shot: connect its last_frames to previous_frames, or use m2v.")
+        raise ConditioningError(f"mode {mode.upper()} continues the previous shot: connect its last_frames to "
+                                "previous_frames, or use m2v.")
     return mode
 
 
@@ -61,7 +61,8 @@ def _common_inputs(model_tooltip: str) -> dict:
         "model": (MODEL, {"tooltip": model_tooltip}),
         "text_encoder": (TEXT_ENCODER, {"tooltip": "From Load umT5 Text Encoder."}),
         "vae": (VAE, {"tooltip": "From Load Wan VAE."}),
-        "keyframe_encoder": (KEYFRAME_ENCODER, {"tooltip": "From Load Keyframe Encoder: picks this shot's keyframes for the memory."}),
+        "keyframe_encoder": (KEYFRAME_ENCODER,
+                             {"tooltip": "From Load Keyframe Encoder: picks this shot's keyframes for the memory."}),
         "memory": (BANK, {"tooltip": "The memory bank from the previous shot (or an empty / reference bank)."}),
     }
 
@@ -97,8 +98,9 @@ def naming_shot(number: int, prompt: str) -> Iterator[None]:
 
 def _shot(request: ShotRequest, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_model: KeyframeModel,
           cut: bool) -> dict:
-    """The shot made by the engine's `run_shot` (as the Story Runner and the CLI make theirs) on one progress bar, and
-    the node result: its frames, the bank after it, its last frames, and what the frontend shows (strip, title, video)."""
+    """The shot made by the engine's `run_shot` (as the Story Runner and the CLI make theirs) on one progress bar,
+    and the node result: its frames, the bank after it, its last frames, and what the frontend shows (strip, title,
+    video)."""
     device = host.device()
     progress = host.ShotProgress(request.settings.steps, f"shot {request.index + 1} ({request.mode.upper()})")
     _make_room(model, device)
@@ -114,7 +116,8 @@ def _shot(request: ShotRequest, model: WanExperts, text_encoder: TextModel, vae:
 
 
 class FirstShot:
-    DESCRIPTION = "The story's first shot from its prompt alone, with the Wan2.2 T2V experts; its keyframes start the memory."
+    DESCRIPTION = ("The story's first shot from its prompt alone, with the Wan2.2 T2V experts; its keyframes start the "
+                   "memory.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -124,8 +127,12 @@ class FirstShot:
                 "prompt": inputs.prompt(),
                 "seed": inputs.seed(),
                 "steps": inputs.steps(T2V_SETTINGS.steps),
-                "cfg_high": ("FLOAT", {"default": T2V_SETTINGS.guide_high, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Guidance of the high-noise expert."}),
-                "cfg_low": ("FLOAT", {"default": T2V_SETTINGS.guide_low, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Guidance of the low-noise expert."}),
+                "cfg_high": ("FLOAT",
+                             {"default": T2V_SETTINGS.guide_high, "min": 0.0, "max": 30.0, "step": 0.1,
+                              "tooltip": "Guidance of the high-noise expert."}),
+                "cfg_low": ("FLOAT",
+                            {"default": T2V_SETTINGS.guide_low, "min": 0.0, "max": 30.0, "step": 0.1,
+                             "tooltip": "Guidance of the low-noise expert."}),
                 "shift": inputs.shift(T2V_SETTINGS.shift),
                 "solver": inputs.solver(),
                 "width": inputs.size("width", 832),
@@ -139,8 +146,9 @@ class FirstShot:
     FUNCTION = "generate"
     CATEGORY = CATEGORY
 
-    def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel, memory: MemoryBank,
-                 prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float, solver: str,
+    def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel,
+                 memory: MemoryBank, prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float,
+                 solver: str,
                  width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None,
                  preset: str = "none") -> dict:
         number = shot_number or 1
@@ -156,8 +164,8 @@ class FirstShot:
 
 
 class MemoryShot:
-    DESCRIPTION = ("A shot conditioned on the memory bank (StoryMem M2V); without a cut it also continues the previous shot "
-                   "from its last frame (MI2V) or last 5 frames (MM2V).")
+    DESCRIPTION = ("A shot conditioned on the memory bank (StoryMem M2V); without a cut it also continues the previous "
+                   "shot from its last frame (MI2V) or last 5 frames (MM2V).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -165,12 +173,19 @@ class MemoryShot:
             "required": {
                 **_common_inputs("Wan2.2 I2V-A14B experts with the StoryMem LoRA."),
                 "prompt": inputs.prompt(),
-                "cut": ("BOOLEAN", {"default": True, "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous shot."}),
-                "mode": (list(NODE_SHOT_MODES), {"default": "auto-mi2v", "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 frames), "
-                                                                           "matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
+                "cut": ("BOOLEAN",
+                        {"default": True,
+                         "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous "
+                                    "shot."}),
+                "mode": (list(NODE_SHOT_MODES),
+                         {"default": "auto-mi2v",
+                          "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 "
+                                     "frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
                 "seed": inputs.seed(),
                 "steps": inputs.steps(M2V.steps),
-                "cfg": ("FLOAT", {"default": M2V.guide_low, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Classifier-free guidance of both experts (3.5 in StoryMem)."}),
+                "cfg": ("FLOAT",
+                        {"default": M2V.guide_low, "min": 0.0, "max": 30.0, "step": 0.1,
+                         "tooltip": "Classifier-free guidance of both experts (3.5 in StoryMem)."}),
                 "shift": inputs.shift(M2V.shift),
                 "solver": inputs.solver(),
                 "width": inputs.size("width", 832),
@@ -178,7 +193,8 @@ class MemoryShot:
                 "frames": inputs.frames(),
             },
             "optional": {
-                "previous_frames": ("IMAGE", {"tooltip": "The previous shot's last_frames, for MI2V / MM2V continuation."}),
+                "previous_frames": ("IMAGE",
+                                    {"tooltip": "The previous shot's last_frames, for MI2V / MM2V continuation."}),
                 **_optional_inputs(),
                 "memory_positions": inputs.memory_positions(),
             },
@@ -188,8 +204,9 @@ class MemoryShot:
     FUNCTION = "generate"
     CATEGORY = CATEGORY
 
-    def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel, memory: MemoryBank,
-                 prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float, solver: str,
+    def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel,
+                 memory: MemoryBank, prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float,
+                 solver: str,
                  width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
                  negative_prompt: str = "", shot_number: int | None = None, preset: str = "none",
                  memory_positions: str = "released") -> dict:

@@ -69,8 +69,10 @@ class WanExperts:
 
     def require(self, kind: str, node: str) -> None:
         if self.kind != kind:
-            wanted = {"t2v": "the Wan2.2 T2V-A14B experts (wan2.2_t2v_*)", "i2v": "the Wan2.2 I2V-A14B experts (wan2.2_i2v_*) with the StoryMem LoRA"}
-            raise StoryMemError(f"{node} needs {wanted[kind]}, but {self.name} are {self.kind.upper()} experts: load the other pair.")
+            wanted = {"t2v": "the Wan2.2 T2V-A14B experts (wan2.2_t2v_*)",
+                      "i2v": "the Wan2.2 I2V-A14B experts (wan2.2_i2v_*) with the StoryMem LoRA"}
+            raise StoryMemError(f"{node} needs {wanted[kind]}, but {self.name} are {self.kind.upper()} experts: load "
+                                "the other pair.")
 
     @contextlib.contextmanager
     def sampling(self, device: torch.device, park: torch.device) -> Iterator[ExpertPair]:
@@ -88,7 +90,8 @@ class WanExperts:
             for expert, module in zip(EXPERTS, (self.high, self.low)):
                 for lora in self.loras:
                     if expert in lora.weights:
-                        applied.append(apply_loras(getattr(module, "dit", module), [lora.weights[expert]], mode="hook", strict=lora.strict))
+                        applied.append(apply_loras(getattr(module, "dit", module), [lora.weights[expert]], mode="hook",
+                                                   strict=lora.strict))
             yield ExpertPair(self.high, self.low, device, offload=self.offload == "experts")
         finally:
             for lora in reversed(applied):

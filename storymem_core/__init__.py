@@ -1,4 +1,4 @@
-"""StoryMem engine: plain PyTorch, no ComfyUI imports (see DESIGN.md)."""
+"""StoryMem engine: plain PyTorch, no ComfyUI imports (see docs/architecture.md)."""
 
 from .errors import StoryMemError
 

@@ -10,7 +10,8 @@ NODE_SHOT_MODES = ("auto-mi2v", "auto-mm2v", *GIVEN_FRAMES)  # auto: M2V after a
 
 SOLVERS = ("unipc", "dpm++", "euler")
 WEIGHT_DTYPE_NAMES = ("bf16", "fp16", "fp32")
-WEIGHT_CHOICES = ("auto", "fp8", *WEIGHT_DTYPE_NAMES)  # auto: fp8 files stay fp8 on a GPU, the rest bf16 (fp32 on the CPU)
+# auto: fp8 files stay fp8 on a GPU, the rest bf16 (fp32 on the CPU)
+WEIGHT_CHOICES = ("auto", "fp8", *WEIGHT_DTYPE_NAMES)
 PLACEMENTS = ("none", "experts", "blocks")  # GPU memory plans, each needing less than the one before
 OFFLOAD_CHOICES = ("auto", *PLACEMENTS)  # auto picks a placement from free memory
 QUALITY_CHOICES = ("auto", "aesthetic", "hpsv3", "off")  # keyframe quality filter models

@@ -1,4 +1,5 @@
-"""`python -m storymem_core`: inspect model files, validate story scripts, run stories, convert LoRAs, run the demo, evaluate."""
+"""`python -m storymem_core`: inspect model files, validate story scripts, run stories, convert LoRAs, run the demo,
+evaluate."""
 
 from __future__ import annotations
 
@@ -6,20 +7,25 @@ import argparse
 import logging
 import sys
 
-from .errors import GenerationInterrupted, StoryMemError
 from .choices import MEMORY_POSITIONS, OFFLOAD_CHOICES, PRESET_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
+from .errors import GenerationInterrupted, StoryMemError
 from .story import shown_text
 
 
 def _add_story_options(parser: argparse.ArgumentParser) -> None:
     first = parser.add_mutually_exclusive_group()
-    first.add_argument("--t2v-first-shot", dest="first_shot", action="store_const", const="t2v", help="first shot from text (default)")
-    first.add_argument("--m2v-first-shot", dest="first_shot", action="store_const", const="mr2v", help="first shot from --reference images (MR2V)")
+    first.add_argument("--t2v-first-shot", dest="first_shot", action="store_const", const="t2v",
+                       help="first shot from text (default)")
+    first.add_argument("--m2v-first-shot", dest="first_shot", action="store_const", const="mr2v",
+                       help="first shot from --reference images (MR2V)")
     parser.set_defaults(first_shot="t2v")
-    parser.add_argument("--reference", action="append", default=[], metavar="IMAGE", help="reference image for MR2V (repeatable)")
+    parser.add_argument("--reference", action="append", default=[], metavar="IMAGE",
+                        help="reference image for MR2V (repeatable)")
     cont = parser.add_mutually_exclusive_group()
-    cont.add_argument("--mi2v", dest="continuation", action="store_const", const="mi2v", help="shots without a cut start from the last frame")
-    cont.add_argument("--mm2v", dest="continuation", action="store_const", const="mm2v", help="shots without a cut continue the last 5 frames")
+    cont.add_argument("--mi2v", dest="continuation", action="store_const", const="mi2v",
+                      help="shots without a cut start from the last frame")
+    cont.add_argument("--mm2v", dest="continuation", action="store_const", const="mm2v",
+                      help="shots without a cut continue the last 5 frames")
     parser.set_defaults(continuation="m2v")
     parser.add_argument("--max-memory", type=int, default=10, help="keyframes kept in memory (default 10)")
     parser.add_argument("--fixed-memory", type=int, default=3, help="first keyframes always kept (default 3)")
@@ -28,38 +34,45 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=81, help="frames per shot, 4n+1 (default 81)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 40)")
     parser.add_argument("--shift", type=float, default=None, help="flow shift (default: 4 for M2V, 12 for T2V)")
-    parser.add_argument("--guide", type=float, default=None, help="CFG scale for both experts (default 3.5 M2V; 3/4 T2V)")
+    parser.add_argument("--guide", type=float, default=None,
+                        help="CFG scale for both experts (default 3.5 M2V; 3/4 T2V)")
     parser.add_argument("--solver", default=None, choices=["unipc", "dpm++", "euler"], help="sampler (default unipc)")
     parser.add_argument("--preset", default="none", choices=PRESET_CHOICES,
                         help="lightx2v: the lightx2v 4-step distilled LoRAs "
-                             "(loras/wan2.2_i2v_lightx2v_4steps_lora_v1_{high,low}_noise, and the t2v v1.1 pair for a T2V "
-                             "first shot) stacked on the StoryMem LoRA, sampled as their authors do: 4 Euler steps, shift 5, "
-                             "CFG 1 (one forward per step); --steps, --shift, --guide, --solver still override")
+                             "(loras/wan2.2_i2v_lightx2v_4steps_lora_v1_{high,low}_noise, and the t2v v1.1 pair for a "
+                             "T2V first shot) stacked on the StoryMem LoRA, sampled as their authors do: 4 Euler "
+                             "steps, shift 5, CFG 1 (one forward per step); --steps, --shift, --guide, --solver still "
+                             "override")
     parser.add_argument("--memory-positions", default="released", choices=MEMORY_POSITIONS,
                         help="memory frames' time positions: released (0..M-1 before the shot, as the published "
                              "code and LoRA; default) or negative (the paper's shift: memory at -5M..-5, shot from 0)")
     parser.add_argument("--from-shot", type=int, default=None, metavar="N",
-                        help="regenerate from shot N (1-based) with the options given now: from the bank before it, windowed to "
-                             "--max-memory / --fixed-memory (N = 1: the initial bank, rebuilt from --reference)")
-    parser.add_argument("--out", required=True, help="output folder (re-running with the same memory options and references "
-                                                     "continues where it stopped; other ones need --from-shot or a new --out)")
+                        help="regenerate from shot N (1-based) with the options given now: from the bank before it, "
+                             "windowed to --max-memory / --fixed-memory (N = 1: the initial bank, rebuilt from "
+                             "--reference)")
+    parser.add_argument("--out", required=True,
+                        help="output folder (re-running with the same memory options and references continues where it "
+                             "stopped; other ones need --from-shot or a new --out)")
 
 
 def _add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda when available)")
-    parser.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES, help="expert weights: auto keeps fp8 files fp8 on a GPU (default)")
+    parser.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES,
+                        help="expert weights: auto keeps fp8 files fp8 on a GPU (default)")
     parser.add_argument("--offload", default="auto", choices=OFFLOAD_CHOICES,
-                        help="GPU memory plan: none (both experts resident), experts (one at a time), blocks (stream blocks "
-                             "from RAM, fits 24 GB with fp8), auto (from free memory, default)")
+                        help="GPU memory plan: none (both experts resident), experts (one at a time), blocks (stream "
+                             "blocks from RAM, fits 24 GB with fp8), auto (from free memory, default)")
     parser.add_argument("--fsdp", action="store_true",
                         help="under torchrun: shard each expert's weights over the GPUs (FSDP2), for GPUs that cannot "
                              "hold one")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (~25%% faster steps after a ~20 s compile)")
-    parser.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the keyframe encoder weights")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the DiT blocks (~25%% faster steps after a ~20 s compile)")
+    parser.add_argument("--open-clip-name", default="ViT-B-32-quickgelu",
+                        help="open_clip config of the keyframe encoder weights")
     parser.add_argument("--quality", default="auto", choices=QUALITY_CHOICES,
-                        help="keyframe quality filter: aesthetic (CLIP head, clip_vision/sa_0_4_vit_b_32_linear.pth), hpsv3 "
-                             "(the paper's, needs the hpsv3 package and HPSv3.safetensors in hpsv3/ or clip_vision/), auto (hpsv3 when both are "
-                             "there, else aesthetic; default), off")
+                        help="keyframe quality filter: aesthetic (CLIP head, clip_vision/sa_0_4_vit_b_32_linear.pth), "
+                             "hpsv3 (the paper's, needs the hpsv3 package and HPSv3.safetensors in hpsv3/ or "
+                             "clip_vision/), auto (hpsv3 when both are there, else aesthetic; default), off")
 
 
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -86,14 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("scripts", nargs="+")
     story = sub.add_parser("story", help="generate a whole story")
     story.add_argument("script")
-    story.add_argument("--models-dir", required=True, help="folder with diffusion_models/, text_encoders/, vae/, loras/, clip_vision/ (ComfyUI layout)")
+    story.add_argument("--models-dir", required=True,
+                       help="folder with diffusion_models/, text_encoders/, vae/, loras/, clip_vision/ (ComfyUI "
+                            "layout)")
     _add_story_options(story)
     _add_load_options(story)
-    convert = sub.add_parser("convert-lora", help="write a StoryMem .pth LoRA as a ComfyUI LoRA (rsLoRA scale folded into alpha)")
+    convert = sub.add_parser("convert-lora",
+                             help="write a StoryMem .pth LoRA as a ComfyUI LoRA (rsLoRA scale folded into alpha)")
     convert.add_argument("source", metavar="IN.pth")
     convert.add_argument("target", metavar="OUT.safetensors")
     convert.add_argument("--strength", type=float, default=1.0, help="strength folded into the file (default 1)")
-    convert.add_argument("--alpha", type=float, default=None, help="the LoRA's lora_alpha (default: the file's; the rank for a peft .pth)")
+    convert.add_argument("--alpha", type=float, default=None,
+                         help="the LoRA's lora_alpha (default: the file's; the rank for a peft .pth)")
     demo = sub.add_parser("demo", help="a built-in 3-shot story on tiny random models (noise pixels, CPU, < 1 min)")
     demo.add_argument("--out", required=True)
     demo.add_argument("--seed", type=int, default=0)

@@ -44,7 +44,8 @@ def check_frame_num(frame_num: int) -> None:
     if frame_num < 1 or (frame_num - 1) % VAE_STRIDE[0]:
         lower = max(1, (frame_num - 1) // 4 * 4 + 1)
         raise ConditioningError(
-            f"frames = {frame_num} is not of the form 4n+1 (the VAE packs 4 frames per latent): use {lower} or {lower + 4}."
+            f"frames = {frame_num} is not of the form 4n+1 (the VAE packs 4 frames per latent): use {lower} or "
+            f"{lower + 4}."
         )
 
 
@@ -85,7 +86,8 @@ def _check_images(images: torch.Tensor | list[torch.Tensor], what: str) -> list[
         raise ConditioningError(f"{what} is empty.")
     for i, image in enumerate(images):
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[-1] != 3:
-            raise ConditioningError(f"{what} image {i} must be uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}.")
+            raise ConditioningError(f"{what} image {i} must be uint8 [H, W, 3], got {image.dtype} "
+                                    f"{tuple(image.shape)}.")
     return images
 
 
@@ -153,11 +155,12 @@ def build_conditioning(
         given, mode = _check_same_size(motion_frames, "motion frames"), "mm2v"
         if len(given) != MOTION_FRAMES:
             raise ConditioningError(
-                f"MM2V needs exactly {MOTION_FRAMES} motion frames, got {len(given)}: give the previous shot's last {MOTION_FRAMES} frames "
-                f"(a shot of at least {MOTION_FRAMES} frames), or use MI2V."
+                f"MM2V needs exactly {MOTION_FRAMES} motion frames, got {len(given)}: give the previous shot's last "
+                f"{MOTION_FRAMES} frames (a shot of at least {MOTION_FRAMES} frames), or use MI2V."
             )
     if given is not None and frame_num < len(given):
-        raise ConditioningError(f"frames = {frame_num} is shorter than the {len(given)} given frames of {mode.upper()}.")
+        raise ConditioningError(f"frames = {frame_num} is shorter than the {len(given)} given frames of "
+                                f"{mode.upper()}.")
 
     reference_hw = tuple(given.shape[1:3] if given is not None else memory[0].shape[:2])
     lat_hw = latent_size(reference_hw, max_area)

@@ -10,28 +10,29 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .errors import StoryMemError
+from .files import atomic_write_path, staging_folder
 from .pipeline import StoryOptions
 from .runner import LoadOptions, run_story_files
 from .shot import T2V_SETTINGS
 from .story_folder import check_output_folder
 from .tiny_models import write_tiny_models
-from .video import atomic_write_path, ordinary_permissions
 
 DEMO_STORY = {
     "story_name": "The Blue Kite",
-    "story_overview": "An old man mends a blue kite in his workshop, flies it from a windy hill, and watches it land in a field of sunflowers.",
+    "story_overview": "An old man mends a blue kite in his workshop, flies it from a windy hill, and watches it land "
+                      "in a field of sunflowers.",
     "scenes": [
         {
             "scene_num": 1,
             "video_prompts": [
-                "An old man with a white beard glues a torn blue kite on a cluttered workbench, afternoon light through dusty windows.",
+                "An old man with a white beard glues a torn blue kite on a cluttered workbench, afternoon light "
+                "through dusty windows.",
                 "He lifts the mended blue kite and carries it out of the workshop door into the wind, smiling.",
             ],
             "cut": [True, False],
@@ -39,7 +40,8 @@ DEMO_STORY = {
         {
             "scene_num": 2,
             "video_prompts": [
-                "Wide shot of a green hill under racing clouds: the old man runs and the blue kite climbs high into the sky.",
+                "Wide shot of a green hill under racing clouds: the old man runs and the blue kite climbs high into "
+                "the sky.",
             ],
             "cut": [True],
         },
@@ -71,12 +73,12 @@ def run_demo(out: str | Path, seed: int = 0) -> int:
     script = out / "story.json"
     story_text = json.dumps(DEMO_STORY, indent=2, ensure_ascii=False)
     if os.path.lexists(script) and not _holds(script, story_text.encode()):
-        raise StoryMemError(f"--out {out} holds a story.json that is not the demo's: choose a new or empty folder for the demo.")
+        raise StoryMemError(f"--out {out} holds a story.json that is not the demo's: choose a new or empty folder for "
+                            "the demo.")
     models_dir = out / f"models-seed{seed}"
     if not models_dir.is_dir():  # written aside and renamed in: an interrupted first run leaves no half folder
         out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out, prefix=".models-"))
-        ordinary_permissions(staging)
+        staging = staging_folder(models_dir)
         write_tiny_models(staging, seed)
         os.replace(staging, models_dir)
     if not os.path.lexists(script):
@@ -84,6 +86,7 @@ def run_demo(out: str | Path, seed: int = 0) -> int:
             tmp.write_text(story_text, encoding="utf-8")
     film = run_story_files(script, models_dir, out / "story", options, LoadOptions(device=torch.device("cpu")))
     print(f"demo film: {film}")
-    print(f"shots: {film.parent / 'shots'}; memory banks: {film.parent / 'banks'}; memory contact sheet: {film.parent / 'memory.png'}")
+    print(f"shots: {film.parent / 'shots'}; memory banks: {film.parent / 'banks'}; memory contact sheet: "
+          f"{film.parent / 'memory.png'}")
     print("The models are tiny and random, so the pixels are noise: real stories need the Wan2.2 weights (see README).")
     return 0

@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import StoryMemError
+from .files import atomic_write_path, check_frames
 from .keyframes import AestheticScorer, ImageEncoder, _embed_bank
 from .memory import MemoryBank, MemoryBankError
 from .pipeline import StoryFolder
 from .story import Shot, Story, load_story
-from .video import atomic_write_path, check_frames, read_mp4
+from .video import read_mp4
 
 FRAMES_PER_SHOT = 8
 THUMB_HEIGHT = 72
@@ -298,7 +299,3 @@ def write_json(data: dict, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_picture(image: Image.Image, path: str | os.PathLike) -> Path:
-    with atomic_write_path(path) as temp:
-        image.save(temp, format="PNG")
-    return Path(path)

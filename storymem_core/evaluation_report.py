@@ -15,10 +15,19 @@ import torch
 from tqdm import tqdm
 
 from .evaluation import (
-    RESULT_FILE, SUMMARY_LABELS, Scorers, StoryEvaluation, check_frames_per_shot, evaluate_story, finished_story,
-    folder_references, folder_shot_frames, save_picture, write_json,
+    RESULT_FILE,
+    SUMMARY_LABELS,
+    Scorers,
+    StoryEvaluation,
+    check_frames_per_shot,
+    evaluate_story,
+    finished_story,
+    folder_references,
+    folder_shot_frames,
+    write_json,
 )
 from .evaluation_pictures import contact_sheet, heatmap, score_chart
+from .files import save_picture
 from .keyframes import AestheticHead
 from .model_files import load_clip_text_encoder, load_keyframe_encoder
 from .runner import _device, find_model_files

@@ -35,9 +35,9 @@ from torch import nn
 
 from .checkpoints import SAFETENSORS_SUFFIXES, fit_faults, linear_chain, model_shapes, read_pth
 from .errors import CheckpointError, ConditioningError
+from .files import check_frames
 from .memory import Keyframe, MemoryBank
 from .safe_files import check_file
-from .video import check_frames
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ HPSV3_THRESHOLD = 3.0
 # LAION aesthetic scores run about 1..10 (most photos 4..6); a chosen cut, not calibrated against HPSv3
 AESTHETIC_THRESHOLD = 4.0
 CLIP_FOLDER_HINT = "ComfyUI's models/clip_vision folder (or models/clip_vision under --models-dir)"
-CLIP_DOWNLOAD_HINT = "open_clip_model.safetensors from huggingface.co/timm/vit_base_patch32_clip_224.openai (OpenAI CLIP ViT-B/32, as the reference uses)"
+CLIP_DOWNLOAD_HINT = ("open_clip_model.safetensors from huggingface.co/timm/vit_base_patch32_clip_224.openai (OpenAI "
+                      "CLIP ViT-B/32, as the reference uses)")
 
 
 class ImageEncoder(Protocol):
@@ -72,7 +73,8 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (OSError, RuntimeError, ValueError, SafetensorError) as error:
-        raise CheckpointError(f"{path} cannot be read as a weights file ({error}): download it again (.safetensors or .pth).") from None
+        raise CheckpointError(f"{path} cannot be read as a weights file ({error}): download it again (.safetensors or "
+                              ".pth).") from None
 
 
 def _require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
@@ -89,18 +91,22 @@ def _open_clip_weights(path: str | os.PathLike, model_name: str) -> tuple[dict, 
     path = _require_file(path, "CLIP image encoder", f"download {CLIP_DOWNLOAD_HINT} and put it in {CLIP_FOLDER_HINT}")
     config = open_clip.get_model_config(model_name)
     if config is None:
-        raise CheckpointError(f"open_clip has no model config '{model_name}': use e.g. ViT-B-32-quickgelu for OpenAI CLIP weights.")
+        raise CheckpointError(f"open_clip has no model config '{model_name}': use e.g. ViT-B-32-quickgelu for OpenAI "
+                              "CLIP weights.")
     state = _read_state_dict(path)
     if any(k.startswith("vision_model.") for k in state):
-        raise CheckpointError(f"{path} is a Hugging Face CLIP vision file, but this encoder reads open_clip files: use {CLIP_DOWNLOAD_HINT}.")
+        raise CheckpointError(f"{path} is a Hugging Face CLIP vision file, but this encoder reads open_clip files: use "
+                              f"{CLIP_DOWNLOAD_HINT}.")
     return config, state, path
 
 
-def _loaded_tower(build: Callable[[str], nn.Module], state: Mapping[str, torch.Tensor], path: Path, model_name: str) -> nn.Module:
+def _loaded_tower(build: Callable[[str], nn.Module], state: Mapping[str, torch.Tensor], path: Path,
+                  model_name: str) -> nn.Module:
     """`build(device)`'s tower with the file's weights; sizes are compared on the meta device first, so a config larger
     than the file is refused before memory is taken."""
     if faults := fit_faults(model_shapes(build("meta")), {name: tuple(t.shape) for name, t in state.items()}):
-        raise CheckpointError(f"{path} does not fit open_clip '{model_name}' ({'; '.join(faults)}): pick the model name its weights were made for.")
+        raise CheckpointError(f"{path} does not fit open_clip '{model_name}' ({'; '.join(faults)}): pick the model "
+                              "name its weights were made for.")
     tower = build("cpu")
     tower.load_state_dict(state)
     return tower
@@ -122,7 +128,8 @@ class OpenClipEncoder:
 
     @classmethod
     def from_file(
-        cls, path: str | os.PathLike, model_name: str = "ViT-B-32-quickgelu", device: torch.device | str = "cpu", batch_size: int = 32
+        cls, path: str | os.PathLike, model_name: str = "ViT-B-32-quickgelu", device: torch.device | str = "cpu",
+        batch_size: int = 32
     ) -> OpenClipEncoder:
         """Build `model_name` (an open_clip config name) and load its vision weights from a local file only."""
         import open_clip
@@ -154,14 +161,16 @@ def vision_tower(config: Mapping, device: torch.device | str) -> nn.Module:
     import open_clip
 
     with torch.device(device):
-        return open_clip.model._build_vision_tower(config["embed_dim"], config["vision_cfg"], config.get("quick_gelu", False))
+        return open_clip.model._build_vision_tower(config["embed_dim"], config["vision_cfg"],
+                                                   config.get("quick_gelu", False))
 
 
 def _text_tower(config: Mapping, device: torch.device | str) -> nn.Module:
     import open_clip
 
     with torch.device(device):
-        return open_clip.model._build_text_tower(config["embed_dim"], config["text_cfg"], config.get("quick_gelu", False))
+        return open_clip.model._build_text_tower(config["embed_dim"], config["text_cfg"],
+                                                 config.get("quick_gelu", False))
 
 
 class OpenClipTextEncoder:
@@ -214,7 +223,9 @@ class AestheticHead(nn.Module):
     @classmethod
     def from_file(cls, path: str | os.PathLike, threshold: float = AESTHETIC_THRESHOLD) -> AestheticHead:
         path = _require_file(
-            path, "aesthetic head", f"download sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor) and put it in {CLIP_FOLDER_HINT}"
+            path, "aesthetic head",
+            "download sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor) and put it in "
+            f"{CLIP_FOLDER_HINT}"
         )
         state = _read_state_dict(path)
         prefixes, problem = linear_chain({name: tuple(tensor.shape) for name, tensor in state.items()})
@@ -251,12 +262,16 @@ class AestheticHead(nn.Module):
 class HPSv3Scorer:
     """The reference's quality model (HPSv3, a 7B VLM reward); needs the `hpsv3` package and a local checkpoint."""
 
-    def __init__(self, checkpoint_path: str | os.PathLike, device: torch.device | str = "cuda", threshold: float = HPSV3_THRESHOLD, batch_size: int = 8):
-        path = _require_file(checkpoint_path, "HPSv3 checkpoint", "download HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3) into a models folder and pass its path")
+    def __init__(self, checkpoint_path: str | os.PathLike, device: torch.device | str = "cuda",
+                 threshold: float = HPSV3_THRESHOLD, batch_size: int = 8):
+        path = _require_file(checkpoint_path, "HPSv3 checkpoint",
+                             "download HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3) into a models folder and pass "
+                             "its path")
         try:
             from hpsv3 import HPSv3RewardInferencer
         except ImportError:
-            raise CheckpointError("HPSv3 scoring needs the hpsv3 package: pip install hpsv3, or use the CLIP aesthetic head.") from None
+            raise CheckpointError("HPSv3 scoring needs the hpsv3 package: pip install hpsv3, or use the CLIP aesthetic "
+                                  "head.") from None
         self._inferencer = HPSv3RewardInferencer(checkpoint_path=str(path), device=str(device))
         self.threshold = threshold
         self.batch_size = batch_size
@@ -303,9 +318,11 @@ def select_indices(
     max_keyframes: int = MAX_KEYFRAMES,
     quality_threshold: float = HPSV3_THRESHOLD,
 ) -> KeyframeSearch:
-    """The reference's keyframe rule on a frame-similarity matrix [T, T] and per-frame quality [T] (None: all acceptable)."""
+    """The reference's keyframe rule on a frame-similarity matrix [T, T] and per-frame quality [T] (None: all
+    acceptable)."""
     if max_keyframes < 1 or step <= 0:
-        raise ConditioningError(f"max_keyframes = {max_keyframes} and step = {step} must be positive: use e.g. 3 and 0.01.")
+        raise ConditioningError(f"max_keyframes = {max_keyframes} and step = {step} must be positive: use e.g. 3 and "
+                                "0.01.")
     sim = sim.tolist() if isinstance(sim, torch.Tensor) else [list(row) for row in sim]
     quality = quality.tolist() if isinstance(quality, torch.Tensor) else quality
     acceptable = [True] * len(sim) if quality is None else [q >= quality_threshold for q in quality]
@@ -318,7 +335,8 @@ def select_indices(
         threshold -= step  # repeated subtraction, as the reference does (its float drift included)
 
 
-def dedup_against_bank(similarity: torch.Tensor | Sequence[Sequence[float]], threshold: float = DEDUP_THRESHOLD) -> list[int]:
+def dedup_against_bank(similarity: torch.Tensor | Sequence[Sequence[float]],
+                       threshold: float = DEDUP_THRESHOLD) -> list[int]:
     """Rows (new keyframes) of a [K, M] similarity to the bank whose every entry is at most `threshold`."""
     rows = similarity.tolist() if isinstance(similarity, torch.Tensor) else similarity
     return [i for i, row in enumerate(rows) if not any(s > threshold for s in row)]
@@ -326,7 +344,8 @@ def dedup_against_bank(similarity: torch.Tensor | Sequence[Sequence[float]], thr
 
 @cache
 def _warn_quality_filter_off() -> None:
-    log.warning("no aesthetic scorer given: keyframes are chosen without the quality filter (load an aesthetic head to enable it).")
+    log.warning("no aesthetic scorer given: keyframes are chosen without the quality filter (load an aesthetic head to "
+                "enable it).")
 
 
 def _embed_bank(encoder: ImageEncoder, images: list[torch.Tensor]) -> torch.Tensor:
@@ -359,7 +378,8 @@ def select_keyframes(
     if scorer is None:
         _warn_quality_filter_off()
     quality = None if scorer is None else scorer.score(frames, embeddings).float().cpu()  # [T]
-    cut = quality_threshold if quality_threshold is not None else getattr(scorer, "threshold", HPSV3_THRESHOLD)  # unused without a scorer
+    # cut is unused without a scorer
+    cut = quality_threshold if quality_threshold is not None else getattr(scorer, "threshold", HPSV3_THRESHOLD)
     search = select_indices(similarity, quality, threshold, step, max_keyframes, cut)
     chosen = list(search.indices)
     bank_similarity = None

@@ -32,4 +32,5 @@ def check_number(value: float, name: str, low: float, high: float, fix: str) -> 
 def check_seed(seed: int, shots: int, name: str = "seed") -> None:
     """Shot k of a story samples with seed + k - 1, so the last shot's seed must still fit the generator."""
     if not 0 <= seed <= MAX_SEED - max(shots - 1, 0):
-        raise StoryMemError(f"{name} {seed} is outside 0 to {MAX_SEED - max(shots - 1, 0)} (each shot adds 1): use a smaller seed.")
+        raise StoryMemError(f"{name} {seed} is outside 0 to {MAX_SEED - max(shots - 1, 0)} (each shot adds 1): use a "
+                            "smaller seed.")

@@ -80,7 +80,8 @@ def load_lora(
         if down is None or up is None or down.dim() != 2 or up.dim() != 2 or up.shape[1] != down.shape[0]:
             shapes = {part: list(t.shape) for part, t in tensors.items()}
             raise CheckpointError(
-                f"LoRA {checkpoint.info.path} has an incomplete or inconsistent pair for {module} ({shapes}); download the file again."
+                f"LoRA {checkpoint.info.path} has an incomplete or inconsistent pair for {module} ({shapes}); download "
+                "the file again."
             )
         rank = down.shape[0]
         module_alpha = alpha if alpha is not None else float(tensors["alpha"]) if "alpha" in tensors else rank
@@ -112,20 +113,24 @@ def _target_layer(model: nn.Module, name: str) -> nn.Module | None:
 def _check_fits(layer: nn.Module, name: str, part: LoraModule, source: str, mode: str) -> None:
     if not isinstance(layer, (nn.Linear, Fp8Linear)):
         raise CheckpointError(
-            f"LoRA {source} adapts {name}, a {type(layer).__name__}; only linear layers can take a LoRA here, so remove that entry."
+            f"LoRA {source} adapts {name}, a {type(layer).__name__}; only linear layers can take a LoRA here, so "
+            "remove that entry."
         )
     if mode == "merge" and isinstance(layer, Fp8Linear):
-        raise CheckpointError(f"Layer {name} holds fp8 weights that merging would re-round: apply LoRA {source} with mode='hook'.")
+        raise CheckpointError(f"Layer {name} holds fp8 weights that merging would re-round: apply LoRA {source} with "
+                              "mode='hook'.")
     if part.down.shape[1] != layer.in_features or part.up.shape[0] != layer.out_features:
         raise CheckpointError(
-            f"LoRA {source} does not fit this model: {name} is [{layer.out_features}, {layer.in_features}] but the LoRA gives "
-            f"[{part.up.shape[0]}, {part.down.shape[1]}] (rank {part.down.shape[0]}); use a LoRA made for this base model."
+            f"LoRA {source} does not fit this model: {name} is [{layer.out_features}, {layer.in_features}] but the "
+            f"LoRA gives [{part.up.shape[0]}, {part.down.shape[1]}] (rank {part.down.shape[0]}); use a LoRA made for "
+            "this base model."
         )
 
 
 def _merge(layer: nn.Linear, part: LoraModule, sign: float) -> None:
     device = layer.weight.device
-    _merge_delta(layer, "weight", part.up.to(device, torch.float32) @ part.down.to(device, torch.float32) * part.scale, sign)
+    _merge_delta(layer, "weight",
+                 part.up.to(device, torch.float32) @ part.down.to(device, torch.float32) * part.scale, sign)
 
 
 def _free_buffer_index(layer: nn.Module, stem: str) -> int:
@@ -140,7 +145,8 @@ def _hook(layer: nn.Module, part: LoraModule) -> Callable[[], None]:
     """Add scale * B(A x) to the layer's output; A and B ride along as non-persistent buffers (moved with the layer)."""
     index = _free_buffer_index(layer, "lora_down")
     names = (f"lora_down_{index}", f"lora_up_{index}")
-    weight_dtype = layer.weight.dtype if layer.weight.is_floating_point() and layer.weight.dtype.itemsize > 1 else part.down.dtype
+    floating = layer.weight.is_floating_point() and layer.weight.dtype.itemsize > 1
+    weight_dtype = layer.weight.dtype if floating else part.down.dtype
     layer.register_buffer(names[0], part.down.to(layer.weight.device, weight_dtype), persistent=False)
     layer.register_buffer(names[1], part.up.to(layer.weight.device, weight_dtype), persistent=False)
 
@@ -164,14 +170,16 @@ def _check_delta_fits(layer: nn.Module, name: str, param: str, delta: torch.Tens
     target = getattr(layer, param)
     if tuple(delta.shape) != tuple(target.shape):
         raise CheckpointError(
-            f"LoRA {source} does not fit this model: {name} is {list(target.shape)} but the LoRA's delta is {list(delta.shape)}; "
-            "use a LoRA made for this base model."
+            f"LoRA {source} does not fit this model: {name} is {list(target.shape)} but the LoRA's delta is "
+            f"{list(delta.shape)}; use a LoRA made for this base model."
         )
     if isinstance(layer, Fp8Linear) and param == "weight" and mode == "merge":
-        raise CheckpointError(f"Layer {name} holds fp8 weights that merging would re-round: apply LoRA {source} with mode='hook'.")
+        raise CheckpointError(f"Layer {name} holds fp8 weights that merging would re-round: apply LoRA {source} with "
+                              "mode='hook'.")
     if mode == "hook" and not isinstance(layer, _DELTA_HOOKS[param]):
         raise CheckpointError(
-            f"LoRA {source} changes {name}, a {type(layer).__name__} {param}, which can only be merged: apply it with mode='merge'."
+            f"LoRA {source} changes {name}, a {type(layer).__name__} {param}, which can only be merged: apply it with "
+            "mode='merge'."
         )
 
 
@@ -205,7 +213,8 @@ def _hook_delta(layer: nn.Module, param: str, delta: torch.Tensor) -> Callable[[
 
 
 # layers whose output a weight / bias delta can be added to at run time
-_DELTA_HOOKS = {"weight": (nn.Linear, Fp8Linear, RMSNorm, LayerNorm), "bias": (nn.Linear, Fp8Linear, LayerNorm, nn.Conv3d)}
+_DELTA_HOOKS = {"weight": (nn.Linear, Fp8Linear, RMSNorm, LayerNorm),
+                "bias": (nn.Linear, Fp8Linear, LayerNorm, nn.Conv3d)}
 
 
 def apply_loras(model: nn.Module, loras: list[LoraWeights], mode: str = "merge", strict: bool = True) -> AppliedLoras:
@@ -241,7 +250,8 @@ def apply_loras(model: nn.Module, loras: list[LoraWeights], mode: str = "merge",
         shown = first_names(applied.unmatched)
         if strict or not (plan or delta_plan):  # nothing fits at all: a LoRA for another architecture
             raise CheckpointError(
-                f"{len(applied.unmatched)} LoRA entries match no layer of this model ({shown}); use a LoRA made for Wan2.2 A14B."
+                f"{len(applied.unmatched)} LoRA entries match no layer of this model ({shown}); use a LoRA made for "
+                "Wan2.2 A14B."
             )
         log.warning("LoRA entries matching no layer were skipped: %s", shown)
     for layer, part in plan:

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .files import atomic_write_path
 from .lora import LoraWeights, load_lora
-from .video import atomic_write_path
 
 COMFY_PREFIX = "diffusion_model."
 

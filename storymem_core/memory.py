@@ -21,20 +21,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from .errors import MemoryBankError, WriteError
-from .safe_files import open_image, read_bytes
-from .video import ordinary_permissions
+from .files import load_keyframe_image, staging_folder
+from .safe_files import read_bytes
 
 BANK_FILE = "bank.json"
 BANK_FORMAT = "storymem-memory-bank"
@@ -45,7 +43,8 @@ SOURCES = ("generated", "reference")
 def _checked_image(image: torch.Tensor, what: str) -> torch.Tensor:
     if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.dim() != 3 or image.shape[-1] != 3:
         shown = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
-        raise MemoryBankError(f"{what} must be a uint8 image [H, W, 3], got {shown}: convert it with storymem_core.video.")
+        raise MemoryBankError(f"{what} must be a uint8 image [H, W, 3], got {shown}: convert it with "
+                              "storymem_core.video.")
     return image.detach().cpu().clone().contiguous()
 
 
@@ -142,7 +141,8 @@ class MemoryBank:
 
     def _position(self, index: int) -> int:
         if not -len(self) <= index < len(self):
-            raise MemoryBankError(f"keyframe {index} does not exist: the bank holds {len(self)} (0 to {len(self) - 1}).")
+            raise MemoryBankError(f"keyframe {index} does not exist: the bank holds {len(self)} (0 to "
+                                  f"{len(self) - 1}).")
         return index % len(self)
 
     def _with(self, index: int, keyframe: Keyframe | None) -> MemoryBank:
@@ -171,7 +171,8 @@ class MemoryBank:
             return torch.empty(0, 0, 0, 3, dtype=torch.uint8)
         sizes = {k.size for k in self.keyframes}
         if len(sizes) > 1:
-            raise MemoryBankError(f"the bank's images have {len(sizes)} different sizes and cannot be stacked: use image_list().")
+            raise MemoryBankError(f"the bank's images have {len(sizes)} different sizes and cannot be stacked: use "
+                                  "image_list().")
         return torch.stack([k._pixels for k in self.keyframes])
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -180,8 +181,7 @@ class MemoryBank:
         _check_replaceable(folder)
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-            ordinary_permissions(staging)
+            staging = staging_folder(folder)
         except OSError as error:
             raise _write_error(folder, error) from None
         try:
@@ -190,10 +190,11 @@ class MemoryBank:
                 name = f"keyframe_{i:03d}.png"
                 Image.fromarray(keyframe._pixels.numpy()).save(staging / name, format="PNG")
                 entries.append(
-                    {"file": name, "shot": keyframe.shot, "frame_index": keyframe.frame_index, "scores": dict(keyframe.scores),
-                     "pinned": keyframe.pinned, "source": keyframe.source}
+                    {"file": name, "shot": keyframe.shot, "frame_index": keyframe.frame_index,
+                     "scores": dict(keyframe.scores), "pinned": keyframe.pinned, "source": keyframe.source}
                 )
-            manifest = {"format": BANK_FORMAT, "version": BANK_VERSION, "max_size": self.max_size, "fixed": self.fixed, "keyframes": entries}
+            manifest = {"format": BANK_FORMAT, "version": BANK_VERSION, "max_size": self.max_size, "fixed": self.fixed,
+                        "keyframes": entries}
             (staging / BANK_FILE).write_text(json.dumps(manifest, indent=1))
             _swap_into_place(staging, folder)
         except OSError as error:
@@ -211,24 +212,30 @@ class MemoryBank:
             entries = manifest["keyframes"]
             max_size, fixed = int(manifest["max_size"]), int(manifest["fixed"])
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise MemoryBankError(f"{manifest_path} does not exist: point to a folder written by MemoryBank.save.") from None
+            raise MemoryBankError(
+                f"{manifest_path} does not exist: point to a folder written by MemoryBank.save.") from None
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise MemoryBankError(f"{manifest_path} is not a valid memory bank file ({error}): save the bank again.") from None
+            raise MemoryBankError(
+                f"{manifest_path} is not a valid memory bank file ({error}): save the bank again.") from None
         if not isinstance(entries, list):
-            raise MemoryBankError(f"{manifest_path} is not a valid memory bank file (keyframes is not a list): save the bank again.")
+            raise MemoryBankError(f"{manifest_path} is not a valid memory bank file (keyframes is not a list): save "
+                                  "the bank again.")
         if len(entries) > max_size:
-            raise MemoryBankError(f"{manifest_path} lists {len(entries)} keyframes but max_size is {max_size}: raise max_size or remove keyframes.")
+            raise MemoryBankError(f"{manifest_path} lists {len(entries)} keyframes but max_size is {max_size}: raise "
+                                  "max_size or remove keyframes.")
         keyframes = []
         for entry in entries:
             try:
                 keyframes.append(
                     Keyframe(
-                        _read_png(Path(folder) / _own_file_name(entry["file"], manifest_path)), shot=int(entry["shot"]), frame_index=int(entry["frame_index"]),
-                        scores=entry.get("scores", {}), pinned=bool(entry.get("pinned", False)), source=entry.get("source", "generated"),
+                        load_keyframe_image(Path(folder) / _own_file_name(entry["file"], manifest_path)),
+                        shot=int(entry["shot"]), frame_index=int(entry["frame_index"]), scores=entry.get("scores", {}),
+                        pinned=bool(entry.get("pinned", False)), source=entry.get("source", "generated"),
                     )
                 )
             except (KeyError, TypeError, ValueError) as error:
-                raise MemoryBankError(f"{manifest_path} has an invalid keyframe entry {entry!r} ({error}): save the bank again.") from None
+                raise MemoryBankError(f"{manifest_path} has an invalid keyframe entry {entry!r} ({error}): save the "
+                                      "bank again.") from None
         return cls(tuple(keyframes), max_size, fixed)
 
     def contact_sheet(self, thumb_height: int = 128, columns: int = 5) -> Image.Image:
@@ -252,7 +259,8 @@ class MemoryBank:
         for i, (keyframe, thumb) in enumerate(zip(self.keyframes, thumbs)):
             x, y = (i % columns) * cell_width + pad, (i // columns) * cell_height + pad
             if i in protected:
-                draw.rectangle((x - pad // 2, y - pad // 2, x + thumb.width + pad // 2 - 1, y + thumb_height + pad // 2 - 1), outline=(230, 180, 40), width=pad // 2)
+                draw.rectangle((x - pad // 2, y - pad // 2, x + thumb.width + pad // 2 - 1,
+                                y + thumb_height + pad // 2 - 1), outline=(230, 180, 40), width=pad // 2)
             sheet.paste(thumb, (x, y))
             origin = "ref" if keyframe.source == "reference" else f"shot {keyframe.shot + 1} f{keyframe.frame_index}"
             tag = " pin" if keyframe.pinned else ""
@@ -263,23 +271,14 @@ class MemoryBank:
 def _own_file_name(name: str, manifest_path: Path) -> str:
     """A keyframe file named in bank.json must lie in the bank's own folder (a shared bank may not read elsewhere)."""
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-        raise MemoryBankError(f"{manifest_path} names the keyframe file {name!r}, which is not a file in the bank's folder: save the bank again.")
+        raise MemoryBankError(f"{manifest_path} names the keyframe file {name!r}, which is not a file in the bank's "
+                              "folder: save the bank again.")
     return name
 
 
-def _read_png(path: Path) -> torch.Tensor:
-    try:
-        with open_image(path, MemoryBankError, "keyframe image") as image:
-            return torch.from_numpy(np.asarray(image.convert("RGB")).copy())
-    except FileNotFoundError:
-        raise MemoryBankError(f"keyframe image {path} is missing: restore it or save the bank again.") from None
-    except OSError as error:
-        raise MemoryBankError(f"keyframe image {path} cannot be read ({error}): restore it or save the bank again.") from None
-
-
 def _write_error(folder: Path, error: OSError) -> WriteError:
-    return WriteError(f"the memory bank could not be written to {folder} ({error}); a bank saved there before is unchanged: "
-                      "free disk space or choose another folder, then save again.")
+    return WriteError(f"the memory bank could not be written to {folder} ({error}); a bank saved there before is "
+                      "unchanged: free disk space or choose another folder, then save again.")
 
 
 def _check_replaceable(folder: Path) -> None:
@@ -287,7 +286,8 @@ def _check_replaceable(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise MemoryBankError(f"{folder} is a file, not a bank folder: choose another path.")
     if folder.is_dir() and not (folder / BANK_FILE).is_file() and any(folder.iterdir()):
-        raise MemoryBankError(f"{folder} holds files but no {BANK_FILE}, so it is not a memory bank that may be replaced: choose another folder name.")
+        raise MemoryBankError(f"{folder} holds files but no {BANK_FILE}, so it is not a memory bank that may be "
+                              "replaced: choose another folder name.")
 
 
 def discard_bank(folder: Path) -> None:

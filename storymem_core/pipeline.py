@@ -19,16 +19,17 @@ import torch
 from .choices import CONTINUATIONS, FIRST_SHOTS, GIVEN_FRAMES, MOTION_FRAMES
 from .conditioning import check_frame_num, check_size
 from .errors import ConditioningError, StoryMemError
+from .files import fit_image, load_image, save_image, save_picture
 from .keyframes import AestheticScorer, ImageEncoder
 from .limits import MAX_FRAMES, MAX_MEMORY, MAX_SIDE, check_number, check_seed
 from .memory import MemoryBank, discard_bank
 from .positions import check_placement
-from .sampling import ExpertPair, SamplerSettings
 from .run_shot import ShotModels, ShotOutcome, ShotRequest, run_shot, story_shot_mode
+from .sampling import ExpertPair, SamplerSettings
 from .shot import T2V_SETTINGS, PromptEncoder
 from .story import Shot, Story
 from .story_folder import FolderState, StoryFolder, check_story_folder, pending_shots
-from .video import atomic_write_path, concat_videos, fit_image, load_image, save_image, write_mp4
+from .video import concat_videos, write_mp4
 from .wan.vae import WanVAE
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class StoryOptions:
         if self.first_shot not in FIRST_SHOTS:
             raise StoryMemError(f"first shot mode '{self.first_shot}' is unknown: use one of {', '.join(FIRST_SHOTS)}.")
         if self.continuation not in CONTINUATIONS:
-            raise StoryMemError(f"continuation '{self.continuation}' is unknown: use one of {', '.join(CONTINUATIONS)}.")
+            raise StoryMemError(f"continuation '{self.continuation}' is unknown: use one of "
+                                f"{', '.join(CONTINUATIONS)}.")
         width, height = self.size_wh
         check_number(max(width, height), "size (its longer side)", 16, MAX_SIDE, "use e.g. 832x480 or 1280x720")
         check_size(width, height)
@@ -90,15 +92,16 @@ class StoryOptions:
         given = GIVEN_FRAMES[self.continuation]
         continuing = next((s for s in story.shots[1:] if not s.cut), None)
         if continuing is not None and self.frames <= given:
-            raise StoryMemError(f"shot {continuing.index + 1} continues the previous one ({self.continuation.upper()}, {given} given frame(s)) "
-                                f"but --frames {self.frames} leaves no new frame: use --frames {given + 4 - (given - 1) % 4} or more, "
-                                "or the M2V continuation (no --mi2v / --mm2v).")
+            raise StoryMemError(f"shot {continuing.index + 1} continues the previous one ({self.continuation.upper()}, "
+                                f"{given} given frame(s)) but --frames {self.frames} leaves no new frame: use --frames "
+                                f"{given + 4 - (given - 1) % 4} or more, or the M2V continuation (no --mi2v / --mm2v).")
 
     def check_folder(self, out_dir: str | os.PathLike, story: Story, reference_images: list[torch.Tensor] | None,
                      from_shot: int | None) -> FolderState:
         """The story folder can take this run (`story_folder.check_story_folder` with these options)."""
         references = (reference_images or []) if self.first_shot == "mr2v" else []
-        return check_story_folder(out_dir, story, self.size_wh, self.frames, self.max_memory, self.fixed_memory, references, from_shot)
+        return check_story_folder(out_dir, story, self.size_wh, self.frames, self.max_memory, self.fixed_memory,
+                                  references, from_shot)
 
 
 ShotCallback = Callable[[int, int, str], None]
@@ -140,8 +143,7 @@ def run_story(
         _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
     if not folder.film_is_current(shots):
         concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
-        with atomic_write_path(folder.contact_sheet) as temp:
-            MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet().save(temp, format="PNG")
+        save_picture(MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet(), folder.contact_sheet)
     return folder.film
 
 
@@ -177,8 +179,8 @@ def _make_shot(shot: Shot, bank: MemoryBank, models: StoryModels, options: Story
         raise StoryMemError("A T2V first shot needs the Wan2.2 T2V experts: load them or use an MR2V first shot.")
     request = ShotRequest(
         prompt=shot.prompt, mode=mode, memory=bank, size_wh=options.size_wh, frames=options.frames,
-        settings=replace(options.t2v if mode == "t2v" else options.m2v, seed=options.seed + shot.index), index=shot.index,
-        previous_frames=_load_tail(folder, shot.index - 1) if mode in ("mi2v", "mm2v") else None,
+        settings=replace(options.t2v if mode == "t2v" else options.m2v, seed=options.seed + shot.index),
+        index=shot.index, previous_frames=_load_tail(folder, shot.index - 1) if mode in ("mi2v", "mm2v") else None,
         negative_prompt=options.negative_prompt, fix_mem=options.fixed_memory if options.mark_fixed_memory else None,
         memory_positions=options.memory_positions,
     )
@@ -204,5 +206,6 @@ def _persist(folder: StoryFolder, shot_index: int, frames: torch.Tensor, bank: M
 def _load_tail(folder: StoryFolder, shot_index: int) -> torch.Tensor:
     paths = sorted(folder.tail(shot_index).glob("*.png"))
     if not paths:
-        raise StoryMemError(f"the last frames of shot {shot_index + 1} are missing in {folder.tail(shot_index)}: regenerate it with --from-shot {shot_index + 1}.")
+        raise StoryMemError(f"the last frames of shot {shot_index + 1} are missing in {folder.tail(shot_index)}: "
+                            f"regenerate it with --from-shot {shot_index + 1}.")
     return torch.stack([load_image(p) for p in paths])

@@ -76,8 +76,8 @@ def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, i
     else:
         width, height = request.size_wh
         result = generate_memory_shot(
-            models.experts, models.vae, context, context_null, request.memory.image_list(), request.frames, width * height,
-            request.settings, first_frame=given[-1] if request.mode == "mi2v" else None,
+            models.experts, models.vae, context, context_null, request.memory.image_list(), request.frames,
+            width * height, request.settings, first_frame=given[-1] if request.mode == "mi2v" else None,
             motion_frames=given if request.mode == "mm2v" else None, fix_mem=request.fix_mem, on_step=on_step,
             memory_positions=request.memory_positions, on_preview=on_preview,
         )
@@ -86,7 +86,8 @@ def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, i
     frames = video_to_frames(result.video)
     if request.mode != "t2v":
         frames = trim_conditioning_frames(frames, request.mode)
-    keyframes = select_keyframes(frames, models.keyframe_encoder, bank=request.memory, scorer=models.scorer, shot=request.index)
+    keyframes = select_keyframes(frames, models.keyframe_encoder, bank=request.memory, scorer=models.scorer,
+                                 shot=request.index)
     return ShotOutcome(frames, request.memory.add(keyframes), len(keyframes))
 
 
@@ -98,6 +99,7 @@ def _given_frames(request: ShotRequest) -> torch.Tensor | None:
         return None
     if request.previous_frames is None:
         raise ConditioningError(f"a {request.mode.upper()} shot continues the previous shot's last "
-                                f"{GIVEN_FRAMES[request.mode]} frame(s): give them (previous_frames), or make the shot M2V.")
+                                f"{GIVEN_FRAMES[request.mode]} frame(s): give them (previous_frames), or make the "
+                                "shot M2V.")
     # too few frames for MM2V is reported by the conditioning, which counts them
     return request.previous_frames[-MOTION_FRAMES:] if request.mode == "mm2v" else request.previous_frames[-1:]

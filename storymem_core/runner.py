@@ -18,20 +18,26 @@ import torch
 from tqdm import tqdm
 
 from .checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
-from .errors import CheckpointError, StoryMemError
-from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
 from .distributed import Parallel, torchrun_session
+from .errors import CheckpointError, StoryMemError
+from .files import load_image
+from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
 from .model_files import (
-    ExpertLoras, auto_dtype, dit_config, load_expert_pair, load_keyframe_encoder, load_text_encoder, load_vae,
+    ExpertLoras,
+    auto_dtype,
+    dit_config,
+    load_expert_pair,
+    load_keyframe_encoder,
+    load_text_encoder,
+    load_vae,
 )
 from .pipeline import StoryModels, StoryOptions, run_story
 from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE, lora_roles, preset_roles, preset_settings
+from .safe_files import files_under
 from .sampling import ExpertPair, SamplerSettings
 from .shot import shot_tokens
-from .safe_files import files_under
 from .story import Story, load_story, shown_text
 from .story_folder import check_output_folder
-from .video import load_image
 from .wan.text_encoder import ParkedTextEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -48,20 +54,27 @@ class ModelRole:
 
 
 ROLES = {
-    "i2v_high": ModelRole("diffusion_models", ("*i2v*high_noise*",), "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"),
+    "i2v_high": ModelRole("diffusion_models", ("*i2v*high_noise*",),
+                          "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"),
     "i2v_low": ModelRole("diffusion_models", ("*i2v*low_noise*",), "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"),
-    "t2v_high": ModelRole("diffusion_models", ("*t2v*high_noise*",), "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
+    "t2v_high": ModelRole("diffusion_models", ("*t2v*high_noise*",),
+                          "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
     "t2v_low": ModelRole("diffusion_models", ("*t2v*low_noise*",), "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
-    "lora_high": ModelRole("loras", ("backbone_high_noise*",), "StoryMem/backbone_high_noise.pth (Hugging Face Kevin-thu/StoryMem)"),
-    "lora_low": ModelRole("loras", ("backbone_low_noise*",), "StoryMem/backbone_low_noise.pth (Hugging Face Kevin-thu/StoryMem)"),
+    "lora_high": ModelRole("loras", ("backbone_high_noise*",),
+                           "StoryMem/backbone_high_noise.pth (Hugging Face Kevin-thu/StoryMem)"),
+    "lora_low": ModelRole("loras", ("backbone_low_noise*",),
+                          "StoryMem/backbone_low_noise.pth (Hugging Face Kevin-thu/StoryMem)"),
     "text_encoder": ModelRole("text_encoders", ("umt5*", "models_t5_umt5*"), "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
     "vae": ModelRole("vae", ("wan_2.1_vae*", "wan2.1_vae*"), "wan_2.1_vae.safetensors"),
-    "clip": ModelRole("clip_vision", ("open_clip*", "*vit*b*32*clip*", "*clip*vit*b*32*"), "open_clip_model.safetensors (timm/vit_base_patch32_clip_224.openai)"),
-    "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"), "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
+    "clip": ModelRole("clip_vision", ("open_clip*", "*vit*b*32*clip*", "*clip*vit*b*32*"),
+                      "open_clip_model.safetensors (timm/vit_base_patch32_clip_224.openai)"),
+    "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"),
+                           "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
     "hpsv3": ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)", ("clip_vision",)),
 }
 ROLES.update({
-    role: ModelRole(LORA_FOLDER, lora.patterns, f"{lora.usual_name} ({SOURCE})") for role, lora in PRESET_LORA_ROLES.items()
+    role: ModelRole(LORA_FOLDER, lora.patterns, f"{lora.usual_name} ({SOURCE})")
+    for role, lora in PRESET_LORA_ROLES.items()
 })
 
 
@@ -73,7 +86,8 @@ def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
 def _find(root: Path, role: str) -> Path | None:
     spec = ROLES[role]
     folders = [root / name for name in (spec.folder, *LEGACY_FOLDERS.get(spec.folder, ()), *spec.other_folders)]
-    candidates = sorted(p for folder in folders for p in files_under(folder) if p.is_file() and _matches(p, spec.patterns))
+    candidates = sorted(p for folder in folders for p in files_under(folder) if p.is_file()
+                        and _matches(p, spec.patterns))
     if len(candidates) > 1:
         log.info("%s: using %s of %d matching files", role, candidates[0].name, len(candidates))
     return candidates[0] if candidates else None
@@ -83,7 +97,8 @@ def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path
     """The file of each role under `models_dir`; raises one error naming every missing required file."""
     root = Path(models_dir).expanduser()
     if not root.is_dir():
-        raise CheckpointError(f"--models-dir {root} is not a folder: point it at ComfyUI's models folder (or one with the same subfolders).")
+        raise CheckpointError(f"--models-dir {root} is not a folder: point it at ComfyUI's models folder (or one with "
+                              "the same subfolders).")
     found, missing = {}, []
     for role in roles:
         if (path := _find(root, role)) is not None:
@@ -91,7 +106,8 @@ def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path
         else:
             missing.append(f"{ROLES[role].folder}/{ROLES[role].usual_name}")
     if missing:
-        raise CheckpointError(f"{len(missing)} model file(s) missing under {root}: {'; '.join(missing)}; download them into those folders.")
+        raise CheckpointError(f"{len(missing)} model file(s) missing under {root}: {'; '.join(missing)}; download them "
+                              "into those folders.")
     return found
 
 
@@ -101,7 +117,8 @@ def quality_model(quality: str, models_dir: str | Path) -> str | None:
     if quality == "off":
         return None
     if quality == "auto":
-        found = importlib.util.find_spec("hpsv3") is not None and _find(Path(models_dir).expanduser(), "hpsv3") is not None
+        found = (importlib.util.find_spec("hpsv3") is not None
+                 and _find(Path(models_dir).expanduser(), "hpsv3") is not None)
         return "hpsv3" if found else "aesthetic"
     return quality
 
@@ -155,10 +172,12 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
     if options.first_shot == "t2v":
         t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, _speed_loras(files, load.preset, "t2v"))
     text = load_text_encoder(files["text_encoder"], auto_dtype(load.device))
-    text_encoder = ParkedTextEncoder(TextEncoder(text.tokenizer, text.encoder, m2v.high.config.text_len), torch.device("cpu"))
+    text_encoder = ParkedTextEncoder(TextEncoder(text.tokenizer, text.encoder, m2v.high.config.text_len),
+                                     torch.device("cpu"))
     return StoryModels(
         text_encoder=text_encoder,
-        vae=load_vae(files["vae"], auto_dtype(load.device)),  # on the CPU: a shot takes it to the GPU to encode and decode
+        # on the CPU: a shot takes it to the GPU to encode and decode
+        vae=load_vae(files["vae"], auto_dtype(load.device)),
         m2v=m2v,
         keyframe_encoder=keyframe_encoder,
         t2v=t2v,
@@ -211,8 +230,8 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
     m2v = _sampler_from_args(args, preset_settings(args.preset, defaults.m2v, "m2v"))
     t2v = _sampler_from_args(args, preset_settings(args.preset, defaults.t2v, "t2v"))
     options = StoryOptions(
-        first_shot=args.first_shot, continuation=args.continuation, max_memory=args.max_memory, fixed_memory=args.fixed_memory,
-        seed=args.seed, size_wh=(width, height), frames=args.frames, m2v=m2v, t2v=t2v,
+        first_shot=args.first_shot, continuation=args.continuation, max_memory=args.max_memory,
+        fixed_memory=args.fixed_memory, seed=args.seed, size_wh=(width, height), frames=args.frames, m2v=m2v, t2v=t2v,
         memory_positions=args.memory_positions,
     )
     options.check()  # every number in its range before anything loads
@@ -246,13 +265,15 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StoryMemError(f"--device {name} needs a CUDA GPU but none is visible: use --device cpu (or auto).")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise StoryMemError(f"--device {name} does not exist: this machine has cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+        raise StoryMemError(f"--device {name} does not exist: this machine has cuda:0 to "
+                            f"cuda:{torch.cuda.device_count() - 1}.")
     if device.type not in ("cpu", "cuda"):
         raise StoryMemError(f"--device {name} is not supported: use auto, cpu, cuda or cuda:N.")
     return device
 
 
-def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path, options: StoryOptions, load: LoadOptions,
+def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path, options: StoryOptions,
+                    load: LoadOptions,
                     references: list[str] = (), from_shot: int | None = None) -> Path | None:
     """Validate the script and the inputs, load the models, run the story; returns the film's path (None on the
     ranks under torchrun that only serve rank 0's forwards).
@@ -263,9 +284,11 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     if from_shot is not None and not 1 <= from_shot <= len(story.shots):
         raise StoryMemError(f"--from-shot {from_shot} is not a shot of {script} (1 to {len(story.shots)}).")
     if references and options.first_shot != "mr2v":
-        raise StoryMemError("--reference images are given but the first shot is T2V: add --m2v-first-shot to start from them (MR2V).")
+        raise StoryMemError("--reference images are given but the first shot is T2V: add --m2v-first-shot to start "
+                            "from them (MR2V).")
     if options.first_shot == "mr2v" and not references:
-        raise StoryMemError("--m2v-first-shot starts from reference images: pass them with --reference IMAGE (one or more).")
+        raise StoryMemError("--m2v-first-shot starts from reference images: pass them with --reference IMAGE (one or "
+                            "more).")
     options.check_story(story)
     start = None if from_shot is None else from_shot - 1
     check_output_folder(out)  # before the references are read: a wrong --out is the cheaper fault to report

@@ -3,8 +3,8 @@
 A named pipe blocks its reader forever, a device such as /dev/zero never ends, a symbolic-link loop leads
 nowhere, and a file larger than any real one of its kind (a sparse 300 GB "story script") would be read whole:
 each is refused with one sentence before a reader touches it. A missing path or a folder passes: the caller
-knows what belongs there and says so. Images are also checked for the pixel count their header declares, so a
-few-KB "decompression bomb" is refused before it is decoded.
+knows what belongs there and says so. Images are opened through files.open_image, which also checks the pixel
+count their header declares.
 """
 
 from __future__ import annotations
@@ -12,12 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-from PIL import Image
 
 from .errors import StoryMemError
 
@@ -33,8 +29,6 @@ SIZE_LIMITS = {
     "video": 64 * GIB,
     "model file": 256 * GIB,  # the largest real one, a Wan2.2 A14B expert in fp32, is 57 GB
 }
-# PIL's own decompression-bomb limit at its default (about 13,000 x 13,000 pixels), whatever a host set it to
-MAX_IMAGE_PIXELS = 2 * 89_478_485
 _SPECIAL = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
             (stat.S_ISSOCK, "a socket"))
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # not on Windows, which has no named pipes in the file system
@@ -87,25 +81,6 @@ def read_bytes(path: str | os.PathLike, kind: str, error: type[StoryMemError], w
         raise error(f"{what or kind} {path} grew past {_size(SIZE_LIMITS[kind])} while it was read: "
                     "check that this is the right file.")
     return data
-
-
-@contextmanager
-def open_image(path: str | os.PathLike, error: type[StoryMemError], what: str = "image") -> Iterator[Image.Image]:
-    """A PIL image, opened (header only) after `check_file`, refused when its header declares more pixels than any
-    real photo has. A missing or unreadable file raises PIL's OSError, for the caller to put in its words."""
-    path = check_file(path, "image", error, what)
-    bomb = (f"{what} {path} declares more than {MAX_IMAGE_PIXELS // 1_000_000} million pixels, more than any real "
-            "photo (a decompression bomb or a damaged header): use a smaller PNG or JPEG.")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(path)
-        except Image.DecompressionBombError:
-            raise error(bomb) from None
-    with image:
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise error(bomb)
-        yield image
 
 
 def files_under(folder: str | os.PathLike) -> Iterator[Path]:

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
+from .choices import SOLVERS
 from .errors import SamplerError
 from .limits import MAX_GUIDE, MAX_SHIFT, MAX_STEPS, MIN_SHIFT, check_number
-from .choices import SOLVERS
 from .solvers import make_solver
 
 if TYPE_CHECKING:
@@ -27,7 +27,8 @@ LATENT_CHANNELS = 16
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Defaults are StoryMem's M2V settings (wan/configs/wan_m2v_A14B.py); the T2V first shot's are `shot.T2V_SETTINGS`."""
+    """Defaults are StoryMem's M2V settings (wan/configs/wan_m2v_A14B.py); the T2V first shot's are
+    `shot.T2V_SETTINGS`."""
 
     steps: int = 40
     shift: float = 4.0
@@ -100,7 +101,8 @@ def guided_prediction(
     if batch_cfg:
         length = max(context.shape[0], context_null.shape[0])
         contexts = torch.stack([_pad_tokens(context, length), _pad_tokens(context_null, length)])
-        both = model(latent[None].expand(2, -1, -1, -1, -1), t.expand(2), contexts, None if y is None else y_batch.expand(2, -1, -1, -1, -1))
+        both = model(latent[None].expand(2, -1, -1, -1, -1), t.expand(2), contexts,
+                     None if y is None else y_batch.expand(2, -1, -1, -1, -1))
         cond, uncond = both[0], both[1]
     else:
         cond = model(latent[None], t, context[None], y_batch)[0]

@@ -31,7 +31,8 @@ T2V_SETTINGS = SamplerSettings(shift=12.0, boundary=0.875, guide_low=3.0, guide_
 PIXELS_PER_TOKEN = VAE_STRIDE[1] * PATCH[1] * VAE_STRIDE[2] * PATCH[2]
 PLACEMENT_HINTS = {
     "experts": "offload 'experts' (one expert on the GPU at a time; Load Wan2.2 Experts' offload, --offload experts)",
-    "blocks": "offload 'blocks' (block swap: the experts' blocks stream from RAM; Load Wan2.2 Experts' offload, --offload blocks)",
+    "blocks": "offload 'blocks' (block swap: the experts' blocks stream from RAM; Load Wan2.2 Experts' offload, "
+              "--offload blocks)",
 }
 FP8_HINT = "fp8 weights (weight_dtype fp8, --weights fp8: half the memory of bf16)"
 SMALLER_HINT = "fewer frames, a smaller size or a smaller memory (max memory)"
@@ -48,11 +49,13 @@ class PromptEncoder(Protocol):
     def encode(self, prompts: list[str], device: torch.device | str) -> list[torch.Tensor]: ...
 
 
-def encode_prompts(encoder: PromptEncoder, prompt: str, negative_prompt: str, experts: ExpertPair) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(encoder: PromptEncoder, prompt: str, negative_prompt: str,
+                   experts: ExpertPair) -> tuple[torch.Tensor, torch.Tensor]:
     """(context, context_null) on the experts' device; an empty negative prompt means Wan2.2's standard one.
     Running out of GPU memory while encoding is reported as for a shot."""
     with reporting_out_of_memory(experts, 0):
-        context, context_null = encoder.encode([prompt, negative_prompt.strip() or DEFAULT_NEGATIVE_PROMPT], experts.device)
+        context, context_null = encoder.encode([prompt, negative_prompt.strip() or DEFAULT_NEGATIVE_PROMPT],
+                                               experts.device)
     return context, context_null
 
 
@@ -115,7 +118,8 @@ def generate_text_shot(
     shape = (LATENT_CHANNELS, latent_frame_count(frame_num), height // 8, width // 8)
     noise, generator = seeded_noise(shape, settings.seed)
     with reporting_out_of_memory(experts, shot_tokens(0, frame_num, width * height)):
-        latent = denoise(experts, noise, generator, context, context_null, settings, None, on_step, on_preview=on_preview)
+        latent = denoise(experts, noise, generator, context, context_null, settings, None, on_step,
+                         on_preview=on_preview)
         with visiting(vae, experts.device):
             video = vae.decode(latent[None])[0]
     return ShotResult(video=video, latent=latent)
@@ -158,7 +162,8 @@ def _fitting_placement(experts: ExpertPair, tokens: int) -> str | None:
     """The plan `choose_offload` picks for the memory free now plus what the experts hold (None off the GPU)."""
     if experts.device.type != "cuda":
         return None
-    held = sum(t.numel() * t.element_size() for expert in (experts.high, experts.low) for t in expert.parameters() if t.device.type == "cuda")
+    held = sum(t.numel() * t.element_size() for expert in (experts.high, experts.low) for t in expert.parameters()
+               if t.device.type == "cuda")
     return choose_offload(experts.high, torch.cuda.mem_get_info(experts.device)[0] + held, tokens)
 
 
@@ -178,7 +183,8 @@ def reporting_out_of_memory(experts: ExpertPair, tokens: int) -> Iterator[None]:
     fp8 = any(isinstance(module, Fp8Linear) for module in experts.high.modules())
     advice = memory_advice(_placement(experts), fp8, _fitting_placement(experts, tokens))
     raise OutOfMemory(
-        f"the shot ran out of GPU memory with offload '{_placement(experts)}' ({detail}); finished shots are kept: {advice}, then run it again."
+        f"the shot ran out of GPU memory with offload '{_placement(experts)}' ({detail}); finished shots are kept: "
+        f"{advice}, then run it again."
     ) from None
 
 

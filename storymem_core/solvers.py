@@ -15,7 +15,6 @@ from .choices import SOLVERS
 from .errors import SamplerError
 
 
-
 def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
     """Wan's timestep shift: a larger `shift` spends more of the steps at high noise."""
     return shift * sigmas / (1 + (shift - 1) * sigmas)
@@ -164,7 +163,8 @@ def make_solver(name: str, steps: int, shift: float, num_train_timesteps: int = 
     if steps < 1:
         raise SamplerError(f"Sampling steps must be at least 1 (got {steps}); raise the step count.")
     if shift <= 0:
-        raise SamplerError(f"Sampling shift must be positive (got {shift}); StoryMem uses 4 for memory shots and 12 for a T2V first shot.")
+        raise SamplerError(f"Sampling shift must be positive (got {shift}); StoryMem uses 4 for memory shots and 12 "
+                           "for a T2V first shot.")
     if name == "unipc":
         # UniPC starts at the largest training sigma, 1 - 1/N in float32, not at 1
         start = float(np.float32(1.0 - 1.0 / num_train_timesteps))

@@ -110,16 +110,19 @@ def _cut_flag(value: Any, where: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise _fail(where, f"cut must be true or false, got {_shown(value)}", "write true (a new camera shot) or false (continue the previous shot)")
+    raise _fail(where, f"cut must be true or false, got {_shown(value)}",
+                "write true (a new camera shot) or false (continue the previous shot)")
 
 
 def _unknown_keys(data: dict, known: tuple[str, ...], where: str) -> list[str]:
-    return [f"{where}: unknown key '{shown_text(key)}' is ignored (known keys: {', '.join(known)})." for key in data if key not in known]
+    return [f"{where}: unknown key '{shown_text(key)}' is ignored (known keys: {', '.join(known)})." for key in data
+            if key not in known]
 
 
 def _parse_scene(raw: Any, position: int, first_index: int, source: str) -> tuple[Scene, list[str]]:
     where = f"{source}, scenes[{position}]"
-    scene = _expect(raw, dict, f"scenes[{position}]", source, 'an object {"scene_num": ..., "video_prompts": [...], "cut": [...]}')
+    scene = _expect(raw, dict, f"scenes[{position}]", source,
+                    'an object {"scene_num": ..., "video_prompts": [...], "cut": [...]}')
     for key in ("scene_num", "video_prompts", "cut"):
         if key not in scene:
             raise _fail(where, f"the field '{key}' is missing", f"add '{key}' to this scene (see examples/stories/)")
@@ -141,7 +144,8 @@ def _parse_scene(raw: Any, position: int, first_index: int, source: str) -> tupl
         _expect(first_frame_prompts, list, "first_frame_prompt", where, "a list of strings, one per prompt")
         if len(first_frame_prompts) != len(prompts):
             raise _fail(
-                where, f"first_frame_prompt has {len(first_frame_prompts)} entries but video_prompts has {len(prompts)}",
+                where,
+                f"first_frame_prompt has {len(first_frame_prompts)} entries but video_prompts has {len(prompts)}",
                 "give one per prompt or leave first_frame_prompt out",
             )
     shots = []
@@ -153,7 +157,8 @@ def _parse_scene(raw: Any, position: int, first_index: int, source: str) -> tupl
         image_prompt = None
         if first_frame_prompts is not None:
             image_prompt = _expect(first_frame_prompts[k], str, f"first_frame_prompt[{k}]", shot_where, "a string")
-        shots.append(Shot(first_index + k, scene_num, k, prompt, _cut_flag(cut, f"{shot_where}, cut[{k}]"), image_prompt))
+        shots.append(Shot(first_index + k, scene_num, k, prompt,
+                          _cut_flag(cut, f"{shot_where}, cut[{k}]"), image_prompt))
     return Scene(scene_num, tuple(shots)), _unknown_keys(scene, SCENE_KEYS, where)
 
 
@@ -172,7 +177,8 @@ def _validate(data: Any, source: str) -> tuple[Story, list[str]]:
     story_data = _expect(data, dict, "the story", source, 'an object {"story_overview": ..., "scenes": [...]}')
     for key in ("story_overview", "scenes"):
         if key not in story_data:
-            raise _fail(source, f"the field '{key}' is missing", f"add '{key}' at the top level (see examples/stories/)")
+            raise _fail(source, f"the field '{key}' is missing",
+                        f"add '{key}' at the top level (see examples/stories/)")
     default_name = "story" if source.startswith("<") else Path(source).stem
     name = _expect(story_data.get("story_name", default_name), str, "story_name", source, "a string")
     overview = _expect(story_data["story_overview"], str, "story_overview", source, "a string")
@@ -184,12 +190,14 @@ def _validate(data: Any, source: str) -> tuple[Story, list[str]]:
     for position, raw in enumerate(raw_scenes):
         scene, scene_warnings = _parse_scene(raw, position, sum(len(s.shots) for s in scenes), source)
         if any(s.scene_num == scene.scene_num for s in scenes):
-            raise _fail(f"{source}, scenes[{position}]", f"scene_num {scene.scene_num} is used twice", "give every scene its own number")
+            raise _fail(f"{source}, scenes[{position}]", f"scene_num {scene.scene_num} is used twice",
+                        "give every scene its own number")
         scenes.append(scene)
         warnings += scene_warnings
     if not scenes[0].shots[0].cut:
         raise _fail(
-            f"{source}, scene {scenes[0].scene_num}, shot 1", "cut[0] is false but the story's first shot has no shot before it to continue",
+            f"{source}, scene {scenes[0].scene_num}, shot 1",
+            "cut[0] is false but the story's first shot has no shot before it to continue",
             "set it to true",
         )
     return Story(name, overview, tuple(scenes)), warnings
@@ -204,9 +212,11 @@ def _decode(text: str, source: str) -> Any:
             "fix the syntax there (JSON allows no comments, no trailing commas and only double quotes)",
         ) from None
     except RecursionError:
-        raise _fail(source, "the JSON is nested too deeply to read", "a story script needs only a few levels (story, scenes, prompts)") from None
+        raise _fail(source, "the JSON is nested too deeply to read",
+                    "a story script needs only a few levels (story, scenes, prompts)") from None
     except ValueError as error:  # e.g. an integer of more than 4300 digits
-        raise _fail(source, f"the JSON holds a value that cannot be read ({str(error).split(':')[0]})", "write plain numbers and strings") from None
+        raise _fail(source, f"the JSON holds a value that cannot be read ({str(error).split(':')[0]})",
+                    "write plain numbers and strings") from None
 
 
 def _read_text(path: str | os.PathLike) -> str:
@@ -246,7 +256,8 @@ def validate_main(paths: list[str]) -> int:
             status = 2
             continue
         shots = story.shots
-        print(f"{shown_text(path)}: '{shown_text(story.name)}', {len(story.scenes)} scene(s), {len(shots)} shot(s), {len(warnings)} warning(s)")
+        print(f"{shown_text(path)}: '{shown_text(story.name)}', {len(story.scenes)} scene(s), {len(shots)} shot(s), "
+              f"{len(warnings)} warning(s)")
         for warning in warnings:
             print(f"  warning: {shown_text(warning)}")
         for shot in shots:

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from .errors import StoryMemError
+from .files import atomic_write_path
 from .memory import MemoryBank
 from .story import Shot, Story
-from .video import atomic_write_path
 
 
 @dataclass
@@ -62,7 +62,8 @@ class StoryFolder:
 
     def is_ours(self) -> bool:
         """Empty, or started by a story run (every run records its settings before its first shot's files)."""
-        return not any(self.root.iterdir()) or any(p.exists() for p in (self.record, self.memory_settings, self.bank(-1)))
+        return not any(self.root.iterdir()) or any(
+            p.exists() for p in (self.record, self.memory_settings, self.bank(-1)))
 
     def film_is_current(self, shots: tuple[Shot, ...]) -> bool:
         """The film exists and is newer than every shot in it, so a run that made no shot need not rewrite it."""
@@ -84,7 +85,8 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
 
 def _check_writable_folder(path: Path, flag: str) -> None:
     if os.path.lexists(path) and not path.exists():
-        raise StoryMemError(f"{flag} {path} is a broken link (or a link loop): point it at a folder, or remove the link.")
+        raise StoryMemError(f"{flag} {path} is a broken link (or a link loop): point it at a folder, or remove the "
+                            "link.")
     if path.exists() and not path.is_dir():
         raise StoryMemError(f"{flag} {path} is a file, not a folder: give a folder path (it is created when missing).")
     existing = path if path.exists() else next(parent for parent in path.parents if parent.exists())
@@ -93,11 +95,13 @@ def _check_writable_folder(path: Path, flag: str) -> None:
     try:  # the only honest test of writability (root ignores modes; /proc and read-only mounts refuse)
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".storymem-write-check-"))
     except OSError as error:
-        raise StoryMemError(f"{flag} {path} cannot be written ({error.strerror}): choose a folder you can write to.") from None
+        raise StoryMemError(
+            f"{flag} {path} cannot be written ({error.strerror}): choose a folder you can write to.") from None
 
 
 def _sha256(images: list[torch.Tensor]) -> tuple[str, ...]:
-    return tuple(hashlib.sha256(str(tuple(image.shape)).encode() + image.numpy().tobytes()).hexdigest() for image in images)
+    return tuple(hashlib.sha256(str(tuple(image.shape)).encode() + image.numpy().tobytes()).hexdigest()
+                 for image in images)
 
 
 def shot_digests(story: Story) -> tuple[str, ...]:
@@ -131,7 +135,8 @@ class MemorySettings:
         if fields is None:
             return None
         try:
-            return cls(int(fields["max_memory"]), int(fields["fixed_memory"]), tuple(str(d) for d in fields["reference_sha256"]))
+            return cls(int(fields["max_memory"]), int(fields["fixed_memory"]),
+                       tuple(str(d) for d in fields["reference_sha256"]))
         except (ValueError, KeyError, TypeError) as error:
             raise _unreadable(folder.memory_settings, error) from None
 
@@ -174,7 +179,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _unreadable(path: Path, error: object) -> StoryMemError:
-    return StoryMemError(f"{path} is not a valid record file ({error}): delete it and re-run with the options the story was started with.")
+    return StoryMemError(f"{path} is not a valid record file ({error}): delete it and re-run with the options the "
+                         "story was started with.")
 
 
 @dataclass(frozen=True)
@@ -210,12 +216,13 @@ def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[
     `references` are the images the memory starts from as given (MR2V), empty for a T2V story; `from_shot` is 0-based.
     """
     folder = StoryFolder(check_output_folder(out_dir))
-    state = FolderState(MemorySettings.of(max_memory, fixed_memory, references), StoryRecord(shot_digests(story), size_wh, frames))
+    state = FolderState(MemorySettings.of(max_memory, fixed_memory, references),
+                        StoryRecord(shot_digests(story), size_wh, frames))
     if not folder.root.is_dir():
         return state
     if not folder.is_ours():
-        raise StoryMemError(f"--out {folder.root} holds files that are not a StoryMem story: choose a new or empty folder "
-                            "(a story is never written over other files).")
+        raise StoryMemError(f"--out {folder.root} holds files that are not a StoryMem story: choose a new or empty "
+                            "folder (a story is never written over other files).")
     where = f"the story in {folder.root}"
     _check_record(folder, state.record, where, from_shot)
     _check_memory(folder, state.memory, max_memory, fixed_memory, references, where, from_shot)
@@ -232,19 +239,22 @@ def _check_record(folder: StoryFolder, current: StoryRecord, where: str, from_sh
     made = next((i for i in range(len(recorded.shot_sha256)) if not folder.is_finished(i)), len(recorded.shot_sha256))
     kept = made if from_shot is None else min(from_shot, made)
     if len(current.shot_sha256) < kept:
-        raise StoryMemError(f"the script has {len(current.shot_sha256)} shot(s) but {where} has {made} made from another one: pass "
-                            "the script it was made from, or a new --out folder.")
+        raise StoryMemError(f"the script has {len(current.shot_sha256)} shot(s) but {where} has {made} made from "
+                            "another one: pass the script it was made from, or a new --out folder.")
     changed = next((i for i in range(kept) if recorded.shot_sha256[i] != current.shot_sha256[i]), None)
     if changed is not None:
-        raise StoryMemError(f"the script differs from the one {where} was made from, from shot {changed + 1} on: pass that script to "
-                            f"continue it, --from-shot {changed + 1} to remake shot {changed + 1} and after from this one, or a new --out folder.")
+        raise StoryMemError(f"the script differs from the one {where} was made from, from shot {changed + 1} on: pass "
+                            f"that script to continue it, --from-shot {changed + 1} to remake shot {changed + 1} and "
+                            "after from this one, or a new --out folder.")
     if recorded.size_wh != current.size_wh and from_shot != 0:
         old, new = ("x".join(map(str, wh)) for wh in (recorded.size_wh, current.size_wh))
-        raise StoryMemError(f"--size {new} differs from the {old} {where} was made at, and a film never mixes sizes: pass --size {old} "
-                            "to continue it, --from-shot 1 to remake every shot at the new size, or a new --out folder.")
+        raise StoryMemError(f"--size {new} differs from the {old} {where} was made at, and a film never mixes sizes: "
+                            f"pass --size {old} to continue it, --from-shot 1 to remake every shot at the new size, or "
+                            "a new --out folder.")
     if recorded.frames != current.frames and from_shot is None:
-        raise StoryMemError(f"--frames {current.frames} differs from the {recorded.frames} {where} was made with: pass --frames "
-                            f"{recorded.frames} to continue it, --from-shot N to remake shot N and after, or a new --out folder.")
+        raise StoryMemError(f"--frames {current.frames} differs from the {recorded.frames} {where} was made with: pass "
+                            f"--frames {recorded.frames} to continue it, --from-shot N to remake shot N and after, or "
+                            "a new --out folder.")
 
 
 def _check_memory(folder: StoryFolder, current: MemorySettings, max_memory: int, fixed_memory: int,
@@ -257,14 +267,16 @@ def _check_memory(folder: StoryFolder, current: MemorySettings, max_memory: int,
     if recorded is None or recorded == current:
         return
     if recorded.reference_sha256 != current.reference_sha256 and from_shot != 0:
-        raise StoryMemError(f"the --reference images differ from those {where} was started with: pass the same ones to continue it, "
-                            "--from-shot 1 to remake it from the new ones, or a new --out folder.")
+        raise StoryMemError(f"the --reference images differ from those {where} was started with: pass the same ones to "
+                            "continue it, --from-shot 1 to remake it from the new ones, or a new --out folder.")
     if from_shot is not None:
         return  # --from-shot remakes its shots with the new memory options
-    for flag, old, new in (("--max-memory", recorded.max_memory, current.max_memory), ("--fixed-memory", recorded.fixed_memory, current.fixed_memory)):
+    for flag, old, new in (("--max-memory", recorded.max_memory, current.max_memory),
+                           ("--fixed-memory", recorded.fixed_memory, current.fixed_memory)):
         if old != new:
-            raise StoryMemError(f"{flag} {new} differs from the {old} {where} was made with: pass {flag} {old} to continue it, "
-                                f"--from-shot N to remake shot N and after with {new}, or a new --out folder.")
+            raise StoryMemError(f"{flag} {new} differs from the {old} {where} was made with: pass {flag} {old} to "
+                                f"continue it, --from-shot N to remake shot N and after with {new}, or a new --out "
+                                "folder.")
 
 
 def pending_shots(story: Story, out_dir: str | os.PathLike, from_shot: int | None = None) -> tuple[Shot, ...]:

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from .files import ordinary_permissions
 from .model_files import CONFIG_KEY
 from .presets import PRESET_LORA_ROLES
-from .video import ordinary_permissions
 from .wan.dit import DiTConfig, WanDiT
 from .wan.t5 import T5Config, UMT5Encoder
 from .wan.vae import VAEConfig, WanVAE
@@ -29,8 +29,10 @@ from .wan.vae import VAEConfig, WanVAE
 TEXT_DIM = 32
 DIT = {"patch_size": [1, 2, 2], "text_len": 32, "dim": 32, "ffn_dim": 64, "freq_dim": 16, "text_dim": TEXT_DIM,
        "out_dim": 16, "num_heads": 2, "num_layers": 1}
-T5 = {"vocab": 128, "dim": TEXT_DIM, "dim_attn": TEXT_DIM, "dim_ffn": 64, "num_heads": 2, "num_layers": 1, "num_buckets": 8}
-VAE = {"dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_scales": [], "temperal_downsample": [False, True, True]}
+T5 = {"vocab": 128, "dim": TEXT_DIM, "dim_attn": TEXT_DIM, "dim_ffn": 64, "num_heads": 2, "num_layers": 1,
+      "num_buckets": 8}
+VAE = {"dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_scales": [],
+       "temperal_downsample": [False, True, True]}
 CLIP = {"embed_dim": 16, "quick_gelu": True,
         "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
         # vocab_size: the vocabulary of open_clip's own tokenizer, which the text tower is read with
@@ -176,7 +178,8 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0, num_heads: int = DI
     return root
 
 
-def write_reference_images(folder: str | Path, count: int = 2, size: tuple[int, int] = (48, 32), seed: int = 0) -> list[str]:
+def write_reference_images(folder: str | Path, count: int = 2, size: tuple[int, int] = (48, 32),
+                           seed: int = 0) -> list[str]:
     """PNG images of smooth colour fields (width x height `size`) under the names the shipped MR2V workflow loads."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -184,7 +187,8 @@ def write_reference_images(folder: str | Path, count: int = 2, size: tuple[int, 
     names = []
     for i in range(count):
         colours = torch.rand(1, 3, 2, 2, generator=generator)
-        image = torch.nn.functional.interpolate(colours, size=(size[1], size[0]), mode="bilinear", align_corners=True)[0]
+        image = torch.nn.functional.interpolate(colours, size=(size[1], size[0]), mode="bilinear",
+                                                align_corners=True)[0]
         pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         name = f"storymem_reference_{i + 1}.png"
         Image.fromarray(pixels).save(folder / name)
@@ -202,7 +206,8 @@ def _core_umt5(seed: int) -> dict[str, torch.Tensor]:
         block = f"encoder.block.{i}.layer"
         shapes |= {f"{block}.0.SelfAttention.{p}.weight": (inner, c["d_model"]) for p in "qkv"}
         shapes |= {f"{block}.0.SelfAttention.o.weight": (c["d_model"], inner),
-                   f"{block}.0.SelfAttention.relative_attention_bias.weight": (c["relative_attention_num_buckets"], c["num_heads"]),
+                   f"{block}.0.SelfAttention.relative_attention_bias.weight": (c["relative_attention_num_buckets"],
+                                                                               c["num_heads"]),
                    f"{block}.0.layer_norm.weight": (c["d_model"],), f"{block}.1.layer_norm.weight": (c["d_model"],),
                    f"{block}.1.DenseReluDense.wi_0.weight": (c["d_ff"], c["d_model"]),
                    f"{block}.1.DenseReluDense.wi_1.weight": (c["d_ff"], c["d_model"]),

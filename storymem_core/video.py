@@ -1,18 +1,17 @@
-"""Frames between their three forms, and mp4 / image files (PyAV, Pillow).
+"""Frames between their three forms, and mp4 files (PyAV).
 
 - engine video: float [3, T, H, W] in [-1, 1], what the VAE decodes;
 - ComfyUI IMAGE: float [T, H, W, 3] in [0, 1];
 - frames: uint8 [T, H, W, 3], what files hold and keyframe selection reads.
 
-Every file is written to a temporary name beside its destination and renamed into place, so an
-interrupted write never leaves a half-written shot that a resumed story would take as finished.
+Every mp4 is written through files.atomic_write_path, so an interrupted write never leaves a
+half-written shot that a resumed story would take as finished. Images: storymem_core.files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -21,26 +20,16 @@ from typing import Iterator
 import av
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 from .choices import GIVEN_FRAMES
-from .errors import ConditioningError, StoryMemError, WriteError
-from .safe_files import check_file, open_image
-
-# frames at the start of a shot that were given as conditioning, not generated (dropped before saving)
-
-
-def check_frames(frames: torch.Tensor, what: str, min_count: int = 0) -> None:
-    """Refuse anything but uint8 frames [T, H, W, 3] with T >= min_count, naming `what`."""
-    if (not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3
-            or len(frames) < min_count):
-        shown = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(frames).__name__
-        count = f" with T >= {min_count}" if min_count else ""
-        raise ConditioningError(f"{what} must be uint8 frames [T, H, W, 3]{count}, got {shown}: convert them with the functions in storymem_core.video.")
+from .errors import ConditioningError, StoryMemError
+from .files import atomic_write_path, check_frames
+from .safe_files import check_file
 
 
 def _check_float(tensor: torch.Tensor, channel_dim: int, what: str, layout: str) -> None:
-    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.dim() != 4 or tensor.shape[channel_dim] != 3:
+    if (not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.dim() != 4
+            or tensor.shape[channel_dim] != 3):
         shown = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
         raise ConditioningError(f"{what} must be a float tensor {layout}, got {shown}.")
 
@@ -80,48 +69,9 @@ def trim_conditioning_frames(frames: torch.Tensor, mode: str) -> torch.Tensor:
         raise ConditioningError(f"conditioning mode '{mode}' is unknown: use one of {', '.join(GIVEN_FRAMES)}.")
     given = GIVEN_FRAMES[mode]
     if len(frames) <= given:
-        raise ConditioningError(f"a {mode.upper()} shot of {len(frames)} frames has none left after its {given} given frame(s): generate more frames (4n+1, e.g. 81).")
+        raise ConditioningError(f"a {mode.upper()} shot of {len(frames)} frames has none left after its {given} given "
+                                "frame(s): generate more frames (4n+1, e.g. 81).")
     return frames[given:]
-
-
-@lru_cache(maxsize=None)
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def ordinary_permissions(path: str | os.PathLike) -> None:
-    """Give a temp file or folder the mode open() / mkdir() would have (0644 / 0755 under the usual umask) instead of
-    mkstemp's and mkdtemp's private 0600 / 0700, so what a story writes reads the same whichever way it was written."""
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
-
-
-@contextlib.contextmanager
-def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `path` to write to; renamed onto `path` only if the block succeeds."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        ordinary_permissions(temp)
-    except OSError as error:
-        raise _write_error(path, error) from None
-    try:
-        yield Path(temp)
-        os.replace(temp, path)
-    except WriteError:
-        raise
-    except OSError as error:  # disk full, no permission (PyAV's write errors are OSErrors too)
-        raise _write_error(path, error) from None
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-
-
-def _write_error(path: Path, error: OSError) -> WriteError:
-    return WriteError(f"{path} could not be written ({error}); the file there before is unchanged: free disk space or choose another folder.")
 
 
 @lru_cache(maxsize=None)
@@ -133,7 +83,8 @@ def _video_codec() -> str:
             return name
         except Exception:  # PyAV raises different types per version for a missing codec
             continue
-    raise StoryMemError("this PyAV build has neither the libx264 nor the mpeg4 encoder: install PyAV from PyPI (pip install av).")
+    raise StoryMemError("this PyAV build has neither the libx264 nor the mpeg4 encoder: install PyAV from PyPI (pip "
+                        "install av).")
 
 
 def _even(frame: np.ndarray) -> np.ndarray:
@@ -169,7 +120,8 @@ class _Mp4Encoder:
             self._open(*frame.shape[:2])
         elif (frame.shape[0], frame.shape[1]) != (self.stream.height, self.stream.width):
             raise ConditioningError(
-                f"frame {self.count} is {frame.shape[1]}x{frame.shape[0]} but the video is {self.stream.width}x{self.stream.height}: "
+                f"frame {self.count} is {frame.shape[1]}x{frame.shape[0]} but the video is "
+                f"{self.stream.width}x{self.stream.height}: "
                 "every frame of a video, and every shot of a film, must have the same size."
             )
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
@@ -210,7 +162,8 @@ def _decoded_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
             for frame in container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24")
     except av.FFmpegError as error:
-        raise ConditioningError(f"video {path} cannot be decoded ({error}): regenerate it or convert it to mp4.") from None
+        raise ConditioningError(
+            f"video {path} cannot be decoded ({error}): regenerate it or convert it to mp4.") from None
 
 
 def read_mp4(path: str | os.PathLike) -> torch.Tensor:
@@ -230,34 +183,3 @@ def concat_videos(paths: list[str | os.PathLike], out_path: str | os.PathLike, f
             for frame in _decoded_frames(path):
                 encoder.add(frame)
     return Path(out_path)
-
-
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """An image file as uint8 [H, W, 3] RGB, turned upright as its EXIF orientation says (phone photos)."""
-    try:
-        with open_image(path, ConditioningError) as image:
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
-    except FileNotFoundError:
-        raise ConditioningError(f"image {path} does not exist: check the path.") from None
-    except OSError as error:
-        raise ConditioningError(f"image {path} cannot be read ({error}): use a PNG or JPEG file.") from None
-    return torch.from_numpy(np.asarray(rgb).copy())
-
-
-def fit_image(image: torch.Tensor, size_wh: tuple[int, int]) -> torch.Tensor:
-    """uint8 [H, W, 3] center-cropped to the aspect ratio of `size_wh` and resized (bicubic) to it: references of
-    any shape then give shots of the story's size, whichever keyframe the memory window keeps first."""
-    fitted = ImageOps.fit(Image.fromarray(image.numpy()), tuple(size_wh), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(fitted).copy())
-
-
-def save_image(frame: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Write one uint8 frame [H, W, 3] atomically, in the format its suffix names (.png, .jpg, ...)."""
-    check_frames(frame[None] if isinstance(frame, torch.Tensor) else frame, f"the image for {path}")
-    path = Path(path)
-    image_format = Image.registered_extensions().get(path.suffix.lower())
-    if image_format is None:
-        raise StoryMemError(f"cannot tell the image format of {path} from its suffix: name it .png or .jpg.")
-    with atomic_write_path(path) as temp:
-        Image.fromarray(frame.cpu().numpy()).save(temp, format=image_format)
-    return path

@@ -26,10 +26,10 @@ from parallel_cases import (
 )
 
 from storymem_core.cli import main
+from storymem_core.files import load_image
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryFolder
 from storymem_core.tiny_models import write_tiny_models
-from storymem_core.video import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,6 +22,7 @@ import storymem_core.video as video
 from nodes import host
 from storymem_core import tiny_models as tiny
 from storymem_core.errors import GenerationInterrupted, OutOfMemory, WriteError
+from storymem_core.files import load_image, save_image
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.memory import MemoryBank
 from storymem_core.model_files import load_dit, load_keyframe_encoder, load_text_encoder, load_vae
@@ -30,7 +31,7 @@ from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.shot import memory_advice
 from storymem_core.story import loads_story
 from storymem_core.story_folder import StoryFolder
-from storymem_core.video import load_image, read_mp4, save_image, write_mp4
+from storymem_core.video import read_mp4, write_mp4
 from storymem_core.wan.text_encoder import TextEncoder
 
 STEPS = 3

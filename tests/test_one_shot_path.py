@@ -10,8 +10,9 @@ import torch
 from helpers import SHOT, call, image_batch, models
 
 from storymem_core import pipeline, run_shot
+from storymem_core.files import fit_image, load_image
 from storymem_core.memory import MemoryBank
-from storymem_core.video import fit_image, image_batch_to_frames, load_image
+from storymem_core.video import image_batch_to_frames
 
 STORY = {
     "story_overview": "A fox crosses the snow to the lighthouse.",

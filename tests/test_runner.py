@@ -18,12 +18,13 @@ from helpers import story_script
 from storymem_core.cli import _parser, main
 from storymem_core.demo import DEMO_FRAMES, DEMO_STORY
 from storymem_core.errors import CheckpointError
+from storymem_core.files import load_image
 from storymem_core.memory import MemoryBank
 from storymem_core.runner import ROLES, find_model_files, options_from_args, required_roles
 from storymem_core.sampling import SamplerSettings
 from storymem_core.story_folder import StoryFolder
 from storymem_core.tiny_models import AESTHETIC_FILE, write_reference_images, write_tiny_models
-from storymem_core.video import load_image, read_mp4
+from storymem_core.video import read_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 5

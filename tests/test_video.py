@@ -5,15 +5,13 @@ from PIL import Image
 
 from storymem_core import video
 from storymem_core.errors import ConditioningError, StoryMemError
+from storymem_core.files import atomic_write_path, load_image, save_image
 from storymem_core.video import (
-    atomic_write_path,
     concat_videos,
     frames_to_image_batch,
     frames_to_video,
     image_batch_to_frames,
-    load_image,
     read_mp4,
-    save_image,
     trim_conditioning_frames,
     video_to_frames,
     write_mp4,

@@ -22,7 +22,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 log = logging.getLogger(__name__)
 
 HOPPER = 9
-HOPPER_SDPA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+HOPPER_SDPA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.MATH]
 SDPA_TAKES_PRIORITY = "set_priority" in inspect.signature(sdpa_kernel).parameters  # not before torch 2.6
 
 
@@ -74,7 +75,8 @@ def backend_name(device: torch.device) -> str:
 
 def sdpa_priority(device: torch.device) -> list[SDPBackend] | None:
     """SDPA kernel priority for a CUDA device; None leaves torch's own choice (also where torch takes no priority)."""
-    return HOPPER_SDPA_PRIORITY if SDPA_TAKES_PRIORITY and torch.cuda.get_device_properties(device).major == HOPPER else None
+    hopper = SDPA_TAKES_PRIORITY and torch.cuda.get_device_properties(device).major == HOPPER
+    return HOPPER_SDPA_PRIORITY if hopper else None
 
 
 @torch.library.custom_op("storymem::flash_attention", mutates_args=())

@@ -136,7 +136,8 @@ class DiTBlock(nn.Module):
         self.norm3 = LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
         self.cross_attn = CrossAttention(dim, config.num_heads, config.qk_norm, eps)
         self.norm2 = LayerNorm(dim, eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim))
+        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(config.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(
@@ -144,7 +145,8 @@ class DiTBlock(nn.Module):
     ) -> torch.Tensor:
         """x: float32 residual stream [B, L, C]; matmuls run in the dtype of `context` (the weights')."""
         # time_mod: [B, 6, C] float32 -> six [B, 1, C] shift/scale/gate vectors
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + time_mod).unsqueeze(2).unbind(1)
+        modulation = (self.modulation.float() + time_mod).unsqueeze(2).unbind(1)
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = modulation
         h = self.norm1(x).float() * (1 + scale_sa) + shift_sa
         x = x + self.self_attn(h.type_as(context), rope).float() * gate_sa
         x = x + self.cross_attn(self.norm3(x).type_as(context), context).float()
@@ -184,14 +186,16 @@ class WanDiT(nn.Module):
         self.config = config
         dim = config.dim
         self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.text_embedding = nn.Sequential(nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.num_layers))
         self.head = Head(config)
 
     def cast_weights(self, dtype: torch.dtype) -> "WanDiT":
-        """Matmul weights to `dtype`; LayerNorms, modulation and time embedding stay float32 (as the reference computes them)."""
+        """Matmul weights to `dtype`; LayerNorms, modulation and time embedding stay float32 (as the reference
+        computes them)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv3d, RMSNorm)):
                 module.to(dtype)
@@ -204,7 +208,8 @@ class WanDiT(nn.Module):
 
     def compile_blocks(self) -> "WanDiT":
         """torch.compile each block's forward (fuses the float32 norm/RoPE/gate passes); parameter names and
-        hooks around the blocks (block swap) are untouched. Two graphs serve all blocks (the first takes bf16 tokens)."""
+        hooks around the blocks (block swap) are untouched. Two graphs serve all blocks (the first takes bf16
+        tokens)."""
         for block in self.blocks:
             block.forward = torch.compile(block.forward)
         return self

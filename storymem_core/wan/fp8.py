@@ -71,7 +71,8 @@ class Fp8Linear(nn.Module):
     ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8, device=device), requires_grad=False)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8, device=device),
+                                   requires_grad=False)
         self.register_buffer("scale_weight", torch.ones((), dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=bias_dtype, device=device)) if bias else None
 
@@ -132,14 +133,18 @@ def load_fp8_weights(
         try:
             module = model.get_submodule(layer_name)
         except AttributeError:
-            raise CheckpointError(f"fp8 weight '{key}' names no layer of this model: load a checkpoint of the same architecture.") from None
+            raise CheckpointError(f"fp8 weight '{key}' names no layer of this model: load a checkpoint of the same "
+                                  "architecture.") from None
         if not isinstance(module, (nn.Linear, Fp8Linear)):
-            raise CheckpointError(f"fp8 weight '{key}' belongs to a {type(module).__name__}, not a linear layer: use a bf16/fp16 checkpoint.")
+            raise CheckpointError(f"fp8 weight '{key}' belongs to a {type(module).__name__}, not a linear layer: use a "
+                                  "bf16/fp16 checkpoint.")
         if tensor.dtype != FP8:
-            raise CheckpointError(f"fp8 weight '{key}' is {tensor.dtype}; only float8_e4m3fn is supported: use an e4m3fn checkpoint.")
+            raise CheckpointError(f"fp8 weight '{key}' is {tensor.dtype}; only float8_e4m3fn is supported: use an "
+                                  "e4m3fn checkpoint.")
         if isinstance(module, nn.Linear):
             bias_dtype = module.weight.dtype if module.bias is None else module.bias.dtype
-            layer = Fp8Linear(module.in_features, module.out_features, module.bias is not None, module.weight.device, bias_dtype)
+            layer = Fp8Linear(module.in_features, module.out_features, module.bias is not None,
+                              module.weight.device, bias_dtype)
             _replace(model, layer_name, layer)
         scale_key = f"{layer_name}.scale_weight"
         state[scale_key] = state.get(scale_key, torch.ones(())).float().reshape(())

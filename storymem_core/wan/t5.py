@@ -46,7 +46,8 @@ class T5Config:
     def umt5_xxl(cls) -> "T5Config":
         """The encoder of google/umt5-xxl as Wan2.1/2.2 use it (5.68 B parameters)."""
         return cls(
-            vocab=256384, dim=4096, dim_attn=4096, dim_ffn=10240, num_heads=64, num_layers=24, num_buckets=32, shared_pos=False
+            vocab=256384, dim=4096, dim_attn=4096, dim_ffn=10240, num_heads=64, num_layers=24, num_buckets=32,
+            shared_pos=False
         )
 
 
@@ -59,7 +60,8 @@ def relative_position_buckets(length: int, num_buckets: int, device: torch.devic
     max_exact = half // 2
     # clamp keeps log() finite where the exact branch is taken anyway
     far = distance.clamp(min=max_exact).float()
-    log_bucket = max_exact + (torch.log(far / max_exact) / math.log(MAX_DISTANCE / max_exact) * (half - max_exact)).long()
+    log_bucket = max_exact + (
+        torch.log(far / max_exact) / math.log(MAX_DISTANCE / max_exact) * (half - max_exact)).long()
     log_bucket = log_bucket.clamp(max=half - 1)
     return direction + torch.where(distance < max_exact, distance, log_bucket)
 
@@ -96,7 +98,8 @@ class T5Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """x [B, L, C], bias [B, N, L, L] (position + key padding) -> [B, L, C]."""
-        q, k, v = (proj(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for proj in (self.q, self.k, self.v))  # [B, N, L, D]
+        q, k, v = (proj(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+                   for proj in (self.q, self.k, self.v))  # [B, N, L, D]
         # T5 folds the 1/sqrt(d) scale into its weights; biased attention is outside the flash-attn entry point
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
         return self.o(out.transpose(1, 2).flatten(2))
@@ -124,7 +127,8 @@ class T5Block(nn.Module):
         self.ffn = GatedFeedForward(config.dim, config.dim_ffn)
         self.pos_embedding = None if config.shared_pos else RelativePositionBias(config.num_buckets, config.num_heads)
 
-    def forward(self, x: torch.Tensor, buckets: torch.Tensor, key_bias: torch.Tensor, shared_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor, key_bias: torch.Tensor,
+                shared_bias: torch.Tensor | None) -> torch.Tensor:
         position_bias = shared_bias if self.pos_embedding is None else self.pos_embedding(buckets)
         x = clamp_fp16_overflow(x + self.attn(self.norm1(x), position_bias + key_bias))
         return clamp_fp16_overflow(x + self.ffn(self.norm2(x)))

@@ -48,12 +48,14 @@ class UMT5Tokenizer:
             self.processor = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
         except RuntimeError as error:
             raise CheckpointError(
-                f"{source} is not a readable sentencepiece model ({error}); use the umT5 spiece.model from google/umt5-xxl."
+                f"{source} is not a readable sentencepiece model ({error}); use the umT5 spiece.model from "
+                "google/umt5-xxl."
             ) from None
         self.pad_id, self.eos_id = self.processor.pad_id(), self.processor.eos_id()
         if self.pad_id < 0 or self.eos_id < 0:
             raise CheckpointError(
-                f"{source} defines no pad or end-of-sentence piece, so it is not a T5 tokenizer; use the umT5 spiece.model."
+                f"{source} defines no pad or end-of-sentence piece, so it is not a T5 tokenizer; use the umT5 "
+                "spiece.model."
             )
 
     @classmethod
@@ -67,7 +69,10 @@ class UMT5Tokenizer:
     def from_path(cls, path: str | Path) -> "UMT5Tokenizer":
         """From a spiece.model file, a folder holding one, or a Wan-AI model folder (google/umt5-xxl/spiece.model)."""
         path = Path(path)
-        candidates = [path] if check_file(path, "tokenizer", CheckpointError).is_file() else [path / SPIECE_FILE, path / WAN_TOKENIZER_DIR / SPIECE_FILE]
+        if check_file(path, "tokenizer", CheckpointError).is_file():
+            candidates = [path]
+        else:
+            candidates = [path / SPIECE_FILE, path / WAN_TOKENIZER_DIR / SPIECE_FILE]
         for candidate in candidates:
             if candidate.is_file():
                 return cls(read_bytes(candidate, "tokenizer", CheckpointError), str(candidate))
