@@ -20,7 +20,7 @@ from .evaluation import (
 )
 from .evaluation_pictures import contact_sheet, heatmap, score_chart
 from .keyframes import AestheticHead
-from .model_files import load_clip_text_encoder, load_keyframe_encoder
+from .weights.clip_files import load_clip_text_encoder, load_keyframe_encoder
 from .runner import _device, find_model_files
 
 PICTURES = {"heatmap": "evaluation_heatmap.png", "scores": "evaluation_scores.png", "frames": "evaluation_frames.png"}

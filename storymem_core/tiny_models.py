@@ -2,7 +2,7 @@
 (for the demo and the tests: real weights cannot be shipped).
 
 Every file loads through the same loaders as the real one: sizes travel in the safetensors metadata key
-`storymem_config` (what `model_files` reads first), the umT5 file carries its tokenizer as the
+`storymem_config` (what `weights.loading` reads first), the umT5 file carries its tokenizer as the
 uint8 tensor `spiece_model` like ComfyUI's files, and the StoryMem LoRA is a peft `.pth` like the
 released `backbone_*_noise.pth`. Seeded: the same call writes the same bytes.
 """
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from .model_files import CONFIG_KEY
+from .weights.configs import CONFIG_KEY
 from .presets import PRESET_LORA_ROLES
 from .video import ordinary_permissions
 from .wan.dit import DiTConfig, WanDiT

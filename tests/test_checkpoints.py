@@ -7,15 +7,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from storymem_core.checkpoints import (
-    Checkpoint,
-    detect,
-    find_wan_parts,
-    load_model,
-    load_state_dict,
-)
+from storymem_core.weights.checkpoint import Checkpoint, detect
+from storymem_core.weights.loading import load_model, load_state_dict
+from storymem_core.weights.sources import find_wan_parts
 from storymem_core.errors import CheckpointError
-from storymem_core.model_files import inspect_main, load_text_encoder, load_vae
+from storymem_core.weights.inspection import inspect_main
+from storymem_core.weights.loading import load_text_encoder, load_vae
 from storymem_core.tiny_models import AESTHETIC_FILE, CLIP_FILE, spiece_model, write_tiny_models, CLIP as TINY_CLIP
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_per_tensor

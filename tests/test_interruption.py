@@ -23,7 +23,8 @@ from storymem_core import tiny_models as tiny
 from storymem_core.errors import GenerationInterrupted, OutOfMemory, WriteError
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.memory import MemoryBank
-from storymem_core.model_files import load_dit, load_keyframe_encoder, load_text_encoder, load_vae
+from storymem_core.weights.clip_files import load_keyframe_encoder
+from storymem_core.weights.loading import load_dit, load_text_encoder, load_vae
 from storymem_core.pipeline import StoryModels, StoryOptions, run_story
 from storymem_core.story_folder import StoryFolder
 from storymem_core.sampling import ExpertPair, SamplerSettings

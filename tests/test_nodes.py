@@ -24,7 +24,7 @@ from storymem_core.video import read_mp4
 from storymem_core.wan.dit import DiTConfig
 from storymem_core.wan.t5 import T5Config
 from storymem_core.wan.vae import WanVAE
-from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
+from storymem_core.weights.configs import dit_config_from_shapes, t5_config_from_shapes
 from storymem_core import tiny_models as tiny
 from golden_data import manifests
 

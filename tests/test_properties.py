@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storymem_core.checkpoints import Checkpoint
+from storymem_core.weights.checkpoint import Checkpoint
 from storymem_core.errors import MemoryBankError, StoryScriptError
 from storymem_core.lora import load_lora
 from storymem_core.memory import MemoryBank

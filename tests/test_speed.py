@@ -13,7 +13,7 @@ from torch import nn
 
 from storymem_core.cli import _parser, main
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.model_files import load_dit
+from storymem_core.weights.loading import load_dit
 from storymem_core.pipeline import StoryFolder, StoryOptions
 from storymem_core.presets import preset_roles
 from storymem_core.runner import LoadOptions, find_model_files, load_story_models, options_from_args, required_roles
