@@ -27,9 +27,9 @@ from storymem_core.evaluation_pictures import heatmap, score_chart
 from storymem_core.evaluation_report import summary_table, write_report
 from storymem_core.files import save_picture
 from storymem_core.keyframes import AestheticHead
-from storymem_core.model_files import load_clip_text_encoder, load_keyframe_encoder
 from storymem_core.story import Story
 from storymem_core.video import image_batch_to_frames
+from storymem_core.weights.clip_files import load_clip_text_encoder, load_keyframe_encoder
 
 from . import host
 from .inputs import model_file

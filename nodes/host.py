@@ -14,9 +14,10 @@ from typing import Protocol
 
 import torch
 
-from storymem_core.checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
 from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
 from storymem_core.safe_files import files_under
+from storymem_core.weights.kinds import LEGACY_FOLDERS
+from storymem_core.weights.readers import MODEL_SUFFIXES
 
 try:  # inside ComfyUI these are importable from its root
     import comfy.latent_formats as comfy_latent_formats

@@ -1,6 +1,6 @@
 """Loader nodes: Wan2.2 expert pair, StoryMem and other LoRAs, umT5, VAE, keyframe encoder.
 
-Files come from ComfyUI's model folders; the model size is read from each file (storymem_core/model_files.py).
+Files come from ComfyUI's model folders; the model size is read from each file (storymem_core/weights/).
 Weights are loaded onto the offload device (CPU); shots move what they need to the GPU.
 """
 
@@ -9,19 +9,14 @@ from __future__ import annotations
 import torch
 
 from storymem_core.choices import OFFLOAD_CHOICES, WEIGHT_CHOICES
+from storymem_core.expert_pair import DTYPES, auto_dtype, load_expert_pair
 from storymem_core.keyframes import AestheticHead, HPSv3Scorer
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.model_files import (
-    DTYPES,
-    auto_dtype,
-    load_expert_pair,
-    load_keyframe_encoder,
-    load_text_encoder,
-    load_vae,
-)
 from storymem_core.presets import find_lora_names, preset_loras, preset_settings
 from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import shot_tokens
+from storymem_core.weights.clip_files import load_keyframe_encoder
+from storymem_core.weights.loading import load_text_encoder, load_vae
 
 from . import host
 from .inputs import model_file

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         if args.command == "inspect":
-            from .model_files import inspect_main
+            from .weights.inspection import inspect_main
 
             return inspect_main(args.files)
         if args.command == "validate":

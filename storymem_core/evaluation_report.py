@@ -29,8 +29,8 @@ from .evaluation import (
 from .evaluation_pictures import contact_sheet, heatmap, score_chart
 from .files import save_picture
 from .keyframes import AestheticHead
-from .model_files import load_clip_text_encoder, load_keyframe_encoder
 from .runner import _device, find_model_files
+from .weights.clip_files import load_clip_text_encoder, load_keyframe_encoder
 
 PICTURES = {"heatmap": "evaluation_heatmap.png", "scores": "evaluation_scores.png", "frames": "evaluation_frames.png"}
 

@@ -33,11 +33,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .checkpoints import SAFETENSORS_SUFFIXES, fit_faults, linear_chain, model_shapes, read_pth
 from .errors import CheckpointError, ConditioningError
 from .files import check_frames
 from .memory import Keyframe, MemoryBank
 from .safe_files import check_file
+from .weights.readers import SAFETENSORS_SUFFIXES, read_pth
+from .weights.shapes import fit_faults, linear_chain, model_shapes
 
 log = logging.getLogger(__name__)
 

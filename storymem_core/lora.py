@@ -20,10 +20,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .checkpoints import Checkpoint, first_names
 from .errors import CheckpointError
 from .wan.dit import LayerNorm, RMSNorm
 from .wan.fp8 import Fp8Linear
+from .weights.checkpoint import Checkpoint
+from .weights.shapes import first_names
 
 log = logging.getLogger(__name__)
 

@@ -17,20 +17,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoints import LEGACY_FOLDERS, MODEL_SUFFIXES
 from .distributed import Parallel, torchrun_session
 from .errors import CheckpointError, StoryMemError
+from .expert_pair import ExpertLoras, auto_dtype, load_expert_pair
 from .files import load_image
 from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
-from .model_files import (
-    ExpertLoras,
-    auto_dtype,
-    dit_config,
-    load_expert_pair,
-    load_keyframe_encoder,
-    load_text_encoder,
-    load_vae,
-)
 from .pipeline import StoryModels, StoryOptions, run_story
 from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE, lora_roles, preset_roles, preset_settings
 from .safe_files import files_under
@@ -39,6 +30,10 @@ from .shot import shot_tokens
 from .story import Story, load_story, shown_text
 from .story_folder import check_output_folder
 from .wan.text_encoder import ParkedTextEncoder, TextEncoder
+from .weights.clip_files import load_keyframe_encoder
+from .weights.kinds import LEGACY_FOLDERS
+from .weights.loading import dit_config, load_text_encoder, load_vae
+from .weights.readers import MODEL_SUFFIXES
 
 log = logging.getLogger(__name__)
 

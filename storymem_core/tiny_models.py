@@ -2,7 +2,7 @@
 (for the demo and the tests: real weights cannot be shipped).
 
 Every file loads through the same loaders as the real one: sizes travel in the safetensors metadata key
-`storymem_config` (what `model_files` reads first), the umT5 file carries its tokenizer as the
+`storymem_config` (what `weights.loading` reads first), the umT5 file carries its tokenizer as the
 uint8 tensor `spiece_model` like ComfyUI's files, and the StoryMem LoRA is a peft `.pth` like the
 released `backbone_*_noise.pth`. Seeded: the same call writes the same bytes.
 """
@@ -20,11 +20,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from .files import ordinary_permissions
-from .model_files import CONFIG_KEY
 from .presets import PRESET_LORA_ROLES
 from .wan.dit import DiTConfig, WanDiT
 from .wan.t5 import T5Config, UMT5Encoder
 from .wan.vae import VAEConfig, WanVAE
+from .weights.configs import CONFIG_KEY
 
 TEXT_DIM = 32
 DIT = {"patch_size": [1, 2, 2], "text_len": 32, "dim": 32, "ffn_dim": 64, "freq_dim": 16, "text_dim": TEXT_DIM,

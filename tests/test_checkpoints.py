@@ -9,21 +9,17 @@ from golden_data import case_paths, cases, golden_dir, load_case, manifests, vae
 from helpers import build_dit, build_vae, hf_t5_names, run_case
 from safetensors.torch import save_file
 
-from storymem_core.checkpoints import (
-    Checkpoint,
-    detect,
-    find_wan_parts,
-    load_model,
-    load_state_dict,
-)
 from storymem_core.errors import CheckpointError
-from storymem_core.model_files import inspect_main, load_text_encoder, load_vae
 from storymem_core.tiny_models import AESTHETIC_FILE, CLIP_FILE, spiece_model, write_tiny_models
 from storymem_core.tiny_models import CLIP as TINY_CLIP
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_per_tensor
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
 from storymem_core.wan.vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD, VAEConfig
+from storymem_core.weights.checkpoint import Checkpoint, detect
+from storymem_core.weights.inspection import inspect_main
+from storymem_core.weights.loading import load_model, load_state_dict, load_text_encoder, load_vae
+from storymem_core.weights.sources import find_wan_parts
 
 COMFY_PREFIX = "model.diffusion_model."
 # fp8 e4m3 keeps 3 mantissa bits; test_fp8 measured 0.2-0.3% on the tiny golden DiTs

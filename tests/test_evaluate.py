@@ -21,8 +21,8 @@ from storymem_core.demo import run_demo
 from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
 from storymem_core.evaluation import Scorers, evaluate_story, sample_indices, smoothness
 from storymem_core.keyframes import OpenClipTextEncoder
-from storymem_core.model_files import load_clip_text_encoder, load_keyframe_encoder
 from storymem_core.story import loads_story
+from storymem_core.weights.clip_files import load_clip_text_encoder, load_keyframe_encoder
 
 GRID = 4
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}

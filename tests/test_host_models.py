@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from storymem_core import tiny_models
 from storymem_core.cli import main as cli_main
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.model_files import load_dit
 from storymem_core.positions import DEFAULT_SPACING, memory_frame_positions
 from storymem_core.wan.dit import DiTConfig, WanDiT
+from storymem_core.weights.loading import load_dit
 
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}  # golden README: DiT / LoRA forward
 POSITIONS = {

@@ -30,9 +30,9 @@ from nodes.host import StandaloneHost
 from storymem_core import runner
 from storymem_core import tiny_models as tiny
 from storymem_core.cli import main
-from storymem_core.model_files import CONFIG_KEY
 from storymem_core.pipeline import StoryFolder
 from storymem_core.runner import find_model_files, required_roles
+from storymem_core.weights.configs import CONFIG_KEY
 
 TIMEOUT_S = 120
 PROGRESS_BAR = re.compile(r"\|\s*\d+/\d+ \[")  # tqdm: "story:   0%|          | 0/2 [00:00<?, ?shot/s]"

@@ -25,7 +25,6 @@ from storymem_core.errors import GenerationInterrupted, OutOfMemory, WriteError
 from storymem_core.files import load_image, save_image
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.memory import MemoryBank
-from storymem_core.model_files import load_dit, load_keyframe_encoder, load_text_encoder, load_vae
 from storymem_core.pipeline import StoryModels, StoryOptions, run_story
 from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.shot import memory_advice
@@ -33,6 +32,8 @@ from storymem_core.story import loads_story
 from storymem_core.story_folder import StoryFolder
 from storymem_core.video import read_mp4, write_mp4
 from storymem_core.wan.text_encoder import TextEncoder
+from storymem_core.weights.clip_files import load_keyframe_encoder
+from storymem_core.weights.loading import load_dit, load_text_encoder, load_vae
 
 STEPS = 3
 FORWARDS_PER_STEP = 2  # CFG as two calls: conditional and unconditional

@@ -25,6 +25,7 @@ from helpers import (
     same,
     snapshot,
 )
+from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
 
 import nodes
 from nodes import host
@@ -48,7 +49,6 @@ from storymem_core.errors import (
     StoryScriptError,
 )
 from storymem_core.memory import MemoryBank
-from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
 from storymem_core.story import Story
 from storymem_core.video import read_mp4
 from storymem_core.wan.dit import DiTConfig

@@ -11,13 +11,13 @@ from helpers import VALID, hf_t5_names, indices, keyframes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storymem_core.checkpoints import Checkpoint
 from storymem_core.errors import MemoryBankError, StoryScriptError
 from storymem_core.lora import load_lora
 from storymem_core.memory import MemoryBank
 from storymem_core.story import Story, loads_story, parse_story
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
+from storymem_core.weights.checkpoint import Checkpoint
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 JSON = st.recursive(

@@ -18,7 +18,6 @@ from storymem_core.cli import _parser, main
 from storymem_core.errors import StoryMemError
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.memory import MemoryBank
-from storymem_core.model_files import load_dit
 from storymem_core.pipeline import StoryFolder, StoryOptions
 from storymem_core.presets import preset_roles
 from storymem_core.runner import LoadOptions, find_model_files, load_story_models, options_from_args, required_roles
@@ -26,6 +25,7 @@ from storymem_core.sampling import ExpertPair, SamplerSettings, denoise, seeded_
 from storymem_core.story import loads_story
 from storymem_core.tiny_models import DIT, write_speed_loras, write_tiny_models
 from storymem_core.wan.dit import DiTConfig, WanDiT
+from storymem_core.weights.loading import load_dit
 
 
 class CountingExpert(nn.Module):

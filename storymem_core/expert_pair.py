@@ -1,0 +1,75 @@
+"""A story's Wan2.2 expert pair as it runs: weight dtype from the user's choice, LoRAs hooked, blocks compiled,
+GPU placement. This is policy on top of loading (storymem_core/weights loads one expert); see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .choices import WEIGHT_DTYPE_NAMES
+from .errors import CheckpointError
+from .lora import apply_loras, load_lora
+from .offload import BlockSwapDiT, resolve_offload
+from .wan.attention import backend_name
+from .weights.loading import load_dit
+
+log = logging.getLogger(__name__)
+
+DTYPES = dict(zip(WEIGHT_DTYPE_NAMES, (torch.bfloat16, torch.float16, torch.float32)))
+
+
+def auto_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def expert_weights(choice: str, device: torch.device) -> tuple[torch.dtype, bool | None]:
+    """(dtype, keep_fp8) for `load_dit` from a user's choice in WEIGHT_CHOICES.
+
+    auto: fp8 files stay fp8 on a GPU (fp8 matmuls), everything else runs in bf16 (fp32 on the CPU).
+    """
+    keep_fp8 = {"fp8": True, "auto": None if device.type == "cuda" else False}.get(choice, False)
+    return DTYPES.get(choice, auto_dtype(device)), keep_fp8
+
+
+class ExpertLoras(NamedTuple):
+    """A LoRA pair, one file per expert; `strict` False skips (and logs) entries matching no layer."""
+
+    high: Path
+    low: Path
+    strict: bool = True
+
+
+def load_expert_pair(
+    high: Path, low: Path, weights: str, offload: str, compile_blocks: bool, device: torch.device, free_bytes: int,
+    tokens: int, loras: Sequence[ExpertLoras] = (),
+) -> tuple[nn.Module, nn.Module, str]:
+    """(high, low, placement): a Wan2.2 expert pair as a story runs it, for the nodes and the CLI alike.
+
+    Dtype from `weights` (WEIGHT_CHOICES); placement from `offload` ('auto' plans from `free_bytes` for `tokens`);
+    `loras` stay hooked, stacked in order; blocks compiled on a GPU when asked; 'blocks' wraps in BlockSwapDiT.
+    """
+    dtype, keep_fp8 = expert_weights(weights, device)
+    pair = [load_dit(high, dtype, keep_fp8), load_dit(low, dtype, keep_fp8)]
+    if pair[0].config.model_type != pair[1].config.model_type:
+        kinds = [dit.config.model_type.upper() for dit in pair]
+        raise CheckpointError(
+            f"{high.name} is a {kinds[0]} expert but {low.name} is {kinds[1]}: load two experts of one pair."
+        )
+    for lora in loras:
+        for dit, path in zip(pair, (lora.high, lora.low)):
+            apply_loras(dit, [load_lora(path)], mode="hook", strict=lora.strict)
+    placement = resolve_offload(offload, pair[0], device, free_bytes, tokens)
+    if compile_blocks and device.type == "cuda":
+        pair = [dit.compile_blocks() for dit in pair]
+    if placement == "blocks":
+        pair = [BlockSwapDiT(dit) for dit in pair]
+    log.info("Wan experts: placement %s, attention %s%s", placement, backend_name(device),
+             ", compiled blocks" if compile_blocks and device.type == "cuda" else "")
+    return pair[0], pair[1], placement
+

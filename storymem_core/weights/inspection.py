@@ -1,0 +1,82 @@
+"""The `inspect` command: what each model file is, what is wrong with it, and whether it would load, read from
+headers (and for DiT, umT5, VAE and image-encoder files, checked against the model their own sizes describe).
+See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from ..errors import CheckpointError
+from .checkpoint import Checkpoint, CheckpointInfo, detect
+from .kinds import KINDS
+from .loading import described_model
+from .shapes import fit_faults, model_shapes
+
+
+def _count(n: int) -> str:
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(n)
+
+
+def describe(info: CheckpointInfo, indent: str = "") -> str:
+    """Human-readable lines about one checkpoint, as `inspect` prints them."""
+    layout = info.layout + (f" (keys under '{info.prefix}')" if info.prefix else "")
+    sizes = ", ".join(f"{k} {v}" for k, v in info.architecture.items())
+    kind = f"{info.kind}: {KINDS[info.kind].name}" + (f"; {sizes}" if sizes else "")
+    lines = [f"{indent}{info.path}", f"{indent}  layout      {layout}", f"{indent}  kind        {kind}"]
+    if (folder := KINDS[info.kind].folder) and info.layout != "wan-folder":
+        lines.append(f"{indent}  goes in     ComfyUI/models/{folder}/")
+    if info.dtypes:
+        by_count = sorted(info.dtypes.items(), key=lambda item: -item[1])
+        dtypes = ", ".join(f"{name} x{count}" for name, count in by_count)
+        lines.append(f"{indent}  dtype       {dtypes}" + (f" (fp8: {info.fp8})" if info.fp8 else ""))
+    if info.parameter_count:
+        lines.append(f"{indent}  parameters  {_count(info.parameter_count)}")
+    if info.lora is not None:
+        lora = info.lora
+        default = "StoryMem's alpha = rank with rsLoRA" if lora.format == "peft" else "scale 1"
+        alpha = ", ".join(f"{a:g}" for a in lora.alphas) if lora.alphas else f"not stored ({default})"
+        ranks = ", ".join(map(str, lora.ranks))
+        lines.append(f"{indent}  lora        {lora.format}, rank {ranks}, alpha {alpha}, {lora.modules} modules")
+        lines.append(f"{indent}  targets     {', '.join(lora.targets)}")
+    lines += [f"{indent}  note        {note}" for note in info.notes]
+    lines += [f"{indent}  problem     {problem}" for problem in info.problems]
+    for part, part_info in info.parts.items():
+        lines.append(f"{indent}  [{part}]")
+        lines.append(describe(part_info, indent + "    "))
+    lines.append(f"{indent}  -> {'usable' if info.usable else 'NOT usable'}")
+    return "\n".join(lines)
+
+
+def fit_problems(info: CheckpointInfo) -> list[str]:
+    """What in a DiT, umT5, VAE or image-encoder file does not fit the model its own sizes describe (sizes no model
+    can have; missing, unexpected, wrong-shape tensors), so `inspect` finds what loading would refuse; empty for kinds
+    the table of kinds builds no model for."""
+    if info.problems or info.layout == "wan-folder" or KINDS[info.kind].builder is None:
+        return []
+    shapes = Checkpoint(info.path).shapes()
+    try:
+        model = described_model(info.kind, info.path, shapes)
+    except CheckpointError as error:
+        return [str(error)]
+    if model is None:
+        return []
+    faults = fit_faults(model_shapes(model), shapes)
+    if not faults:
+        return []
+    return [f"Its tensors do not fit the model its sizes describe: {'; '.join(faults)}; download it again."]
+
+
+def inspect_main(paths: list[str]) -> int:
+    """`inspect FILE...`: print what each file is and what is wrong with it; 0 when every one is usable, else 2."""
+    infos = [detect(path) for path in paths]
+    for info in infos:
+        for part, part_info in info.parts.items():
+            found = fit_problems(part_info)
+            part_info.problems += found
+            info.problems += [f"{part}: {problem}" for problem in found]
+        info.problems += fit_problems(info)
+    print("\n\n".join(describe(info) for info in infos))
+    return 0 if all(info.usable for info in infos) else 2
+
