@@ -25,7 +25,6 @@ from helpers import (
     same,
     snapshot,
 )
-from storymem_core.model_files import dit_config_from_shapes, t5_config_from_shapes
 
 import nodes
 from nodes import host
@@ -53,6 +52,7 @@ from storymem_core.story import Story
 from storymem_core.video import read_mp4
 from storymem_core.wan.dit import DiTConfig
 from storymem_core.wan.t5 import T5Config
+from storymem_core.weights.configs import dit_config_from_shapes, t5_config_from_shapes
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 CUSTOM_TYPES = (BANK, MODEL, STORY, TEXT_ENCODER, VAE, KEYFRAME_ENCODER)
