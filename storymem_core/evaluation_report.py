@@ -29,7 +29,7 @@ from .evaluation import (
 from .evaluation_pictures import contact_sheet, heatmap, score_chart
 from .files import save_picture
 from .keyframes import AestheticHead
-from .runner import _device, find_model_files
+from .model_roles import find_model_files, parse_device
 from .weights.clip_files import load_clip_text_encoder, load_keyframe_encoder
 
 PICTURES = {"heatmap": "evaluation_heatmap.png", "scores": "evaluation_scores.png", "frames": "evaluation_frames.png"}
@@ -105,7 +105,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     check_frames_per_shot(args.frames_per_shot)
     folders = [Path(folder) for folder in args.folders]
     stories = [finished_story(folder, args.script) for folder in folders]  # every folder checked before a model loads
-    scorers = load_scorers(args.models_dir, args.open_clip_name, _device(args.device))
+    scorers = load_scorers(args.models_dir, args.open_clip_name, parse_device(args.device))
     evaluations = []
     for folder, story in zip(folders, stories):
         with tqdm(total=len(story.shots), desc=f"evaluate {folder.name}", unit="shot") as bar:

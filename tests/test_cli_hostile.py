@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from helpers import files_under
 
-from storymem_core import runner
-from storymem_core.cli import main
-from storymem_core.demo import DEMO_FRAMES, DEMO_SIZE_WH, DEMO_STEPS, DEMO_STORY
+from storymem_core.commands import story as story_command
+from storymem_core.commands.cli import main
+from storymem_core.commands.demo import DEMO_FRAMES, DEMO_SIZE_WH, DEMO_STEPS, DEMO_STORY
+from storymem_core.commands.story import StoryProgress
 from storymem_core.limits import MAX_SEED
 
 DEMO_FLAGS = [
@@ -80,7 +81,7 @@ def refused(capsys, argv: list[str], fragment: str) -> str:
 @pytest.fixture
 def no_models(monkeypatch):
     monkeypatch.setattr(
-        runner, "find_model_files", lambda *args: pytest.fail("models were looked for before the check")
+        story_command, "find_model_files", lambda *args: pytest.fail("models were looked for before the check")
     )
 
 
@@ -261,7 +262,7 @@ def test_prompts_with_escape_sequences_are_shown_escaped(tmp_path, capsys):
 
 def test_progress_bar_shows_a_prompt_escaped(demo, tmp_path, capsys):
     shown = []
-    progress = runner.StoryProgress.__new__(runner.StoryProgress)
+    progress = StoryProgress.__new__(StoryProgress)
     progress.shots = type(
         "Bar", (), {"set_postfix_str": lambda self, text: shown.append(text), "refresh": lambda self: None}
     )()

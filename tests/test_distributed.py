@@ -25,7 +25,7 @@ from parallel_cases import (
     tiny_dit,
 )
 
-from storymem_core.cli import main
+from storymem_core.commands.cli import main
 from storymem_core.files import load_image
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryFolder
@@ -114,7 +114,7 @@ def test_a_rank_count_that_does_not_divide_the_heads_is_refused_before_any_shot(
 
 FAILING_RANK = """
 import sys
-from storymem_core.cli import main
+from storymem_core.commands.cli import main
 from storymem_core.wan.dit import WanDiT
 
 forward, calls = WanDiT.forward, []

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from nodes import host
 from storymem_core import tiny_models as tiny
-from storymem_core.cli import main
-from storymem_core.demo import run_demo
+from storymem_core.commands.cli import main
+from storymem_core.commands.demo import run_demo
 from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
 from storymem_core.evaluation import Scorers, evaluate_story, sample_indices, smoothness
 from storymem_core.keyframes import OpenClipTextEncoder

@@ -14,7 +14,7 @@ from golden_data import case_paths, cases, load_case, with_prefix
 from safetensors.torch import load_file, save_file
 
 from storymem_core import tiny_models
-from storymem_core.cli import main as cli_main
+from storymem_core.commands.cli import main as cli_main
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.positions import DEFAULT_SPACING, memory_frame_positions
 from storymem_core.wan.dit import DiTConfig, WanDiT

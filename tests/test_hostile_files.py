@@ -27,11 +27,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from nodes.host import StandaloneHost
-from storymem_core import runner
 from storymem_core import tiny_models as tiny
-from storymem_core.cli import main
+from storymem_core.commands import story as story_command
+from storymem_core.commands.cli import main
+from storymem_core.model_roles import find_model_files, required_roles
 from storymem_core.pipeline import StoryFolder
-from storymem_core.runner import find_model_files, required_roles
 from storymem_core.weights.configs import CONFIG_KEY
 
 TIMEOUT_S = 120
@@ -220,7 +220,7 @@ def test_hostile_bank_file_in_a_story_folder_is_refused_before_models_load(
     """Shot 2 left to do, so the run reads the bank saved after shot 1; a hostile file there is refused."""
     skip_without_fifo()
     monkeypatch.setattr(
-        runner, "find_model_files", lambda *args: pytest.fail("models were looked for before the bank was read")
+        story_command, "find_model_files", lambda *args: pytest.fail("models were looked for before the bank was read")
     )
     script, finished = finished_story
     out = tmp_path / "out"

@@ -15,12 +15,13 @@ import torch
 from helpers import files_under as snapshot
 from helpers import story_script
 
-from storymem_core.cli import _parser, main
-from storymem_core.demo import DEMO_FRAMES, DEMO_STORY
+from storymem_core.commands.cli import _parser, main
+from storymem_core.commands.demo import DEMO_FRAMES, DEMO_STORY
+from storymem_core.commands.story import options_from_args
 from storymem_core.errors import CheckpointError
 from storymem_core.files import load_image
 from storymem_core.memory import MemoryBank
-from storymem_core.runner import ROLES, find_model_files, options_from_args, required_roles
+from storymem_core.model_roles import ROLES, find_model_files, required_roles
 from storymem_core.sampling import SamplerSettings
 from storymem_core.story_folder import StoryFolder
 from storymem_core.tiny_models import AESTHETIC_FILE, write_reference_images, write_tiny_models
@@ -195,13 +196,13 @@ def test_a_story_started_before_settings_were_recorded_resumes(tmp_path, models_
 def test_a_plain_rerun_with_other_memory_settings_is_refused(
     tmp_path, models_dir, capsys, monkeypatch, change, fragment
 ):
-    from storymem_core import runner
+    from storymem_core.commands import story
 
     argv = mr2v_argv(tmp_path, models_dir, "refs")
     assert main(argv) == 0
     before = snapshot(tmp_path / "out")
     capsys.readouterr()
-    monkeypatch.setattr(runner, "find_model_files", lambda *args: pytest.fail("models were looked for"))
+    monkeypatch.setattr(story, "find_model_files", lambda *args: pytest.fail("models were looked for"))
     rerun = mr2v_argv(tmp_path, models_dir, change) if change == "other-refs" else argv + change
     assert main(rerun) == 2
     error = capsys.readouterr().err
@@ -335,9 +336,9 @@ def test_quality_filter_needs_the_aesthetic_head_unless_turned_off(tmp_path, mod
     ],
 )
 def test_story_options_are_refused_before_any_model_loads(tmp_path, extra, fragment, capsys, monkeypatch):
-    from storymem_core import runner
+    from storymem_core.commands import story
 
-    monkeypatch.setattr(runner, "find_model_files", lambda *args: pytest.fail("models were looked for"))
+    monkeypatch.setattr(story, "find_model_files", lambda *args: pytest.fail("models were looked for"))
     argv = [
         "story",
         str(story_script(tmp_path, 1)),
@@ -437,17 +438,19 @@ def test_t2v_experts_leave_the_device_after_the_first_shot(tmp_path, models_dir,
 def test_auto_quality_takes_hpsv3_only_with_its_package_and_checkpoint(
     tmp_path, monkeypatch, package, checkpoint, expected
 ):
-    from storymem_core import runner
+    from storymem_core import model_roles
 
     if checkpoint:  # hpsv3/ as the CLI's own folder, clip_vision/ where the nodes list it
         (tmp_path / checkpoint).mkdir()
         (tmp_path / checkpoint / "HPSv3.safetensors").write_bytes(b"")
-    find_spec = runner.importlib.util.find_spec
+    find_spec = model_roles.importlib.util.find_spec
     monkeypatch.setattr(
-        runner.importlib.util, "find_spec", lambda name: object() if name == "hpsv3" and package else find_spec(name)
+        model_roles.importlib.util,
+        "find_spec",
+        lambda name: object() if name == "hpsv3" and package else find_spec(name),
     )
-    assert runner.quality_model("auto", tmp_path) == expected
-    assert runner.quality_model("off", tmp_path) is None
+    assert model_roles.quality_model("auto", tmp_path) == expected
+    assert model_roles.quality_model("off", tmp_path) is None
 
 
 def test_an_aesthetic_head_for_another_clip_is_refused_before_any_shot(tmp_path, models_dir, capsys, monkeypatch):

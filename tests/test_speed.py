@@ -14,15 +14,17 @@ from torch import nn
 
 from nodes import host
 from storymem_core import tiny_models as tiny
-from storymem_core.cli import _parser, main
+from storymem_core.commands.cli import _parser, main
+from storymem_core.commands.story import options_from_args
 from storymem_core.errors import StoryMemError
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.memory import MemoryBank
+from storymem_core.model_roles import find_model_files, required_roles
 from storymem_core.pipeline import StoryFolder, StoryOptions
 from storymem_core.presets import preset_roles
-from storymem_core.runner import LoadOptions, find_model_files, load_story_models, options_from_args, required_roles
 from storymem_core.sampling import ExpertPair, SamplerSettings, denoise, seeded_noise
 from storymem_core.story import loads_story
+from storymem_core.story_models import LoadOptions, load_story_models
 from storymem_core.tiny_models import DIT, write_speed_loras, write_tiny_models
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.weights.loading import load_dit

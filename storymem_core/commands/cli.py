@@ -1,5 +1,5 @@
 """`python -m storymem_core`: inspect model files, validate story scripts, run stories, convert LoRAs, run the demo,
-evaluate."""
+evaluate (see docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 import logging
 import sys
 
-from .choices import MEMORY_POSITIONS, OFFLOAD_CHOICES, PRESET_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
-from .errors import GenerationInterrupted, StoryMemError
-from .story import shown_text
+from ..choices import MEMORY_POSITIONS, OFFLOAD_CHOICES, PRESET_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
+from ..errors import GenerationInterrupted, StoryMemError
+from ..story import shown_text
 
 
 def _add_story_options(parser: argparse.ArgumentParser) -> None:
@@ -123,24 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         if args.command == "inspect":
-            from .weights.inspection import inspect_main
+            from ..weights.inspection import inspect_main
 
             return inspect_main(args.files)
         if args.command == "validate":
-            from .story import validate_main
+            from ..story import validate_main
 
             return validate_main(args.scripts)
         if args.command == "convert-lora":
-            from .lora_convert import convert_lora
+            from ..lora_convert import convert_lora
 
             print(convert_lora(args.source, args.target, args.strength, args.alpha))
             return 0
         if args.command == "story":
-            from .runner import run_story_command
+            from .story import run_story_command
 
             return run_story_command(args)
         if args.command == "evaluate":
-            from .evaluation_report import evaluate_command
+            from ..evaluation_report import evaluate_command
 
             return evaluate_command(args)
         from .demo import run_demo

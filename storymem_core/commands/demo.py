@@ -3,7 +3,7 @@
 It walks the same path as a real story (files found in a ComfyUI-style models folder, T2V first shot,
 an MI2V shot that continues the last frame, an M2V shot after a cut, keyframes into the bank after
 each shot, resumable output folder), so a new user sees every artefact in a minute. The models are
-random, so the pixels are noise.
+random, so the pixels are noise. Commands live in storymem_core/commands/ (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
-from .errors import StoryMemError
-from .files import atomic_write_path, staging_folder
-from .pipeline import StoryOptions
-from .runner import LoadOptions, run_story_files
-from .shot import T2V_SETTINGS
-from .story_folder import check_output_folder
-from .tiny_models import write_tiny_models
+from ..errors import StoryMemError
+from ..files import atomic_write_path, staging_folder
+from ..pipeline import StoryOptions
+from ..shot import T2V_SETTINGS
+from ..story_folder import check_output_folder
+from ..story_models import LoadOptions
+from ..tiny_models import write_tiny_models
+from .story import run_story_files
 
 DEMO_STORY = {
     "story_name": "The Blue Kite",

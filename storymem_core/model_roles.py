@@ -1,0 +1,128 @@
+"""The model files a story needs, found by role in a models folder with ComfyUI's layout (see docs/architecture.md).
+
+The folder has ComfyUI's subfolders (diffusion_models/, loras/, text_encoders/, vae/, clip_vision/), so a ComfyUI
+install's `models` folder works as it is. Files are found by the names they are published under; every missing file
+is reported at once, with its usual name and its folder.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError, StoryMemError
+from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE
+from .safe_files import files_under
+from .weights.kinds import LEGACY_FOLDERS
+from .weights.readers import MODEL_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelRole:
+    """One file a story needs: its folder, the name patterns it goes by, and the name to tell a user."""
+
+    folder: str
+    patterns: tuple[str, ...]
+    usual_name: str
+    other_folders: tuple[str, ...] = ()  # also searched, e.g. where the nodes list the same file
+
+
+ROLES = {
+    "i2v_high": ModelRole("diffusion_models", ("*i2v*high_noise*",),
+                          "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"),
+    "i2v_low": ModelRole("diffusion_models", ("*i2v*low_noise*",), "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"),
+    "t2v_high": ModelRole("diffusion_models", ("*t2v*high_noise*",),
+                          "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
+    "t2v_low": ModelRole("diffusion_models", ("*t2v*low_noise*",), "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
+    "lora_high": ModelRole("loras", ("backbone_high_noise*",),
+                           "StoryMem/backbone_high_noise.pth (Hugging Face Kevin-thu/StoryMem)"),
+    "lora_low": ModelRole("loras", ("backbone_low_noise*",),
+                          "StoryMem/backbone_low_noise.pth (Hugging Face Kevin-thu/StoryMem)"),
+    "text_encoder": ModelRole("text_encoders", ("umt5*", "models_t5_umt5*"), "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+    "vae": ModelRole("vae", ("wan_2.1_vae*", "wan2.1_vae*"), "wan_2.1_vae.safetensors"),
+    "clip": ModelRole("clip_vision", ("open_clip*", "*vit*b*32*clip*", "*clip*vit*b*32*"),
+                      "open_clip_model.safetensors (timm/vit_base_patch32_clip_224.openai)"),
+    "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"),
+                           "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
+    "hpsv3": ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)", ("clip_vision",)),
+}
+ROLES.update({
+    role: ModelRole(LORA_FOLDER, lora.patterns, f"{lora.usual_name} ({SOURCE})")
+    for role, lora in PRESET_LORA_ROLES.items()
+})
+
+
+def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
+    name = path.name.lower()
+    return name.endswith(MODEL_SUFFIXES) and any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def _find(root: Path, role: str) -> Path | None:
+    spec = ROLES[role]
+    folders = [root / name for name in (spec.folder, *LEGACY_FOLDERS.get(spec.folder, ()), *spec.other_folders)]
+    candidates = sorted(p for folder in folders for p in files_under(folder) if p.is_file()
+                        and _matches(p, spec.patterns))
+    if len(candidates) > 1:
+        log.info("%s: using %s of %d matching files", role, candidates[0].name, len(candidates))
+    return candidates[0] if candidates else None
+
+
+def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path]:
+    """The file of each role under `models_dir`; raises one error naming every missing required file."""
+    root = Path(models_dir).expanduser()
+    if not root.is_dir():
+        raise CheckpointError(f"--models-dir {root} is not a folder: point it at ComfyUI's models folder (or one with "
+                              "the same subfolders).")
+    found, missing = {}, []
+    for role in roles:
+        if (path := _find(root, role)) is not None:
+            found[role] = path
+        else:
+            missing.append(f"{ROLES[role].folder}/{ROLES[role].usual_name}")
+    if missing:
+        raise CheckpointError(f"{len(missing)} model file(s) missing under {root}: {'; '.join(missing)}; download them "
+                              "into those folders.")
+    return found
+
+
+def quality_model(quality: str, models_dir: str | Path) -> str | None:
+    """The quality filter's model role: 'auto' takes the reference's HPSv3 when its package and checkpoint
+    are both there, else the CLIP aesthetic head; 'off' needs none."""
+    if quality == "off":
+        return None
+    if quality == "auto":
+        found = (importlib.util.find_spec("hpsv3") is not None
+                 and _find(Path(models_dir).expanduser(), "hpsv3") is not None)
+        return "hpsv3" if found else "aesthetic"
+    return quality
+
+
+def required_roles(first_shot: str, quality: str | None = "aesthetic") -> list[str]:
+    """The files a story needs: T2V experts only for a T2V first shot, the quality model unless the filter is off."""
+    roles = ["i2v_high", "i2v_low", "lora_high", "lora_low", "text_encoder", "vae", "clip"]
+    return roles + ([quality] if quality else []) + (["t2v_high", "t2v_low"] if first_shot == "t2v" else [])
+
+
+def parse_device(name: str) -> torch.device:
+    """--device as a torch device, refused here (before any model loads) when this machine does not have it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StoryMemError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StoryMemError(f"--device {name} needs a CUDA GPU but none is visible: use --device cpu (or auto).")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise StoryMemError(f"--device {name} does not exist: this machine has cuda:0 to "
+                            f"cuda:{torch.cuda.device_count() - 1}.")
+    if device.type not in ("cpu", "cuda"):
+        raise StoryMemError(f"--device {name} is not supported: use auto, cpu, cuda or cuda:N.")
+    return device
