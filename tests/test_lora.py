@@ -9,10 +9,12 @@ from golden_data import cases, load_case, with_prefix
 from safetensors.torch import save_file
 from torch import nn
 
+from storymem_core import tiny_models as tiny
 from storymem_core.errors import CheckpointError
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import quantize_dit_to_fp8
+from storymem_core.weights.renaming import lora_name, module_aliases
 
 
 def base_model(config: dict, tensors: dict) -> WanDiT:
@@ -216,3 +218,40 @@ def test_lora_delta_of_another_shape_names_the_parameter(path):
     state["diffusion_model.blocks.0.self_attn.q.diff_b"] = torch.zeros(config["config"]["dim"] + 4)
     with pytest.raises(CheckpointError, match=r"blocks.0.self_attn.q.bias is \[\d+\] but the LoRA's delta is"):
         apply_loras(base_model(config, tensors), [load_lora(state)], mode="hook")
+
+
+def test_kohya_lora_for_every_linear_of_a_dit_merges_into_each_of_them():
+    """Kohya names (`lora_unet_blocks_1_cross_attn_q`) come back to the DiT's own module names for every linear
+    layer, with no list of underscored names to keep up."""
+    torch.manual_seed(0)
+    model = WanDiT(DiTConfig.from_dict({**tiny.DIT, "num_layers": 2}))
+    linears = {name: layer for name, layer in model.named_modules() if isinstance(layer, nn.Linear)}
+    state = {}
+    for name, layer in linears.items():
+        stem = "lora_unet_" + name.replace(".", "_")
+        state[f"{stem}.lora_down.weight"] = torch.randn(2, layer.in_features)
+        state[f"{stem}.lora_up.weight"] = torch.randn(layer.out_features, 2)
+        state[f"{stem}.alpha"] = torch.tensor(1.0)
+    before = {name: layer.weight.detach().clone() for name, layer in linears.items()}
+    lora = load_lora(state)
+    assert lora.modules.keys() == linears.keys() and not lora.unrecognized
+    applied = apply_loras(model, [lora])
+    assert not applied.unmatched
+    for name, layer in linears.items():
+        stem = "lora_unet_" + name.replace(".", "_")
+        added = state[f"{stem}.lora_up.weight"] @ state[f"{stem}.lora_down.weight"] / 2
+        torch.testing.assert_close(layer.weight.detach() - before[name], added, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_aliases_follow_the_model_names_including_layers_no_list_named():
+    """A model with a layer of its own (`gate_proj`) is reached under every layout, in any block."""
+    names = ["blocks.0.self_attn.q", "blocks.0.self_attn.gate_proj", "time_projection.1"]
+    aliases = module_aliases(names)
+    for key in ("lora_unet_blocks_17_self_attn_gate_proj.lora_down.weight",
+                "diffusion_model.blocks.17.self_attn.gate_proj.lora_A.weight",
+                "model.diffusion_model.blocks.17.self_attn.gate_proj.lora_down.weight",
+                "base_model.model.blocks.17.self_attn.gate_proj.lora_A.weight"):
+        assert lora_name(key, aliases) == "blocks.17.self_attn.gate_proj.lora_A.weight"
+    assert lora_name("lora_unet_time_projection_1.alpha", aliases) == "time_projection.1.alpha"
+    # a key for no module keeps its (de-prefixed) name, to be reported when the LoRA is applied
+    assert lora_name("lora_unet_down_blocks_0_proj_in.lora_up.weight", aliases) == "down.blocks.0.proj.in.lora_B.weight"
