@@ -16,7 +16,6 @@ embedded once by the CLIP image encoder; every CLIP score is read from those emb
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import StoryMemError
-from .files import atomic_write_path, check_frames
+from .files import check_frames
 from .keyframes import AestheticScorer, ImageEncoder, _embed_bank
 from .memory import MemoryBank, MemoryBankError
 from .pipeline import StoryFolder
@@ -291,11 +290,5 @@ def folder_references(folder: str | os.PathLike) -> list[torch.Tensor]:
         ) from None
 
 
-
-
-def write_json(data: dict, path: str | os.PathLike) -> Path:
-    with atomic_write_path(path) as temp:
-        temp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
-    return Path(path)
 
 

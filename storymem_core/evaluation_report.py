@@ -24,10 +24,9 @@ from .evaluation import (
     finished_story,
     folder_references,
     folder_shot_frames,
-    write_json,
 )
 from .evaluation_pictures import contact_sheet, heatmap, score_chart
-from .files import save_picture
+from .files import save_picture, write_json
 from .keyframes import AestheticHead
 from .model_roles import find_model_files, parse_device
 from .weights.clip_files import load_clip_text_encoder, load_keyframe_encoder

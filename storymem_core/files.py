@@ -9,6 +9,7 @@ before it is decoded. See docs/architecture.md for where this module sits.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import warnings
@@ -69,6 +70,13 @@ def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(temp):
             os.remove(temp)
+
+
+def write_json(data: dict, path: str | os.PathLike) -> Path:
+    """`data` as indented JSON (UTF-8, not escaped), written atomically."""
+    with atomic_write_path(path) as temp:
+        temp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    return Path(path)
 
 
 def _write_error(path: Path, error: OSError) -> WriteError:

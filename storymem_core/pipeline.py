@@ -117,14 +117,16 @@ def run_story(
     from_shot: int | None = None,
     on_shot: ShotCallback | None = None,
     on_step: StepCallback | None = None,
+    checked: FolderState | None = None,
 ) -> Path:
     """Generate every unfinished shot of `story` into `out_dir` and return the concatenated film.
 
     `from_shot` is 0-based (the CLI converts); `on_shot(index, total, prompt)` is called before each
     generated shot and `on_step(step, steps)` after each sampling step (it may raise to interrupt).
+    `checked` is what `StoryOptions.check_folder` gave a caller that checked before loading its models.
     """
     options.check_story(story)
-    state = options.check_folder(out_dir, story, reference_images, from_shot)
+    state = checked or options.check_folder(out_dir, story, reference_images, from_shot)
     initial = _initial_bank(options, reference_images)
     folder = StoryFolder(Path(out_dir))
     folder.root.mkdir(parents=True, exist_ok=True)

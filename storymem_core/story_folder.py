@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import StoryMemError
-from .files import atomic_write_path
+from .files import write_json
 from .memory import MemoryBank
 from .story import Shot, Story
 
@@ -69,7 +69,8 @@ class StoryFolder:
         """The film exists and is newer than every shot in it, so a run that made no shot need not rewrite it."""
         if not self.film.is_file():
             return False
-        return all(self.video(s.index).stat().st_mtime_ns < self.film.stat().st_mtime_ns for s in shots)
+        film_time = self.film.stat().st_mtime_ns
+        return all(self.video(s.index).stat().st_mtime_ns < film_time for s in shots)
 
 
 def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -196,14 +197,9 @@ class FolderState:
         added to the script, or a run that fails while saving, leave it as it was."""
         old_record = StoryRecord.load(folder)
         if old_record is None or not self.record.continues(old_record, shot_index + 1):
-            _write_json(folder.record, self.record)
+            write_json(asdict(self.record), folder.record)
         if MemorySettings.load(folder) != self.memory:
-            _write_json(folder.memory_settings, self.memory)
-
-
-def _write_json(path: Path, value: object) -> None:
-    with atomic_write_path(path) as temp:
-        temp.write_text(json.dumps(asdict(value), indent=1))
+            write_json(asdict(self.memory), folder.memory_settings)
 
 
 def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[int, int], frames: int,

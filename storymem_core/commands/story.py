@@ -108,7 +108,7 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
     start = None if from_shot is None else from_shot - 1
     check_output_folder(out)  # before the references are read: a wrong --out is the cheaper fault to report
     reference_images = [load_image(path) for path in references]
-    options.check_folder(out, story, reference_images, start)
+    checked = options.check_folder(out, story, reference_images, start)
     roles = required_roles(options.first_shot, quality_model(load.quality, models_dir))
     files = find_model_files(models_dir, roles + preset_roles(load.preset, options.first_shot))
     if load.parallel is not None:
@@ -119,7 +119,7 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
         progress = StoryProgress(story)
         try:
             film = run_story(story, models, options, out, reference_images or None, start, on_shot=progress.on_shot,
-                             on_step=progress.on_step)
+                             on_step=progress.on_step, checked=checked)
             progress.finished()
             return film
         finally:
