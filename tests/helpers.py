@@ -43,6 +43,14 @@ def models(pack) -> dict:
     return dict(text_encoder=pack.text, vae=pack.vae, keyframe_encoder=pack.keyframes)
 
 
+def runner_arguments(pack, story: Story, **overrides) -> dict:
+    """Story Runner inputs for a T2V-first, MI2V story on the tiny models of `pack`; `overrides` replace any."""
+    arguments = dict(story=story, model=pack.m2v, **models(pack), first_shot="t2v", continuation="mi2v", seed=0,
+                     cfg=3.5, fps=8, max_size=4, fixed=1, output_folder="runner", from_shot=0, t2v_model=pack.t2v,
+                     **SHOT)
+    return arguments | overrides
+
+
 def image_batch(count: int = 3, size: tuple[int, int] = (32, 32), seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(count, size[0], size[1], 3, generator=generator)

@@ -18,7 +18,19 @@ from typing import Callable
 
 import pytest
 import torch
-from helpers import BAD_SCRIPTS, SHOT, VALID, call, files_under, image_batch, models, reference_bank, same, snapshot
+from helpers import (
+    BAD_SCRIPTS,
+    SHOT,
+    VALID,
+    call,
+    files_under,
+    image_batch,
+    models,
+    reference_bank,
+    runner_arguments,
+    same,
+    snapshot,
+)
 from safetensors.torch import load_file, save_file
 
 from nodes import host
@@ -148,22 +160,8 @@ def first(pack, **overrides):
 
 
 def runner(pack, **overrides):
-    return node("StoryMemStoryRunner"), dict(
-        story=loads_story(SCRIPT),
-        model=pack.m2v,
-        **models(pack),
-        first_shot="t2v",
-        continuation="mi2v",
-        seed=0,
-        cfg=3.5,
-        fps=8,
-        max_size=4,
-        fixed=1,
-        output_folder="runner-bad",
-        from_shot=0,
-        t2v_model=pack.t2v,
-        **SHOT,
-    ) | overrides
+    arguments = {"output_folder": "runner-bad"} | overrides
+    return node("StoryMemStoryRunner"), runner_arguments(pack, loads_story(SCRIPT), **arguments)
 
 
 NODE_ROWS = [

@@ -14,7 +14,17 @@ from typing import Callable
 
 import pytest
 import torch
-from helpers import SHOT, VALID, call, files_under, first_shot, image_batch, memory_shot, models, reference_bank
+from helpers import (
+    SHOT,
+    VALID,
+    call,
+    files_under,
+    first_shot,
+    image_batch,
+    memory_shot,
+    reference_bank,
+    runner_arguments,
+)
 from PIL import Image
 
 import storymem_core.pipeline as pipeline
@@ -194,22 +204,7 @@ def test_story_cancelled_at_any_step_keeps_finished_shots_and_resumes_to_the_sam
 def test_story_runner_node_cancelled_mid_step_keeps_finished_shots(pack):
     """The ComfyUI path: Cancel sets the host's flag from outside; ProgressSteps raises at the end of that step."""
     script = call("StoryMemStoryScript", script_file="(script text below)", script=json.dumps(VALID))[0][0]
-    arguments = dict(
-        story=script,
-        model=pack.m2v,
-        **models(pack),
-        first_shot="t2v",
-        continuation="mi2v",
-        seed=0,
-        cfg=3.5,
-        fps=8,
-        max_size=4,
-        fixed=1,
-        output_folder="cancelled",
-        from_shot=0,
-        t2v_model=pack.t2v,
-        **SHOT,
-    )
+    arguments = runner_arguments(pack, script, output_folder="cancelled")
     out = host.output_dir() / "cancelled"
     per_shot = SHOT["steps"] * FORWARDS_PER_STEP
     for at in sorted({per_shot + 1, random.Random(3).randrange(per_shot, SHOTS * per_shot)}):

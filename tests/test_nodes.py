@@ -22,6 +22,7 @@ from helpers import (
     models,
     node,
     reference_bank,
+    runner_arguments,
     same,
     snapshot,
 )
@@ -472,22 +473,7 @@ def test_story_runner_generates_and_resumes(pack):
         script_file="(script text below)",
         script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"],
     )[0][0]
-    arguments = dict(
-        story=story,
-        model=pack.m2v,
-        **models(pack),
-        first_shot="t2v",
-        continuation="mi2v",
-        seed=0,
-        cfg=3.5,
-        fps=8,
-        max_size=4,
-        fixed=1,
-        output_folder="runner",
-        from_shot=0,
-        t2v_model=pack.t2v,
-        **SHOT,
-    )
+    arguments = runner_arguments(pack, story, output_folder="runner")
     (film, bank, path), ui = call("StoryMemStoryRunner", **arguments)
     assert film.shape[1:] == (32, 32, 3) and film.shape[0] == 5 + 5 + 4 and Path(path).is_file()
     assert len(bank) >= 1 and ui["storymem_bank"]
@@ -519,22 +505,7 @@ def test_story_runner_bar_counts_only_the_shots_it_makes(pack, monkeypatch):
         script_file="(script text below)",
         script=node("StoryMemStoryScript").INPUT_TYPES()["required"]["script"][1]["default"],
     )[0][0]
-    arguments = dict(
-        story=story,
-        model=pack.m2v,
-        **models(pack),
-        first_shot="t2v",
-        continuation="mi2v",
-        seed=3,
-        cfg=3.5,
-        fps=8,
-        max_size=4,
-        fixed=1,
-        output_folder="runner-bar",
-        from_shot=0,
-        t2v_model=pack.t2v,
-        **SHOT,
-    )
+    arguments = runner_arguments(pack, story, seed=3, output_folder="runner-bar")
     bars = []
 
     class Bar:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import SHOT, call, story_script
+from helpers import SHOT, call, runner_arguments, story_script
 from torch import nn
 
 from nodes import host
@@ -299,26 +299,7 @@ def test_story_runner_with_the_lightx2v_preset_samples_4_steps_per_shot(speed_ho
             }
         )
     )
-    call(
-        "StoryMemStoryRunner",
-        story=story,
-        model=speed_host.m2v,
-        text_encoder=speed_host.text,
-        vae=speed_host.vae,
-        keyframe_encoder=speed_host.keyframes,
-        first_shot="t2v",
-        continuation="m2v",
-        seed=0,
-        cfg=3.5,
-        fps=8,
-        max_size=4,
-        fixed=1,
-        output_folder="runner",
-        from_shot=0,
-        t2v_model=speed_host.t2v,
-        preset="lightx2v",
-        **SHOT,
-    )
+    call("StoryMemStoryRunner", **runner_arguments(speed_host, story, continuation="m2v", preset="lightx2v"))
     assert counted_forwards == [1000, 937, 833, 625] * 2
 
 
