@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storymem_core.choices import MEMORY_POSITIONS, PRESET_CHOICES, SOLVERS
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, MEMORY_POSITIONS, PRESET_CHOICES, SOLVERS
 from storymem_core.limits import MAX_FRAMES, MAX_MEMORY, MAX_SEED, MAX_SHIFT, MAX_SIDE, MAX_STEPS, MIN_SHIFT
 
 from . import host
@@ -30,9 +30,10 @@ def shift(default: float) -> tuple:
 
 def memory_positions() -> tuple:
     """Where the memory frames sit in time; last among a node's optional inputs, so saved workflows keep loading."""
-    return (list(MEMORY_POSITIONS), {"default": MEMORY_POSITIONS[0], "advanced": True, "tooltip":
-            "released (as the published StoryMem code and LoRA): memory at time positions 0..M-1, the shot after it. "
-            "negative (the paper's description): memory at -5M..-5, the shot from 0."})
+    return (list(MEMORY_POSITIONS), {"default": DEFAULT_MEMORY_POSITIONS, "advanced": True, "tooltip":
+            "upstream (default): memory at time positions -5M..-5 and the shot from 0, as the StoryMem authors' code "
+            "since their fix of January 2026 (issue #17) and as the LoRA was trained. first-release: memory and shot "
+            "numbered 0..M+T-1 as in the first release; only to continue a story begun with it."})
 
 
 def solver() -> tuple:

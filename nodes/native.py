@@ -1,31 +1,36 @@
-"""StoryMem on ComfyUI's own models: the memory conditioning as standard CONDITIONING, the StoryMem LoRA
-and the memory's time positions as MODEL patches, and trimming after sampling.
+"""StoryMem on ComfyUI's own models: the memory conditioning as standard CONDITIONING (memory time positions
+included), the StoryMem LoRA as a MODEL patch, and trimming after sampling.
 
 This is the one nodes module besides host.py that imports ComfyUI: it only loads inside ComfyUI. The
 conditioning is the engine's (`build_conditioning`), encoded by ComfyUI's VAE and put on ComfyUI's keys
 `concat_latent_image` (raw VAE latent; the model normalises it) and `concat_mask`, whose convention is
 the inverse of the reference's (ComfyUI: 0 = known frame; the model feeds 1 - mask to the DiT).
+
+The memory's time positions travel with the conditioning too, as a ComfyUI hook (see `with_memory_positions`):
+whatever model, loader or sampler a user wires, a shot sampled with StoryMem Conditioning gets the authors'
+placement, with no extra node to forget.
 """
 
 from __future__ import annotations
 
+import comfy.hooks
 import comfy.lora
 import comfy.model_management
 import comfy.patcher_extension
 import node_helpers
 import torch
 
-from storymem_core.choices import GIVEN_FRAMES, MEMORY_POSITIONS, NODE_SHOT_MODES
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, NODE_SHOT_MODES
 from storymem_core.conditioning import build_conditioning, check_size
 from storymem_core.errors import CheckpointError, ConditioningError
 from storymem_core.lora import load_lora
 from storymem_core.lora_convert import COMFY_PREFIX, comfy_lora_tensors
 from storymem_core.memory import MemoryBank
-from storymem_core.positions import DEFAULT_SPACING, memory_frame_positions
+from storymem_core.positions import memory_frame_positions
 from storymem_core.video import image_batch_to_frames
 
 from . import host
-from .inputs import frames, model_file, size
+from .inputs import frames, memory_positions, model_file, size
 from .shot_nodes import resolve_mode
 from .types import BANK
 
@@ -45,13 +50,62 @@ class ComfyVideoEncoder:
         return torch.cat([self.vae.encode(clip) for clip in clips])
 
 
+def memory_positions_wrapper(memory_latents: int, placement: str):
+    """A DIFFUSION_MODEL wrapper giving Wan's RoPE the memory frames' time positions (see storymem_core.positions).
+
+    ComfyUI's WanModel numbers the latent frames 0..T-1 in `rope_encode`. For the duration of one call the
+    wrapper shadows that method on the model with one numbering them by `memory_frame_positions`, and runs the
+    rest of the wrapper chain as usual, so other wrappers (EasyCache, ...) still run. Latents longer than the
+    conditioning's (time_dim_concat, reference_latent) keep ComfyUI's numbering.
+    """
+
+    def forward(executor, x, *args, **kwargs):
+        model = executor.class_obj
+        positions = memory_frame_positions(memory_latents, x.shape[2], placement)
+        numbered = model.rope_encode
+
+        def rope_encode(t, h, w, device=None, dtype=None, **options):
+            if t != len(positions) or options.get("t_start", 0) != 0:
+                return numbered(t, h, w, device=device, dtype=dtype, **options)
+            rows, columns = (-(-size // patch) for size, patch in zip((h, w), model.patch_size[1:]))  # as padded
+            ids = torch.stack(torch.meshgrid(positions.float(), torch.arange(rows, dtype=torch.float32),
+                                             torch.arange(columns, dtype=torch.float32), indexing="ij"), dim=-1)
+            return model.rope_embedder(ids.reshape(1, -1, 3).to(device, dtype)).movedim(1, 2)
+
+        model.rope_encode = rope_encode
+        try:
+            return executor(x, *args, **kwargs)
+        finally:
+            del model.rope_encode  # the class's method again
+
+    return forward
+
+
+def with_memory_positions(positive: list, negative: list, memory_latents: int, placement: str) -> tuple[list, list]:
+    """Both conditionings with the memory's time positions attached, as one ComfyUI hook they share.
+
+    A TransformerOptionsHook scoped to the conditionings it is set on adds `memory_positions_wrapper` to the
+    model call of exactly those conditionings, on any MODEL (fp8, GGUF, patched by other nodes) and sampler. The
+    first release's numbering is ComfyUI's own, so it needs no hook.
+    """
+    if memory_frame_positions(memory_latents, memory_latents, placement) is None:
+        return positive, negative
+    wrappers = {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {
+        POSITIONS_WRAPPER: [memory_positions_wrapper(memory_latents, placement)]}}
+    hooks = comfy.hooks.HookGroup()
+    hooks.add(comfy.hooks.TransformerOptionsHook({"wrappers": wrappers}, comfy.hooks.EnumHookScope.HookedOnly))
+    return (comfy.hooks.set_hooks_for_conditioning(positive, hooks),
+            comfy.hooks.set_hooks_for_conditioning(negative, hooks))
+
+
 def storymem_conditioning(positive: list, negative: list, vae, memory: MemoryBank, mode: str, width: int, height: int,
                           length: int, batch_size: int, previous: torch.Tensor | None = None,
-                          fix_mem: int | None = None) -> tuple[list, list, dict, int, int]:
+                          fix_mem: int | None = None,
+                          placement: str = DEFAULT_MEMORY_POSITIONS) -> tuple[list, list, dict, int, int]:
     """(positive, negative, empty latent, memory latent frames, given frames) for one shot in `mode`.
 
     width x height is the pixel budget; the shot takes the aspect of its given frames or first keyframe,
-    as in the StoryMem Shot node and the reference.
+    as in the StoryMem Shot node and the reference. `placement` sets the memory's time positions.
     """
     check_size(width, height)
     conditioning = build_conditioning(
@@ -60,19 +114,27 @@ def storymem_conditioning(positive: list, negative: list, vae, memory: MemoryBan
         motion_frames=previous[-GIVEN_FRAMES["mm2v"]:] if mode == "mm2v" else None,
         fix_mem=fix_mem,
     )
-    y = conditioning.y[None]
-    values = {"concat_latent_image": y[:, 4:], "concat_mask": 1.0 - y[:, :4]}
-    latent = torch.zeros([batch_size, 16, *y.shape[2:]], device=comfy.model_management.intermediate_device())
-    return (node_helpers.conditioning_set_values(positive, values),
-            node_helpers.conditioning_set_values(negative, values), {"samples": latent}, conditioning.memory_count,
-            GIVEN_FRAMES[mode])
+    latent = torch.zeros([batch_size, 16, *conditioning.y.shape[1:]],
+                         device=comfy.model_management.intermediate_device())
+    positive, negative = shot_conditioning(positive, negative, conditioning.y, conditioning.memory_count, placement)
+    return positive, negative, {"samples": latent}, conditioning.memory_count, GIVEN_FRAMES[mode]
+
+
+def shot_conditioning(positive: list, negative: list, y: torch.Tensor, memory_count: int,
+                      placement: str) -> tuple[list, list]:
+    """Both conditionings with the reference's `y` [4 + 16, T, h, w] (mask, raw latents) on ComfyUI's keys and the
+    memory's time positions attached."""
+    values = {"concat_latent_image": y[None, 4:], "concat_mask": 1.0 - y[None, :4]}
+    return with_memory_positions(node_helpers.conditioning_set_values(positive, values),
+                                 node_helpers.conditioning_set_values(negative, values), memory_count, placement)
 
 
 class StoryMemConditioning:
     DESCRIPTION = ("StoryMem's memory conditioning for ComfyUI's Wan2.2 I2V models (Load Diffusion Model, GGUF, ...): "
                    "memory keyframes in front of the shot, plus the previous shot's last frame (MI2V) or last 5 frames "
-                   "(MM2V) without a cut. Sample the latent with any sampler, then trim memory_latents off it and "
-                   "given_frames off the decoded images.")
+                   "(MM2V) without a cut, and the memory's time positions (the authors' current placement by default). "
+                   "Sample the latent with any sampler, then trim memory_latents off it and given_frames off the "
+                   "decoded images.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -105,13 +167,14 @@ class StoryMemConditioning:
                 "fix_mem": ("INT", {"default": -1, "min": -1, "max": 64, "advanced": True,
                                     "tooltip": "-1 (as released): every memory frame is marked 1. n >= 0: frames after "
                                                "the first n are marked 2, the reference's unused fix_mem option."}),
+                "memory_positions": memory_positions(),
             },
         }
 
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT", "INT", "INT")
     RETURN_NAMES = ("positive", "negative", "latent", "memory_latents", "given_frames")
     OUTPUT_TOOLTIPS = (
-        "The prompt with the memory conditioning (concat_latent_image, concat_mask).",
+        "The prompt with the memory conditioning (concat_latent_image, concat_mask) and the memory's time positions.",
         "The negative prompt with the same conditioning (as the reference uses one y for both).",
         "An empty latent covering memory + shot: the sampler's latent_image.",
         "Latent frames of memory in front of the shot: TrimVideoLatent's trim_amount after sampling.",
@@ -122,11 +185,11 @@ class StoryMemConditioning:
 
     def condition(self, positive: list, negative: list, vae, memory: MemoryBank, cut: bool, mode: str,
                   width: int, height: int, length: int, batch_size: int, previous_frames: torch.Tensor | None = None,
-                  fix_mem: int = -1) -> tuple:
+                  fix_mem: int = -1, memory_positions: str = DEFAULT_MEMORY_POSITIONS) -> tuple:
         mode = resolve_mode(mode, cut, previous_frames is not None)
         previous = None if mode == "m2v" else image_batch_to_frames(previous_frames)
         return storymem_conditioning(positive, negative, vae, memory, mode, width, height, length, batch_size, previous,
-                                     None if fix_mem < 0 else fix_mem)
+                                     None if fix_mem < 0 else fix_mem, memory_positions)
 
 
 class TrimFrames:
@@ -209,82 +272,13 @@ class StoryMemLora:
         return (add_storymem_lora(model, host.model_path("loras", lora_name), strength, alpha or None),)
 
 
-def memory_positions_wrapper(memory_latents: int, placement: str, spacing: int):
-    """A DIFFUSION_MODEL wrapper giving Wan's RoPE the memory frames' time positions (see storymem_core.positions).
-
-    ComfyUI's WanModel numbers the latent frames 0..T-1 in `rope_encode`. For the duration of one call the
-    wrapper shadows that method on the model with one numbering them by `memory_frame_positions`, and runs the
-    rest of the wrapper chain as usual, so wrappers added after this patch (EasyCache, ...) still run. Latents
-    longer than the conditioning's (time_dim_concat, reference_latent) keep ComfyUI's numbering.
-    """
-
-    def forward(executor, x, *args, **kwargs):
-        model = executor.class_obj
-        positions = memory_frame_positions(memory_latents, x.shape[2], placement, spacing)
-        if positions is None:
-            return executor(x, *args, **kwargs)
-        numbered = model.rope_encode
-
-        def rope_encode(t, h, w, device=None, dtype=None, **options):
-            if t != len(positions) or options.get("t_start", 0) != 0:
-                return numbered(t, h, w, device=device, dtype=dtype, **options)
-            rows, columns = (-(-size // patch) for size, patch in zip((h, w), model.patch_size[1:]))  # as padded
-            ids = torch.stack(torch.meshgrid(positions.float(), torch.arange(rows, dtype=torch.float32),
-                                             torch.arange(columns, dtype=torch.float32), indexing="ij"), dim=-1)
-            return model.rope_embedder(ids.reshape(1, -1, 3).to(device, dtype)).movedim(1, 2)
-
-        model.rope_encode = rope_encode
-        try:
-            return executor(x, *args, **kwargs)
-        finally:
-            del model.rope_encode  # the class's method again
-
-    return forward
-
-
-class MemoryPositions:
-    DESCRIPTION = ("Where the memory frames sit in time for Wan's RoPE. released (default, no patch needed): 0..M-1 in "
-                   "front of the shot, as the published StoryMem code and LoRA. negative: the paper's shift, memory at "
-                   "-M*S..-S, shot from 0.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "The Wan2.2 I2V model (both experts need the same patch)."}),
-            "memory_latents": ("INT",
-                               {"default": 0, "min": 0, "max": 4096,
-                                "tooltip": "memory_latents of StoryMem Conditioning."}),
-            "placement": (list(MEMORY_POSITIONS), {
-                "default": "released", "tooltip": "released: 0..M-1 then the shot; negative: the paper's shift."}),
-            "spacing": ("INT",
-                        {"default": DEFAULT_SPACING, "min": 1, "max": 100,
-                         "tooltip": "S, the gap between memory positions for negative."}),
-        }}
-
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The model with the memory positions set (the input model is unchanged).",)
-    FUNCTION = "patch"
-    CATEGORY = CATEGORY
-
-    def patch(self, model, memory_latents: int, placement: str, spacing: int) -> tuple:
-        # bad settings fail here, not mid-sampling
-        memory_frame_positions(memory_latents, memory_latents, placement, spacing)
-        patched = model.clone()
-        wrapper = memory_positions_wrapper(memory_latents, placement, spacing)
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, POSITIONS_WRAPPER, wrapper)
-        return (patched,)
-
-
 NODE_CLASS_MAPPINGS = {
     "StoryMemConditioning": StoryMemConditioning,
     "StoryMemTrimFrames": TrimFrames,
     "StoryMemLoraModel": StoryMemLora,
-    "StoryMemMemoryPositions": MemoryPositions,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "StoryMemConditioning": "StoryMem Conditioning",
     "StoryMemTrimFrames": "StoryMem Trim Frames",
     "StoryMemLoraModel": "StoryMem LoRA (MODEL)",
-    "StoryMemMemoryPositions": "StoryMem Memory Positions",
 }

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS
 from storymem_core.errors import StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryModels, StoryOptions, run_story
 from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import T2V_SETTINGS
 from storymem_core.story import Story
-from storymem_core.story_folder import StoryFolder, pending_shots
+from storymem_core.story_folder import UNRECORDED_PLACEMENT, StoryFolder, pending_shots
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames, read_mp4
 from storymem_core.wan.vae import WanVAE
 
@@ -37,8 +38,8 @@ M2V = StoryOptions().m2v
 def story_folder(root: Path, story: Story, options: StoryOptions, sources: list[str]) -> Path:
     """The story's folder: named after it, suffixed by a hash of everything that shapes its frames."""
     settings = asdict(options)
-    if settings["memory_positions"] == "released":
-        del settings["memory_positions"]  # the default: folders made before the option existed keep their names
+    if settings["memory_positions"] == UNRECORDED_PLACEMENT:
+        del settings["memory_positions"]  # as before placements were recorded: stories begun then keep their folders
     fingerprint = json.dumps([asdict(story), settings, sources], sort_keys=True, default=str)
     safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in story.name)[:60] or "story"
     return root / f"{safe_name}-{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
@@ -110,7 +111,7 @@ class StoryRunner:
             width: int, height: int, frames: int, fps: int, max_size: int, fixed: int, output_folder: str,
             from_shot: int, t2v_model: WanExperts | None = None, reference_images: torch.Tensor | None = None,
             negative_prompt: str = "", preset: str = "none",
-            memory_positions: str = "released") -> dict:
+            memory_positions: str = DEFAULT_MEMORY_POSITIONS) -> dict:
         model.require("i2v", "Story Runner")
         if from_shot > len(story.shots):
             raise StoryMemError(f"from_shot {from_shot} is not a shot of '{story.name}' (it has shots 1 to "

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from storymem_core.choices import MOTION_FRAMES, NODE_SHOT_MODES
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, MOTION_FRAMES, NODE_SHOT_MODES
 from storymem_core.conditioning import check_size
 from storymem_core.errors import ConditioningError, GenerationInterrupted, StoryMemError
 from storymem_core.memory import MemoryBank
@@ -209,7 +209,7 @@ class MemoryShot:
                  solver: str,
                  width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
                  negative_prompt: str = "", shot_number: int | None = None, preset: str = "none",
-                 memory_positions: str = "released") -> dict:
+                 memory_positions: str = DEFAULT_MEMORY_POSITIONS) -> dict:
         number = shot_number or next_shot(memory) + 1
         with naming_shot(number, prompt):
             model.require("i2v", "StoryMem Shot")

@@ -16,4 +16,6 @@ PLACEMENTS = ("none", "experts", "blocks")  # GPU memory plans, each needing les
 OFFLOAD_CHOICES = ("auto", *PLACEMENTS)  # auto picks a placement from free memory
 QUALITY_CHOICES = ("auto", "aesthetic", "hpsv3", "off")  # keyframe quality filter models
 PRESET_CHOICES = ("none", "lightx2v")  # sampler presets (storymem_core/presets.py); lightx2v: 4 steps at CFG 1
-MEMORY_POSITIONS = ("released", "negative")  # memory's RoPE time positions (storymem_core.positions); released first
+# memory's RoPE time positions (storymem_core.positions): the authors' current placement first, the default
+MEMORY_POSITIONS = ("upstream", "first-release")
+DEFAULT_MEMORY_POSITIONS = MEMORY_POSITIONS[0]

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .choices import CONTINUATIONS, FIRST_SHOTS, GIVEN_FRAMES, MOTION_FRAMES
+from .choices import CONTINUATIONS, DEFAULT_MEMORY_POSITIONS, FIRST_SHOTS, GIVEN_FRAMES, MOTION_FRAMES
 from .conditioning import check_frame_num, check_size
 from .errors import ConditioningError, StoryMemError
 from .files import fit_image, load_image, save_image, save_picture
@@ -62,7 +62,7 @@ class StoryOptions:
     t2v: SamplerSettings = T2V_SETTINGS
     negative_prompt: str = ""
     mark_fixed_memory: bool = False  # mask value 2 for unfixed memory; the reference pipeline leaves it off
-    memory_positions: str = "released"  # memory's RoPE time positions: as released (0..M-1), or the paper's "negative"
+    memory_positions: str = DEFAULT_MEMORY_POSITIONS  # memory's RoPE time positions (storymem_core.positions)
 
     def check(self) -> None:
         """Every value in its range, before anything loads: a typo must not allocate memory or run a model."""
@@ -101,7 +101,7 @@ class StoryOptions:
         """The story folder can take this run (`story_folder.check_story_folder` with these options)."""
         references = (reference_images or []) if self.first_shot == "mr2v" else []
         return check_story_folder(out_dir, story, self.size_wh, self.frames, self.max_memory, self.fixed_memory,
-                                  references, from_shot)
+                                  references, from_shot, self.memory_positions)
 
 
 ShotCallback = Callable[[int, int, str], None]

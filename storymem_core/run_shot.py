@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .choices import GIVEN_FRAMES, MOTION_FRAMES, SHOT_MODES
+from .choices import DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, MOTION_FRAMES, SHOT_MODES
 from .errors import ConditioningError
 from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
 from .memory import MemoryBank
@@ -35,7 +35,7 @@ class ShotRequest:
     previous_frames: torch.Tensor | None = None  # uint8 [T, H, W, 3], the previous shot's last frames (MI2V, MM2V)
     negative_prompt: str = ""
     fix_mem: int | None = None  # mask value 2 for unfixed memory; the reference pipeline leaves it off
-    memory_positions: str = "released"
+    memory_positions: str = DEFAULT_MEMORY_POSITIONS  # storymem_core.positions
 
 
 @dataclass(frozen=True)

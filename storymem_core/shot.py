@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
-from .choices import PLACEMENTS
+from .choices import DEFAULT_MEMORY_POSITIONS, PLACEMENTS
 from .conditioning import PATCH, VAE_STRIDE, build_conditioning, check_frame_num, latent_frame_count
 from .errors import OutOfMemory
 from .offload import BlockSwapDiT, choose_offload
@@ -73,13 +73,14 @@ def generate_memory_shot(
     fix_mem: int | None = None,
     decode_memory: bool = False,
     on_step: Callable[[int, int], None] | None = None,
-    memory_positions: str = "released",
+    memory_positions: str = DEFAULT_MEMORY_POSITIONS,
     on_preview: Callable[[torch.Tensor], None] | None = None,
 ) -> ShotResult:
     """Generate one shot conditioned on memory keyframes (and the previous shot's last frame(s)).
 
-    `memory_positions` places the memory latents in time (storymem_core.positions): "released" numbers memory
-    and shot 0..n-1 as the published code and LoRA do; "negative" is the paper's shift (memory before 0).
+    `memory_positions` places the memory latents in time (storymem_core.positions): "upstream" (memory at
+    -5M..-5, the shot from 0) as the authors' fixed code and the LoRA's training; "first-release" numbers memory
+    and shot 0..n-1 as the first release did.
     """
     check_placement(memory_positions)
     tokens = shot_tokens(len(memory_images), max(frame_num, 1), max_area)

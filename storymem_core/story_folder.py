@@ -2,10 +2,10 @@
 
 A shot is finished once its bank folder exists (written last, atomically) beside its video. The folder
 records what its shots were made with: the memory options and references (`memory_settings.json`) and the
-script, size and frame count (`story_record.json`). A plain re-run continues only with the same; `--from-shot N`
-may change what shot N and later are made with, as long as the shots it keeps stay what they were (the same
-script up to N and, unless N is 1, the same size: a film never mixes sizes). A folder holding files that are
-none of ours is never written into.
+script, size, frame count and memory positions (`story_record.json`). A plain re-run continues only with the same;
+`--from-shot N` may change what shot N and later are made with, as long as the shots it keeps stay what they were
+(the same script up to N and, unless N is 1, the same size and memory positions: a film never mixes sizes or
+placements). A folder holding files that are none of ours is never written into.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .choices import DEFAULT_MEMORY_POSITIONS
 from .errors import StoryMemError
 from .files import write_json
 from .memory import MemoryBank
@@ -142,13 +143,18 @@ class MemorySettings:
             raise _unreadable(folder.memory_settings, error) from None
 
 
+# the placement of every story made before placements were recorded (the first release's numbering was the default)
+UNRECORDED_PLACEMENT = "first-release"
+
+
 @dataclass(frozen=True)
 class StoryRecord:
-    """Which script, size and frame count a story folder's shots are made with."""
+    """Which script, size, frame count and memory positions a story folder's shots are made with."""
 
     shot_sha256: tuple[str, ...]  # of every shot of the script; only the finished ones bind a re-run
     size_wh: tuple[int, int]
     frames: int
+    memory_positions: str = DEFAULT_MEMORY_POSITIONS
 
     @classmethod
     def load(cls, folder: StoryFolder) -> StoryRecord | None:
@@ -157,14 +163,28 @@ class StoryRecord:
             return None
         try:
             width, height = (int(v) for v in fields["size_wh"])
-            return cls(tuple(str(d) for d in fields["shot_sha256"]), (width, height), int(fields["frames"]))
+            return cls(tuple(str(d) for d in fields["shot_sha256"]), (width, height), int(fields["frames"]),
+                       str(fields.get("memory_positions", UNRECORDED_PLACEMENT)))
         except (ValueError, KeyError, TypeError) as error:
             raise _unreadable(folder.record, error) from None
 
     def continues(self, recorded: StoryRecord, shots: int) -> bool:
         """Shots 1 to `shots` made under `recorded` are what this run would make of them."""
-        return (self.size_wh, self.frames) == (recorded.size_wh, recorded.frames) and \
+        made_as = (self.size_wh, self.frames, self.memory_positions)
+        return made_as == (recorded.size_wh, recorded.frames, recorded.memory_positions) and \
             self.shot_sha256[:shots] == recorded.shot_sha256[:shots] and len(recorded.shot_sha256) >= shots
+
+
+def story_placement(out_dir: str | os.PathLike) -> str | None:
+    """The memory positions the story in `out_dir` was made with; None where no shot is made yet (a new story)."""
+    folder = StoryFolder(Path(out_dir))
+    try:
+        if not folder.is_finished(0):
+            return None
+    except OSError:  # not a folder one can read: check_output_folder says why
+        return None
+    recorded = StoryRecord.load(folder)
+    return UNRECORDED_PLACEMENT if recorded is None else recorded.memory_positions
 
 
 def _read_json(path: Path) -> dict | None:
@@ -204,16 +224,18 @@ class FolderState:
 
 def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[int, int], frames: int,
                        max_memory: int, fixed_memory: int, references: list[torch.Tensor],
-                       from_shot: int | None = None) -> FolderState:
+                       from_shot: int | None = None,
+                       memory_positions: str = DEFAULT_MEMORY_POSITIONS) -> FolderState:
     """Refuse, before anything loads or is written, a run the folder cannot take: a folder that is not a story
-    folder, or a started story this run would not continue (another script, size, frame count, memory options or
-    references on a plain re-run; a change to a shot `from_shot` keeps). Returns what this run records.
+    folder, or a started story this run would not continue (another script, size, frame count, memory positions,
+    memory options or references on a plain re-run; a change to a shot `from_shot` keeps). Returns what this run
+    records.
 
     `references` are the images the memory starts from as given (MR2V), empty for a T2V story; `from_shot` is 0-based.
     """
     folder = StoryFolder(check_output_folder(out_dir))
     state = FolderState(MemorySettings.of(max_memory, fixed_memory, references),
-                        StoryRecord(shot_digests(story), size_wh, frames))
+                        StoryRecord(shot_digests(story), size_wh, frames, memory_positions))
     if not folder.root.is_dir():
         return state
     if not folder.is_ours():
@@ -221,6 +243,7 @@ def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[
                             "folder (a story is never written over other files).")
     where = f"the story in {folder.root}"
     _check_record(folder, state.record, where, from_shot)
+    _check_placement(folder, memory_positions, where, from_shot)
     _check_memory(folder, state.memory, max_memory, fixed_memory, references, where, from_shot)
     pending = pending_shots(story, folder.root, from_shot)
     if pending and pending[0].index > 0:
@@ -251,6 +274,15 @@ def _check_record(folder: StoryFolder, current: StoryRecord, where: str, from_sh
         raise StoryMemError(f"--frames {current.frames} differs from the {recorded.frames} {where} was made with: pass "
                             f"--frames {recorded.frames} to continue it, --from-shot N to remake shot N and after, or "
                             "a new --out folder.")
+
+
+def _check_placement(folder: StoryFolder, current: str, where: str, from_shot: int | None) -> None:
+    recorded = story_placement(folder.root)
+    if recorded is None or recorded == current or from_shot == 0:
+        return
+    raise StoryMemError(f"--memory-positions {current} differs from the {recorded} {where} was made with, and a film "
+                        f"never mixes placements: pass --memory-positions {recorded} to continue it, --from-shot 1 to "
+                        f"remake every shot with {current}, or a new --out folder.")
 
 
 def _check_memory(folder: StoryFolder, current: MemorySettings, max_memory: int, fixed_memory: int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,18 @@ def case_paths(prefix: str) -> list[Path]:
 
 def cases(prefix: str):
     """pytest parameters over the case files of one family; a family with no files is skipped."""
-    paths = case_paths(prefix)
+    return _params(case_paths(prefix), f"{prefix}*")
+
+
+def memory_cases(prefix: str):
+    """`cases(prefix)` limited to those whose JSON gives `memory_size` (the cases of the authors' fixed code)."""
+    return _params([p for p in case_paths(prefix) if "memory_size" in json.loads(p.read_text())],
+                   f"{prefix}* with memory_size")
+
+
+def _params(paths: list[Path], what: str):
     if not paths:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no {prefix}* golden files in {golden_dir()}"))]
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no {what} golden files in {golden_dir()}"))]
     return [pytest.param(p, id=p.stem) for p in paths]
 
 
@@ -38,6 +48,16 @@ def load_case(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     tensors_path = path.with_suffix(".safetensors")
     tensors = load_file(str(tensors_path)) if tensors_path.exists() else {}
     return config, tensors
+
+
+def case_placement(config: dict) -> tuple[str, int]:
+    """(placement, spacing) a case was made with: its `memory_rope` note ("negative, shift 5 (upstream fix)") names
+    the authors' fixed code; cases without one come from the first release, which numbers memory and shot 0..n-1."""
+    note = config.get("memory_rope", "")
+    if not note.startswith("negative"):
+        return "first-release", 0
+    shift = re.search(r"shift (\d+)", note)
+    return "upstream", int(shift.group(1)) if shift else 5
 
 
 def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -166,6 +166,11 @@ FOLDER_ROWS = {
     "other-frames": (lambda tmp: ["--frames", "13"], "--frames 13 differs from the 9"),
     "other-script-from-shot-3": (lambda tmp: ["--out-script", edit_shot_2, "--from-shot", "3"], "from shot 2 on"),
     "other-memory": (lambda tmp: ["--max-memory", "5"], "--max-memory 5 differs"),
+    "other-placement": (lambda tmp: ["--memory-positions", "first-release"], "never mixes placements"),
+    "other-placement-from-shot-2": (
+        lambda tmp: ["--memory-positions", "first-release", "--from-shot", "2"],
+        "--from-shot 1 to remake every shot with first-release",
+    ),
 }
 
 

@@ -1,6 +1,7 @@
 """ComfyUI's Wan model and its LoRA patching against ours and the reference, inside a real ComfyUI:
-the same tiny weights give the same DiT output, also with StoryMem Memory Positions against our DiT's
-frame positions, and StoryMem LoRA (MODEL) patches the weights our engine's merge gives, from the
+the same tiny weights give the same DiT output; sampled by ComfyUI with StoryMem Conditioning's CONDITIONING, it
+gives the reference's output at the memory placement the case was made with (the authors' fixed code, `*_negrope`,
+by default, with no other node); StoryMem LoRA (MODEL) patches the weights our engine's merge gives, from the
 released .pth, a ComfyUI-layout file and a convert-lora file, stacked with LoraLoaderModelOnly."""
 
 from __future__ import annotations
@@ -10,29 +11,24 @@ import json
 import pytest
 import torch
 from comfy_host import run_in_host
-from golden_data import case_paths, cases, load_case, with_prefix
+from golden_data import case_paths, case_placement, cases, load_case, memory_cases, with_prefix
 from safetensors.torch import load_file, save_file
 
 from storymem_core import tiny_models
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS
 from storymem_core.commands.cli import main as cli_main
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.positions import DEFAULT_SPACING, memory_frame_positions
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.weights.loading import load_dit
 
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}  # golden README: DiT / LoRA forward
-POSITIONS = {
-    "memory_latents": 2,
-    "spacing": DEFAULT_SPACING,
-    "frames": 5,
-}  # 2 memory latents in front of a 3-frame shot
 
 
-def core_dit_inputs(config: dict, frames: int = 3, size: int = 8) -> dict:
+def core_dit_inputs(config: dict) -> dict:
     generator = torch.Generator().manual_seed(3)
     return {
-        "x": torch.randn(16, frames, size, size, generator=generator),
-        "y": torch.randn(20, frames, size, size, generator=generator),
+        "x": torch.randn(16, 3, 8, 8, generator=generator),
+        "y": torch.randn(20, 3, 8, 8, generator=generator),
         "t": torch.tensor([700.0]),
         "context": torch.randn(12, config["text_dim"], generator=generator),
     }
@@ -47,14 +43,13 @@ def host_results(tmp_path_factory) -> dict:
     state, config = tiny_models._dit(36, 1, tiny_models.CORE_DIT)
     tiny_models._save(state, jobs / "core_dit.safetensors", config)
     save_file(core_dit_inputs(config), str(jobs / "core_dit_inputs.safetensors"))
-    settings = {name: torch.tensor(value) for name, value in POSITIONS.items()}
-    save_file(
-        {**core_dit_inputs(config, POSITIONS["frames"], size=6), **settings}, str(jobs / "positions_inputs.safetensors")
-    )
     for path in case_paths("dit_"):
         case, tensors = load_case(path)
         save_file(tensors, str(jobs / f"{path.stem}.safetensors"))
-        (jobs / f"{path.stem}.json").write_text(json.dumps({"config": case["config"]}))
+        placement, _ = case_placement(case)
+        job = {"config": case["config"], "memory_size": case.get("memory_size", 0),
+               "placement": placement, "other_placement": "first-release" if placement == "upstream" else "upstream"}
+        (jobs / f"{path.stem}.json").write_text(json.dumps(job))
     for path in case_paths("lora_"):
         case, tensors = load_case(path)
         torch.save(with_prefix(tensors, "peft."), loras / f"{path.stem}.pth")
@@ -96,41 +91,23 @@ def test_host_dit_comfyui_wan_and_our_dit_agree_on_a_core_loaded_file(host_resul
     torch.testing.assert_close(host_results["core_dit.out"], out, **TOLERANCE)
 
 
-def our_dit_with_positions(jobs, placement: str) -> torch.Tensor:
-    inputs = load_file(str(jobs / "positions_inputs.safetensors"))
-    ours = load_dit(jobs / "core_dit.safetensors", torch.float32).eval()
-    positions = memory_frame_positions(
-        POSITIONS["memory_latents"], POSITIONS["frames"], placement, POSITIONS["spacing"]
-    )
-    with torch.no_grad():
-        return ours(inputs["x"][None], inputs["t"], inputs["context"][None], inputs["y"][None], positions)[0]
-
-
-def test_host_dit_memory_positions_negative_matches_our_dit(host_results):
-    """StoryMem Memory Positions (negative) on ComfyUI's model gives our DiT's output at the paper's positions."""
-    ours = our_dit_with_positions(host_results["jobs"], "negative")
-    torch.testing.assert_close(host_results["positions.negative"], ours, **TOLERANCE)
-    assert (
-        host_results["positions.negative"] - host_results["positions.unpatched"]
-    ).abs().max() > 1e-3  # the patch acts
-    assert int(host_results["positions.negative.inner_calls"]) == 1  # a wrapper added after the patch still runs
-
-
-def test_host_dit_memory_positions_released_is_the_unpatched_model(host_results):
-    """released, the default, leaves ComfyUI's numbering: the unpatched model's output, our DiT's plain one."""
-    torch.testing.assert_close(host_results["positions.released"], host_results["positions.unpatched"], rtol=0, atol=0)
-    torch.testing.assert_close(
-        host_results["positions.released"], our_dit_with_positions(host_results["jobs"], "released"), **TOLERANCE
-    )
-    assert int(host_results["positions.released.inner_calls"]) == 1
-    assert bool(host_results["positions.rope_encode_restored"])  # the model is ComfyUI's own again after each call
-
-
 @pytest.mark.parametrize("path", cases("dit_"))
-def test_host_dit_comfyui_wan_matches_reference(path, host_results):
-    """ComfyUI's WanModel at the golden size and weights reproduces the reference DiT output."""
+def test_host_dit_comfyui_wan_sampled_with_storymem_conditioning_matches_reference(path, host_results):
+    """ComfyUI's WanModel at the golden size and weights, called by ComfyUI's sampler with StoryMem Conditioning's
+    CONDITIONING, reproduces the reference DiT output: memory at the authors' positions for their fixed code's cases
+    (the conditioning's default placement: no node but the conditioning), the plain numbering for the others."""
+    config, tensors = load_case(path)
+    assert case_placement(config)[0] == DEFAULT_MEMORY_POSITIONS or "memory_size" not in config
+    torch.testing.assert_close(host_results[f"{path.stem}.sampled"], tensors["out"], **TOLERANCE)
+    assert int(host_results[f"{path.stem}.sampled.calls"]) >= 1  # a wrapper on the MODEL still runs
+    assert bool(host_results[f"{path.stem}.rope_encode_restored"])  # the model is ComfyUI's own after sampling
+
+
+@pytest.mark.parametrize("path", memory_cases("dit_"))
+def test_host_dit_other_memory_placement_misses_reference(path, host_results):
+    """The conditioning's placement acts on ComfyUI's model: the other one gives another output."""
     _, tensors = load_case(path)
-    torch.testing.assert_close(host_results[f"{path.stem}.out"], tensors["out"], **TOLERANCE)
+    assert (host_results[f"{path.stem}.other"] - tensors["out"]).abs().max() > 1e-3
 
 
 def merged(case: dict, tensors: dict, loras: list) -> dict[str, torch.Tensor]:

@@ -1,11 +1,13 @@
-"""Memory-to-video and text-to-video shots equal the reference loop on every m2v_* / t2v_* golden case."""
+"""Memory-to-video and text-to-video shots equal the reference loop on every m2v_* / t2v_* golden case: the authors'
+fixed loop (`*_negrope`) with our default memory placement, the first release's with its numbering."""
 
 
 import pytest
 import torch
-from golden_data import cases, dit_config_for, load_case, with_prefix
+from golden_data import case_placement, cases, dit_config_for, load_case, with_prefix
 from helpers import given_frames, is_released_mi2v_bug, loop_vae, loop_weights
 
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS
 from storymem_core.conditioning import (
     LATENT_FRAME_STRIDE,
     VAE_STRIDE,
@@ -15,6 +17,7 @@ from storymem_core.conditioning import (
     to_model_images,
 )
 from storymem_core.errors import ConditioningError
+from storymem_core.positions import DEFAULT_SPACING
 from storymem_core.sampling import ExpertPair, SamplerSettings, seeded_noise
 from storymem_core.shot import generate_memory_shot, generate_text_shot
 from storymem_core.wan.dit import DiTConfig, WanDiT
@@ -86,6 +89,15 @@ def test_m2v_conditioning_matches_reference(path):
     torch.testing.assert_close(y, tensors["y"], atol=1e-4, rtol=1e-4)
 
 
+def placement_argument(config: dict) -> dict:
+    """No argument for a case of the authors' fixed code (the default must be it), the first release's otherwise."""
+    placement, spacing = case_placement(config)
+    if placement == DEFAULT_MEMORY_POSITIONS:
+        assert spacing == DEFAULT_SPACING
+        return {}
+    return {"memory_positions": placement}
+
+
 @pytest.mark.parametrize("path", cases("m2v_"))
 def test_m2v_shot_matches_reference(path):
     config, tensors = load_case(path)
@@ -94,7 +106,7 @@ def test_m2v_shot_matches_reference(path):
     result = generate_memory_shot(
         build_experts(weights), loop_vae(weights), tensors["context"], tensors["context_null"],
         tensors["memory_images"], config["frame_num"], config["max_area"], settings,
-        fix_mem=config["fix_mem"], decode_memory=True, memory_positions="released", **given_frames(config, tensors),
+        fix_mem=config["fix_mem"], decode_memory=True, **placement_argument(config), **given_frames(config, tensors),
     )
     noise, _ = seeded_noise(tuple(tensors["noise"].shape), settings.seed)
     torch.testing.assert_close(noise, tensors["noise"], atol=0, rtol=0)
@@ -108,15 +120,16 @@ def test_m2v_shot_matches_reference(path):
 
 
 @pytest.mark.parametrize("path", cases("m2v_"))
-def test_m2v_negative_memory_positions_give_another_shot(path):
-    """The paper's negative shift is a real alternative: same conditioning and noise, another shot (released,
-    the default, is the reference's shot: test_m2v_shot_matches_reference)."""
+def test_m2v_other_memory_placement_gives_another_shot(path):
+    """The placement is not a detail: same conditioning and noise at the other placement give another shot than the
+    case's (its own placement gives the case's shot: test_m2v_shot_matches_reference)."""
     config, tensors = load_case(path)
     weights = loop_weights(config, tensors)
+    other = "first-release" if case_placement(config)[0] == "upstream" else "upstream"
     result = generate_memory_shot(
         build_experts(weights), loop_vae(weights), tensors["context"], tensors["context_null"],
         tensors["memory_images"], config["frame_num"], config["max_area"], settings_for(config),
-        fix_mem=config["fix_mem"], memory_positions="negative", **given_frames(config, tensors),
+        fix_mem=config["fix_mem"], memory_positions=other, **given_frames(config, tensors),
     )
     assert result.video.shape == tensors["video"].shape and result.video.isfinite().all()
     # tiny random experts move little (3e-3 to 5e-3 here), but clearly outside the parity tolerance
@@ -124,7 +137,7 @@ def test_m2v_negative_memory_positions_give_another_shot(path):
 
 
 def test_m2v_unknown_memory_positions_are_refused_before_sampling():
-    with pytest.raises(ConditioningError, match="placement 'sideways' is unknown: use one of released, negative"):
+    with pytest.raises(ConditioningError, match="placement 'sideways' is unknown: use one of upstream, first-release"):
         generate_memory_shot(None, None, None, None, [], memory_positions="sideways")
 
 

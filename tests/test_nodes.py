@@ -412,12 +412,12 @@ def test_reroll_gets_the_same_bank_and_gives_another_shot(pack):
     assert all(torch.equal(a, b) for a, b in zip(snapshot, bank.image_list()))
 
 
-def test_memory_positions_negative_gives_another_shot_released_is_the_default(pack):
+def test_memory_positions_upstream_is_the_default_first_release_gives_another_shot(pack):
     bank = reference_bank()
     (default, _, _), _ = memory_shot(pack, bank)
-    (released, _, _), _ = memory_shot(pack, bank, memory_positions="released")
-    (negative, _, _), _ = memory_shot(pack, bank, memory_positions="negative")
-    assert torch.equal(default, released) and not torch.equal(released, negative)
+    (upstream, _, _), _ = memory_shot(pack, bank, memory_positions="upstream")
+    (first_release, _, _), _ = memory_shot(pack, bank, memory_positions="first-release")
+    assert torch.equal(default, upstream) and not torch.equal(upstream, first_release)
 
 
 @pytest.mark.parametrize("name", ["StoryMemShot", "StoryMemStoryRunner"])
@@ -425,7 +425,7 @@ def test_memory_positions_is_the_last_input_so_saved_workflows_keep_loading(name
     """ComfyUI restores widget values by position: a widget added anywhere but last would shift the saved ones."""
     declared = node(name).INPUT_TYPES()
     assert list(declared["optional"])[-1] == "memory_positions"
-    assert declared["optional"]["memory_positions"][1]["default"] == "released"
+    assert declared["optional"]["memory_positions"][1]["default"] == "upstream"
 
 
 def test_interrupted_shot_raises_and_keeps_the_bank(pack):
@@ -492,11 +492,16 @@ def test_story_runner_generates_and_resumes(pack):
     assert again == path and shots_and_banks() == finished  # resumed: no shot or bank regenerated or rewritten
     (_, _, reseeded), _ = call("StoryMemStoryRunner", **(arguments | {"seed": 7}))
     assert Path(reseeded).parent != story_folder and shots_and_banks() == finished
-    (_, _, released), _ = call("StoryMemStoryRunner", **(arguments | {"memory_positions": "released"}))
-    assert released == path  # the default, spelled out: the same story folder, resumed
-    (shifted_film, _, shifted), _ = call("StoryMemStoryRunner", **(arguments | {"memory_positions": "negative"}))
-    assert Path(shifted).parent != story_folder and shots_and_banks() == finished
-    assert shifted_film.shape == film.shape and not torch.equal(shifted_film, film)
+    (_, _, upstream), _ = call("StoryMemStoryRunner", **(arguments | {"memory_positions": "upstream"}))
+    assert upstream == path  # the default, spelled out: the same story folder, resumed
+    (first_release_film, _, first_release), _ = call(
+        "StoryMemStoryRunner", **(arguments | {"memory_positions": "first-release"})
+    )
+    assert Path(first_release).parent != story_folder and shots_and_banks() == finished  # one film, one placement
+    assert first_release_film.shape == film.shape and not torch.equal(first_release_film, film)
+    assert json.loads((Path(first_release).parent / "story_record.json").read_text())["memory_positions"] == (
+        "first-release"
+    )
 
 
 def test_story_runner_bar_counts_only_the_shots_it_makes(pack, monkeypatch):

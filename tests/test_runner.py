@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -489,14 +490,39 @@ def test_hpsv3_quality_without_its_package_says_how_to_install(tmp_path, models_
     assert "pip install hpsv3" in capsys.readouterr().err
 
 
-def test_memory_positions_flag_reaches_the_story_options(capsys):
-    base = ["story", "story.json", "--models-dir", "models", "--out", "out"]
-    assert options_from_args(_parser().parse_args(base)).memory_positions == "released"  # as the published code
-    negative = options_from_args(_parser().parse_args(base + ["--memory-positions", "negative"]))
-    assert negative.memory_positions == "negative"
+def test_memory_positions_flag_reaches_the_story_options(tmp_path, capsys):
+    base = ["story", "story.json", "--models-dir", "models", "--out", str(tmp_path / "new")]
+    assert options_from_args(_parser().parse_args(base)).memory_positions == "upstream"  # as the authors ship it
+    first_release = options_from_args(_parser().parse_args(base + ["--memory-positions", "first-release"]))
+    assert first_release.memory_positions == "first-release"
     with pytest.raises(SystemExit) as refused:
-        _parser().parse_args(base + ["--memory-positions", "before"])
-    assert refused.value.code == 2 and "choose from 'released', 'negative'" in capsys.readouterr().err
+        _parser().parse_args(base + ["--memory-positions", "released"])
+    assert refused.value.code == 2 and "choose from 'upstream', 'first-release'" in capsys.readouterr().err
+
+
+def test_a_story_begun_with_the_first_release_numbering_continues_with_it(tmp_path, models_dir, capsys):
+    """A folder from before placements were recorded was made with the first release's numbering: a plain re-run goes
+    on with it (the remade shot is the one it made), a later shot with the authors' placement is refused, and only
+    --from-shot 1 remakes the story their way."""
+    argv = mr2v_argv(tmp_path, models_dir, "refs", shots=3)
+    assert main(argv + ["--memory-positions", "first-release"]) == 0
+    folder = StoryFolder(tmp_path / "out")
+    made = read_mp4(folder.video(2))
+    record = json.loads(folder.record.read_text())
+    assert record.pop("memory_positions") == "first-release"
+    folder.record.write_text(json.dumps(record))  # as stories were recorded before placements were
+    folder.video(2).unlink()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "continuing the story" in capsys.readouterr().out and torch.equal(read_mp4(folder.video(2)), made)
+    before = snapshot(tmp_path / "out")
+    assert main(argv + ["--memory-positions", "upstream", "--from-shot", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "never mixes placements" in error and "--memory-positions first-release" in error
+    assert snapshot(tmp_path / "out") == before
+    assert main(argv + ["--memory-positions", "upstream", "--from-shot", "1"]) == 0
+    assert json.loads(folder.record.read_text())["memory_positions"] == "upstream"
+    assert not torch.equal(read_mp4(folder.video(2)), made)
 
 
 def test_memory_shots_default_to_storymem_m2v_sampling():

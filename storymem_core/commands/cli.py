@@ -43,9 +43,11 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
                              "T2V first shot) stacked on the StoryMem LoRA, sampled as their authors do: 4 Euler "
                              "steps, shift 5, CFG 1 (one forward per step); --steps, --shift, --guide, --solver still "
                              "override")
-    parser.add_argument("--memory-positions", default="released", choices=MEMORY_POSITIONS,
-                        help="memory frames' time positions: released (0..M-1 before the shot, as the published "
-                             "code and LoRA; default) or negative (the paper's shift: memory at -5M..-5, shot from 0)")
+    parser.add_argument("--memory-positions", default=None, choices=MEMORY_POSITIONS,
+                        help="memory frames' time positions: upstream (memory at -5M..-5, the shot from 0, as the "
+                             "StoryMem authors' code since their fix of 2026-01 and the LoRA's training; default for a "
+                             "new story) or first-release (0..M-1 then the shot, the first release's numbering). A "
+                             "started story continues with the placement it was made with")
     parser.add_argument("--from-shot", type=int, default=None, metavar="N",
                         help="regenerate from shot N (1-based) with the options given now: from the bank before it, "
                              "windowed to --max-memory / --fixed-memory (N = 1: the initial bank, rebuilt from "

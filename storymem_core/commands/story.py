@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..choices import DEFAULT_MEMORY_POSITIONS
 from ..distributed import Parallel, torchrun_session
 from ..errors import StoryMemError
 from ..files import load_image
@@ -19,7 +20,7 @@ from ..pipeline import StoryOptions, run_story
 from ..presets import preset_roles, preset_settings
 from ..sampling import SamplerSettings
 from ..story import Story, load_story, shown_text
-from ..story_folder import check_output_folder
+from ..story_folder import check_output_folder, story_placement
 from ..story_models import LoadOptions, load_story_models
 from ..weights.loading import dit_config
 
@@ -65,7 +66,7 @@ def options_from_args(args: argparse.Namespace) -> StoryOptions:
     options = StoryOptions(
         first_shot=args.first_shot, continuation=args.continuation, max_memory=args.max_memory,
         fixed_memory=args.fixed_memory, seed=args.seed, size_wh=(width, height), frames=args.frames, m2v=m2v, t2v=t2v,
-        memory_positions=args.memory_positions,
+        memory_positions=args.memory_positions or story_placement(args.out) or DEFAULT_MEMORY_POSITIONS,
     )
     options.check()  # every number in its range before anything loads
     return options
@@ -130,6 +131,9 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
 
 def run_story_command(args: argparse.Namespace) -> int:
     options = options_from_args(args)
+    if args.memory_positions is None and options.memory_positions != DEFAULT_MEMORY_POSITIONS:
+        print(f"continuing the story in {args.out} with memory positions {options.memory_positions}, as it was begun "
+              f"(--memory-positions {DEFAULT_MEMORY_POSITIONS} --from-shot 1 remakes it the authors' current way)")
     with torchrun_session() as parallel:
         film = run_story_files(args.script, args.models_dir, args.out, options, load_options_from_args(args, parallel),
                                args.reference, args.from_shot)
