@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 PAIRS = ("m2v", "t2v")  # the expert pairs a forward can name
 STOP, FORWARD = 0, 1
-HEADER_SIZE = 13
+HEADER_SIZE = 14
 FIRST_ERROR_KEY = "storymem/first_error"
 T = TypeVar("T")
 
@@ -48,8 +48,8 @@ class PairChannel:
     pair: str
 
     def prediction(self, high: bool, latent: torch.Tensor, t: float, context: torch.Tensor, context_null: torch.Tensor,
-                   guide: float, y: torch.Tensor | None) -> torch.Tensor:
-        return self.parallel.lead_forward(self.pair, high, latent, t, context, context_null, guide, y)
+                   guide: float, y: torch.Tensor | None, frame_positions: torch.Tensor | None) -> torch.Tensor:
+        return self.parallel.lead_forward(self.pair, high, latent, t, context, context_null, guide, y, frame_positions)
 
 
 class Parallel:
@@ -105,15 +105,18 @@ class Parallel:
     # ------------------------------------------------------------------ rank 0
 
     def lead_forward(self, pair: str, high: bool, latent: torch.Tensor, t: float, context: torch.Tensor,
-                     context_null: torch.Tensor, guide: float, y: torch.Tensor | None) -> torch.Tensor:
+                     context_null: torch.Tensor, guide: float, y: torch.Tensor | None,
+                     frame_positions: torch.Tensor | None) -> torch.Tensor:
         header = [FORWARD, PAIRS.index(pair), float(high), guide, t, *latent.shape, 0 if y is None else y.shape[0],
-                  context.shape[0], context_null.shape[0], context.shape[1]]
+                  context.shape[0], context_null.shape[0], context.shape[1], float(frame_positions is not None)]
         with self._failures():
             self._broadcast(torch.tensor(header, dtype=torch.float64))
             latent, context, context_null = (self._broadcast(x.float()) for x in (latent, context, context_null))
             y = None if y is None else self._broadcast(y.float())
+            # one position per latent frame
+            frame_positions = None if frame_positions is None else self._broadcast(frame_positions.double())
             # every rank computes from the same broadcast values, so every rank holds the same prediction
-            return self._predict(self._model(pair, high), latent, t, context, context_null, guide, y)
+            return self._predict(self._model(pair, high), latent, t, context, context_null, guide, y, frame_positions)
 
     def stop(self) -> None:
         """Release the serving ranks (after the story, or after a failure on this rank outside a forward)."""
@@ -130,7 +133,8 @@ class Parallel:
                 header = self._broadcast(torch.empty(HEADER_SIZE, dtype=torch.float64)).tolist()
                 if header[0] == STOP:
                     return
-                _, pair_index, high, guide, t, *latent_shape, y_channels, context_len, null_len, text_dim = header
+                _, pair_index, high, guide, t, *latent_shape, y_channels, context_len, null_len, text_dim, placed = (
+                    header)
                 pair = self._pairs[PAIRS[int(pair_index)]]
                 if previous is not None and previous is not pair:
                     previous.park()
@@ -140,8 +144,9 @@ class Parallel:
                 context = self._broadcast(torch.empty(int(context_len), int(text_dim)))
                 context_null = self._broadcast(torch.empty(int(null_len), int(text_dim)))
                 y = self._broadcast(torch.empty(int(y_channels), *shape[1:])) if y_channels else None
+                positions = self._broadcast(torch.empty(shape[1], dtype=torch.float64)) if placed else None
                 model = self._model(PAIRS[int(pair_index)], bool(high))
-                self._predict(model, latent, t, context, context_null, guide, y)
+                self._predict(model, latent, t, context, context_null, guide, y, positions)
 
     # ------------------------------------------------------------------ every rank
 
@@ -149,7 +154,8 @@ class Parallel:
         return self._pairs[pair].activate(high=high)
 
     def _predict(self, model: nn.Module, latent: torch.Tensor, t: float, context: torch.Tensor,
-                 context_null: torch.Tensor, guide: float, y: torch.Tensor | None) -> torch.Tensor:
+                 context_null: torch.Tensor, guide: float, y: torch.Tensor | None,
+                 frame_positions: torch.Tensor | None) -> torch.Tensor:
         """uncond + guide * (cond - uncond), as one process computes it, with the work split over the ranks."""
         device = self.device
         latent, context, context_null = latent.to(device), context.to(device), context_null.to(device)
@@ -158,7 +164,7 @@ class Parallel:
 
         def forward(prompt: torch.Tensor, shards: SequenceShards) -> torch.Tensor:
             with sharded_sequence(model, shards):
-                return model(latent[None], timestep, prompt[None], y_batch)[0]
+                return model(latent[None], timestep, prompt[None], y_batch, frame_positions)[0]
 
         if guide == 1.0:
             return forward(context, self.everyone)

@@ -142,13 +142,13 @@ def denoise(
     with torch.no_grad():
         for i, t in enumerate(solver.timesteps):
             model = experts.for_timestep(t.item(), boundary_t)
-            if frame_positions is not None:
-                model = partial(model, frame_positions=frame_positions)
             guide = settings.guide_high if t.item() >= boundary_t else settings.guide_low
             if experts.parallel is not None:
-                high = model is experts.high
-                prediction = experts.parallel.prediction(high, latent, t.item(), context, context_null, guide, y)
+                prediction = experts.parallel.prediction(model is experts.high, latent, t.item(), context, context_null,
+                                                         guide, y, frame_positions)
             else:
+                if frame_positions is not None:
+                    model = partial(model, frame_positions=frame_positions)
                 prediction = guided_prediction(
                     model, latent, t.reshape(1).to(device), context, context_null, guide, y, settings.batch_cfg
                 )
