@@ -221,3 +221,13 @@ def test_workflow_shot_values_match_the_story_shot_that_feeds_them(path, comfy):
         values = dict(zip(widget_slots(comfy[node["type"]]), node["widgets_values"]))
         assert values["prompt"] == shot.prompt and values.get("cut", shot.cut) == shot.cut
         assert node["title"].startswith(f"Shot {number} · ")
+
+
+@pytest.mark.parametrize("path", sorted((WORKFLOWS[0].parent / "native").glob("*.json")), ids=lambda p: p.stem)
+def test_native_workflow_samples_with_the_authors_memory_positions(path):
+    """Each native shot's StoryMem Conditioning carries the upstream placement (it attaches the positions itself, see
+    test_host_models); no other node places the memory."""
+    workflow = load(path)
+    conditionings = [n for n in workflow["nodes"] if n["type"] == "StoryMemConditioning"]
+    assert len(conditionings) == 3 and all(n["widgets_values"][-1] == "upstream" for n in conditionings)
+    assert not any("Positions" in n["type"] for n in workflow["nodes"])
