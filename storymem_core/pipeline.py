@@ -106,6 +106,7 @@ class StoryOptions:
 
 ShotCallback = Callable[[int, int, str], None]
 StepCallback = Callable[[int, int], None]
+SavedCallback = Callable[[int, int, MemoryBank], None]
 
 
 def run_story(
@@ -118,11 +119,13 @@ def run_story(
     on_shot: ShotCallback | None = None,
     on_step: StepCallback | None = None,
     checked: FolderState | None = None,
+    on_saved: SavedCallback | None = None,
 ) -> Path:
     """Generate every unfinished shot of `story` into `out_dir` and return the concatenated film.
 
     `from_shot` is 0-based (the CLI converts); `on_shot(index, total, prompt)` is called before each
-    generated shot and `on_step(step, steps)` after each sampling step (it may raise to interrupt).
+    generated shot, `on_step(step, steps)` after each sampling step (it may raise to interrupt) and
+    `on_saved(index, total, memory)` once the shot and the bank after it are saved.
     `checked` is what `StoryOptions.check_folder` gave a caller that checked before loading its models.
     """
     options.check_story(story)
@@ -143,6 +146,8 @@ def run_story(
         if shot.index == 0:
             initial.save(folder.bank(-1))
         _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
+        if on_saved is not None:
+            on_saved(shot.index, len(shots), outcome.memory)
     if not folder.film_is_current(shots):
         concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
         save_picture(MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet(), folder.contact_sheet)

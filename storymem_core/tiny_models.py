@@ -146,8 +146,39 @@ def _clip(seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     visual = open_clip.model._build_vision_tower(CLIP["embed_dim"], CLIP["vision_cfg"], CLIP["quick_gelu"])
     text = open_clip.model._build_text_tower(CLIP["embed_dim"], CLIP["text_cfg"], CLIP["quick_gelu"])
-    visual_state = {f"visual.{name}": t for name, t in visual.state_dict().items()}
+    visual_state = {f"visual.{name}": t for name, t in _content_vision(visual.state_dict(), seed).items()}
     return visual_state | text.state_dict() | {"logit_scale": torch.tensor(4.6052)}  # log(100), CLIP's trained value
+
+
+def _content_vision(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """The vision tower's weights chosen so that its embedding is a random projection of the image's pixels.
+
+    At random init the class token dominates what the tower returns, so every image looks alike (cosine above
+    keyframe selection's 0.9 cut) and no story's memory grows. Here the class token starts empty and only gathers:
+    no class or position embedding, uniform attention (zero queries and keys), identity values and output, no MLP
+    output. It ends as the mean of the layer-normed patch embeddings, random projections of the pixels (normalised
+    by CLIP's mean and std), so different images give different embeddings and the same image the same one.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    width, embed_dim = state["proj"].shape
+    patch = torch.randn(state["conv1.weight"].shape, generator=generator)
+    chosen = {
+        "conv1.weight": patch / patch[0].numel() ** 0.5,  # scaled by fan-in, as a linear layer is
+        "class_embedding": torch.zeros(width),
+        "positional_embedding": torch.zeros_like(state["positional_embedding"]),
+        "proj": torch.randn(width, embed_dim, generator=generator) / width**0.5,
+    }
+    for layer in range(CLIP["vision_cfg"]["layers"]):
+        block = f"transformer.resblocks.{layer}"
+        chosen |= {
+            f"{block}.attn.in_proj_weight": torch.cat([torch.zeros(2 * width, width), torch.eye(width)]),  # q, k, v
+            f"{block}.attn.in_proj_bias": torch.zeros(3 * width),
+            f"{block}.attn.out_proj.weight": torch.eye(width),
+            f"{block}.attn.out_proj.bias": torch.zeros(width),
+            f"{block}.mlp.c_proj.weight": torch.zeros_like(state[f"{block}.mlp.c_proj.weight"]),
+            f"{block}.mlp.c_proj.bias": torch.zeros(width),
+        }
+    return state | chosen
 
 
 def write_tiny_models(models_dir: str | Path, seed: int = 0, num_heads: int = DIT["num_heads"]) -> Path:

@@ -347,8 +347,10 @@ def test_story_runs_with_previews_and_its_memory_stays_after_a_reload(frontend, 
         ["Shot 2", "cut", "M2V"],
         ["Shot 3", "continues", "MI2V"],
     ]
+    counts = [panel["keyframes"] for panel in panels]
+    assert counts[0] >= 1 and all(earlier < later for earlier, later in zip(counts, counts[1:])), counts  # it grows
     for panel in panels:
-        assert panel["keyframes"] >= 1 and panel["loaded"], panel
+        assert panel["loaded"], panel
         assert (
             panel["video"] and panel["video"]["loop"] and panel["video"]["muted"] and "shot_" in panel["video"]["src"]
         ), panel

@@ -144,7 +144,7 @@ def test_a_rank_failing_mid_shot_stops_every_rank_with_its_error_and_the_story_r
     assert "the GPU of rank 1 fell off the bus" in run.stdout + run.stderr
     folder = StoryFolder(tmp_path / "out")
     assert folder.is_finished(0) and not folder.is_finished(1)
-    shot_1 = {name: value for name, value in files_under(folder.root).items() if "001" in name}
+    shot_1 = {name: value for name, value in files_under(folder.root).items() if "shot_001" in name}
     assert main(argv + ["--device", "cpu"]) == 0  # one process continues the story
     assert folder.is_finished(1) and folder.film.is_file()
-    assert {name: value for name, value in files_under(folder.root).items() if "001" in name} == shot_1
+    assert {name: value for name, value in files_under(folder.root).items() if "shot_001" in name} == shot_1

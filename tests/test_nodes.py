@@ -378,9 +378,10 @@ def test_memory_shot_from_references_is_mr2v(pack):
 
 
 def test_memory_shot_takes_references_of_different_sizes(pack):
-    (square,), _ = call("StoryMemBankFromImages", images=image_batch(1), width=32, height=32, max_size=4, fixed=1)
+    # room for the shot's keyframes beside both references: none is evicted
+    (square,), _ = call("StoryMemBankFromImages", images=image_batch(1), width=32, height=32, max_size=6, fixed=1)
     (mixed,), _ = call(
-        "StoryMemBankFromImages", images=image_batch(1), width=48, height=32, max_size=4, fixed=1, memory=square
+        "StoryMemBankFromImages", images=image_batch(1), width=48, height=32, max_size=6, fixed=1, memory=square
     )
     (frames, bank, _), _ = memory_shot(pack, mixed, shot_number=1)
     assert frames.shape == (5, 32, 32, 3)  # the first keyframe's aspect ratio

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from helpers import files_under as snapshot
 from helpers import story_script
 
 from storymem_core.commands.cli import _parser, main
-from storymem_core.commands.demo import DEMO_FRAMES, DEMO_STORY
+from storymem_core.commands.demo import DEMO_FRAMES, DEMO_SHOTS
 from storymem_core.commands.story import options_from_args
 from storymem_core.errors import CheckpointError
 from storymem_core.files import load_image
@@ -55,20 +56,32 @@ def story_bar(stderr: str) -> list[str]:
 def test_demo_writes_every_artefact_and_a_film_of_the_summed_frames(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     folder = StoryFolder(tmp_path / "story")
-    shots = sum(len(scene["video_prompts"]) for scene in DEMO_STORY["scenes"])
-    lengths = [len(read_mp4(folder.video(i))) for i in range(shots)]
+    lengths = [len(read_mp4(folder.video(i))) for i in range(DEMO_SHOTS)]
     assert lengths == [
         DEMO_FRAMES,
         DEMO_FRAMES - 1,
         DEMO_FRAMES,
     ]  # shot 2 continues shot 1 (MI2V drops its given frame)
     assert len(read_mp4(folder.film)) == sum(lengths)
-    banks = [MemoryBank.load(folder.bank(i)) for i in range(shots)]
+    banks = [MemoryBank.load(folder.bank(i)) for i in range(DEMO_SHOTS)]
     assert all(len(bank) >= 1 for bank in banks)
     assert folder.contact_sheet.is_file()
     captured = capsys.readouterr()
     assert "pixels are noise" in captured.out
-    assert story_bar(captured.err)[-1] == f"{shots}/{shots}"
+    assert story_bar(captured.err)[-1] == f"{DEMO_SHOTS}/{DEMO_SHOTS}"
+
+
+def test_demo_memory_grows_and_the_demo_says_so(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    folder = StoryFolder(tmp_path / "story")
+    banks = [MemoryBank.load(folder.bank(i)) for i in range(DEMO_SHOTS)]
+    shown = re.findall(r"^shot (\d+)/(\d+): (\d+) keyframe\(s\) in memory \(\+(\d+) from this shot\)$", out, re.M)
+    assert shown == [(str(i + 1), str(DEMO_SHOTS), str(len(bank)), str(sum(k.shot == i for k in bank.keyframes)))
+                     for i, bank in enumerate(banks)]  # one line per shot, as its bank on disk holds
+    final = re.search(r"^memory after the last shot: (\d+) keyframe\(s\) from shot\(s\) ([\d, ]+);", out, re.M)
+    assert int(final[1]) == len(banks[-1]) >= 2 and len(final[2].split(", ")) >= 2  # keyframes of several shots
+    assert len(banks[-1]) > len(banks[0])  # later shots added to what the first one gave
 
 
 def test_story_command_mr2v_starts_from_the_reference_images(tmp_path, models_dir):

@@ -3,7 +3,8 @@
 It walks the same path as a real story (files found in a ComfyUI-style models folder, T2V first shot,
 an MI2V shot that continues the last frame, an M2V shot after a cut, keyframes into the bank after
 each shot, resumable output folder), so a new user sees every artefact in a minute. The models are
-random, so the pixels are noise. Commands live in storymem_core/commands/ (see docs/architecture.md).
+random, so the pixels are noise; the tiny keyframe encoder still tells frames apart by their pixels, so the
+memory grows shot by shot. Commands live in storymem_core/commands/ (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import torch
 
 from ..errors import StoryMemError
 from ..files import atomic_write_path, staging_folder
+from ..memory import MemoryBank
 from ..pipeline import StoryOptions
 from ..shot import T2V_SETTINGS
-from ..story_folder import check_output_folder
+from ..story_folder import StoryFolder, check_output_folder
 from ..story_models import LoadOptions
 from ..tiny_models import write_tiny_models
 from .story import run_story_files
@@ -51,6 +53,7 @@ DEMO_STORY = {
 DEMO_SIZE_WH = (64, 64)
 DEMO_FRAMES = 9
 DEMO_STEPS = 4
+DEMO_SHOTS = sum(len(scene["video_prompts"]) for scene in DEMO_STORY["scenes"])
 
 
 def demo_options(seed: int) -> StoryOptions:
@@ -86,8 +89,16 @@ def run_demo(out: str | Path, seed: int = 0) -> int:
         with atomic_write_path(script) as tmp:
             tmp.write_text(story_text, encoding="utf-8")
     film = run_story_files(script, models_dir, out / "story", options, LoadOptions(device=torch.device("cpu")))
+    folder = StoryFolder(film.parent)
     print(f"demo film: {film}")
-    print(f"shots: {film.parent / 'shots'}; memory banks: {film.parent / 'banks'}; memory contact sheet: "
-          f"{film.parent / 'memory.png'}")
+    print(f"shots: {folder.root / 'shots'}; memory banks: {folder.root / 'banks'}")
+    print(f"memory after the last shot: {memory_summary(MemoryBank.load(folder.bank(DEMO_SHOTS - 1)))}; contact "
+          f"sheet: {folder.contact_sheet}")
     print("The models are tiny and random, so the pixels are noise: real stories need the Wan2.2 weights (see README).")
     return 0
+
+
+def memory_summary(memory: MemoryBank) -> str:
+    """How many keyframes the memory holds and which shots gave them (1-based, as the shot lines count)."""
+    shots = sorted({keyframe.shot + 1 for keyframe in memory.keyframes})
+    return f"{len(memory)} keyframe(s) from shot(s) {', '.join(map(str, shots))}"

@@ -15,6 +15,7 @@ from ..choices import DEFAULT_MEMORY_POSITIONS
 from ..distributed import Parallel, torchrun_session
 from ..errors import StoryMemError
 from ..files import load_image
+from ..memory import MemoryBank
 from ..model_roles import find_model_files, parse_device, quality_model, required_roles
 from ..pipeline import StoryOptions, run_story
 from ..presets import preset_roles, preset_settings
@@ -44,6 +45,9 @@ class StoryProgress:
             self.steps = tqdm(total=steps, desc="  steps", unit="step", leave=False)
         self.steps.update(1)
 
+    def on_saved(self, index: int, total: int, memory: MemoryBank) -> None:
+        tqdm.write(memory_line(index, total, memory))  # above the bars, which are drawn again below it
+
     def finished(self) -> None:
         """The bar at its end: on_shot only moves it before a shot, and never past the last."""
         self.shots.n = self.shots.total
@@ -53,6 +57,12 @@ class StoryProgress:
         for bar in (self.steps, self.shots):
             if bar is not None:
                 bar.close()
+
+
+def memory_line(index: int, total: int, memory: MemoryBank) -> str:
+    """After shot `index`: how many keyframes the memory holds and how many of them that shot gave."""
+    added = sum(keyframe.shot == index for keyframe in memory.keyframes)
+    return f"shot {index + 1}/{total}: {len(memory)} keyframe(s) in memory (+{added} from this shot)"
 
 
 def options_from_args(args: argparse.Namespace) -> StoryOptions:
@@ -120,7 +130,7 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
         progress = StoryProgress(story)
         try:
             film = run_story(story, models, options, out, reference_images or None, start, on_shot=progress.on_shot,
-                             on_step=progress.on_step, checked=checked)
+                             on_step=progress.on_step, checked=checked, on_saved=progress.on_saved)
             progress.finished()
             return film
         finally:
