@@ -31,12 +31,11 @@ from storymem_core.keyframes import (
     MAX_KEYFRAMES,
     SIMILARITY_THRESHOLD,
     THRESHOLD_STEP,
-    AestheticHead,
-    OpenClipEncoder,
     select_indices,
     select_keyframes,
 )
 from storymem_core.memory import MemoryBank
+from storymem_core.scorers import AestheticHead, OpenClipEncoder
 from tests.golden_data import golden_dir
 
 VISION = {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32}

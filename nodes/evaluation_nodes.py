@@ -26,10 +26,9 @@ from storymem_core.evaluation import (
 from storymem_core.evaluation_pictures import heatmap, score_chart
 from storymem_core.evaluation_report import summary_table, write_report
 from storymem_core.files import save_picture
-from storymem_core.keyframes import AestheticHead
 from storymem_core.story import Story
 from storymem_core.video import image_batch_to_frames
-from storymem_core.weights.clip_files import load_clip_text_encoder, load_keyframe_encoder
+from storymem_core.weights.scorer_files import load_aesthetic_head, load_clip_text_encoder, load_keyframe_encoder
 
 from . import host
 from .inputs import model_file
@@ -156,7 +155,7 @@ class EvaluateStory:
         image = load_keyframe_encoder(path, open_clip_name, host.device())
         head = None
         if aesthetic_head != NO_AESTHETIC_HEAD:
-            head = AestheticHead.from_file(host.model_path("clip_vision", aesthetic_head))
+            head = load_aesthetic_head(host.model_path("clip_vision", aesthetic_head))
             head.check_fits(image)
         return Scorers(image, load_clip_text_encoder(path, open_clip_name, host.device()), head)
 

@@ -10,13 +10,12 @@ import torch
 
 from storymem_core.choices import OFFLOAD_CHOICES, WEIGHT_CHOICES
 from storymem_core.expert_pair import DTYPES, auto_dtype, load_expert_pair
-from storymem_core.keyframes import AestheticHead, HPSv3Scorer
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.presets import find_lora_names, preset_loras, preset_settings
 from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import shot_tokens
-from storymem_core.weights.clip_files import load_keyframe_encoder
 from storymem_core.weights.loading import load_text_encoder, load_vae
+from storymem_core.weights.scorer_files import load_aesthetic_head, load_hpsv3, load_keyframe_encoder
 
 from . import host
 from .inputs import model_file
@@ -231,9 +230,9 @@ class LoadKeyframeEncoder:
             # the paper's HPSv3 reward model when chosen (needs `pip install hpsv3`), else a LAION head on the CLIP
             # embeddings
             if "hpsv3" in aesthetic_head.lower():
-                scorer = HPSv3Scorer(path, host.device())
+                scorer = load_hpsv3(path, host.device())
             else:
-                scorer = AestheticHead.from_file(path)
+                scorer = load_aesthetic_head(path)
                 scorer.check_fits(encoder)
         return (KeyframeModel(encoder, clip_model, scorer),)
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from storymem_core.errors import StoryMemError
-from storymem_core.keyframes import AestheticScorer, ImageEncoder
 from storymem_core.lora import LoraWeights, apply_loras
 from storymem_core.sampling import ExpertPair
+from storymem_core.scorers import AestheticScorer, ImageEncoder
 from storymem_core.wan.dit import DiTConfig
 from storymem_core.wan.text_encoder import ParkedTextEncoder, TextEncoder
 

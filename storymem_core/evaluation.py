@@ -27,9 +27,9 @@ from PIL import Image
 
 from .errors import StoryMemError
 from .files import check_frames
-from .keyframes import AestheticScorer, ImageEncoder, _embed_bank
 from .memory import MemoryBank, MemoryBankError
 from .pipeline import StoryFolder
+from .scorers import AestheticScorer, ImageEncoder, embed_images
 from .story import Shot, Story, load_story
 from .video import read_mp4
 
@@ -204,7 +204,7 @@ def evaluate_story(
     embeddings = torch.stack([s.embedding for s in scores])  # [N, D]
     reference_similarity = None
     if references:
-        reference_embeddings = _embed_bank(scorers.image, list(references)).float().cpu()  # [R, D]
+        reference_embeddings = embed_images(scorers.image, list(references)).float().cpu()  # [R, D]
         reference_similarity = embeddings @ reference_embeddings.T
     return StoryEvaluation(story.name, tuple(scores), embeddings @ embeddings.T, reference_similarity)
 

@@ -27,9 +27,8 @@ from .evaluation import (
 )
 from .evaluation_pictures import contact_sheet, heatmap, score_chart
 from .files import save_picture, write_json
-from .keyframes import AestheticHead
 from .model_roles import find_model_files, parse_device
-from .weights.clip_files import load_clip_text_encoder, load_keyframe_encoder
+from .weights.scorer_files import load_aesthetic_head, load_clip_text_encoder, load_keyframe_encoder
 
 PICTURES = {"heatmap": "evaluation_heatmap.png", "scores": "evaluation_scores.png", "frames": "evaluation_frames.png"}
 
@@ -38,7 +37,7 @@ def load_scorers(models_dir: str | Path, open_clip_name: str, device: torch.devi
     """The CLIP towers and the LAION aesthetic head, found in a models folder as the story command finds them."""
     files = find_model_files(models_dir, ["clip", "aesthetic"])
     image = load_keyframe_encoder(files["clip"], open_clip_name, device)
-    head = AestheticHead.from_file(files["aesthetic"])
+    head = load_aesthetic_head(files["aesthetic"])
     head.check_fits(image)
     return Scorers(image, load_clip_text_encoder(files["clip"], open_clip_name, device), head)
 

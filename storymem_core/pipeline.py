@@ -20,12 +20,12 @@ from .choices import CONTINUATIONS, DEFAULT_MEMORY_POSITIONS, FIRST_SHOTS, GIVEN
 from .conditioning import check_frame_num, check_size
 from .errors import ConditioningError, StoryMemError
 from .files import fit_image, load_image, save_image, save_picture
-from .keyframes import AestheticScorer, ImageEncoder
 from .limits import MAX_FRAMES, MAX_MEMORY, MAX_SIDE, check_number, check_seed
 from .memory import MemoryBank, discard_bank
 from .positions import check_placement
 from .run_shot import ShotModels, ShotOutcome, ShotRequest, run_shot, story_shot_mode
 from .sampling import ExpertPair, SamplerSettings
+from .scorers import AestheticScorer, ImageEncoder
 from .shot import T2V_SETTINGS, PromptEncoder
 from .story import Shot, Story
 from .story_folder import FolderState, StoryFolder, check_story_folder, pending_shots

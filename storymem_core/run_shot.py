@@ -15,9 +15,10 @@ import torch
 
 from .choices import DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, MOTION_FRAMES, SHOT_MODES
 from .errors import ConditioningError
-from .keyframes import AestheticScorer, ImageEncoder, select_keyframes
+from .keyframes import select_keyframes
 from .memory import MemoryBank
 from .sampling import ExpertPair, SamplerSettings
+from .scorers import AestheticScorer, ImageEncoder
 from .shot import PromptEncoder, encode_prompts, generate_memory_shot, generate_text_shot
 from .video import trim_conditioning_frames, video_to_frames
 from .wan.vae import WanVAE

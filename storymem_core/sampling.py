@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -17,9 +17,6 @@ from .choices import SOLVERS
 from .errors import SamplerError
 from .limits import MAX_GUIDE, MAX_SHIFT, MAX_STEPS, MIN_SHIFT, check_number
 from .solvers import make_solver
-
-if TYPE_CHECKING:
-    from .distributed import PairChannel
 
 NUM_TRAIN_TIMESTEPS = 1000
 LATENT_CHANNELS = 16
@@ -50,12 +47,19 @@ class SamplerSettings:
         check_number(self.boundary, "expert boundary", 0, 1, "Wan2.2 switches experts at 0.9 (M2V) and 0.875 (T2V)")
 
 
+class ForwardChannel(Protocol):
+    """Runs one guided prediction on every rank (storymem_core.distributed's PairChannel under torchrun)."""
+
+    def prediction(self, high: bool, latent: torch.Tensor, t: float, context: torch.Tensor, context_null: torch.Tensor,
+                   guide: float, y: torch.Tensor | None, frame_positions: torch.Tensor | None) -> torch.Tensor: ...
+
+
 class ExpertPair:
     """High-noise and low-noise experts; `offload` keeps only the active one on the device; `parallel` (under
     torchrun, on rank 0) runs each forward across every rank."""
 
     def __init__(self, high: nn.Module, low: nn.Module, device: torch.device | str = "cpu", offload: bool = False,
-                 parallel: PairChannel | None = None):
+                 parallel: ForwardChannel | None = None):
         self.high, self.low = high, low
         self.device = torch.device(device)
         self.offload = offload

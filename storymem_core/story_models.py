@@ -11,14 +11,14 @@ import torch
 
 from .distributed import Parallel
 from .expert_pair import ExpertLoras, auto_dtype, load_expert_pair
-from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
 from .pipeline import StoryModels, StoryOptions
 from .presets import lora_roles
 from .sampling import ExpertPair
+from .scorers import AestheticHead, AestheticScorer
 from .shot import shot_tokens
 from .wan.text_encoder import ParkedTextEncoder, TextEncoder
-from .weights.clip_files import load_keyframe_encoder
 from .weights.loading import load_text_encoder, load_vae
+from .weights.scorer_files import load_aesthetic_head, load_hpsv3, load_keyframe_encoder
 
 log = logging.getLogger(__name__)
 
@@ -81,5 +81,5 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
 
 def _quality_scorer(files: dict[str, Path], device: torch.device) -> AestheticScorer | None:
     if "hpsv3" in files:
-        return HPSv3Scorer(files["hpsv3"], device)
-    return AestheticHead.from_file(files["aesthetic"]) if "aesthetic" in files else None
+        return load_hpsv3(files["hpsv3"], device)
+    return load_aesthetic_head(files["aesthetic"]) if "aesthetic" in files else None

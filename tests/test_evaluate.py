@@ -20,9 +20,8 @@ from storymem_core.commands.cli import main
 from storymem_core.commands.demo import run_demo
 from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
 from storymem_core.evaluation import Scorers, evaluate_story, sample_indices, smoothness
-from storymem_core.keyframes import OpenClipTextEncoder
 from storymem_core.story import loads_story
-from storymem_core.weights.clip_files import load_clip_text_encoder, load_keyframe_encoder
+from storymem_core.weights.scorer_files import load_clip_text_encoder, load_keyframe_encoder
 
 GRID = 4
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
@@ -175,7 +174,7 @@ def test_evaluate_text_tower_loads_from_the_clip_file_and_a_vision_only_file_is_
     vision_only = tmp_path / "open_clip_vision.safetensors"
     save_file({k: v for k, v in load_file(str(clip_file)).items() if k.startswith("visual.")}, str(vision_only))
     with pytest.raises(CheckpointError, match="holds only CLIP's image tower, but prompt following needs its text"):
-        OpenClipTextEncoder.from_file(vision_only, "ViT-B-32-quickgelu")
+        load_clip_text_encoder(vision_only, "ViT-B-32-quickgelu")
 
 
 # ------------------------------------------------------------------ CLI

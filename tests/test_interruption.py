@@ -42,8 +42,8 @@ from storymem_core.story import loads_story
 from storymem_core.story_folder import StoryFolder
 from storymem_core.video import read_mp4, write_mp4
 from storymem_core.wan.text_encoder import TextEncoder
-from storymem_core.weights.clip_files import load_keyframe_encoder
 from storymem_core.weights.loading import load_dit, load_text_encoder, load_vae
+from storymem_core.weights.scorer_files import load_keyframe_encoder
 
 STEPS = 3
 FORWARDS_PER_STEP = 2  # CFG as two calls: conditional and unconditional

@@ -12,15 +12,9 @@ from golden_data import golden_dir
 from safetensors.torch import save_file
 
 from storymem_core.errors import CheckpointError, ConditioningError
-from storymem_core.keyframes import (
-    AestheticHead,
-    HPSv3Scorer,
-    OpenClipEncoder,
-    dedup_against_bank,
-    select_indices,
-    select_keyframes,
-)
+from storymem_core.keyframes import dedup_against_bank, select_indices, select_keyframes
 from storymem_core.memory import MemoryBank
+from storymem_core.weights.scorer_files import load_aesthetic_head, load_hpsv3, load_keyframe_encoder
 
 TINY_CLIP = "storymem-test-tiny-clip"
 TINY_CONFIG = {
@@ -98,7 +92,7 @@ def tiny_clip_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tiny_clip_file):
-    return OpenClipEncoder.from_file(tiny_clip_file, model_name=TINY_CLIP, batch_size=16)
+    return load_keyframe_encoder(tiny_clip_file, TINY_CLIP, batch_size=16)
 
 
 def fast_pan(frames: int = 81, size: int = 48, shift: int = 24, seed: int = 0) -> torch.Tensor:
@@ -174,24 +168,24 @@ def test_keyframe_selection_rejects_float_frames(tiny_encoder):
 def test_keyframe_encoder_missing_file_names_it_and_the_folder(tmp_path):
     missing = tmp_path / "clip_vit_b_32.safetensors"
     with pytest.raises(CheckpointError, match="clip_vit_b_32.safetensors.*models/clip_vision"):
-        OpenClipEncoder.from_file(missing)
+        load_keyframe_encoder(missing)
 
 
 def test_keyframe_encoder_corrupt_file_says_to_download_again(tmp_path):
     broken = tmp_path / "clip.safetensors"
     broken.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="clip.safetensors cannot be read"):
-        OpenClipEncoder.from_file(broken)
+    with pytest.raises(CheckpointError, match="clip.safetensors is not a complete safetensors file.*download it again"):
+        load_keyframe_encoder(broken)
 
 
 def test_keyframe_encoder_rejects_weights_of_another_model(tiny_clip_file):
     with pytest.raises(CheckpointError, match="does not fit open_clip 'ViT-B-32-quickgelu'"):
-        OpenClipEncoder.from_file(tiny_clip_file)
+        load_keyframe_encoder(tiny_clip_file)
 
 
 def test_keyframe_encoder_embeddings_are_unit_length_and_batch_independent(tiny_clip_file, tiny_encoder):
     frames = fast_pan(frames=7)
-    one_batch = OpenClipEncoder.from_file(tiny_clip_file, model_name=TINY_CLIP, batch_size=64).embed(frames)
+    one_batch = load_keyframe_encoder(tiny_clip_file, TINY_CLIP, batch_size=64).embed(frames)
     torch.testing.assert_close(tiny_encoder.embed(frames), one_batch, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(one_batch.norm(dim=-1), torch.ones(7))
     assert one_batch.shape == (7, TINY_CONFIG["embed_dim"])
@@ -211,7 +205,7 @@ def test_keyframe_aesthetic_head_reads_laion_layouts(tmp_path, layout, suffix):
         }
     path = tmp_path / f"aesthetic{suffix}"
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
-    head = AestheticHead.from_file(path, threshold=2.5)
+    head = load_aesthetic_head(path, threshold=2.5)
     embeddings = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
     expected = embeddings
     for layer in layers:
@@ -222,11 +216,11 @@ def test_keyframe_aesthetic_head_reads_laion_layouts(tmp_path, layout, suffix):
 
 def test_keyframe_aesthetic_head_errors_name_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="sa_0_4_vit_b_32_linear.pth"):
-        AestheticHead.from_file(tmp_path / "missing.pth")
+        load_aesthetic_head(tmp_path / "missing.pth")
     path = tmp_path / "head.safetensors"
     save_file(torch.nn.Linear(512, 1).state_dict(), str(path))
     with pytest.raises(CheckpointError, match="expects 512-d CLIP embeddings but the encoder gives 32-d"):
-        AestheticHead.from_file(path).score(None, torch.zeros(2, 32))
+        load_aesthetic_head(path).score(None, torch.zeros(2, 32))
 
 
 def test_keyframe_hpsv3_without_package_says_how_to_install(tmp_path, monkeypatch):
@@ -234,4 +228,4 @@ def test_keyframe_hpsv3_without_package_says_how_to_install(tmp_path, monkeypatc
     checkpoint.write_bytes(b"")
     monkeypatch.setitem(__import__("sys").modules, "hpsv3", None)
     with pytest.raises(CheckpointError, match="pip install hpsv3"):
-        HPSv3Scorer(checkpoint, device="cpu")
+        load_hpsv3(checkpoint, device="cpu")

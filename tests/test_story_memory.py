@@ -11,7 +11,7 @@ import torch
 from helpers import VALID
 
 from storymem_core.files import load_image
-from storymem_core.keyframes import DEDUP_THRESHOLD, SIMILARITY_THRESHOLD, AestheticHead
+from storymem_core.keyframes import DEDUP_THRESHOLD, SIMILARITY_THRESHOLD
 from storymem_core.memory import MemoryBank
 from storymem_core.model_roles import find_model_files, required_roles
 from storymem_core.pipeline import StoryOptions, run_story
@@ -20,7 +20,7 @@ from storymem_core.story import loads_story
 from storymem_core.story_folder import StoryFolder
 from storymem_core.story_models import LoadOptions, load_story_models
 from storymem_core.tiny_models import TINY_SHOT, write_reference_images, write_tiny_models
-from storymem_core.weights.clip_files import load_keyframe_encoder
+from storymem_core.weights.scorer_files import load_aesthetic_head, load_keyframe_encoder
 
 CPU = torch.device("cpu")
 OPTIONS = StoryOptions(
@@ -51,7 +51,7 @@ def test_tiny_keyframe_encoder_tells_images_apart_and_knows_them_shifted(models_
     embeddings = encoder.embed(torch.stack([field, torch.roll(field, shifts=2, dims=1), other]))
     assert embeddings[0] @ embeddings[1] > SIMILARITY_THRESHOLD  # the same field moved a little: still alike
     assert embeddings[0] @ embeddings[2] < DEDUP_THRESHOLD  # another field: a new keyframe, not a duplicate
-    head = AestheticHead.from_file(files["aesthetic"])
+    head = load_aesthetic_head(files["aesthetic"])
     assert (head.score(None, embeddings) >= head.threshold).all()  # the quality filter lets them through
 
 

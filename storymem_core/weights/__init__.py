@@ -9,7 +9,7 @@ shapes      tensor-shape helpers: anchors, block counts, fit against a model
 configs     model configs from tensor shapes
 checkpoint  an opened checkpoint: what it is, fp8 planning, tensors under our names
 loading     checkpoints into modules, the DiT / umT5 / VAE loaders
-clip_files  CLIP files through open_clip (keyframe selection, evaluation)
+scorer_files  the frame scorers' files: CLIP through open_clip, aesthetic heads, HPSv3 (keyframe selection, evaluation)
 inspection  the `inspect` command
 
 Placement, LoRA and compile policy for a story's experts live outside, in storymem_core/expert_pair.py.

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..keyframes import vision_tower
+from ..scorers import vision_tower
 from ..wan.dit import DiTConfig, WanDiT
 from ..wan.t5 import T5Config, UMT5Encoder
 from ..wan.vae import VAEConfig, WanVAE
