@@ -1,5 +1,5 @@
 """Tensor-shape helpers shared by recognition, configs and loading: anchor tensors, block counts, linear chains,
-and whether a file's tensors fit a model. Free of model code, so model modules (keyframes.py) may import it.
+and whether a file's tensors fit a model. Free of model code, so any loader may import it.
 See docs/architecture.md.
 """
 

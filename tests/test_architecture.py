@@ -1,0 +1,153 @@
+"""docs/architecture.md's rules, checked over the source so the page cannot drift: the engine never imports the
+front ends or ComfyUI, only two node modules import ComfyUI, the engine's imports form no circle, and every engine
+module is on the page. Each rule is also shown to catch a violation planted in a copy of the sources."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "architecture.md"
+ENGINE = "storymem_core"
+HOST_MODULES = ("comfy", "comfy_extras", "folder_paths", "latent_preview", "node_helpers", "server", "execution")
+NODES_THAT_IMPORT_COMFYUI = ("nodes.host", "nodes.native")
+COMMANDS = f"{ENGINE}.commands"
+
+
+def sources() -> dict[str, str]:
+    """Module name -> source of every module of the engine and the nodes."""
+    found = {}
+    for package in (ENGINE, "nodes"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path.read_text(encoding="utf-8")
+    return found
+
+
+def is_package(name: str) -> bool:
+    return (ROOT / name.replace(".", "/")).is_dir()
+
+
+def imports(name: str, source: str) -> set[str]:
+    """Absolute names of what a module imports anywhere in its body (relative imports resolved)."""
+    package = name if is_package(name) else name.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = parts[: len(parts) - node.level + 1] if node.level else []
+            module = ".".join([*base, node.module] if node.module else base)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)  # `from . import x` names a module
+    return names
+
+
+def import_graph(modules: dict[str, str]) -> dict[str, set[str]]:
+    """Each module -> the modules of `modules` it imports."""
+    return {name: {target for target in imports(name, source) if target in modules and target != name}
+            for name, source in modules.items()}
+
+
+def is_host(module: str) -> bool:
+    return module.split(".")[0] in HOST_MODULES
+
+
+def engine_faults(modules: dict[str, str]) -> list[str]:
+    """Engine modules importing nodes, ComfyUI or (outside the commands) the command line."""
+    faults = []
+    for name, source in modules.items():
+        if not name.startswith(ENGINE):
+            continue
+        is_command = name.startswith(COMMANDS) or name == f"{ENGINE}.__main__"
+        for target in imports(name, source):
+            if target.split(".")[0] == "nodes" or is_host(target) or (target.startswith(COMMANDS) and not is_command):
+                faults.append(f"{name} imports {target}")
+    return faults
+
+
+def node_faults(modules: dict[str, str]) -> list[str]:
+    """Node modules other than host.py and native.py importing ComfyUI."""
+    return [f"{name} imports {target}" for name, source in modules.items()
+            if name.startswith("nodes") and name not in NODES_THAT_IMPORT_COMFYUI
+            for target in imports(name, source) if is_host(target)]
+
+
+def circles(modules: dict[str, str]) -> list[list[str]]:
+    """Import circles among the engine's modules (a package importing its own modules through __init__ excepted)."""
+    graph = {name: {t for t in targets if t.startswith(ENGINE) and not name.startswith(t + ".")}
+             for name, targets in import_graph(modules).items() if name.startswith(ENGINE)}
+    found, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                found.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    return found
+
+
+def unmapped(modules: dict[str, str], page: str) -> list[str]:
+    """Engine modules the page names neither by path (`wan/vae.py`) nor, in backticks, by name (`readers`)."""
+    missing = []
+    for name in modules:
+        if not name.startswith(ENGINE + ".") or is_package(name):
+            continue
+        relative = name.removeprefix(ENGINE + ".").replace(".", "/") + ".py"
+        if relative not in page and f"`{name.rpartition('.')[2]}`" not in page:
+            missing.append(relative)
+    return missing
+
+
+def test_architecture_engine_imports_no_front_end_and_no_comfyui():
+    assert engine_faults(sources()) == []
+
+
+def test_architecture_only_host_and_native_nodes_import_comfyui():
+    assert node_faults(sources()) == []
+
+
+def test_architecture_engine_imports_form_no_circle():
+    assert circles(sources()) == []
+
+
+def test_architecture_page_maps_every_engine_module():
+    assert unmapped(sources(), PAGE.read_text(encoding="utf-8")) == []
+
+
+def planted(module: str, line: str) -> dict[str, str]:
+    modules = sources()
+    return {**modules, module: modules[module] + f"\n{line}\n"}
+
+
+@pytest.mark.parametrize(
+    "check, module, line, fault",
+    [
+        (engine_faults, "storymem_core.positions", "import folder_paths", "positions imports folder_paths"),
+        (engine_faults, "storymem_core.memory", "from nodes import host", "memory imports nodes"),
+        (engine_faults, "storymem_core.pipeline", "from .commands import story", "pipeline imports storymem_core.com"),
+        (node_faults, "nodes.memory_nodes", "import comfy.utils", "memory_nodes imports comfy.utils"),
+        (circles, "storymem_core.choices", "from .pipeline import StoryOptions", "storymem_core.choices"),
+    ],
+    ids=["engine-host", "engine-nodes", "engine-commands", "nodes-comfyui", "circle"],
+)
+def test_architecture_checks_catch_a_planted_violation(check, module, line, fault):
+    assert check(sources()) == []
+    assert fault in repr(check(planted(module, line)))
+
+
+def test_architecture_page_check_catches_an_unmapped_module():
+    modules = {**sources(), "storymem_core.shiny_new_thing": ""}
+    assert unmapped(modules, PAGE.read_text(encoding="utf-8")) == ["shiny_new_thing.py"]
