@@ -118,7 +118,9 @@ def test_workflow_runs_end_to_end_on_tiny_models(path, comfy):
         assert read_mp4(outputs[node_id][1]).shape[0] == outputs[node_id][0].shape[0]
     last_shot = (node_ids(workflow, "StoryMemShot") + node_ids(workflow, "StoryMemStoryRunner"))[-1]
     memory = outputs[last_shot][1]  # the bank after shot 3
-    assert {k.shot for k in memory.keyframes if k.source == "generated"} == {0, 1, 2}  # every shot added keyframes
+    generated = [k.shot for k in memory.keyframes if k.source == "generated"]
+    # the memory grew over the story: keyframes of several shots (a shot's may all be near-duplicates of the bank)
+    assert len(generated) >= 2 and len(set(generated)) >= 2 and max(generated) == 2
 
 
 def test_rerolled_shot_reruns_alone_with_the_same_bank(comfy):
