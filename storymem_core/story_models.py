@@ -12,10 +12,11 @@ import torch
 from .distributed import Parallel
 from .expert_pair import ExpertLoras, auto_dtype, load_expert_pair
 from .keyframes import AestheticHead, AestheticScorer, HPSv3Scorer
-from .pipeline import StoryModels, StoryOptions
+from .pipeline import StoryModels
 from .presets import lora_roles
 from .sampling import ExpertPair
 from .shot import shot_tokens
+from .story_plan import StoryOptions
 from .wan.text_encoder import ParkedTextEncoder, TextEncoder
 from .weights.clip_files import load_keyframe_encoder
 from .weights.loading import load_text_encoder, load_vae
