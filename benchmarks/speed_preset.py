@@ -27,7 +27,7 @@ from benchmarks.dit_step import FRAMES, GIB, HEIGHT, WIDTH, synchronize, tokens
 from benchmarks.shot_memory import expert, random_vae
 from storymem_core.distributed import Parallel
 from storymem_core.lora import LoraModule, LoraWeights, apply_loras
-from storymem_core.presets import LIGHTX2V, preset_settings
+from storymem_core.presets import LIGHTX2V, sampler_settings
 from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.shot import generate_memory_shot
 from storymem_core.wan.dit import DiTConfig
@@ -75,8 +75,7 @@ def main() -> None:
     memory = torch.randint(0, 256, (args.memory, HEIGHT, WIDTH, 3), dtype=torch.uint8, generator=generator)
     context = torch.randn(config.text_len, config.text_dim, device=device)
     context_null = torch.randn(config.text_len, config.text_dim, device=device)
-    default = SamplerSettings(seed=0)
-    preset = preset_settings(LIGHTX2V.name, default, "m2v")
+    preset = sampler_settings(LIGHTX2V.name, "m2v")
 
     def shot(settings: SamplerSettings) -> float:
         synchronize(device)

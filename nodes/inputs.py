@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, MEMORY_POSITIONS, PRESET_CHOICES, SOLVERS
 from storymem_core.limits import MAX_FRAMES, MAX_MEMORY, MAX_SEED, MAX_SHIFT, MAX_SIDE, MAX_STEPS, MIN_SHIFT
+from storymem_core.presets import SamplerValues
 
 from . import host
+
+
+def sampler_values(node: type, **widgets) -> SamplerValues:
+    """The sampler widgets of `node` (steps, shift, solver, and cfg or cfg_low / cfg_high) as the user set them: one
+    left at its declared default counts as not set, so a preset fills it (values the user changed win over it)."""
+    declared = node.INPUT_TYPES()["required"]
+    changed = {name: None if value == declared[name][1]["default"] else value for name, value in widgets.items()}
+    cfg = changed.get("cfg")
+    return SamplerValues(steps=changed["steps"], shift=changed.get("shift"), solver=changed["solver"],
+                         guide_low=changed.get("cfg_low", cfg), guide_high=changed.get("cfg_high", cfg))
 
 
 def model_file(folder: str, tooltip: str) -> tuple:
@@ -85,4 +96,5 @@ def preset() -> tuple:
         "lightx2v: the lightx2v 4-step distilled LoRAs from models/loras "
         "(wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise / _low_noise, the t2v v1.1 pair for T2V experts; "
         "Comfy-Org/Wan_2.2_ComfyUI_Repackaged) added to the experts, sampled as their authors do: 4 Euler steps, shift "
-        "5, CFG 1, about 20x faster. It replaces steps, cfg, shift and solver. none: those inputs as set.")})
+        "5, CFG 1, about 20x faster. Steps, cfg, shift and solver left at their defaults take the preset's values; "
+        "one you changed wins over the preset. none: those inputs as set.")})

@@ -11,8 +11,7 @@ import torch
 from storymem_core.choices import OFFLOAD_CHOICES, WEIGHT_CHOICES
 from storymem_core.expert_pair import DTYPES, auto_dtype, load_expert_pair
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.presets import find_lora_names, preset_loras, preset_settings
-from storymem_core.sampling import SamplerSettings
+from storymem_core.presets import find_lora_names, preset_loras
 from storymem_core.shot import shot_tokens
 from storymem_core.weights.loading import load_text_encoder, load_vae
 from storymem_core.weights.scorer_files import load_aesthetic_head, load_hpsv3, load_keyframe_encoder
@@ -77,19 +76,18 @@ def _read_lora(name: str, strength: float, module: torch.nn.Module, strict: bool
     return weights
 
 
-def with_preset(model: WanExperts, preset: str, settings: SamplerSettings,
-                shots: str) -> tuple[WanExperts, SamplerSettings]:
-    """The experts with the preset's speed LoRAs (found in the LoRA folder by their published names) added, and the
-    preset's sampler settings for `shots` ('m2v' / 't2v'); with preset none, both as given."""
+def with_preset_loras(model: WanExperts, preset: str) -> WanExperts:
+    """The experts with the preset's speed LoRAs (found in the LoRA folder by their published names) added; with
+    preset none, as given. The preset's sampler settings are the engine's (`presets.sampler_settings`)."""
     loras = preset_loras(preset, model.kind)
     if loras is None:
-        return model, settings
+        return model
     high, low = find_lora_names(host.model_names("loras"), loras)
     # entries for layers Wan2.2 lacks are skipped (and logged), as for any speed LoRA
     weights = {expert: _read_lora(name, 1.0, getattr(model, expert), strict=False)
                for expert, name in (("high", high), ("low", low))}
     speed = LoraSpec(f"{high} + {low}", 1.0, weights, strict=False)
-    return model.with_lora(speed), preset_settings(preset, settings, shots)
+    return model.with_lora(speed)
 
 
 class LoadStoryMemLora:

@@ -8,26 +8,19 @@ seed get a fresh folder, so changing them really regenerates.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
 from storymem_core.choices import DEFAULT_MEMORY_POSITIONS
-from storymem_core.errors import StoryMemError
 from storymem_core.memory import MemoryBank
-from storymem_core.pipeline import StoryModels, StoryOptions, run_story
-from storymem_core.sampling import SamplerSettings
-from storymem_core.shot import T2V_SETTINGS
-from storymem_core.story import Story
-from storymem_core.story_folder import UNRECORDED_PLACEMENT, StoryFolder, pending_shots
+from storymem_core.pipeline import StoryModels, run_story
+from storymem_core.presets import SamplerValues
+from storymem_core.story_folder import StoryFolder, pending_shots
+from storymem_core.story_plan import InputNames, StoryInputs, StoryOptions, StoryPlan, plan_story
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames, read_mp4
 from storymem_core.wan.vae import WanVAE
 
 from . import host, inputs
-from .loaders import with_preset
+from .loaders import with_preset_loras
 from .previews import bank_ui, video_ui
 from .types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts
 
@@ -35,14 +28,13 @@ CATEGORY = "StoryMem/story"
 M2V = StoryOptions().m2v
 
 
-def story_folder(root: Path, story: Story, options: StoryOptions, sources: list[str]) -> Path:
-    """The story's folder: named after it, suffixed by a hash of everything that shapes its frames."""
-    settings = asdict(options)
-    if settings["memory_positions"] == UNRECORDED_PLACEMENT:
-        del settings["memory_positions"]  # as before placements were recorded: stories begun then keep their folders
-    fingerprint = json.dumps([asdict(story), settings, sources], sort_keys=True, default=str)
-    safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in story.name)[:60] or "story"
-    return root / f"{safe_name}-{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
+NODE_NAMES = InputNames(
+    from_shot="from_shot", continue_story="use 0", out="output_folder",
+    no_references="reference_images is not connected",
+    give_references="connect a Load Image node with your references", choose_mr2v="set first_shot to mr2v",
+    choose_t2v="set first_shot to t2v", no_t2v_experts="t2v_model is not connected",
+)
+SAMPLER_WIDGETS = ("steps", "cfg", "shift", "solver")
 
 
 class StoryRunner:
@@ -105,64 +97,70 @@ class StoryRunner:
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
 
-    def run(self, story: Story, model: WanExperts, text_encoder: TextModel, vae: WanVAE,
-            keyframe_encoder: KeyframeModel, first_shot: str, continuation: str, seed: int, steps: int, cfg: float,
-            shift: float, solver: str,
-            width: int, height: int, frames: int, fps: int, max_size: int, fixed: int, output_folder: str,
-            from_shot: int, t2v_model: WanExperts | None = None, reference_images: torch.Tensor | None = None,
-            negative_prompt: str = "", preset: str = "none",
-            memory_positions: str = DEFAULT_MEMORY_POSITIONS) -> dict:
+    def run(self, **node_inputs) -> dict:
+        """ComfyUI passes every input by name; they become the engine's `StoryInputs`, planned and run."""
+        model, t2v_model = node_inputs["model"], node_inputs.get("t2v_model")
+        text_encoder, keyframe_encoder = node_inputs["text_encoder"], node_inputs["keyframe_encoder"]
         model.require("i2v", "Story Runner")
-        if from_shot > len(story.shots):
-            raise StoryMemError(f"from_shot {from_shot} is not a shot of '{story.name}' (it has shots 1 to "
-                                f"{len(story.shots)}): use 0 to continue, or one of those.")
-        if first_shot == "t2v":
-            if t2v_model is None:
-                raise StoryMemError("first_shot is t2v but t2v_model is not connected: load the Wan2.2 T2V experts, or "
-                                    "choose mr2v.")
+        plan = plan_story(story_inputs(node_inputs))
+        plan.check_t2v_experts(t2v_model is not None)
+        if plan.needs_t2v_experts:
             t2v_model.require("t2v", "Story Runner's t2v_model")
-        elif reference_images is None:
-            raise StoryMemError("first_shot is mr2v but reference_images is not connected: connect a Load Image node "
-                                "with your references, or choose t2v.")
-        options = StoryOptions(
-            first_shot=first_shot, continuation=continuation, max_memory=max_size, fixed_memory=fixed, seed=seed,
-            size_wh=(width, height), frames=frames, fps=fps, negative_prompt=negative_prompt,
-            memory_positions=memory_positions,
-            m2v=SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg),
-            t2v=SamplerSettings(steps, T2V_SETTINGS.shift, solver, T2V_SETTINGS.boundary, T2V_SETTINGS.guide_low,
-                                T2V_SETTINGS.guide_high),
-        )
-        t2v_model = t2v_model if first_shot == "t2v" else None
-        model, m2v = with_preset(model, preset, options.m2v, "m2v")
-        if t2v_model is not None:
-            t2v_model, t2v = with_preset(t2v_model, preset, options.t2v, "t2v")
-            options = replace(options, t2v=t2v)
-        options = replace(options, m2v=m2v)
-        references = (None if reference_images is None or first_shot != "mr2v"
-                      else image_batch_to_frames(reference_images))
-        sources = [model.name, *(f"{lora.name}@{lora.strength}" for lora in model.loras), text_encoder.name,
-                   keyframe_encoder.name, "" if t2v_model is None else t2v_model.name,
-                   "" if references is None else hashlib.sha1(references.numpy().tobytes()).hexdigest()]
-        folder = story_folder(host.output_dir() / host.output_name(output_folder, "output_folder", "storymem/stories"),
-                              story, options, sources)
-        device = host.device()
-        with contextlib.ExitStack() as stack:
-            models = StoryModels(
-                text_encoder=text_encoder.for_dit(model.config.text_len, host.offload_device()),
-                vae=vae,
-                m2v=stack.enter_context(model.sampling(device, host.offload_device())),
-                keyframe_encoder=keyframe_encoder.encoder,
-                t2v=(None if t2v_model is None
-                     else stack.enter_context(t2v_model.sampling(device, host.offload_device()))),
-                aesthetic_scorer=keyframe_encoder.scorer,
-            )
-            start = from_shot - 1 if from_shot else None
-            total_steps = len(pending_shots(story, folder, start)) * options.m2v.steps
-            film = run_story(story, models, options, folder, None if references is None else list(references), start,
-                             on_step=host.ProgressSteps(total_steps, f"story '{story.name}'"))
+        preset = node_inputs.get("preset", "none")
+        model = with_preset_loras(model, preset)
+        t2v_model = with_preset_loras(t2v_model, preset) if plan.needs_t2v_experts else None
+        folder = plan.named_folder(model_names(model, text_encoder, keyframe_encoder, t2v_model))
+        film = _run(plan, folder, model, t2v_model, text_encoder, node_inputs["vae"], keyframe_encoder)
+        story = plan.story
         bank = MemoryBank.load(StoryFolder(folder).bank(story.shots[-1].index))
         result = (frames_to_image_batch(read_mp4(film)), bank, str(film))
         return {"ui": {**bank_ui(bank), **video_ui(film)}, "result": result}
+
+
+def story_inputs(given: dict) -> StoryInputs:
+    """The node's inputs as a story's. A sampler widget left at its default is not set, so a preset may fill it
+    (values the user changed win over the preset); cfg and shift set the memory shots, a T2V first shot keeps
+    Wan2.2's."""
+    memory_shots = inputs.sampler_values(StoryRunner, **{name: given[name] for name in SAMPLER_WIDGETS})
+    references = given.get("reference_images")
+    return StoryInputs(
+        story=given["story"],
+        out=host.output_dir() / host.output_name(given["output_folder"], "output_folder", "storymem/stories"),
+        names=NODE_NAMES, first_shot=given["first_shot"], continuation=given["continuation"], seed=given["seed"],
+        m2v=memory_shots, t2v=SamplerValues(steps=memory_shots.steps, solver=memory_shots.solver),
+        preset=given.get("preset", "none"),
+        size_wh=(given["width"], given["height"]), frames=given["frames"], fps=given["fps"],
+        max_memory=given["max_size"], fixed_memory=given["fixed"],
+        memory_positions=given.get("memory_positions", DEFAULT_MEMORY_POSITIONS),
+        negative_prompt=given.get("negative_prompt", ""),
+        references=() if references is None else tuple(image_batch_to_frames(references)),
+        from_shot=given["from_shot"] or None,  # 0: continue
+    )
+
+
+def model_names(model: WanExperts, text_encoder: TextModel, keyframe_encoder: KeyframeModel,
+                t2v_model: WanExperts | None) -> list[str]:
+    """What names the story folder besides the options: every model and LoRA the story runs."""
+    return [model.name, *(f"{lora.name}@{lora.strength}" for lora in model.loras), text_encoder.name,
+            keyframe_encoder.name, "" if t2v_model is None else t2v_model.name]
+
+
+def _run(plan: StoryPlan, folder: Path, model: WanExperts, t2v_model: WanExperts | None, text_encoder: TextModel,
+         vae: WanVAE, keyframe_encoder: KeyframeModel) -> Path:
+    """The story loop on the host's device, one progress bar over the sampling steps of the shots still to make."""
+    device = host.device()
+    with contextlib.ExitStack() as stack:
+        models = StoryModels(
+            text_encoder=text_encoder.for_dit(model.config.text_len, host.offload_device()),
+            vae=vae,
+            m2v=stack.enter_context(model.sampling(device, host.offload_device())),
+            keyframe_encoder=keyframe_encoder.encoder,
+            t2v=None if t2v_model is None else stack.enter_context(t2v_model.sampling(device, host.offload_device())),
+            aesthetic_scorer=keyframe_encoder.scorer,
+        )
+        total_steps = len(pending_shots(plan.story, folder, plan.start)) * plan.options.m2v.steps
+        return run_story(plan.story, models, plan.options, folder, list(plan.references) or None, plan.start,
+                         on_step=host.ProgressSteps(total_steps, f"story '{plan.story.name}'"))
 
 
 NODE_CLASS_MAPPINGS = {"StoryMemStoryRunner": StoryRunner}

@@ -8,6 +8,7 @@ receives is the cached output of the shot before, unchanged.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Iterator
 
 import torch
@@ -16,15 +17,15 @@ from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, MOTION_FRAMES, NODE_
 from storymem_core.conditioning import check_size
 from storymem_core.errors import ConditioningError, GenerationInterrupted, StoryMemError
 from storymem_core.memory import MemoryBank
-from storymem_core.pipeline import StoryOptions
+from storymem_core.presets import sampler_settings
 from storymem_core.run_shot import ShotModels, ShotRequest, run_shot
-from storymem_core.sampling import SamplerSettings
 from storymem_core.shot import T2V_SETTINGS
+from storymem_core.story_plan import StoryOptions
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames
 from storymem_core.wan.vae import WanVAE
 
 from . import host, inputs
-from .loaders import with_preset
+from .loaders import with_preset_loras
 from .memory_nodes import next_shot, with_bank_ui
 from .previews import excerpt, shot_ui
 from .types import BANK, KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts
@@ -156,8 +157,10 @@ class FirstShot:
             model.require("t2v", "First Shot")
             check_size(width, height)
             _check_prompt(prompt)
-            settings = SamplerSettings(steps, shift, solver, T2V_SETTINGS.boundary, cfg_low, cfg_high, seed)
-            model, settings = with_preset(model, preset, settings, "t2v")
+            given = inputs.sampler_values(FirstShot, steps=steps, shift=shift, solver=solver, cfg_low=cfg_low,
+                                          cfg_high=cfg_high)
+            settings = replace(sampler_settings(preset, "t2v", given), seed=seed)
+            model = with_preset_loras(model, preset)
             request = ShotRequest(prompt, "t2v", memory, (width, height), frames, settings, number - 1,
                                   negative_prompt=negative_prompt)
             return _shot(request, model, text_encoder, vae, keyframe_encoder, cut=True)
@@ -216,8 +219,9 @@ class MemoryShot:
             check_size(width, height)
             mode = resolve_mode(mode, cut, previous_frames is not None)
             _check_prompt(prompt)
-            settings = SamplerSettings(steps, shift, solver, M2V.boundary, cfg, cfg, seed)
-            model, settings = with_preset(model, preset, settings, "m2v")
+            given = inputs.sampler_values(MemoryShot, steps=steps, shift=shift, solver=solver, cfg=cfg)
+            settings = replace(sampler_settings(preset, "m2v", given), seed=seed)
+            model = with_preset_loras(model, preset)
             request = ShotRequest(
                 prompt, mode, memory, (width, height), frames, settings, number - 1,
                 previous_frames=None if mode == "m2v" else image_batch_to_frames(previous_frames),

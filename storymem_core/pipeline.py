@@ -16,19 +16,17 @@ from typing import Callable
 
 import torch
 
-from .choices import CONTINUATIONS, DEFAULT_MEMORY_POSITIONS, FIRST_SHOTS, GIVEN_FRAMES, MOTION_FRAMES
-from .conditioning import check_frame_num, check_size
-from .errors import ConditioningError, StoryMemError
+from .choices import MOTION_FRAMES
+from .errors import StoryMemError
 from .files import fit_image, load_image, save_image, save_picture
-from .limits import MAX_FRAMES, MAX_MEMORY, MAX_SIDE, check_number, check_seed
 from .memory import MemoryBank, discard_bank
-from .positions import check_placement
 from .run_shot import ShotModels, ShotOutcome, ShotRequest, run_shot, story_shot_mode
-from .sampling import ExpertPair, SamplerSettings
+from .sampling import ExpertPair
 from .scorers import AestheticScorer, ImageEncoder
-from .shot import T2V_SETTINGS, PromptEncoder
+from .shot import PromptEncoder
 from .story import Shot, Story
-from .story_folder import FolderState, StoryFolder, check_story_folder, pending_shots
+from .story_folder import FolderState, StoryFolder, pending_shots
+from .story_plan import StoryOptions, check_first_memory, check_t2v_experts
 from .video import concat_videos, write_mp4
 from .wan.vae import WanVAE
 
@@ -46,62 +44,6 @@ class StoryModels:
     keyframe_encoder: ImageEncoder
     t2v: ExpertPair | None = None
     aesthetic_scorer: AestheticScorer | None = None
-
-
-@dataclass(frozen=True)
-class StoryOptions:
-    first_shot: str = "t2v"  # "t2v", or "mr2v" (M2V from reference images)
-    continuation: str = "m2v"  # used for shots without a cut: "mi2v" / "mm2v" continue the last frame(s)
-    max_memory: int = 10
-    fixed_memory: int = 3
-    seed: int = 0  # shot k uses seed + k
-    size_wh: tuple[int, int] = (832, 480)
-    frames: int = 81
-    fps: int = 16
-    m2v: SamplerSettings = SamplerSettings()
-    t2v: SamplerSettings = T2V_SETTINGS
-    negative_prompt: str = ""
-    mark_fixed_memory: bool = False  # mask value 2 for unfixed memory; the reference pipeline leaves it off
-    memory_positions: str = DEFAULT_MEMORY_POSITIONS  # memory's RoPE time positions (storymem_core.positions)
-
-    def check(self) -> None:
-        """Every value in its range, before anything loads: a typo must not allocate memory or run a model."""
-        if self.first_shot not in FIRST_SHOTS:
-            raise StoryMemError(f"first shot mode '{self.first_shot}' is unknown: use one of {', '.join(FIRST_SHOTS)}.")
-        if self.continuation not in CONTINUATIONS:
-            raise StoryMemError(f"continuation '{self.continuation}' is unknown: use one of "
-                                f"{', '.join(CONTINUATIONS)}.")
-        width, height = self.size_wh
-        check_number(max(width, height), "size (its longer side)", 16, MAX_SIDE, "use e.g. 832x480 or 1280x720")
-        check_size(width, height)
-        check_number(self.frames, "frames", 1, MAX_FRAMES, "StoryMem makes 81 (5 s at 16 fps)")
-        check_frame_num(self.frames)
-        check_number(self.max_memory, "max memory", 1, MAX_MEMORY, "StoryMem keeps 10 keyframes")
-        if not 0 <= self.fixed_memory <= self.max_memory:
-            raise StoryMemError(f"fixed memory {self.fixed_memory} must be between 0 and max memory {self.max_memory}.")
-        check_number(self.fps, "fps", 1, 120, "StoryMem's videos are 16 fps")
-        check_seed(self.seed, 1)
-        check_placement(self.memory_positions)
-        self.m2v.check()
-        self.t2v.check()
-
-    def check_story(self, story: Story) -> None:
-        """What depends on the script: every shot's seed, and frames left after the ones a continuing shot is given."""
-        self.check()
-        check_seed(self.seed, len(story.shots))
-        given = GIVEN_FRAMES[self.continuation]
-        continuing = next((s for s in story.shots[1:] if not s.cut), None)
-        if continuing is not None and self.frames <= given:
-            raise StoryMemError(f"shot {continuing.index + 1} continues the previous one ({self.continuation.upper()}, "
-                                f"{given} given frame(s)) but --frames {self.frames} leaves no new frame: use --frames "
-                                f"{given + 4 - (given - 1) % 4} or more, or the M2V continuation (no --mi2v / --mm2v).")
-
-    def check_folder(self, out_dir: str | os.PathLike, story: Story, reference_images: list[torch.Tensor] | None,
-                     from_shot: int | None) -> FolderState:
-        """The story folder can take this run (`story_folder.check_story_folder` with these options)."""
-        references = (reference_images or []) if self.first_shot == "mr2v" else []
-        return check_story_folder(out_dir, story, self.size_wh, self.frames, self.max_memory, self.fixed_memory,
-                                  references, from_shot, self.memory_positions)
 
 
 ShotCallback = Callable[[int, int, str], None]
@@ -129,6 +71,7 @@ def run_story(
     `checked` is what `StoryOptions.check_folder` gave a caller that checked before loading its models.
     """
     options.check_story(story)
+    check_first_memory(options.first_shot, bool(reference_images))
     state = checked or options.check_folder(out_dir, story, reference_images, from_shot)
     initial = _initial_bank(options, reference_images)
     folder = StoryFolder(Path(out_dir))
@@ -166,8 +109,6 @@ def _unfinish(folder: StoryFolder, shot_indices: list[int]) -> None:
 def _initial_bank(options: StoryOptions, reference_images: list[torch.Tensor] | None) -> MemoryBank:
     """The bank the story starts with: the references (MR2V) or empty (T2V), under the current memory limits."""
     if options.first_shot == "mr2v":
-        if not reference_images:
-            raise ConditioningError("An MR2V story needs reference images: pass --reference IMAGE (one or more).")
         fitted = [fit_image(image, options.size_wh) for image in reference_images]
         return MemoryBank.from_images(fitted, max_size=options.max_memory, fixed=options.fixed_memory)
     return MemoryBank(keyframes=(), max_size=options.max_memory, fixed=options.fixed_memory)
@@ -182,8 +123,7 @@ def _make_shot(shot: Shot, bank: MemoryBank, models: StoryModels, options: Story
     """The story's shot through `run_shot`, from the story's options and the previous shot's saved last frames."""
     mode = story_shot_mode(shot.index, shot.cut, options.first_shot, options.continuation)
     experts = models.t2v if mode == "t2v" else models.m2v
-    if experts is None:
-        raise StoryMemError("A T2V first shot needs the Wan2.2 T2V experts: load them or use an MR2V first shot.")
+    check_t2v_experts(mode, experts is not None)  # only a story still to make its first shot needs them
     request = ShotRequest(
         prompt=shot.prompt, mode=mode, memory=bank, size_wh=options.size_wh, frames=options.frames,
         settings=replace(options.t2v if mode == "t2v" else options.m2v, seed=options.seed + shot.index),

@@ -11,13 +11,14 @@ WanVideo_comfy names).
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import PurePath
 from typing import Iterable
 
 from .choices import PRESET_CHOICES
 from .errors import StoryMemError
 from .sampling import SamplerSettings
+from .shot import T2V_SETTINGS
 
 LORA_FOLDER = "loras"
 SOURCE = "Hugging Face Comfy-Org/Wan_2.2_ComfyUI_Repackaged, split_files/loras/"
@@ -75,10 +76,26 @@ def preset(name: str) -> Preset | None:
     return PRESETS[name]
 
 
-def preset_settings(name: str, settings: SamplerSettings, kind: str) -> SamplerSettings:
-    """`settings` with what preset `name` sets for `kind` ('m2v' or 't2v') shots; seed and batching are kept."""
+@dataclass(frozen=True)
+class SamplerValues:
+    """The sampler values a user set; None is not set (a preset, else the defaults of the kind of shot, fills it)."""
+
+    steps: int | None = None
+    shift: float | None = None
+    solver: str | None = None
+    guide_low: float | None = None
+    guide_high: float | None = None
+
+
+KIND_DEFAULTS = {"m2v": SamplerSettings(), "t2v": T2V_SETTINGS}  # StoryMem's memory shots, Wan2.2's T2V
+
+
+def sampler_settings(name: str, kind: str, given: SamplerValues = SamplerValues()) -> SamplerSettings:
+    """The one preset rule of every front end: values the user set win over what preset `name` sets for `kind`
+    ('m2v' or 't2v') shots, which wins over StoryMem's defaults for them."""
     chosen = preset(name)
-    return settings if chosen is None else replace(settings, **getattr(chosen, kind))
+    settings = KIND_DEFAULTS[kind] if chosen is None else replace(KIND_DEFAULTS[kind], **getattr(chosen, kind))
+    return replace(settings, **{field: value for field, value in asdict(given).items() if value is not None})
 
 
 def preset_loras(name: str, kind: str) -> tuple[LoraFile, LoraFile] | None:

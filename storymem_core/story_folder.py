@@ -187,6 +187,32 @@ def story_placement(out_dir: str | os.PathLike) -> str | None:
     return UNRECORDED_PLACEMENT if recorded is None else recorded.memory_positions
 
 
+def story_folder_name(story: Story, settings: dict, sources: list[str]) -> str:
+    """The Story Runner's folder for a story: `<safe story name>-<10 hex digits>`, a digest of the story, its
+    options (`settings`, as `asdict` gives them) and `sources` (models, LoRAs, references), so other settings get a
+    fresh folder.
+
+    Folders made before are found by these names: the digest (sha1 of this JSON) must not change, and the first-release
+    placement is left out as it was before placements were recorded.
+    """
+    settings = dict(settings)
+    if settings["memory_positions"] == UNRECORDED_PLACEMENT:
+        del settings["memory_positions"]
+    fingerprint = json.dumps([asdict(story), settings, sources], sort_keys=True, default=str)
+    safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in story.name)[:60] or "story"
+    return f"{safe_name}-{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
+
+
+def reference_digest(references: tuple[torch.Tensor, ...]) -> str:
+    """The sha1 of the reference images' pixels as one batch ("" without references), for `story_folder_name`."""
+    if not references:
+        return ""
+    digest = hashlib.sha1()
+    for image in references:
+        digest.update(image.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None

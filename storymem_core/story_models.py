@@ -11,11 +11,12 @@ import torch
 
 from .distributed import Parallel
 from .expert_pair import ExpertLoras, auto_dtype, load_expert_pair
-from .pipeline import StoryModels, StoryOptions
+from .pipeline import StoryModels
 from .presets import lora_roles
 from .sampling import ExpertPair
 from .scorers import AestheticHead, AestheticScorer
 from .shot import shot_tokens
+from .story_plan import StoryOptions
 from .wan.text_encoder import ParkedTextEncoder, TextEncoder
 from .weights.loading import load_text_encoder, load_vae
 from .weights.scorer_files import load_aesthetic_head, load_hpsv3, load_keyframe_encoder

@@ -15,8 +15,11 @@ from torch import nn
 
 import nodes
 from nodes.types import KeyframeModel, TextModel, WanExperts
+from storymem_core.commands.cli import _parser
+from storymem_core.commands.story import story_inputs
 from storymem_core.memory import Keyframe, MemoryBank
 from storymem_core.story import Story
+from storymem_core.story_plan import StoryPlan, plan_story
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.vae import VAEConfig, WanVAE
 
@@ -218,6 +221,14 @@ def story_script(folder: Path, shots: int) -> Path:
     path = folder / "story.json"
     path.write_text(json.dumps(script))
     return path
+
+
+def cli_plan(folder: Path, *flags: str, shots: int = 1) -> StoryPlan:
+    """The plan the story command makes of a script of `shots` shots in `folder` with `flags` (--out defaults to
+    folder/out)."""
+    out = [] if "--out" in flags else ["--out", str(folder / "out")]
+    args = _parser().parse_args(["story", str(story_script(folder, shots)), "--models-dir", "models", *out, *flags])
+    return plan_story(story_inputs(args))
 
 
 # ------------------------------------------------------------------ golden cases

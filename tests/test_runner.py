@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_plan, story_script
 from helpers import files_under as snapshot
-from helpers import story_script
 
 from storymem_core.commands.cli import _parser, main
 from storymem_core.commands.demo import DEMO_FRAMES, DEMO_SHOTS
-from storymem_core.commands.story import options_from_args
 from storymem_core.errors import CheckpointError
 from storymem_core.files import load_image
 from storymem_core.memory import MemoryBank
@@ -366,11 +365,8 @@ def test_story_options_are_refused_before_any_model_loads(tmp_path, extra, fragm
     assert fragment in capsys.readouterr().err
 
 
-def test_sampler_flags_set_to_zero_are_used_not_replaced_by_defaults():
-    args = _parser().parse_args(
-        ["story", "story.json", "--models-dir", "models", "--out", "out", "--steps", "1", "--guide", "0"]
-    )
-    options = options_from_args(args)
+def test_sampler_flags_set_to_zero_are_used_not_replaced_by_defaults(tmp_path):
+    options = cli_plan(tmp_path, "--steps", "1", "--guide", "0").options
     assert [(s.steps, s.guide_low, s.guide_high) for s in (options.m2v, options.t2v)] == [(1, 0.0, 0.0), (1, 0.0, 0.0)]
     assert (options.m2v.shift, options.t2v.shift) == (4.0, 12.0)
 
@@ -505,8 +501,8 @@ def test_hpsv3_quality_without_its_package_says_how_to_install(tmp_path, models_
 
 def test_memory_positions_flag_reaches_the_story_options(tmp_path, capsys):
     base = ["story", "story.json", "--models-dir", "models", "--out", str(tmp_path / "new")]
-    assert options_from_args(_parser().parse_args(base)).memory_positions == "upstream"  # as the authors ship it
-    first_release = options_from_args(_parser().parse_args(base + ["--memory-positions", "first-release"]))
+    assert cli_plan(tmp_path).options.memory_positions == "upstream"  # as the authors ship it
+    first_release = cli_plan(tmp_path, "--memory-positions", "first-release").options
     assert first_release.memory_positions == "first-release"
     with pytest.raises(SystemExit) as refused:
         _parser().parse_args(base + ["--memory-positions", "released"])
@@ -538,9 +534,8 @@ def test_a_story_begun_with_the_first_release_numbering_continues_with_it(tmp_pa
     assert not torch.equal(read_mp4(folder.video(2)), made)
 
 
-def test_memory_shots_default_to_storymem_m2v_sampling():
+def test_memory_shots_default_to_storymem_m2v_sampling(tmp_path):
     """StoryMem's wan_m2v_A14B.py samples 40 steps, shift 4, boundary 0.9, guide 3.5 for both experts; the story
     command without sampler flags and a bare SamplerSettings() (generate_memory_shot's default) both do."""
     reference = SamplerSettings(steps=40, shift=4.0, solver="unipc", boundary=0.9, guide_low=3.5, guide_high=3.5)
-    args = _parser().parse_args(["story", "story.json", "--models-dir", "models", "--out", "out"])
-    assert options_from_args(args).m2v == SamplerSettings() == reference
+    assert cli_plan(tmp_path).options.m2v == SamplerSettings() == reference

@@ -9,13 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import SHOT, call, runner_arguments, story_script
+from helpers import SHOT, call, cli_plan, runner_arguments, story_script
 from torch import nn
 
 from nodes import host
 from storymem_core import tiny_models as tiny
-from storymem_core.commands.cli import _parser, main
-from storymem_core.commands.story import options_from_args
+from storymem_core.commands.cli import main
 from storymem_core.errors import StoryMemError
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.memory import MemoryBank
@@ -127,9 +126,8 @@ def test_lightx2v_preset_samples_4_euler_steps_of_one_forward_switching_experts_
         assert experts[0] is experts[1] and experts[2] is experts[3] and experts[1] is not experts[2]
 
 
-def test_lightx2v_preset_sets_the_published_sampler_settings_and_flags_still_override():
-    base = ["story", "story.json", "--models-dir", "models", "--out", "out", "--preset", "lightx2v"]
-    options = options_from_args(_parser().parse_args(base))
+def test_lightx2v_preset_sets_the_published_sampler_settings_and_flags_still_override(tmp_path):
+    options = cli_plan(tmp_path, "--preset", "lightx2v").options
     for settings, boundary in ((options.m2v, 0.9), (options.t2v, 0.875)):
         assert (settings.steps, settings.shift, settings.solver, settings.guide_high, settings.guide_low) == (
             4,
@@ -139,14 +137,14 @@ def test_lightx2v_preset_sets_the_published_sampler_settings_and_flags_still_ove
             1.0,
         )
         assert settings.boundary == boundary
-    overridden = options_from_args(_parser().parse_args(base + ["--steps", "6", "--solver", "unipc", "--guide", "2"]))
+    overridden = cli_plan(tmp_path, "--preset", "lightx2v", "--steps", "6", "--solver", "unipc", "--guide", "2").options
     assert (overridden.m2v.steps, overridden.m2v.solver, overridden.m2v.guide_low, overridden.m2v.shift) == (
         6,
         "unipc",
         2.0,
         5.0,
     )
-    plain = options_from_args(_parser().parse_args(base[:-2]))
+    plain = cli_plan(tmp_path).options
     assert plain.m2v == StoryOptions().m2v and plain.t2v == StoryOptions().t2v
 
 
@@ -260,7 +258,7 @@ def test_shot_nodes_with_the_lightx2v_preset_sample_4_steps_of_one_forward_and_l
         text_encoder=speed_host.text,
         vae=speed_host.vae,
         keyframe_encoder=speed_host.keyframes,
-        **SHOT,
+        **(SHOT | {"steps": 40}),  # the widgets' defaults: the preset fills them
         preset="lightx2v",
     )
     empty = MemoryBank((), max_size=4, fixed=1)
@@ -272,7 +270,7 @@ def test_shot_nodes_with_the_lightx2v_preset_sample_4_steps_of_one_forward_and_l
         seed=0,
         cfg_high=4.0,
         cfg_low=3.0,
-        **shared,
+        **(shared | {"shift": 12.0}),
     )
     call(
         "StoryMemShot",
@@ -285,7 +283,7 @@ def test_shot_nodes_with_the_lightx2v_preset_sample_4_steps_of_one_forward_and_l
         cfg=3.5,
         **shared,
     )
-    assert counted_forwards == [1000, 937, 833, 625] * 2  # the widgets' steps, cfg, shift and solver are replaced
+    assert counted_forwards == [1000, 937, 833, 625] * 2  # steps, cfg, shift and solver left at defaults: the preset's
     assert [lora.name for lora in speed_host.m2v.loras] == [f"{tiny.STORYMEM_LORA_HIGH} + {tiny.STORYMEM_LORA_LOW}"]
 
 
@@ -299,8 +297,24 @@ def test_story_runner_with_the_lightx2v_preset_samples_4_steps_per_shot(speed_ho
             }
         )
     )
-    call("StoryMemStoryRunner", **runner_arguments(speed_host, story, continuation="m2v", preset="lightx2v"))
+    call("StoryMemStoryRunner", **runner_arguments(speed_host, story, continuation="m2v", preset="lightx2v", steps=40))
     assert counted_forwards == [1000, 937, 833, 625] * 2
+
+
+def test_a_widget_the_user_changed_wins_over_the_preset(speed_host, counted_forwards):
+    """One rule with the command line's: the steps set (2, not the default 40) stay, the preset fills cfg 1 (one
+    forward a step), shift 5 and euler."""
+    story = loads_story(
+        json.dumps(
+            {
+                "story_name": "fox",
+                "story_overview": "A fox.",
+                "scenes": [{"scene_num": 1, "video_prompts": ["a fox runs", "the fox rests"], "cut": [True, True]}],
+            }
+        )
+    )
+    call("StoryMemStoryRunner", **runner_arguments(speed_host, story, continuation="m2v", preset="lightx2v", steps=2))
+    assert counted_forwards == [1000, 833] * 2
 
 
 def test_shot_node_preset_names_the_missing_lora_files(speed_host, tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,12 +18,13 @@ import torch
 from ..errors import StoryMemError
 from ..files import atomic_write_path, staging_folder
 from ..memory import MemoryBank
-from ..pipeline import StoryOptions
-from ..shot import T2V_SETTINGS
+from ..presets import SamplerValues
+from ..story import loads_story
 from ..story_folder import StoryFolder, check_output_folder
 from ..story_models import LoadOptions
+from ..story_plan import StoryInputs, plan_story
 from ..tiny_models import write_tiny_models
-from .story import run_story_files
+from .story import CLI_NAMES, run_story_files
 
 DEMO_STORY = {
     "story_name": "The Blue Kite",
@@ -56,12 +56,13 @@ DEMO_STEPS = 4
 DEMO_SHOTS = sum(len(scene["video_prompts"]) for scene in DEMO_STORY["scenes"])
 
 
-def demo_options(seed: int) -> StoryOptions:
+def demo_inputs(out: Path, seed: int) -> StoryInputs:
     """StoryMem's settings at a size tiny models run in seconds: T2V first shot, MI2V for shots without a cut."""
-    defaults = StoryOptions()
-    return StoryOptions(
-        first_shot="t2v", continuation="mi2v", seed=seed, size_wh=DEMO_SIZE_WH, frames=DEMO_FRAMES,
-        m2v=replace(defaults.m2v, steps=DEMO_STEPS), t2v=replace(T2V_SETTINGS, steps=DEMO_STEPS),
+    steps = SamplerValues(steps=DEMO_STEPS)
+    return StoryInputs(
+        story=loads_story(json.dumps(DEMO_STORY), "the demo story"), out=out / "story", names=CLI_NAMES,
+        first_shot="t2v", continuation="mi2v", seed=seed, m2v=steps, t2v=steps, size_wh=DEMO_SIZE_WH,
+        frames=DEMO_FRAMES,
     )
 
 
@@ -71,9 +72,8 @@ def _holds(path: Path, content: bytes) -> bool:
 
 
 def run_demo(out: str | Path, seed: int = 0) -> int:
-    options = demo_options(seed)
-    options.check()  # before the models are written: a bad --seed must leave nothing behind
     out = check_output_folder(out)
+    plan = plan_story(demo_inputs(out, seed))  # before the models are written: a bad --seed must leave nothing behind
     script = out / "story.json"
     story_text = json.dumps(DEMO_STORY, indent=2, ensure_ascii=False)
     if os.path.lexists(script) and not _holds(script, story_text.encode()):
@@ -88,7 +88,7 @@ def run_demo(out: str | Path, seed: int = 0) -> int:
     if not os.path.lexists(script):
         with atomic_write_path(script) as tmp:
             tmp.write_text(story_text, encoding="utf-8")
-    film = run_story_files(script, models_dir, out / "story", options, LoadOptions(device=torch.device("cpu")))
+    film = run_story_files(plan, models_dir, LoadOptions(device=torch.device("cpu")))
     folder = StoryFolder(film.parent)
     print(f"demo film: {film}")
     print(f"shots: {folder.root / 'shots'}; memory banks: {folder.root / 'banks'}")

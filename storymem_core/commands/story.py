@@ -6,7 +6,6 @@ storymem_core/story_models.py.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -14,15 +13,13 @@ from tqdm import tqdm
 from ..choices import DEFAULT_MEMORY_POSITIONS
 from ..distributed import Parallel, torchrun_session
 from ..errors import StoryMemError
-from ..files import load_image
 from ..memory import MemoryBank
 from ..model_roles import find_model_files, parse_device, quality_model, required_roles
-from ..pipeline import StoryOptions, run_story
-from ..presets import preset_roles, preset_settings
-from ..sampling import SamplerSettings
+from ..pipeline import run_story
+from ..presets import SamplerValues, preset_roles
 from ..story import Story, load_story, shown_text
-from ..story_folder import check_output_folder, story_placement
 from ..story_models import LoadOptions, load_story_models
+from ..story_plan import InputNames, StoryInputs, StoryPlan, plan_story
 from ..weights.loading import dit_config
 
 
@@ -65,29 +62,29 @@ def memory_line(index: int, total: int, memory: MemoryBank) -> str:
     return f"shot {index + 1}/{total}: {len(memory)} keyframe(s) in memory (+{added} from this shot)"
 
 
-def options_from_args(args: argparse.Namespace) -> StoryOptions:
+CLI_NAMES = InputNames(
+    from_shot="--from-shot", continue_story="leave --from-shot out", out="--out",
+    no_references="no --reference image is given", give_references="pass them with --reference IMAGE (one or more)",
+    choose_mr2v="add --m2v-first-shot", choose_t2v="leave out --m2v-first-shot",
+    no_t2v_experts="the T2V experts are not in --models-dir",
+)
+
+
+def story_inputs(args: argparse.Namespace) -> StoryInputs:
+    """The command line as a story's inputs; a sampler flag left out is None (0 is a value, not 'unset')."""
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise StoryMemError(f"--size {args.size!r} is not WIDTHxHEIGHT: write e.g. --size 832x480.") from None
-    defaults = StoryOptions()
-    m2v = _sampler_from_args(args, preset_settings(args.preset, defaults.m2v, "m2v"))
-    t2v = _sampler_from_args(args, preset_settings(args.preset, defaults.t2v, "t2v"))
-    options = StoryOptions(
-        first_shot=args.first_shot, continuation=args.continuation, max_memory=args.max_memory,
-        fixed_memory=args.fixed_memory, seed=args.seed, size_wh=(width, height), frames=args.frames, m2v=m2v, t2v=t2v,
-        memory_positions=args.memory_positions or story_placement(args.out) or DEFAULT_MEMORY_POSITIONS,
+    sampler = SamplerValues(steps=args.steps, shift=args.shift, solver=args.solver, guide_low=args.guide,
+                            guide_high=args.guide)
+    return StoryInputs(
+        story=load_story(args.script), out=Path(args.out), names=CLI_NAMES, first_shot=args.first_shot,
+        continuation=args.continuation, seed=args.seed, m2v=sampler, t2v=sampler, preset=args.preset,
+        size_wh=(width, height), frames=args.frames, max_memory=args.max_memory, fixed_memory=args.fixed_memory,
+        memory_positions=args.memory_positions, references=tuple(Path(path) for path in args.reference),
+        from_shot=args.from_shot,
     )
-    options.check()  # every number in its range before anything loads
-    return options
-
-
-def _sampler_from_args(args: argparse.Namespace, defaults: SamplerSettings) -> SamplerSettings:
-    """`defaults` (a preset's, where chosen) with the sampler flags given on the command line (0 is a value, not
-    'unset')."""
-    given = {"steps": args.steps, "shift": args.shift, "guide_low": args.guide, "guide_high": args.guide,
-             "solver": args.solver}
-    return replace(defaults, **{name: value for name, value in given.items() if value is not None})
 
 
 def load_options_from_args(args: argparse.Namespace, parallel: Parallel | None = None) -> LoadOptions:
@@ -98,39 +95,22 @@ def load_options_from_args(args: argparse.Namespace, parallel: Parallel | None =
                        fsdp=args.fsdp)
 
 
-def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path, options: StoryOptions,
-                    load: LoadOptions,
-                    references: list[str] = (), from_shot: int | None = None) -> Path | None:
-    """Validate the script and the inputs, load the models, run the story; returns the film's path (None on the
-    ranks under torchrun that only serve rank 0's forwards).
-
-    `from_shot` is 1-based as users count shots.
-    """
-    story = load_story(script)
-    if from_shot is not None and not 1 <= from_shot <= len(story.shots):
-        raise StoryMemError(f"--from-shot {from_shot} is not a shot of {script} (1 to {len(story.shots)}).")
-    if references and options.first_shot != "mr2v":
-        raise StoryMemError("--reference images are given but the first shot is T2V: add --m2v-first-shot to start "
-                            "from them (MR2V).")
-    if options.first_shot == "mr2v" and not references:
-        raise StoryMemError("--m2v-first-shot starts from reference images: pass them with --reference IMAGE (one or "
-                            "more).")
-    options.check_story(story)
-    start = None if from_shot is None else from_shot - 1
-    check_output_folder(out)  # before the references are read: a wrong --out is the cheaper fault to report
-    reference_images = [load_image(path) for path in references]
-    checked = options.check_folder(out, story, reference_images, start)
-    roles = required_roles(options.first_shot, quality_model(load.quality, models_dir))
-    files = find_model_files(models_dir, roles + preset_roles(load.preset, options.first_shot))
+def run_story_files(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) -> Path | None:
+    """Check the story folder, load the models, run the story; returns the film's path (None on the ranks under
+    torchrun that only serve rank 0's forwards)."""
+    checked = plan.check_folder()
+    roles = required_roles(plan.options.first_shot, quality_model(load.quality, models_dir))
+    files = find_model_files(models_dir, roles + preset_roles(load.preset, plan.options.first_shot))
     if load.parallel is not None:
         load.parallel.check_heads(dit_config(files["i2v_high"])[0].num_heads)
-    models = load_story_models(files, options, load)
+    models = load_story_models(files, plan.options, load)
 
     def run() -> Path:
-        progress = StoryProgress(story)
+        progress = StoryProgress(plan.story)
         try:
-            film = run_story(story, models, options, out, reference_images or None, start, on_shot=progress.on_shot,
-                             on_step=progress.on_step, checked=checked, on_saved=progress.on_saved)
+            film = run_story(plan.story, models, plan.options, plan.out, list(plan.references) or None, plan.start,
+                             on_shot=progress.on_shot, on_step=progress.on_step, checked=checked,
+                             on_saved=progress.on_saved)
             progress.finished()
             return film
         finally:
@@ -140,13 +120,13 @@ def run_story_files(script: str | Path, models_dir: str | Path, out: str | Path,
 
 
 def run_story_command(args: argparse.Namespace) -> int:
-    options = options_from_args(args)
-    if args.memory_positions is None and options.memory_positions != DEFAULT_MEMORY_POSITIONS:
-        print(f"continuing the story in {args.out} with memory positions {options.memory_positions}, as it was begun "
+    plan = plan_story(story_inputs(args))
+    placement = plan.options.memory_positions
+    if args.memory_positions is None and placement != DEFAULT_MEMORY_POSITIONS:
+        print(f"continuing the story in {args.out} with memory positions {placement}, as it was begun "
               f"(--memory-positions {DEFAULT_MEMORY_POSITIONS} --from-shot 1 remakes it the authors' current way)")
     with torchrun_session() as parallel:
-        film = run_story_files(args.script, args.models_dir, args.out, options, load_options_from_args(args, parallel),
-                               args.reference, args.from_shot)
+        film = run_story_files(plan, args.models_dir, load_options_from_args(args, parallel))
     if film is not None:
         print(f"film: {film}")
         print(f"shots, memory banks and the memory contact sheet: {Path(args.out)}")
