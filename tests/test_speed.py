@@ -287,16 +287,14 @@ def test_shot_nodes_with_the_lightx2v_preset_sample_4_steps_of_one_forward_and_l
     assert [lora.name for lora in speed_host.m2v.loras] == [f"{tiny.STORYMEM_LORA_HIGH} + {tiny.STORYMEM_LORA_LOW}"]
 
 
+def two_shot_story():
+    script = {"story_name": "fox", "story_overview": "A fox.",
+              "scenes": [{"scene_num": 1, "video_prompts": ["a fox runs", "the fox rests"], "cut": [True, True]}]}
+    return loads_story(json.dumps(script))
+
+
 def test_story_runner_with_the_lightx2v_preset_samples_4_steps_per_shot(speed_host, counted_forwards):
-    story = loads_story(
-        json.dumps(
-            {
-                "story_name": "fox",
-                "story_overview": "A fox.",
-                "scenes": [{"scene_num": 1, "video_prompts": ["a fox runs", "the fox rests"], "cut": [True, True]}],
-            }
-        )
-    )
+    story = two_shot_story()
     call("StoryMemStoryRunner", **runner_arguments(speed_host, story, continuation="m2v", preset="lightx2v", steps=40))
     assert counted_forwards == [1000, 937, 833, 625] * 2
 
@@ -304,15 +302,7 @@ def test_story_runner_with_the_lightx2v_preset_samples_4_steps_per_shot(speed_ho
 def test_a_widget_the_user_changed_wins_over_the_preset(speed_host, counted_forwards):
     """One rule with the command line's: the steps set (2, not the default 40) stay, the preset fills cfg 1 (one
     forward a step), shift 5 and euler."""
-    story = loads_story(
-        json.dumps(
-            {
-                "story_name": "fox",
-                "story_overview": "A fox.",
-                "scenes": [{"scene_num": 1, "video_prompts": ["a fox runs", "the fox rests"], "cut": [True, True]}],
-            }
-        )
-    )
+    story = two_shot_story()
     call("StoryMemStoryRunner", **runner_arguments(speed_host, story, continuation="m2v", preset="lightx2v", steps=2))
     assert counted_forwards == [1000, 833] * 2
 
