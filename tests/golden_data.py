@@ -60,6 +60,11 @@ def case_placement(config: dict) -> tuple[str, int]:
     return "upstream", int(shift.group(1)) if shift else 5
 
 
+def other_placement(placement: str) -> str:
+    """The placement a case was not made with, to show that the placement matters."""
+    return "first-release" if placement == "upstream" else "upstream"
+
+
 def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors under `prefix` with the prefix removed (e.g. 'weight.' -> a state dict)."""
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

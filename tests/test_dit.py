@@ -3,7 +3,7 @@ at negative time positions) with our default placement, the first release's case
 
 import pytest
 import torch
-from golden_data import case_placement, cases, load_case, memory_cases, with_prefix
+from golden_data import case_placement, cases, load_case, memory_cases, other_placement, with_prefix
 from helpers import build_dit, run_case
 
 from storymem_core.choices import DEFAULT_MEMORY_POSITIONS
@@ -35,7 +35,7 @@ def test_dit_other_memory_placement_misses_reference(path):
     """The placement matters: the case's memory at the other placement gives another output."""
     config, tensors = load_case(path)
     placement, _ = case_placement(config)
-    other = "first-release" if placement == "upstream" else "upstream"
+    other = other_placement(placement)
     model = build_dit(config, with_prefix(tensors, "weight."))
     positions = memory_frame_positions(config["memory_size"], tensors["x"].shape[1], other)
     assert not torch.allclose(run_case(model, tensors, frame_positions=positions), tensors["out"], atol=1e-4)

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 from comfy_host import run_in_host
-from golden_data import case_paths, case_placement, cases, load_case, memory_cases, with_prefix
+from golden_data import case_paths, case_placement, cases, load_case, memory_cases, other_placement, with_prefix
 from safetensors.torch import load_file, save_file
 
 from storymem_core import tiny_models
@@ -48,7 +48,7 @@ def host_results(tmp_path_factory) -> dict:
         save_file(tensors, str(jobs / f"{path.stem}.safetensors"))
         placement, _ = case_placement(case)
         job = {"config": case["config"], "memory_size": case.get("memory_size", 0),
-               "placement": placement, "other_placement": "first-release" if placement == "upstream" else "upstream"}
+               "placement": placement, "other_placement": other_placement(placement)}
         (jobs / f"{path.stem}.json").write_text(json.dumps(job))
     for path in case_paths("lora_"):
         case, tensors = load_case(path)

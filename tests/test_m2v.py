@@ -4,7 +4,7 @@ fixed loop (`*_negrope`) with our default memory placement, the first release's 
 
 import pytest
 import torch
-from golden_data import case_placement, cases, dit_config_for, load_case, with_prefix
+from golden_data import case_placement, cases, dit_config_for, load_case, other_placement, with_prefix
 from helpers import given_frames, is_released_mi2v_bug, loop_vae, loop_weights
 
 from storymem_core.choices import DEFAULT_MEMORY_POSITIONS
@@ -125,7 +125,7 @@ def test_m2v_other_memory_placement_gives_another_shot(path):
     case's (its own placement gives the case's shot: test_m2v_shot_matches_reference)."""
     config, tensors = load_case(path)
     weights = loop_weights(config, tensors)
-    other = "first-release" if case_placement(config)[0] == "upstream" else "upstream"
+    other = other_placement(case_placement(config)[0])
     result = generate_memory_shot(
         build_experts(weights), loop_vae(weights), tensors["context"], tensors["context_null"],
         tensors["memory_images"], config["frame_num"], config["max_area"], settings_for(config),
