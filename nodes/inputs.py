@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, MEMORY_POSITIONS, PRESET_CHOICES, SOLVERS
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, MemoryPositions, Preset, Solver
 from storymem_core.limits import MAX_FRAMES, MAX_MEMORY, MAX_SEED, MAX_SHIFT, MAX_SIDE, MAX_STEPS, MIN_SHIFT
 from storymem_core.presets import SamplerValues
 
@@ -41,14 +41,14 @@ def shift(default: float) -> tuple:
 
 def memory_positions() -> tuple:
     """Where the memory frames sit in time; last among a node's optional inputs, so saved workflows keep loading."""
-    return (list(MEMORY_POSITIONS), {"default": DEFAULT_MEMORY_POSITIONS, "advanced": True, "tooltip":
+    return (MemoryPositions.names(), {"default": DEFAULT_MEMORY_POSITIONS, "advanced": True, "tooltip":
             "upstream (default): memory at time positions -5M..-5 and the shot from 0, as the StoryMem authors' code "
             "since their fix of January 2026 (issue #17) and as the LoRA was trained. first-release: memory and shot "
             "numbered 0..M+T-1 as in the first release; only to continue a story begun with it."})
 
 
 def solver() -> tuple:
-    return (list(SOLVERS), {"default": "unipc", "tooltip": "Flow-matching solver (unipc as in Wan2.2)."})
+    return (Solver.names(), {"default": Solver.UNIPC, "tooltip": "Flow-matching solver (unipc as in Wan2.2)."})
 
 
 def size(axis: str, default: int) -> tuple:
@@ -92,7 +92,7 @@ def memory_size() -> dict:
 
 
 def preset() -> tuple:
-    return (list(PRESET_CHOICES), {"default": "none", "tooltip": (
+    return (Preset.names(), {"default": Preset.NONE, "tooltip": (
         "lightx2v: the lightx2v 4-step distilled LoRAs from models/loras "
         "(wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise / _low_noise, the t2v v1.1 pair for T2V experts; "
         "Comfy-Org/Wan_2.2_ComfyUI_Repackaged) added to the experts, sampled as their authors do: 4 Euler steps, shift "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from storymem_core.choices import OFFLOAD_CHOICES, WEIGHT_CHOICES
+from storymem_core.choices import ExpertKind, Noise, Offload, Quality, WeightDtype
 from storymem_core.expert_pair import DTYPES, auto_dtype, load_expert_pair
 from storymem_core.lora import apply_loras, load_lora
 from storymem_core.presets import find_lora_names, preset_loras
@@ -25,6 +25,7 @@ CATEGORY = "StoryMem/loaders"
 PLANNED_TOKENS = shot_tokens(10, 81, 832 * 480)
 NO_AESTHETIC_HEAD = "none"
 AESTHETIC_HEAD = "sa_0_4_vit_b_32_linear.pth"
+BOTH_EXPERTS = "both"
 
 
 class LoadWanExperts:
@@ -39,11 +40,11 @@ class LoadWanExperts:
             "low_noise_model": model_file("diffusion_models",
                                           "Low-noise expert of the same pair, e.g. "
                                           "wan2.2_i2v_low_noise_14B_fp8_scaled"),
-            "weight_dtype": (list(WEIGHT_CHOICES),
-                             {"default": "auto",
+            "weight_dtype": (WeightDtype.names(),
+                             {"default": WeightDtype.AUTO,
                               "tooltip": "auto: fp8 files stay fp8 on a GPU, others run in bf16 (fp32 on CPU)."}),
-            "offload": (list(OFFLOAD_CHOICES),
-                        {"default": "auto",
+            "offload": (Offload.names(),
+                        {"default": Offload.AUTO,
                          "tooltip": "GPU memory plan: none (both experts resident), experts (one at a time), blocks "
                                     "(stream blocks from RAM, for small GPUs), auto (pick from free memory)."}),
             "compile": ("BOOLEAN",
@@ -85,7 +86,7 @@ def with_preset_loras(model: WanExperts, preset: str) -> WanExperts:
     high, low = find_lora_names(host.model_names("loras"), loras)
     # entries for layers Wan2.2 lacks are skipped (and logged), as for any speed LoRA
     weights = {expert: _read_lora(name, 1.0, getattr(model, expert), strict=False)
-               for expert, name in (("high", high), ("low", low))}
+               for expert, name in zip(Noise, (high, low))}
     speed = LoraSpec(f"{high} + {low}", 1.0, weights, strict=False)
     return model.with_lora(speed)
 
@@ -116,9 +117,9 @@ class LoadStoryMemLora:
     CATEGORY = CATEGORY
 
     def load(self, model: WanExperts, lora_high_noise: str, lora_low_noise: str, strength: float) -> tuple:
-        model.require("i2v", "The StoryMem LoRA")
-        weights = {"high": _read_lora(lora_high_noise, strength, model.high),
-                   "low": _read_lora(lora_low_noise, strength, model.low)}
+        model.require(ExpertKind.I2V, "The StoryMem LoRA")
+        weights = {Noise.HIGH: _read_lora(lora_high_noise, strength, model.high),
+                   Noise.LOW: _read_lora(lora_low_noise, strength, model.low)}
         return (model.with_lora(LoraSpec(f"{lora_high_noise} + {lora_low_noise}", strength, weights)),)
 
 
@@ -131,7 +132,8 @@ class AddWanLora:
             "model": (MODEL, {"tooltip": "Wan2.2 experts (with or without other LoRAs)."}),
             "lora": model_file("loras", "A LoRA made for Wan2.2 A14B"),
             "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05, "tooltip": "LoRA strength."}),
-            "experts": (["both", "high", "low"], {"default": "both", "tooltip": "Which expert(s) take this LoRA."}),
+            "experts": ([BOTH_EXPERTS, *Noise.names()],
+                        {"default": BOTH_EXPERTS, "tooltip": "Which expert(s) take this LoRA."}),
         }}
 
     RETURN_TYPES = (MODEL,)
@@ -141,7 +143,7 @@ class AddWanLora:
     CATEGORY = CATEGORY
 
     def load(self, model: WanExperts, lora: str, strength: float, experts: str) -> tuple:
-        targets = ("high", "low") if experts == "both" else (experts,)
+        targets = tuple(Noise) if experts == BOTH_EXPERTS else (experts,)
         # entries for layers Wan2.2 lacks (a Wan2.1 speed LoRA's image cross-attention) are logged and skipped, as
         # ComfyUI does
         weights = {expert: _read_lora(lora, strength, getattr(model, expert), strict=False) for expert in targets}
@@ -156,7 +158,8 @@ class LoadTextEncoder:
     def INPUT_TYPES(cls):
         return {"required": {
             "text_encoder": model_file("text_encoders", "umT5-xxl, e.g. umt5_xxl_fp8_e4m3fn_scaled or umt5_xxl_fp16"),
-            "weight_dtype": (["auto", *DTYPES], {"default": "auto", "tooltip": "auto: bf16 on a GPU, fp32 on CPU."}),
+            "weight_dtype": ([WeightDtype.AUTO, *DTYPES],
+                             {"default": WeightDtype.AUTO, "tooltip": "auto: bf16 on a GPU, fp32 on CPU."}),
         }}
 
     RETURN_TYPES = (TEXT_ENCODER,)
@@ -178,8 +181,8 @@ class LoadVAE:
     def INPUT_TYPES(cls):
         return {"required": {
             "vae": model_file("vae", "The Wan2.1 VAE, e.g. wan_2.1_vae"),
-            "weight_dtype": (["fp32", "bf16"],
-                             {"default": "fp32", "tooltip": "fp32 as in Wan2.2; bf16 halves its memory."}),
+            "weight_dtype": ([WeightDtype.FP32, WeightDtype.BF16],
+                             {"default": WeightDtype.FP32, "tooltip": "fp32 as in Wan2.2; bf16 halves its memory."}),
         }}
 
     RETURN_TYPES = (VAE,)
@@ -227,7 +230,7 @@ class LoadKeyframeEncoder:
             path = host.model_path("clip_vision", aesthetic_head)
             # the paper's HPSv3 reward model when chosen (needs `pip install hpsv3`), else a LAION head on the CLIP
             # embeddings
-            if "hpsv3" in aesthetic_head.lower():
+            if Quality.HPSV3 in aesthetic_head.lower():
                 scorer = load_hpsv3(path, host.device())
             else:
                 scorer = load_aesthetic_head(path)

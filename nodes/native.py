@@ -20,7 +20,7 @@ import comfy.patcher_extension
 import node_helpers
 import torch
 
-from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, NODE_SHOT_MODES
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, MOTION_FRAMES, NodeShotMode, ShotMode
 from storymem_core.conditioning import build_conditioning, check_size
 from storymem_core.errors import CheckpointError, ConditioningError
 from storymem_core.lora import load_lora
@@ -110,8 +110,8 @@ def storymem_conditioning(positive: list, negative: list, vae, memory: MemoryBan
     check_size(width, height)
     conditioning = build_conditioning(
         ComfyVideoEncoder(vae), memory.image_list(), length, width * height,
-        first_frame=previous[-1] if mode == "mi2v" else None,
-        motion_frames=previous[-GIVEN_FRAMES["mm2v"]:] if mode == "mm2v" else None,
+        first_frame=previous[-1] if mode == ShotMode.MI2V else None,
+        motion_frames=previous[-MOTION_FRAMES:] if mode == ShotMode.MM2V else None,
         fix_mem=fix_mem,
     )
     latent = torch.zeros([batch_size, 16, *conditioning.y.shape[1:]],
@@ -150,8 +150,8 @@ class StoryMemConditioning:
                         {"default": True,
                          "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous "
                                     "shot."}),
-                "mode": (list(NODE_SHOT_MODES),
-                         {"default": "auto-mi2v",
+                "mode": (NodeShotMode.names(),
+                         {"default": NodeShotMode.AUTO_MI2V,
                           "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 "
                                      "frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
                 "width": size("width", 832),
@@ -187,7 +187,7 @@ class StoryMemConditioning:
                   width: int, height: int, length: int, batch_size: int, previous_frames: torch.Tensor | None = None,
                   fix_mem: int = -1, memory_positions: str = DEFAULT_MEMORY_POSITIONS) -> tuple:
         mode = resolve_mode(mode, cut, previous_frames is not None)
-        previous = None if mode == "m2v" else image_batch_to_frames(previous_frames)
+        previous = None if mode == ShotMode.M2V else image_batch_to_frames(previous_frames)
         return storymem_conditioning(positive, negative, vae, memory, mode, width, height, length, batch_size, previous,
                                      None if fix_mem < 0 else fix_mem, memory_positions)
 

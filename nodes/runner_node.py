@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from storymem_core.choices import DEFAULT_MEMORY_POSITIONS
+from storymem_core.choices import CONTINUATIONS, DEFAULT_MEMORY_POSITIONS, ExpertKind, FirstShot, Preset, ShotMode
 from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryModels, run_story
 from storymem_core.presets import SamplerValues
@@ -50,14 +50,14 @@ class StoryRunner:
                 "text_encoder": (TEXT_ENCODER, {"tooltip": "From Load umT5 Text Encoder."}),
                 "vae": (VAE, {"tooltip": "From Load Wan VAE."}),
                 "keyframe_encoder": (KEYFRAME_ENCODER, {"tooltip": "From Load Keyframe Encoder."}),
-                "first_shot": (["t2v", "mr2v"],
-                               {"default": "t2v", "tooltip": "t2v: first shot from text (connect t2v_model); mr2v: "
-                                                             "first shot from reference images as memory (connect "
-                                                             "reference_images)."}),
-                "continuation": (["m2v", "mi2v", "mm2v"],
-                                 {"default": "mi2v", "tooltip": "For shots without a cut: m2v (memory only), mi2v "
-                                                                "(from the last frame) or mm2v (last 5 frames), "
-                                                                "matching the LoRA."}),
+                "first_shot": (FirstShot.names(),
+                               {"default": FirstShot.T2V,
+                                "tooltip": "t2v: first shot from text (connect t2v_model); mr2v: first shot from "
+                                           "reference images as memory (connect reference_images)."}),
+                "continuation": ([str(mode) for mode in CONTINUATIONS],
+                                 {"default": ShotMode.MI2V,
+                                  "tooltip": "For shots without a cut: m2v (memory only), mi2v (from the last frame) "
+                                             "or mm2v (last 5 frames), matching the LoRA."}),
                 "seed": inputs.seed("Seed of shot 1; shot k uses seed + k - 1."),
                 "steps": inputs.steps(M2V.steps),
                 "cfg": ("FLOAT",
@@ -101,12 +101,12 @@ class StoryRunner:
         """ComfyUI passes every input by name; they become the engine's `StoryInputs`, planned and run."""
         model, t2v_model = node_inputs["model"], node_inputs.get("t2v_model")
         text_encoder, keyframe_encoder = node_inputs["text_encoder"], node_inputs["keyframe_encoder"]
-        model.require("i2v", "Story Runner")
+        model.require(ExpertKind.I2V, "Story Runner")
         plan = plan_story(story_inputs(node_inputs))
         plan.check_t2v_experts(t2v_model is not None)
         if plan.needs_t2v_experts:
-            t2v_model.require("t2v", "Story Runner's t2v_model")
-        preset = node_inputs.get("preset", "none")
+            t2v_model.require(ExpertKind.T2V, "Story Runner's t2v_model")
+        preset = node_inputs.get("preset", Preset.NONE)
         model = with_preset_loras(model, preset)
         t2v_model = with_preset_loras(t2v_model, preset) if plan.needs_t2v_experts else None
         folder = plan.named_folder(model_names(model, text_encoder, keyframe_encoder, t2v_model))
@@ -128,7 +128,7 @@ def story_inputs(given: dict) -> StoryInputs:
         out=host.output_dir() / host.output_name(given["output_folder"], "output_folder", "storymem/stories"),
         names=NODE_NAMES, first_shot=given["first_shot"], continuation=given["continuation"], seed=given["seed"],
         m2v=memory_shots, t2v=SamplerValues(steps=memory_shots.steps, solver=memory_shots.solver),
-        preset=given.get("preset", "none"),
+        preset=given.get("preset", Preset.NONE),
         size_wh=(given["width"], given["height"]), frames=given["frames"], fps=given["fps"],
         max_memory=given["max_size"], fixed_memory=given["fixed"],
         memory_positions=given.get("memory_positions", DEFAULT_MEMORY_POSITIONS),

@@ -13,7 +13,16 @@ from typing import Iterator
 
 import torch
 
-from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, MOTION_FRAMES, NODE_SHOT_MODES
+from storymem_core.choices import (
+    AUTO_CONTINUES,
+    DEFAULT_MEMORY_POSITIONS,
+    MOTION_FRAMES,
+    ExpertKind,
+    NodeShotMode,
+    Offload,
+    Preset,
+    ShotMode,
+)
 from storymem_core.conditioning import check_size
 from storymem_core.errors import ConditioningError, GenerationInterrupted, StoryMemError
 from storymem_core.memory import MemoryBank
@@ -42,18 +51,18 @@ OUTPUTS = (
 
 def resolve_mode(mode: str, cut: bool, has_previous: bool) -> str:
     """auto: M2V after a cut, else continue the previous shot (MI2V or MM2V as the mode names)."""
-    if mode.startswith("auto"):
+    if mode in AUTO_CONTINUES:
         if cut:
-            return "m2v"
-        mode = mode.removeprefix("auto-")
+            return ShotMode.M2V
+        mode = AUTO_CONTINUES[mode]
         if not has_previous:
             raise ConditioningError(
                 "cut is false (the shot continues the previous one) but previous_frames is not connected: "
                 "connect the previous shot's last_frames, or set cut to true."
             )
-    elif mode != "m2v" and not has_previous:
+    elif mode != ShotMode.M2V and not has_previous:
         raise ConditioningError(f"mode {mode.upper()} continues the previous shot: connect its last_frames to "
-                                "previous_frames, or use m2v.")
+                                f"previous_frames, or use {ShotMode.M2V}.")
     return mode
 
 
@@ -79,10 +88,10 @@ def _check_prompt(prompt: str) -> None:
 
 def _make_room(model: WanExperts, device: torch.device) -> None:
     """Ask the host to unload its own models so the experts fit (block-swapped experts need little)."""
-    if device.type != "cuda" or model.offload == "blocks":
+    if device.type != "cuda" or model.offload == Offload.BLOCKS:
         return
     expert_bytes = sum(p.numel() * p.element_size() for p in model.high.parameters())
-    host.make_room(device, expert_bytes * (1 if model.offload == "experts" else 2))
+    host.make_room(device, expert_bytes * (1 if model.offload == Offload.EXPERTS else 2))
 
 
 @contextlib.contextmanager
@@ -151,17 +160,17 @@ class FirstShot:
                  memory: MemoryBank, prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float,
                  solver: str,
                  width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None,
-                 preset: str = "none") -> dict:
+                 preset: str = Preset.NONE) -> dict:
         number = shot_number or 1
         with naming_shot(number, prompt):
-            model.require("t2v", "First Shot")
+            model.require(ExpertKind.T2V, "First Shot")
             check_size(width, height)
             _check_prompt(prompt)
             given = inputs.sampler_values(FirstShot, steps=steps, shift=shift, solver=solver, cfg_low=cfg_low,
                                           cfg_high=cfg_high)
-            settings = replace(sampler_settings(preset, "t2v", given), seed=seed)
+            settings = replace(sampler_settings(preset, ShotMode.T2V, given), seed=seed)
             model = with_preset_loras(model, preset)
-            request = ShotRequest(prompt, "t2v", memory, (width, height), frames, settings, number - 1,
+            request = ShotRequest(prompt, ShotMode.T2V, memory, (width, height), frames, settings, number - 1,
                                   negative_prompt=negative_prompt)
             return _shot(request, model, text_encoder, vae, keyframe_encoder, cut=True)
 
@@ -180,8 +189,8 @@ class MemoryShot:
                         {"default": True,
                          "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous "
                                     "shot."}),
-                "mode": (list(NODE_SHOT_MODES),
-                         {"default": "auto-mi2v",
+                "mode": (NodeShotMode.names(),
+                         {"default": NodeShotMode.AUTO_MI2V,
                           "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 "
                                      "frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
                 "seed": inputs.seed(),
@@ -211,20 +220,20 @@ class MemoryShot:
                  memory: MemoryBank, prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float,
                  solver: str,
                  width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
-                 negative_prompt: str = "", shot_number: int | None = None, preset: str = "none",
+                 negative_prompt: str = "", shot_number: int | None = None, preset: str = Preset.NONE,
                  memory_positions: str = DEFAULT_MEMORY_POSITIONS) -> dict:
         number = shot_number or next_shot(memory) + 1
         with naming_shot(number, prompt):
-            model.require("i2v", "StoryMem Shot")
+            model.require(ExpertKind.I2V, "StoryMem Shot")
             check_size(width, height)
             mode = resolve_mode(mode, cut, previous_frames is not None)
             _check_prompt(prompt)
             given = inputs.sampler_values(MemoryShot, steps=steps, shift=shift, solver=solver, cfg=cfg)
-            settings = replace(sampler_settings(preset, "m2v", given), seed=seed)
+            settings = replace(sampler_settings(preset, ShotMode.M2V, given), seed=seed)
             model = with_preset_loras(model, preset)
             request = ShotRequest(
                 prompt, mode, memory, (width, height), frames, settings, number - 1,
-                previous_frames=None if mode == "m2v" else image_batch_to_frames(previous_frames),
+                previous_frames=None if mode == ShotMode.M2V else image_batch_to_frames(previous_frames),
                 negative_prompt=negative_prompt, memory_positions=memory_positions,
             )
             return _shot(request, model, text_encoder, vae, keyframe_encoder, cut)

@@ -16,6 +16,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
+from storymem_core.choices import ExpertKind, Noise, Offload
 from storymem_core.errors import StoryMemError
 from storymem_core.lora import LoraWeights, apply_loras
 from storymem_core.sampling import ExpertPair
@@ -30,14 +31,13 @@ TEXT_ENCODER = "STORYMEM_TEXT_ENCODER"
 VAE = "STORYMEM_VAE"
 KEYFRAME_ENCODER = "STORYMEM_KEYFRAME_ENCODER"
 
-EXPERTS = ("high", "low")
 # expert modules that have sampled: another pair's shot parks them, so one pair at a time holds the GPU
 _SAMPLED_EXPERTS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """One LoRA file pair already read: weights per expert ("high" / "low"), strength baked into their scales."""
+    """One LoRA file pair already read: weights per expert (`Noise`), strength baked into their scales."""
 
     name: str
     strength: float
@@ -47,17 +47,17 @@ class LoraSpec:
 
 @dataclass(frozen=True, eq=False)
 class WanExperts:
-    """A Wan2.2 A14B expert pair as loaded: `kind` "t2v" (16 input channels) or "i2v" (36, StoryMem M2V).
+    """A Wan2.2 A14B expert pair as loaded: `kind` T2V (16 input channels) or I2V (36, StoryMem M2V).
 
-    `offload` "experts" keeps one expert on the device at a time; "blocks" experts are BlockSwapDiT
-    wrappers (their weights live in `.dit`).
+    `offload` EXPERTS keeps one expert on the device at a time; BLOCKS experts are BlockSwapDiT wrappers (their
+    weights live in `.dit`).
     """
 
     high: nn.Module
     low: nn.Module
     kind: str
     name: str
-    offload: str = "none"
+    offload: str = Offload.NONE
     loras: tuple[LoraSpec, ...] = ()
 
     @property
@@ -69,8 +69,8 @@ class WanExperts:
 
     def require(self, kind: str, node: str) -> None:
         if self.kind != kind:
-            wanted = {"t2v": "the Wan2.2 T2V-A14B experts (wan2.2_t2v_*)",
-                      "i2v": "the Wan2.2 I2V-A14B experts (wan2.2_i2v_*) with the StoryMem LoRA"}
+            wanted = {ExpertKind.T2V: "the Wan2.2 T2V-A14B experts (wan2.2_t2v_*)",
+                      ExpertKind.I2V: "the Wan2.2 I2V-A14B experts (wan2.2_i2v_*) with the StoryMem LoRA"}
             raise StoryMemError(f"{node} needs {wanted[kind]}, but {self.name} are {self.kind.upper()} experts: load "
                                 "the other pair.")
 
@@ -87,12 +87,12 @@ class WanExperts:
         _SAMPLED_EXPERTS.update((self.high, self.low))
         applied = []
         try:
-            for expert, module in zip(EXPERTS, (self.high, self.low)):
+            for expert, module in zip(Noise, (self.high, self.low)):
                 for lora in self.loras:
                     if expert in lora.weights:
                         applied.append(apply_loras(getattr(module, "dit", module), [lora.weights[expert]], mode="hook",
                                                    strict=lora.strict))
-            yield ExpertPair(self.high, self.low, device, offload=self.offload == "experts")
+            yield ExpertPair(self.high, self.low, device, offload=self.offload == Offload.EXPERTS)
         finally:
             for lora in reversed(applied):
                 lora.remove()

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .choices import MOTION_FRAMES
+from .choices import GIVEN_FRAMES, MOTION_FRAMES, ShotMode
 from .errors import ConditioningError
 
 VAE_STRIDE = (4, 8, 8)
@@ -105,7 +105,7 @@ def _check_same_size(images: torch.Tensor | list[torch.Tensor], what: str) -> to
 
 
 def conditioning_mask(
-    memory_count: int, frame_num: int, lat_hw: tuple[int, int], mode: str = "m2v", fix_mem: int | None = None
+    memory_count: int, frame_num: int, lat_hw: tuple[int, int], mode: str = ShotMode.M2V, fix_mem: int | None = None
 ) -> torch.Tensor:
     """Mask [4, M + 1 + (F-1)//4, h, w]: 1 for memory (2 past `fix_mem`), 1 for given shot frames, else 0.
 
@@ -116,7 +116,7 @@ def conditioning_mask(
     per_frame[:memory_count] = 1
     if fix_mem is not None and memory_count > fix_mem:
         per_frame[fix_mem:memory_count] = 2
-    given = {"m2v": 0, "mi2v": 1, "mm2v": MOTION_FRAMES}[mode]
+    given = GIVEN_FRAMES[mode]
     per_frame[memory_count : memory_count + given] = 1
     packed = torch.cat([per_frame[: memory_count + 1].repeat_interleave(VAE_STRIDE[0]), per_frame[memory_count + 1 :]])
     mask = packed.view(-1, VAE_STRIDE[0], 1, 1).expand(-1, -1, *lat_hw)  # [T_lat, 4, h, w]
@@ -148,11 +148,11 @@ def build_conditioning(
             "T2V (First Shot node, --t2v-first-shot) or start from reference images (MR2V)."
         )
     memory = _check_images(memory_images, "memory")
-    given, mode = None, "m2v"
+    given, mode = None, ShotMode.M2V
     if first_frame is not None:
-        given, mode = _check_same_size([first_frame], "first frame"), "mi2v"
+        given, mode = _check_same_size([first_frame], "first frame"), ShotMode.MI2V
     elif motion_frames is not None:
-        given, mode = _check_same_size(motion_frames, "motion frames"), "mm2v"
+        given, mode = _check_same_size(motion_frames, "motion frames"), ShotMode.MM2V
         if len(given) != MOTION_FRAMES:
             raise ConditioningError(
                 f"MM2V needs exactly {MOTION_FRAMES} motion frames, got {len(given)}: give the previous shot's last "

@@ -23,13 +23,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .choices import ShotMode
 from .errors import StoryMemError
 from .sampling import ExpertPair
 from .wan.ulysses import SequenceShards, sharded_sequence
 
 log = logging.getLogger(__name__)
 
-PAIRS = ("m2v", "t2v")  # the expert pairs a forward can name
+PAIRS = (ShotMode.M2V, ShotMode.T2V)  # the expert pairs a forward can name (StoryModels' m2v and t2v)
 STOP, FORWARD = 0, 1
 HEADER_SIZE = 14
 FIRST_ERROR_KEY = "storymem/first_error"

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .choices import WEIGHT_DTYPE_NAMES
+from .choices import Offload, WeightDtype
 from .errors import CheckpointError
 from .lora import apply_loras, load_lora
 from .offload import BlockSwapDiT, resolve_offload
@@ -21,7 +21,7 @@ from .weights.loading import load_dit
 
 log = logging.getLogger(__name__)
 
-DTYPES = dict(zip(WEIGHT_DTYPE_NAMES, (torch.bfloat16, torch.float16, torch.float32)))
+DTYPES = {WeightDtype.BF16: torch.bfloat16, WeightDtype.FP16: torch.float16, WeightDtype.FP32: torch.float32}
 
 
 def auto_dtype(device: torch.device) -> torch.dtype:
@@ -29,11 +29,11 @@ def auto_dtype(device: torch.device) -> torch.dtype:
 
 
 def expert_weights(choice: str, device: torch.device) -> tuple[torch.dtype, bool | None]:
-    """(dtype, keep_fp8) for `load_dit` from a user's choice in WEIGHT_CHOICES.
+    """(dtype, keep_fp8) for `load_dit` from a user's choice (`choices.WeightDtype`).
 
     auto: fp8 files stay fp8 on a GPU (fp8 matmuls), everything else runs in bf16 (fp32 on the CPU).
     """
-    keep_fp8 = {"fp8": True, "auto": None if device.type == "cuda" else False}.get(choice, False)
+    keep_fp8 = {WeightDtype.FP8: True, WeightDtype.AUTO: None if device.type == "cuda" else False}.get(choice, False)
     return DTYPES.get(choice, auto_dtype(device)), keep_fp8
 
 
@@ -51,7 +51,7 @@ def load_expert_pair(
 ) -> tuple[nn.Module, nn.Module, str]:
     """(high, low, placement): a Wan2.2 expert pair as a story runs it, for the nodes and the CLI alike.
 
-    Dtype from `weights` (WEIGHT_CHOICES); placement from `offload` ('auto' plans from `free_bytes` for `tokens`);
+    Dtype from `weights` (`WeightDtype`); placement from `offload` ('auto' plans from `free_bytes` for `tokens`);
     `loras` stay hooked, stacked in order; blocks compiled on a GPU when asked; 'blocks' wraps in BlockSwapDiT.
     """
     dtype, keep_fp8 = expert_weights(weights, device)
@@ -67,7 +67,7 @@ def load_expert_pair(
     placement = resolve_offload(offload, pair[0], device, free_bytes, tokens)
     if compile_blocks and device.type == "cuda":
         pair = [dit.compile_blocks() for dit in pair]
-    if placement == "blocks":
+    if placement == Offload.BLOCKS:
         pair = [BlockSwapDiT(dit) for dit in pair]
     log.info("Wan experts: placement %s, attention %s%s", placement, backend_name(device),
              ", compiled blocks" if compile_blocks and device.type == "cuda" else "")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .choices import FirstShot, Quality
 from .errors import CheckpointError, StoryMemError
 from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE
 from .safe_files import files_under
@@ -49,9 +50,10 @@ ROLES = {
     "vae": ModelRole("vae", ("wan_2.1_vae*", "wan2.1_vae*"), "wan_2.1_vae.safetensors"),
     "clip": ModelRole("clip_vision", ("open_clip*", "*vit*b*32*clip*", "*clip*vit*b*32*"),
                       "open_clip_model.safetensors (timm/vit_base_patch32_clip_224.openai)"),
-    "aesthetic": ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"),
-                           "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
-    "hpsv3": ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)", ("clip_vision",)),
+    Quality.AESTHETIC: ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"),
+                                 "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
+    Quality.HPSV3: ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)",
+                             ("clip_vision",)),
 }
 ROLES.update({
     role: ModelRole(LORA_FOLDER, lora.patterns, f"{lora.usual_name} ({SOURCE})")
@@ -93,21 +95,21 @@ def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path
 
 
 def quality_model(quality: str, models_dir: str | Path) -> str | None:
-    """The quality filter's model role: 'auto' takes the reference's HPSv3 when its package and checkpoint
-    are both there, else the CLIP aesthetic head; 'off' needs none."""
-    if quality == "off":
+    """The quality filter's model role: auto takes the reference's HPSv3 when its package and checkpoint
+    are both there, else the CLIP aesthetic head; off needs none."""
+    if quality == Quality.OFF:
         return None
-    if quality == "auto":
+    if quality == Quality.AUTO:
         found = (importlib.util.find_spec("hpsv3") is not None
-                 and _find(Path(models_dir).expanduser(), "hpsv3") is not None)
-        return "hpsv3" if found else "aesthetic"
+                 and _find(Path(models_dir).expanduser(), Quality.HPSV3) is not None)
+        return Quality.HPSV3 if found else Quality.AESTHETIC
     return quality
 
 
-def required_roles(first_shot: str, quality: str | None = "aesthetic") -> list[str]:
+def required_roles(first_shot: str, quality: str | None = Quality.AESTHETIC) -> list[str]:
     """The files a story needs: T2V experts only for a T2V first shot, the quality model unless the filter is off."""
     roles = ["i2v_high", "i2v_low", "lora_high", "lora_low", "text_encoder", "vae", "clip"]
-    return roles + ([quality] if quality else []) + (["t2v_high", "t2v_low"] if first_shot == "t2v" else [])
+    return roles + ([quality] if quality else []) + (["t2v_high", "t2v_low"] if first_shot == FirstShot.T2V else [])
 
 
 def parse_device(name: str) -> torch.device:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .choices import ExpertKind
 from .errors import CheckpointError
 
 WIDTH = 65_536
@@ -61,7 +62,8 @@ def _one_of(*rules: Rule) -> Rule:
 
 SCHEMAS: dict[str, dict[str, Rule]] = {
     "dit": {
-        "model_type": _choice("t2v", "i2v"), "patch_size": _items(_whole(1, 64), 3, 3), "text_len": _whole(1, 4096),
+        "model_type": _choice(*ExpertKind.names()), "patch_size": _items(_whole(1, 64), 3, 3),
+        "text_len": _whole(1, 4096),
         "in_dim": _whole(1, CHANNELS), "dim": _whole(1, WIDTH), "ffn_dim": _whole(1, WIDTH),
         "freq_dim": _whole(2, WIDTH),
         "text_dim": _whole(1, WIDTH), "out_dim": _whole(1, CHANNELS), "num_heads": _whole(1, HEADS),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .choices import Offload
 from .wan.dit import DiTConfig, WanDiT
 
 GIB = 2**30
@@ -123,8 +124,8 @@ class BlockSwapDiT(nn.Module):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # in-flight copies still read the slots
         self._slots, self._copy_stream, self._ready, self._free = [], None, [], []
-        for name, child in self.dit.named_children():
-            if name != "blocks":
+        for child in self.dit.children():
+            if child is not self.dit.blocks:
                 child.to(device)
         self.device = device
         self._move_blocks_to_host(pin=device.type == "cuda")
@@ -222,16 +223,16 @@ def choose_offload(expert: nn.Module, free_bytes: int, tokens: int) -> str:
     expert_bytes = sum(p.numel() * p.element_size() for p in expert.parameters())
     activations = ACTIVATION_BYTES_PER_TOKEN * tokens + HEADROOM_BYTES
     if free_bytes >= 2 * expert_bytes + activations:
-        return "none"
+        return Offload.NONE
     if free_bytes >= expert_bytes + activations:
-        return "experts"
-    return "blocks"
+        return Offload.EXPERTS
+    return Offload.BLOCKS
 
 
 def resolve_offload(requested: str, expert: nn.Module, device: torch.device, free_bytes: int, tokens: int) -> str:
     """The placement to use: off-GPU devices need none, 'auto' asks `choose_offload`, anything else is kept."""
     if device.type != "cuda":
-        return "none"
-    if requested != "auto":
+        return Offload.NONE
+    if requested != Offload.AUTO:
         return requested
     return choose_offload(expert, free_bytes, tokens)

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .choices import MOTION_FRAMES
+from .choices import GIVEN_FRAMES, MOTION_FRAMES, FirstShot, ShotMode
 from .errors import StoryMemError
 from .files import fit_image, load_image, save_image, save_picture
 from .memory import MemoryBank, discard_bank
@@ -108,7 +108,7 @@ def _unfinish(folder: StoryFolder, shot_indices: list[int]) -> None:
 
 def _initial_bank(options: StoryOptions, reference_images: list[torch.Tensor] | None) -> MemoryBank:
     """The bank the story starts with: the references (MR2V) or empty (T2V), under the current memory limits."""
-    if options.first_shot == "mr2v":
+    if options.first_shot == FirstShot.MR2V:
         fitted = [fit_image(image, options.size_wh) for image in reference_images]
         return MemoryBank.from_images(fitted, max_size=options.max_memory, fixed=options.fixed_memory)
     return MemoryBank(keyframes=(), max_size=options.max_memory, fixed=options.fixed_memory)
@@ -122,12 +122,12 @@ def _make_shot(shot: Shot, bank: MemoryBank, models: StoryModels, options: Story
                on_step: StepCallback | None) -> ShotOutcome:
     """The story's shot through `run_shot`, from the story's options and the previous shot's saved last frames."""
     mode = story_shot_mode(shot.index, shot.cut, options.first_shot, options.continuation)
-    experts = models.t2v if mode == "t2v" else models.m2v
+    experts = models.t2v if mode == ShotMode.T2V else models.m2v
     check_t2v_experts(mode, experts is not None)  # only a story still to make its first shot needs them
     request = ShotRequest(
         prompt=shot.prompt, mode=mode, memory=bank, size_wh=options.size_wh, frames=options.frames,
-        settings=replace(options.t2v if mode == "t2v" else options.m2v, seed=options.seed + shot.index),
-        index=shot.index, previous_frames=_load_tail(folder, shot.index - 1) if mode in ("mi2v", "mm2v") else None,
+        settings=replace(options.t2v if mode == ShotMode.T2V else options.m2v, seed=options.seed + shot.index),
+        index=shot.index, previous_frames=_load_tail(folder, shot.index - 1) if GIVEN_FRAMES.get(mode) else None,
         negative_prompt=options.negative_prompt, fix_mem=options.fixed_memory if options.mark_fixed_memory else None,
         memory_positions=options.memory_positions,
     )
@@ -135,7 +135,7 @@ def _make_shot(shot: Shot, bank: MemoryBank, models: StoryModels, options: Story
         outcome = run_shot(request, ShotModels(experts, models.text_encoder, models.vae, models.keyframe_encoder,
                                                models.aesthetic_scorer), on_step)
     finally:
-        if mode == "t2v":
+        if mode == ShotMode.T2V:
             experts.park()  # only the first shot uses the T2V experts
     log.info("shot %d: %d keyframe(s) added to memory", shot.index + 1, outcome.keyframes_added)
     return outcome

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .choices import DEFAULT_MEMORY_POSITIONS, MEMORY_POSITIONS
+from .choices import DEFAULT_MEMORY_POSITIONS, MemoryPositions
 from .errors import ConditioningError
 
 DEFAULT_SPACING = 5  # MEMORY_ROPE_SHIFT of the authors' fixed code
@@ -22,8 +22,9 @@ DEFAULT_SPACING = 5  # MEMORY_ROPE_SHIFT of the authors' fixed code
 
 def check_placement(placement: str) -> None:
     """Refuse an unknown placement before any model runs."""
-    if placement not in MEMORY_POSITIONS:
-        raise ConditioningError(f"memory placement '{placement}' is unknown: use one of {', '.join(MEMORY_POSITIONS)}.")
+    if placement not in MemoryPositions.names():
+        raise ConditioningError(f"memory placement '{placement}' is unknown: use one of "
+                                f"{', '.join(MemoryPositions.names())}.")
 
 
 def memory_frame_positions(memory_count: int, latent_frames: int, placement: str = DEFAULT_MEMORY_POSITIONS,
@@ -35,7 +36,7 @@ def memory_frame_positions(memory_count: int, latent_frames: int, placement: str
             f"{memory_count} memory latent frames do not fit a latent of {latent_frames} frames: sample the latent "
             "made with the memory (StoryMem Conditioning's latent output)."
         )
-    if placement == "first-release" or memory_count == 0:
+    if placement == MemoryPositions.FIRST_RELEASE or memory_count == 0:
         return None
     if spacing < 1:
         raise ConditioningError(f"memory spacing {spacing} must be at least 1 (the authors' code uses 5).")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import PurePath
 from typing import Iterable
 
-from .choices import PRESET_CHOICES
+from .choices import ExpertKind, FirstShot, Noise, Preset, ShotMode, Solver
 from .errors import StoryMemError
 from .sampling import SamplerSettings
 from .shot import T2V_SETTINGS
@@ -33,8 +33,8 @@ class LoraFile:
 
 
 @dataclass(frozen=True)
-class Preset:
-    name: str
+class SpeedPreset:
+    name: Preset
     m2v: dict  # SamplerSettings fields the preset sets for memory shots (and an MR2V first shot)
     t2v: dict  # ... and for a T2V first shot
     i2v_loras: tuple[LoraFile, LoraFile]  # (high, low), on top of the StoryMem LoRA
@@ -50,29 +50,29 @@ def _lightx2v_file(kind: str, noise: str, version: str) -> LoraFile:
     return LoraFile(patterns, f"wan2.2_{kind}_lightx2v_4steps_lora_{version}_{noise}_noise.safetensors")
 
 
-DISTILLED = {"steps": 4, "shift": 5.0, "solver": "euler", "guide_high": 1.0, "guide_low": 1.0}
-LIGHTX2V = Preset(
-    name="lightx2v",
+DISTILLED = {"steps": 4, "shift": 5.0, "solver": Solver.EULER, "guide_high": 1.0, "guide_low": 1.0}
+LIGHTX2V = SpeedPreset(
+    name=Preset.LIGHTX2V,
     m2v={**DISTILLED, "boundary": 0.9},
     t2v={**DISTILLED, "boundary": 0.875},
-    i2v_loras=(_lightx2v_file("i2v", "high", "v1"), _lightx2v_file("i2v", "low", "v1")),
-    t2v_loras=(_lightx2v_file("t2v", "high", "v1.1"), _lightx2v_file("t2v", "low", "v1.1")),
+    i2v_loras=tuple(_lightx2v_file(ExpertKind.I2V, noise, "v1") for noise in Noise),
+    t2v_loras=tuple(_lightx2v_file(ExpertKind.T2V, noise, "v1.1") for noise in Noise),
 )
-PRESETS = {"lightx2v": LIGHTX2V}  # the names in PRESET_CHOICES besides none
+PRESETS = {Preset.LIGHTX2V: LIGHTX2V}  # every preset besides none
 # model roles of the speed LoRA files, as the CLI finds them: "lightx2v_i2v_high" ...
 PRESET_LORA_ROLES = {
     f"{name}_{kind}_{noise}": lora
-    for name, chosen in PRESETS.items() for kind in ("i2v", "t2v")
-    for noise, lora in zip(("high", "low"), getattr(chosen, f"{kind}_loras"))
+    for name, chosen in PRESETS.items() for kind in ExpertKind
+    for noise, lora in zip(Noise, getattr(chosen, f"{kind}_loras"))
 }
 
 
-def preset(name: str) -> Preset | None:
-    """The preset called `name`; None for 'none'."""
-    if name == "none":
+def preset(name: str) -> SpeedPreset | None:
+    """The preset called `name`; None for none."""
+    if name == Preset.NONE:
         return None
     if name not in PRESETS:
-        raise StoryMemError(f"preset '{name}' is unknown: use one of {', '.join(PRESET_CHOICES)}.")
+        raise StoryMemError(f"preset '{name}' is unknown: use one of {', '.join(Preset.names())}.")
     return PRESETS[name]
 
 
@@ -87,7 +87,7 @@ class SamplerValues:
     guide_high: float | None = None
 
 
-KIND_DEFAULTS = {"m2v": SamplerSettings(), "t2v": T2V_SETTINGS}  # StoryMem's memory shots, Wan2.2's T2V
+KIND_DEFAULTS = {ShotMode.M2V: SamplerSettings(), ShotMode.T2V: T2V_SETTINGS}  # StoryMem's memory shots, Wan2.2's T2V
 
 
 def sampler_settings(name: str, kind: str, given: SamplerValues = SamplerValues()) -> SamplerSettings:
@@ -106,12 +106,12 @@ def preset_loras(name: str, kind: str) -> tuple[LoraFile, LoraFile] | None:
 
 def lora_roles(name: str, kind: str) -> list[tuple[str, str]]:
     """The (high, low) model roles of the speed LoRAs preset `name` stacks on `kind` experts; none without a preset."""
-    return [] if preset_loras(name, kind) is None else [(f"{name}_{kind}_high", f"{name}_{kind}_low")]
+    return [] if preset_loras(name, kind) is None else [tuple(f"{name}_{kind}_{noise}" for noise in Noise)]
 
 
 def preset_roles(name: str, first_shot: str) -> list[str]:
     """The speed LoRA roles a story with preset `name` needs: the T2V pair only for a T2V first shot."""
-    kinds = ("i2v", "t2v") if first_shot == "t2v" else ("i2v",)
+    kinds = tuple(ExpertKind) if first_shot == FirstShot.T2V else (ExpertKind.I2V,)
     return [role for kind in kinds for pair in lora_roles(name, kind) for role in pair]
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .choices import DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, MOTION_FRAMES, SHOT_MODES
+from .choices import DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, MOTION_FRAMES, FirstShot, ShotMode
 from .errors import ConditioningError
 from .keyframes import select_keyframes
 from .memory import MemoryBank
@@ -27,7 +27,7 @@ from .wan.vae import WanVAE
 @dataclass(frozen=True)
 class ShotRequest:
     prompt: str
-    mode: str  # one of SHOT_MODES; an MR2V first shot is M2V from a bank of references
+    mode: str  # a `ShotMode`; an MR2V first shot is M2V from a bank of references
     memory: MemoryBank
     size_wh: tuple[int, int]  # a T2V shot's size; the pixel budget of a memory shot, whose aspect its memory sets
     frames: int
@@ -59,8 +59,8 @@ def story_shot_mode(index: int, cut: bool, first_shot: str, continuation: str) -
     """The mode of a story's shot: T2V for a T2V story's first shot, M2V after a cut (and for an MR2V first shot),
     else the story's continuation (m2v, mi2v or mm2v)."""
     if index == 0:
-        return "t2v" if first_shot == "t2v" else "m2v"
-    return "m2v" if cut else continuation
+        return ShotMode.T2V if first_shot == FirstShot.T2V else ShotMode.M2V
+    return ShotMode.M2V if cut else continuation
 
 
 def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, int], None] | None = None,
@@ -71,21 +71,21 @@ def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, i
     selection follows)."""
     given = _given_frames(request)
     context, context_null = encode_prompts(models.text_encoder, request.prompt, request.negative_prompt, models.experts)
-    if request.mode == "t2v":
+    if request.mode == ShotMode.T2V:
         result = generate_text_shot(models.experts, models.vae, context, context_null, request.size_wh, request.frames,
                                     request.settings, on_step, on_preview)
     else:
         width, height = request.size_wh
         result = generate_memory_shot(
             models.experts, models.vae, context, context_null, request.memory.image_list(), request.frames,
-            width * height, request.settings, first_frame=given[-1] if request.mode == "mi2v" else None,
-            motion_frames=given if request.mode == "mm2v" else None, fix_mem=request.fix_mem, on_step=on_step,
+            width * height, request.settings, first_frame=given[-1] if request.mode == ShotMode.MI2V else None,
+            motion_frames=given if request.mode == ShotMode.MM2V else None, fix_mem=request.fix_mem, on_step=on_step,
             memory_positions=request.memory_positions, on_preview=on_preview,
         )
     if on_decoded is not None:
         on_decoded()
     frames = video_to_frames(result.video)
-    if request.mode != "t2v":
+    if request.mode != ShotMode.T2V:
         frames = trim_conditioning_frames(frames, request.mode)
     keyframes = select_keyframes(frames, models.keyframe_encoder, bank=request.memory, scorer=models.scorer,
                                  shot=request.index)
@@ -94,13 +94,13 @@ def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, i
 
 def _given_frames(request: ShotRequest) -> torch.Tensor | None:
     """The previous shot's frames a continuing shot starts from, refused before any model runs when missing."""
-    if request.mode not in SHOT_MODES:
-        raise ConditioningError(f"shot mode '{request.mode}' is unknown: use one of {', '.join(SHOT_MODES)}.")
-    if request.mode in ("t2v", "m2v"):
+    if request.mode not in ShotMode.names():
+        raise ConditioningError(f"shot mode '{request.mode}' is unknown: use one of {', '.join(ShotMode.names())}.")
+    if request.mode in (ShotMode.T2V, ShotMode.M2V):
         return None
     if request.previous_frames is None:
         raise ConditioningError(f"a {request.mode.upper()} shot continues the previous shot's last "
                                 f"{GIVEN_FRAMES[request.mode]} frame(s): give them (previous_frames), or make the "
                                 "shot M2V.")
     # too few frames for MM2V is reported by the conditioning, which counts them
-    return request.previous_frames[-MOTION_FRAMES:] if request.mode == "mm2v" else request.previous_frames[-1:]
+    return request.previous_frames[-MOTION_FRAMES:] if request.mode == ShotMode.MM2V else request.previous_frames[-1:]

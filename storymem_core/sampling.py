@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-from .choices import SOLVERS
+from .choices import Solver
 from .errors import SamplerError
 from .limits import MAX_GUIDE, MAX_SHIFT, MAX_STEPS, MIN_SHIFT, check_number
 from .solvers import make_solver
@@ -29,7 +29,7 @@ class SamplerSettings:
 
     steps: int = 40
     shift: float = 4.0
-    solver: str = "unipc"
+    solver: str = Solver.UNIPC
     boundary: float = 0.9
     guide_low: float = 3.5
     guide_high: float = 3.5
@@ -38,8 +38,8 @@ class SamplerSettings:
 
     def check(self) -> None:
         """Refuse values no sampler can use before a model loads (a NaN shift samples an all-black film)."""
-        if self.solver not in SOLVERS:
-            raise SamplerError(f"solver {self.solver!r} is unknown: choose one of {', '.join(SOLVERS)}.")
+        if self.solver not in Solver.names():
+            raise SamplerError(f"solver {self.solver!r} is unknown: choose one of {', '.join(Solver.names())}.")
         check_number(self.steps, "steps", 1, MAX_STEPS, "StoryMem samples 40")
         check_number(self.shift, "shift", MIN_SHIFT, MAX_SHIFT, "leave it out for StoryMem's 4 (M2V) and 12 (T2V)")
         for guide in (self.guide_high, self.guide_low):

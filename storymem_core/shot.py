@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
-from .choices import DEFAULT_MEMORY_POSITIONS, PLACEMENTS
+from .choices import DEFAULT_MEMORY_POSITIONS, PLACEMENTS, Offload
 from .conditioning import PATCH, VAE_STRIDE, build_conditioning, check_frame_num, latent_frame_count
 from .errors import OutOfMemory
 from .offload import BlockSwapDiT, choose_offload
@@ -30,9 +30,10 @@ DEFAULT_NEGATIVE_PROMPT = (
 T2V_SETTINGS = SamplerSettings(shift=12.0, boundary=0.875, guide_low=3.0, guide_high=4.0)
 PIXELS_PER_TOKEN = VAE_STRIDE[1] * PATCH[1] * VAE_STRIDE[2] * PATCH[2]
 PLACEMENT_HINTS = {
-    "experts": "offload 'experts' (one expert on the GPU at a time; Load Wan2.2 Experts' offload, --offload experts)",
-    "blocks": "offload 'blocks' (block swap: the experts' blocks stream from RAM; Load Wan2.2 Experts' offload, "
-              "--offload blocks)",
+    Offload.EXPERTS: "offload 'experts' (one expert on the GPU at a time; Load Wan2.2 Experts' offload, "
+                     "--offload experts)",
+    Offload.BLOCKS: "offload 'blocks' (block swap: the experts' blocks stream from RAM; Load Wan2.2 Experts' "
+                    "offload, --offload blocks)",
 }
 FP8_HINT = "fp8 weights (weight_dtype fp8, --weights fp8: half the memory of bf16)"
 SMALLER_HINT = "fewer frames, a smaller size or a smaller memory (max memory)"
@@ -155,8 +156,8 @@ def memory_advice(placement: str, fp8: bool, fitting: str | None = None) -> str:
 
 def _placement(experts: ExpertPair) -> str:
     if isinstance(experts.high, BlockSwapDiT):
-        return "blocks"
-    return "experts" if experts.offload else "none"
+        return Offload.BLOCKS
+    return Offload.EXPERTS if experts.offload else Offload.NONE
 
 
 def _fitting_placement(experts: ExpertPair, tokens: int) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .choices import SOLVERS
+from .choices import Solver as SolverName
 from .errors import SamplerError
 
 
@@ -158,16 +158,16 @@ class DPMPlusPlus(Solver):
 
 def make_solver(name: str, steps: int, shift: float, num_train_timesteps: int = 1000) -> Solver:
     """A fresh solver over `steps` shifted sigmas, set up as the reference generators set theirs up."""
-    if name not in SOLVERS:
-        raise SamplerError(f"Unknown solver {name!r}; choose one of: {', '.join(SOLVERS)}.")
+    if name not in SolverName.names():
+        raise SamplerError(f"Unknown solver {name!r}; choose one of: {', '.join(SolverName.names())}.")
     if steps < 1:
         raise SamplerError(f"Sampling steps must be at least 1 (got {steps}); raise the step count.")
     if shift <= 0:
         raise SamplerError(f"Sampling shift must be positive (got {shift}); StoryMem uses 4 for memory shots and 12 "
                            "for a T2V first shot.")
-    if name == "unipc":
+    if name == SolverName.UNIPC:
         # UniPC starts at the largest training sigma, 1 - 1/N in float32, not at 1
         start = float(np.float32(1.0 - 1.0 / num_train_timesteps))
         return UniPC(*flow_schedule(steps, shift, num_train_timesteps, start))
-    solver_class = DPMPlusPlus if name == "dpm++" else Euler
+    solver_class = DPMPlusPlus if name == SolverName.DPMPP else Euler
     return solver_class(*flow_schedule(steps, shift, num_train_timesteps, 1.0))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .choices import DEFAULT_MEMORY_POSITIONS
+from .choices import DEFAULT_MEMORY_POSITIONS, MemoryPositions
 from .errors import StoryMemError
 from .files import write_json
 from .memory import MemoryBank
@@ -144,7 +144,7 @@ class MemorySettings:
 
 
 # the placement of every story made before placements were recorded (the first release's numbering was the default)
-UNRECORDED_PLACEMENT = "first-release"
+UNRECORDED_PLACEMENT = MemoryPositions.FIRST_RELEASE
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .choices import ExpertKind, FirstShot, Offload, Preset, Quality, WeightDtype
 from .distributed import Parallel
 from .expert_pair import ExpertLoras, auto_dtype, load_expert_pair
 from .pipeline import StoryModels
@@ -32,12 +33,12 @@ def _speed_loras(files: dict[str, Path], preset: str, kind: str) -> list[ExpertL
 @dataclass(frozen=True)
 class LoadOptions:
     device: torch.device
-    weights: str = "auto"  # auto: fp8 files stay fp8 on a GPU; otherwise bf16 (fp32 on the CPU)
-    offload: str = "auto"  # none / experts / blocks, or auto from free GPU memory
+    weights: str = WeightDtype.AUTO  # auto: fp8 files stay fp8 on a GPU; otherwise bf16 (fp32 on the CPU)
+    offload: str = Offload.AUTO  # none / experts / blocks, or auto from free GPU memory
     compile_blocks: bool = False
     open_clip_name: str = "ViT-B-32-quickgelu"
-    quality: str = "auto"  # QUALITY_CHOICES: the keyframe quality filter's model, or off
-    preset: str = "none"  # PRESET_CHOICES: speed LoRAs on the experts (its sampler settings are in StoryOptions)
+    quality: str = Quality.AUTO  # the keyframe quality filter's model, or off
+    preset: str = Preset.NONE  # speed LoRAs on the experts (its sampler settings are in StoryOptions)
     parallel: Parallel | None = None  # under torchrun: this rank's place (storymem_core/distributed.py)
     fsdp: bool = False  # under torchrun: shard each expert's weights over the ranks
 
@@ -49,7 +50,7 @@ def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tok
         files[high], files[low], load.weights, load.offload, load.compile_blocks, load.device, free, tokens, loras,
     )
     log.info("experts %s + %s: %s offload", files[high].name, files[low].name, placement)
-    return ExpertPair(high_expert, low_expert, device=load.device, offload=placement == "experts")
+    return ExpertPair(high_expert, low_expert, device=load.device, offload=placement == Offload.EXPERTS)
 
 
 def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadOptions) -> StoryModels:
@@ -62,10 +63,11 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
         scorer.check_fits(keyframe_encoder)  # before the experts load, not after the first shot
     # LoRAs stay hooked for the whole story: the StoryMem LoRA, then a preset's speed LoRAs on top
     storymem = ExpertLoras(files["lora_high"], files["lora_low"])
-    m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, [storymem, *_speed_loras(files, load.preset, "i2v")])
+    speed = _speed_loras(files, load.preset, ExpertKind.I2V)
+    m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, [storymem, *speed])
     t2v = None
-    if options.first_shot == "t2v":
-        t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, _speed_loras(files, load.preset, "t2v"))
+    if options.first_shot == FirstShot.T2V:
+        t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, _speed_loras(files, load.preset, ExpertKind.T2V))
     text = load_text_encoder(files["text_encoder"], auto_dtype(load.device))
     text_encoder = ParkedTextEncoder(TextEncoder(text.tokenizer, text.encoder, m2v.high.config.text_len),
                                      torch.device("cpu"))
@@ -81,6 +83,6 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
 
 
 def _quality_scorer(files: dict[str, Path], device: torch.device) -> AestheticScorer | None:
-    if "hpsv3" in files:
-        return load_hpsv3(files["hpsv3"], device)
-    return load_aesthetic_head(files["aesthetic"]) if "aesthetic" in files else None
+    if Quality.HPSV3 in files:
+        return load_hpsv3(files[Quality.HPSV3], device)
+    return load_aesthetic_head(files[Quality.AESTHETIC]) if Quality.AESTHETIC in files else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .choices import CONTINUATIONS, DEFAULT_MEMORY_POSITIONS, FIRST_SHOTS, GIVEN_FRAMES
+from .choices import CONTINUATIONS, DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, FirstShot, Preset, ShotMode
 from .conditioning import check_frame_num, check_size
 from .errors import StoryMemError
 from .files import load_image
@@ -36,8 +36,8 @@ from .story_folder import (
 
 @dataclass(frozen=True)
 class StoryOptions:
-    first_shot: str = "t2v"  # "t2v", or "mr2v" (M2V from reference images)
-    continuation: str = "m2v"  # used for shots without a cut: "mi2v" / "mm2v" continue the last frame(s)
+    first_shot: str = FirstShot.T2V  # or MR2V (M2V from reference images)
+    continuation: str = ShotMode.M2V  # used for shots without a cut: MI2V / MM2V continue the last frame(s)
     max_memory: int = 10
     fixed_memory: int = 3
     seed: int = 0  # shot k uses seed + k
@@ -52,8 +52,9 @@ class StoryOptions:
 
     def check(self) -> None:
         """Every value in its range, before anything loads: a typo must not allocate memory or run a model."""
-        if self.first_shot not in FIRST_SHOTS:
-            raise StoryMemError(f"first shot mode '{self.first_shot}' is unknown: use one of {', '.join(FIRST_SHOTS)}.")
+        if self.first_shot not in FirstShot.names():
+            raise StoryMemError(f"first shot mode '{self.first_shot}' is unknown: use one of "
+                                f"{', '.join(FirstShot.names())}.")
         if self.continuation not in CONTINUATIONS:
             raise StoryMemError(f"continuation '{self.continuation}' is unknown: use one of "
                                 f"{', '.join(CONTINUATIONS)}.")
@@ -85,7 +86,7 @@ class StoryOptions:
     def check_folder(self, out_dir: str | os.PathLike, story: Story, reference_images: list[torch.Tensor] | None,
                      from_shot: int | None) -> FolderState:
         """The story folder can take this run (`story_folder.check_story_folder` with these options)."""
-        references = (reference_images or []) if self.first_shot == "mr2v" else []
+        references = (reference_images or []) if self.first_shot == FirstShot.MR2V else []
         return check_story_folder(out_dir, story, self.size_wh, self.frames, self.max_memory, self.fixed_memory,
                                   references, from_shot, self.memory_positions)
 
@@ -108,8 +109,8 @@ class InputNames:
 # for callers of the engine's functions (run_story) rather than of a front end
 ENGINE_NAMES = InputNames(
     from_shot="from_shot", continue_story="pass None", out="out_dir", no_references="no reference_images are given",
-    give_references="pass them as reference_images", choose_mr2v="use first_shot 'mr2v'",
-    choose_t2v="use first_shot 't2v'", no_t2v_experts="StoryModels.t2v is None",
+    give_references="pass them as reference_images", choose_mr2v=f"use first_shot '{FirstShot.MR2V}'",
+    choose_t2v=f"use first_shot '{FirstShot.T2V}'", no_t2v_experts="StoryModels.t2v is None",
 )
 
 
@@ -121,12 +122,12 @@ class StoryInputs:
     story: Story
     out: Path  # the story's folder (CLI), or the folder the Story Runner names the story's subfolder in
     names: InputNames
-    first_shot: str = "t2v"
-    continuation: str = "m2v"
+    first_shot: str = FirstShot.T2V
+    continuation: str = ShotMode.M2V
     seed: int = 0
     m2v: SamplerValues = SamplerValues()  # memory shots (and an MR2V first shot)
     t2v: SamplerValues = SamplerValues()  # a T2V first shot
-    preset: str = "none"
+    preset: str = Preset.NONE
     size_wh: tuple[int, int] = (832, 480)
     frames: int = 81
     fps: int = 16
@@ -151,7 +152,7 @@ class StoryPlan:
 
     @property
     def needs_t2v_experts(self) -> bool:
-        return self.options.first_shot == "t2v"
+        return self.options.first_shot == FirstShot.T2V
 
     def check_t2v_experts(self, given: bool) -> None:
         check_t2v_experts(self.options.first_shot, given, self.names)
@@ -184,9 +185,10 @@ def story_options(inputs: StoryInputs) -> StoryOptions:
         first_shot=inputs.first_shot, continuation=inputs.continuation, max_memory=inputs.max_memory,
         fixed_memory=inputs.fixed_memory, seed=inputs.seed, size_wh=inputs.size_wh, frames=inputs.frames,
         fps=inputs.fps, negative_prompt=inputs.negative_prompt,
-        m2v=sampler_settings(inputs.preset, "m2v", inputs.m2v),
+        m2v=sampler_settings(inputs.preset, ShotMode.M2V, inputs.m2v),
         # the T2V experts (and their speed LoRAs) run only for a T2V first shot
-        t2v=sampler_settings(inputs.preset if inputs.first_shot == "t2v" else "none", "t2v", inputs.t2v),
+        t2v=sampler_settings(inputs.preset if inputs.first_shot == FirstShot.T2V else Preset.NONE, ShotMode.T2V,
+                             inputs.t2v),
         memory_positions=inputs.memory_positions or story_placement(inputs.out) or DEFAULT_MEMORY_POSITIONS,
     )
 
@@ -204,16 +206,16 @@ def _start(from_shot: int | None, story: Story, names: InputNames) -> int | None
 
 def check_first_memory(first_shot: str, has_references: bool, names: InputNames = ENGINE_NAMES) -> None:
     """An MR2V story starts from reference images and a T2V one from text: refuse references that would go unused."""
-    if first_shot == "mr2v" and not has_references:
+    if first_shot == FirstShot.MR2V and not has_references:
         raise StoryMemError(f"the first shot is MR2V (from reference images) but {names.no_references}: "
                             f"{names.give_references}, or {names.choose_t2v} to start from text.")
-    if first_shot == "t2v" and has_references:
+    if first_shot == FirstShot.T2V and has_references:
         raise StoryMemError(f"reference images are given but the first shot is T2V: {names.choose_mr2v} to start "
                             "from them (MR2V), or leave them out.")
 
 
 def check_t2v_experts(first_shot: str, given: bool, names: InputNames = ENGINE_NAMES) -> None:
     """A T2V first shot is sampled by the Wan2.2 T2V experts, which only such a story needs."""
-    if first_shot == "t2v" and not given:
+    if first_shot == FirstShot.T2V and not given:
         raise StoryMemError(f"the first shot is T2V but {names.no_t2v_experts}: load the Wan2.2 T2V-A14B experts, or "
                             f"{names.choose_mr2v} to start from reference images.")

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from .files import ordinary_permissions
 from .presets import PRESET_LORA_ROLES
-from .wan.dit import DiTConfig, WanDiT
+from .wan.dit import I2V_IN_DIM, T2V_IN_DIM, DiTConfig, WanDiT, expert_kind
 from .wan.t5 import T5Config, UMT5Encoder
 from .wan.vae import VAEConfig, WanVAE
 from .weights.configs import CONFIG_KEY
@@ -76,7 +76,7 @@ def _save(tensors: dict[str, torch.Tensor], path: Path, config: dict | None = No
 
 
 def _dit(in_dim: int, seed: int, sizes: dict = DIT) -> tuple[dict[str, torch.Tensor], dict]:
-    config = {**sizes, "in_dim": in_dim, "model_type": "i2v" if in_dim == 36 else "t2v"}
+    config = {**sizes, "in_dim": in_dim, "model_type": expert_kind(in_dim)}
     torch.manual_seed(seed)
     return WanDiT(DiTConfig.from_dict(config)).state_dict(), config
 
@@ -186,7 +186,8 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0, num_heads: int = DI
 
     `num_heads` (dividing the width 32) sets the experts' attention heads, e.g. 4 to split them over 4 ranks."""
     root = Path(models_dir)
-    for name, in_dim, offset in ((I2V_HIGH, 36, 1), (I2V_LOW, 36, 2), (T2V_HIGH, 16, 3), (T2V_LOW, 16, 4)):
+    experts = ((I2V_HIGH, I2V_IN_DIM), (I2V_LOW, I2V_IN_DIM), (T2V_HIGH, T2V_IN_DIM), (T2V_LOW, T2V_IN_DIM))
+    for offset, (name, in_dim) in enumerate(experts, start=1):
         tensors, config = _dit(in_dim, seed + offset, {**DIT, "num_heads": num_heads})
         _save(tensors, root / "diffusion_models" / name, config)
     for name, offset in ((STORYMEM_LORA_HIGH, 5), (STORYMEM_LORA_LOW, 6)):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from storymem_core.choices import Choice
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "architecture.md"
 ENGINE = "storymem_core"
@@ -111,6 +113,30 @@ def unmapped(modules: dict[str, str], page: str) -> list[str]:
     return missing
 
 
+# words of the vocabulary that also name other things (a device, a submodule, a metric, a package, a widget option):
+# written out, they are not taken for a vocabulary member
+ORDINARY_WORDS = {"auto", "none", "off", "high", "low", "blocks", "experts", "aesthetic", "hpsv3"}
+VOCABULARY = f"{ENGINE}.choices"
+
+
+def vocabulary_words() -> set[str]:
+    return {member.value for kind in Choice.__subclasses__() for member in kind} - ORDINARY_WORDS
+
+
+def vocabulary_literals(modules: dict[str, str]) -> list[str]:
+    """String constants of the engine and the nodes that spell a vocabulary member instead of naming it (docstrings
+    and the vocabulary itself excepted)."""
+    words, found = vocabulary_words(), []
+    for name, source in modules.items():
+        if name == VOCABULARY:
+            continue
+        tree = ast.parse(source)
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        found += [f"{name}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in words and id(node) not in docstrings]
+    return found
+
+
 def test_architecture_engine_imports_no_front_end_and_no_comfyui():
     assert engine_faults(sources()) == []
 
@@ -121,6 +147,10 @@ def test_architecture_only_host_and_native_nodes_import_comfyui():
 
 def test_architecture_engine_imports_form_no_circle():
     assert circles(sources()) == []
+
+
+def test_architecture_vocabulary_is_named_not_spelled():
+    assert vocabulary_literals(sources()) == []
 
 
 def test_architecture_page_maps_every_engine_module():
@@ -140,8 +170,10 @@ def planted(module: str, line: str) -> dict[str, str]:
         (engine_faults, "storymem_core.pipeline", "from .commands import story", "pipeline imports storymem_core.com"),
         (node_faults, "nodes.memory_nodes", "import comfy.utils", "memory_nodes imports comfy.utils"),
         (circles, "storymem_core.choices", "from .pipeline import StoryOptions", "storymem_core.choices"),
+        (vocabulary_literals, "nodes.shot_nodes", "MODE = 'mm2v'", "shot_nodes:"),
+        (vocabulary_literals, "storymem_core.pipeline", "def f(x='first-release'): pass", "pipeline:"),
     ],
-    ids=["engine-host", "engine-nodes", "engine-commands", "nodes-comfyui", "circle"],
+    ids=["engine-host", "engine-nodes", "engine-commands", "nodes-comfyui", "circle", "literal-node", "literal-engine"],
 )
 def test_architecture_checks_catch_a_planted_violation(check, module, line, fault):
     assert check(sources()) == []

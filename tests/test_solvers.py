@@ -12,7 +12,7 @@ import torch
 from golden_data import case_paths, load_case
 from safetensors import safe_open
 
-from storymem_core.choices import SOLVERS
+from storymem_core.choices import Solver
 from storymem_core.errors import SamplerError
 from storymem_core.solvers import make_solver
 
@@ -79,7 +79,7 @@ def test_sched_euler_integrates_linear_flow_exactly(steps, shift):
         torch.testing.assert_close(latent, (1 - sigma) * clean + sigma * noise, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", Solver.names())
 def test_sched_solvers_draw_nothing_from_the_shared_generator(name):
     generator = torch.Generator().manual_seed(42)
     state = generator.get_state()
@@ -93,7 +93,7 @@ def test_sched_solvers_draw_nothing_from_the_shared_generator(name):
 def test_sched_unknown_solver_names_the_valid_ones():
     with pytest.raises(SamplerError, match="'heun'") as error:
         make_solver("heun", 10, 5.0)
-    assert all(name in str(error.value) for name in SOLVERS)
+    assert all(name in str(error.value) for name in Solver.names())
 
 
 def test_sched_stepping_past_the_schedule_is_refused():

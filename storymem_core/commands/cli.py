@@ -7,26 +7,26 @@ import argparse
 import logging
 import sys
 
-from ..choices import MEMORY_POSITIONS, OFFLOAD_CHOICES, PRESET_CHOICES, QUALITY_CHOICES, WEIGHT_CHOICES
+from ..choices import FirstShot, MemoryPositions, Offload, Preset, Quality, ShotMode, Solver, WeightDtype
 from ..errors import GenerationInterrupted, StoryMemError
 from ..story import shown_text
 
 
 def _add_story_options(parser: argparse.ArgumentParser) -> None:
     first = parser.add_mutually_exclusive_group()
-    first.add_argument("--t2v-first-shot", dest="first_shot", action="store_const", const="t2v",
+    first.add_argument("--t2v-first-shot", dest="first_shot", action="store_const", const=FirstShot.T2V,
                        help="first shot from text (default)")
-    first.add_argument("--m2v-first-shot", dest="first_shot", action="store_const", const="mr2v",
+    first.add_argument("--m2v-first-shot", dest="first_shot", action="store_const", const=FirstShot.MR2V,
                        help="first shot from --reference images (MR2V)")
-    parser.set_defaults(first_shot="t2v")
+    parser.set_defaults(first_shot=FirstShot.T2V)
     parser.add_argument("--reference", action="append", default=[], metavar="IMAGE",
                         help="reference image for MR2V (repeatable)")
     cont = parser.add_mutually_exclusive_group()
-    cont.add_argument("--mi2v", dest="continuation", action="store_const", const="mi2v",
+    cont.add_argument("--mi2v", dest="continuation", action="store_const", const=ShotMode.MI2V,
                       help="shots without a cut start from the last frame")
-    cont.add_argument("--mm2v", dest="continuation", action="store_const", const="mm2v",
+    cont.add_argument("--mm2v", dest="continuation", action="store_const", const=ShotMode.MM2V,
                       help="shots without a cut continue the last 5 frames")
-    parser.set_defaults(continuation="m2v")
+    parser.set_defaults(continuation=ShotMode.M2V)
     parser.add_argument("--max-memory", type=int, default=10, help="keyframes kept in memory (default 10)")
     parser.add_argument("--fixed-memory", type=int, default=3, help="first keyframes always kept (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of shot 1; shot k uses seed + k - 1")
@@ -36,14 +36,15 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", type=float, default=None, help="flow shift (default: 4 for M2V, 12 for T2V)")
     parser.add_argument("--guide", type=float, default=None,
                         help="CFG scale for both experts (default 3.5 M2V; 3/4 T2V)")
-    parser.add_argument("--solver", default=None, choices=["unipc", "dpm++", "euler"], help="sampler (default unipc)")
-    parser.add_argument("--preset", default="none", choices=PRESET_CHOICES,
+    parser.add_argument("--solver", default=None, choices=Solver.names(),
+                        help=f"sampler (default {Solver.UNIPC})")
+    parser.add_argument("--preset", default=Preset.NONE, choices=Preset.names(),
                         help="lightx2v: the lightx2v 4-step distilled LoRAs "
                              "(loras/wan2.2_i2v_lightx2v_4steps_lora_v1_{high,low}_noise, and the t2v v1.1 pair for a "
                              "T2V first shot) stacked on the StoryMem LoRA, sampled as their authors do: 4 Euler "
                              "steps, shift 5, CFG 1 (one forward per step); --steps, --shift, --guide, --solver still "
                              "override")
-    parser.add_argument("--memory-positions", default=None, choices=MEMORY_POSITIONS,
+    parser.add_argument("--memory-positions", default=None, choices=MemoryPositions.names(),
                         help="memory frames' time positions: upstream (memory at -5M..-5, the shot from 0, as the "
                              "StoryMem authors' code since their fix of 2026-01 and the LoRA's training; default for a "
                              "new story) or first-release (0..M-1 then the shot, the first release's numbering). A "
@@ -59,9 +60,9 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda when available)")
-    parser.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES,
+    parser.add_argument("--weights", default=WeightDtype.AUTO, choices=WeightDtype.names(),
                         help="expert weights: auto keeps fp8 files fp8 on a GPU (default)")
-    parser.add_argument("--offload", default="auto", choices=OFFLOAD_CHOICES,
+    parser.add_argument("--offload", default=Offload.AUTO, choices=Offload.names(),
                         help="GPU memory plan: none (both experts resident), experts (one at a time), blocks (stream "
                              "blocks from RAM, fits 24 GB with fp8), auto (from free memory, default)")
     parser.add_argument("--fsdp", action="store_true",
@@ -71,7 +72,7 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the DiT blocks (~25%% faster steps after a ~20 s compile)")
     parser.add_argument("--open-clip-name", default="ViT-B-32-quickgelu",
                         help="open_clip config of the keyframe encoder weights")
-    parser.add_argument("--quality", default="auto", choices=QUALITY_CHOICES,
+    parser.add_argument("--quality", default=Quality.AUTO, choices=Quality.names(),
                         help="keyframe quality filter: aesthetic (CLIP head, clip_vision/sa_0_4_vit_b_32_linear.pth), "
                              "hpsv3 (the paper's, needs the hpsv3 package and HPSv3.safetensors in hpsv3/ or "
                              "clip_vision/), auto (hpsv3 when both are there, else aesthetic; default), off")

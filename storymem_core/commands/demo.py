@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..choices import FirstShot, ShotMode
 from ..errors import StoryMemError
 from ..files import atomic_write_path, staging_folder
 from ..memory import MemoryBank
@@ -61,7 +62,7 @@ def demo_inputs(out: Path, seed: int) -> StoryInputs:
     steps = SamplerValues(steps=DEMO_STEPS)
     return StoryInputs(
         story=loads_story(json.dumps(DEMO_STORY), "the demo story"), out=out / "story", names=CLI_NAMES,
-        first_shot="t2v", continuation="mi2v", seed=seed, m2v=steps, t2v=steps, size_wh=DEMO_SIZE_WH,
+        first_shot=FirstShot.T2V, continuation=ShotMode.MI2V, seed=seed, m2v=steps, t2v=steps, size_wh=DEMO_SIZE_WH,
         frames=DEMO_FRAMES,
     )
 

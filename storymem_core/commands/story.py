@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..choices import DEFAULT_MEMORY_POSITIONS
-from ..distributed import Parallel, torchrun_session
+from ..distributed import PAIRS, Parallel, torchrun_session
 from ..errors import StoryMemError
 from ..memory import MemoryBank
 from ..model_roles import find_model_files, parse_device, quality_model, required_roles
@@ -116,7 +116,9 @@ def run_story_files(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) 
         finally:
             progress.close()
 
-    return run() if load.parallel is None else load.parallel.run({"m2v": models.m2v, "t2v": models.t2v}, load.fsdp, run)
+    if load.parallel is None:
+        return run()
+    return load.parallel.run({pair: getattr(models, pair) for pair in PAIRS}, load.fsdp, run)
 
 
 def run_story_command(args: argparse.Namespace) -> int:

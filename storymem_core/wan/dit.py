@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..choices import ExpertKind
 from ..errors import ConditioningError
 from .attention import attention
 from .rope import apply_rope, rope_tables
@@ -21,12 +22,19 @@ from .rope import apply_rope, rope_tables
 if TYPE_CHECKING:
     from .ulysses import SequenceShards
 
+I2V_IN_DIM, T2V_IN_DIM = 36, 16  # latent channels in: I2V experts also take the conditioning's mask and latents
+
+
+def expert_kind(in_dim: int) -> ExpertKind:
+    """Which pair an expert with `in_dim` input channels belongs to."""
+    return ExpertKind.I2V if in_dim == I2V_IN_DIM else ExpertKind.T2V
+
 
 @dataclass
 class DiTConfig:
     """Sizes of a Wan DiT; `a14b` gives the real Wan2.2 A14B experts."""
 
-    model_type: str = "t2v"
+    model_type: str = ExpertKind.T2V
     patch_size: tuple[int, int, int] = (1, 2, 2)
     text_len: int = 512
     in_dim: int = 16
@@ -52,10 +60,10 @@ class DiTConfig:
 
     @classmethod
     def a14b(cls, model_type: str) -> "DiTConfig":
-        """One expert of Wan2.2 T2V-A14B ("t2v") or I2V-A14B ("i2v", also StoryMem M2V)."""
+        """One expert of Wan2.2 T2V-A14B or I2V-A14B (also StoryMem M2V)."""
         return cls(
             model_type=model_type,
-            in_dim=36 if model_type == "i2v" else 16,
+            in_dim=I2V_IN_DIM if model_type == ExpertKind.I2V else T2V_IN_DIM,
             dim=5120,
             ffn_dim=13824,
             num_heads=40,

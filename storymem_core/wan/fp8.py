@@ -110,7 +110,7 @@ def _replace(model: nn.Module, qualified_name: str, layer: nn.Module) -> None:
 
 def quantize_dit_to_fp8(model: nn.Module) -> nn.Module:
     """Turn every nn.Linear of the transformer blocks into an Fp8Linear in place (they hold ~99% of the weights)."""
-    blocks = model.get_submodule("blocks")
+    blocks = model.blocks
     for name, module in list(blocks.named_modules()):
         if isinstance(module, nn.Linear):
             _replace(blocks, name, Fp8Linear.from_linear(module))

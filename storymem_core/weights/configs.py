@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 from ..errors import CheckpointError
 from ..model_sizes import checked_sizes
-from ..wan.dit import DiTConfig
+from ..wan.dit import DiTConfig, expert_kind
 from ..wan.t5 import T5Config
 from ..wan.vae import VAEConfig
 from .shapes import anchor_shape, count_blocks
@@ -36,7 +36,7 @@ def dit_config_from_shapes(
             f"under the safetensors metadata key '{CONFIG_KEY}'."
         )
     config = DiTConfig(
-        model_type="i2v" if in_dim == 36 else "t2v",
+        model_type=expert_kind(in_dim),
         patch_size=tuple(patch),
         in_dim=in_dim,
         dim=dim,
