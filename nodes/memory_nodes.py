@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from storymem_core.bank_files import BANK_FILE, bank_contact_sheet, load_bank, save_bank
 from storymem_core.errors import MemoryBankError
 from storymem_core.files import fit_image
 from storymem_core.keyframes import select_keyframes
-from storymem_core.memory import BANK_FILE, Keyframe, MemoryBank
+from storymem_core.memory import Keyframe, MemoryBank
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames
 
 from . import host
@@ -120,7 +121,7 @@ class LoadBank:
         return f"{manifest}:{manifest.stat().st_mtime_ns}"
 
     def load(self, bank: str) -> dict:
-        loaded = MemoryBank.load(host.storymem_path(bank))
+        loaded = load_bank(host.storymem_path(bank))
         return with_bank_ui(loaded, loaded)
 
 
@@ -147,7 +148,7 @@ class SaveBank:
     def save(self, memory: MemoryBank, name: str) -> dict:
         if not name.strip():
             raise MemoryBankError("bank name is empty: give a relative folder name such as banks/my_story.")
-        memory.save(host.save_dir() / host.output_name(name, "bank name", "banks/my_story", MemoryBankError))
+        save_bank(memory, host.save_dir() / host.output_name(name, "bank name", "banks/my_story", MemoryBankError))
         return with_bank_ui(memory, memory)
 
 
@@ -194,7 +195,7 @@ class PreviewBank:
     OUTPUT_NODE = True
 
     def preview(self, memory: MemoryBank) -> dict:
-        sheet = torch.from_numpy(np.asarray(memory.contact_sheet()).copy())[None]
+        sheet = torch.from_numpy(np.asarray(bank_contact_sheet(memory)).copy())[None]
         images = memory.image_list()
         if not images:
             keyframes = torch.zeros(1, 64, 64, 3)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from storymem_core.bank_files import load_bank
 from storymem_core.choices import CONTINUATIONS, DEFAULT_MEMORY_POSITIONS, ExpertKind, FirstShot, Preset, ShotMode
-from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryModels, run_story
 from storymem_core.presets import SamplerValues
 from storymem_core.story_folder import StoryFolder, pending_shots
@@ -112,7 +112,7 @@ class StoryRunner:
         folder = plan.named_folder(model_names(model, text_encoder, keyframe_encoder, t2v_model))
         film = _run(plan, folder, model, t2v_model, text_encoder, node_inputs["vae"], keyframe_encoder)
         story = plan.story
-        bank = MemoryBank.load(StoryFolder(folder).bank(story.shots[-1].index))
+        bank = load_bank(StoryFolder(folder).bank(story.shots[-1].index))
         result = (frames_to_image_batch(read_mp4(film)), bank, str(film))
         return {"ui": {**bank_ui(bank), **video_ui(film)}, "result": result}
 

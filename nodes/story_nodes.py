@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import PurePosixPath
 
+from storymem_core.bank_files import BANK_FILE
 from storymem_core.errors import StoryScriptError
-from storymem_core.memory import BANK_FILE
 from storymem_core.story import Story, load_story, loads_story
 
 from . import host

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .bank_files import load_bank
 from .errors import StoryMemError
 from .files import check_frames
-from .memory import MemoryBank, MemoryBankError
+from .memory import MemoryBankError
 from .pipeline import StoryFolder
 from .scorers import AestheticScorer, ImageEncoder, embed_images
 from .story import Shot, Story, load_story
@@ -283,7 +284,7 @@ def folder_references(folder: str | os.PathLike) -> list[torch.Tensor]:
     if not initial.is_dir():
         return []
     try:
-        return MemoryBank.load(initial).image_list()
+        return load_bank(initial).image_list()
     except MemoryBankError as error:
         raise StoryMemError(
             f"the initial memory of {folder} cannot be read ({error}): regenerate the story with --from-shot 1."

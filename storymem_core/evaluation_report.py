@@ -1,33 +1,26 @@
-"""`python -m storymem_core evaluate STORY_FOLDER...`: score finished stories, write evaluation.json and pictures.
+"""A story evaluation's report: the scorers found in a models folder, evaluation.json and pictures per folder, the
+tables `evaluate` prints, the comparison of several folders (the command itself: `commands/evaluate.py`).
 
-Each folder gets evaluation.json, evaluation_heatmap.png, evaluation_scores.png and evaluation_frames.png.
-With several folders (one story made with several settings, say) a side-by-side table is printed and
-comparison.json with the two comparison pictures goes to --out. Every folder is checked before a model loads.
+Each folder gets evaluation.json, evaluation_heatmap.png, evaluation_scores.png and evaluation_frames.png; several
+folders (one story made with several settings, say) also get comparison.json and two comparison pictures.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm import tqdm
 
 from .evaluation import (
     RESULT_FILE,
     SUMMARY_LABELS,
     Scorers,
     StoryEvaluation,
-    check_frames_per_shot,
-    evaluate_story,
-    finished_story,
-    folder_references,
-    folder_shot_frames,
 )
 from .evaluation_pictures import contact_sheet, heatmap, score_chart
 from .files import save_picture, write_json
-from .model_roles import find_model_files, parse_device
+from .model_roles import find_model_files
 from .weights.scorer_files import load_aesthetic_head, load_clip_text_encoder, load_keyframe_encoder
 
 PICTURES = {"heatmap": "evaluation_heatmap.png", "scores": "evaluation_scores.png", "frames": "evaluation_frames.png"}
@@ -91,31 +84,3 @@ def shot_table(evaluation: StoryEvaluation) -> str:
         scores = [_cell(row[key]).rjust(width) for key, width in SHOT_COLUMNS]
         lines.append(f"{row['shot']:4d}  {row['scene']:5d}  {'yes' if row['cut'] else 'no':4s}  {'  '.join(scores)}")
     return "\n".join(lines)
-
-
-def _names(folders: Sequence[Path]) -> list[str]:
-    """Short, distinct column names: the folder names, or their paths where two share a name."""
-    names = [folder.name for folder in folders]
-    return names if len(set(names)) == len(names) else [str(folder) for folder in folders]
-
-
-def evaluate_command(args: argparse.Namespace) -> int:
-    check_frames_per_shot(args.frames_per_shot)
-    folders = [Path(folder) for folder in args.folders]
-    stories = [finished_story(folder, args.script) for folder in folders]  # every folder checked before a model loads
-    scorers = load_scorers(args.models_dir, args.open_clip_name, parse_device(args.device))
-    evaluations = []
-    for folder, story in zip(folders, stories):
-        with tqdm(total=len(story.shots), desc=f"evaluate {folder.name}", unit="shot") as bar:
-            evaluation = evaluate_story(story, folder_shot_frames(folder, story), scorers, folder_references(folder),
-                                        args.frames_per_shot, on_shot=lambda done, total: bar.update(done - bar.n))
-        evaluations.append(evaluation)
-        written = write_report(evaluation, folder)
-        print(f"{folder}: '{story.name}', {len(story.shots)} shot(s)\n{shot_table(evaluation)}")
-        print(f"written: {', '.join(path.name for path in written)} in {folder}\n")
-    names = _names(folders)
-    print(summary_table(evaluations, names))
-    if len(evaluations) > 1:
-        written = write_comparison(evaluations, names, args.out)
-        print(f"\ncomparison: {', '.join(str(path) for path in written)}")
-    return 0

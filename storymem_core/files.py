@@ -8,10 +8,13 @@ before it is decoded. See docs/architecture.md for where this module sits.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +53,56 @@ def staging_folder(destination: Path) -> Path:
 
 
 @contextlib.contextmanager
+def atomic_folder(folder: Path) -> Iterator[Path]:
+    """A staging folder beside `folder` to fill; only if the block succeeds does it replace `folder` whole (a previous
+    one is renamed aside first and put back if the swap fails), so a reader sees the old folder or the new, never half.
+    OSErrors reach the caller, which says what could not be written."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_folder(folder)
+    try:
+        yield staging
+        if not folder.exists():
+            os.replace(staging, folder)
+            return
+        previous = _aside(folder)
+        os.replace(folder, previous)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            os.replace(previous, folder)
+            raise
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def discard_folder(folder: Path) -> None:
+    """Delete a folder, renamed aside first (atomic), so a crash never leaves half of it looking whole."""
+    if folder.is_dir():
+        aside = _aside(folder)
+        os.replace(folder, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _aside(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+
+
+@lru_cache(maxsize=None)
+def scratch_folder(purpose: str) -> Path:
+    """This process's private temporary folder for `purpose` (files a library wants on disk), removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix=f"storymem-{purpose}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def writable_folder_check(folder: Path) -> None:
+    """Create and remove a folder in `folder`: the only honest test of writability (root ignores modes; /proc and
+    read-only mounts refuse). Raises OSError."""
+    os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".storymem-write-check-"))
+
+
+@contextlib.contextmanager
 def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` only if the block succeeds."""
     path = Path(path)
@@ -59,14 +112,14 @@ def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
         ordinary_permissions(temp)
     except OSError as error:
-        raise _write_error(path, error) from None
+        raise _write_error(path, error) from error
     try:
         yield Path(temp)
         os.replace(temp, path)
     except WriteError:
         raise
     except OSError as error:  # disk full, no permission (PyAV's write errors are OSErrors too)
-        raise _write_error(path, error) from None
+        raise _write_error(path, error) from error
     finally:
         if os.path.exists(temp):
             os.remove(temp)

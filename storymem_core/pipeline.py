@@ -16,10 +16,11 @@ from typing import Callable
 
 import torch
 
+from .bank_files import bank_contact_sheet, discard_bank, load_bank, save_bank
 from .choices import GIVEN_FRAMES, MOTION_FRAMES, FirstShot, ShotMode
 from .errors import StoryMemError
 from .files import fit_image, load_image, save_image, save_picture
-from .memory import MemoryBank, discard_bank
+from .memory import MemoryBank
 from .run_shot import ShotModels, ShotOutcome, ShotRequest, run_shot, story_shot_mode
 from .sampling import ExpertPair
 from .scorers import AestheticScorer, ImageEncoder
@@ -79,7 +80,7 @@ def run_story(
     shots = story.shots
     for shot in pending_shots(story, out_dir, from_shot):
         # earlier shots are finished; a bank saved under other limits takes the current ones
-        bank = initial if shot.index == 0 else _windowed(MemoryBank.load(folder.bank(shot.index - 1)), options)
+        bank = initial if shot.index == 0 else _windowed(load_bank(folder.bank(shot.index - 1)), options)
         if on_shot is not None:
             on_shot(shot.index, len(shots), shot.prompt)
         outcome = _make_shot(shot, bank, models, options, folder, on_step)
@@ -87,13 +88,13 @@ def run_story(
         # the record first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
         state.save(folder, shot.index)  # once the banks made with other settings are gone
         if shot.index == 0:
-            initial.save(folder.bank(-1))
+            save_bank(initial, folder.bank(-1))
         _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
         if on_saved is not None:
             on_saved(shot.index, len(shots), outcome.memory)
     if not folder.film_is_current(shots):
         concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
-        save_picture(MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet(), folder.contact_sheet)
+        save_picture(bank_contact_sheet(load_bank(folder.bank(shots[-1].index))), folder.contact_sheet)
     return folder.film
 
 
@@ -147,7 +148,7 @@ def _persist(folder: StoryFolder, shot_index: int, frames: torch.Tensor, bank: M
     tail_dir.mkdir(parents=True, exist_ok=True)
     for i, frame in enumerate(frames[-MOTION_FRAMES:]):
         save_image(frame, tail_dir / f"{i}.png")
-    bank.save(folder.bank(shot_index))  # last: marks the shot finished
+    save_bank(bank, folder.bank(shot_index))  # last: marks the shot finished
 
 
 def _load_tail(folder: StoryFolder, shot_index: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 
 STORY_KEYS = ("story_name", "story_overview", "scenes")
 SCENE_KEYS = ("scene_num", "video_prompts", "cut", "first_frame_prompt")
-EXCERPT_CHARS = 70
 
 
 @dataclass(frozen=True)
@@ -240,27 +238,6 @@ def load_story(path: str | os.PathLike) -> Story:
     return loads_story(_read_text(path), str(path))
 
 
-def _excerpt(prompt: str) -> str:
-    flat = shown_text(" ".join(prompt.split()))
-    return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 3] + "..."
-
-
-def validate_main(paths: list[str]) -> int:
-    """`validate SCRIPT...`: list each script's shots or its error; 0 when every script is valid, else 2."""
-    status = 0
-    for path in paths:
-        try:
-            story, warnings = _validate(_decode(_read_text(path), path), path)
-        except StoryScriptError as error:
-            print(f"error: {shown_text(str(error))}", file=sys.stderr)
-            status = 2
-            continue
-        shots = story.shots
-        print(f"{shown_text(path)}: '{shown_text(story.name)}', {len(story.scenes)} scene(s), {len(shots)} shot(s), "
-              f"{len(warnings)} warning(s)")
-        for warning in warnings:
-            print(f"  warning: {shown_text(warning)}")
-        for shot in shots:
-            flag = "cut" if shot.cut else "cont"
-            print(f"  shot {shot.index + 1:3d}  scene {shot.scene_num:2d}  {flag:4s}  {_excerpt(shot.prompt)}")
-    return status
+def check_story_file(path: str | os.PathLike) -> tuple[Story, list[str]]:
+    """A story script file checked, with its warnings returned rather than logged (for `validate` to list)."""
+    return _validate(_decode(_read_text(path), str(path)), str(path))

@@ -13,15 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from .bank_files import load_bank
 from .choices import DEFAULT_MEMORY_POSITIONS, MemoryPositions
 from .errors import StoryMemError
-from .files import write_json
+from .files import writable_folder_check, write_json
 from .memory import MemoryBank
 from .story import Shot, Story
 
@@ -95,7 +95,7 @@ def _check_writable_folder(path: Path, flag: str) -> None:
     if not existing.is_dir():
         raise StoryMemError(f"{flag} {path} lies under {existing}, which is a file: choose a folder path.")
     try:  # the only honest test of writability (root ignores modes; /proc and read-only mounts refuse)
-        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".storymem-write-check-"))
+        writable_folder_check(existing)
     except OSError as error:
         raise StoryMemError(
             f"{flag} {path} cannot be written ({error.strerror}): choose a folder you can write to.") from None
@@ -273,7 +273,7 @@ def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[
     _check_memory(folder, state.memory, max_memory, fixed_memory, references, where, from_shot)
     pending = pending_shots(story, folder.root, from_shot)
     if pending and pending[0].index > 0:
-        MemoryBank.load(folder.bank(pending[0].index - 1))  # a damaged bank is reported before any model loads
+        load_bank(folder.bank(pending[0].index - 1))  # a damaged bank is reported before any model loads
     return state
 
 
@@ -315,7 +315,7 @@ def _check_memory(folder: StoryFolder, current: MemorySettings, max_memory: int,
                   references: list[torch.Tensor], where: str, from_shot: int | None) -> None:
     recorded = MemorySettings.load(folder)
     if recorded is None and folder.bank(-1).is_dir():
-        recorded = MemorySettings.of_bank(MemoryBank.load(folder.bank(-1)))
+        recorded = MemorySettings.of_bank(load_bank(folder.bank(-1)))
         # such a folder's initial bank held the references as given (not fitted), windowed to the limits
         current = MemorySettings.of_bank(MemoryBank.from_images(references, max_size=max_memory, fixed=fixed_memory))
     if recorded is None or recorded == current:

@@ -13,13 +13,11 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import sentencepiece
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
-from .files import ordinary_permissions
+from .files import ordinary_permissions, save_image
 from .presets import PRESET_LORA_ROLES
 from .wan.dit import I2V_IN_DIM, T2V_IN_DIM, DiTConfig, WanDiT, expert_kind
 from .wan.t5 import T5Config, UMT5Encoder
@@ -221,9 +219,8 @@ def write_reference_images(folder: str | Path, count: int = 2, size: tuple[int, 
         colours = torch.rand(1, 3, 2, 2, generator=generator)
         image = torch.nn.functional.interpolate(colours, size=(size[1], size[0]), mode="bilinear",
                                                 align_corners=True)[0]
-        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         name = f"storymem_reference_{i + 1}.png"
-        Image.fromarray(pixels).save(folder / name)
+        save_image((image.permute(1, 2, 0) * 255).round().to(torch.uint8), folder / name)
         names.append(name)
     return names
 

@@ -1,10 +1,12 @@
 """docs/architecture.md's rules, checked over the source so the page cannot drift: the engine never imports the
-front ends or ComfyUI, only two node modules import ComfyUI, the engine's imports form no circle, and every engine
-module is on the page. Each rule is also shown to catch a violation planted in a copy of the sources."""
+front ends or ComfyUI, only two node modules import ComfyUI, the engine's imports form no circle, the vocabulary is
+named and not spelled, image and temp-file I/O happen only in files.py, and every engine module is on the page.
+Each rule is also shown to catch a violation planted in a copy of the sources."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -137,6 +139,57 @@ def vocabulary_literals(modules: dict[str, str]) -> list[str]:
     return found
 
 
+FILES_MODULE = f"{ENGINE}.files"
+IMAGE_LIBRARIES = ("imageio", "cv2", "tempfile")
+
+
+def _calls_into_image(node: ast.AST) -> bool:
+    """Whether an expression reaches PIL's `Image` (`Image.fromarray(x)`, `Image.new(...).convert()`)."""
+    return any(isinstance(inner, ast.Name) and inner.id == "Image" for inner in ast.walk(node))
+
+
+def file_io_faults(modules: dict[str, str]) -> list[str]:
+    """Image and temp-file I/O outside files.py: opening or saving a PIL image, tempfile, other image libraries."""
+    faults = []
+    for name, source in modules.items():
+        if name == FILES_MODULE:
+            continue
+        faults += [f"{name} imports {target}" for target in imports(name, source)
+                   if target.split(".")[0] in IMAGE_LIBRARIES]
+        for node in ast.walk(ast.parse(source)):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            receiver, method = node.func.value, node.func.attr
+            if (method == "open" and isinstance(receiver, ast.Name) and receiver.id == "Image") or (
+                    method == "save" and _calls_into_image(receiver)):
+                faults.append(f"{name}:{node.lineno} Image {method}")
+    return faults
+
+
+def page_layers(page: str) -> dict[str, int]:
+    """The page's layer list: each engine module or package (first name under storymem_core) -> its layer."""
+    layers = {}
+    for number, names in re.findall(r"^- layer (\d+), [^:]+: (.+)$", page, flags=re.M):
+        for name in re.findall(r"`([^`]+)`", names):
+            layers[name.rstrip("/")] = int(number)
+    return layers
+
+
+def layer_faults(modules: dict[str, str], page: str) -> list[str]:
+    """Engine modules without a layer, and imports that run up from a lower layer to a higher one."""
+    layers = page_layers(page)
+
+    def layer(module: str) -> int | None:
+        return layers.get(module.split(".")[1]) if module.startswith(ENGINE + ".") else None
+
+    faults = [f"{name} has no layer" for name in modules if name.startswith(ENGINE + ".") and layer(name) is None]
+    for name, targets in import_graph(modules).items():
+        faults += [f"{name} (layer {layer(name)}) imports {target} (layer {layer(target)})"
+                   for target in sorted(targets)
+                   if layer(name) is not None and layer(target) is not None and layer(target) > layer(name)]
+    return faults
+
+
 def test_architecture_engine_imports_no_front_end_and_no_comfyui():
     assert engine_faults(sources()) == []
 
@@ -151,6 +204,14 @@ def test_architecture_engine_imports_form_no_circle():
 
 def test_architecture_vocabulary_is_named_not_spelled():
     assert vocabulary_literals(sources()) == []
+
+
+def test_architecture_no_import_runs_up_a_layer():
+    assert layer_faults(sources(), PAGE.read_text(encoding="utf-8")) == []
+
+
+def test_architecture_image_and_temp_files_only_in_files_module():
+    assert file_io_faults(sources()) == []
 
 
 def test_architecture_page_maps_every_engine_module():
@@ -172,12 +233,24 @@ def planted(module: str, line: str) -> dict[str, str]:
         (circles, "storymem_core.choices", "from .pipeline import StoryOptions", "storymem_core.choices"),
         (vocabulary_literals, "nodes.shot_nodes", "MODE = 'mm2v'", "shot_nodes:"),
         (vocabulary_literals, "storymem_core.pipeline", "def f(x='first-release'): pass", "pipeline:"),
+        (file_io_faults, "storymem_core.story_folder", "import tempfile", "story_folder imports tempfile"),
+        (file_io_faults, "storymem_core.bank_files", "def f(x, p): Image.fromarray(x).save(p)", "bank_files:"),
+        (file_io_faults, "nodes.memory_nodes", "def f(p): return Image.open(p)", "memory_nodes:"),
     ],
-    ids=["engine-host", "engine-nodes", "engine-commands", "nodes-comfyui", "circle", "literal-node", "literal-engine"],
+    ids=["engine-host", "engine-nodes", "engine-commands", "nodes-comfyui", "circle", "literal-node", "literal-engine",
+         "temp-file", "image-save", "image-open"],
 )
 def test_architecture_checks_catch_a_planted_violation(check, module, line, fault):
     assert check(sources()) == []
     assert fault in repr(check(planted(module, line)))
+
+
+def test_architecture_layer_check_catches_an_upward_import_and_a_module_without_layer():
+    page = PAGE.read_text(encoding="utf-8")
+    upward = layer_faults(planted("storymem_core.memory", "from .pipeline import run_story"), page)
+    assert upward == ["storymem_core.memory (layer 2) imports storymem_core.pipeline (layer 4)"]
+    assert layer_faults({**sources(), "storymem_core.shiny_new_thing": ""}, page) == [
+        "storymem_core.shiny_new_thing has no layer"]
 
 
 def test_architecture_page_check_catches_an_unmapped_module():

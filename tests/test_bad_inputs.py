@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from nodes import host
 from storymem_core import tiny_models as tiny
+from storymem_core.bank_files import BANK_FILE, save_bank
 from storymem_core.errors import (
     CheckpointError,
     ConditioningError,
@@ -42,7 +43,7 @@ from storymem_core.errors import (
     StoryMemError,
     StoryScriptError,
 )
-from storymem_core.memory import BANK_FILE, MemoryBank
+from storymem_core.memory import MemoryBank
 from storymem_core.story import loads_story
 
 SCRIPT = json.dumps(VALID)
@@ -285,7 +286,7 @@ def outside(pack) -> Path:
 
 
 def saved_bank(pack, name: str) -> None:
-    reference_bank().save(host.save_dir() / name)
+    save_bank(reference_bank(), host.save_dir() / name)
 
 
 PATH_ROWS = [
@@ -676,7 +677,7 @@ KEYFRAME_ROWS = [
 
 
 def broken_bank(pack, name: str, damage: Callable[[Path], None]) -> tuple:
-    folder = reference_bank(3).save(host.save_dir() / "broken" / name)
+    folder = save_bank(reference_bank(3), host.save_dir() / "broken" / name)
     damage(folder)
     return node("StoryMemLoadBank"), dict(bank=f"broken/{name}")
 

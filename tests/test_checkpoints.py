@@ -9,6 +9,7 @@ from golden_data import case_paths, cases, golden_dir, load_case, manifests, vae
 from helpers import build_dit, build_vae, hf_t5_names, run_case
 from safetensors.torch import save_file
 
+from storymem_core.commands.inspect import inspect_command
 from storymem_core.errors import CheckpointError
 from storymem_core.tiny_models import AESTHETIC_FILE, CLIP_FILE, spiece_model, write_tiny_models
 from storymem_core.tiny_models import CLIP as TINY_CLIP
@@ -17,7 +18,6 @@ from storymem_core.wan.fp8 import Fp8Linear, quantize_per_tensor
 from storymem_core.wan.t5 import T5Config, UMT5Encoder
 from storymem_core.wan.vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD, VAEConfig
 from storymem_core.weights.checkpoint import Checkpoint, detect
-from storymem_core.weights.inspection import inspect_main
 from storymem_core.weights.loading import load_model, load_state_dict, load_text_encoder, load_vae
 from storymem_core.weights.sources import find_wan_parts
 
@@ -462,13 +462,13 @@ def test_checkpoint_inspect_exit_codes(tmp_path, dit_case, capsys):
         },
         lora,
     )
-    assert inspect_main([str(good), str(lora)]) == 0
+    assert inspect_command([str(good), str(lora)]) == 0
     printed = capsys.readouterr().out
     assert "wan22-i2v-dit" in printed and "comfy_quant" in printed and "rank 4" in printed and "self_attn.q" in printed
 
     bad = tmp_path / "notes.safetensors"
     save_file({"something.else": torch.zeros(2)}, str(bad))
-    assert inspect_main([str(good), str(bad), str(tmp_path / "absent.safetensors")]) == 2
+    assert inspect_command([str(good), str(bad), str(tmp_path / "absent.safetensors")]) == 2
     printed = capsys.readouterr().out
     assert "NOT usable" in printed and "does not exist" in printed
 
@@ -476,7 +476,7 @@ def test_checkpoint_inspect_exit_codes(tmp_path, dit_case, capsys):
 def test_checkpoint_inspect_knows_the_keyframe_files(tmp_path, capsys):
     models = write_tiny_models(tmp_path / "models") / "clip_vision"
     clip, head = models / CLIP_FILE, models / AESTHETIC_FILE
-    assert inspect_main([str(clip), str(head)]) == 0
+    assert inspect_command([str(clip), str(head)]) == 0
     printed = capsys.readouterr().out
     embed_dim = f"embed_dim {TINY_CLIP['embed_dim']}"
     assert (
@@ -497,7 +497,7 @@ def test_checkpoint_inspect_knows_the_keyframe_files(tmp_path, capsys):
         },
         str(hugging_face),
     )
-    assert inspect_main([str(hugging_face)]) == 2
+    assert inspect_command([str(hugging_face)]) == 2
     assert "Hugging Face CLIP vision model, but keyframe selection reads open_clip files" in capsys.readouterr().out
 
 
@@ -519,6 +519,6 @@ def test_checkpoint_inspect_finds_what_loading_would_refuse(tmp_path, dit_case, 
         weights["blocks.0.ffn.0.bias"] = torch.zeros(weights["blocks.0.ffn.0.bias"].shape[0] + 1)
     path = tmp_path / "wan2.2_i2v_high_noise_14B_fp16.safetensors"
     save_file(weights, str(path))
-    assert inspect_main([str(path)]) == 2
+    assert inspect_command([str(path)]) == 2
     printed = capsys.readouterr().out
     assert expected in printed and "NOT usable" in printed

@@ -25,9 +25,9 @@ from parallel_cases import (
     tiny_dit,
 )
 
+from storymem_core.bank_files import load_bank
 from storymem_core.commands.cli import main
 from storymem_core.files import load_image
-from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryFolder
 from storymem_core.tiny_models import write_tiny_models
 
@@ -93,7 +93,7 @@ def test_torchrun_story_equals_one_process_and_only_rank_0_writes(tmp_path, mode
         # within one level (the mp4s are not compared: a lossy encoder turns one level into other choices)
         for frame in sorted(alone.tail(shot).glob("*.png")):
             assert (load_image(frame).int() - load_image(ranks.tail(shot) / frame.name).int()).abs().max() <= 1
-        assert len(MemoryBank.load(ranks.bank(shot))) == len(MemoryBank.load(alone.bank(shot)))
+        assert len(load_bank(ranks.bank(shot))) == len(load_bank(alone.bank(shot)))
 
 
 def test_a_rank_count_that_does_not_divide_the_heads_is_refused_before_any_shot(tmp_path, models_dir):

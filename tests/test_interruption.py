@@ -31,10 +31,10 @@ import storymem_core.pipeline as pipeline
 import storymem_core.video as video
 from nodes import host
 from storymem_core import tiny_models as tiny
+from storymem_core.bank_files import load_bank, save_bank
 from storymem_core.errors import GenerationInterrupted, OutOfMemory, WriteError
 from storymem_core.files import load_image, save_image
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.memory import MemoryBank
 from storymem_core.pipeline import StoryModels, StoryOptions, run_story
 from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.shot import memory_advice
@@ -149,7 +149,7 @@ def same_story(out: Path, reference: Path) -> None:
         assert [p.name for p in tails[0]] == [p.name for p in tails[1]]
         assert all(torch.equal(load_image(a), load_image(b)) for a, b in zip(*tails))
     for shot in range(SHOTS):
-        ours, theirs = (MemoryBank.load(StoryFolder(root).bank(shot)) for root in (out, reference))
+        ours, theirs = (load_bank(StoryFolder(root).bank(shot)) for root in (out, reference))
         assert [(k.shot, k.frame_index, k.source) for k in ours.keyframes] == [
             (k.shot, k.frame_index, k.source) for k in theirs.keyframes
         ]
@@ -307,11 +307,11 @@ def test_disk_full_while_saving_a_shot_keeps_every_finished_shot_and_bank(
 
 
 def test_disk_full_when_a_bank_is_replaced_keeps_the_previous_bank(tmp_path, monkeypatch):
-    folder = reference_bank(3).save(tmp_path / "bank")
+    folder = save_bank(reference_bank(3), tmp_path / "bank")
     before = files_under(folder)
     fail_when(monkeypatch, os, "replace", lambda a: Path(a[1]) == folder and ".tmp" in str(a[0]))
     with pytest.raises(WriteError, match="a bank saved there before is unchanged"):
-        reference_bank(1).save(folder)
+        save_bank(reference_bank(1), folder)
     assert files_under(folder) == before and sorted(os.listdir(tmp_path)) == ["bank"]
 
 

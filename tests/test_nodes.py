@@ -40,6 +40,7 @@ from nodes.types import (
     WanExperts,
 )
 from storymem_core import tiny_models as tiny
+from storymem_core.bank_files import save_bank
 from storymem_core.errors import (
     CheckpointError,
     ConditioningError,
@@ -258,7 +259,7 @@ def test_story_script_from_a_storymem_file(pack):
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("boat.json", "riverbank.json"):
         (folder / name).write_text((PACK_ROOT / "examples" / "stories" / "paper_boat.json").read_text())
-    reference_bank().save(folder / "saved_bank")
+    save_bank(reference_bank(), folder / "saved_bank")
     choices = node("StoryMemStoryScript").INPUT_TYPES()["required"]["script_file"][0]
     assert {"stories/boat.json", "stories/riverbank.json"} <= set(choices)
     assert not any(name.endswith("/bank.json") for name in choices)  # a saved bank's manifest is no script

@@ -17,11 +17,11 @@ import torch
 from helpers import cli_plan, story_script
 from helpers import files_under as snapshot
 
+from storymem_core.bank_files import load_bank
 from storymem_core.commands.cli import _parser, main
 from storymem_core.commands.demo import DEMO_FRAMES, DEMO_SHOTS
 from storymem_core.errors import CheckpointError
 from storymem_core.files import load_image
-from storymem_core.memory import MemoryBank
 from storymem_core.model_roles import ROLES, find_model_files, required_roles
 from storymem_core.sampling import SamplerSettings
 from storymem_core.story_folder import StoryFolder
@@ -62,7 +62,7 @@ def test_demo_writes_every_artefact_and_a_film_of_the_summed_frames(tmp_path, ca
         DEMO_FRAMES,
     ]  # shot 2 continues shot 1 (MI2V drops its given frame)
     assert len(read_mp4(folder.film)) == sum(lengths)
-    banks = [MemoryBank.load(folder.bank(i)) for i in range(DEMO_SHOTS)]
+    banks = [load_bank(folder.bank(i)) for i in range(DEMO_SHOTS)]
     assert all(len(bank) >= 1 for bank in banks)
     assert folder.contact_sheet.is_file()
     captured = capsys.readouterr()
@@ -74,7 +74,7 @@ def test_demo_memory_grows_and_the_demo_says_so(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     folder = StoryFolder(tmp_path / "story")
-    banks = [MemoryBank.load(folder.bank(i)) for i in range(DEMO_SHOTS)]
+    banks = [load_bank(folder.bank(i)) for i in range(DEMO_SHOTS)]
     shown = re.findall(r"^shot (\d+)/(\d+): (\d+) keyframe\(s\) in memory \(\+(\d+) from this shot\)$", out, re.M)
     assert shown == [(str(i + 1), str(DEMO_SHOTS), str(len(bank)), str(sum(k.shot == i for k in bank.keyframes)))
                      for i, bank in enumerate(banks)]  # one line per shot, as its bank on disk holds
@@ -101,9 +101,9 @@ def test_story_command_mr2v_starts_from_the_reference_images(tmp_path, models_di
         argv += ["--reference", str(tmp_path / "refs" / name)]
     assert main(argv) == 0
     folder = StoryFolder(tmp_path / "out")
-    initial = MemoryBank.load(folder.bank(-1))
+    initial = load_bank(folder.bank(-1))
     assert [k.source for k in initial.keyframes] == ["reference", "reference"]
-    after = MemoryBank.load(folder.bank(1))
+    after = load_bank(folder.bank(1))
     # reference images are the fixed first memory
     assert all(
         torch.equal(a.image, b.image) and a.source == b.source
@@ -167,7 +167,7 @@ def test_references_of_any_shape_give_shots_of_the_story_size(tmp_path, models_d
     ]
     assert main(argv) == 0
     folder = StoryFolder(tmp_path / "out")
-    assert [tuple(image.shape) for image in MemoryBank.load(folder.bank(-1)).image_list()] == [(32, 32, 3)] * 2
+    assert [tuple(image.shape) for image in load_bank(folder.bank(-1)).image_list()] == [(32, 32, 3)] * 2
     assert all(read_mp4(folder.video(index)).shape[1:] == (32, 32, 3) for index in range(3))
 
 
@@ -194,7 +194,7 @@ def test_a_story_started_before_settings_were_recorded_resumes(tmp_path, models_
     folder = StoryFolder(tmp_path / "out")
     folder.memory_settings.unlink()  # as the story command left folders before it recorded settings
     folder.video(1).unlink()  # stopped before its last shot
-    assert len(MemoryBank.load(folder.bank(-1))) == 2
+    assert len(load_bank(folder.bank(-1))) == 2
     assert main(argv) == 0 and folder.is_finished(1)
 
 
@@ -228,7 +228,7 @@ def test_from_shot_1_rebuilds_the_initial_bank_from_the_new_references_and_limit
     argv = mr2v_argv(tmp_path, models_dir, "new-refs") + ["--max-memory", "1", "--fixed-memory", "0"]
     assert main(argv + ["--from-shot", "1"]) == 0
     folder = StoryFolder(tmp_path / "out")
-    banks = [MemoryBank.load(folder.bank(i)) for i in (-1, 0, 1)]
+    banks = [load_bank(folder.bank(i)) for i in (-1, 0, 1)]
     assert [(bank.max_size, bank.fixed, len(bank)) for bank in banks] == [(1, 0, 1)] * 3
     assert torch.equal(banks[0].keyframes[0].image, load_image(tmp_path / "new-refs" / "storymem_reference_2.png"))
     before = shot_files(snapshot(tmp_path / "out"), 1) | shot_files(snapshot(tmp_path / "out"), 2)
@@ -252,9 +252,9 @@ def test_from_a_later_shot_the_bank_before_it_takes_the_new_limits(tmp_path, mod
     assert main(argv + ["--max-memory", "1", "--fixed-memory", "0", "--from-shot", "2"]) == 0
     assert shot_files(snapshot(tmp_path / "out"), 1) == shot_files(first, 1)
     assert [
-        (bank.max_size, bank.fixed) for bank in map(MemoryBank.load, (folder.bank(0), folder.bank(1), folder.bank(2)))
+        (bank.max_size, bank.fixed) for bank in map(load_bank, (folder.bank(0), folder.bank(1), folder.bank(2)))
     ] == [(10, 3), (1, 0), (1, 0)]
-    assert all(len(MemoryBank.load(folder.bank(i))) == 1 for i in (1, 2))
+    assert all(len(load_bank(folder.bank(i))) == 1 for i in (1, 2))
     capsys.readouterr()
     assert main(argv) == 2 and "--max-memory 10 differs from the 1" in capsys.readouterr().err
 

@@ -7,8 +7,9 @@ from helpers import BAD_SCRIPTS, VALID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from storymem_core.commands.validate import validate_command
 from storymem_core.errors import StoryScriptError
-from storymem_core.story import Shot, load_story, loads_story, parse_story, validate_main
+from storymem_core.story import Shot, load_story, loads_story, parse_story
 
 ST_BENCH = Path(__file__).parents[2] / "shared" / "st-bench"
 EXAMPLES = Path(__file__).parents[1] / "examples" / "stories"
@@ -100,7 +101,7 @@ def test_examples_parse_without_warnings(path):
 
 def test_validate_lists_shots_and_returns_zero(capsys):
     path = str(EXAMPLES / "lighthouse_fox.json")
-    assert validate_main([path]) == 0
+    assert validate_command([path]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{path}: 'The Keeper and the Fox', 2 scene(s), 3 shot(s), 0 warning(s)"
     assert [line.split()[:5] for line in out[1:]] == [
@@ -114,7 +115,7 @@ def test_validate_lists_shots_and_returns_zero(capsys):
 def test_validate_reports_each_bad_script_and_returns_two(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(BAD_SCRIPTS["first_cut_false"][0], encoding="utf-8")
-    assert validate_main([str(bad), str(EXAMPLES / "paper_boat.json")]) == 2
+    assert validate_command([str(bad), str(EXAMPLES / "paper_boat.json")]) == 2
     captured = capsys.readouterr()
     assert (
         captured.err.strip()

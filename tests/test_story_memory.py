@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import VALID
 
+from storymem_core.bank_files import load_bank
 from storymem_core.files import load_image
 from storymem_core.keyframes import DEDUP_THRESHOLD, SIMILARITY_THRESHOLD
 from storymem_core.memory import MemoryBank
@@ -64,7 +65,7 @@ def test_story_memory_holds_keyframes_of_more_than_one_shot(models_dir, tmp_path
     assert [(index, total) for index, total, _ in saved] == [(0, 3), (1, 3), (2, 3)]
     folder = StoryFolder(tmp_path)
     for index, _, memory in saved:  # what the caller is told is the bank on disk
-        assert labels(MemoryBank.load(folder.bank(index))) == labels(memory)
+        assert labels(load_bank(folder.bank(index))) == labels(memory)
     final = saved[-1][2]
     assert len(final) >= 2 and len({k.shot for k in final.keyframes}) >= 2
     assert len(final) > len(saved[0][2])  # later shots added to what the first one gave

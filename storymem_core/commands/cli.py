@@ -126,13 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         if args.command == "inspect":
-            from ..weights.inspection import inspect_main
+            from .inspect import inspect_command
 
-            return inspect_main(args.files)
+            return inspect_command(args.files)
         if args.command == "validate":
-            from ..story import validate_main
+            from .validate import validate_command
 
-            return validate_main(args.scripts)
+            return validate_command(args.scripts)
         if args.command == "convert-lora":
             from ..lora_convert import convert_lora
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_story_command(args)
         if args.command == "evaluate":
-            from ..evaluation_report import evaluate_command
+            from .evaluate import evaluate_command
 
             return evaluate_command(args)
         from .demo import run_demo

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..bank_files import load_bank
 from ..choices import FirstShot, ShotMode
 from ..errors import StoryMemError
 from ..files import atomic_write_path, staging_folder
@@ -93,7 +94,7 @@ def run_demo(out: str | Path, seed: int = 0) -> int:
     folder = StoryFolder(film.parent)
     print(f"demo film: {film}")
     print(f"shots: {folder.root / 'shots'}; memory banks: {folder.root / 'banks'}")
-    print(f"memory after the last shot: {memory_summary(MemoryBank.load(folder.bank(DEMO_SHOTS - 1)))}; contact "
+    print(f"memory after the last shot: {memory_summary(load_bank(folder.bank(DEMO_SHOTS - 1)))}; contact "
           f"sheet: {folder.contact_sheet}")
     print("The models are tiny and random, so the pixels are noise: real stories need the Wan2.2 weights (see README).")
     return 0

@@ -68,15 +68,13 @@ def fit_problems(info: CheckpointInfo) -> list[str]:
     return [f"Its tensors do not fit the model its sizes describe: {'; '.join(faults)}; download it again."]
 
 
-def inspect_main(paths: list[str]) -> int:
-    """`inspect FILE...`: print what each file is and what is wrong with it; 0 when every one is usable, else 2."""
-    infos = [detect(path) for path in paths]
-    for info in infos:
-        for part, part_info in info.parts.items():
-            found = fit_problems(part_info)
-            part_info.problems += found
-            info.problems += [f"{part}: {problem}" for problem in found]
-        info.problems += fit_problems(info)
-    print("\n\n".join(describe(info) for info in infos))
-    return 0 if all(info.usable for info in infos) else 2
+def inspect_file(path: str) -> CheckpointInfo:
+    """What the file at `path` is, with every problem found in its headers and in how its tensors fit its model."""
+    info = detect(path)
+    for part, part_info in info.parts.items():
+        found = fit_problems(part_info)
+        part_info.problems += found
+        info.problems += [f"{part}: {problem}" for problem in found]
+    info.problems += fit_problems(info)
+    return info
 

@@ -6,11 +6,8 @@ file storing its own config (tiny test models) has that config registered once. 
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -20,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError
+from ..files import scratch_folder
 from ..safe_files import check_file
 from ..scorers import (
     AESTHETIC_THRESHOLD,
@@ -42,7 +40,6 @@ CLIP_DOWNLOAD_HINT = ("open_clip_model.safetensors from huggingface.co/timm/vit_
                       "CLIP ViT-B/32, as the reference uses)")
 
 _registered_clip_configs: dict[str, str] = {}
-_clip_config_dir: Path | None = None  # open_clip re-reads every registered file on each registration: kept until exit
 
 
 def load_keyframe_encoder(path: str | os.PathLike, model_name: str = DEFAULT_CLIP, device: torch.device | str = "cpu",
@@ -165,14 +162,10 @@ def _register_clip_config(config: dict) -> str:
     """open_clip builds models by registered config name: register a stored config once, under a name of its content."""
     import open_clip
 
-    global _clip_config_dir
     text = json.dumps(config, sort_keys=True)
     if text not in _registered_clip_configs:
-        if _clip_config_dir is None:
-            _clip_config_dir = Path(tempfile.mkdtemp(prefix="storymem-clip-"))
-            atexit.register(shutil.rmtree, _clip_config_dir, ignore_errors=True)
         name = f"storymem-stored-{len(_registered_clip_configs)}"
-        config_file = _clip_config_dir / f"{name}.json"
+        config_file = scratch_folder("clip") / f"{name}.json"  # open_clip re-reads it on each registration
         config_file.write_text(text)
         open_clip.add_model_config(config_file)
         _registered_clip_configs[text] = name

@@ -1,0 +1,45 @@
+"""`python -m storymem_core evaluate STORY_FOLDER...`: score finished stories, write evaluation.json and pictures.
+
+With several folders a side-by-side table is printed and the comparison goes to --out. Every folder is checked before
+a model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from ..evaluation import check_frames_per_shot, evaluate_story, finished_story, folder_references, folder_shot_frames
+from ..evaluation_report import load_scorers, shot_table, summary_table, write_comparison, write_report
+from ..model_roles import parse_device
+
+
+def _names(folders: Sequence[Path]) -> list[str]:
+    """Short, distinct column names: the folder names, or their paths where two share a name."""
+    names = [folder.name for folder in folders]
+    return names if len(set(names)) == len(names) else [str(folder) for folder in folders]
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    check_frames_per_shot(args.frames_per_shot)
+    folders = [Path(folder) for folder in args.folders]
+    stories = [finished_story(folder, args.script) for folder in folders]  # every folder checked before a model loads
+    scorers = load_scorers(args.models_dir, args.open_clip_name, parse_device(args.device))
+    evaluations = []
+    for folder, story in zip(folders, stories):
+        with tqdm(total=len(story.shots), desc=f"evaluate {folder.name}", unit="shot") as bar:
+            evaluation = evaluate_story(story, folder_shot_frames(folder, story), scorers, folder_references(folder),
+                                        args.frames_per_shot, on_shot=lambda done, total: bar.update(done - bar.n))
+        evaluations.append(evaluation)
+        written = write_report(evaluation, folder)
+        print(f"{folder}: '{story.name}', {len(story.shots)} shot(s)\n{shot_table(evaluation)}")
+        print(f"written: {', '.join(path.name for path in written)} in {folder}\n")
+    names = _names(folders)
+    print(summary_table(evaluations, names))
+    if len(evaluations) > 1:
+        written = write_comparison(evaluations, names, args.out)
+        print(f"\ncomparison: {', '.join(str(path) for path in written)}")
+    return 0

@@ -1,0 +1,36 @@
+"""`python -m storymem_core validate SCRIPT...`: each story script's shots, or what is wrong with it."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import StoryScriptError
+from ..story import check_story_file, shown_text
+
+EXCERPT_CHARS = 70
+
+
+def _excerpt(prompt: str) -> str:
+    flat = shown_text(" ".join(prompt.split()))
+    return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 3] + "..."
+
+
+def validate_command(paths: list[str]) -> int:
+    """List each script's shots or its error; 0 when every script is valid, else 2."""
+    status = 0
+    for path in paths:
+        try:
+            story, warnings = check_story_file(path)
+        except StoryScriptError as error:
+            print(f"error: {shown_text(str(error))}", file=sys.stderr)
+            status = 2
+            continue
+        shots = story.shots
+        print(f"{shown_text(path)}: '{shown_text(story.name)}', {len(story.scenes)} scene(s), {len(shots)} shot(s), "
+              f"{len(warnings)} warning(s)")
+        for warning in warnings:
+            print(f"  warning: {shown_text(warning)}")
+        for shot in shots:
+            flag = "cut" if shot.cut else "cont"
+            print(f"  shot {shot.index + 1:3d}  scene {shot.scene_num:2d}  {flag:4s}  {_excerpt(shot.prompt)}")
+    return status
