@@ -22,7 +22,7 @@ from benchmarks.dit_step import FRAMES, GIB, HEIGHT, WIDTH, synchronize, tokens
 from benchmarks.shot_memory import MODES, SHOT_STEPS, expert, random_vae
 from storymem_core.offload import BlockSwapDiT
 from storymem_core.sampling import ExpertPair, SamplerSettings
-from storymem_core.shot import generate_memory_shot
+from storymem_core.shot import ShotMemory, generate_memory_shot
 from storymem_core.wan.dit import DiTConfig
 
 
@@ -72,8 +72,8 @@ def main() -> None:
     def shot(steps: int, on_step=None) -> torch.Tensor:
         settings = SamplerSettings(steps=steps, seed=0)
         with torch.no_grad():
-            return generate_memory_shot(experts, vae, context, context_null, memory, FRAMES, WIDTH * HEIGHT, settings,
-                                        on_step=on_step).video
+            return generate_memory_shot(experts, vae, context, context_null, ShotMemory(memory), FRAMES,
+                                        WIDTH * HEIGHT, settings, on_step=on_step).video
 
     start = time.perf_counter()
     shot(1)

@@ -29,7 +29,7 @@ from storymem_core.distributed import Parallel
 from storymem_core.lora import LoraModule, LoraWeights, apply_loras
 from storymem_core.presets import LIGHTX2V, sampler_settings
 from storymem_core.sampling import ExpertPair, SamplerSettings
-from storymem_core.shot import generate_memory_shot
+from storymem_core.shot import ShotMemory, generate_memory_shot
 from storymem_core.wan.dit import DiTConfig
 
 BLOCK_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
@@ -81,8 +81,8 @@ def main() -> None:
         synchronize(device)
         begin = time.perf_counter()
         with torch.no_grad():
-            video = generate_memory_shot(experts, vae, context, context_null, memory, FRAMES, WIDTH * HEIGHT,
-                                         settings).video
+            video = generate_memory_shot(experts, vae, context, context_null, ShotMemory(memory), FRAMES,
+                                         WIDTH * HEIGHT, settings).video
         synchronize(device)
         assert torch.isfinite(video).all(), "the shot has non-finite pixels"
         return time.perf_counter() - begin

@@ -19,7 +19,7 @@ from .keyframes import select_keyframes
 from .memory import MemoryBank
 from .sampling import ExpertPair, SamplerSettings
 from .scorers import AestheticScorer, ImageEncoder
-from .shot import PromptEncoder, encode_prompts, generate_memory_shot, generate_text_shot
+from .shot import PromptEncoder, ShotMemory, encode_prompts, generate_memory_shot, generate_text_shot
 from .video import trim_conditioning_frames, video_to_frames
 from .wan.vae import WanVAE
 
@@ -76,12 +76,13 @@ def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, i
                                     request.settings, on_step, on_preview)
     else:
         width, height = request.size_wh
-        result = generate_memory_shot(
-            models.experts, models.vae, context, context_null, request.memory.image_list(), request.frames,
-            width * height, request.settings, first_frame=given[-1] if request.mode == ShotMode.MI2V else None,
-            motion_frames=given if request.mode == ShotMode.MM2V else None, fix_mem=request.fix_mem, on_step=on_step,
-            memory_positions=request.memory_positions, on_preview=on_preview,
+        memory = ShotMemory(
+            request.memory.image_list(), first_frame=given[-1] if request.mode == ShotMode.MI2V else None,
+            motion_frames=given if request.mode == ShotMode.MM2V else None, fix_mem=request.fix_mem,
+            positions=request.memory_positions,
         )
+        result = generate_memory_shot(models.experts, models.vae, context, context_null, memory, request.frames,
+                                      width * height, request.settings, on_step=on_step, on_preview=on_preview)
     if on_decoded is not None:
         on_decoded()
     frames = video_to_frames(result.video)

@@ -40,6 +40,19 @@ SMALLER_HINT = "fewer frames, a smaller size or a smaller memory (max memory)"
 
 
 @dataclass(frozen=True)
+class ShotMemory:
+    """What a memory shot is conditioned on besides its prompt: the memory keyframes (uint8 [H, W, 3] each), the
+    previous shot's given frames (MI2V: its last frame; MM2V: its last 5), the mask's fixed-memory mark, and where the
+    memory sits in time (`positions.memory_frame_positions`)."""
+
+    images: torch.Tensor | list[torch.Tensor]
+    first_frame: torch.Tensor | None = None
+    motion_frames: torch.Tensor | None = None
+    fix_mem: int | None = None
+    positions: str = DEFAULT_MEMORY_POSITIONS
+
+
+@dataclass(frozen=True)
 class ShotResult:
     video: torch.Tensor  # [3, F, H, W] in [-1, 1]
     latent: torch.Tensor  # [16, M + T_shot, h, w], memory frames first
@@ -65,33 +78,24 @@ def generate_memory_shot(
     vae: WanVAE,
     context: torch.Tensor,
     context_null: torch.Tensor,
-    memory_images: torch.Tensor | list[torch.Tensor],
+    memory: ShotMemory,
     frame_num: int = 81,
     max_area: int = 832 * 480,
     settings: SamplerSettings = SamplerSettings(),
-    first_frame: torch.Tensor | None = None,
-    motion_frames: torch.Tensor | None = None,
-    fix_mem: int | None = None,
     decode_memory: bool = False,
     on_step: Callable[[int, int], None] | None = None,
-    memory_positions: str = DEFAULT_MEMORY_POSITIONS,
     on_preview: Callable[[torch.Tensor], None] | None = None,
 ) -> ShotResult:
-    """Generate one shot conditioned on memory keyframes (and the previous shot's last frame(s)).
-
-    `memory_positions` places the memory latents in time (storymem_core.positions): "upstream" (memory at
-    -5M..-5, the shot from 0) as the authors' fixed code and the LoRA's training; "first-release" numbers memory
-    and shot 0..n-1 as the first release did.
-    """
-    check_placement(memory_positions)
-    tokens = shot_tokens(len(memory_images), max(frame_num, 1), max_area)
+    """Generate one shot conditioned on memory keyframes (and the previous shot's last frame(s)); `decode_memory`
+    also decodes the denoised memory latents, each alone (for parity checks)."""
+    check_placement(memory.positions)
+    tokens = shot_tokens(len(memory.images), max(frame_num, 1), max_area)
     with reporting_out_of_memory(experts, tokens):
         with visiting(vae, experts.device):
-            conditioning = build_conditioning(
-                vae, memory_images, frame_num, max_area, first_frame, motion_frames, fix_mem, device=experts.device
-            )
+            conditioning = build_conditioning(vae, memory.images, frame_num, max_area, memory.first_frame,
+                                              memory.motion_frames, memory.fix_mem, device=experts.device)
         memory_count = conditioning.memory_count
-        positions = memory_frame_positions(memory_count, conditioning.y.shape[1], memory_positions)
+        positions = memory_frame_positions(memory_count, conditioning.y.shape[1], memory.positions)
         noise, generator = seeded_noise((LATENT_CHANNELS, *conditioning.y.shape[1:]), settings.seed)
         latent = denoise(experts, noise, generator, context, context_null, settings, conditioning.y, on_step,
                          frame_positions=positions, on_preview=on_preview)

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from storymem_core.distributed import shard_weights, torchrun_session
 from storymem_core.sampling import ExpertPair, SamplerSettings
-from storymem_core.shot import generate_memory_shot
+from storymem_core.shot import ShotMemory, generate_memory_shot
 from storymem_core.tiny_models import DIT, VAE
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.ulysses import SequenceShards, sharded_sequence
@@ -73,7 +73,7 @@ def memory_shot(experts: ExpertPair, vae: WanVAE) -> torch.Tensor:
     # the high expert guided (CFG parallel), the low one at 1 (one pass split over every rank)
     settings = SamplerSettings(steps=4, shift=5.0, solver="unipc", guide_high=3.5, guide_low=1.0, seed=5)
     return generate_memory_shot(
-        experts, vae, context, context_null, memory, frame_num=5, max_area=32 * 32, settings=settings
+        experts, vae, context, context_null, ShotMemory(memory), frame_num=5, max_area=32 * 32, settings=settings
     ).video
 
 

@@ -19,7 +19,7 @@ from storymem_core.conditioning import (
 from storymem_core.errors import ConditioningError
 from storymem_core.positions import DEFAULT_SPACING
 from storymem_core.sampling import ExpertPair, SamplerSettings, seeded_noise
-from storymem_core.shot import generate_memory_shot, generate_text_shot
+from storymem_core.shot import ShotMemory, generate_memory_shot, generate_text_shot
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.vae import WanVAE
 
@@ -95,7 +95,7 @@ def placement_argument(config: dict) -> dict:
     if placement == DEFAULT_MEMORY_POSITIONS:
         assert spacing == DEFAULT_SPACING
         return {}
-    return {"memory_positions": placement}
+    return {"positions": placement}
 
 
 @pytest.mark.parametrize("path", cases("m2v_"))
@@ -105,8 +105,9 @@ def test_m2v_shot_matches_reference(path):
     settings = settings_for(config)
     result = generate_memory_shot(
         build_experts(weights), loop_vae(weights), tensors["context"], tensors["context_null"],
-        tensors["memory_images"], config["frame_num"], config["max_area"], settings,
-        fix_mem=config["fix_mem"], decode_memory=True, **placement_argument(config), **given_frames(config, tensors),
+        ShotMemory(tensors["memory_images"], fix_mem=config["fix_mem"], **placement_argument(config),
+                   **given_frames(config, tensors)),
+        config["frame_num"], config["max_area"], settings, decode_memory=True,
     )
     noise, _ = seeded_noise(tuple(tensors["noise"].shape), settings.seed)
     torch.testing.assert_close(noise, tensors["noise"], atol=0, rtol=0)
@@ -128,8 +129,9 @@ def test_m2v_other_memory_placement_gives_another_shot(path):
     other = other_placement(case_placement(config)[0])
     result = generate_memory_shot(
         build_experts(weights), loop_vae(weights), tensors["context"], tensors["context_null"],
-        tensors["memory_images"], config["frame_num"], config["max_area"], settings_for(config),
-        fix_mem=config["fix_mem"], memory_positions=other, **given_frames(config, tensors),
+        ShotMemory(tensors["memory_images"], fix_mem=config["fix_mem"], positions=other,
+                   **given_frames(config, tensors)),
+        config["frame_num"], config["max_area"], settings_for(config),
     )
     assert result.video.shape == tensors["video"].shape and result.video.isfinite().all()
     # tiny random experts move little (3e-3 to 5e-3 here), but clearly outside the parity tolerance
@@ -138,7 +140,7 @@ def test_m2v_other_memory_placement_gives_another_shot(path):
 
 def test_m2v_unknown_memory_positions_are_refused_before_sampling():
     with pytest.raises(ConditioningError, match="placement 'sideways' is unknown: use one of upstream, first-release"):
-        generate_memory_shot(None, None, None, None, [], memory_positions="sideways")
+        generate_memory_shot(None, None, None, None, ShotMemory([], positions="sideways"))
 
 
 @pytest.mark.parametrize("path", cases("t2v_"))
