@@ -38,17 +38,18 @@ def load_tiny_text_encoders(*args, model_options={}, **kwargs):
 
 comfy.sd.load_text_encoder_state_dicts = load_tiny_text_encoders
 
-TEST_SIZE = {"width": 32, "height": 32, "length": 5, "steps": 2, "start_at_step": None, "end_at_step": None}
+TEST_SIZE = {"width": 32, "height": 32, "length": 5, "frames": 5, "steps": 2}
 
 
 def shrink(workflow: dict) -> dict:
-    """Test size: 32x32, 5 frames, 2 steps split 1 / 1 between the experts."""
+    """Test size: 32x32, 5 frames, 2 steps split 1 / 1 between the experts (the Native Shot's automatic switch
+    splits them so too)."""
     for node in workflow["nodes"]:
         if node["type"] not in classes:
             continue
         slots = widget_slots(classes[node["type"]])
         for i, name in enumerate(slots):
-            if name in ("width", "height", "length", "steps"):
+            if name in TEST_SIZE:
                 node["widgets_values"][i] = TEST_SIZE[name]
             elif name == "end_at_step" and node["widgets_values"][i] < 10000:
                 node["widgets_values"][i] = 1
@@ -90,9 +91,10 @@ executor = execution.PromptExecutor(
     server, cache_type=False, cache_args={"lru": 0, "ram": 0}
 )  # as main.py with defaults
 first = run(executor, server, ui_to_api(workflow, classes), "first")
-for node in workflow["nodes"]:  # re-roll shot 2: new seeds on both of its samplers
-    if node["type"] == "KSamplerAdvanced" and node.get("title", "").startswith("Shot 2"):
-        node["widgets_values"][widget_slots(classes[node["type"]]).index("noise_seed")] += 1000
+for node in workflow["nodes"]:  # re-roll shot 2: new seeds on its samplers (or its one Native Shot)
+    slots = widget_slots(classes[node["type"]]) if node["type"] in classes else []
+    if node.get("title", "").startswith("Shot 2") and ("noise_seed" in slots or "seed" in slots):
+        node["widgets_values"][slots.index("noise_seed" if "noise_seed" in slots else "seed")] += 1000
 second = run(executor, server, ui_to_api(workflow, classes), "reroll")
 (job_dir / "runs.json").write_text(json.dumps({"first": first, "reroll": second}))
 print(f"ran {len(first['executed'])} nodes, then {len(second['executed'])} after the re-roll")
