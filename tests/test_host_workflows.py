@@ -1,7 +1,8 @@
 """The shipped native workflows run end to end in a real ComfyUI on CPU with tiny models: 3 shots on
 ComfyUI's own loaders and samplers, the memory growing through Select Keyframes (or the one-node Native Shot), the
-film written; re-rolling shot 2 re-runs only shot 2 and the shots after it; and a StoryMem Native Shot makes, seed for
-seed, the frames and keyframes of the expanded chain it stands for."""
+film written; re-rolling shot 2 re-runs only shot 2 and the shots after it; a StoryMem Native Shot makes, seed for
+seed, the frames and keyframes of the expanded chain it stands for; and the Native Story Runner makes a whole story
+in one node, resumes it without sampling again and re-rolls it from a shot."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import torch
 from comfy_host import run_in_host
 
 from storymem_core import tiny_models
+from storymem_core.memory import MemoryBank
 from storymem_core.video import read_mp4
 
 NATIVE = sorted((Path(__file__).resolve().parent.parent / "workflows" / "native").glob("*.json"))
+RUNNER = "storymem_native_story_runner"
+SHOT_WORKFLOWS = [path for path in NATIVE if path.stem != RUNNER]  # a node per shot (or several), Combine Shots
 
 
 def shot_nodes(workflow: dict, shot: int) -> set[str]:
@@ -37,7 +41,7 @@ def all_runs(tmp_path_factory) -> dict:
     return found
 
 
-@pytest.fixture(params=NATIVE, ids=lambda p: p.stem)
+@pytest.fixture(params=SHOT_WORKFLOWS, ids=lambda p: p.stem)
 def runs(request, all_runs):
     return all_runs[request.param.stem]
 
@@ -59,7 +63,7 @@ def shot_banks(workflow: dict, run: dict) -> list[list[dict]]:
 
 def test_there_are_the_native_workflows():
     assert {p.stem for p in NATIVE} == {"storymem_native_3_shot_story", "storymem_native_lightx2v_4_step",
-                                        "storymem_native_one_node_shots"}
+                                        "storymem_native_one_node_shots", RUNNER}
 
 
 def test_host_native_workflow_writes_the_film_and_grows_the_memory(runs):
@@ -92,3 +96,31 @@ def test_host_native_shot_makes_the_frames_and_keyframes_of_the_expanded_chain(a
                        film(one_node[0], one_node[1][run], one_node[2]))
     banks = shot_banks(one_node[0], one_node[1][run])
     assert banks == shot_banks(expanded[0], expanded[1][run]) and len(banks) == (3 if run == "first" else 2)
+
+
+def test_host_native_story_runner_makes_the_story_with_a_growing_memory(all_runs):
+    workflow, runs, scratch = all_runs[RUNNER]
+    first = runs["first"]
+    assert first["samplings"] == 3 * 2  # each shot: the high-noise expert, then the low-noise one
+    runner = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "StoryMemNativeStoryRunner")
+    video = first["shown"][runner]["images"][0]
+    folder = scratch / "output" / video["subfolder"]
+    assert video["filename"] == "film.mp4" and folder.parent.name == "native_stories"
+    assert read_mp4(folder / "film.mp4").shape == (5 + 5 + 4, 32, 32, 3)  # shot 3 continues shot 2 (MI2V)
+    banks = [MemoryBank.load(folder / "banks" / f"after_shot_00{shot}") for shot in (1, 2, 3)]
+    assert all(bank.keyframes[0].source == "reference" for bank in banks)  # MR2V: the reference image starts it
+    generated = [{k.shot + 1 for k in bank.keyframes if k.source == "generated"} for bank in banks]
+    assert generated == [{1}, {1, 2}, {1, 2, 3}]
+
+
+def test_host_native_story_runner_resumes_without_sampling_and_rerolls_from_a_shot(all_runs):
+    workflow, runs, _ = all_runs[RUNNER]
+    runner = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "StoryMemNativeStoryRunner")
+    first, resume, reroll = runs["first"]["files"], runs["resume"]["files"], runs["reroll"]["files"]
+    # queued again on a fresh ComfyUI (nothing cached): the node runs, finds every shot finished and samples nothing
+    assert runner in runs["resume"]["executed"] and runs["resume"]["samplings"] == 0 and resume == first
+    # from_shot 2: shots 2 and 3 are made again in the same folder, shot 1 and the memory before it are kept
+    assert runs["reroll"]["samplings"] == 2 * 2 and set(reroll) == set(first)
+    kept = {name for name in first if reroll[name] == first[name]}
+    assert {"shots/shot_001.mp4", "banks/initial/bank.json", "banks/after_shot_001/bank.json"} <= kept
+    assert not kept & {"shots/shot_002.mp4", "shots/shot_003.mp4", "banks/after_shot_003/bank.json", "film.mp4"}
