@@ -121,6 +121,9 @@ def storymem_conditioning(positive: list, negative: list, vae, memory: MemoryBan
     as in the StoryMem Shot node and the reference. `placement` sets the memory's time positions.
     """
     check_size(width, height)
+    if not memory.keyframes:
+        raise ConditioningError("the memory bank is empty: start it from reference images (StoryMem Memory Bank from "
+                                "Images), or from the keyframes of a first shot made from text (Select Keyframes).")
     conditioning = build_conditioning(
         ComfyVideoEncoder(vae), memory.image_list(), length, width * height,
         first_frame=previous[-1] if mode == "mi2v" else None,
