@@ -124,3 +124,9 @@ def test_host_native_story_runner_resumes_without_sampling_and_rerolls_from_a_sh
     kept = {name for name in first if reroll[name] == first[name]}
     assert {"shots/shot_001.mp4", "banks/initial/bank.json", "banks/after_shot_001/bank.json"} <= kept
     assert not kept & {"shots/shot_002.mp4", "shots/shot_003.mp4", "banks/after_shot_003/bank.json", "film.mp4"}
+
+
+@pytest.mark.parametrize("stem", ["storymem_native_one_node_shots", RUNNER])
+def test_host_native_shots_show_live_previews_with_comfyuis_default_settings(all_runs, stem):
+    """ComfyUI's preview method is 'none' unless set: the native shots still send a preview at each sampling step."""
+    assert all_runs[stem][1]["first"]["previews"] >= 3 * 2

@@ -70,19 +70,28 @@ class Executor:
     last_prompt_id = None
 
     def __init__(self):
+        import comfy.utils
         import execution
 
         self.events = []
+        self.previews = 0
         self.executor = execution.PromptExecutor(self, cache_type=False, cache_args={"lru": 0, "ram": 0})
+        comfy.utils.set_progress_bar_global_hook(self.progress)
+
+    def progress(self, value, total, preview, node_id=None):
+        """Progress bars report here, as to main.py's hook that sends them to the browser; previews are counted."""
+        self.previews += preview is not None
 
     def send_sync(self, event, data, sid=None):
         self.events.append((event, data))
 
     def run(self, prompt: dict, prompt_id: str) -> dict:
-        """Validate and execute an API prompt; the nodes that ran and what the output nodes showed."""
+        """Validate and execute an API prompt; the nodes that ran, what the output nodes showed and how many live
+        previews the progress bars sent (with ComfyUI's default preview method unless --preview-method is given)."""
         import execution
 
         self.events.clear()
+        self.previews = 0
         valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
         if not valid:
             raise SystemExit(f"ComfyUI refused the workflow: {error} {json.dumps(node_errors)[:3000]}")
@@ -91,7 +100,7 @@ class Executor:
             raise SystemExit(f"the workflow failed: {json.dumps(self.executor.status_messages, default=str)[-4000:]}")
         executed = [data["node"] for event, data in self.events if event == "executing" and data.get("node")]
         shown = {data["node"]: data["output"] for event, data in self.events if event == "executed"}
-        return {"executed": executed, "shown": shown}
+        return {"executed": executed, "shown": shown, "previews": self.previews}
 
 
 def count_samplings() -> list[int]:
