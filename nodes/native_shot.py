@@ -116,7 +116,6 @@ class NativeShot:
             mode = resolve_mode(mode, cut, previous_frames is not None, PREVIOUS_FRAMES)
             positive, negative = shot_conditioning_inputs(clip, positive, negative, prompt, negative_prompt)
             settings = replace(M2V, steps=steps, guide_high=cfg, guide_low=cfg, seed=seed)
-            settings.check()
             request = ShotRequest(
                 prompt, mode, memory, (width, height), frames, settings, number - 1,
                 previous_frames=None if mode == "m2v" else image_batch_to_frames(previous_frames),
