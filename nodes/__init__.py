@@ -6,9 +6,9 @@ NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 _MODULES = [loaders, story_nodes, memory_nodes, shot_nodes, output_nodes, runner_node, evaluation_nodes]
 if host.folder_paths is not None:  # the nodes for ComfyUI's own models exist only inside ComfyUI
-    from . import native
+    from . import native, native_runner, native_shot
 
-    _MODULES.append(native)
+    _MODULES.extend([native, native_shot, native_runner])
 for _module in _MODULES:
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

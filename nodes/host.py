@@ -22,6 +22,7 @@ from storymem_core.weights.readers import MODEL_SUFFIXES
 try:  # inside ComfyUI these are importable from its root
     import comfy.latent_formats as comfy_latent_formats
     import comfy.model_management as comfy_model_management
+    import comfy.samplers as comfy_samplers
     import comfy.utils as comfy_utils
     import folder_paths
     import latent_preview
@@ -151,7 +152,8 @@ class ComfyHost:
 
 class _ComfyProgress:
     """ComfyUI's progress bar; a preview latent is drawn by the previewer the user chose (--preview-method,
-    the frontend's live preview setting), as ComfyUI's own samplers do; none is sent when previews are off."""
+    the frontend's live preview setting), as ComfyUI's own samplers do. With previews off (ComfyUI's default) it is
+    drawn by ComfyUI's cheap latent-to-RGB previewer, so a shot is seen forming without any setting changed."""
 
     def __init__(self, bar):
         self.bar = bar
@@ -161,9 +163,11 @@ class _ComfyProgress:
         image = None
         if preview is not None:
             if self.previewer is None:
-                self.previewer = latent_preview.get_previewer(preview.device, comfy_latent_formats.Wan21()) or False
-            if self.previewer:
-                image = self.previewer.decode_latent_to_preview_image("JPEG", preview[None].float())
+                latent_format = comfy_latent_formats.Wan21()
+                self.previewer = latent_preview.get_previewer(preview.device, latent_format) or \
+                    latent_preview.Latent2RGBPreviewer(latent_format.latent_rgb_factors,
+                                                       latent_format.latent_rgb_factors_bias)
+            image = self.previewer.decode_latent_to_preview_image("JPEG", preview[None].float())
         self.bar.update_absolute(value, total, image)
 
 
@@ -242,6 +246,16 @@ def temp_dir() -> Path:
 
 def device() -> torch.device:
     return _host.device()
+
+
+def sampler_names() -> list[str]:
+    """ComfyUI's sampler names (the native nodes' COMBO); outside ComfyUI only the default one, for declarations."""
+    return list(comfy_samplers.KSampler.SAMPLERS) if folder_paths is not None else ["uni_pc"]
+
+
+def scheduler_names() -> list[str]:
+    """ComfyUI's scheduler names; outside ComfyUI only the default one."""
+    return list(comfy_samplers.KSampler.SCHEDULERS) if folder_paths is not None else ["simple"]
 
 
 def offload_device() -> torch.device:

@@ -10,12 +10,13 @@ from . import host
 
 
 def sampler_values(node: type, **widgets) -> SamplerValues:
-    """The sampler widgets of `node` (steps, shift, solver, and cfg or cfg_low / cfg_high) as the user set them: one
-    left at its declared default counts as not set, so a preset fills it (values the user changed win over it)."""
+    """The sampler widgets of `node` (steps, and those of shift, solver, cfg or cfg_low / cfg_high it has) as the user
+    set them: one left at its declared default counts as not set, so a preset fills it (values the user changed win
+    over it)."""
     declared = node.INPUT_TYPES()["required"]
     changed = {name: None if value == declared[name][1]["default"] else value for name, value in widgets.items()}
     cfg = changed.get("cfg")
-    return SamplerValues(steps=changed["steps"], shift=changed.get("shift"), solver=changed["solver"],
+    return SamplerValues(steps=changed["steps"], shift=changed.get("shift"), solver=changed.get("solver"),
                          guide_low=changed.get("cfg_low", cfg), guide_high=changed.get("cfg_high", cfg))
 
 
@@ -98,3 +99,23 @@ def preset() -> tuple:
         "Comfy-Org/Wan_2.2_ComfyUI_Repackaged) added to the experts, sampled as their authors do: 4 Euler steps, shift "
         "5, CFG 1, about 20x faster. Steps, cfg, shift and solver left at their defaults take the preset's values; "
         "one you changed wins over the preset. none: those inputs as set.")})
+
+
+def node_identity() -> dict:
+    """Hidden inputs by which a node finds its own title (`shot_nodes.node_title`), to name itself in messages."""
+    return {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}
+
+
+def sampler_name() -> tuple:
+    return (host.sampler_names(), {"default": "uni_pc", "tooltip": "ComfyUI's sampler (uni_pc as in Wan2.2)."})
+
+
+def scheduler() -> tuple:
+    return (host.scheduler_names(), {"default": "simple", "tooltip": "ComfyUI's scheduler of the sampling steps."})
+
+
+def switch_at_step() -> tuple:
+    return ("INT", {"default": -1, "min": -1, "max": MAX_STEPS, "advanced": True, "tooltip":
+                    "Step at which the low-noise expert takes over. -1: where the high-noise model's sigma falls below "
+                    "Wan2.2's expert boundary (0.9 for memory shots, 0.875 for text), on its shift and this scheduler "
+                    "(step 13 of 40 at shift 4, as the expanded native workflow sets by hand)."})

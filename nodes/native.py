@@ -1,5 +1,6 @@
 """StoryMem on ComfyUI's own models: the memory conditioning as standard CONDITIONING (memory time positions
-included), the StoryMem LoRA as a MODEL patch, and trimming after sampling.
+included), the StoryMem LoRA as a MODEL patch, trimming after sampling, and a whole shot (conditioning, the two experts
+through ComfyUI's sampling, decoding, keyframes) for the Native Shot and Native Story Runner nodes.
 
 This is the one nodes module besides host.py that imports ComfyUI: it only loads inside ComfyUI. The
 conditioning is the engine's (`build_conditioning`), encoded by ComfyUI's VAE and put on ComfyUI's keys
@@ -13,28 +14,40 @@ placement, with no extra node to forget.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
 import comfy.hooks
 import comfy.lora
 import comfy.model_management
 import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
+import comfy.utils
 import node_helpers
 import torch
 
 from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, MOTION_FRAMES, NodeShotMode, ShotMode
-from storymem_core.conditioning import build_conditioning, check_size
+from storymem_core.conditioning import VAE_STRIDE, build_conditioning, check_frame_num, check_size, latent_frame_count
 from storymem_core.errors import CheckpointError, ConditioningError
 from storymem_core.lora import load_lora
 from storymem_core.lora_convert import COMFY_PREFIX, comfy_lora_tensors
 from storymem_core.memory import MemoryBank
 from storymem_core.positions import memory_frame_positions
+from storymem_core.run_shot import ShotOutcome, ShotRequest
+from storymem_core.sampling import SamplerSettings
+from storymem_core.shot import DEFAULT_NEGATIVE_PROMPT
 from storymem_core.video import image_batch_to_frames
 
 from . import host
-from .inputs import frames, memory_positions, model_file, size
-from .shot_nodes import resolve_mode
-from .types import BANK
+from .inputs import frames, memory_positions, model_file, node_identity, size
+from .memory_nodes import add_shot_keyframes
+from .shot_nodes import naming_node, naming_shot, node_title, resolve_mode
+from .types import BANK, KeyframeModel
 
 CATEGORY = "StoryMem/native"
+PREVIOUS_FRAMES = "frames (StoryMem Trim Frames' frames, or StoryMem Native Shot's last_frames)"
 POSITIONS_WRAPPER = "storymem_memory_positions"
 
 
@@ -108,6 +121,9 @@ def storymem_conditioning(positive: list, negative: list, vae, memory: MemoryBan
     as in the StoryMem Shot node and the reference. `placement` sets the memory's time positions.
     """
     check_size(width, height)
+    if not memory.keyframes:
+        raise ConditioningError("the memory bank is empty: start it from reference images (StoryMem Memory Bank from "
+                                "Images), or from the keyframes of a first shot made from text (Select Keyframes).")
     conditioning = build_conditioning(
         ComfyVideoEncoder(vae), memory.image_list(), length, width * height,
         first_frame=previous[-1] if mode == ShotMode.MI2V else None,
@@ -169,6 +185,7 @@ class StoryMemConditioning:
                                                "the first n are marked 2, the reference's unused fix_mem option."}),
                 "memory_positions": memory_positions(),
             },
+            "hidden": node_identity(),
         }
 
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT", "INT", "INT")
@@ -185,11 +202,13 @@ class StoryMemConditioning:
 
     def condition(self, positive: list, negative: list, vae, memory: MemoryBank, cut: bool, mode: str,
                   width: int, height: int, length: int, batch_size: int, previous_frames: torch.Tensor | None = None,
-                  fix_mem: int = -1, memory_positions: str = DEFAULT_MEMORY_POSITIONS) -> tuple:
-        mode = resolve_mode(mode, cut, previous_frames is not None)
-        previous = None if mode == ShotMode.M2V else image_batch_to_frames(previous_frames)
-        return storymem_conditioning(positive, negative, vae, memory, mode, width, height, length, batch_size, previous,
-                                     None if fix_mem < 0 else fix_mem, memory_positions)
+                  fix_mem: int = -1, memory_positions: str = DEFAULT_MEMORY_POSITIONS, unique_id: str | None = None,
+                  prompt: dict | None = None) -> tuple:
+        with naming_node(node_title(unique_id, prompt)):
+            mode = resolve_mode(mode, cut, previous_frames is not None, PREVIOUS_FRAMES)
+            previous = None if mode == ShotMode.M2V else image_batch_to_frames(previous_frames)
+            return storymem_conditioning(positive, negative, vae, memory, mode, width, height, length, batch_size,
+                                         previous, None if fix_mem < 0 else fix_mem, memory_positions)
 
 
 class TrimFrames:
@@ -203,7 +222,7 @@ class TrimFrames:
             "given_frames": ("INT",
                              {"default": 0, "min": 0, "max": 4096,
                               "tooltip": "given_frames of StoryMem Conditioning."}),
-        }}
+        }, "hidden": node_identity()}
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
@@ -211,13 +230,20 @@ class TrimFrames:
     FUNCTION = "trim"
     CATEGORY = CATEGORY
 
-    def trim(self, images: torch.Tensor, given_frames: int) -> tuple:
-        if images.shape[0] <= given_frames:
-            raise ConditioningError(
-                f"images has {images.shape[0]} frames, none left after dropping {given_frames} given frames: "
-                "decode the shot after TrimVideoLatent, not the memory alone."
-            )
-        return (images[given_frames:],)
+    def trim(self, images: torch.Tensor, given_frames: int, unique_id: str | None = None,
+             prompt: dict | None = None) -> tuple:
+        with naming_node(node_title(unique_id, prompt)):
+            return (drop_given_frames(images, given_frames),)
+
+
+def drop_given_frames(images: torch.Tensor, given_frames: int) -> torch.Tensor:
+    """A decoded shot without the frames it was given (a new tensor view; the input is unchanged)."""
+    if images.shape[0] <= given_frames:
+        raise ConditioningError(
+            f"images has {images.shape[0]} frames, none left after dropping {given_frames} given frames: "
+            "decode the shot after TrimVideoLatent, not the memory alone."
+        )
+    return images[given_frames:]
 
 
 def add_storymem_lora(model, path, strength: float, alpha: float | None = None):
@@ -260,7 +286,7 @@ class StoryMemLora:
             "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 1.0, "advanced": True,
                                 "tooltip": "0: the file's alpha, or the rank for a peft .pth (StoryMem's release). Set "
                                            "it for a peft LoRA trained with another lora_alpha."}),
-        }}
+        }, "hidden": node_identity()}
 
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -268,9 +294,151 @@ class StoryMemLora:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, model, lora_name: str, strength: float, alpha: float = 0.0) -> tuple:
-        return (add_storymem_lora(model, host.model_path("loras", lora_name), strength, alpha or None),)
+    def load(self, model, lora_name: str, strength: float, alpha: float = 0.0, unique_id: str | None = None,
+             prompt: dict | None = None) -> tuple:
+        with naming_node(node_title(unique_id, prompt)):
+            return (add_storymem_lora(model, host.model_path("loras", lora_name), strength, alpha or None),)
 
+
+
+def encode_prompt(clip, text: str) -> list:
+    """`text` as CONDITIONING, encoded as ComfyUI's CLIP Text Encode does."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def negative_conditioning(clip, negative_prompt: str) -> list:
+    """A shot's negative prompt encoded; empty: Wan2.2's standard one, as the engine's shots use."""
+    return encode_prompt(clip, negative_prompt.strip() or DEFAULT_NEGATIVE_PROMPT)
+
+
+@dataclass(frozen=True)
+class NativeExperts:
+    """A Wan2.2 expert pair as ComfyUI MODELs and how ComfyUI samples them: sampler and scheduler by name, and the step
+    where the low-noise expert takes over (-1: where the high-noise model's sigma falls below the mode's boundary)."""
+
+    high: object
+    low: object
+    sampler_name: str
+    scheduler: str
+    switch_at_step: int = -1
+
+    def switch(self, settings: SamplerSettings) -> int:
+        """The first step the low-noise expert samples, on the high-noise model's own sigmas (its shift included)."""
+        if self.switch_at_step >= 0:
+            return min(self.switch_at_step, settings.steps)
+        sigmas = comfy.samplers.KSampler(self.high, settings.steps, self.high.load_device, self.sampler_name,
+                                         self.scheduler, 1.0).sigmas
+        return next((step for step, sigma in enumerate(sigmas[:-1].tolist()) if sigma < settings.boundary),
+                    settings.steps)
+
+    def sample(self, positive: list, negative: list, latent: torch.Tensor, settings: SamplerSettings,
+               progress: host.ShotProgress) -> torch.Tensor:
+        """`latent` denoised by the high-noise expert up to the switch and the low-noise one after it, with ComfyUI's
+        sampling (its samplers, model management, Cancel) as two KSamplerAdvanced nodes sharing one latent would: the
+        seed's noise added once, the leftover noise handed on."""
+        switch = self.switch(settings)
+        parts = [(self.high, settings.guide_high, 0, switch), (self.low, settings.guide_low, switch, settings.steps)]
+        parts = [part for part in parts if part[2] < part[3]]
+        samples = comfy.sample.fix_empty_latent_channels(self.high, latent)
+        noise = comfy.sample.prepare_noise(samples, settings.seed)
+        for number, (model, cfg, start, end) in enumerate(parts):
+            last = number == len(parts) - 1
+            samples = comfy.sample.sample(
+                model, noise if number == 0 else torch.zeros_like(noise), settings.steps, cfg, self.sampler_name,
+                self.scheduler, positive, negative, samples, disable_noise=number > 0, start_step=start,
+                last_step=10000 if last else end, force_full_denoise=last, callback=_stepper(progress, start),
+                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=settings.seed)
+        return samples
+
+
+def _stepper(progress: host.ShotProgress, start: int):
+    """ComfyUI's sampler callback for steps from `start` on: the shot's bar, Cancel, and the denoised latent as the
+    live preview of the shot's last frame."""
+
+    def callback(step: int, denoised: torch.Tensor, latent: torch.Tensor, total_steps: int) -> None:
+        progress.preview(denoised[0])
+        progress(start + step + 1, progress.steps)
+
+    return callback
+
+
+def native_shot(request: ShotRequest, positive: list, negative: list, experts: NativeExperts, vae,
+                keyframe_model: KeyframeModel) -> tuple[torch.Tensor, MemoryBank]:
+    """The shot `request` asks for on ComfyUI's models, as the expanded native chain makes it (StoryMem Conditioning,
+    two KSamplerAdvanced, TrimVideoLatent, VAE Decode, Trim Frames, Select Keyframes; a T2V shot from an empty latent):
+    its frames as an IMAGE and the bank with its keyframes. The request's settings give steps, CFG, seed and the expert
+    boundary; the shift is the MODELs' own (ModelSamplingSD3)."""
+    progress = host.ShotProgress(request.settings.steps, f"shot {request.index + 1} ({request.mode.upper()})")
+    width, height = request.size_wh
+    if request.mode == ShotMode.T2V:
+        check_size(width, height)
+        check_frame_num(request.frames)
+        shape = [1, 16, latent_frame_count(request.frames), height // VAE_STRIDE[1], width // VAE_STRIDE[2]]
+        latent, memory_latents, given = torch.zeros(shape, device=comfy.model_management.intermediate_device()), 0, 0
+    else:
+        positive, negative, empty, memory_latents, given = storymem_conditioning(
+            positive, negative, vae, request.memory, request.mode, width, height, request.frames, 1,
+            request.previous_frames, request.fix_mem, request.memory_positions)
+        latent = empty["samples"]
+    progress(0, request.settings.steps)
+    samples = experts.sample(positive, negative, latent, request.settings, progress)
+    images = vae.decode(samples[:, :, memory_latents:])
+    progress.decoded()
+    images = drop_given_frames(images.reshape(-1, *images.shape[-3:]), given)
+    bank = add_shot_keyframes(image_batch_to_frames(images), request.memory, keyframe_model, request.index)
+    progress.finished()
+    return images, bank
+
+
+@dataclass(frozen=True)
+class NativeStoryModels:
+    """A story's models on the native path, making its shots for the engine's story loop (`pipeline.run_story`)."""
+
+    m2v: NativeExperts
+    clip: object
+    vae: object
+    keyframe_model: KeyframeModel
+    t2v: NativeExperts | None = None
+
+    def make_shot(self, request: ShotRequest, on_step: Callable[[int, int], None] | None = None) -> ShotOutcome:
+        """The story's shot. `on_step` goes unused: each shot has its own progress bar, previews and Cancel
+        (`native_shot`), as a Native Shot node has."""
+        experts = self.t2v if request.mode == ShotMode.T2V else self.m2v
+        with naming_shot(request.index + 1, request.prompt):
+            positive = encode_prompt(self.clip, request.prompt)
+            negative = negative_conditioning(self.clip, request.negative_prompt)
+            images, bank = native_shot(request, positive, negative, experts, self.vae, self.keyframe_model)
+        added = sum(k.source == "generated" and k.shot == request.index for k in bank.keyframes)
+        return ShotOutcome(image_batch_to_frames(images), bank, added)
+
+
+def story_sources(models: NativeStoryModels, sampling: tuple) -> list[str]:
+    """What names the Native Story Runner's folder besides the options (`StoryPlan.named_folder`): every model it runs
+    and how they are sampled, so other models or sampling start a fresh story instead of continuing this one."""
+    t2v = [] if models.t2v is None else [fingerprint(models.t2v.high), fingerprint(models.t2v.low)]
+    return ["native", fingerprint(models.m2v.high), fingerprint(models.m2v.low), fingerprint(models.clip.patcher),
+            models.keyframe_model.name, *t2v, *map(str, sampling)]
+
+
+def fingerprint(patcher) -> str:
+    """What tells one ComfyUI model (a ModelPatcher: MODEL, or CLIP's `.patcher`) from another, cheaply: a byte sample
+    of its weights, its patches (LoRAs and their strengths) and its sampling schedule (the shift). It names the
+    Native Story Runner's folders, as file names do the engine runner's."""
+    digest = hashlib.sha1(type(patcher.model).__name__.encode())
+    weights = patcher.model.state_dict()
+    names = sorted(weights)
+    for name in names[:: max(1, len(names) // 8)]:
+        tensor = weights[name]
+        digest.update(f"{name}{tuple(tensor.shape)}".encode() + bytes(tensor.untyped_storage()[:64].cpu()))
+    for key in sorted(patcher.patches, key=str):
+        for patch in patcher.patches[key]:
+            sample = next((t for t in getattr(patch[1], "weights", patch[1]) if isinstance(t, torch.Tensor)), None)
+            digest.update(f"{key}{patch[0]}{patch[2]}".encode())
+            if sample is not None:
+                digest.update(bytes(sample.untyped_storage()[:64].cpu()))
+    if hasattr(patcher.model, "model_sampling"):  # a MODEL (CLIP has none): its sigmas, after ModelSamplingSD3's shift
+        digest.update(patcher.get_model_object("model_sampling").sigmas.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 NODE_CLASS_MAPPINGS = {
     "StoryMemConditioning": StoryMemConditioning,

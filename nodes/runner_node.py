@@ -37,6 +37,41 @@ NODE_NAMES = InputNames(
 SAMPLER_WIDGETS = ("steps", "cfg", "shift", "solver")
 
 
+def story_choices(t2v_input: str) -> dict:
+    """How a story starts and goes on, and its seed: widgets both Story Runners declare alike (`t2v_input` names the
+    runner's T2V experts)."""
+    return {
+        "first_shot": (FirstShot.names(),
+                       {"default": FirstShot.T2V,
+                        "tooltip": f"t2v: first shot from text (connect {t2v_input}); mr2v: first shot from reference "
+                                   "images as memory (connect reference_images)."}),
+        "continuation": ([str(mode) for mode in CONTINUATIONS],
+                         {"default": ShotMode.MI2V,
+                          "tooltip": "For shots without a cut: m2v (memory only), mi2v (from the last frame) or mm2v "
+                                     "(last 5 frames), matching the LoRA."}),
+        "seed": inputs.seed("Seed of shot 1; shot k uses seed + k - 1."),
+    }
+
+
+def story_shape() -> dict:
+    """The film's size and timing, the memory's limits and the story's folder: widgets both Story Runners declare."""
+    return {
+        "width": inputs.size("width", 832),
+        "height": inputs.size("height", 480),
+        "frames": inputs.frames(),
+        "fps": ("INT", {"default": 16, "min": 1, "max": 120, "tooltip": "Frames per second of the saved videos."}),
+        **inputs.memory_size(),
+        "output_folder": ("STRING",
+                          {"default": "storymem/stories",
+                           "tooltip": "Folder under the output folder; each story and setting gets its own "
+                                      "subfolder."}),
+        "from_shot": ("INT",
+                      {"default": 0, "min": 0, "max": 999,
+                       "tooltip": "0: continue where the story stopped. n: regenerate from shot n on, from the bank "
+                                  "before it."}),
+    }
+
+
 class StoryRunner:
     DESCRIPTION = ("Generates every shot of a story script in order (first shot, then memory shots, keyframes into the "
                    "bank after each), saving each finished shot; re-running continues where it stopped.")
@@ -50,35 +85,14 @@ class StoryRunner:
                 "text_encoder": (TEXT_ENCODER, {"tooltip": "From Load umT5 Text Encoder."}),
                 "vae": (VAE, {"tooltip": "From Load Wan VAE."}),
                 "keyframe_encoder": (KEYFRAME_ENCODER, {"tooltip": "From Load Keyframe Encoder."}),
-                "first_shot": (FirstShot.names(),
-                               {"default": FirstShot.T2V,
-                                "tooltip": "t2v: first shot from text (connect t2v_model); mr2v: first shot from "
-                                           "reference images as memory (connect reference_images)."}),
-                "continuation": ([str(mode) for mode in CONTINUATIONS],
-                                 {"default": ShotMode.MI2V,
-                                  "tooltip": "For shots without a cut: m2v (memory only), mi2v (from the last frame) "
-                                             "or mm2v (last 5 frames), matching the LoRA."}),
-                "seed": inputs.seed("Seed of shot 1; shot k uses seed + k - 1."),
+                **story_choices("t2v_model"),
                 "steps": inputs.steps(M2V.steps),
                 "cfg": ("FLOAT",
                         {"default": M2V.guide_low, "min": 0.0, "max": 30.0, "step": 0.1,
                          "tooltip": "Guidance of the memory shots (the T2V first shot keeps Wan2.2's 3 / 4)."}),
                 "shift": inputs.shift(M2V.shift),
                 "solver": inputs.solver(),
-                "width": inputs.size("width", 832),
-                "height": inputs.size("height", 480),
-                "frames": inputs.frames(),
-                "fps": ("INT",
-                        {"default": 16, "min": 1, "max": 120, "tooltip": "Frames per second of the saved videos."}),
-                **inputs.memory_size(),
-                "output_folder": ("STRING",
-                                  {"default": "storymem/stories",
-                                   "tooltip": "Folder under the output folder; each story and setting gets its own "
-                                              "subfolder."}),
-                "from_shot": ("INT",
-                              {"default": 0, "min": 0, "max": 999,
-                               "tooltip": "0: continue where the story stopped. n: regenerate from shot n on, from the "
-                                          "bank before it."}),
+                **story_shape(),
             },
             "optional": {
                 "t2v_model": (MODEL, {"tooltip": "Wan2.2 T2V-A14B experts, for a T2V first shot."}),
@@ -111,22 +125,28 @@ class StoryRunner:
         t2v_model = with_preset_loras(t2v_model, preset) if plan.needs_t2v_experts else None
         folder = plan.named_folder(model_names(model, text_encoder, keyframe_encoder, t2v_model))
         film = _run(plan, folder, model, t2v_model, text_encoder, node_inputs["vae"], keyframe_encoder)
-        story = plan.story
-        bank = load_bank(StoryFolder(folder).bank(story.shots[-1].index))
-        result = (frames_to_image_batch(read_mp4(film)), bank, str(film))
-        return {"ui": {**bank_ui(bank), **video_ui(film)}, "result": result}
+        return film_result(plan, folder, film)
 
 
-def story_inputs(given: dict) -> StoryInputs:
-    """The node's inputs as a story's. A sampler widget left at its default is not set, so a preset may fill it
-    (values the user changed win over the preset); cfg and shift set the memory shots, a T2V first shot keeps
-    Wan2.2's."""
-    memory_shots = inputs.sampler_values(StoryRunner, **{name: given[name] for name in SAMPLER_WIDGETS})
+def film_result(plan: StoryPlan, folder: Path, film: Path) -> dict:
+    """A Story Runner's result: the film's frames, the bank after the last shot, the film's path, and what the
+    frontend shows (the bank's strip, the film)."""
+    bank = load_bank(StoryFolder(folder).bank(plan.story.shots[-1].index))
+    result = (frames_to_image_batch(read_mp4(film)), bank, str(film))
+    return {"ui": {**bank_ui(bank), **video_ui(film)}, "result": result}
+
+
+def story_inputs(given: dict, node: type | None = None, names: InputNames = NODE_NAMES) -> StoryInputs:
+    """A Story Runner's inputs (`node`'s, the engine's Story Runner by default) as a story's. A sampler widget left at
+    its default is not set, so a preset may fill it (values the user changed win over the preset); cfg and shift set
+    the memory shots, a T2V first shot keeps Wan2.2's."""
+    node = node or StoryRunner
+    memory_shots = inputs.sampler_values(node, **{name: given[name] for name in SAMPLER_WIDGETS if name in given})
     references = given.get("reference_images")
     return StoryInputs(
         story=given["story"],
         out=host.output_dir() / host.output_name(given["output_folder"], "output_folder", "storymem/stories"),
-        names=NODE_NAMES, first_shot=given["first_shot"], continuation=given["continuation"], seed=given["seed"],
+        names=names, first_shot=given["first_shot"], continuation=given["continuation"], seed=given["seed"],
         m2v=memory_shots, t2v=SamplerValues(steps=memory_shots.steps, solver=memory_shots.solver),
         preset=given.get("preset", Preset.NONE),
         size_wh=(given["width"], given["height"]), frames=given["frames"], fps=given["fps"],

@@ -49,8 +49,9 @@ OUTPUTS = (
 )
 
 
-def resolve_mode(mode: str, cut: bool, has_previous: bool) -> str:
-    """auto: M2V after a cut, else continue the previous shot (MI2V or MM2V as the mode names)."""
+def resolve_mode(mode: str, cut: bool, has_previous: bool, previous: str = "last_frames") -> str:
+    """auto: M2V after a cut, else continue the previous shot (MI2V or MM2V as the mode names). `previous` is the
+    output of the shot before that the node's previous_frames takes (the native chain's is Trim Frames' frames)."""
     if mode in AUTO_CONTINUES:
         if cut:
             return ShotMode.M2V
@@ -58,10 +59,10 @@ def resolve_mode(mode: str, cut: bool, has_previous: bool) -> str:
         if not has_previous:
             raise ConditioningError(
                 "cut is false (the shot continues the previous one) but previous_frames is not connected: "
-                "connect the previous shot's last_frames, or set cut to true."
+                f"connect the previous shot's {previous}, or set cut to true."
             )
     elif mode != ShotMode.M2V and not has_previous:
-        raise ConditioningError(f"mode {mode.upper()} continues the previous shot: connect its last_frames to "
+        raise ConditioningError(f"mode {mode.upper()} continues the previous shot: connect its {previous} to "
                                 f"previous_frames, or use {ShotMode.M2V}.")
     return mode
 
@@ -95,15 +96,26 @@ def _make_room(model: WanExperts, device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def naming_shot(number: int, prompt: str) -> Iterator[None]:
-    """An error inside a shot says which shot it is (the host's error dialog names only the node type)."""
+def naming_node(label: str) -> Iterator[None]:
+    """An error inside a node says which shot (or node) it is about: the host's error dialog names only the node
+    type, and a story has many nodes of one type."""
     try:
         yield
     except GenerationInterrupted:
         raise
     except StoryMemError as error:
-        label = f"shot {number} ('{excerpt(prompt, 40)}')" if prompt.strip() else f"shot {number}"
         raise type(error)(f"{label}: {error}") from error
+
+
+def naming_shot(number: int, prompt: str) -> contextlib.AbstractContextManager[None]:
+    """`naming_node` for a shot: its number, and its prompt's start where it has one."""
+    return naming_node(f"shot {number} ('{excerpt(prompt, 40)}')" if prompt.strip() else f"shot {number}")
+
+
+def node_title(unique_id: str | None, prompt: dict | None) -> str:
+    """The node's title as the workflow shows it (ComfyUI's hidden UNIQUE_ID and PROMPT inputs), for messages."""
+    title = ((prompt or {}).get(str(unique_id)) or {}).get("_meta", {}).get("title")
+    return f"'{title}'" if title else f"node {unique_id}"
 
 
 def _shot(request: ShotRequest, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_model: KeyframeModel,

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -35,6 +35,17 @@ log = logging.getLogger(__name__)
 
 
 
+ShotCallback = Callable[[int, int, str], None]
+StepCallback = Callable[[int, int], None]
+SavedCallback = Callable[[int, int, MemoryBank], None]
+
+
+class ShotMaker(Protocol):
+    """What makes a story's shots: the engine's models (`StoryModels`), or ComfyUI's models on the native path."""
+
+    def make_shot(self, request: ShotRequest, on_step: StepCallback | None) -> ShotOutcome: ...
+
+
 @dataclass
 class StoryModels:
     """What a story needs loaded. `t2v` is only needed for a T2V first shot."""
@@ -46,15 +57,21 @@ class StoryModels:
     t2v: ExpertPair | None = None
     aesthetic_scorer: AestheticScorer | None = None
 
-
-ShotCallback = Callable[[int, int, str], None]
-StepCallback = Callable[[int, int], None]
-SavedCallback = Callable[[int, int, MemoryBank], None]
+    def make_shot(self, request: ShotRequest, on_step: StepCallback | None) -> ShotOutcome:
+        """The shot through `run_shot` on the pair its mode needs."""
+        experts = self.t2v if request.mode == ShotMode.T2V else self.m2v
+        check_t2v_experts(request.mode, experts is not None)  # only a story still to make its first shot needs them
+        try:
+            return run_shot(request, ShotModels(experts, self.text_encoder, self.vae, self.keyframe_encoder,
+                                                self.aesthetic_scorer), on_step)
+        finally:
+            if request.mode == ShotMode.T2V:
+                experts.park()  # only the first shot uses the T2V experts
 
 
 def run_story(
     story: Story,
-    models: StoryModels,
+    models: ShotMaker,
     options: StoryOptions,
     out_dir: str | os.PathLike,
     reference_images: list[torch.Tensor] | None = None,
@@ -119,12 +136,10 @@ def _windowed(bank: MemoryBank, options: StoryOptions) -> MemoryBank:
     return replace(bank, max_size=options.max_memory, fixed=options.fixed_memory).window()
 
 
-def _make_shot(shot: Shot, bank: MemoryBank, models: StoryModels, options: StoryOptions, folder: StoryFolder,
+def _make_shot(shot: Shot, bank: MemoryBank, models: ShotMaker, options: StoryOptions, folder: StoryFolder,
                on_step: StepCallback | None) -> ShotOutcome:
-    """The story's shot through `run_shot`, from the story's options and the previous shot's saved last frames."""
+    """The story's shot, from the story's options and the previous shot's saved last frames."""
     mode = story_shot_mode(shot.index, shot.cut, options.first_shot, options.continuation)
-    experts = models.t2v if mode == ShotMode.T2V else models.m2v
-    check_t2v_experts(mode, experts is not None)  # only a story still to make its first shot needs them
     request = ShotRequest(
         prompt=shot.prompt, mode=mode, memory=bank, size_wh=options.size_wh, frames=options.frames,
         settings=replace(options.t2v if mode == ShotMode.T2V else options.m2v, seed=options.seed + shot.index),
@@ -132,12 +147,7 @@ def _make_shot(shot: Shot, bank: MemoryBank, models: StoryModels, options: Story
         negative_prompt=options.negative_prompt, fix_mem=options.fixed_memory if options.mark_fixed_memory else None,
         memory_positions=options.memory_positions,
     )
-    try:
-        outcome = run_shot(request, ShotModels(experts, models.text_encoder, models.vae, models.keyframe_encoder,
-                                               models.aesthetic_scorer), on_step)
-    finally:
-        if mode == ShotMode.T2V:
-            experts.park()  # only the first shot uses the T2V experts
+    outcome = models.make_shot(request, on_step)
     log.info("shot %d: %d keyframe(s) added to memory", shot.index + 1, outcome.keyframes_added)
     return outcome
 

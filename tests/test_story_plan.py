@@ -1,5 +1,6 @@
-"""One planning step for every front end: the story command and the Story Runner node turn equal inputs into equal
-plans, each check says one sentence on both, and the Story Runner's folder names stay those of folders made before."""
+"""One planning step for every front end: the story command, the Story Runner node and the Native Story Runner node
+turn equal inputs into equal plans, each check says one sentence on each, and the Story Runner's folder names stay
+those of folders made before."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from helpers import cli_plan, story_script
 
 from nodes import host
-from nodes.runner_node import StoryRunner, model_names, story_inputs
+from nodes.native_runner import NATIVE_NAMES, NativeStoryRunner
+from nodes.runner_node import NODE_NAMES, StoryRunner, model_names, story_inputs
 from storymem_core.errors import StoryMemError
 from storymem_core.files import save_image
 from storymem_core.story import load_story, loads_story
@@ -27,16 +29,17 @@ def output_root(tmp_path):
     host.use(previous)
 
 
-def widget_defaults() -> dict:
-    """The Story Runner's widgets as a fresh node has them."""
-    declared = StoryRunner.INPUT_TYPES()
+def widget_defaults(node: type = StoryRunner) -> dict:
+    """A Story Runner's widgets as a fresh node has them."""
+    declared = node.INPUT_TYPES()
     return {name: spec[1]["default"] for part in declared.values() for name, spec in part.items()
             if isinstance(spec[1], dict) and "default" in spec[1]}
 
 
-def node_plan(script: Path, **widgets):
-    given = widget_defaults() | {"story": load_story(script)} | widgets
-    return plan_story(story_inputs(given))
+def node_plan(script: Path, node: type = StoryRunner, **widgets):
+    given = widget_defaults(node) | {"story": load_story(script)} | widgets
+    names = NATIVE_NAMES if node is NativeStoryRunner else NODE_NAMES
+    return plan_story(story_inputs(given, node, names))
 
 
 def write_references(folder: Path, count: int = 2) -> list[Path]:
@@ -75,6 +78,37 @@ def test_the_story_command_and_the_story_runner_plan_an_mr2v_story_alike(tmp_pat
     node = node_plan(script, first_shot="mr2v", continuation="mm2v", width=48, height=32, frames=9,
                      memory_positions="first-release", reference_images=images)
     assert same_plans(cli, node) and len(node.references) == 2
+
+
+def test_the_story_command_and_the_native_story_runner_plan_a_t2v_story_alike(tmp_path, output_root):
+    """The native runner has no solver, shift or preset (its MODELs carry the shift and speed LoRAs; ComfyUI's sampler
+    is named by sampler_name): the rest plans as the command's."""
+    script = story_script(tmp_path, 3)
+    out = output_root / "storymem" / "stories"
+    cli = cli_plan(tmp_path, "--out", str(out), "--mi2v", "--seed", "5", "--size", "64x32", "--frames", "9",
+                   "--steps", "7", "--max-memory", "6", "--fixed-memory", "2", "--from-shot", "2",
+                   shots=3)
+    node = node_plan(script, NativeStoryRunner, continuation="mi2v", seed=5, width=64, height=32, frames=9, steps=7,
+                     max_size=6, fixed=2, from_shot=2)
+    assert same_plans(cli, node) and cli.out == node.out and node.start == 1
+
+
+def test_the_story_command_and_the_native_story_runner_plan_an_mr2v_story_alike(tmp_path, output_root):
+    script = story_script(tmp_path, 2)
+    paths = write_references(tmp_path)
+    cli = cli_plan(tmp_path, "--m2v-first-shot", "--mm2v", "--size", "48x32", "--frames", "9", "--memory-positions",
+                   "first-release", *[arg for path in paths for arg in ("--reference", str(path))], shots=2)
+    images = frames_to_image_batch(torch.stack(cli.references))
+    node = node_plan(script, NativeStoryRunner, first_shot="mr2v", continuation="mm2v", width=48, height=32, frames=9,
+                     memory_positions="first-release", reference_images=images)
+    assert same_plans(cli, node) and not node.needs_t2v_experts
+
+
+def test_the_native_story_runner_names_its_own_t2v_inputs(tmp_path, output_root):
+    plan = node_plan(story_script(tmp_path, 1), NativeStoryRunner)
+    with pytest.raises(StoryMemError, match="the first shot is T2V but t2v_model_high and t2v_model_low are not both "
+                                            "connected: load the Wan2.2 T2V-A14B experts, or set first_shot to mr2v"):
+        plan.check_t2v_experts(False)
 
 
 def test_each_planning_check_says_one_sentence_naming_the_front_ends_input(tmp_path, output_root):

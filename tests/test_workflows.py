@@ -225,11 +225,15 @@ def test_workflow_shot_values_match_the_story_shot_that_feeds_them(path, comfy):
         assert node["title"].startswith(f"Shot {number} · ")
 
 
+PLACING_NODES = ("StoryMemConditioning", "StoryMemNativeShot", "StoryMemNativeStoryRunner")
+
+
 @pytest.mark.parametrize("path", sorted((WORKFLOWS[0].parent / "native").glob("*.json")), ids=lambda p: p.stem)
 def test_native_workflow_samples_with_the_authors_memory_positions(path):
-    """Each native shot's StoryMem Conditioning carries the upstream placement (it attaches the positions itself, see
-    test_host_models); no other node places the memory."""
+    """Each native shot's StoryMem Conditioning (or Native Shot, or the Native Story Runner) carries the upstream
+    placement (it attaches the positions itself, see test_host_models); no other node places the memory."""
     workflow = load(path)
-    conditionings = [n for n in workflow["nodes"] if n["type"] == "StoryMemConditioning"]
-    assert len(conditionings) == 3 and all(n["widgets_values"][-1] == "upstream" for n in conditionings)
+    placing = [n for n in workflow["nodes"] if n["type"] in PLACING_NODES]
+    runs_a_story = any(n["type"] == "StoryMemNativeStoryRunner" for n in placing)
+    assert len(placing) == (1 if runs_a_story else 3) and all(n["widgets_values"][-1] == "upstream" for n in placing)
     assert not any("Positions" in n["type"] for n in workflow["nodes"])

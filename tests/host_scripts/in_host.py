@@ -8,6 +8,7 @@ never imports it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -44,3 +45,74 @@ def start(models_dir: Path | None = None, output_dir: Path | None = None, input_
     if not asyncio.run(nodes.load_custom_node(str(PACK))):
         raise SystemExit(f"ComfyUI could not load the pack from {PACK}")
     return nodes.NODE_CLASS_MAPPINGS
+
+
+def load_tiny_umt5() -> None:
+    """ComfyUI's umT5 builder assumes the xxl sizes: give it the tiny file's through its own config override."""
+    import comfy.sd
+
+    from storymem_core import tiny_models
+
+    load_text_encoders = comfy.sd.load_text_encoder_state_dicts
+    tiny_umt5 = {**tiny_models.CORE_T5, "num_decoder_layers": tiny_models.CORE_T5["num_layers"]}
+
+    def load_tiny_text_encoders(*args, model_options={}, **kwargs):
+        return load_text_encoders(*args, model_options={**model_options, "umt5xxl_model_config": tiny_umt5}, **kwargs)
+
+    comfy.sd.load_text_encoder_state_dicts = load_tiny_text_encoders
+
+
+class Executor:
+    """ComfyUI's executor as main.py makes it with default settings, reporting to a server that records the events."""
+
+    client_id = "host-test"
+    last_node_id = None
+    last_prompt_id = None
+
+    def __init__(self):
+        import comfy.utils
+        import execution
+
+        self.events = []
+        self.previews = 0
+        self.executor = execution.PromptExecutor(self, cache_type=False, cache_args={"lru": 0, "ram": 0})
+        comfy.utils.set_progress_bar_global_hook(self.progress)
+
+    def progress(self, value, total, preview, node_id=None):
+        """Progress bars report here, as to main.py's hook that sends them to the browser; previews are counted."""
+        self.previews += preview is not None
+
+    def send_sync(self, event, data, sid=None):
+        self.events.append((event, data))
+
+    def run(self, prompt: dict, prompt_id: str) -> dict:
+        """Validate and execute an API prompt; the nodes that ran, what the output nodes showed and how many live
+        previews the progress bars sent (with ComfyUI's default preview method unless --preview-method is given)."""
+        import execution
+
+        self.events.clear()
+        self.previews = 0
+        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        if not valid:
+            raise SystemExit(f"ComfyUI refused the workflow: {error} {json.dumps(node_errors)[:3000]}")
+        self.executor.execute(prompt, prompt_id, {"client_id": self.client_id}, outputs)
+        if not self.executor.success:
+            raise SystemExit(f"the workflow failed: {json.dumps(self.executor.status_messages, default=str)[-4000:]}")
+        executed = [data["node"] for event, data in self.events if event == "executing" and data.get("node")]
+        shown = {data["node"]: data["output"] for event, data in self.events if event == "executed"}
+        return {"executed": executed, "shown": shown, "previews": self.previews}
+
+
+def count_samplings() -> list[int]:
+    """A one-item counter of calls of ComfyUI's `comfy.sample.sample` (one per expert and shot) from now on."""
+    import comfy.sample
+
+    calls = [0]
+    sample = comfy.sample.sample
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return sample(*args, **kwargs)
+
+    comfy.sample.sample = counted
+    return calls
