@@ -1,6 +1,17 @@
-"""StoryMem ComfyUI nodes, grouped by what they handle; this module only gathers their mappings."""
+"""StoryMem ComfyUI nodes, grouped by what they handle; this module only gathers their mappings (and loads the model
+files panel's routes, model_files)."""
 
-from . import evaluation_nodes, host, loaders, memory_nodes, output_nodes, runner_node, shot_nodes, story_nodes
+from . import (
+    evaluation_nodes,
+    host,
+    loaders,
+    memory_nodes,
+    model_files,  # noqa: F401  (registers its routes on ComfyUI's server)
+    output_nodes,
+    runner_node,
+    shot_nodes,
+    story_nodes,
+)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -8,7 +8,9 @@ unless asked. Nodes call the module functions; `use()` swaps the host (tests use
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -181,6 +183,28 @@ def current() -> StandaloneHost | ComfyHost:
     return _host
 
 
+def add_json_route(method: str, path: str, handler: Callable[[dict], dict]) -> None:
+    """Serve `handler` (the request's JSON in, JSON out, run off the event loop) at `path` on ComfyUI's server, for
+    the pack's frontend; a StoryMemError answers 400 with its sentence. Without a ComfyUI server, nothing."""
+    if folder_paths is None:
+        return
+    from aiohttp import web
+    from server import PromptServer
+
+    server = getattr(PromptServer, "instance", None)  # none when a script loads the nodes without the server
+    if server is None:
+        return
+
+    async def route(request):
+        body = await request.json() if request.can_read_body else {}
+        try:
+            return web.json_response(await asyncio.get_running_loop().run_in_executor(None, handler, body))
+        except StoryMemError as error:
+            return web.json_response({"error": str(error)}, status=400)
+
+    server.routes.route(method, path)(route)
+
+
 def model_names(folder: str) -> list[str]:
     """Model files in a ComfyUI model folder, as COMBO choices (paths relative to the folder, '/'-separated)."""
     return [name for name in _host.filenames(folder) if name.lower().endswith(MODEL_SUFFIXES)]
@@ -197,6 +221,11 @@ def model_path(folder: str, name: str) -> Path:
             return root / relative
     searched = ", ".join(str(root) for root in _host.folders(folder)) or "no folder"
     raise CheckpointError(f"'{name}' is not in the {folder} folder ({searched}): put the file there or pick another.")
+
+
+def model_folders(folder: str) -> list[Path]:
+    """The folders of a ComfyUI model folder name, the one new files go to first."""
+    return _host.folders(folder)
 
 
 def storymem_names() -> list[str]:

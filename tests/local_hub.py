@@ -5,11 +5,21 @@ offer a file that is not the one asked for."""
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import torch
+
 CDN = "/cdn"
+
+
+def saved(state: dict[str, torch.Tensor]) -> bytes:
+    """A state dict as the bytes of a `.pth` file (what a hub serves)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 class LocalHub:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from local_hub import LocalHub
+from local_hub import LocalHub, saved
 
-from nodes import host
+from nodes import host, model_files
 from storymem_core import tiny_models as tiny
 from storymem_core.commands.cli import main
 from storymem_core.downloads import KNOWN_FILES, download, known_file, partial_path
@@ -24,14 +24,8 @@ LORA = known_file("StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth")
 HEAD = known_file("sa_0_4_vit_b_32_linear.pth")
 
 
-def _saved(state: dict) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
-
-
-LORA_BYTES = _saved(tiny._peft_lora(0))
-HEAD_BYTES = _saved({"weight": torch.randn(1, 512), "bias": torch.tensor([5.0])})
+LORA_BYTES = saved(tiny._peft_lora(0))
+HEAD_BYTES = saved({"weight": torch.randn(1, 512), "bias": torch.tensor([5.0])})
 
 
 @pytest.fixture
@@ -150,3 +144,20 @@ def test_download_command_lists_size_and_license_then_fetches(hub, tmp_path, cap
     assert (tmp_path / "loras" / LORA.name).read_bytes() == LORA_BYTES
     assert main(["download", "--models-dir", str(tmp_path), "backbone.pth"]) == 2
     assert "'backbone.pth' is not a file this pack downloads" in capsys.readouterr().err
+
+
+def test_the_panels_download_runs_in_the_background_and_names_the_raw_lora_it_brought(hub, tmp_path):
+    previous = host.use(host.StandaloneHost(tmp_path))
+    try:
+        entry = model_files.start({"name": LORA.name})
+        assert entry["license"] == LORA.license and not entry["exact_size"] and entry["job"]["state"] == "running"
+        deadline = time.monotonic() + 30
+        while model_files.listing()["files"][0]["job"]["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shown = model_files.listing()
+        assert shown["files"][0]["present"] and shown["files"][0]["job"]["state"] == "done"
+        assert shown["raw_storymem_loras"] == [LORA.name]  # a core LoRA loader would apply nothing from it
+        with pytest.raises(DownloadError, match="not a file this pack downloads"):
+            model_files.start({"name": "../../etc/passwd"})
+    finally:
+        host.use(previous)

@@ -38,7 +38,7 @@ def test_host_native_workflow_writes_the_film_and_grows_the_memory(runs):
     workflow, result, scratch = runs
     shown = result["first"]["shown"]
     combine = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "StoryMemCombineShots")
-    video = shown[combine]["images"][0]
+    video = shown[combine]["storymem_video"][0]
     film = read_mp4(scratch / "output" / video["subfolder"] / video["filename"])
     assert film.shape == (5 + 4 + 5, 32, 32, 3)  # shot 2 continues shot 1 (MI2V): its given frame is dropped
     selects = sorted((n for n in workflow["nodes"] if n["type"] == "StoryMemSelectKeyframes"), key=lambda n: n["title"])
