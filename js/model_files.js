@@ -193,7 +193,8 @@ async function checkGraph() {
   if (app.graph !== graph) return;
   warnRawLoras(graph, answer.raw_storymem_loras);
   const needed = namedBy(graph);
-  if (answer.files.some((f) => needed(f) && !f.present)) open((f) => needed(f));
+  const missing = new Set(answer.files.filter((f) => needed(f) && !f.present).map((f) => f.name));
+  if (missing.size) open((f) => missing.has(f.name)); // they stay listed as they arrive
 }
 
 app.registerExtension({

@@ -1,8 +1,9 @@
 """StoryMem ComfyUI nodes, grouped by what they handle; this module only gathers their mappings (and loads the model
-files panel's routes, model_files)."""
+files panel's routes, model_files, and puts the workflows' example images into ComfyUI's input folder)."""
 
 from . import (
     evaluation_nodes,
+    example_inputs,
     host,
     loaders,
     memory_nodes,
@@ -20,6 +21,7 @@ if host.folder_paths is not None:  # the nodes for ComfyUI's own models exist on
     from . import native
 
     _MODULES.append(native)
+    example_inputs.copy_example_inputs(host.input_dir())
 for _module in _MODULES:
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

@@ -246,6 +246,11 @@ def storymem_path(relative: str) -> Path:
                           "another.")
 
 
+def input_dir() -> Path | None:
+    """ComfyUI's input folder (where LoadImage finds images); None outside ComfyUI."""
+    return Path(folder_paths.get_input_directory()) if folder_paths is not None else None
+
+
 def save_dir() -> Path:
     """Where nodes write banks: the output folder's storymem subfolder."""
     return _host.output_dir() / STORYMEM_FOLDER

@@ -435,7 +435,8 @@ def test_story_runs_with_previews_and_its_memory_stays_after_a_reload(frontend, 
     assert frontend.pack_problems() == []
 
 
-def test_missing_storymem_files_are_offered_with_size_and_license_and_download_into_place(frontend, server):
+def test_missing_storymem_files_are_offered_with_size_and_license_and_download_into_place(frontend, server,
+                                                                                          screenshots):
     frontend.load(STORY)
     raw = tiny.STORYMEM_LORA_HIGH
     frontend.evaluate(
@@ -481,6 +482,7 @@ def test_missing_storymem_files_are_offered_with_size_and_license_and_download_i
     assert MM2V_HIGH.name in listed
     commands = frontend.evaluate("() => app.extensionManager.command.commands.map((c) => c.id)")
     assert "StoryMem.GetModelFiles" in commands
+    frontend.page.screenshot(path=str(screenshots / "storymem_model_files.png"))
     frontend.page.locator("#storymem-model-files .storymem-close").click()
     assert panel.count() == 0
     assert frontend.pack_problems() == []
