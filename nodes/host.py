@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -186,14 +187,11 @@ def current() -> StandaloneHost | ComfyHost:
 def add_json_route(method: str, path: str, handler: Callable[[dict], dict]) -> None:
     """Serve `handler` (the request's JSON in, JSON out, run off the event loop) at `path` on ComfyUI's server, for
     the pack's frontend; a StoryMemError answers 400 with its sentence. Without a ComfyUI server, nothing."""
-    if folder_paths is None:
+    # ComfyUI imports its server before it loads packs; a script that loads the nodes without it gets no routes
+    server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    if folder_paths is None or server is None:
         return
     from aiohttp import web
-    from server import PromptServer
-
-    server = getattr(PromptServer, "instance", None)  # none when a script loads the nodes without the server
-    if server is None:
-        return
 
     async def route(request):
         body = await request.json() if request.can_read_body else {}
