@@ -194,7 +194,13 @@ def add_json_route(method: str, path: str, handler: Callable[[dict], dict]) -> N
     from aiohttp import web
 
     async def route(request):
-        body = await request.json() if request.can_read_body else {}
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return web.json_response({"error": "the request body is no JSON object: send {\"name\": ...}."},
+                                     status=400)
         try:
             return web.json_response(await asyncio.get_running_loop().run_in_executor(None, handler, body))
         except StoryMemError as error:
