@@ -99,14 +99,15 @@ function showBank(node, keyframes, limits) {
   element.append(caption, strip);
 }
 
-// The shot plays under its node, looping and muted, as video packs show their clips.
+// The shot plays under its node, looping and muted, as video packs show their clips; a film (in the output folder)
+// with controls.
 function showVideo(node, entry) {
   const element = panel(node, VIDEO_WIDGET, 150, "storymem-video");
   const url = viewUrl(entry);
   let video = element.querySelector("video");
   if (video?.dataset.url === url) return;
   video = document.createElement("video");
-  Object.assign(video, { autoplay: true, loop: true, muted: true, playsInline: true, src: url });
+  Object.assign(video, { autoplay: true, loop: true, muted: true, playsInline: true, controls: entry.type === "output", src: url });
   video.dataset.url = url;
   element.replaceChildren(video);
 }

@@ -8,7 +8,10 @@ unless asked. Nodes call the module functions; `use()` swaps the host (tests use
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -185,6 +188,31 @@ def current() -> StandaloneHost | ComfyHost:
     return _host
 
 
+def add_json_route(method: str, path: str, handler: Callable[[dict], dict]) -> None:
+    """Serve `handler` (the request's JSON in, JSON out, run off the event loop) at `path` on ComfyUI's server, for
+    the pack's frontend; a StoryMemError answers 400 with its sentence. Without a ComfyUI server, nothing."""
+    # ComfyUI imports its server before it loads packs; a script that loads the nodes without it gets no routes
+    server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    if folder_paths is None or server is None:
+        return
+    from aiohttp import web
+
+    async def route(request):
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return web.json_response({"error": "the request body is no JSON object: send {\"name\": ...}."},
+                                     status=400)
+        try:
+            return web.json_response(await asyncio.get_running_loop().run_in_executor(None, handler, body))
+        except StoryMemError as error:
+            return web.json_response({"error": str(error)}, status=400)
+
+    server.routes.route(method, path)(route)
+
+
 def model_names(folder: str) -> list[str]:
     """Model files in a ComfyUI model folder, as COMBO choices (paths relative to the folder, '/'-separated)."""
     return [name for name in _host.filenames(folder) if name.lower().endswith(MODEL_SUFFIXES)]
@@ -203,6 +231,11 @@ def model_path(folder: str, name: str) -> Path:
     raise CheckpointError(f"'{name}' is not in the {folder} folder ({searched}): put the file there or pick another.")
 
 
+def model_folders(folder: str) -> list[Path]:
+    """The folders of a ComfyUI model folder name, the one new files go to first."""
+    return _host.folders(folder)
+
+
 def storymem_names() -> list[str]:
     """Every file under the storymem folders, relative and '/'-separated."""
     return _host.filenames(STORYMEM_FOLDER)
@@ -219,6 +252,11 @@ def storymem_path(relative: str) -> Path:
     searched = ", ".join(str(root) for root in _host.folders(STORYMEM_FOLDER))
     raise CheckpointError(f"'{relative}' is not in the storymem folders ({searched}): save it there first or pick "
                           "another.")
+
+
+def input_dir() -> Path | None:
+    """ComfyUI's input folder (where LoadImage finds images); None outside ComfyUI."""
+    return Path(folder_paths.get_input_directory()) if folder_paths is not None else None
 
 
 def save_dir() -> Path:

@@ -1,7 +1,8 @@
 """What the pack's nodes send to the frontend: keyframe thumbnails and shot previews in the host's temp folder.
 
 The js extension (js/storymem.js) draws the `storymem_bank` entries as a strip under the node, and a
-shot node's `storymem_shot` / `storymem_video` as its title and a looping preview video.
+shot node's `storymem_shot` / `storymem_video` as its title and a looping preview video (a film's video, of
+Combine Shots and the Story Runner, with controls).
 Files are named by their pixels' hash, so a keyframe shown by several nodes is written once.
 """
 
@@ -63,10 +64,12 @@ def bank_ui(bank: MemoryBank) -> dict[str, list]:
 
 
 def video_ui(path: Path) -> dict[str, list]:
-    """The `ui` part that makes ComfyUI show an mp4 in the output folder under the node."""
+    """The `ui` part that plays an mp4 of the output folder under the node. It is drawn by the pack's frontend, not
+    sent as ComfyUI `images`: the frontend's own video player adds a `video-preview` widget whose value it then
+    queues as an input, so the next queue would miss the cache and write the film again."""
     subfolder = path.parent.relative_to(host.output_dir()).as_posix()
-    return {"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}],
-            "animated": [True]}
+    return {"storymem_video": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder,
+                                "type": "output", "format": "video/mp4"}]}
 
 
 def _preview_video(frames: torch.Tensor) -> str:

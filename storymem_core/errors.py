@@ -37,3 +37,7 @@ class GenerationInterrupted(StoryMemError):
 
 class SamplerError(StoryMemError):
     """Sampler settings (solver name, steps, shift) are invalid, or a solver is stepped past its schedule."""
+
+
+class DownloadError(StoryMemError):
+    """A model file could not be fetched, or what arrived is not the file; nothing was put under its name."""

@@ -91,6 +91,17 @@ def load_lora(
     return LoraWeights(checkpoint.info.path, modules, tuple(unrecognized), deltas)
 
 
+def is_peft_lora(path: str | Path) -> bool:
+    """Whether `path` is a LoRA in peft's layout, as StoryMem releases its `.pth` pair: ComfyUI's own LoRA loaders
+    match none of its keys and apply nothing (only `StoryMem LoRA (MODEL)` or a `convert-lora` copy work there).
+    Reads names and shapes only; any file that is no readable LoRA is not one."""
+    try:
+        info = Checkpoint(path).info
+    except CheckpointError:
+        return False
+    return info.lora is not None and info.lora.format == "peft"
+
+
 @dataclass
 class AppliedLoras:
     """What `apply_loras` changed; `remove()` undoes it (unmerge or unhook), last applied first."""

@@ -19,8 +19,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from local_hub import LocalHub, saved
 
 from storymem_core import tiny_models as tiny
+from storymem_core.downloads import known_file, partial_path
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
@@ -30,6 +32,8 @@ SHOT_TYPES = ("StoryMemFirstShot", "StoryMemShot")
 BANK_LINK_COLOUR = "#e0a030"
 SERVER_START_S = 180
 RUN_S = 300
+MM2V_HIGH = known_file("StoryMem/Wan2.2-MM2V-A14B/backbone_high_noise.pth")  # not among the tiny models
+MM2V_LOW = known_file("StoryMem/Wan2.2-MM2V-A14B/backbone_low_noise.pth")
 
 
 def _missing(reason: str):
@@ -61,8 +65,17 @@ def _get_json(url: str):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """ComfyUI on tiny models under the shipped workflows' file names, with live previews on."""
+def hub():
+    """A local stand-in for Hugging Face (HF_ENDPOINT) holding one StoryMem LoRA the tiny models lack."""
+    with LocalHub() as server:
+        server.files[MM2V_HIGH.url.removeprefix("https://huggingface.co")] = saved(tiny._peft_lora(0))
+        yield server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, hub):
+    """ComfyUI on tiny models under the shipped workflows' file names (their folder first, where downloads go), with
+    live previews on and Hugging Face files coming from the local hub."""
     comfyui = _comfyui_dir()
     root = tmp_path_factory.mktemp("comfyui")
     tiny.write_tiny_models(root / "models")
@@ -70,7 +83,9 @@ def server(tmp_path_factory):
     folders = "".join(
         f"  {name}: {name}\n" for name in ("diffusion_models", "loras", "text_encoders", "vae", "clip_vision")
     )
-    (root / "extra_model_paths.yaml").write_text(f"storymem_tiny:\n  base_path: {root / 'models'}\n{folders}")
+    (root / "extra_model_paths.yaml").write_text(
+        f"storymem_tiny:\n  base_path: {root / 'models'}\n  is_default: true\n{folders}"
+    )
     settings = root / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))  # no template browser over the canvas
@@ -102,6 +117,7 @@ def server(tmp_path_factory):
             "auto",
         ],
         cwd=comfyui,
+        env={**os.environ, "HF_ENDPOINT": hub.url},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -330,7 +346,15 @@ def _wait_for_strips(frontend: Frontend) -> None:
     )
 
 
-def test_story_runs_with_previews_and_its_memory_stays_after_a_reload(frontend, screenshots):
+def _film_video(frontend: Frontend) -> str | None:
+    """The src of the film Combine Shots plays, or None."""
+    return frontend.evaluate("""() => {
+        const node = app.graph.nodes.find((n) => n.type === 'StoryMemCombineShots');
+        return node.widgets?.find((w) => w.name === 'storymem_video')?.element.querySelector('video')?.src ?? null;
+    }""")
+
+
+def test_story_runs_with_previews_and_its_memory_stays_after_a_reload(frontend, server, screenshots):
     frontend.load(STORY)
     frontend.evaluate(
         """(tiny) => { for (const node of app.graph.nodes)
@@ -379,11 +403,23 @@ def test_story_runs_with_previews_and_its_memory_stays_after_a_reload(frontend, 
     (screenshots / "storymem_3_shot_story_after_run.json").write_text(json.dumps(layout, indent=1))
     assert _overlapping_nodes(layout) == [], "nodes grown by their strips and previews cover their neighbours"
 
+    films = sorted((server["root"] / "output").rglob("*.mp4"))
+    film = _film_video(frontend)
+    assert len(films) == 1 and film and films[0].name in film
+    requeued = frontend.queue_and_wait()  # the frontend's players add no input: ComfyUI's cache serves every node
+    assert requeued["prompt"][2] == run["prompt"][2]
+    cached = [data["nodes"] for kind, data in requeued["status"]["messages"] if kind == "execution_cached"]
+    assert cached and set(cached[0]) == set(run["prompt"][2])
+    assert sorted((server["root"] / "output").rglob("*.mp4")) == films, "a re-queue wrote another film"
+
     frontend.page.reload()
     frontend.page.wait_for_function("() => window.app?.graph && window.app.vueAppReady", timeout=90_000)
     _wait_for_strips(frontend)
     again = _shot_panels(frontend)
     assert [(p["keyframes"], p["video"] is not None) for p in again] == [(p["keyframes"], True) for p in panels]
+    frontend.page.wait_for_function("() => app.graph.nodes.find((n) => n.type === 'StoryMemCombineShots')"
+                                    ".widgets?.some((w) => w.name === 'storymem_video')", timeout=30_000)
+    assert _film_video(frontend) == film, "the film plays under Combine Shots again after a reload"
     frontend.page.screenshot(path=str(screenshots / "storymem_3_shot_story_after_reload.png"))
 
     frontend.evaluate("""() => { const shot = app.graph.nodes.filter((n) => n.type === 'StoryMemShot')[1];
@@ -396,4 +432,57 @@ def test_story_runs_with_previews_and_its_memory_stays_after_a_reload(frontend, 
     frontend.page.wait_for_function(
         '() => document.body.innerText.includes("shot 3 (\'The old keeper")', timeout=30_000
     )
+    assert frontend.pack_problems() == []
+
+
+def test_missing_storymem_files_are_offered_with_size_and_license_and_download_into_place(frontend, server,
+                                                                                          screenshots):
+    frontend.load(STORY)
+    raw = tiny.STORYMEM_LORA_HIGH
+    frontend.evaluate(
+        """async ([high, low, raw]) => {
+        const lora = app.graph.nodes.find((n) => n.type === 'StoryMemLoadLora');
+        lora.widgets[0].value = high;  // a workflow that names the MM2V pair, which this server lacks
+        lora.widgets[1].value = low;
+        lora.properties.models = [];
+        const core = LiteGraph.createNode('LoraLoaderModelOnly');  // given StoryMem's raw .pth
+        core.pos = [40, 2000];
+        app.graph.add(core);
+        core.widgets.find((w) => w.name === 'lora_name').value = raw;
+        await app.loadGraphData(app.graph.serialize());
+    }""",
+        [MM2V_HIGH.name, MM2V_LOW.name, raw],
+    )
+    panel = frontend.page.locator("#storymem-model-files")
+    panel.wait_for(timeout=30_000)
+    rows = {name: panel.locator(f"tr[data-name='{name}']") for name in (MM2V_HIGH.name, MM2V_LOW.name)}
+    assert list(rows) == [MM2V_HIGH.name, MM2V_LOW.name] and panel.locator("tr").count() == 2  # what it names
+    for row in rows.values():
+        assert "loras/ · about 1.2 GB · CC BY-NC 4.0" in row.inner_text() and "missing" in row.inner_text()
+    frontend.page.wait_for_function(
+        "() => document.body.innerText.includes(\"is given StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth, "
+        "StoryMem's raw LoRA\")", timeout=30_000
+    )
+
+    rows[MM2V_HIGH.name].locator("button.storymem-download").click()
+    rows[MM2V_LOW.name].locator("button.storymem-download").click()  # the local hub lacks it: HTTP 404
+    frontend.page.wait_for_function(
+        """(name) => document.querySelector(`#storymem-model-files tr[data-name='${name}']`)?.innerText
+        .includes('in place')""", arg=MM2V_HIGH.name, timeout=60_000,
+    )
+    frontend.page.wait_for_function(
+        """(name) => document.querySelector(`#storymem-model-files tr[data-name='${name}']`)?.innerText
+        .includes('HTTP 404')""", arg=MM2V_LOW.name, timeout=60_000,
+    )
+    loras = server["root"] / "models" / "loras"
+    assert (loras / MM2V_HIGH.name).is_file() and not partial_path(loras / MM2V_HIGH.name).exists()
+    assert not (loras / MM2V_LOW.name).exists()
+    listed = frontend.evaluate("async () => (await (await fetch('/object_info/LoraLoaderModelOnly')).json())"
+                               ".LoraLoaderModelOnly.input.required.lora_name[0]")
+    assert MM2V_HIGH.name in listed
+    commands = frontend.evaluate("() => app.extensionManager.command.commands.map((c) => c.id)")
+    assert "StoryMem.GetModelFiles" in commands
+    frontend.page.screenshot(path=str(screenshots / "storymem_model_files.png"))
+    frontend.page.locator("#storymem-model-files .storymem-close").click()
+    assert panel.count() == 0
     assert frontend.pack_problems() == []

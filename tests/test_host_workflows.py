@@ -49,7 +49,7 @@ def runs(request, all_runs):
 def film(workflow: dict, run: dict, scratch: Path):
     """The film Combine Shots wrote in `run`, as frames."""
     combine = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "StoryMemCombineShots")
-    video = run["shown"][combine]["images"][0]
+    video = run["shown"][combine]["storymem_video"][0]
     return read_mp4(scratch / "output" / video["subfolder"] / video["filename"])
 
 
@@ -103,7 +103,7 @@ def test_host_native_story_runner_makes_the_story_with_a_growing_memory(all_runs
     first = runs["first"]
     assert first["samplings"] == 3 * 2  # each shot: the high-noise expert, then the low-noise one
     runner = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "StoryMemNativeStoryRunner")
-    video = first["shown"][runner]["images"][0]
+    video = first["shown"][runner]["storymem_video"][0]
     folder = scratch / "output" / video["subfolder"]
     assert video["filename"] == "film.mp4" and folder.parent.name == "native_stories"
     assert read_mp4(folder / "film.mp4").shape == (5 + 5 + 4, 32, 32, 3)  # shot 3 continues shot 2 (MI2V)

@@ -455,7 +455,7 @@ def test_combine_shots_concatenates_and_writes_an_mp4(pack):
         filename_prefix="tests/film",
     )
     assert torch.equal(film, torch.cat(shots)) and Path(path).name == "film_00001.mp4"
-    assert read_mp4(path).shape == (9, 32, 32, 3) and ui["images"][0]["subfolder"] == "tests"
+    assert read_mp4(path).shape == (9, 32, 32, 3) and ui["storymem_video"][0]["subfolder"] == "tests"
     (_, second), _ = call("StoryMemCombineShots", shot_1=shots[0], fps=8, save_video=True, filename_prefix="tests/film")
     assert Path(second).name == "film_00002.mp4"
     with pytest.raises(ConditioningError, match="one size"):
@@ -479,8 +479,8 @@ def test_story_runner_generates_and_resumes(pack):
     (film, bank, path), ui = call("StoryMemStoryRunner", **arguments)
     assert film.shape[1:] == (32, 32, 3) and film.shape[0] == 5 + 5 + 4 and Path(path).is_file()
     assert len(bank) >= 1 and ui["storymem_bank"]
-    shown = ui["images"][0]  # the film plays under the node, as under Combine Shots
-    assert host.output_dir() / shown["subfolder"] / shown["filename"] == Path(path) and ui["animated"] == [True]
+    shown = ui["storymem_video"][0]  # the film plays under the node, as under Combine Shots
+    assert host.output_dir() / shown["subfolder"] / shown["filename"] == Path(path) and shown["type"] == "output"
     story_folder = Path(path).parent
 
     def shots_and_banks() -> dict:

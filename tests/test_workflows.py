@@ -20,9 +20,11 @@ from graph_runner import (
     validate,
     widget_slots,
 )
+from PIL import Image
 
 import nodes
 from nodes import host
+from nodes.example_inputs import EXAMPLE_INPUTS, copy_example_inputs
 from storymem_core import tiny_models as tiny
 from storymem_core.video import read_mp4
 
@@ -237,3 +239,18 @@ def test_native_workflow_samples_with_the_authors_memory_positions(path):
     runs_a_story = any(n["type"] == "StoryMemNativeStoryRunner" for n in placing)
     assert len(placing) == (1 if runs_a_story else 3) and all(n["widgets_values"][-1] == "upstream" for n in placing)
     assert not any("Positions" in n["type"] for n in workflow["nodes"])
+
+
+def test_every_image_a_workflow_loads_ships_with_the_pack_and_reaches_the_input_folder(tmp_path):
+    loaded = {node["widgets_values"][0] for path in WORKFLOWS[0].parent.rglob("*.json")
+              for node in json.loads(path.read_text())["nodes"] if node["type"] == "LoadImage"}
+    assert loaded and {image.name for image in EXAMPLE_INPUTS.glob("*.png")} == loaded
+    for name in loaded:
+        with Image.open(EXAMPLE_INPUTS / name) as image:
+            assert image.size == (832, 480) and image.mode == "RGB"  # the shipped workflows' shot size
+    (tmp_path / "storymem_reference_2.png").write_bytes(b"the user's own")
+    written = copy_example_inputs(tmp_path)
+    assert written == [tmp_path / "storymem_reference_1.png"]  # a file of the user's is never replaced
+    assert written[0].read_bytes() == (EXAMPLE_INPUTS / "storymem_reference_1.png").read_bytes()
+    assert (tmp_path / "storymem_reference_2.png").read_bytes() == b"the user's own"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["storymem_reference_1.png", "storymem_reference_2.png"]

@@ -1,5 +1,5 @@
 """`python -m storymem_core`: inspect model files, validate story scripts, run stories, convert LoRAs, run the demo,
-evaluate (see docs/architecture.md)."""
+evaluate, download the model files ComfyUI cannot fetch (see docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -118,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True)
     demo.add_argument("--seed", type=int, default=0)
     _add_evaluate_parser(sub)
+    download = sub.add_parser("download", help="fetch the StoryMem LoRA and the aesthetic head into a models folder "
+                                               "(resumable, checked); --list shows each with size and license")
+    download.add_argument("names", nargs="*", metavar="NAME",
+                          help="files to fetch, as --list names them (e.g. StoryMem/Wan2.2-MI2V-A14B/"
+                               "backbone_high_noise.pth)")
+    download.add_argument("--models-dir", required=True, help="models folder in ComfyUI's layout (loras/, ...)")
+    download.add_argument("--list", action="store_true", help="list the files, their state, size and license")
     return parser
 
 
@@ -142,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             from .story import run_story_command
 
             return run_story_command(args)
+        if args.command == "download":
+            from .download import download_command
+
+            return download_command(args)
         if args.command == "evaluate":
             from .evaluate import evaluate_command
 

@@ -1,0 +1,163 @@
+"""Model files fetched by the pack (storymem_core/downloads.py, the `download` command): from a local server that
+answers as the hub does, resumed after a cut, checked, and put under their name only when whole and right."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from local_hub import LocalHub, saved
+
+from nodes import host, model_files
+from storymem_core import tiny_models as tiny
+from storymem_core.commands.cli import main
+from storymem_core.downloads import KNOWN_FILES, download, known_file, partial_path
+from storymem_core.errors import DownloadError
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+LORA = known_file("StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth")
+HEAD = known_file("sa_0_4_vit_b_32_linear.pth")
+
+
+LORA_BYTES = saved(tiny._peft_lora(0))
+HEAD_BYTES = saved({"weight": torch.randn(1, 512), "bias": torch.tensor([5.0])})
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The local hub, with the StoryMem LoRA where Hugging Face publishes it (reached through HF_ENDPOINT)."""
+    with LocalHub() as server:
+        server.files[LORA.url.removeprefix("https://huggingface.co")] = LORA_BYTES
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+def _served_head(hub: LocalHub, content: bytes = HEAD_BYTES, sha256: str | None = None):
+    """The aesthetic head's entry pointed at the local hub, with the size and sha256 of `content` as published."""
+    hub.files["/head.pth"] = content
+    return dataclasses.replace(HEAD, url=hub.url + "/head.pth", size=len(HEAD_BYTES),
+                               sha256=sha256 or hashlib.sha256(HEAD_BYTES).hexdigest())
+
+
+def test_every_file_the_comfyui_dialog_cannot_fetch_is_known_with_the_workflows_address():
+    refused = set()
+    for path in WORKFLOWS.rglob("*.json"):
+        for node in json.loads(path.read_text())["nodes"]:
+            for model in node.get("properties", {}).get("models", []):
+                if model["name"].endswith(".pth") or not model["url"].startswith("https://huggingface.co/"):
+                    refused.add((model["name"], model["directory"], model["url"]))
+    known = {(file.name, file.folder, file.url) for file in KNOWN_FILES}
+    assert refused and refused <= known
+    assert all(file.license and file.page and file.size > 0 for file in KNOWN_FILES)
+    assert LORA.license.startswith("CC BY-NC 4.0")
+
+
+def test_download_follows_the_hub_redirect_and_puts_the_checked_file_under_its_name(hub, tmp_path):
+    seen = []
+    path = download(LORA, tmp_path / "loras", lambda done, total: seen.append((done, total)))
+    assert path == tmp_path / "loras" / LORA.name and path.read_bytes() == LORA_BYTES
+    assert seen[-1] == (len(LORA_BYTES), len(LORA_BYTES)) and not partial_path(path).exists()
+
+
+def test_a_cut_download_is_never_taken_for_a_model_and_resumes_where_it_stopped(hub, tmp_path):
+    destination = tmp_path / "loras" / LORA.name
+    hub.cut_after = 1000
+    with pytest.raises(DownloadError, match="run the download again to continue"):
+        download(LORA, tmp_path / "loras")
+    assert not destination.exists() and partial_path(destination).stat().st_size == 1000
+    previous = host.use(host.StandaloneHost(tmp_path))
+    try:
+        assert host.model_names("loras") == []  # the partial file is no choice of a loader
+    finally:
+        host.use(previous)
+
+    def never_under_its_name(done: int, total: int) -> None:
+        assert not destination.exists()
+
+    download(LORA, tmp_path / "loras", never_under_its_name)
+    assert hub.ranges[-1] == "bytes=1000-" and destination.read_bytes() == LORA_BYTES
+
+
+def test_a_download_stopped_by_its_caller_keeps_what_arrived(hub, tmp_path):
+    def stop(done: int, total: int) -> None:
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        download(LORA, tmp_path, stop)
+    assert partial_path(tmp_path / LORA.name).stat().st_size > 0 and not (tmp_path / LORA.name).exists()
+    assert download(LORA, tmp_path).read_bytes() == LORA_BYTES
+
+
+def test_a_server_that_ignores_the_range_gives_the_whole_file_again(hub, tmp_path):
+    hub.cut_after = 500
+    with pytest.raises(DownloadError):
+        download(LORA, tmp_path)
+    hub.ignore_range = True
+    assert download(LORA, tmp_path).read_bytes() == LORA_BYTES
+
+
+def test_a_partial_file_already_whole_is_checked_and_renamed(hub, tmp_path):
+    partial_path(tmp_path / LORA.name).parent.mkdir(parents=True)
+    partial_path(tmp_path / LORA.name).write_bytes(LORA_BYTES)
+    assert download(LORA, tmp_path).read_bytes() == LORA_BYTES and hub.ranges == [f"bytes={len(LORA_BYTES)}-"]
+
+
+def test_the_aesthetic_head_is_checked_against_its_published_sha256(hub, tmp_path):
+    assert download(_served_head(hub), tmp_path).read_bytes() == HEAD_BYTES
+    altered = HEAD_BYTES[:-1] + bytes([HEAD_BYTES[-1] ^ 1])
+    with pytest.raises(DownloadError, match="does not have the published sha256, so it was deleted"):
+        download(_served_head(hub, altered), tmp_path / "other")
+    assert list((tmp_path / "other").rglob("*")) == []
+
+
+def test_a_file_of_the_wrong_size_is_refused_before_it_is_written(hub, tmp_path):
+    with pytest.raises(DownloadError, match="offers 4 bytes but sa_0_4_vit_b_32_linear.pth is"):
+        download(_served_head(hub, b"oops"), tmp_path)
+    assert list(tmp_path.rglob("*.pth*")) == []
+
+
+def test_a_page_that_is_not_the_lora_is_deleted_not_renamed(hub, tmp_path):
+    hub.files[LORA.url.removeprefix("https://huggingface.co")] = b"<html>rate limited</html>"
+    with pytest.raises(DownloadError, match="is not readable as the file expected"):
+        download(LORA, tmp_path)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "StoryMem", tmp_path / "StoryMem" / "Wan2.2-MI2V-A14B"]
+
+
+def test_a_missing_file_on_the_server_says_where_to_look(hub, tmp_path):
+    hub.files.clear()
+    with pytest.raises(DownloadError, match=r"HTTP 404 .*huggingface.co/Kevin-thu/StoryMem"):
+        download(LORA, tmp_path)
+
+
+def test_download_command_lists_size_and_license_then_fetches(hub, tmp_path, capsys):
+    assert main(["download", "--list", "--models-dir", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out
+    assert f"missing  loras/{LORA.name}  about 1.2 GB, license CC BY-NC 4.0" in listed
+    assert "clip_vision/sa_0_4_vit_b_32_linear.pth  3.0 KB, license MIT" in listed
+    assert main(["download", "--models-dir", str(tmp_path), "Wan2.2-MI2V-A14B/backbone_high_noise.pth"]) == 0
+    assert (tmp_path / "loras" / LORA.name).read_bytes() == LORA_BYTES
+    assert main(["download", "--models-dir", str(tmp_path), "backbone.pth"]) == 2
+    assert "'backbone.pth' is not a file this pack downloads" in capsys.readouterr().err
+
+
+def test_the_panels_download_runs_in_the_background_and_names_the_raw_lora_it_brought(hub, tmp_path):
+    previous = host.use(host.StandaloneHost(tmp_path))
+    try:
+        entry = model_files.start({"name": LORA.name})
+        assert entry["license"] == LORA.license and not entry["exact_size"] and entry["job"]["state"] == "running"
+        deadline = time.monotonic() + 30
+        while model_files.listing()["files"][0]["job"]["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shown = model_files.listing()
+        assert shown["files"][0]["present"] and shown["files"][0]["job"]["state"] == "done"
+        assert shown["raw_storymem_loras"] == [LORA.name]  # a core LoRA loader would apply nothing from it
+        with pytest.raises(DownloadError, match="not a file this pack downloads"):
+            model_files.start({"name": "../../etc/passwd"})
+    finally:
+        host.use(previous)
