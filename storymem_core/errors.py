@@ -41,3 +41,7 @@ class SamplerError(StoryMemError):
 
 class DownloadError(StoryMemError):
     """A model file could not be fetched, or what arrived is not the file; nothing was put under its name."""
+
+
+class FolderBusy(StoryMemError):
+    """Another story run is writing the story folder; the message says who and since when."""

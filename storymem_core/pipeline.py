@@ -20,13 +20,14 @@ from .bank_files import bank_contact_sheet, discard_bank, load_bank, save_bank
 from .choices import GIVEN_FRAMES, MOTION_FRAMES, FirstShot, ShotMode
 from .errors import StoryMemError
 from .files import fit_image, load_image, save_image, save_picture
+from .folder_lock import one_writer
 from .memory import MemoryBank
 from .run_shot import ShotModels, ShotOutcome, ShotRequest, run_shot, story_shot_mode
 from .sampling import ExpertPair
 from .scorers import AestheticScorer, ImageEncoder
 from .shot import PromptEncoder
 from .story import Shot, Story
-from .story_folder import FolderState, StoryFolder, pending_shots
+from .story_folder import FolderState, StoryFolder, check_output_folder, pending_shots
 from .story_plan import StoryOptions, check_first_memory, check_t2v_experts
 from .video import concat_videos, write_mp4
 from .wan.vae import WanVAE
@@ -90,29 +91,30 @@ def run_story(
     """
     options.check_story(story)
     check_first_memory(options.first_shot, bool(reference_images))
-    state = checked or options.check_folder(out_dir, story, reference_images, from_shot)
-    initial = _initial_bank(options, reference_images)
-    folder = StoryFolder(Path(out_dir))
-    folder.root.mkdir(parents=True, exist_ok=True)
-    shots = story.shots
-    for shot in pending_shots(story, out_dir, from_shot):
-        # earlier shots are finished; a bank saved under other limits takes the current ones
-        bank = initial if shot.index == 0 else _windowed(load_bank(folder.bank(shot.index - 1)), options)
-        if on_shot is not None:
-            on_shot(shot.index, len(shots), shot.prompt)
-        outcome = _make_shot(shot, bank, models, options, folder, on_step)
-        _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
-        # the record first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
-        state.save(folder, shot.index)  # once the banks made with other settings are gone
-        if shot.index == 0:
-            save_bank(initial, folder.bank(-1))
-        _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
-        if on_saved is not None:
-            on_saved(shot.index, len(shots), outcome.memory)
-    if not folder.film_is_current(shots):
-        concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
-        save_picture(bank_contact_sheet(load_bank(folder.bank(shots[-1].index))), folder.contact_sheet)
-    return folder.film
+    check_output_folder(out_dir)  # before the lock creates it
+    with one_writer(out_dir):  # another run writing here is refused before anything is written
+        state = checked or options.check_folder(out_dir, story, reference_images, from_shot)
+        initial = _initial_bank(options, reference_images)
+        folder = StoryFolder(Path(out_dir))
+        shots = story.shots
+        for shot in pending_shots(story, out_dir, from_shot):
+            # earlier shots are finished; a bank saved under other limits takes the current ones
+            bank = initial if shot.index == 0 else _windowed(load_bank(folder.bank(shot.index - 1)), options)
+            if on_shot is not None:
+                on_shot(shot.index, len(shots), shot.prompt)
+            outcome = _make_shot(shot, bank, models, options, folder, on_step)
+            _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
+            # the record first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
+            state.save(folder, shot.index)  # once the banks made with other settings are gone
+            if shot.index == 0:
+                save_bank(initial, folder.bank(-1))
+            _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
+            if on_saved is not None:
+                on_saved(shot.index, len(shots), outcome.memory)
+        if not folder.film_is_current(shots):
+            concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
+            save_picture(bank_contact_sheet(load_bank(folder.bank(shots[-1].index))), folder.contact_sheet)
+        return folder.film
 
 
 def _unfinish(folder: StoryFolder, shot_indices: list[int]) -> None:

@@ -22,6 +22,7 @@ from .bank_files import load_bank
 from .choices import DEFAULT_MEMORY_POSITIONS, MemoryPositions
 from .errors import StoryMemError
 from .files import writable_folder_check, write_json
+from .folder_lock import LOCK_FILE
 from .memory import MemoryBank
 from .story import Shot, Story
 
@@ -62,8 +63,9 @@ class StoryFolder:
         return self.bank(shot).is_dir() and self.video(shot).is_file()
 
     def is_ours(self) -> bool:
-        """Empty, or started by a story run (every run records its settings before its first shot's files)."""
-        return not any(self.root.iterdir()) or any(
+        """Empty (but for a writer's lock), or started by a story run (every run records its settings before its
+        first shot's files)."""
+        return not any(p.name != LOCK_FILE for p in self.root.iterdir()) or any(
             p.exists() for p in (self.record, self.memory_settings, self.bank(-1)))
 
     def film_is_current(self, shots: tuple[Shot, ...]) -> bool:

@@ -6,6 +6,7 @@ storymem_core/story_models.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from ..choices import DEFAULT_MEMORY_POSITIONS
 from ..distributed import PAIRS, Parallel, torchrun_session
 from ..errors import StoryMemError
+from ..folder_lock import one_writer
 from ..memory import MemoryBank
 from ..model_roles import find_model_files, parse_device, quality_model, required_roles
 from ..pipeline import run_story
@@ -96,8 +98,15 @@ def load_options_from_args(args: argparse.Namespace, parallel: Parallel | None =
 
 
 def run_story_files(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) -> Path | None:
-    """Check the story folder, load the models, run the story; returns the film's path (None on the ranks under
-    torchrun that only serve rank 0's forwards)."""
+    """Hold the story folder, check it, load the models, run the story; returns the film's path (None on the ranks
+    under torchrun that only serve rank 0's forwards). Another run writing the folder is refused before any model
+    loads."""
+    writes = load.parallel is None or load.parallel.is_leader
+    with one_writer(plan.out) if writes else contextlib.nullcontext():
+        return _load_and_run(plan, models_dir, load)
+
+
+def _load_and_run(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) -> Path | None:
     checked = plan.check_folder()
     roles = required_roles(plan.options.first_shot, quality_model(load.quality, models_dir))
     files = find_model_files(models_dir, roles + preset_roles(load.preset, plan.options.first_shot))
