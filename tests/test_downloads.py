@@ -49,9 +49,11 @@ def test_every_file_the_comfyui_dialog_cannot_fetch_is_known_with_the_workflows_
     for path in WORKFLOWS.rglob("*.json"):
         for node in json.loads(path.read_text())["nodes"]:
             for model in node.get("properties", {}).get("models", []):
-                if model["name"].endswith(".pth") or not model["url"].startswith("https://huggingface.co/"):
-                    refused.add((model["name"], model["directory"], model["url"]))
-    known = {(file.name, file.folder, file.url) for file in KNOWN_FILES}
+                # ComfyUI's dialog fetches .safetensors / .sft from Hugging Face; GGUF entries carry no url
+                if not model["name"].endswith((".safetensors", ".sft")) or not model.get("url", "").startswith(
+                        "https://huggingface.co/"):
+                    refused.add((model["name"], model["directory"], model.get("url")))
+    known = {(file.name, file.folder, url) for file in KNOWN_FILES for url in (file.url, None)}
     assert refused and refused <= known
     assert all(file.license and file.page and file.size > 0 for file in KNOWN_FILES)
     assert LORA.license.startswith("CC BY-NC 4.0")
