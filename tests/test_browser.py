@@ -150,7 +150,7 @@ def server(tmp_path_factory, hub):
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"ComfyUI did not start:\n{(root / 'server.log').read_text()[-4000:]}")
                 time.sleep(1)
-        shown = root / "temp" / "storymem"  # what SHOWN_AFTER_A_RUN shows (ComfyUI empties temp on start)
+        shown = root / "temp" / "temp" / "storymem"  # what SHOWN_AFTER_A_RUN shows (ComfyUI empties temp on start)
         shown.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (166, 96), "grey").save(shown / "layout_keyframe.jpg")
         write_mp4(torch.zeros(5, 240, 416, 3, dtype=torch.uint8), shown / "layout_shot.mp4")
