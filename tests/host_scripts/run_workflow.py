@@ -57,7 +57,7 @@ def run(name: str, on: in_host.Executor) -> dict:
     before = samplings[0]
     result = {**on.run(ui_to_api(workflow, classes), name), "samplings": samplings[0] - before}
     if runner is not None:
-        video = result["shown"][str(runner["id"])]["images"][0]
+        video = result["shown"][str(runner["id"])]["storymem_video"][0]
         folder = job_dir / "output" / video["subfolder"]
         result["files"] = {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in folder.rglob("*")}
     return result
