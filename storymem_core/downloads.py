@@ -1,5 +1,6 @@
 """Model files the pack fetches itself: the files ComfyUI's Missing Models dialog cannot (the StoryMem LoRA `.pth`
-pair, whose suffix it refuses, and the LAION aesthetic head, which is not on Hugging Face or Civitai).
+pair and the GGUF experts, whose suffixes it refuses, and the LAION aesthetic head, which is not on Hugging Face or
+Civitai).
 
 `KNOWN_FILES` says where each comes from, how large it is and under which license; `download` fetches one into a
 models folder: resumable (HTTP Range on a hidden `.part` file beside the destination), checked (the length the
@@ -35,6 +36,10 @@ STORYMEM_PAGE = f"{HF}/Kevin-thu/StoryMem"
 STORYMEM_LICENSE = "CC BY-NC 4.0 (non-commercial)"
 # 40 blocks x 10 adapted linears at rank 128 in bf16 (about 613 M parameters); the hub gives the exact length
 STORYMEM_LORA_BYTES = 1_227_000_000
+GGUF_PAGE = f"{HF}/QuantStack/Wan2.2-I2V-A14B-GGUF"
+GGUF_Q4_K_M_BYTES = 9_650_000_000  # each Wan2.2 I2V A14B expert at Q4_K_M; the hub gives the exact length
+GGUF = "gguf"  # a KnownFile kind: a GGUF file (ComfyUI-GGUF's loader reads it; the pack checks its header)
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class KnownFile:
     size: int  # bytes: exact when sha256 is given, else about (the server's Content-Length is checked instead)
     license: str
     page: str  # where the file and its license are published
-    kind: str  # what its tensors must read as (storymem_core.weights.kinds)
+    kind: str  # what its tensors must read as (storymem_core.weights.kinds), or GGUF
     sha256: str | None = None
 
     @property
@@ -68,8 +73,15 @@ def _storymem_lora(variant: str, expert: str) -> KnownFile:
                      STORYMEM_LORA_BYTES, STORYMEM_LICENSE, STORYMEM_PAGE, LORA)
 
 
+def _gguf_expert(expert: str) -> KnownFile:
+    name = f"Wan2.2-I2V-A14B-{expert}Noise-Q4_K_M.gguf"
+    return KnownFile(name, "diffusion_models", f"{GGUF_PAGE}/resolve/main/{expert}Noise/{name}", GGUF_Q4_K_M_BYTES,
+                     "Apache-2.0", GGUF_PAGE, GGUF)
+
+
 KNOWN_FILES: tuple[KnownFile, ...] = (
     *(_storymem_lora(variant, expert) for variant in ("MI2V", "MM2V") for expert in ("high", "low")),
+    *(_gguf_expert(expert) for expert in ("High", "Low")),
     KnownFile("sa_0_4_vit_b_32_linear.pth", "clip_vision",
               "https://github.com/LAION-AI/aesthetic-predictor/raw/main/sa_0_4_vit_b_32_linear.pth", 3047, "MIT",
               "https://github.com/LAION-AI/aesthetic-predictor", AESTHETIC_HEAD,
@@ -182,6 +194,10 @@ def _check(file: KnownFile, partial: Path, total: int) -> None:
         problem = f"is {partial.stat().st_size} bytes where the server announced {total}"
     elif file.sha256 is not None and _sha256(partial) != file.sha256:
         problem = "does not have the published sha256"
+    elif file.kind == GGUF:  # its tensors are read by ComfyUI-GGUF's loader, not by the pack
+        with open(partial, "rb") as handle:
+            if handle.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+                problem = "is not a GGUF file"
     else:
         try:
             Checkpoint(read_pth(partial), kind=file.kind).raise_problems()

@@ -19,15 +19,25 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from local_hub import LocalHub, saved
+from PIL import Image
+from tiny_gguf import write_gguf_experts
 
 from storymem_core import tiny_models as tiny
 from storymem_core.downloads import known_file, partial_path
+from storymem_core.video import write_mp4
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
-WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
+WORKFLOWS = sorted((PACK_ROOT / "workflows").rglob("*.json"))
 STORY = PACK_ROOT / "workflows" / "storymem_3_shot_story.json"
 VIEWPORT = {"width": 1600, "height": 1000}
+OTHER_WINDOWS = ({"width": 1280, "height": 720}, {"width": 1920, "height": 1080})  # a laptop, a full-HD monitor
+LOADERS = ("StoryMemLoadExperts", "StoryMemLoadLora", "StoryMemLoadTextEncoder", "StoryMemLoadVAE",
+           "StoryMemLoadKeyframeEncoder", "UNETLoader", "UnetLoaderGGUF", "CLIPLoader", "VAELoader",
+           "StoryMemLoraModel", "LoraLoaderModelOnly")
+DIALOG_SOURCES = ("https://huggingface.co/", "https://civitai.com/")  # what ComfyUI's Missing Models dialog fetches
+DIALOG_SUFFIXES = (".safetensors", ".sft")
 SHOT_TYPES = ("StoryMemFirstShot", "StoryMemShot")
 BANK_LINK_COLOUR = "#e0a030"
 SERVER_START_S = 180
@@ -79,6 +89,14 @@ def server(tmp_path_factory, hub):
     comfyui = _comfyui_dir()
     root = tmp_path_factory.mktemp("comfyui")
     tiny.write_tiny_models(root / "models")
+    core = tiny.write_core_models(root / "core_models")  # the native workflows' speed LoRAs and GGUF experts
+    for name in (tiny.LIGHTX2V_HIGH, tiny.LIGHTX2V_LOW):
+        shutil.copy(core / "loras" / name, root / "models" / "loras" / name)
+    with_gguf = (comfyui / "custom_nodes" / "ComfyUI-GGUF" / "nodes.py").is_file()
+    if with_gguf:
+        write_gguf_experts(core)
+        for name in (core / "diffusion_models").glob("*.gguf"):
+            shutil.copy(name, root / "models" / "diffusion_models" / name.name)
     tiny.write_reference_images(root / "input")
     folders = "".join(
         f"  {name}: {name}\n" for name in ("diffusion_models", "loras", "text_encoders", "vae", "clip_vision")
@@ -132,7 +150,11 @@ def server(tmp_path_factory, hub):
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"ComfyUI did not start:\n{(root / 'server.log').read_text()[-4000:]}")
                 time.sleep(1)
-        yield {"url": url, "root": root}
+        shown = root / "temp" / "temp" / "storymem"  # what SHOWN_AFTER_A_RUN shows (ComfyUI empties temp on start)
+        shown.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (166, 96), "grey").save(shown / "layout_keyframe.jpg")
+        write_mp4(torch.zeros(5, 240, 416, 3, dtype=torch.uint8), shown / "layout_shot.mp4")
+        yield {"url": url, "root": root, "gguf": with_gguf}
     finally:
         process.terminate()
         try:
@@ -167,9 +189,10 @@ def screenshots(tmp_path) -> Path:
 class Frontend:
     """One browser tab on the server: what the page logged, what the websocket carried, and helpers."""
 
-    def __init__(self, browser, url: str):
+    def __init__(self, browser, url: str, viewport: dict = VIEWPORT):
         self.url = url
-        self.page = browser.new_page(viewport=VIEWPORT)
+        self.viewport = viewport
+        self.page = browser.new_page(viewport=viewport)
         self.problems: list[str] = []
         self.messages: list[dict] = []
         self.previews = 0
@@ -235,15 +258,19 @@ def frontend(browser, server):
     tab.page.close()
 
 
-# Node and group rectangles in graph units (title bar included), the view and the page's fixed panels.
+# Node and group rectangles in graph units (title bar included), the view, whether the canvas draws text (ComfyUI
+# draws nodes as grey boxes below its low-quality zoom), the window and the page's fixed panels.
 LAYOUT = """() => {
   const title = LiteGraph.NODE_TITLE_HEIGHT;
   const rect = (selector) => document.querySelector(selector)?.getBoundingClientRect().toJSON() ?? null;
   return {
     nodes: app.graph.nodes.map((n) => ({ id: n.id, type: n.type, title: n.title,
                                          rect: [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title] })),
-    groups: app.graph.groups.map((g) => ({ title: g.title, rect: [...g._bounding ?? g.bounding] })),
-    view: { scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset] },
+    groups: app.graph.groups.map((g) => ({ title: g.title, rect: [...g._bounding ?? g.bounding],
+                                           title_height: g.titleHeight ?? LiteGraph.NODE_TITLE_HEIGHT })),
+    view: { scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset],
+            low_quality: app.canvas.low_quality, threshold: app.canvas._lowQualityZoomThreshold },
+    window: [window.innerWidth, window.innerHeight],
     sidebar: rect(".side-tool-bar-container"), tabs: rect(".workflow-tabs-container"),
     actionbar: rect(".actionbar"), minimap: rect(".litegraph-minimap"),
   };
@@ -254,6 +281,11 @@ def _overlap(a, b) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
+def _inside(inner, outer) -> bool:
+    return (outer[0] <= inner[0] and outer[1] <= inner[1] and inner[0] + inner[2] <= outer[0] + outer[2]
+            and inner[1] + inner[3] <= outer[1] + outer[3])
+
+
 def _overlapping_nodes(layout: dict) -> list[tuple[str, str]]:
     nodes = layout["nodes"]
     return [
@@ -261,27 +293,87 @@ def _overlapping_nodes(layout: dict) -> list[tuple[str, str]]:
     ]
 
 
+def _untidy_groups(layout: dict) -> list[str]:
+    """Groups that overlap, have no title, or leave a node outside every group (or inside two)."""
+    groups = layout["groups"]
+    problems = [f"{a['title']} overlaps {b['title']}" for i, a in enumerate(groups) for b in groups[i + 1 :]
+                if _overlap(a["rect"], b["rect"])]
+    problems += ["a group without a title" for group in groups if not group["title"].strip()]
+    for node in layout["nodes"]:
+        holding = [group["title"] for group in groups if _inside(node["rect"], group["rect"])]
+        if len(holding) != 1:
+            problems.append(f"{node['title'] or node['type']} is in {holding or 'no group'}")
+    return problems
+
+
 def _on_screen(layout: dict, rect: list[float]) -> list[float]:
     scale, (dx, dy) = layout["view"]["scale"], layout["view"]["offset"]
     return [(rect[0] + dx) * scale, (rect[1] + dy) * scale, rect[2] * scale, rect[3] * scale]
 
 
-def _hidden_by_the_page(layout: dict) -> list[str]:
-    """Nodes and groups the saved view puts off screen or under the sidebar, the tabs, the Run bar or the minimap."""
+def _canvas(layout: dict) -> list[float]:
+    """The part of the window the canvas shows unobstructed: right of the sidebar, below the tabs."""
     left = layout["sidebar"]["right"] if layout["sidebar"] else 0
     top = layout["tabs"]["bottom"] if layout["tabs"] else 0
+    return [left, top, layout["window"][0] - left, layout["window"][1] - top]
+
+
+def _hidden_by_the_page(layout: dict, must_see: list[dict], whole_nodes: bool = True) -> list[str]:
+    """What the saved view hides: any of `must_see` (group title bars) off screen or under the page's panels, and
+    (`whole_nodes`) any node shown whole under the sidebar, the tabs, the Run bar or the minimap (a node partly past
+    the window's edge is reached by scrolling)."""
+    canvas = _canvas(layout)
     panels = [[p["x"], p["y"], p["width"], p["height"]] for p in (layout["actionbar"], layout["minimap"]) if p]
+    window = [0, 0, *layout["window"]]
     hidden = []
-    for item in layout["nodes"] + layout["groups"]:
-        x, y, width, height = _on_screen(layout, item["rect"])
-        inside = x >= left and y >= top and x + width <= VIEWPORT["width"] and y + height <= VIEWPORT["height"]
-        if not inside or any(_overlap([x, y, width, height], panel) for panel in panels):
-            hidden.append(item["title"])
+    for item in must_see:
+        shown = _on_screen(layout, item["rect"])
+        if not _inside(shown, canvas) or any(_overlap(shown, panel) for panel in panels):
+            hidden.append(f"the title of group {item['title']}")
+    for node in layout["nodes"] if whole_nodes else ():
+        shown = _on_screen(layout, node["rect"])
+        if _inside(shown, window) and (not _inside(shown, canvas) or any(_overlap(shown, p) for p in panels)):
+            hidden.append(node["title"] or node["type"])
     return hidden
 
 
+def _title_bars(layout: dict) -> list[dict]:
+    return [{"title": g["title"], "rect": [*g["rect"][:3], g["title_height"]]} for g in layout["groups"]]
+
+
+def _top_left_group(layout: dict) -> list[dict]:
+    """The group a reader starts from: the one nearest the graph's top-left corner."""
+    return [min(_title_bars(layout), key=lambda g: g["rect"][0] + g["rect"][1])]
+
+
+def _model_problems(frontend: "Frontend", models_listing: dict) -> list[str]:
+    """Loaders without `properties.models` naming each file they load, and files neither ComfyUI's Missing Models
+    dialog (a .safetensors on Hugging Face or Civitai) nor the pack's model files panel can download."""
+    loaders = frontend.evaluate("""(types) => app.graph.nodes.filter((n) => types.includes(n.type)).map((n) => ({
+        title: n.title, models: n.properties?.models ?? null,
+        files: (n.widgets ?? []).map((w) => w.value)
+            .filter((v) => typeof v === 'string' && /\\.(safetensors|pth|gguf)$/.test(v)) }))""", list(LOADERS))
+    panel = {(file["folder"], file["name"]) for file in models_listing["files"]}
+    problems = []
+    for loader in loaders:
+        offered = {model["name"]: model for model in loader["models"] or []}
+        if not loader["files"] or sorted(offered) != sorted(loader["files"]):
+            problems.append(f"{loader['title']}: properties.models {sorted(offered)} for files {loader['files']}")
+        for model in offered.values():
+            by_dialog = model.get("url", "").startswith(DIALOG_SOURCES) and model["name"].endswith(DIALOG_SUFFIXES)
+            if not (by_dialog or (model["directory"], model["name"]) in panel):
+                problems.append(f"{loader['title']}: nothing can download {model}")
+    return problems
+
+
+def _skip_without_gguf_loader(server: dict, path: Path) -> None:
+    if "UnetLoaderGGUF" in path.read_text() and not server["gguf"]:
+        _missing("ComfyUI-GGUF is not installed in the host (STORYMEM_WITH_GGUF=1 ../shared/comfyui/install.sh)")
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_shipped_workflow_opens_whole_and_tidy_without_errors(frontend, path, screenshots):
+def test_shipped_workflow_opens_readable_grouped_and_tidy_without_errors(frontend, server, path, screenshots):
+    _skip_without_gguf_loader(server, path)
     frontend.load(path)
     dialogs = frontend.evaluate(
         "() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText.slice(0, 200))"
@@ -290,15 +382,12 @@ def test_shipped_workflow_opens_whole_and_tidy_without_errors(frontend, path, sc
     broken = frontend.evaluate("() => app.graph.nodes.filter((n) => n.has_errors).map((n) => n.type)")
     assert broken == [], f"nodes the frontend does not know: {broken}"
     layout = frontend.evaluate(LAYOUT)
+    assert layout["view"]["low_quality"] is False and layout["view"]["scale"] >= layout["view"]["threshold"], (
+        f"opens at {layout['view']['scale']:.2f}, below ComfyUI's text threshold {layout['view']['threshold']:.3f}")
     assert _overlapping_nodes(layout) == []
-    groups = layout["groups"]
-    assert [
-        (a["title"], b["title"])
-        for i, a in enumerate(groups)
-        for b in groups[i + 1 :]
-        if _overlap(a["rect"], b["rect"])
-    ] == []
-    assert _hidden_by_the_page(layout) == []
+    assert layout["groups"] and _untidy_groups(layout) == []
+    assert _hidden_by_the_page(layout, _title_bars(layout)) == []  # every section's title in view
+    assert _model_problems(frontend, _get_json(f"{frontend.url}/storymem/model-files")) == []
     shots = [node for node in layout["nodes"] if node["type"] in SHOT_TYPES]
     assert all(node["title"].startswith(f"Shot {k} · ") for k, node in enumerate(shots, 1)), [n["title"] for n in shots]
     fed = frontend.evaluate("""() => app.graph.nodes.filter((n) => n.type === 'StoryMemShot')
@@ -306,6 +395,76 @@ def test_shipped_workflow_opens_whole_and_tidy_without_errors(frontend, path, sc
     assert all(fed), "a Story Shot feeds prompt and cut: the shot shows them as sockets, not as stale boxes"
     frontend.page.screenshot(path=str(screenshots / f"{path.stem}_opened.png"))
     assert frontend.pack_problems() == []
+
+
+@pytest.mark.parametrize("window", OTHER_WINDOWS, ids=lambda w: f"{w['width']}x{w['height']}")
+def test_shipped_workflows_open_usable_in_other_windows(browser, server, window, screenshots):
+    """In a smaller and a larger window each workflow still opens readable, its first group's title in view and clear
+    of the page's panels (the rest is panned to, as in any ComfyUI workflow larger than the window)."""
+    tab = Frontend(browser, server["url"], window)
+    try:
+        for path in WORKFLOWS:
+            if "UnetLoaderGGUF" in path.read_text() and not server["gguf"]:
+                continue
+            tab.load(path)
+            layout = tab.evaluate(LAYOUT)
+            assert layout["view"]["low_quality"] is False, (path.stem, layout["view"])
+            assert _hidden_by_the_page(layout, _top_left_group(layout), whole_nodes=False) == [], path.stem
+            tab.page.screenshot(path=str(screenshots / f"{path.stem}_{window['width']}x{window['height']}.png"))
+        assert tab.pack_problems() == []
+    finally:
+        tab.page.close()
+
+
+# What a finished run shows on each kind of node (nodes/previews.py): a full memory strip, a shot's looping preview,
+# a film player, a story's shot list; and a sampling preview on every node that samples (ComfyUI's own event).
+SHOWN_AFTER_A_RUN = """async ([bankNodes, shotNodes, filmNodes, samplingNodes, scriptNodes]) => {
+  const keyframe = (index) => ({ filename: 'layout_keyframe.jpg', subfolder: 'storymem', type: 'temp', index,
+                                 shot: index, frame: 0, source: index ? 'generated' : 'reference', pinned: false,
+                                 fixed: index === 0 });
+  const bank = { storymem_bank: [...Array(10).keys()].map(keyframe),
+                 storymem_bank_limits: [{ size: 10, max_size: 10, fixed: 1 }] };
+  const clip = { storymem_video: [{ filename: 'layout_shot.mp4', subfolder: 'storymem', type: 'temp',
+                                    format: 'video/mp4' }] };  // a film plays in a player of the same size
+  const canvas = Object.assign(document.createElement('canvas'), { width: 832, height: 480 });
+  const preview = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+  for (const node of app.graph.nodes) {
+    const id = String(node.id);
+    let output = null;
+    if (bankNodes.includes(node.type)) output = { ...output, ...bank };
+    if (shotNodes.includes(node.type)) output = { ...output, ...clip };
+    if (filmNodes.includes(node.type)) output = { ...output, ...clip };
+    if (scriptNodes.includes(node.type)) output = { storymem_shots: [1, 2, 3].map((number) => ({ number,
+        prompt: 'A shot of the story, long enough to wrap over two lines of the list under the node.', cut: true })) };
+    if (samplingNodes.includes(node.type))
+      app.api.dispatchCustomEvent('b_preview_with_metadata', { blob: preview, nodeId: id, displayNodeId: id,
+                                                           parentNodeId: id, realNodeId: id, promptId: 'layout' });
+    if (output) app.api.dispatchCustomEvent('executed', { node: id, display_node: id, output, prompt_id: 'layout' });
+  }
+}"""
+BANK_NODES = ["StoryMemEmptyBank", "StoryMemBankFromImages", "StoryMemLoadBank", "StoryMemSaveBank",
+              "StoryMemEditBank", "StoryMemPreviewBank", "StoryMemSelectKeyframes", "StoryMemFirstShot",
+              "StoryMemShot", "StoryMemNativeShot", "StoryMemStoryRunner", "StoryMemNativeStoryRunner"]
+SHOT_NODES = ["StoryMemFirstShot", "StoryMemShot", "StoryMemNativeShot"]
+FILM_NODES = ["StoryMemCombineShots", "StoryMemStoryRunner", "StoryMemNativeStoryRunner"]
+SAMPLING_NODES = ["KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced", *SHOT_NODES,
+                  "StoryMemStoryRunner", "StoryMemNativeStoryRunner"]
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p != STORY], ids=lambda p: p.stem)
+def test_shipped_workflow_keeps_its_nodes_apart_when_a_run_shows_its_outputs(frontend, server, path, screenshots):
+    """The frontend grows nodes for what a run shows under them (sampling previews, shot videos, memory strips, the
+    film player); grown so, no node covers another and every node stays in its group. (The 3-shot story is run for
+    real in test_story_runs_with_previews_and_its_memory_stays_after_a_reload.)"""
+    _skip_without_gguf_loader(server, path)
+    frontend.load(path)
+    frontend.evaluate(SHOWN_AFTER_A_RUN, [BANK_NODES, SHOT_NODES, FILM_NODES, SAMPLING_NODES, ["StoryMemStoryScript"]])
+    frontend.page.wait_for_timeout(1500)  # previews and videos load, nodes grow
+    layout = frontend.evaluate(LAYOUT)
+    (screenshots / f"{path.stem}_after_run.json").write_text(json.dumps(layout, indent=1))
+    frontend.page.screenshot(path=str(screenshots / f"{path.stem}_after_run.png"))
+    assert _overlapping_nodes(layout) == [], "nodes grown by their strips and previews cover their neighbours"
+    assert _untidy_groups(layout) == []
 
 
 def test_new_shot_nodes_keep_their_seed_and_memory_links_have_their_colour(frontend):
@@ -402,6 +561,7 @@ def test_story_runs_with_previews_and_its_memory_stays_after_a_reload(frontend, 
     layout = frontend.evaluate(LAYOUT)
     (screenshots / "storymem_3_shot_story_after_run.json").write_text(json.dumps(layout, indent=1))
     assert _overlapping_nodes(layout) == [], "nodes grown by their strips and previews cover their neighbours"
+    assert _untidy_groups(layout) == []
 
     films = sorted((server["root"] / "output").rglob("*.mp4"))
     film = _film_video(frontend)

@@ -49,9 +49,11 @@ def test_every_file_the_comfyui_dialog_cannot_fetch_is_known_with_the_workflows_
     for path in WORKFLOWS.rglob("*.json"):
         for node in json.loads(path.read_text())["nodes"]:
             for model in node.get("properties", {}).get("models", []):
-                if model["name"].endswith(".pth") or not model["url"].startswith("https://huggingface.co/"):
-                    refused.add((model["name"], model["directory"], model["url"]))
-    known = {(file.name, file.folder, file.url) for file in KNOWN_FILES}
+                # ComfyUI's dialog fetches .safetensors / .sft from Hugging Face; GGUF entries carry no url
+                if not model["name"].endswith((".safetensors", ".sft")) or not model.get("url", "").startswith(
+                        "https://huggingface.co/"):
+                    refused.add((model["name"], model["directory"], model.get("url")))
+    known = {(file.name, file.folder, url) for file in KNOWN_FILES for url in (file.url, None)}
     assert refused and refused <= known
     assert all(file.license and file.page and file.size > 0 for file in KNOWN_FILES)
     assert LORA.license.startswith("CC BY-NC 4.0")
@@ -161,3 +163,17 @@ def test_the_panels_download_runs_in_the_background_and_names_the_raw_lora_it_br
             model_files.start({"name": "../../etc/passwd"})
     finally:
         host.use(previous)
+
+
+def test_a_gguf_expert_is_put_in_place_only_when_it_reads_as_gguf(hub, tmp_path):
+    """The GGUF experts (refused by ComfyUI's dialog for their suffix) are checked by their header: a hub error page
+    or any other file is deleted, never taken for a model."""
+    expert = known_file("Wan2.2-I2V-A14B-HighNoise-Q4_K_M.gguf")
+    assert expert.folder == "diffusion_models" and expert.license == "Apache-2.0"
+    path = expert.url.removeprefix("https://huggingface.co")
+    hub.files[path] = b"<html>not a model</html>"
+    with pytest.raises(DownloadError, match="is not a GGUF file"):
+        download(expert, tmp_path / "diffusion_models")
+    assert not (tmp_path / "diffusion_models" / expert.name).exists()
+    hub.files[path] = b"GGUF" + bytes(60)
+    assert download(expert, tmp_path / "diffusion_models").read_bytes()[:4] == b"GGUF"

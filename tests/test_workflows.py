@@ -26,6 +26,7 @@ import nodes
 from nodes import host
 from nodes.example_inputs import EXAMPLE_INPUTS, copy_example_inputs
 from storymem_core import tiny_models as tiny
+from storymem_core.downloads import KNOWN_FILES
 from storymem_core.video import read_mp4
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
@@ -181,31 +182,65 @@ def test_validation_refuses_what_comfyui_refuses(comfy):
         validate(broken, comfy)
 
 
-LOADER_FOLDERS = {
-    "StoryMemLoadExperts": "diffusion_models",
-    "StoryMemLoadLora": "loras",
-    "StoryMemLoadTextEncoder": "text_encoders",
-    "StoryMemLoadVAE": "vae",
-    "StoryMemLoadKeyframeEncoder": "clip_vision",
-}
+ALL_WORKFLOWS = sorted(WORKFLOWS[0].parent.rglob("*.json"))  # the engine's and the native ones
+# ComfyUI's frontend draws nodes without text below min_font_size_for_lod / (NODE_TEXT_SIZE * sqrt(devicePixelRatio))
+# (its LiteGraph canvas: 8 px / 14 px at a ratio of 1); a workflow must open at or above it.
+LOW_QUALITY_ZOOM = 8 / 14
+NODE_TITLE_HEIGHT = 30
+MODEL_FILE = re.compile(r"\.(safetensors|sft|pth|gguf)$")
+DIALOG_SOURCES = ("https://huggingface.co/", "https://civitai.com/")  # what ComfyUI's Missing Models dialog fetches
+DIALOG_SUFFIXES = (".safetensors", ".sft")
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_workflow_offers_a_download_for_every_model_file(path, comfy):
-    """ComfyUI's missing-models dialog reads node.properties.models: each file a loader asks for, its URL and folder."""
+def _rect(node: dict) -> list[float]:
+    """A node's saved rectangle, title bar included (the browser test measures them after a run too)."""
+    return [node["pos"][0], node["pos"][1] - NODE_TITLE_HEIGHT, node["size"][0], node["size"][1] + NODE_TITLE_HEIGHT]
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _inside(inner, outer) -> bool:
+    return (outer[0] <= inner[0] and outer[1] <= inner[1] and inner[0] + inner[2] <= outer[0] + outer[2]
+            and inner[1] + inner[3] <= outer[1] + outer[3])
+
+
+@pytest.mark.parametrize("path", ALL_WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_opens_readable_in_titled_groups_without_overlaps(path):
+    workflow = load(path)
+    assert workflow["extra"]["ds"]["scale"] >= LOW_QUALITY_ZOOM, "opens below the zoom where ComfyUI draws text"
+    nodes, groups = workflow["nodes"], workflow["groups"]
+    overlapping = [(a["id"], b["id"]) for i, a in enumerate(nodes) for b in nodes[i + 1:]
+                   if _overlap(_rect(a), _rect(b))]
+    assert overlapping == []
+    assert groups and all(group["title"].strip() for group in groups)
+    assert [(a["title"], b["title"]) for i, a in enumerate(groups) for b in groups[i + 1:]
+            if _overlap(a["bounding"], b["bounding"])] == []
+    for node in nodes:
+        holding = [group["title"] for group in groups if _inside(_rect(node), group["bounding"])]
+        assert len(holding) == 1, (node.get("title") or node["type"], holding)
+
+
+@pytest.mark.parametrize("path", ALL_WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_offers_a_download_for_every_model_file(path):
+    """ComfyUI's Missing Models dialog reads node.properties.models (name, url, directory) and fetches .safetensors
+    from Hugging Face or Civitai; the pack's model files panel fetches the rest (storymem_core.downloads). A GGUF
+    entry carries no url: ComfyUI's model lists never show .gguf files, so the dialog would call one missing forever."""
+    panel = {(file.folder, file.name) for file in KNOWN_FILES}
     for node in load(path)["nodes"]:
-        if node["type"] not in LOADER_FOLDERS:
+        files = [v for v in node.get("widgets_values", []) if isinstance(v, str) and MODEL_FILE.search(v)]
+        if not files:
             continue
-        files = [
-            value
-            for name, value in zip(widget_slots(comfy[node["type"]]), node["widgets_values"])
-            if isinstance(value, str) and value.endswith((".safetensors", ".pth"))
-        ]
-        offered = {entry["name"]: entry for entry in node["properties"]["models"]}
-        assert files and sorted(offered) == sorted(files), (node["type"], files, offered)
+        offered = {entry["name"]: entry for entry in node["properties"].get("models", [])}
+        assert sorted(offered) == sorted(files), (node["type"], files, offered)
         for entry in offered.values():
-            assert entry["directory"] == LOADER_FOLDERS[node["type"]] and entry["url"].startswith("https://")
-            assert entry["url"].endswith("/" + entry["name"].rsplit("/", 1)[-1]), entry
+            by_dialog = entry.get("url", "").startswith(DIALOG_SOURCES) and entry["name"].endswith(DIALOG_SUFFIXES)
+            assert by_dialog or (entry["directory"], entry["name"]) in panel, entry
+            if "url" in entry:
+                assert entry["url"].endswith("/" + entry["name"].rsplit("/", 1)[-1]), entry
+            else:
+                assert entry["name"].endswith(".gguf"), entry
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

@@ -19,8 +19,9 @@ MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras", "clip_visi
 
 
 def start(models_dir: Path | None = None, output_dir: Path | None = None, input_dir: Path | None = None,
-          core_nodes: bool = False) -> dict[str, type]:
-    """ComfyUI's node classes (with the pack's), its folders pointed at the test's models, input and output."""
+          core_nodes: bool = False, other_packs: tuple[str, ...] = ()) -> dict[str, type]:
+    """ComfyUI's node classes (with the pack's, and those of `other_packs`: folders of the host's custom_nodes), its
+    folders pointed at the test's models, input and output."""
     script_args, sys.argv = sys.argv, [str(COMFYUI / "main.py"), "--cpu"]
     sys.path.insert(0, str(COMFYUI))
     import comfy.options
@@ -42,8 +43,9 @@ def start(models_dir: Path | None = None, output_dir: Path | None = None, input_
 
     if core_nodes:
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    if not asyncio.run(nodes.load_custom_node(str(PACK))):
-        raise SystemExit(f"ComfyUI could not load the pack from {PACK}")
+    for folder in (PACK, *(COMFYUI / "custom_nodes" / name for name in other_packs)):
+        if not asyncio.run(nodes.load_custom_node(str(folder))):
+            raise SystemExit(f"ComfyUI could not load the custom nodes in {folder}")
     return nodes.NODE_CLASS_MAPPINGS
 
 

@@ -17,8 +17,10 @@ sys.path.append(
 
 import in_host  # noqa: E402
 
+uses_gguf = "UnetLoaderGGUF" in workflow_path.read_text(encoding="utf-8")  # city96/ComfyUI-GGUF's loader
 classes = in_host.start(
-    models_dir=job_dir / "models", output_dir=job_dir / "output", input_dir=job_dir / "input", core_nodes=True
+    models_dir=job_dir / "models", output_dir=job_dir / "output", input_dir=job_dir / "input", core_nodes=True,
+    other_packs=("ComfyUI-GGUF",) if uses_gguf else (),
 )
 
 from graph_runner import ui_to_api, widget_slots  # noqa: E402  (the tests' UI -> API conversion, as the frontend does it)
