@@ -110,3 +110,10 @@ class MemoryPositions(Choice):
 
 
 DEFAULT_MEMORY_POSITIONS = MemoryPositions.UPSTREAM
+
+
+class EvaluationMode(Choice):
+    """How a story is scored: quick (CLIP ViT-B/32, the keyframe models) or as the paper scores ST-Bench (ViCLIP,
+    the ViT-L/14 aesthetic head, VBench's scales)."""
+    QUICK = "quick"
+    PAPER = "paper"

@@ -22,7 +22,7 @@ import torch
 
 from .files import check_frames
 from .scorers import AestheticHead, VBenchClipEncoder, vbench_frame_indices, vbench_pixels
-from .story import Story
+from .story import Shot, Story
 from .viclip import ViCLIPScorer
 
 TOP_PAIRS = 10
@@ -68,7 +68,7 @@ def shot_video_embedding(frames: torch.Tensor, viclip: ViCLIPScorer) -> torch.Te
 
 @dataclass(frozen=True)
 class PaperShot:
-    index: int
+    shot: Shot
     frame_indices: tuple[int, ...]  # the frames ViCLIP read
     aesthetic: float
     prompt_following: float
@@ -77,7 +77,8 @@ class PaperShot:
 
 @dataclass(frozen=True)
 class PaperEvaluation:
-    """Per-shot scores, the shot x shot video similarity [N, N] and prompt similarity [N, N] of one story."""
+    """Per-shot scores, the shot x shot video similarity [N, N] and prompt similarity [N, N] of one story (drawn by
+    `evaluation_pictures.heatmap` as the quick evaluation is)."""
 
     name: str
     shots: tuple[PaperShot, ...]
@@ -105,7 +106,7 @@ class PaperEvaluation:
         return {
             "story": self.name, "summary": self.summary(), "paper_storymem": PAPER_STORYMEM_ROW,
             "our_definitions": OUR_DEFINITIONS,
-            "shots": [{"shot": s.index + 1, "frames": list(s.frame_indices), "aesthetic": s.aesthetic,
+            "shots": [{"shot": s.shot.index + 1, "frames": list(s.frame_indices), "aesthetic": s.aesthetic,
                        "prompt_following": s.prompt_following, "story_following": s.story_following}
                       for s in self.shots],
             "top_pairs": [[i + 1, j + 1] for i, j in self.top_pairs()],
@@ -130,7 +131,7 @@ def evaluate_story_paper(story: Story, shot_frames: Iterable[torch.Tensor], scor
         embedding = shot_video_embedding(frames, scorers.viclip)
         embeddings.append(embedding)
         shots.append(PaperShot(
-            shot.index, tuple(vbench_frame_indices(len(frames), scorers.viclip.num_frames)),
+            shot, tuple(vbench_frame_indices(len(frames), scorers.viclip.num_frames)),
             shot_aesthetic(frames, scorers.image, scorers.aesthetic), (embedding @ texts[shot.index]).item(),
             (embedding @ texts[-1]).item()))
         if on_shot is not None:

@@ -87,6 +87,11 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--script", default=None, help="story script (default: story.json in or beside each folder)")
     evaluate.add_argument("--frames-per-shot", type=int, default=8, help="frames sampled evenly per shot (default 8)")
     evaluate.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the CLIP weights")
+    evaluate.add_argument("--paper", action="store_true",
+                          help="score as the StoryMem paper does (ViCLIP-L/14, LAION ViT-L/14 aesthetic, VBench's "
+                               "scales) and print its StoryMem row beside ours; needs ViClip-InternVid-10M-FLT.pth, "
+                               "vit_large_patch14_clip_224.openai.safetensors and sa_0_4_vit_l_14_linear.pth in "
+                               "clip_vision/ (docs/evaluation.md)")
     evaluate.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda when available)")
     evaluate.add_argument("--out", default="storymem_comparison",
                           help="where the comparison of several folders goes (default ./storymem_comparison)")
