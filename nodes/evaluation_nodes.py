@@ -121,17 +121,17 @@ class EvaluateStory:
                                             "tooltip": "Frames sampled evenly from each shot for the CLIP scores."}),
             },
             "optional": {
-                "mode": (EvaluationMode.names(), {"default": EvaluationMode.QUICK, "tooltip": (
-                    "quick: the CLIP model and head above. paper: as the StoryMem paper scores ST-Bench (ViCLIP-L/14, "
-                    "LAION ViT-L/14 aesthetic, VBench's scales), its StoryMem row beside ours; reads "
-                    "ViClip-InternVid-10M-FLT.pth, vit_large_patch14_clip_224.openai.safetensors and "
-                    "sa_0_4_vit_l_14_linear.pth from models/clip_vision (the inputs above are then unused).")}),
                 "story_folder": ("STRING", {"default": "", "tooltip": (
                     "Instead of shot inputs: a story folder under the output folder (or Story Runner's video_path); "
                     "evaluation.json and pictures are saved in it.")}),
                 **shots,
                 "reference_images": ("IMAGE", {"tooltip": "MR2V reference images to score consistency against "
                                                           "(with shot inputs)."}),
+                "mode": (EvaluationMode.names(), {"default": EvaluationMode.QUICK, "tooltip": (
+                    "quick: the CLIP model and head above. paper: as the StoryMem paper scores ST-Bench (ViCLIP-L/14, "
+                    "LAION ViT-L/14 aesthetic, VBench's scales), its StoryMem row beside ours; reads "
+                    "ViClip-InternVid-10M-FLT.pth, vit_large_patch14_clip_224.openai.safetensors and "
+                    "sa_0_4_vit_l_14_linear.pth from models/clip_vision (the inputs above are then unused).")}),
             },
         }
 
