@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from storymem_core.choices import EvaluationMode
 from storymem_core.errors import StoryMemError
 from storymem_core.evaluation import (
     FRAMES_PER_SHOT,
@@ -24,8 +25,17 @@ from storymem_core.evaluation import (
     folder_shot_frames,
 )
 from storymem_core.evaluation_pictures import heatmap, score_chart
-from storymem_core.evaluation_report import summary_table, write_report
+from storymem_core.evaluation_report import (
+    PAPER_ROLES,
+    load_paper_scorers,
+    paper_table,
+    summary_table,
+    write_paper_report,
+    write_report,
+)
 from storymem_core.files import save_picture
+from storymem_core.model_roles import role_file
+from storymem_core.paper_evaluation import PaperEvaluation, evaluate_story_paper
 from storymem_core.story import Story
 from storymem_core.video import image_batch_to_frames
 from storymem_core.weights.scorer_files import load_aesthetic_head, load_clip_text_encoder, load_keyframe_encoder
@@ -117,18 +127,25 @@ class EvaluateStory:
                 **shots,
                 "reference_images": ("IMAGE", {"tooltip": "MR2V reference images to score consistency against "
                                                           "(with shot inputs)."}),
+                "mode": (EvaluationMode.names(), {"default": EvaluationMode.QUICK, "tooltip": (
+                    "quick: the CLIP model and head above. paper: as the StoryMem paper scores ST-Bench (ViCLIP-L/14, "
+                    "LAION ViT-L/14 aesthetic, VBench's scales), its StoryMem row beside ours; reads "
+                    "ViClip-InternVid-10M-FLT.pth, vit_large_patch14_clip_224.openai.safetensors and "
+                    "sa_0_4_vit_l_14_linear.pth from models/clip_vision (the inputs above are then unused).")}),
             },
         }
 
     RETURN_TYPES = ("STRING", "IMAGE", "IMAGE")
     RETURN_NAMES = ("summary", "heatmap", "scores")
-    OUTPUT_TOOLTIPS = ("The story's scores as a table.", "Shot x shot consistency heatmap.", "Per-shot score chart.")
+    OUTPUT_TOOLTIPS = ("The story's scores as a table.", "Shot x shot consistency heatmap.",
+                       "Per-shot score chart (paper mode: the ViCLIP heatmap again).")
     FUNCTION = "evaluate"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
 
     def evaluate(self, story: Story, clip_model: str, open_clip_name: str, aesthetic_head: str, frames_per_shot: int,
-                 story_folder: str = "", reference_images: torch.Tensor | None = None, **shots: torch.Tensor) -> dict:
+                 mode: str = EvaluationMode.QUICK, story_folder: str = "", reference_images: torch.Tensor | None = None,
+                 **shots: torch.Tensor) -> dict:
         connected = sorted((int(name.split("_")[1]), frames) for name, frames in shots.items() if frames is not None)
         folder = resolve_story_folder(story_folder) if story_folder.strip() else None
         if folder is not None:
@@ -137,13 +154,20 @@ class EvaluateStory:
             raise StoryMemError("Evaluate Story has no shots: connect shot_1 ... in story order, or give story_folder.")
         else:
             _check_connected(story, [number for number, _ in connected])
-        scorers = self._scorers(clip_model, open_clip_name, aesthetic_head)
         progress = host.ProgressSteps(len(story.shots), f"evaluate '{story.name}'")
         if folder is not None:
             frames, references = folder_shot_frames(folder, story), folder_references(folder)
         else:
             frames = (image_batch_to_frames(batch) for _, batch in connected)
             references = [] if reference_images is None else list(image_batch_to_frames(reference_images))
+        if mode == EvaluationMode.PAPER:
+            names = host.model_names("clip_vision")
+            files = {role: host.model_path("clip_vision", role_file(names, role)) for role in PAPER_ROLES}
+            paper = evaluate_story_paper(story, frames, load_paper_scorers(files, host.device()), on_shot=progress)
+            if folder is not None:
+                write_paper_report(paper, folder)
+            return self._paper_result(paper)
+        scorers = self._scorers(clip_model, open_clip_name, aesthetic_head)
         evaluation = evaluate_story(story, frames, scorers, references, frames_per_shot, on_shot=progress)
         if folder is not None:
             write_report(evaluation, folder)
@@ -168,6 +192,14 @@ class EvaluateStory:
         images = (_as_image_batch(pictures["heatmap"]), _as_image_batch(pictures["scores"]))
         return {"ui": ui, "result": (summary, *images)}
 
+
+    @staticmethod
+    def _paper_result(evaluation: PaperEvaluation) -> dict:
+        picture = heatmap([evaluation], [f"{evaluation.name} (ViCLIP)"])
+        summary = paper_table([evaluation], [evaluation.name])
+        image = _as_image_batch(picture)
+        return {"ui": {"images": [_picture_entry(picture, "paper_heatmap")], "text": [summary]},
+                "result": (summary, image, image)}
 
 
 NODE_CLASS_MAPPINGS = {"StoryMemEvaluateStory": EvaluateStory}

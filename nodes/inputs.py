@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, MemoryPositions, Preset, Solver
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, Ablation, MemoryPositions, Preset, Solver
 from storymem_core.limits import MAX_FRAMES, MAX_MEMORY, MAX_SEED, MAX_SHIFT, MAX_SIDE, MAX_STEPS, MIN_SHIFT
 from storymem_core.presets import SamplerValues
 
@@ -119,3 +119,24 @@ def switch_at_step() -> tuple:
                     "Step at which the low-noise expert takes over. -1: where the high-noise model's sigma falls below "
                     "Wan2.2's expert boundary (0.9 for memory shots, 0.875 for text), on its shift and this scheduler "
                     "(step 13 of 40 at shift 4, as the expanded native workflow sets by hand)."})
+
+
+ABLATION_TIPS = {
+    Ablation.NO_SEMANTIC_SELECTION: "Paper ablation: keyframes evenly spaced instead of chosen by CLIP similarity.",
+    Ablation.NO_AESTHETIC_FILTER: "Paper ablation: keyframes chosen without the quality filter.",
+    Ablation.NO_MEMORY_SINK: "Paper ablation: no memory sink (fixed is taken as 0).",
+}
+
+
+def _ablation_widget(ablation: Ablation) -> str:
+    return ablation.value.replace("-", "_")
+
+
+def ablations() -> dict:
+    """The paper's ablations (its Table 2), one switch each; the story folder records them."""
+    return {_ablation_widget(a): ("BOOLEAN", {"default": False, "tooltip": tip}) for a, tip in ABLATION_TIPS.items()}
+
+
+def given_ablations(given: dict) -> tuple[str, ...]:
+    """The ablations switched on among a node's inputs."""
+    return tuple(a for a in Ablation if given.get(_ablation_widget(a), False))

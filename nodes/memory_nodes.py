@@ -38,10 +38,11 @@ def next_shot(bank: MemoryBank) -> int:
 
 
 def add_shot_keyframes(frames: torch.Tensor, bank: MemoryBank, keyframe_model: KeyframeModel,
-                       shot_index: int | None) -> MemoryBank:
+                       shot_index: int | None, ablations: tuple[str, ...] = ()) -> MemoryBank:
     """The bank after a shot: its semantic keyframes (deduplicated against `bank`) appended, then windowed."""
     shot = next_shot(bank) if shot_index is None else shot_index
-    keyframes = select_keyframes(frames, keyframe_model.encoder, bank=bank, scorer=keyframe_model.scorer, shot=shot)
+    keyframes = select_keyframes(frames, keyframe_model.encoder, bank=bank, scorer=keyframe_model.scorer, shot=shot,
+                                 ablations=ablations)
     return bank.add(keyframes)
 
 

@@ -385,7 +385,8 @@ def native_shot(request: ShotRequest, positive: list, negative: list, experts: N
     images = vae.decode(samples[:, :, memory_latents:])
     progress.decoded()
     images = drop_given_frames(images.reshape(-1, *images.shape[-3:]), given)
-    bank = add_shot_keyframes(image_batch_to_frames(images), request.memory, keyframe_model, request.index)
+    bank = add_shot_keyframes(image_batch_to_frames(images), request.memory, keyframe_model, request.index,
+                              request.ablations)
     progress.finished()
     return images, bank
 

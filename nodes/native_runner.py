@@ -54,6 +54,7 @@ class NativeStoryRunner:
                 "negative_prompt": inputs.negative_prompt(),
                 "switch_at_step": inputs.switch_at_step(),
                 "memory_positions": inputs.memory_positions(),
+                **inputs.ablations(),
             },
         }
 

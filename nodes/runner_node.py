@@ -100,6 +100,7 @@ class StoryRunner:
                 "negative_prompt": inputs.negative_prompt(),
                 "preset": inputs.preset(),
                 "memory_positions": inputs.memory_positions(),
+                **inputs.ablations(),
             },
         }
 
@@ -155,6 +156,7 @@ def story_inputs(given: dict, node: type | None = None, names: InputNames = NODE
         negative_prompt=given.get("negative_prompt", ""),
         references=() if references is None else tuple(image_batch_to_frames(references)),
         from_shot=given["from_shot"] or None,  # 0: continue
+        ablations=inputs.given_ablations(given),
     )
 
 

@@ -110,3 +110,18 @@ class MemoryPositions(Choice):
 
 
 DEFAULT_MEMORY_POSITIONS = MemoryPositions.UPSTREAM
+
+
+class Ablation(Choice):
+    """The paper's ablations (its Table 2), each a story option and a `story` flag (`--` + the value): keyframes
+    evenly spaced instead of chosen by meaning, no aesthetic filter, no memory sink (no fixed memory)."""
+    NO_SEMANTIC_SELECTION = "no-semantic-selection"
+    NO_AESTHETIC_FILTER = "no-aesthetic-filter"
+    NO_MEMORY_SINK = "no-memory-sink"
+
+
+class EvaluationMode(Choice):
+    """How a story is scored: quick (CLIP ViT-B/32, the keyframe models) or as the paper scores ST-Bench (ViCLIP,
+    the ViT-L/14 aesthetic head, VBench's scales)."""
+    QUICK = "quick"
+    PAPER = "paper"

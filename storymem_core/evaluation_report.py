@@ -21,7 +21,22 @@ from .evaluation import (
 from .evaluation_pictures import contact_sheet, heatmap, score_chart
 from .files import save_picture, write_json
 from .model_roles import find_model_files
-from .weights.scorer_files import load_aesthetic_head, load_clip_text_encoder, load_keyframe_encoder
+from .paper_evaluation import (
+    OUR_DEFINITIONS,
+    PAPER_COLUMNS,
+    PAPER_RESULT_FILE,
+    PAPER_STORYMEM_ROW,
+    PaperEvaluation,
+    PaperScorers,
+    set_summary,
+)
+from .weights.scorer_files import (
+    load_aesthetic_head,
+    load_clip_text_encoder,
+    load_keyframe_encoder,
+    load_paper_image_encoder,
+    load_viclip,
+)
 
 PICTURES = {"heatmap": "evaluation_heatmap.png", "scores": "evaluation_scores.png", "frames": "evaluation_frames.png"}
 
@@ -57,8 +72,8 @@ def write_comparison(evaluations: Sequence[StoryEvaluation], names: Sequence[str
     ]
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _cell(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def summary_table(evaluations: Sequence[StoryEvaluation], names: Sequence[str]) -> str:
@@ -83,4 +98,49 @@ def shot_table(evaluation: StoryEvaluation) -> str:
     for row in evaluation.to_json()["shots"]:
         scores = [_cell(row[key]).rjust(width) for key, width in SHOT_COLUMNS]
         lines.append(f"{row['shot']:4d}  {row['scene']:5d}  {'yes' if row['cut'] else 'no':4s}  {'  '.join(scores)}")
+    return "\n".join(lines)
+
+
+# --- the paper's mode ---------------------------------------------------------------------------------------------
+
+PAPER_ROLES = ("viclip", "clip_l14", "aesthetic_l14")
+PAPER_HEATMAP = "evaluation_paper_heatmap.png"
+
+
+def load_paper_scorers(files: dict[str, Path], device: torch.device) -> PaperScorers:
+    """ViCLIP, CLIP ViT-L/14 and its LAION head from their files (by role: viclip, clip_l14, aesthetic_l14)."""
+    image = load_paper_image_encoder(files["clip_l14"], device)
+    head = load_aesthetic_head(files["aesthetic_l14"], published="sa_0_4_vit_l_14_linear.pth")
+    head.check_fits(image)
+    return PaperScorers(load_viclip(files["viclip"], device), image, head)
+
+
+def find_paper_scorers(models_dir: str | Path, device: torch.device) -> PaperScorers:
+    """The paper's scorers found in a models folder's clip_vision/ by their published names."""
+    return load_paper_scorers(find_model_files(models_dir, list(PAPER_ROLES)), device)
+
+
+def write_paper_report(evaluation: PaperEvaluation, folder: str | Path) -> list[Path]:
+    """evaluation_paper.json and the ViCLIP shot x shot heatmap into `folder`."""
+    folder = Path(folder)
+    return [write_json(evaluation.to_json(), folder / PAPER_RESULT_FILE),
+            save_picture(heatmap([evaluation], [f"{evaluation.name} (ViCLIP)"]), folder / PAPER_HEATMAP)]
+
+
+def paper_table(evaluations: Sequence[PaperEvaluation], names: Sequence[str]) -> str:
+    """The paper's five columns: a row per story, their mean over the set when there are several, the paper's
+    StoryMem row, and the definitions that are ours."""
+    rows = [(name, evaluation.summary()) for name, evaluation in zip(names, evaluations)]
+    if len(evaluations) > 1:
+        rows.append((f"mean of {len(evaluations)} stories", set_summary(evaluations)))
+    rows.append(("paper: StoryMem (Table 1)", PAPER_STORYMEM_ROW))
+    label_width = max(len(name) for name, _ in rows)
+    headers = ["aesthetic", "PF global*", "PF shot", "cons. all", "cons. top-10*"]
+    lines = [" " * label_width + "  " + "  ".join(headers)]
+    for name, summary in rows:
+        cells = [_cell(summary[key], 4).rjust(len(header)) for key, header in zip(PAPER_COLUMNS, headers)]
+        lines.append(f"{name.ljust(label_width)}  {'  '.join(cells)}")
+    lines.append("PF: prompt following (ViCLIP text-video); cons.: cross-shot consistency (ViCLIP video-video); "
+                 "aesthetic: LAION ViT-L/14 head / 10.")
+    lines += [f"* {PAPER_COLUMNS[key]}: {text}." for key, text in OUR_DEFINITIONS.items()]
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import torch
 
+from .choices import Ablation
 from .errors import ConditioningError
 from .files import check_frames
 from .memory import Keyframe, MemoryBank
@@ -87,6 +88,19 @@ def select_indices(
         threshold -= step  # repeated subtraction, as the reference does (its float drift included)
 
 
+def spaced_indices(quality: torch.Tensor | Sequence[float] | None, count: int, frames: int,
+                   quality_threshold: float = HPSV3_THRESHOLD) -> tuple[int, ...]:
+    """The paper's ablation without semantic selection: `count` frames evenly spaced from the first to the last of
+    those of acceptable quality (all frames with no quality)."""
+    quality = quality.tolist() if isinstance(quality, torch.Tensor) else quality
+    candidates = [i for i in range(frames) if quality is None or quality[i] >= quality_threshold]
+    if len(candidates) <= count:
+        return tuple(candidates)
+    if count == 1:
+        return (candidates[0],)
+    return tuple(candidates[round(k * (len(candidates) - 1) / (count - 1))] for k in range(count))
+
+
 def dedup_against_bank(similarity: torch.Tensor | Sequence[Sequence[float]],
                        threshold: float = DEDUP_THRESHOLD) -> list[int]:
     """Rows (new keyframes) of a [K, M] similarity to the bank whose every entry is at most `threshold`."""
@@ -111,21 +125,27 @@ def select_keyframes(
     quality_threshold: float | None = None,
     shot: int = -1,
     dedup_threshold: float = DEDUP_THRESHOLD,
+    ablations: Sequence[str] = (),
 ) -> list[Keyframe]:
     """The keyframes of one shot (uint8 frames [T, H, W, 3]) to add to `bank`, at full resolution.
 
     Each frame is embedded exactly once; the bank's images once more when there is something to
-    dedup. `quality_threshold` None means the scorer's own threshold.
+    dedup. `quality_threshold` None means the scorer's own threshold. `ablations` (choices.Ablation) switch off the
+    semantic rule (evenly spaced frames instead) or the quality filter, as the paper's Table 2 does.
     """
     check_frames(frames, "the frames for keyframe selection", min_count=1)
+    if Ablation.NO_AESTHETIC_FILTER in ablations:
+        scorer = None
     embeddings = encoder.embed(frames).float().cpu()  # [T, D]
     similarity = embeddings @ embeddings.T  # [T, T]
-    if scorer is None:
+    if scorer is None and Ablation.NO_AESTHETIC_FILTER not in ablations:
         _warn_quality_filter_off()
     quality = None if scorer is None else scorer.score(frames, embeddings).float().cpu()  # [T]
     # cut is unused without a scorer
     cut = quality_threshold if quality_threshold is not None else getattr(scorer, "threshold", HPSV3_THRESHOLD)
     search = select_indices(similarity, quality, threshold, step, max_keyframes, cut)
+    if Ablation.NO_SEMANTIC_SELECTION in ablations:
+        search = KeyframeSearch(spaced_indices(quality, max_keyframes, len(frames), cut), threshold, ())
     chosen = list(search.indices)
     bank_similarity = None
     if bank is not None and len(bank) and chosen:

@@ -52,6 +52,13 @@ ROLES = {
                       "open_clip_model.safetensors (timm/vit_base_patch32_clip_224.openai)"),
     Quality.AESTHETIC: ModelRole("clip_vision", ("*aesthetic*", "sa_0_4_vit_b_32_linear*"),
                                  "sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
+    "viclip": ModelRole("clip_vision", ("viclip*",),
+                        "ViClip-InternVid-10M-FLT.pth (huggingface.co/OpenGVLab/VBench_Used_Models)"),
+    "clip_l14": ModelRole("clip_vision", ("*vit*large*patch14*clip*",),
+                          "vit_large_patch14_clip_224.openai.safetensors (open_clip_model.safetensors of "
+                          "huggingface.co/timm/vit_large_patch14_clip_224.openai, renamed)"),
+    "aesthetic_l14": ModelRole("clip_vision", ("sa_0_4_vit_l_14_linear*",),
+                               "sa_0_4_vit_l_14_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
     Quality.HPSV3: ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)",
                              ("clip_vision",)),
 }
@@ -92,6 +99,15 @@ def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path
         raise CheckpointError(f"{len(missing)} model file(s) missing under {root}: {'; '.join(missing)}; download them "
                               "into those folders.")
     return found
+
+
+def role_file(names: list[str], role: str) -> str:
+    """The first of `names` (files of the role's folder, as ComfyUI lists them) that goes by the role's names."""
+    spec = ROLES[role]
+    found = sorted(name for name in names if _matches(Path(name), spec.patterns))
+    if not found:
+        raise CheckpointError(f"no {spec.usual_name} in models/{spec.folder}: download it into that folder.")
+    return found[0]
 
 
 def quality_model(quality: str, models_dir: str | Path) -> str | None:

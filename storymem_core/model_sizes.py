@@ -86,6 +86,9 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "width": _whole(1, WIDTH), "patch_size": _whole(1, 4096), "head_width": _whole(1, WIDTH),
         "mlp_ratio": _number(0.01, 64),
     },
+    "viclip": {name: _whole(1, VOCAB if name == "vocab_size" else WIDTH) for name in (
+        "vision_width", "vision_layers", "vision_heads", "patch_size", "image_size", "num_frames", "embed_dim",
+        "text_width", "text_layers", "text_heads", "context_length", "vocab_size")},
 }
 REQUIRED = {
     "umt5": ("vocab", "dim", "dim_attn", "dim_ffn", "num_heads", "num_layers", "num_buckets"),
@@ -116,8 +119,8 @@ def _divides(values: Mapping, width: str, heads: str, source: str, where: str = 
 
 
 def checked_sizes(values: Any, kind: str, source: str) -> Any:
-    """`values` (a config of the model `kind` reads: "dit", "umt5", "wan21-vae", "clip-vision") once every size in
-    it is one a model can have; refused with a CheckpointError naming `source` otherwise. Unknown keys pass."""
+    """`values` (a config of the model `kind` reads: "dit", "umt5", "wan21-vae", "clip-vision", "viclip") once every
+    size in it is one a model can have; refused with a CheckpointError naming `source` otherwise. Unknown keys pass."""
     _check_fields(values, kind, source)
     if kind == "dit":
         _divides(values, "dim", "num_heads", source)
@@ -126,6 +129,9 @@ def checked_sizes(values: Any, kind: str, source: str) -> Any:
     elif kind == "wan21-vae" and "dim_mult" in values and "temperal_downsample" in values:
         if len(values["temperal_downsample"]) != len(values["dim_mult"]) - 1:
             raise _refused(source, "temperal_downsample needs one entry fewer than dim_mult")
+    elif kind == "viclip":
+        _divides(values, "vision_width", "vision_heads", source)
+        _divides(values, "text_width", "text_heads", source)
     elif kind == "clip-vision":
         if "vision_cfg" not in values:
             raise _refused(source, "vision_cfg is missing")

@@ -147,7 +147,7 @@ def _make_shot(shot: Shot, bank: MemoryBank, models: ShotMaker, options: StoryOp
         settings=replace(options.t2v if mode == ShotMode.T2V else options.m2v, seed=options.seed + shot.index),
         index=shot.index, previous_frames=_load_tail(folder, shot.index - 1) if GIVEN_FRAMES.get(mode) else None,
         negative_prompt=options.negative_prompt, fix_mem=options.fixed_memory if options.mark_fixed_memory else None,
-        memory_positions=options.memory_positions,
+        memory_positions=options.memory_positions, ablations=options.ablations,
     )
     outcome = models.make_shot(request, on_step)
     log.info("shot %d: %d keyframe(s) added to memory", shot.index + 1, outcome.keyframes_added)

@@ -37,6 +37,7 @@ class ShotRequest:
     negative_prompt: str = ""
     fix_mem: int | None = None  # mask value 2 for unfixed memory; the reference pipeline leaves it off
     memory_positions: str = DEFAULT_MEMORY_POSITIONS  # storymem_core.positions
+    ablations: tuple[str, ...] = ()  # the paper's keyframe ablations (choices.Ablation)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, i
     if request.mode != ShotMode.T2V:
         frames = trim_conditioning_frames(frames, request.mode)
     keyframes = select_keyframes(frames, models.keyframe_encoder, bank=request.memory, scorer=models.scorer,
-                                 shot=request.index)
+                                 shot=request.index, ablations=request.ablations)
     return ShotOutcome(frames, request.memory.add(keyframes), len(keyframes))
 
 

@@ -16,6 +16,8 @@ from .errors import CheckpointError
 HPSV3_THRESHOLD = 3.0  # the reference's quality cut (HPSv3 reward)
 # LAION aesthetic scores run about 1..10 (most photos 4..6); a chosen cut, not calibrated against HPSv3
 AESTHETIC_THRESHOLD = 4.0
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's pixel statistics (VBench's clip_transform)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ImageEncoder(Protocol):
@@ -42,21 +44,60 @@ class OpenClipEncoder:
     def __init__(self, visual: nn.Module, mean: Sequence[float], std: Sequence[float], batch_size: int = 32):
         self.visual = visual.eval().requires_grad_(False)
         self.image_size = tuple(visual.image_size)
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.batch_size = batch_size
+
+    def prepare(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [B, H, W, 3] -> normalised pixels [B, 3, S, S], squashed like the reference (no crop): the
+        whole frame counts."""
+        batch = frames.permute(0, 3, 1, 2).float() / 255
+        batch = F.interpolate(batch, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
+        return (batch - self.mean.to(batch.device)) / self.std.to(batch.device)
 
     @torch.inference_mode()
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         parameter = next(self.visual.parameters())
         chunks = []
         for start in range(0, len(frames), self.batch_size):
-            batch = frames[start : start + self.batch_size].to(parameter.device).permute(0, 3, 1, 2).float() / 255
-            # squashed like the reference (no crop): the whole frame counts
-            batch = F.interpolate(batch, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
-            batch = (batch - self.mean.to(batch.device)) / self.std.to(batch.device)
+            batch = self.prepare(frames[start : start + self.batch_size].to(parameter.device))
             chunks.append(F.normalize(self.visual(batch.to(parameter.dtype)).float(), dim=-1).cpu())
         return torch.cat(chunks)
+
+
+class VBenchClipEncoder(OpenClipEncoder):
+    """An open_clip vision tower fed as VBench feeds OpenAI CLIP (`vbench_pixels`: shorter side to the input size,
+    centre crop), for the paper's aesthetic score."""
+
+    def prepare(self, frames: torch.Tensor) -> torch.Tensor:
+        return vbench_pixels(frames, self.image_size[0], self.mean, self.std)
+
+
+def vbench_pixels(frames: torch.Tensor, size: int, mean: torch.Tensor | Sequence[float] = OPENAI_MEAN,
+                  std: torch.Tensor | Sequence[float] = OPENAI_STD) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] -> normalised pixels [T, 3, size, size] as VBench's `clip_transform` makes them:
+    the shorter side resized to `size` (bicubic, no antialiasing, rounded back to 0..255 as torchvision does for
+    uint8 images), the centre cropped, scaled to 0..1 and normalised with CLIP's mean and std."""
+    x = frames.permute(0, 3, 1, 2).float()
+    height, width = x.shape[-2:]
+    longer = int(size * max(height, width) / min(height, width))
+    resized = (size, longer) if height <= width else (longer, size)
+    if resized != (height, width):
+        x = F.interpolate(x, size=resized, mode="bicubic", align_corners=False, antialias=False)
+        x = x.clamp(0, 255).round()
+    top, left = int(round((resized[0] - size) / 2)), int(round((resized[1] - size) / 2))
+    x = x[:, :, top : top + size, left : left + size] / 255
+    mean, std = torch.as_tensor(mean).view(1, 3, 1, 1), torch.as_tensor(std).view(1, 3, 1, 1)
+    return (x - mean.to(x.device)) / std.to(x.device)
+
+
+def vbench_frame_indices(count: int, num_frames: int) -> list[int]:
+    """VBench's 'middle' sampling (`get_frame_indices`): the video cut into `num_frames` equal runs, the middle frame
+    of each; a video with fewer frames gives all of them, padded with its last to `num_frames`."""
+    samples = min(num_frames, count)
+    bounds = [int(i * (count / samples)) for i in range(samples + 1)]  # numpy's linspace, floored
+    indices = [(bounds[i] + bounds[i + 1] - 1) // 2 for i in range(samples)]
+    return indices + [indices[-1]] * (num_frames - samples)
 
 
 def vision_tower(config: Mapping, device: torch.device | str) -> nn.Module:

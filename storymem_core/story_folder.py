@@ -122,10 +122,12 @@ class MemorySettings:
     max_memory: int
     fixed_memory: int
     reference_sha256: tuple[str, ...]  # of each reference image's pixels, so the images themselves need not be kept
+    ablations: tuple[str, ...] = ()  # the paper's ablations the keyframes were chosen with (none before recorded)
 
     @classmethod
-    def of(cls, max_memory: int, fixed_memory: int, references: list[torch.Tensor]) -> MemorySettings:
-        return cls(max_memory, fixed_memory, _sha256(references))
+    def of(cls, max_memory: int, fixed_memory: int, references: list[torch.Tensor],
+           ablations: tuple[str, ...] = ()) -> MemorySettings:
+        return cls(max_memory, fixed_memory, _sha256(references), tuple(ablations))
 
     @classmethod
     def of_bank(cls, initial: MemoryBank) -> MemorySettings:
@@ -140,7 +142,8 @@ class MemorySettings:
             return None
         try:
             return cls(int(fields["max_memory"]), int(fields["fixed_memory"]),
-                       tuple(str(d) for d in fields["reference_sha256"]))
+                       tuple(str(d) for d in fields["reference_sha256"]),
+                       tuple(str(a) for a in fields.get("ablations", ())))
         except (ValueError, KeyError, TypeError) as error:
             raise _unreadable(folder.memory_settings, error) from None
 
@@ -194,12 +197,14 @@ def story_folder_name(story: Story, settings: dict, sources: list[str]) -> str:
     options (`settings`, as `asdict` gives them) and `sources` (models, LoRAs, references), so other settings get a
     fresh folder.
 
-    Folders made before are found by these names: the digest (sha1 of this JSON) must not change, and the first-release
-    placement is left out as it was before placements were recorded.
+    Folders made before are found by these names: the digest (sha1 of this JSON) must not change, so the first-release
+    placement is left out as it was before placements were recorded, and no ablation as before ablations were options.
     """
     settings = dict(settings)
     if settings["memory_positions"] == UNRECORDED_PLACEMENT:
         del settings["memory_positions"]
+    if not settings.get("ablations", True):
+        del settings["ablations"]
     fingerprint = json.dumps([asdict(story), settings, sources], sort_keys=True, default=str)
     safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in story.name)[:60] or "story"
     return f"{safe_name}-{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
@@ -253,7 +258,8 @@ class FolderState:
 def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[int, int], frames: int,
                        max_memory: int, fixed_memory: int, references: list[torch.Tensor],
                        from_shot: int | None = None,
-                       memory_positions: str = DEFAULT_MEMORY_POSITIONS) -> FolderState:
+                       memory_positions: str = DEFAULT_MEMORY_POSITIONS,
+                       ablations: tuple[str, ...] = ()) -> FolderState:
     """Refuse, before anything loads or is written, a run the folder cannot take: a folder that is not a story
     folder, or a started story this run would not continue (another script, size, frame count, memory positions,
     memory options or references on a plain re-run; a change to a shot `from_shot` keeps). Returns what this run
@@ -262,7 +268,7 @@ def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[
     `references` are the images the memory starts from as given (MR2V), empty for a T2V story; `from_shot` is 0-based.
     """
     folder = StoryFolder(check_output_folder(out_dir))
-    state = FolderState(MemorySettings.of(max_memory, fixed_memory, references),
+    state = FolderState(MemorySettings.of(max_memory, fixed_memory, references, ablations),
                         StoryRecord(shot_digests(story), size_wh, frames, memory_positions))
     if not folder.root.is_dir():
         return state
@@ -327,6 +333,11 @@ def _check_memory(folder: StoryFolder, current: MemorySettings, max_memory: int,
                             "continue it, --from-shot 1 to remake it from the new ones, or a new --out folder.")
     if from_shot is not None:
         return  # --from-shot remakes its shots with the new memory options
+    if recorded.ablations != current.ablations:
+        old, new = (" ".join(f"--{a}" for a in flags) or "no ablation flag" for flags in (recorded.ablations,
+                                                                                          current.ablations))
+        raise StoryMemError(f"the ablations ({new}) differ from those {where} was made with ({old}): pass the same to "
+                            "continue it, --from-shot N to remake shot N and after, or a new --out folder.")
     for flag, old, new in (("--max-memory", recorded.max_memory, current.max_memory),
                            ("--fixed-memory", recorded.fixed_memory, current.fixed_memory)):
         if old != new:

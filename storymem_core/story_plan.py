@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .choices import CONTINUATIONS, DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, FirstShot, Preset, ShotMode
+from .choices import CONTINUATIONS, DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, Ablation, FirstShot, Preset, ShotMode
 from .conditioning import check_frame_num, check_size
 from .errors import StoryMemError
 from .files import load_image
@@ -49,6 +49,7 @@ class StoryOptions:
     negative_prompt: str = ""
     mark_fixed_memory: bool = False  # mask value 2 for unfixed memory; the reference pipeline leaves it off
     memory_positions: str = DEFAULT_MEMORY_POSITIONS  # memory's RoPE time positions (storymem_core.positions)
+    ablations: tuple[str, ...] = ()  # the paper's ablations (choices.Ablation), sorted; no memory sink: fixed 0
 
     def check(self) -> None:
         """Every value in its range, before anything loads: a typo must not allocate memory or run a model."""
@@ -69,6 +70,8 @@ class StoryOptions:
         check_number(self.fps, "fps", 1, 120, "StoryMem's videos are 16 fps")
         check_seed(self.seed, 1)
         check_placement(self.memory_positions)
+        if unknown := [a for a in self.ablations if a not in Ablation.names()]:
+            raise StoryMemError(f"ablation '{unknown[0]}' is unknown: use {', '.join(Ablation.names())}.")
         self.m2v.check()
         self.t2v.check()
 
@@ -88,7 +91,7 @@ class StoryOptions:
         """The story folder can take this run (`story_folder.check_story_folder` with these options)."""
         references = (reference_images or []) if self.first_shot == FirstShot.MR2V else []
         return check_story_folder(out_dir, story, self.size_wh, self.frames, self.max_memory, self.fixed_memory,
-                                  references, from_shot, self.memory_positions)
+                                  references, from_shot, self.memory_positions, self.ablations)
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class StoryInputs:
     negative_prompt: str = ""
     references: tuple[torch.Tensor | Path, ...] = ()  # uint8 [H, W, 3] images, or image files read once checked
     from_shot: int | None = None
+    ablations: tuple[str, ...] = ()  # choices.Ablation, in any order
 
 
 @dataclass(frozen=True)
@@ -181,9 +185,11 @@ def plan_story(inputs: StoryInputs) -> StoryPlan:
 
 def story_options(inputs: StoryInputs) -> StoryOptions:
     """The options, with sampler settings by the preset rule and memory positions as the folder's story began."""
+    sink = Ablation.NO_MEMORY_SINK not in inputs.ablations
     return StoryOptions(
         first_shot=inputs.first_shot, continuation=inputs.continuation, max_memory=inputs.max_memory,
-        fixed_memory=inputs.fixed_memory, seed=inputs.seed, size_wh=inputs.size_wh, frames=inputs.frames,
+        fixed_memory=inputs.fixed_memory if sink else 0, ablations=tuple(sorted(set(inputs.ablations))),
+        seed=inputs.seed, size_wh=inputs.size_wh, frames=inputs.frames,
         fps=inputs.fps, negative_prompt=inputs.negative_prompt,
         m2v=sampler_settings(inputs.preset, ShotMode.M2V, inputs.m2v),
         # the T2V experts (and their speed LoRAs) run only for a T2V first shot

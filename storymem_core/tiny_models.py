@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from .files import ordinary_permissions, save_image
 from .presets import PRESET_LORA_ROLES
+from .viclip import ViCLIP, ViCLIPConfig
 from .wan.dit import I2V_IN_DIM, T2V_IN_DIM, DiTConfig, WanDiT, expert_kind
 from .wan.t5 import T5Config, UMT5Encoder
 from .wan.vae import VAEConfig, WanVAE
@@ -58,6 +59,16 @@ TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_FILE = "wan_2.1_vae.safetensors"
 CLIP_FILE = "open_clip_model.safetensors"
 AESTHETIC_FILE = "sa_0_4_vit_b_32_linear.pth"
+# the paper's scorers (evaluate --paper), under their published names
+VICLIP_FILE = "ViClip-InternVid-10M-FLT.pth"
+PAPER_CLIP_FILE = "vit_large_patch14_clip_224.openai.safetensors"
+PAPER_AESTHETIC_FILE = "sa_0_4_vit_l_14_linear.pth"
+# ViCLIP's sizes are read from its shapes, heads as width // 64 (as for ViCLIP-L/14)
+VICLIP = {"vision_width": 64, "vision_layers": 1, "vision_heads": 1, "patch_size": 32, "image_size": 224,
+          "num_frames": 8, "embed_dim": 16, "text_width": 16, "text_layers": 1, "text_heads": 1,
+          "context_length": 32, "vocab_size": 49408}
+PAPER_CLIP = {"embed_dim": 16, "quick_gelu": True, "text_cfg": CLIP["text_cfg"],  # open_clip registers none without
+              "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "patch_size": 32, "head_width": 16}}
 
 # shot sizes small enough for a CPU test: 32x32 pixels, 5 frames (2 latent frames), 2 steps
 TINY_SHOT = {"width": 32, "height": 32, "frames": 5, "steps": 2}
@@ -205,7 +216,30 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0, num_heads: int = DI
     generator = torch.Generator().manual_seed(seed + 11)  # scores near 5, above the 4.0 quality threshold
     torch.save({"weight": torch.randn(1, CLIP["embed_dim"], generator=generator) * 0.1, "bias": torch.tensor([5.0])},
                root / "clip_vision" / AESTHETIC_FILE)
+    write_paper_scorers(root, seed + 30)
     return root
+
+
+def write_paper_scorers(models_dir: str | Path, seed: int = 0) -> Path:
+    """Tiny stand-ins of the paper's scorers in `models_dir`/clip_vision: ViCLIP as its published .pth wraps it
+    (`{'model': state dict}`), OpenAI CLIP ViT-L/14 in open_clip's layout (its sizes stored) and the LAION head."""
+    import open_clip
+
+    folder = Path(models_dir) / "clip_vision"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    viclip = ViCLIP(ViCLIPConfig.from_dict(VICLIP))
+    for parameter in viclip.parameters():  # its zero-initialised embeddings and projections must carry something
+        if parameter.ndim > 1:
+            torch.nn.init.normal_(parameter, std=0.02)
+    torch.save({"model": viclip.state_dict()}, folder / VICLIP_FILE)
+    ordinary_permissions(folder / VICLIP_FILE)
+    visual = open_clip.model._build_vision_tower(PAPER_CLIP["embed_dim"], PAPER_CLIP["vision_cfg"], True)
+    _save({f"visual.{name}": t for name, t in visual.state_dict().items()}, folder / PAPER_CLIP_FILE, PAPER_CLIP)
+    generator = torch.Generator().manual_seed(seed + 1)  # scores near 5, as real frames score
+    torch.save({"weight": torch.randn(1, PAPER_CLIP["embed_dim"], generator=generator) * 0.1,
+                "bias": torch.tensor([5.0])}, folder / PAPER_AESTHETIC_FILE)
+    return folder
 
 
 def write_reference_images(folder: str | Path, count: int = 2, size: tuple[int, int] = (48, 32),

@@ -108,3 +108,22 @@ def manifests() -> dict:
     if not path.exists():
         pytest.skip(f"no manifests.json in {golden_dir()}")
     return json.loads(path.read_text())
+
+
+def seeded_state(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    """Deterministic weights for the `viclip_*` / `aesthetic_*` cases, drawn in sorted-name order (their maker,
+    tests/golden_tools/make_viclip_golden.py, stores no weights): layer-norm scales about 1, other vectors about 0.1,
+    matrices scaled by their last size."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name in sorted(shapes):
+        shape = tuple(shapes[name])
+        values = torch.randn(shape, generator=generator)
+        module = name.rsplit(".", 2)[-2] if "." in name else ""
+        if len(shape) == 1 and module.startswith("ln") and name.endswith(".weight"):
+            state[name] = 1 + 0.1 * values
+        elif len(shape) <= 1:
+            state[name] = 0.1 * values
+        else:
+            state[name] = values / shape[-1] ** 0.5
+    return state

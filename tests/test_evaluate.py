@@ -16,10 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from nodes import host
 from storymem_core import tiny_models as tiny
+from storymem_core.choices import EvaluationMode
 from storymem_core.commands.cli import main
 from storymem_core.commands.demo import run_demo
 from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
 from storymem_core.evaluation import Scorers, evaluate_story, sample_indices, smoothness
+from storymem_core.paper_evaluation import PAPER_COLUMNS, PAPER_STORYMEM_ROW, PaperEvaluation, PaperShot
 from storymem_core.story import loads_story
 from storymem_core.weights.scorer_files import load_clip_text_encoder, load_keyframe_encoder
 
@@ -315,3 +317,49 @@ def test_evaluate_node_stops_when_cancelled(comfy):
 def test_evaluate_node_refuses_shots_that_do_not_fit_the_story(comfy, inputs, expected):
     with pytest.raises(StoryMemError, match=expected):
         call("StoryMemEvaluateStory", story=story_of(["red", "blue"]), **node_inputs(**inputs))
+
+
+# ------------------------------------------------------------------ the paper's mode
+
+
+def test_evaluate_paper_cli_on_the_demo_story_fills_the_five_columns_beside_the_paper_row(demo, capsys):
+    folder = demo / "story"
+    assert evaluate_cli(folder, "--models-dir", demo / "models-seed0", "--paper") == 0
+    result = json.loads((folder / "evaluation_paper.json").read_text())
+    assert set(result["summary"]) == set(PAPER_COLUMNS) and all(v is not None for v in result["summary"].values())
+    assert 0 < result["summary"]["aesthetic"] < 1  # the head's ~5 over 10
+    assert result["paper_storymem"] == PAPER_STORYMEM_ROW and [s["shot"] for s in result["shots"]] == [1, 2, 3]
+    assert all(len(shot["frames"]) == 8 for shot in result["shots"])  # ViCLIP's 8 frames, padded when fewer
+    assert (folder / "evaluation_paper_heatmap.png").is_file()
+    printed = capsys.readouterr().out
+    assert "paper: StoryMem (Table 1)" in printed and "0.6133" in printed and "0.5337" in printed
+    assert "the paper does not say" in printed  # where a definition is ours
+
+
+def test_evaluate_paper_names_each_missing_scorer_file_and_where_to_get_it(demo, tmp_path, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(demo / "models-seed0", models)
+    (models / "clip_vision" / tiny.VICLIP_FILE).unlink()
+    assert evaluate_cli(demo / "story", "--models-dir", models, "--paper") == 2
+    error = capsys.readouterr().err
+    assert "ViClip-InternVid-10M-FLT.pth" in error and "OpenGVLab/VBench_Used_Models" in error
+
+
+def test_evaluate_paper_top10_pairs_follow_the_prompts_and_consistency_reads_the_videos():
+    similarity = torch.tensor([[1.0, 0.2, 0.9], [0.2, 1.0, 0.4], [0.9, 0.4, 1.0]])
+    prompts = torch.tensor([[1.0, 0.1, 0.3], [0.1, 1.0, 0.8], [0.3, 0.8, 1.0]])
+    shots = tuple(PaperShot(shot, (0,), 0.5, 0.2, 0.1) for shot in story_of(["a", "b", "c"]).shots)
+    evaluation = PaperEvaluation("s", shots, similarity, prompts)
+    assert evaluation.top_pairs() == [(1, 2), (0, 2), (0, 1)]  # all three pairs, most alike prompts first
+    summary = evaluation.summary()
+    assert summary["consistency_all"] == pytest.approx(0.5) and summary["consistency_top10"] == pytest.approx(0.5)
+
+
+def test_evaluate_node_paper_mode_shows_the_paper_table(comfy, demo):
+    folder = comfy / "storymem" / "stories" / "paper_kite"
+    shutil.copytree(demo / "story", folder)
+    story = loads_story((demo / "story.json").read_text())
+    (summary, heatmap_image, _), ui = call("StoryMemEvaluateStory", story=story,
+                                           **node_inputs(mode=EvaluationMode.PAPER, story_folder=str(folder)))
+    assert "paper: StoryMem (Table 1)" in summary and ui["text"] == [summary] and heatmap_image.dim() == 4
+    assert json.loads((folder / "evaluation_paper.json").read_text())["story"] == "The Blue Kite"

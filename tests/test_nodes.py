@@ -41,6 +41,7 @@ from nodes.types import (
 )
 from storymem_core import tiny_models as tiny
 from storymem_core.bank_files import save_bank
+from storymem_core.choices import Ablation
 from storymem_core.errors import (
     CheckpointError,
     ConditioningError,
@@ -422,12 +423,18 @@ def test_memory_positions_upstream_is_the_default_first_release_gives_another_sh
     assert torch.equal(default, upstream) and not torch.equal(upstream, first_release)
 
 
-@pytest.mark.parametrize("name", ["StoryMemShot", "StoryMemStoryRunner"])
-def test_memory_positions_is_the_last_input_so_saved_workflows_keep_loading(name):
-    """ComfyUI restores widget values by position: a widget added anywhere but last would shift the saved ones."""
+@pytest.mark.parametrize("name, newer", [("StoryMemShot", []),
+                                         ("StoryMemStoryRunner", [a.value.replace("-", "_") for a in Ablation])])
+def test_memory_positions_is_the_last_input_so_saved_workflows_keep_loading(name, newer):
+    """ComfyUI restores widget values by position: a widget added anywhere but last would shift the saved ones (the
+    ablation switches came after memory_positions, so they follow it)."""
     declared = node(name).INPUT_TYPES()
-    assert list(declared["optional"])[-1] == "memory_positions"
+    assert list(declared["optional"])[-1 - len(newer):] == ["memory_positions", *newer]
     assert declared["optional"]["memory_positions"][1]["default"] == "upstream"
+
+
+def test_evaluate_story_mode_is_its_last_input_so_saved_workflows_keep_loading():
+    assert list(node("StoryMemEvaluateStory").INPUT_TYPES()["optional"])[-1] == "mode"
 
 
 def test_interrupted_shot_raises_and_keeps_the_bank(pack):

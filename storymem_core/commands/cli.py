@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from ..choices import FirstShot, MemoryPositions, Offload, Preset, Quality, ShotMode, Solver, WeightDtype
+from ..choices import Ablation, FirstShot, MemoryPositions, Offload, Preset, Quality, ShotMode, Solver, WeightDtype
 from ..errors import GenerationInterrupted, StoryMemError
 from ..story import shown_text
 
@@ -29,6 +29,12 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(continuation=ShotMode.M2V)
     parser.add_argument("--max-memory", type=int, default=10, help="keyframes kept in memory (default 10)")
     parser.add_argument("--fixed-memory", type=int, default=3, help="first keyframes always kept (default 3)")
+    ablation_help = {Ablation.NO_SEMANTIC_SELECTION: "ablation: keyframes evenly spaced, not chosen by CLIP similarity",
+                     Ablation.NO_AESTHETIC_FILTER: "ablation: keyframes chosen without the quality filter",
+                     Ablation.NO_MEMORY_SINK: "ablation: no memory sink (no fixed memory; --fixed-memory unused)"}
+    for ablation, text in ablation_help.items():  # the paper's Table 2, recorded in the story folder
+        parser.add_argument(f"--{ablation}", dest="ablations", action="append_const", const=ablation, help=text)
+    parser.set_defaults(ablations=[])
     parser.add_argument("--seed", type=int, default=0, help="seed of shot 1; shot k uses seed + k - 1")
     parser.add_argument("--size", default="832x480", help="WIDTHxHEIGHT, divisible by 16 (default 832x480)")
     parser.add_argument("--frames", type=int, default=81, help="frames per shot, 4n+1 (default 81)")
@@ -87,6 +93,11 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--script", default=None, help="story script (default: story.json in or beside each folder)")
     evaluate.add_argument("--frames-per-shot", type=int, default=8, help="frames sampled evenly per shot (default 8)")
     evaluate.add_argument("--open-clip-name", default="ViT-B-32-quickgelu", help="open_clip config of the CLIP weights")
+    evaluate.add_argument("--paper", action="store_true",
+                          help="score as the StoryMem paper does (ViCLIP-L/14, LAION ViT-L/14 aesthetic, VBench's "
+                               "scales) and print its StoryMem row beside ours; needs ViClip-InternVid-10M-FLT.pth, "
+                               "vit_large_patch14_clip_224.openai.safetensors and sa_0_4_vit_l_14_linear.pth in "
+                               "clip_vision/ (docs/evaluation.md)")
     evaluate.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda when available)")
     evaluate.add_argument("--out", default="storymem_comparison",
                           help="where the comparison of several folders goes (default ./storymem_comparison)")

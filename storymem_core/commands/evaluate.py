@@ -13,8 +13,20 @@ from typing import Sequence
 from tqdm import tqdm
 
 from ..evaluation import check_frames_per_shot, evaluate_story, finished_story, folder_references, folder_shot_frames
-from ..evaluation_report import load_scorers, shot_table, summary_table, write_comparison, write_report
+from ..evaluation_report import (
+    find_paper_scorers,
+    load_scorers,
+    paper_table,
+    shot_table,
+    summary_table,
+    write_comparison,
+    write_paper_report,
+    write_report,
+)
+from ..files import write_json
 from ..model_roles import parse_device
+from ..paper_evaluation import evaluate_story_paper, set_summary
+from ..story import Story
 
 
 def _names(folders: Sequence[Path]) -> list[str]:
@@ -27,6 +39,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     check_frames_per_shot(args.frames_per_shot)
     folders = [Path(folder) for folder in args.folders]
     stories = [finished_story(folder, args.script) for folder in folders]  # every folder checked before a model loads
+    if args.paper:
+        return _paper(args, folders, stories)
     scorers = load_scorers(args.models_dir, args.open_clip_name, parse_device(args.device))
     evaluations = []
     for folder, story in zip(folders, stories):
@@ -42,4 +56,24 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if len(evaluations) > 1:
         written = write_comparison(evaluations, names, args.out)
         print(f"\ncomparison: {', '.join(str(path) for path in written)}")
+    return 0
+
+
+def _paper(args: argparse.Namespace, folders: list[Path], stories: list[Story]) -> int:
+    """The paper's mode: ViCLIP and the ViT-L/14 aesthetic head, its five columns beside its StoryMem row."""
+    scorers = find_paper_scorers(args.models_dir, parse_device(args.device))
+    evaluations = []
+    for folder, story in zip(folders, stories):
+        with tqdm(total=len(story.shots), desc=f"evaluate {folder.name} (paper)", unit="shot") as bar:
+            evaluations.append(evaluate_story_paper(story, folder_shot_frames(folder, story), scorers,
+                                                    on_shot=lambda done, total: bar.update(done - bar.n)))
+        written = write_paper_report(evaluations[-1], folder)
+        print(f"written: {', '.join(path.name for path in written)} in {folder}")
+    names = _names(folders)
+    print("\n" + paper_table(evaluations, names))
+    if len(evaluations) > 1:
+        table = {name: evaluation.summary() for name, evaluation in zip(names, evaluations)}
+        path = write_json({"stories": table, "mean": set_summary(evaluations)},
+                          Path(args.out) / "comparison_paper.json")
+        print(f"\ncomparison: {path}")
     return 0

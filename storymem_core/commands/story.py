@@ -85,7 +85,7 @@ def story_inputs(args: argparse.Namespace) -> StoryInputs:
         continuation=args.continuation, seed=args.seed, m2v=sampler, t2v=sampler, preset=args.preset,
         size_wh=(width, height), frames=args.frames, max_memory=args.max_memory, fixed_memory=args.fixed_memory,
         memory_positions=args.memory_positions, references=tuple(Path(path) for path in args.reference),
-        from_shot=args.from_shot,
+        from_shot=args.from_shot, ablations=tuple(args.ablations),
     )
 
 

@@ -15,6 +15,7 @@ from .kinds import (
     T2V_DIT,
     UMT5,
     UNKNOWN,
+    VICLIP,
     WAN21_VAE,
     Shapes,
 )
@@ -63,6 +64,11 @@ def _classify_by_anchors(shapes: Shapes) -> Classified:
     for anchor, (blocks, per_layer_bias, embedding) in zip(KINDS[UMT5].anchors, _T5_LAYOUTS):
         if (prefix := _find_prefix(shapes, anchor)) is not None:
             return _classify_t5(shapes, prefix, anchor, blocks, per_layer_bias, embedding)
+    time_anchor, text_anchor = KINDS[VICLIP].anchors
+    if time_anchor in shapes and text_anchor in shapes:  # before CLIP: its vision tower has CLIP's anchors too
+        vision_width, embed_dim = anchor_shape(shapes, "vision_encoder.proj", 2)
+        return VICLIP, "", {"vision_width": vision_width, "embed_dim": embed_dim,
+                            "frames": anchor_shape(shapes, time_anchor, 3)[1]}, []
     class_anchor, proj = KINDS[CLIP_VISION].anchors
     if (prefix := _find_prefix(shapes, class_anchor)) is not None and len(shapes.get(prefix + proj, ())) == 2:
         width, embed_dim = shapes[prefix + proj]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..scorers import vision_tower
+from ..viclip import ViCLIP, ViCLIPConfig
 from ..wan.dit import DiTConfig, WanDiT
 from ..wan.t5 import T5Config, UMT5Encoder
 from ..wan.vae import VAEConfig, WanVAE
@@ -27,6 +28,7 @@ WAN21_VAE = "wan21-vae"
 LORA = "lora"
 CLIP_VISION = "clip-vision"
 AESTHETIC_HEAD = "aesthetic-head"
+VICLIP = "viclip"
 UNKNOWN = "unknown"
 DIT_KINDS = (T2V_DIT, I2V_DIT)
 
@@ -105,6 +107,14 @@ KINDS: dict[str, Kind] = {
         anchors=("class_embedding", "proj"),
         folder="clip_vision",
         sizes="clip-vision", config_from_dict=dict, builder=lambda config: vision_tower(config, "meta"),
+    ),
+    VICLIP: Kind(
+        name="a ViCLIP video-text encoder (the paper's prompt following and consistency)",
+        anchors=("vision_encoder.temporal_positional_embedding", "text_encoder.text_projection"),
+        folder="clip_vision",
+        files="ViClip-InternVid-10M-FLT.pth (huggingface.co/OpenGVLab/VBench_Used_Models)",
+        sizes="viclip", config_from_dict=ViCLIPConfig.from_dict,
+        config_from_shapes=lambda shapes, name: ViCLIPConfig.from_shapes(shapes), builder=_on_meta(ViCLIP),
     ),
     AESTHETIC_HEAD: Kind(  # recognised as a chain of linear layers ending in one score
         name="an aesthetic head on CLIP embeddings (keyframe quality filter)",

@@ -122,6 +122,8 @@ def read_pth(path: Path) -> Mapping[str, torch.Tensor]:
         raise CheckpointError(
             f"{path} is {damage}, not a readable PyTorch checkpoint ({reason}); download it again."
         ) from None
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]  # InternVid's ViClip-InternVid-10M-FLT.pth wraps its state dict so
     if not isinstance(state, Mapping) or not any(isinstance(t, torch.Tensor) for t in state.values()):
         raise CheckpointError(
             f"{path} holds no flat name -> tensor state dict; save the model's state_dict() instead."

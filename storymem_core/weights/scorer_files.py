@@ -22,19 +22,27 @@ from ..safe_files import check_file
 from ..scorers import (
     AESTHETIC_THRESHOLD,
     HPSV3_THRESHOLD,
+    OPENAI_MEAN,
+    OPENAI_STD,
     AestheticHead,
     HPSv3Scorer,
     OpenClipEncoder,
     OpenClipTextEncoder,
+    VBenchClipEncoder,
     text_tower,
     vision_tower,
 )
-from .kinds import CLIP_VISION
+from ..viclip import ViCLIP, ViCLIPConfig, ViCLIPScorer
+from .kinds import CLIP_VISION, KINDS, VICLIP
 from .loading import stored_config
 from .readers import SAFETENSORS_SUFFIXES, read_pth
 from .shapes import fit_faults, linear_chain, model_shapes
 
 DEFAULT_CLIP = "ViT-B-32-quickgelu"
+PAPER_CLIP = "ViT-L-14-quickgelu"  # OpenAI CLIP ViT-L/14, under the LAION aesthetic head VBench uses
+PAPER_CLIP_HINT = ("open_clip_model.safetensors of huggingface.co/timm/vit_large_patch14_clip_224.openai (OpenAI CLIP "
+                   "ViT-L/14), saved as vit_large_patch14_clip_224.openai.safetensors")
+VICLIP_HINT = "ViClip-InternVid-10M-FLT.pth from huggingface.co/OpenGVLab/VBench_Used_Models"
 CLIP_FOLDER_HINT = "ComfyUI's models/clip_vision folder (or models/clip_vision under --models-dir)"
 CLIP_DOWNLOAD_HINT = ("open_clip_model.safetensors from huggingface.co/timm/vit_base_patch32_clip_224.openai (OpenAI "
                       "CLIP ViT-B/32, as the reference uses)")
@@ -58,6 +66,37 @@ def load_keyframe_encoder(path: str | os.PathLike, model_name: str = DEFAULT_CLI
     return OpenClipEncoder(visual.to(device), mean, std, batch_size)
 
 
+def load_paper_image_encoder(path: str | os.PathLike, device: torch.device | str = "cpu",
+                              batch_size: int = 32) -> VBenchClipEncoder:
+    """OpenAI CLIP ViT-L/14's vision tower (an open_clip file), fed as VBench feeds it, for the paper's aesthetic."""
+    config, state, path, model_name = _open_clip_weights(path, PAPER_CLIP, PAPER_CLIP_HINT)
+    state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")} or state
+    visual = _loaded_tower(lambda device: vision_tower(config, device), state, path, model_name)
+    return VBenchClipEncoder(visual.to(device), OPENAI_MEAN, OPENAI_STD, batch_size)
+
+
+def load_viclip(path: str | os.PathLike, device: torch.device | str = "cpu") -> ViCLIPScorer:
+    """ViCLIP from its published file (`{'model': state dict}` .pth, or a safetensors copy); sizes from a stored config
+    (tiny test models) or from the shapes, compared on the meta device before memory is taken."""
+    path = _require_file(path, "ViCLIP file", f"download {VICLIP_HINT} and put it in {CLIP_FOLDER_HINT}")
+    state = _read_state_dict(path)
+    shapes = {name: tuple(t.shape) for name, t in state.items()}
+    if KINDS[VICLIP].anchors[0] not in shapes:
+        raise CheckpointError(f"{path} is no ViCLIP file (it lacks {KINDS[VICLIP].anchors[0]}): use {VICLIP_HINT}.")
+    stored = stored_config(path, VICLIP)
+    try:
+        config = ViCLIPConfig.from_dict(stored) if stored is not None else ViCLIPConfig.from_shapes(shapes)
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"{path} lacks or misshapes ViCLIP's {error}: download {VICLIP_HINT} again.") from None
+    with torch.device("meta"):
+        faults = fit_faults(model_shapes(ViCLIP(config)), shapes)
+    if faults:
+        raise CheckpointError(f"{path} does not fit ViCLIP ({'; '.join(faults)}): use {VICLIP_HINT}.")
+    model = ViCLIP(config)
+    model.load_state_dict(state)
+    return ViCLIPScorer(model.to(device))
+
+
 def load_clip_text_encoder(path: str | os.PathLike, model_name: str = DEFAULT_CLIP,
                            device: torch.device | str = "cpu") -> OpenClipTextEncoder:
     """The text tower of the same CLIP file (prompt following in story evaluation), built as the vision tower is."""
@@ -72,10 +111,12 @@ def load_clip_text_encoder(path: str | os.PathLike, model_name: str = DEFAULT_CL
     return OpenClipTextEncoder(text.to(device), open_clip.get_tokenizer(model_name))
 
 
-def load_aesthetic_head(path: str | os.PathLike, threshold: float = AESTHETIC_THRESHOLD) -> AestheticHead:
-    """A LAION aesthetic predictor file, either published layout (a linear head or the improved predictor's MLP)."""
+def load_aesthetic_head(path: str | os.PathLike, threshold: float = AESTHETIC_THRESHOLD,
+                        published: str = "sa_0_4_vit_b_32_linear.pth") -> AestheticHead:
+    """A LAION aesthetic predictor file, either published layout (a linear head or the improved predictor's MLP);
+    `published`: the file to name when it is missing."""
     path = _require_file(path, "aesthetic head",
-                         "download sa_0_4_vit_b_32_linear.pth (github.com/LAION-AI/aesthetic-predictor) and put it in "
+                         f"download {published} (github.com/LAION-AI/aesthetic-predictor) and put it in "
                          f"{CLIP_FOLDER_HINT}")
     state = _read_state_dict(path)
     prefixes, problem = linear_chain({name: tuple(tensor.shape) for name, tensor in state.items()})
@@ -121,13 +162,13 @@ def _require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
     return path
 
 
-def _open_clip_weights(path: str | os.PathLike,
-                       model_name: str) -> tuple[dict, Mapping[str, torch.Tensor], Path, str]:
+def _open_clip_weights(path: str | os.PathLike, model_name: str,
+                       hint: str = CLIP_DOWNLOAD_HINT) -> tuple[dict, Mapping[str, torch.Tensor], Path, str]:
     """The open_clip config, the state dict and the model name of an open_clip CLIP file (Hugging Face's refused): the
     config the file stores (tiny test models), else `model_name`'s."""
     import open_clip
 
-    path = _require_file(path, "CLIP image encoder", f"download {CLIP_DOWNLOAD_HINT} and put it in {CLIP_FOLDER_HINT}")
+    path = _require_file(path, "CLIP image encoder", f"download {hint} and put it in {CLIP_FOLDER_HINT}")
     model_name = _clip_model_name(path, model_name)
     config = open_clip.get_model_config(model_name)
     if config is None:
