@@ -23,15 +23,15 @@ from .memory import MemoryBank, discard_bank
 from .run_shot import ShotModels, ShotOutcome, ShotRequest, run_shot, story_shot_mode
 from .sampling import ExpertPair
 from .scorers import AestheticScorer, ImageEncoder
-from .shot import PromptEncoder
+from .shot import EncodedPrompts, PromptEncoder, prompt_pair
 from .story import Shot, Story
 from .story_folder import FolderState, StoryFolder, pending_shots
 from .story_plan import StoryOptions, check_first_memory, check_t2v_experts
+from .timing import WRITES, phase
 from .video import concat_videos, write_mp4
 from .wan.vae import WanVAE
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -77,23 +77,31 @@ def run_story(
     folder = StoryFolder(Path(out_dir))
     folder.root.mkdir(parents=True, exist_ok=True)
     shots = story.shots
-    for shot in pending_shots(story, out_dir, from_shot):
+    pending = list(pending_shots(story, out_dir, from_shot))
+    if pending:  # every prompt in one visit of the text encoder, which then stays off the GPU while shots sample
+        text_encoder = EncodedPrompts(models.text_encoder,
+                                      [prompt_pair(shot.prompt, options.negative_prompt) for shot in pending],
+                                      models.m2v.device)
+        models = replace(models, text_encoder=text_encoder)
+    for shot in pending:
         # earlier shots are finished; a bank saved under other limits takes the current ones
         bank = initial if shot.index == 0 else _windowed(MemoryBank.load(folder.bank(shot.index - 1)), options)
         if on_shot is not None:
             on_shot(shot.index, len(shots), shot.prompt)
         outcome = _make_shot(shot, bank, models, options, folder, on_step)
-        _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
-        # the record first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
-        state.save(folder, shot.index)  # once the banks made with other settings are gone
-        if shot.index == 0:
-            initial.save(folder.bank(-1))
-        _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
+        with phase(WRITES):
+            _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
+            # the record first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
+            state.save(folder, shot.index)  # once the banks made with other settings are gone
+            if shot.index == 0:
+                initial.save(folder.bank(-1))
+            _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
         if on_saved is not None:
             on_saved(shot.index, len(shots), outcome.memory)
     if not folder.film_is_current(shots):
-        concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
-        save_picture(MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet(), folder.contact_sheet)
+        with phase(WRITES):
+            concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
+            save_picture(MemoryBank.load(folder.bank(shots[-1].index)).contact_sheet(), folder.contact_sheet)
     return folder.film
 
 

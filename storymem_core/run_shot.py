@@ -20,6 +20,7 @@ from .memory import MemoryBank
 from .sampling import ExpertPair, SamplerSettings
 from .scorers import AestheticScorer, ImageEncoder
 from .shot import PromptEncoder, encode_prompts, generate_memory_shot, generate_text_shot
+from .timing import KEYFRAME_SELECTION, phase
 from .video import trim_conditioning_frames, video_to_frames
 from .wan.vae import WanVAE
 
@@ -87,8 +88,9 @@ def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, i
     frames = video_to_frames(result.video)
     if request.mode != "t2v":
         frames = trim_conditioning_frames(frames, request.mode)
-    keyframes = select_keyframes(frames, models.keyframe_encoder, bank=request.memory, scorer=models.scorer,
-                                 shot=request.index)
+    with phase(KEYFRAME_SELECTION):
+        keyframes = select_keyframes(frames, models.keyframe_encoder, bank=request.memory, scorer=models.scorer,
+                                     shot=request.index)
     return ShotOutcome(frames, request.memory.add(keyframes), len(keyframes))
 
 
