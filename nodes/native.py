@@ -401,6 +401,10 @@ class NativeStoryModels:
     keyframe_model: KeyframeModel
     t2v: NativeExperts | None = None
 
+    def with_prompts(self, batches: list[list[str]]) -> NativeStoryModels:
+        """As they are: ComfyUI's model management moves the CLIP for each shot's encoding."""
+        return self
+
     def make_shot(self, request: ShotRequest, on_step: Callable[[int, int], None] | None = None) -> ShotOutcome:
         """The story's shot. `on_step` goes unused: each shot has its own progress bar, previews and Cancel
         (`native_shot`), as a Native Shot node has."""

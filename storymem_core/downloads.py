@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .choices import Noise
 from .errors import CheckpointError, DownloadError
 from .files import ordinary_permissions
 from .weights.checkpoint import Checkpoint
@@ -80,7 +81,7 @@ def _gguf_expert(expert: str) -> KnownFile:
 
 
 KNOWN_FILES: tuple[KnownFile, ...] = (
-    *(_storymem_lora(variant, expert) for variant in ("MI2V", "MM2V") for expert in ("high", "low")),
+    *(_storymem_lora(variant, expert) for variant in ("MI2V", "MM2V") for expert in Noise),
     *(_gguf_expert(expert) for expert in ("High", "Low")),
     KnownFile("sa_0_4_vit_b_32_linear.pth", "clip_vision",
               "https://github.com/LAION-AI/aesthetic-predictor/raw/main/sa_0_4_vit_b_32_linear.pth", 3047, "MIT",

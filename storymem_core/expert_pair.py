@@ -1,4 +1,4 @@
-"""A story's Wan2.2 expert pair as it runs: weight dtype from the user's choice, LoRAs hooked, blocks compiled,
+"""A story's Wan2.2 expert pair as it runs: weight dtype from the user's choice, LoRAs merged, blocks compiled,
 GPU placement. This is policy on top of loading (storymem_core/weights loads one expert); see docs/architecture.md.
 """
 
@@ -52,7 +52,8 @@ def load_expert_pair(
     """(high, low, placement): a Wan2.2 expert pair as a story runs it, for the nodes and the CLI alike.
 
     Dtype from `weights` (`WeightDtype`); placement from `offload` ('auto' plans from `free_bytes` for `tokens`);
-    `loras` stay hooked, stacked in order; blocks compiled on a GPU when asked; 'blocks' wraps in BlockSwapDiT.
+    `loras` are merged in order (their strengths are fixed; fp8 layers re-quantised, computed on `device`): a forward
+    costs what the bare expert's does; blocks compiled on a GPU when asked; 'blocks' wraps in BlockSwapDiT.
     """
     dtype, keep_fp8 = expert_weights(weights, device)
     pair = [load_dit(high, dtype, keep_fp8), load_dit(low, dtype, keep_fp8)]
@@ -63,7 +64,7 @@ def load_expert_pair(
         )
     for lora in loras:
         for dit, path in zip(pair, (lora.high, lora.low)):
-            apply_loras(dit, [load_lora(path)], mode="hook", strict=lora.strict)
+            apply_loras(dit, [load_lora(path)], mode="merge", strict=lora.strict, work_device=device)
     placement = resolve_offload(offload, pair[0], device, free_bytes, tokens)
     if compile_blocks and device.type == "cuda":
         pair = [dit.compile_blocks() for dit in pair]

@@ -3,8 +3,10 @@
 An adapted linear computes  W x + scale * B (A x)  with A [r, in] and B [out, r], as peft does.
 StoryMem's `backbone_*_noise.pth` (peft `get_peft_model_state_dict`) store no alpha: StoryMem trains with
 alpha = r and rsLoRA, so scale = alpha / sqrt(r). ComfyUI files may store `alpha` per module: scale =
-alpha / r, or 1 without it. Merging changes the weights once (fastest); hooking adds the low-rank path
-at run time and suits fp8 layers, whose weights a merge would re-round.
+alpha / r, or 1 without it. Merging changes the weights once, so a forward costs what the bare model's does: a story's
+LoRAs (fixed strengths) are merged; fp8 layers are dequantised, merged and quantised again with a scale for the merged
+range (one more fp8 rounding; the preset's tolerance, tests/test_merged_loras.py). Hooking adds the low-rank path at
+run time (two more matmuls per linear), for strengths that change from shot to shot (the nodes).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .wan.dit import LayerNorm, RMSNorm
-from .wan.fp8 import Fp8Linear
+from .wan.fp8 import Fp8Linear, quantize_per_tensor
 from .weights.checkpoint import Checkpoint
 from .weights.shapes import first_names
 
@@ -122,15 +124,12 @@ def _target_layer(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-def _check_fits(layer: nn.Module, name: str, part: LoraModule, source: str, mode: str) -> None:
+def _check_fits(layer: nn.Module, name: str, part: LoraModule, source: str) -> None:
     if not isinstance(layer, (nn.Linear, Fp8Linear)):
         raise CheckpointError(
             f"LoRA {source} adapts {name}, a {type(layer).__name__}; only linear layers can take a LoRA here, so "
             "remove that entry."
         )
-    if mode == "merge" and isinstance(layer, Fp8Linear):
-        raise CheckpointError(f"Layer {name} holds fp8 weights that merging would re-round: apply LoRA {source} with "
-                              "mode='hook'.")
     if part.down.shape[1] != layer.in_features or part.up.shape[0] != layer.out_features:
         raise CheckpointError(
             f"LoRA {source} does not fit this model: {name} is [{layer.out_features}, {layer.in_features}] but the "
@@ -139,10 +138,10 @@ def _check_fits(layer: nn.Module, name: str, part: LoraModule, source: str, mode
         )
 
 
-def _merge(layer: nn.Linear, part: LoraModule, sign: float) -> None:
-    device = layer.weight.device
+def _merge(layer: nn.Linear | Fp8Linear, part: LoraModule, sign: float, work: torch.device | None) -> None:
+    device = work or layer.weight.device
     _merge_delta(layer, "weight",
-                 part.up.to(device, torch.float32) @ part.down.to(device, torch.float32) * part.scale, sign)
+                 part.up.to(device, torch.float32) @ part.down.to(device, torch.float32) * part.scale, sign, work)
 
 
 def _free_buffer_index(layer: nn.Module, stem: str) -> int:
@@ -185,9 +184,6 @@ def _check_delta_fits(layer: nn.Module, name: str, param: str, delta: torch.Tens
             f"LoRA {source} does not fit this model: {name} is {list(target.shape)} but the LoRA's delta is "
             f"{list(delta.shape)}; use a LoRA made for this base model."
         )
-    if isinstance(layer, Fp8Linear) and param == "weight" and mode == "merge":
-        raise CheckpointError(f"Layer {name} holds fp8 weights that merging would re-round: apply LoRA {source} with "
-                              "mode='hook'.")
     if mode == "hook" and not isinstance(layer, _DELTA_HOOKS[param]):
         raise CheckpointError(
             f"LoRA {source} changes {name}, a {type(layer).__name__} {param}, which can only be merged: apply it with "
@@ -195,10 +191,18 @@ def _check_delta_fits(layer: nn.Module, name: str, param: str, delta: torch.Tens
         )
 
 
-def _merge_delta(layer: nn.Module, param: str, delta: torch.Tensor, sign: float) -> None:
+def _merge_delta(layer: nn.Module, param: str, delta: torch.Tensor, sign: float, work: torch.device | None) -> None:
+    """`param += sign * delta`, computed in float32 on `work` (default: where the parameter is)."""
     target = getattr(layer, param)
+    work = work or target.device
     with torch.no_grad():
-        target.copy_(target.float().add_(delta.to(target.device, torch.float32), alpha=sign))
+        if isinstance(layer, Fp8Linear) and param == "weight":
+            merged = (layer.weight.to(work).float() * layer.scale_weight.to(work)).add_(
+                delta.to(work, torch.float32), alpha=sign)
+            weight, scale = quantize_per_tensor(merged)  # a new scale: the merged weights may span another range
+            layer.weight.data, layer.scale_weight = weight.to(target.device), scale.to(target.device)
+        else:
+            target.copy_(target.to(work, torch.float32).add_(delta.to(work, torch.float32), alpha=sign))
 
 
 def _hook_delta(layer: nn.Module, param: str, delta: torch.Tensor) -> Callable[[], None]:
@@ -229,8 +233,12 @@ _DELTA_HOOKS = {"weight": (nn.Linear, Fp8Linear, RMSNorm, LayerNorm),
                 "bias": (nn.Linear, Fp8Linear, LayerNorm, nn.Conv3d)}
 
 
-def apply_loras(model: nn.Module, loras: list[LoraWeights], mode: str = "merge", strict: bool = True) -> AppliedLoras:
+def apply_loras(model: nn.Module, loras: list[LoraWeights], mode: str = "merge", strict: bool = True,
+                work_device: torch.device | None = None) -> AppliedLoras:
     """Apply LoRAs (each already scaled by its strength) to `model`; stacked LoRAs add up.
+
+    Merges compute on `work_device` when given (the GPU, for a model still on the CPU: fp8 arithmetic there is slow).
+    Removing a merge from fp8 layers re-quantises them once more, so it restores them only to fp8 rounding.
 
     Every module is checked before anything changes. Entries that match no layer of the model raise a
     CheckpointError listing them; with `strict=False` they are logged and returned in `unmatched` instead,
@@ -248,7 +256,7 @@ def apply_loras(model: nn.Module, loras: list[LoraWeights], mode: str = "merge",
             if layer is None:
                 applied.unmatched.append(f"{lora.source}: {name}")
                 continue
-            _check_fits(layer, name, part, lora.source, mode)
+            _check_fits(layer, name, part, lora.source)
             plan.append((layer, part))
         for name, delta in lora.deltas.items():
             module_name, _, param = name.rpartition(".")
@@ -268,14 +276,15 @@ def apply_loras(model: nn.Module, loras: list[LoraWeights], mode: str = "merge",
         log.warning("LoRA entries matching no layer were skipped: %s", shown)
     for layer, part in plan:
         if mode == "merge":
-            _merge(layer, part, +1.0)
-            applied._undo.append(lambda layer=layer, part=part: _merge(layer, part, -1.0))
+            _merge(layer, part, +1.0, work_device)
+            applied._undo.append(lambda layer=layer, part=part: _merge(layer, part, -1.0, work_device))
         else:
             applied._undo.append(_hook(layer, part))
     for layer, param, delta in delta_plan:
         if mode == "merge":
-            _merge_delta(layer, param, delta, +1.0)
-            applied._undo.append(lambda layer=layer, param=param, delta=delta: _merge_delta(layer, param, delta, -1.0))
+            _merge_delta(layer, param, delta, +1.0, work_device)
+            applied._undo.append(
+                lambda layer=layer, param=param, delta=delta: _merge_delta(layer, param, delta, -1.0, work_device))
         else:
             applied._undo.append(_hook_delta(layer, param, delta))
     return applied

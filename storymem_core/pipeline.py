@@ -25,10 +25,11 @@ from .memory import MemoryBank
 from .run_shot import ShotModels, ShotOutcome, ShotRequest, run_shot, story_shot_mode
 from .sampling import ExpertPair
 from .scorers import AestheticScorer, ImageEncoder
-from .shot import PromptEncoder
+from .shot import EncodedPrompts, PromptEncoder, prompt_pair
 from .story import Shot, Story
 from .story_folder import FolderState, StoryFolder, check_output_folder, pending_shots
 from .story_plan import StoryOptions, check_first_memory, check_t2v_experts
+from .timing import WRITES, phase
 from .video import concat_videos, write_mp4
 from .wan.vae import WanVAE
 
@@ -46,6 +47,9 @@ class ShotMaker(Protocol):
 
     def make_shot(self, request: ShotRequest, on_step: StepCallback | None) -> ShotOutcome: ...
 
+    def with_prompts(self, batches: list[list[str]]) -> ShotMaker:
+        """These models with `batches` (each shot's prompt and negative prompt) encoded ahead, where that saves time."""
+
 
 @dataclass
 class StoryModels:
@@ -57,6 +61,12 @@ class StoryModels:
     keyframe_encoder: ImageEncoder
     t2v: ExpertPair | None = None
     aesthetic_scorer: AestheticScorer | None = None
+
+    def with_prompts(self, batches: list[list[str]]) -> StoryModels:
+        """Every batch encoded in one visit of the text encoder to the GPU (none: these models as they are)."""
+        if not batches:
+            return self
+        return replace(self, text_encoder=EncodedPrompts(self.text_encoder, batches, self.m2v.device))
 
     def make_shot(self, request: ShotRequest, on_step: StepCallback | None) -> ShotOutcome:
         """The shot through `run_shot` on the pair its mode needs."""
@@ -97,23 +107,29 @@ def run_story(
         initial = _initial_bank(options, reference_images)
         folder = StoryFolder(Path(out_dir))
         shots = story.shots
-        for shot in pending_shots(story, out_dir, from_shot):
+        pending = list(pending_shots(story, out_dir, from_shot))
+        # every prompt in one visit of the text encoder, which then stays off the GPU while shots sample
+        models = models.with_prompts([prompt_pair(shot.prompt, options.negative_prompt) for shot in pending])
+        for shot in pending:
             # earlier shots are finished; a bank saved under other limits takes the current ones
             bank = initial if shot.index == 0 else _windowed(load_bank(folder.bank(shot.index - 1)), options)
             if on_shot is not None:
                 on_shot(shot.index, len(shots), shot.prompt)
             outcome = _make_shot(shot, bank, models, options, folder, on_step)
-            _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
-            # the record first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
-            state.save(folder, shot.index)  # once the banks made with other settings are gone
-            if shot.index == 0:
-                save_bank(initial, folder.bank(-1))
-            _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
+            with phase(WRITES):
+                _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
+                # the record first: a stop before the initial bank is saved must not leave a folder that looks
+                # unrecorded
+                state.save(folder, shot.index)  # once the banks made with other settings are gone
+                if shot.index == 0:
+                    save_bank(initial, folder.bank(-1))
+                _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
             if on_saved is not None:
                 on_saved(shot.index, len(shots), outcome.memory)
         if not folder.film_is_current(shots):
-            concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
-            save_picture(bank_contact_sheet(load_bank(folder.bank(shots[-1].index))), folder.contact_sheet)
+            with phase(WRITES):
+                concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
+                save_picture(bank_contact_sheet(load_bank(folder.bank(shots[-1].index))), folder.contact_sheet)
         return folder.film
 
 

@@ -39,6 +39,7 @@ class SpeedPreset:
     t2v: dict  # ... and for a T2V first shot
     i2v_loras: tuple[LoraFile, LoraFile]  # (high, low), on top of the StoryMem LoRA
     t2v_loras: tuple[LoraFile, LoraFile]  # (high, low), for the T2V experts of a T2V first shot
+    compile_blocks: bool = False  # a story's experts run compiled blocks on a GPU (docs/benchmarks.md, issue 25)
 
 
 def _lightx2v_file(kind: str, noise: str, version: str) -> LoraFile:
@@ -57,6 +58,7 @@ LIGHTX2V = SpeedPreset(
     t2v={**DISTILLED, "boundary": 0.875},
     i2v_loras=tuple(_lightx2v_file(ExpertKind.I2V, noise, "v1") for noise in Noise),
     t2v_loras=tuple(_lightx2v_file(ExpertKind.T2V, noise, "v1.1") for noise in Noise),
+    compile_blocks=True,
 )
 PRESETS = {Preset.LIGHTX2V: LIGHTX2V}  # every preset besides none
 # model roles of the speed LoRA files, as the CLI finds them: "lightx2v_i2v_high" ...
@@ -102,6 +104,12 @@ def preset_loras(name: str, kind: str) -> tuple[LoraFile, LoraFile] | None:
     """The (high, low) speed LoRA files preset `name` stacks on `kind` ('i2v' or 't2v') experts."""
     chosen = preset(name)
     return None if chosen is None else getattr(chosen, f"{kind}_loras")
+
+
+def compiles_blocks(name: str) -> bool:
+    """Whether preset `name` runs a story's experts with compiled blocks (on a GPU), whatever --compile says."""
+    chosen = preset(name)
+    return chosen is not None and chosen.compile_blocks
 
 
 def lora_roles(name: str, kind: str) -> list[tuple[str, str]]:

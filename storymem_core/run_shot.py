@@ -20,6 +20,7 @@ from .memory import MemoryBank
 from .sampling import ExpertPair, SamplerSettings
 from .scorers import AestheticScorer, ImageEncoder
 from .shot import PromptEncoder, ShotMemory, encode_prompts, generate_memory_shot, generate_text_shot
+from .timing import KEYFRAME_SELECTION, phase
 from .video import trim_conditioning_frames, video_to_frames
 from .wan.vae import WanVAE
 
@@ -89,8 +90,9 @@ def run_shot(request: ShotRequest, models: ShotModels, on_step: Callable[[int, i
     frames = video_to_frames(result.video)
     if request.mode != ShotMode.T2V:
         frames = trim_conditioning_frames(frames, request.mode)
-    keyframes = select_keyframes(frames, models.keyframe_encoder, bank=request.memory, scorer=models.scorer,
-                                 shot=request.index, ablations=request.ablations)
+    with phase(KEYFRAME_SELECTION):
+        keyframes = select_keyframes(frames, models.keyframe_encoder, bank=request.memory, scorer=models.scorer,
+                                     shot=request.index, ablations=request.ablations)
     return ShotOutcome(frames, request.memory.add(keyframes), len(keyframes))
 
 

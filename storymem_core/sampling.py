@@ -17,6 +17,7 @@ from .choices import Solver
 from .errors import SamplerError
 from .limits import MAX_GUIDE, MAX_SHIFT, MAX_STEPS, MIN_SHIFT, check_number
 from .solvers import make_solver
+from .timing import SAMPLING_HIGH, SAMPLING_LOW, phase
 
 NUM_TRAIN_TIMESTEPS = 1000
 LATENT_CHANNELS = 16
@@ -69,9 +70,6 @@ class ExpertPair:
         """Both experts off the device, e.g. the T2V pair once the first shot is done, so the M2V pair has the room."""
         self.high.to("cpu")
         self.low.to("cpu")
-
-    def for_timestep(self, t: float, boundary_t: float) -> nn.Module:
-        return self.activate(high=t >= boundary_t)
 
     def activate(self, high: bool) -> nn.Module:
         """The high (or low) expert, on the device."""
@@ -145,20 +143,22 @@ def denoise(
     total = len(solver.timesteps)
     with torch.no_grad():
         for i, t in enumerate(solver.timesteps):
-            model = experts.for_timestep(t.item(), boundary_t)
-            guide = settings.guide_high if t.item() >= boundary_t else settings.guide_low
-            if experts.parallel is not None:
-                prediction = experts.parallel.prediction(model is experts.high, latent, t.item(), context, context_null,
-                                                         guide, y, frame_positions)
-            else:
-                if frame_positions is not None:
-                    model = partial(model, frame_positions=frame_positions)
-                prediction = guided_prediction(
-                    model, latent, t.reshape(1).to(device), context, context_null, guide, y, settings.batch_cfg
-                )
-            if on_preview is not None:  # flow matching: x0 = x_sigma - sigma * velocity
-                on_preview(latent - solver.sigmas[i].to(device) * prediction.float())
-            latent = solver.step(prediction.float(), latent, generator=generator)
+            high = t.item() >= boundary_t
+            with phase(SAMPLING_HIGH if high else SAMPLING_LOW):  # the expert switch counts in its expert's phase
+                model = experts.activate(high)
+                guide = settings.guide_high if high else settings.guide_low
+                if experts.parallel is not None:
+                    prediction = experts.parallel.prediction(high, latent, t.item(), context, context_null, guide, y,
+                                                             frame_positions)
+                else:
+                    if frame_positions is not None:
+                        model = partial(model, frame_positions=frame_positions)
+                    prediction = guided_prediction(
+                        model, latent, t.reshape(1).to(device), context, context_null, guide, y, settings.batch_cfg
+                    )
+                if on_preview is not None:  # flow matching: x0 = x_sigma - sigma * velocity
+                    on_preview(latent - solver.sigmas[i].to(device) * prediction.float())
+                latent = solver.step(prediction.float(), latent, generator=generator)
             if on_step is not None:
                 on_step(i + 1, total)
     return latent

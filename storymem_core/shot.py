@@ -18,6 +18,7 @@ from .errors import OutOfMemory
 from .offload import BlockSwapDiT, choose_offload
 from .positions import check_placement, memory_frame_positions
 from .sampling import LATENT_CHANNELS, ExpertPair, SamplerSettings, denoise, seeded_noise
+from .timing import DECODE, MEMORY_ENCODING, TEXT_ENCODING, phase
 from .wan.fp8 import Fp8Linear
 from .wan.vae import WanVAE
 
@@ -62,14 +63,47 @@ class ShotResult:
 class PromptEncoder(Protocol):
     def encode(self, prompts: list[str], device: torch.device | str) -> list[torch.Tensor]: ...
 
+    def visiting(self, device: torch.device | str) -> contextlib.AbstractContextManager[None]:
+        """The encoder on `device` for the whole block: several `encode` calls, one round trip."""
+        ...
+
+
+def prompt_pair(prompt: str, negative_prompt: str) -> list[str]:
+    """What one shot encodes: its prompt and the negative one (empty means Wan2.2's standard negative prompt)."""
+    return [prompt, negative_prompt.strip() or DEFAULT_NEGATIVE_PROMPT]
+
+
+class EncodedPrompts:
+    """A story's prompts encoded before its first shot, in one visit of the text encoder to the device (a visit per shot
+    moved umT5-xxl's 11 GB there and back each time), so the encoder stays parked while the shots sample.
+
+    A PromptEncoder: a batch encoded before is answered from memory (the same batches as `encode_prompts` asks for,
+    so the contexts are those a shot would encode itself); any other goes to `encoder`.
+    """
+
+    def __init__(self, encoder: PromptEncoder, batches: list[list[str]], device: torch.device | str):
+        self.encoder = encoder
+        self.contexts: dict[tuple[str, ...], list[torch.Tensor]] = {}
+        with phase(TEXT_ENCODING), encoder.visiting(device):
+            for batch in batches:
+                self.contexts.setdefault(tuple(batch), encoder.encode(batch, device))
+
+    def visiting(self, device: torch.device | str) -> contextlib.AbstractContextManager[None]:
+        return self.encoder.visiting(device)
+
+    def encode(self, prompts: list[str], device: torch.device | str) -> list[torch.Tensor]:
+        known = self.contexts.get(tuple(prompts))
+        if known is None:
+            return self.encoder.encode(prompts, device)
+        return [context.to(device) for context in known]
+
 
 def encode_prompts(encoder: PromptEncoder, prompt: str, negative_prompt: str,
                    experts: ExpertPair) -> tuple[torch.Tensor, torch.Tensor]:
     """(context, context_null) on the experts' device; an empty negative prompt means Wan2.2's standard one.
     Running out of GPU memory while encoding is reported as for a shot."""
-    with reporting_out_of_memory(experts, 0):
-        context, context_null = encoder.encode([prompt, negative_prompt.strip() or DEFAULT_NEGATIVE_PROMPT],
-                                               experts.device)
+    with reporting_out_of_memory(experts, 0), phase(TEXT_ENCODING):
+        context, context_null = encoder.encode(prompt_pair(prompt, negative_prompt), experts.device)
     return context, context_null
 
 
@@ -91,7 +125,7 @@ def generate_memory_shot(
     check_placement(memory.positions)
     tokens = shot_tokens(len(memory.images), max(frame_num, 1), max_area)
     with reporting_out_of_memory(experts, tokens):
-        with visiting(vae, experts.device):
+        with visiting(vae, experts.device), phase(MEMORY_ENCODING):
             conditioning = build_conditioning(vae, memory.images, frame_num, max_area, memory.first_frame,
                                               memory.motion_frames, memory.fix_mem, device=experts.device)
         memory_count = conditioning.memory_count
@@ -99,7 +133,7 @@ def generate_memory_shot(
         noise, generator = seeded_noise((LATENT_CHANNELS, *conditioning.y.shape[1:]), settings.seed)
         latent = denoise(experts, noise, generator, context, context_null, settings, conditioning.y, on_step,
                          frame_positions=positions, on_preview=on_preview)
-        with visiting(vae, experts.device):
+        with visiting(vae, experts.device), phase(DECODE):
             video = vae.decode(latent[None, :, memory_count:])[0]
             memory_decoded = None
             if decode_memory:  # each memory latent alone, as it was encoded
@@ -126,7 +160,7 @@ def generate_text_shot(
     with reporting_out_of_memory(experts, shot_tokens(0, frame_num, width * height)):
         latent = denoise(experts, noise, generator, context, context_null, settings, None, on_step,
                          on_preview=on_preview)
-        with visiting(vae, experts.device):
+        with visiting(vae, experts.device), phase(DECODE):
             video = vae.decode(latent[None])[0]
     return ShotResult(video=video, latent=latent)
 

@@ -13,7 +13,7 @@ from .choices import ExpertKind, FirstShot, Offload, Preset, Quality, WeightDtyp
 from .distributed import Parallel
 from .expert_pair import ExpertLoras, auto_dtype, load_expert_pair
 from .pipeline import StoryModels
-from .presets import lora_roles
+from .presets import compiles_blocks, lora_roles
 from .sampling import ExpertPair
 from .scorers import AestheticHead, AestheticScorer
 from .shot import shot_tokens
@@ -35,7 +35,7 @@ class LoadOptions:
     device: torch.device
     weights: str = WeightDtype.AUTO  # auto: fp8 files stay fp8 on a GPU; otherwise bf16 (fp32 on the CPU)
     offload: str = Offload.AUTO  # none / experts / blocks, or auto from free GPU memory
-    compile_blocks: bool = False
+    compile_blocks: bool = False  # a preset may compile them anyway (presets.compiles_blocks)
     open_clip_name: str = "ViT-B-32-quickgelu"
     quality: str = Quality.AUTO  # the keyframe quality filter's model, or off
     preset: str = Preset.NONE  # speed LoRAs on the experts (its sampler settings are in StoryOptions)
@@ -46,8 +46,9 @@ class LoadOptions:
 def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int,
              loras: list[ExpertLoras]) -> ExpertPair:
     free = torch.cuda.mem_get_info(load.device)[0] if load.device.type == "cuda" else 0
+    compiled = load.compile_blocks or compiles_blocks(load.preset)
     high_expert, low_expert, placement = load_expert_pair(
-        files[high], files[low], load.weights, load.offload, load.compile_blocks, load.device, free, tokens, loras,
+        files[high], files[low], load.weights, load.offload, compiled, load.device, free, tokens, loras,
     )
     log.info("experts %s + %s: %s offload", files[high].name, files[low].name, placement)
     return ExpertPair(high_expert, low_expert, device=load.device, offload=placement == Offload.EXPERTS)
@@ -61,7 +62,7 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
     keyframe_encoder = load_keyframe_encoder(files["clip"], load.open_clip_name, load.device)
     if isinstance(scorer, AestheticHead):
         scorer.check_fits(keyframe_encoder)  # before the experts load, not after the first shot
-    # LoRAs stay hooked for the whole story: the StoryMem LoRA, then a preset's speed LoRAs on top
+    # LoRAs are merged for the whole story: the StoryMem LoRA, then a preset's speed LoRAs on top
     storymem = ExpertLoras(files["lora_high"], files["lora_low"])
     speed = _speed_loras(files, load.preset, ExpertKind.I2V)
     m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, [storymem, *speed])

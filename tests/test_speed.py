@@ -176,13 +176,13 @@ def test_lightx2v_preset_stacks_its_loras_on_the_storymem_lora(speed_models):
         )
         t, context = torch.tensor([500.0]), torch.randn(1, 4, dit.config.text_dim)
         with torch.no_grad():
-            hooked = dit(x, t, context, y)
+            loaded = dit(x, t, context, y)
             reference = merged_expert(files[model_role], [files[role] for role in lora_roles])(x, t, context, y)
             without_speed = merged_expert(files[model_role], [files[role] for role in lora_roles[:-1]])(
                 x, t, context, y
             )
-        torch.testing.assert_close(hooked, reference, rtol=1e-5, atol=1e-5)
-        assert not torch.allclose(hooked, without_speed, atol=1e-3)  # the speed LoRA really acts
+        torch.testing.assert_close(loaded, reference, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(loaded, without_speed, atol=1e-3)  # the speed LoRA really acts
 
 
 def test_lightx2v_preset_names_each_missing_lora_and_its_folder(tmp_path, capsys):

@@ -17,7 +17,7 @@ from torch import nn
 from ..choices import ExpertKind
 from ..errors import ConditioningError
 from .attention import attention
-from .rope import apply_rope, rope_tables
+from .rope import apply_rope, device_rope_tables
 
 if TYPE_CHECKING:
     from .ulysses import SequenceShards
@@ -248,8 +248,7 @@ class WanDiT(nn.Module):
         tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # [B, C, F, H', W']
         grid = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2)  # [B, L, C]
-        cos, sin = rope_tables(self.config.head_dim, grid, frame_positions)
-        rope = (cos.to(x.device), sin.to(x.device))
+        rope = device_rope_tables(self.config.head_dim, grid, frame_positions, x.device)
 
         time_emb = self.time_embedding(timestep_embedding(t, self.config.freq_dim).to(x.device)).float()  # [B, C]
         time_mod = self.time_projection(time_emb).float().unflatten(1, (6, self.config.dim))  # [B, 6, C]

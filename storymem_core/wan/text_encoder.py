@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,10 @@ class TextEncoder:
         self.encoder = encoder
         self.text_len = text_len
 
+    def visiting(self, device: torch.device | str) -> contextlib.AbstractContextManager[None]:
+        """Nothing to move: this encoder stays where it was put (see ParkedTextEncoder)."""
+        return contextlib.nullcontext()
+
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], device: torch.device | str) -> list[torch.Tensor]:
         """One [L_i, dim] tensor per prompt, L_i <= text_len; the encoder must already be on `device`."""
@@ -40,9 +45,26 @@ class ParkedTextEncoder:
     encoder: TextEncoder
     park: torch.device
 
-    def encode(self, prompts: Sequence[str], device: torch.device | str) -> list[torch.Tensor]:
-        module = self.encoder.encoder.to(device)
+    @contextlib.contextmanager
+    def visiting(self, device: torch.device | str) -> Iterator[None]:
+        """On `device` inside the block, parked after; a visit inside a visit moves nothing."""
+        module = self.encoder.encoder
+        if _same_device(next(module.parameters()).device, torch.device(device)):
+            yield
+            return
+        module.to(device)
         try:
-            return self.encoder.encode(prompts, device)
+            yield
         finally:
             module.to(self.park)
+
+    def encode(self, prompts: Sequence[str], device: torch.device | str) -> list[torch.Tensor]:
+        with self.visiting(device):
+            return self.encoder.encode(prompts, device)
+
+
+def _same_device(held: torch.device, wanted: torch.device) -> bool:
+    """`wanted` may leave out the index of the current CUDA device."""
+    if held.type != wanted.type:
+        return False
+    return wanted.index is None or held.index == wanted.index
