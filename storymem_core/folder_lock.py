@@ -62,6 +62,7 @@ def one_writer(folder: str | os.PathLike) -> Iterator[None]:
             with _held_guard:
                 _held[folder] -= 1
         return
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -77,8 +78,20 @@ def one_writer(folder: str | os.PathLike) -> Iterator[None]:
         finally:
             with _held_guard:
                 del _held[folder]
+            if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                _remove_unused(folder)
     finally:
         os.close(fd)  # releases the lock
+
+
+def _remove_unused(folder: Path) -> None:
+    """A folder this run created and left with nothing but its lock (it failed before writing) goes again: a refused
+    run leaves no trace."""
+    try:
+        (folder / LOCK_FILE).unlink()
+        folder.rmdir()
+    except OSError:
+        pass  # another run started writing in it meanwhile: it is theirs
 
 
 def _describe_holder(fd: int) -> None:

@@ -17,6 +17,7 @@ import nodes
 from nodes.types import KeyframeModel, TextModel, WanExperts
 from storymem_core.commands.cli import _parser
 from storymem_core.commands.story import story_inputs
+from storymem_core.folder_lock import LOCK_FILE
 from storymem_core.memory import Keyframe, MemoryBank
 from storymem_core.story import Story
 from storymem_core.story_plan import StoryPlan, plan_story
@@ -60,11 +61,12 @@ def image_batch(count: int = 3, size: tuple[int, int] = (32, 32), seed: int = 0)
 
 
 def files_under(root: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file below `root`: relative path -> (bytes, mtime in ns)."""
+    """Every file below `root`: relative path -> (bytes, mtime in ns); a story folder's writer lock, which every run
+    takes (and says who it is in), is not a file of the story."""
     return {
         p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LOCK_FILE
     }
 
 
