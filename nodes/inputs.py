@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, Ablation, MemoryPositions, Preset, Solver
 from storymem_core.limits import MAX_FRAMES, MAX_MEMORY, MAX_SEED, MAX_SHIFT, MAX_SIDE, MAX_STEPS, MIN_SHIFT
 from storymem_core.presets import SamplerValues
 
 from . import host
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShotWidgets:
+    """The widgets every shot node has, as ComfyUI passes them (by name, with the node's other widgets): each node's
+    own widgets extend these, so its function names its models and frames and takes the widgets as one value."""
+
+    prompt: str
+    seed: int
+    steps: int
+    width: int
+    height: int
+    frames: int
+    negative_prompt: str = ""
+    shot_number: int | None = None
 
 
 def sampler_values(node: type, **widgets) -> SamplerValues:

@@ -145,6 +145,20 @@ def shot_conditioning(positive: list, negative: list, y: torch.Tensor, memory_co
                                  node_helpers.conditioning_set_values(negative, values), memory_count, placement)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ConditioningWidgets:
+    """StoryMem Conditioning's widgets, as ComfyUI passes them (by name)."""
+
+    cut: bool
+    mode: str
+    width: int
+    height: int
+    length: int
+    batch_size: int
+    fix_mem: int = -1
+    memory_positions: str = DEFAULT_MEMORY_POSITIONS
+
+
 class StoryMemConditioning:
     DESCRIPTION = ("StoryMem's memory conditioning for ComfyUI's Wan2.2 I2V models (Load Diffusion Model, GGUF, ...): "
                    "memory keyframes in front of the shot, plus the previous shot's last frame (MI2V) or last 5 frames "
@@ -200,15 +214,17 @@ class StoryMemConditioning:
     FUNCTION = "condition"
     CATEGORY = CATEGORY
 
-    def condition(self, positive: list, negative: list, vae, memory: MemoryBank, cut: bool, mode: str,
-                  width: int, height: int, length: int, batch_size: int, previous_frames: torch.Tensor | None = None,
-                  fix_mem: int = -1, memory_positions: str = DEFAULT_MEMORY_POSITIONS, unique_id: str | None = None,
-                  prompt: dict | None = None) -> tuple:
+    def condition(self, positive: list, negative: list, vae, memory: MemoryBank,
+                  previous_frames: torch.Tensor | None = None, unique_id: str | None = None, prompt: dict | None = None,
+                  **widgets) -> tuple:
+        """`unique_id` and `prompt` are ComfyUI's hidden inputs (the node's title names it in errors)."""
+        shot = ConditioningWidgets(**widgets)
         with naming_node(node_title(unique_id, prompt)):
-            mode = resolve_mode(mode, cut, previous_frames is not None, PREVIOUS_FRAMES)
+            mode = resolve_mode(shot.mode, shot.cut, previous_frames is not None, PREVIOUS_FRAMES)
             previous = None if mode == ShotMode.M2V else image_batch_to_frames(previous_frames)
-            return storymem_conditioning(positive, negative, vae, memory, mode, width, height, length, batch_size,
-                                         previous, None if fix_mem < 0 else fix_mem, memory_positions)
+            return storymem_conditioning(positive, negative, vae, memory, mode, shot.width, shot.height, shot.length,
+                                         shot.batch_size, previous, None if shot.fix_mem < 0 else shot.fix_mem,
+                                         shot.memory_positions)
 
 
 class TrimFrames:

@@ -7,7 +7,7 @@ Shot returns: the frames, the bank after the shot and its last frames. Loaded on
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -48,6 +48,17 @@ def shot_conditioning_inputs(clip, positive: list | None, negative: list | None,
     if negative is None:
         negative = negative_conditioning(clip, negative_prompt)
     return positive, negative
+
+
+@dataclass(frozen=True, kw_only=True)
+class NativeShotWidgets(inputs.ShotWidgets):
+    cut: bool
+    mode: str
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    switch_at_step: int = -1
+    memory_positions: str = DEFAULT_MEMORY_POSITIONS
 
 
 class NativeShot:
@@ -105,25 +116,23 @@ class NativeShot:
     FUNCTION = "generate"
     CATEGORY = CATEGORY
 
-    def generate(self, model_high, model_low, vae, keyframe_encoder: KeyframeModel, memory: MemoryBank, prompt: str,
-                 cut: bool, mode: str, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
-                 width: int, height: int, frames: int, clip=None, positive: list | None = None,
-                 negative: list | None = None, previous_frames: torch.Tensor | None = None,
-                 negative_prompt: str = "", shot_number: int | None = None, switch_at_step: int = -1,
-                 memory_positions: str = DEFAULT_MEMORY_POSITIONS) -> dict:
-        number = shot_number or next_shot(memory) + 1
-        with naming_shot(number, prompt):
-            mode = resolve_mode(mode, cut, previous_frames is not None, PREVIOUS_FRAMES)
-            positive, negative = shot_conditioning_inputs(clip, positive, negative, prompt, negative_prompt)
-            settings = replace(M2V, steps=steps, guide_high=cfg, guide_low=cfg, seed=seed)
+    def generate(self, model_high, model_low, vae, keyframe_encoder: KeyframeModel, memory: MemoryBank, clip=None,
+                 positive: list | None = None, negative: list | None = None,
+                 previous_frames: torch.Tensor | None = None, **widgets) -> dict:
+        shot = NativeShotWidgets(**widgets)
+        number = shot.shot_number or next_shot(memory) + 1
+        with naming_shot(number, shot.prompt):
+            mode = resolve_mode(shot.mode, shot.cut, previous_frames is not None, PREVIOUS_FRAMES)
+            positive, negative = shot_conditioning_inputs(clip, positive, negative, shot.prompt, shot.negative_prompt)
+            settings = replace(M2V, steps=shot.steps, guide_high=shot.cfg, guide_low=shot.cfg, seed=shot.seed)
             request = ShotRequest(
-                prompt, mode, memory, (width, height), frames, settings, number - 1,
+                shot.prompt, mode, memory, (shot.width, shot.height), shot.frames, settings, number - 1,
                 previous_frames=None if mode == ShotMode.M2V else image_batch_to_frames(previous_frames),
-                negative_prompt=negative_prompt, memory_positions=memory_positions)
-            experts = NativeExperts(model_high, model_low, sampler_name, scheduler, switch_at_step)
+                negative_prompt=shot.negative_prompt, memory_positions=shot.memory_positions)
+            experts = NativeExperts(model_high, model_low, shot.sampler_name, shot.scheduler, shot.switch_at_step)
             images, bank = native_shot(request, positive, negative, experts, vae, keyframe_encoder)
         result = with_bank_ui(bank, images, bank, images[-MOTION_FRAMES:])
-        result["ui"].update(shot_ui(number, mode, cut, prompt, image_batch_to_frames(images)))
+        result["ui"].update(shot_ui(number, mode, shot.cut, shot.prompt, image_batch_to_frames(images)))
         return result
 
 

@@ -8,7 +8,7 @@ receives is the cached output of the shot before, unchanged.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -137,6 +137,26 @@ def _shot(request: ShotRequest, model: WanExperts, text_encoder: TextModel, vae:
     return result
 
 
+@dataclass(frozen=True, kw_only=True)
+class FirstShotWidgets(inputs.ShotWidgets):
+    cfg_high: float
+    cfg_low: float
+    shift: float
+    solver: str
+    preset: str = Preset.NONE
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryShotWidgets(inputs.ShotWidgets):
+    cut: bool
+    mode: str
+    cfg: float
+    shift: float
+    solver: str
+    preset: str = Preset.NONE
+    memory_positions: str = DEFAULT_MEMORY_POSITIONS
+
+
 class FirstShot:
     DESCRIPTION = ("The story's first shot from its prompt alone, with the Wan2.2 T2V experts; its keyframes start the "
                    "memory.")
@@ -169,21 +189,19 @@ class FirstShot:
     CATEGORY = CATEGORY
 
     def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel,
-                 memory: MemoryBank, prompt: str, seed: int, steps: int, cfg_high: float, cfg_low: float, shift: float,
-                 solver: str,
-                 width: int, height: int, frames: int, negative_prompt: str = "", shot_number: int | None = None,
-                 preset: str = Preset.NONE) -> dict:
-        number = shot_number or 1
-        with naming_shot(number, prompt):
+                 memory: MemoryBank, **widgets) -> dict:
+        shot = FirstShotWidgets(**widgets)
+        number = shot.shot_number or 1
+        with naming_shot(number, shot.prompt):
             model.require(ExpertKind.T2V, "First Shot")
-            check_size(width, height)
-            _check_prompt(prompt)
-            given = inputs.sampler_values(FirstShot, steps=steps, shift=shift, solver=solver, cfg_low=cfg_low,
-                                          cfg_high=cfg_high)
-            settings = replace(sampler_settings(preset, ShotMode.T2V, given), seed=seed)
-            model = with_preset_loras(model, preset)
-            request = ShotRequest(prompt, ShotMode.T2V, memory, (width, height), frames, settings, number - 1,
-                                  negative_prompt=negative_prompt)
+            check_size(shot.width, shot.height)
+            _check_prompt(shot.prompt)
+            given = inputs.sampler_values(FirstShot, steps=shot.steps, shift=shot.shift, solver=shot.solver,
+                                          cfg_low=shot.cfg_low, cfg_high=shot.cfg_high)
+            settings = replace(sampler_settings(shot.preset, ShotMode.T2V, given), seed=shot.seed)
+            model = with_preset_loras(model, shot.preset)
+            request = ShotRequest(shot.prompt, ShotMode.T2V, memory, (shot.width, shot.height), shot.frames, settings,
+                                  number - 1, negative_prompt=shot.negative_prompt)
             return _shot(request, model, text_encoder, vae, keyframe_encoder, cut=True)
 
 
@@ -229,26 +247,24 @@ class MemoryShot:
     CATEGORY = CATEGORY
 
     def generate(self, model: WanExperts, text_encoder: TextModel, vae: WanVAE, keyframe_encoder: KeyframeModel,
-                 memory: MemoryBank, prompt: str, cut: bool, mode: str, seed: int, steps: int, cfg: float, shift: float,
-                 solver: str,
-                 width: int, height: int, frames: int, previous_frames: torch.Tensor | None = None,
-                 negative_prompt: str = "", shot_number: int | None = None, preset: str = Preset.NONE,
-                 memory_positions: str = DEFAULT_MEMORY_POSITIONS) -> dict:
-        number = shot_number or next_shot(memory) + 1
-        with naming_shot(number, prompt):
+                 memory: MemoryBank, previous_frames: torch.Tensor | None = None, **widgets) -> dict:
+        shot = MemoryShotWidgets(**widgets)
+        number = shot.shot_number or next_shot(memory) + 1
+        with naming_shot(number, shot.prompt):
             model.require(ExpertKind.I2V, "StoryMem Shot")
-            check_size(width, height)
-            mode = resolve_mode(mode, cut, previous_frames is not None)
-            _check_prompt(prompt)
-            given = inputs.sampler_values(MemoryShot, steps=steps, shift=shift, solver=solver, cfg=cfg)
-            settings = replace(sampler_settings(preset, ShotMode.M2V, given), seed=seed)
-            model = with_preset_loras(model, preset)
+            check_size(shot.width, shot.height)
+            mode = resolve_mode(shot.mode, shot.cut, previous_frames is not None)
+            _check_prompt(shot.prompt)
+            given = inputs.sampler_values(MemoryShot, steps=shot.steps, shift=shot.shift, solver=shot.solver,
+                                          cfg=shot.cfg)
+            settings = replace(sampler_settings(shot.preset, ShotMode.M2V, given), seed=shot.seed)
+            model = with_preset_loras(model, shot.preset)
             request = ShotRequest(
-                prompt, mode, memory, (width, height), frames, settings, number - 1,
+                shot.prompt, mode, memory, (shot.width, shot.height), shot.frames, settings, number - 1,
                 previous_frames=None if mode == ShotMode.M2V else image_batch_to_frames(previous_frames),
-                negative_prompt=negative_prompt, memory_positions=memory_positions,
+                negative_prompt=shot.negative_prompt, memory_positions=shot.memory_positions,
             )
-            return _shot(request, model, text_encoder, vae, keyframe_encoder, cut)
+            return _shot(request, model, text_encoder, vae, keyframe_encoder, shot.cut)
 
 
 NODE_CLASS_MAPPINGS = {"StoryMemFirstShot": FirstShot, "StoryMemShot": MemoryShot}

@@ -31,15 +31,24 @@ def host_dir() -> Path | None:
     return None
 
 
+def missing(what_enables_it: str) -> None:
+    """Skip a test that needs something this machine lacks, saying in one line what enables it; under CI=true fail
+    it instead (CI installs everything, so nothing may be skipped there)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what_enables_it} (under CI=true it must be there: see .ci/run)")
+    pytest.skip(what_enables_it)
+
+
+GGUF_MISSING = "needs city96/ComfyUI-GGUF in the ComfyUI's custom_nodes and `pip install gguf` (README: Test)"
+
+
 def require_host() -> Path:
     """The host folder; skips the test without one, fails it under CI=true (CI must run the host tests)."""
     host = host_dir()
     if host is not None and (host / "main.py").is_file():
         return host
-    message = f"no ComfyUI host: set STORYMEM_COMFYUI to a ComfyUI folder ({host or 'unset'} has no main.py)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}; under CI the host tests must run.")
-    pytest.skip(message)
+    missing(f"needs a ComfyUI: set STORYMEM_COMFYUI to a ComfyUI folder (v0.12.1+) with this pack in its custom_nodes, "
+            f"or run from ComfyUI/custom_nodes/ComfyUI-StoryMem (README: Test; now {host or 'unset'})")
 
 
 def pack_folder(host: Path, scratch: Path) -> Path:

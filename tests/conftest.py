@@ -1,7 +1,9 @@
 """Fixtures shared by several test modules; pytest finds them here without imports. Shared helper functions
 and constants live in helpers.py."""
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,21 @@ from helpers import call  # noqa: E402 (needs the pack root on the path)
 
 from nodes import host  # noqa: E402
 from storymem_core import tiny_models as tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_folder_under_pytest(tmp_path_factory):
+    """Every temporary file the tests or their subprocesses (ComfyUI servers, CLI runs) make lands in pytest's own
+    folder, which pytest prunes: a process stopped before its cleanup leaves nothing in the system's temp folder."""
+    folder = tmp_path_factory.mktemp("tmp")
+    before = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(folder), str(folder)
+    yield
+    tempfile.tempdir = before[1]
+    if before[0] is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = before[0]
 
 
 @pytest.fixture(scope="module")

@@ -190,6 +190,24 @@ def layer_faults(modules: dict[str, str], page: str) -> list[str]:
     return faults
 
 
+MAX_PARAMETERS = 12  # beyond it a function wants a value object (a node takes its widgets as one: inputs.ShotWidgets)
+
+
+def long_signatures(modules: dict[str, str]) -> list[str]:
+    """Functions of the engine and the nodes taking more than MAX_PARAMETERS parameters (self and cls not counted)."""
+    found = []
+    for name, source in modules.items():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args
+                named = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+                count = len(named) + bool(args.vararg) + bool(args.kwarg) - (
+                    bool(named) and named[0].arg in ("self", "cls"))
+                if count > MAX_PARAMETERS:
+                    found.append(f"{name}.{node.name} takes {count}")
+    return found
+
+
 def test_architecture_engine_imports_no_front_end_and_no_comfyui():
     assert engine_faults(sources()) == []
 
@@ -208,6 +226,10 @@ def test_architecture_vocabulary_is_named_not_spelled():
 
 def test_architecture_no_import_runs_up_a_layer():
     assert layer_faults(sources(), PAGE.read_text(encoding="utf-8")) == []
+
+
+def test_architecture_no_function_takes_more_than_12_parameters():
+    assert long_signatures(sources()) == []
 
 
 def test_architecture_image_and_temp_files_only_in_files_module():
@@ -236,9 +258,11 @@ def planted(module: str, line: str) -> dict[str, str]:
         (file_io_faults, "storymem_core.story_folder", "import tempfile", "story_folder imports tempfile"),
         (file_io_faults, "storymem_core.bank_files", "def f(x, p): Image.fromarray(x).save(p)", "bank_files:"),
         (file_io_faults, "nodes.memory_nodes", "def f(p): return Image.open(p)", "memory_nodes:"),
+        (long_signatures, "storymem_core.shot", "def f(a, b, c, d, e, f, g, h, i, j, k, m, n): pass",
+         "shot.f takes 13"),
     ],
     ids=["engine-host", "engine-nodes", "engine-commands", "nodes-comfyui", "circle", "literal-node", "literal-engine",
-         "temp-file", "image-save", "image-open"],
+         "temp-file", "image-save", "image-open", "parameters"],
 )
 def test_architecture_checks_catch_a_planted_violation(check, module, line, fault):
     assert check(sources()) == []

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from comfy_host import GGUF_MISSING, missing
 from local_hub import LocalHub, saved
 from PIL import Image
 from tiny_gguf import write_gguf_experts
@@ -46,20 +47,14 @@ MM2V_HIGH = known_file("StoryMem/Wan2.2-MM2V-A14B/backbone_high_noise.pth")  # n
 MM2V_LOW = known_file("StoryMem/Wan2.2-MM2V-A14B/backbone_low_noise.pth")
 
 
-def _missing(reason: str):
-    """A missing host or browser fails under CI (the tests must run there) and skips elsewhere."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI must run the browser tests: see .ci/run)")
-    pytest.skip(reason)
-
-
 def _comfyui_dir() -> Path:
     root = os.environ.get("STORYMEM_COMFYUI")
     if not root or not (Path(root) / "main.py").is_file():
-        _missing("STORYMEM_COMFYUI does not name a ComfyUI folder (bash ../shared/comfyui/install.sh DIR . prints one)")
+        missing("needs a ComfyUI: set STORYMEM_COMFYUI to a ComfyUI folder (v0.12.1+) with this pack in its "
+                "custom_nodes (README: Test)")
     linked = Path(root) / "custom_nodes" / "ComfyUI-StoryMem"
     if not linked.exists() or linked.resolve() != PACK_ROOT:
-        _missing(f"{linked} is not this checkout: run ../shared/comfyui/install.sh with this folder as PACK_DIR")
+        missing(f"needs this checkout in the ComfyUI: link it as {linked} (README: Test)")
     return Path(root)
 
 
@@ -169,10 +164,10 @@ def browser(server):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _missing("playwright is not installed (pip install -r requirements-dev.txt)")
+        missing("needs playwright: pip install -r requirements-dev.txt")
     chromium = os.environ.get("STORYMEM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).is_file():
-        _missing("Debian's chromium is not installed (apt-get install -y chromium)")
+        missing("needs chromium: apt-get install chromium (or STORYMEM_CHROMIUM=/path/to/chromium)")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         yield launched
@@ -368,7 +363,7 @@ def _model_problems(frontend: "Frontend", models_listing: dict) -> list[str]:
 
 def _skip_without_gguf_loader(server: dict, path: Path) -> None:
     if "UnetLoaderGGUF" in path.read_text() and not server["gguf"]:
-        _missing("ComfyUI-GGUF is not installed in the host (STORYMEM_WITH_GGUF=1 ../shared/comfyui/install.sh)")
+        missing(GGUF_MISSING)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

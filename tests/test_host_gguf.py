@@ -5,11 +5,10 @@ of shot 2 re-runs only shot 2 and later. CI installs the loader (STORYMEM_WITH_G
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from comfy_host import require_host, run_in_host
+from comfy_host import GGUF_MISSING, missing, require_host, run_in_host
 from tiny_gguf import GGUF_HIGH, GGUF_LOW, write_gguf_experts
 
 from storymem_core import tiny_models
@@ -22,10 +21,7 @@ WORKFLOW = Path(__file__).resolve().parent.parent / "workflows" / "native" / "st
 def gguf_runs(tmp_path_factory) -> tuple[dict, dict, Path]:
     host = require_host()
     if not (host / "custom_nodes" / "ComfyUI-GGUF" / "nodes.py").is_file():
-        message = f"ComfyUI-GGUF is not in {host}/custom_nodes (STORYMEM_WITH_GGUF=1 ../shared/comfyui/install.sh)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(GGUF_MISSING)
     scratch = tmp_path_factory.mktemp("gguf")
     tiny_models.write_core_models(scratch / "models")
     write_gguf_experts(scratch / "models")

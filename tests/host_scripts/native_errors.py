@@ -27,9 +27,10 @@ shot = {"model_high": None, "model_low": None, "vae": None, "keyframe_encoder": 
         "width": 32, "height": 32, "frames": 5, "shot_number": 3}
 cases = {
     "conditioning_without_previous_frames": lambda: classes["StoryMemConditioning"]().condition(
-        [], [], None, bank, False, "auto-mi2v", 32, 32, 5, 1, **TITLED),
+        [], [], None, bank, cut=False, mode="auto-mi2v", width=32, height=32, length=5, batch_size=1, **TITLED),
     "conditioning_on_an_empty_bank": lambda: classes["StoryMemConditioning"]().condition(
-        [], [], None, MemoryBank(), True, "auto-mi2v", 32, 32, 5, 1, **TITLED),
+        [], [], None, MemoryBank(), cut=True, mode="auto-mi2v", width=32, height=32, length=5, batch_size=1,
+        **TITLED),
     "trim_without_frames_left": lambda: classes["StoryMemTrimFrames"]().trim(
         torch.zeros(1, 8, 8, 3), 1, unique_id="9", prompt={"9": {"_meta": {"title": "Shot 2: drop given frames"}}}),
     "native_shot_without_previous_frames": lambda: classes["StoryMemNativeShot"]().generate(
