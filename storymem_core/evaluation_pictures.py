@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .evaluation import StoryEvaluation
 
@@ -16,9 +16,27 @@ SERIES_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), 
 CUT_COLOUR = (230, 30, 30)
 TEXT = (20, 20, 20)
 PAD = 8
-LINE = 12  # height of one line of Pillow's default font, with spacing
+LINE = 14  # height of one line of FONT, with spacing
+FONT_SIZE = 11
 CHART_METRICS = (("aesthetic", "aesthetic (LAION head)"), ("prompt_following", "prompt following (CLIP text-image)"),
                  ("consistency", "consistency to the other shots"), ("smoothness", "smoothness"))
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's own scalable font where Pillow has FreeType (its bitmap font runs words together), else the bitmap."""
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except (ImportError, OSError, TypeError):  # Pillow without FreeType, or older than 10.1
+        return ImageFont.load_default()
+
+
+FONT = _font()
+
+
+def number(value: float, digits: int = 2) -> str:
+    """`value` to `digits` places, never "-0.00": a tiny negative score rounds to an unsigned zero."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def colour(value: float, low: float, high: float) -> tuple[int, int, int]:
@@ -42,6 +60,7 @@ def _panel(evaluation: StoryEvaluation, title: str, low: float, high: float) -> 
     size = cell * count
     image = Image.new("RGB", (left + size + PAD, top + size + PAD), "white")
     draw = ImageDraw.Draw(image)
+    draw.font = FONT
     draw.text((PAD, PAD // 2), title, fill=TEXT)
     for i in range(count):
         for j in range(count):
@@ -50,7 +69,7 @@ def _panel(evaluation: StoryEvaluation, title: str, low: float, high: float) -> 
             x, y = left + j * cell, top + i * cell
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=fill)
             if cell >= 30:
-                draw.text((x + 4, y + cell // 2 - 5), f"{value:.2f}", fill="black" if sum(fill) > 380 else "white")
+                draw.text((x + 4, y + cell // 2 - 5), number(value), fill="black" if sum(fill) > 380 else "white")
         draw.text((left + i * cell + cell // 2 - 3, top - LINE - 6), str(i + 1), fill=TEXT)
         draw.text((PAD, top + i * cell + cell // 2 - 5), str(i + 1), fill=TEXT)
     for i, scores in enumerate(evaluation.shots):
@@ -67,12 +86,13 @@ def _panel(evaluation: StoryEvaluation, title: str, low: float, high: float) -> 
 def _colour_bar(low: float, high: float, height: int) -> Image.Image:
     image = Image.new("RGB", (70, height), "white")
     draw = ImageDraw.Draw(image)
+    draw.font = FONT
     top, bottom = 2 * LINE + PAD + 10, height - PAD
     for y in range(top, bottom):
         value = high - (high - low) * (y - top) / max(1, bottom - top - 1)
         draw.line((PAD, y, PAD + 16, y), fill=colour(value, low, high))
-    draw.text((PAD + 20, top - 5), f"{high:.2f}", fill=TEXT)
-    draw.text((PAD + 20, bottom - 10), f"{low:.2f}", fill=TEXT)
+    draw.text((PAD + 20, top - 5), number(high), fill=TEXT)
+    draw.text((PAD + 20, bottom - 10), number(low), fill=TEXT)
     return image
 
 
@@ -86,6 +106,7 @@ def _row(images: Sequence[Image.Image], footer: Sequence[str] = ()) -> Image.Ima
         sheet.paste(image, (x, 0))
         x += image.width
     draw = ImageDraw.Draw(sheet)
+    draw.font = FONT
     for n, line in enumerate(footer):
         draw.text((PAD, height - (len(footer) - n) * LINE - PAD // 2), line, fill=TEXT)
     return sheet
@@ -119,6 +140,7 @@ def score_chart(evaluations: Sequence[StoryEvaluation], titles: Sequence[str]) -
         present = [v for series in values for v in series if v is not None]
         panel = Image.new("RGB", (width, plot_height + 3 * LINE + PAD), "white")
         draw = ImageDraw.Draw(panel)
+        draw.font = FONT
         draw.text((PAD, 2), label, fill=TEXT)
         if not present:
             draw.text((PAD, LINE + PAD), "not measured", fill=TEXT)
@@ -132,8 +154,8 @@ def score_chart(evaluations: Sequence[StoryEvaluation], titles: Sequence[str]) -
 
         zero = y_of(0.0)
         draw.line((left - 2, zero, width - PAD, zero), fill=(120, 120, 120))
-        draw.text((PAD, top - 4), f"{high:.2f}", fill=TEXT)
-        draw.text((PAD, top + plot_height - 8), f"{low:.2f}", fill=TEXT)
+        draw.text((PAD, top - 4), number(high), fill=TEXT)
+        draw.text((PAD, top + plot_height - 8), number(low), fill=TEXT)
         for shot in range(count):
             x0 = left + shot * (group * bar_width + PAD)
             for series, shot_values in enumerate(values):
@@ -144,11 +166,12 @@ def score_chart(evaluations: Sequence[StoryEvaluation], titles: Sequence[str]) -
                 fill = SERIES_COLOURS[series % len(SERIES_COLOURS)]
                 draw.rectangle((x, min(zero, y_of(value)), x + bar_width - 2, max(zero, y_of(value))), fill=fill)
                 if bar_width >= 26:
-                    draw.text((x, min(zero, y_of(value)) - LINE), f"{value:.2f}", fill=TEXT)
+                    draw.text((x, min(zero, y_of(value)) - LINE), number(value), fill=TEXT)
             draw.text((x0 + (group * bar_width) // 2 - 3, top + plot_height + 4), str(shot + 1), fill=TEXT)
         panels.append(panel)
     legend = Image.new("RGB", (width, (LINE + 2) * (group + 1) + PAD), "white")
     draw = ImageDraw.Draw(legend)
+    draw.font = FONT
     for series, title in enumerate(titles):
         y = PAD // 2 + series * (LINE + 2)
         draw.rectangle((PAD, y + 1, PAD + 10, y + 10), fill=SERIES_COLOURS[series % len(SERIES_COLOURS)])
@@ -170,19 +193,20 @@ def contact_sheet(evaluation: StoryEvaluation, title: str) -> Image.Image:
     """A row per shot: its label and scores, then the sampled frames every score was read from."""
     label_width = 30 * 6
     heading = Image.new("RGB", (label_width, LINE + PAD), "white")
-    ImageDraw.Draw(heading).text((PAD, PAD // 2), title, fill=TEXT)
+    ImageDraw.Draw(heading).text((PAD, PAD // 2), title, fill=TEXT, font=FONT)
     rows = [heading]
     for index, scores in enumerate(evaluation.shots):
         label = Image.new("RGB", (label_width, max(t.height for t in scores.thumbnails) + PAD), "white")
         draw = ImageDraw.Draw(label)
+        draw.font = FONT
         shot = scores.shot
         lines = [f"shot {shot.index + 1}  scene {shot.scene_num}  {'cut' if shot.cut else 'continues'}",
                  f"frames {', '.join(str(i) for i in scores.frame_indices)}"[:29],
-                 "aesthetic " + ("-" if scores.aesthetic is None else f"{scores.aesthetic:.2f}"),
-                 f"prompt {scores.prompt_following:.3f}"]
+                 "aesthetic " + ("-" if scores.aesthetic is None else number(scores.aesthetic)),
+                 f"prompt {number(scores.prompt_following, 3)}"]
         consistency = evaluation.shot_consistency(index)
         if consistency is not None:
-            lines.append(f"consistency {consistency:.3f}")
+            lines.append(f"consistency {number(consistency, 3)}")
         for n, line in enumerate(lines):
             draw.text((PAD, PAD // 2 + n * LINE), line, fill=TEXT)
         rows.append(_row([label, *scores.thumbnails]))

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from .choices import Quality
 from .evaluation import (
     RESULT_FILE,
     SUMMARY_LABELS,
@@ -30,6 +31,7 @@ from .paper_evaluation import (
     PaperScorers,
     set_summary,
 )
+from .weights.loading import is_test_model
 from .weights.scorer_files import (
     load_aesthetic_head,
     load_clip_text_encoder,
@@ -41,11 +43,26 @@ from .weights.scorer_files import (
 PICTURES = {"heatmap": "evaluation_heatmap.png", "scores": "evaluation_scores.png", "frames": "evaluation_frames.png"}
 
 
+QUICK_ROLES = ("clip", Quality.AESTHETIC)
+
+
+def untrained_note(models_dir: str | Path, roles: Sequence[str]) -> str | None:
+    """A sentence when the scorers found for `roles` are the pack's tiny random test models (the demo's): their
+    numbers say nothing about a story, and a reader must not take them for scores."""
+    files = find_model_files(models_dir, list(roles))
+    tiny = [path.name for path in files.values() if is_test_model(path)]
+    if not tiny:
+        return None
+    return (f"note: the scorers in {models_dir} are tiny random test models, as the demo writes them "
+            f"({', '.join(tiny)}), so these numbers mean nothing about the story; score with the published files "
+            "(README: Model files).")
+
+
 def load_scorers(models_dir: str | Path, open_clip_name: str, device: torch.device) -> Scorers:
     """The CLIP towers and the LAION aesthetic head, found in a models folder as the story command finds them."""
-    files = find_model_files(models_dir, ["clip", "aesthetic"])
+    files = find_model_files(models_dir, list(QUICK_ROLES))
     image = load_keyframe_encoder(files["clip"], open_clip_name, device)
-    head = load_aesthetic_head(files["aesthetic"])
+    head = load_aesthetic_head(files[Quality.AESTHETIC])
     head.check_fits(image)
     return Scorers(image, load_clip_text_encoder(files["clip"], open_clip_name, device), head)
 

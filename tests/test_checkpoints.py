@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from storymem_core.commands.inspect import inspect_command
 from storymem_core.errors import CheckpointError
-from storymem_core.tiny_models import AESTHETIC_FILE, CLIP_FILE, spiece_model, write_tiny_models
+from storymem_core.tiny_models import AESTHETIC_FILE, CLIP_FILE, I2V_HIGH, spiece_model, write_tiny_models
 from storymem_core.tiny_models import CLIP as TINY_CLIP
 from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.fp8 import Fp8Linear, quantize_per_tensor
@@ -471,6 +471,19 @@ def test_checkpoint_inspect_exit_codes(tmp_path, dit_case, capsys):
     assert inspect_command([str(good), str(bad), str(tmp_path / "absent.safetensors")]) == 2
     printed = capsys.readouterr().out
     assert "NOT usable" in printed and "does not exist" in printed
+
+
+def test_checkpoint_inspect_says_what_is_no_model_file_and_where_a_file_contradicts_its_name(tmp_path, capsys):
+    video = tmp_path / "film.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    assert inspect_command([str(video)]) == 2
+    printed = capsys.readouterr().out
+    assert "layout      not a model file" in printed and "layout      safetensors" not in printed
+    expert = write_tiny_models(tmp_path / "models") / "diffusion_models" / I2V_HIGH
+    assert inspect_command([str(expert)]) == 0  # it loads: the notes warn, they do not refuse
+    printed = capsys.readouterr().out
+    assert "tiny random test model" in printed
+    assert "the name says 14B but it holds" in printed and "the name says fp8 but none of its tensors" in printed
 
 
 def test_checkpoint_inspect_knows_the_keyframe_files(tmp_path, capsys):

@@ -7,6 +7,7 @@ The finished story is the demo's (tiny random models, the real story command). `
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
@@ -16,7 +17,7 @@ import pytest
 from helpers import files_under
 
 from storymem_core.commands import story as story_command
-from storymem_core.commands.cli import main
+from storymem_core.commands.cli import _parser, main
 from storymem_core.commands.demo import DEMO_FRAMES, DEMO_SIZE_WH, DEMO_STEPS, DEMO_STORY
 from storymem_core.commands.story import StoryProgress
 from storymem_core.limits import MAX_SEED
@@ -301,3 +302,17 @@ def test_every_file_the_story_writes_has_ordinary_permissions(demo):
     for path in demo.rglob("*"):  # the folder itself is pytest's
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o755 if path.is_dir() else 0o644), f"{path.relative_to(demo)} is {oct(mode)}"
+
+
+def test_every_command_line_argument_says_what_it_is():
+    """`--help` of every command explains each argument (none shows a bare name)."""
+    def bare(parser: argparse.ArgumentParser, name: str) -> list[str]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found += [arg for command, sub in action.choices.items() for arg in bare(sub, f"{name} {command}")]
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                found.append(f"{name} {action.option_strings or action.dest}")
+        return found
+
+    assert bare(_parser(), "python -m storymem_core") == []

@@ -21,6 +21,7 @@ from storymem_core.commands.cli import main
 from storymem_core.commands.demo import run_demo
 from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
 from storymem_core.evaluation import Scorers, evaluate_story, sample_indices, smoothness
+from storymem_core.evaluation_report import QUICK_ROLES, untrained_note
 from storymem_core.paper_evaluation import PAPER_COLUMNS, PAPER_STORYMEM_ROW, PaperEvaluation, PaperShot
 from storymem_core.story import loads_story
 from storymem_core.weights.scorer_files import load_clip_text_encoder, load_keyframe_encoder
@@ -203,6 +204,19 @@ def test_evaluate_cli_on_the_demo_story_writes_json_and_pictures(demo, capsys):
             assert picture.width > 100 and picture.height > 100
     printed = capsys.readouterr().out
     assert "consistency, all shot pairs" in printed and "written: evaluation.json" in printed
+    # the demo's scorers are random: said before the table and again under it
+    assert printed.count("tiny random test models") == 2 and "mean nothing" in printed.splitlines()[-1]
+
+
+def test_evaluate_says_nothing_of_test_models_for_published_files(demo, tmp_path):
+    """A CLIP file without the tiny models' stored config (as every published one) draws no note."""
+    models = tmp_path / "models"
+    (models / "clip_vision").mkdir(parents=True)
+    tensors = load_file(demo / "models-seed0" / "clip_vision" / tiny.CLIP_FILE)
+    save_file(tensors, str(models / "clip_vision" / tiny.CLIP_FILE))
+    shutil.copy(demo / "models-seed0" / "clip_vision" / tiny.AESTHETIC_FILE, models / "clip_vision")
+    assert untrained_note(models, QUICK_ROLES) is None
+    assert "tiny random test models" in untrained_note(demo / "models-seed0", QUICK_ROLES)
 
 
 def test_evaluate_cli_compares_folders_side_by_side(demo, tmp_path, capsys):
@@ -334,6 +348,7 @@ def test_evaluate_paper_cli_on_the_demo_story_fills_the_five_columns_beside_the_
     printed = capsys.readouterr().out
     assert "paper: StoryMem (Table 1)" in printed and "0.6133" in printed and "0.5337" in printed
     assert "the paper does not say" in printed  # where a definition is ours
+    assert "tiny random test models" in printed
 
 
 def test_evaluate_paper_names_each_missing_scorer_file_and_where_to_get_it(demo, tmp_path, capsys):

@@ -106,14 +106,15 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m storymem_core", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is loaded and decided (INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     inspect = sub.add_parser("inspect", help="say what model files are and whether they are usable")
-    inspect.add_argument("files", nargs="+")
+    inspect.add_argument("files", nargs="+", metavar="FILE",
+                         help="model files (.safetensors, .pth), shard indexes or Wan-AI model folders")
     validate = sub.add_parser("validate", help="check story scripts")
-    validate.add_argument("scripts", nargs="+")
+    validate.add_argument("scripts", nargs="+", metavar="SCRIPT", help="story scripts (ST-Bench JSON)")
     story = sub.add_parser("story", help="generate a whole story")
-    story.add_argument("script")
+    story.add_argument("script", help="the story script (ST-Bench JSON; check it with validate)")
     story.add_argument("--models-dir", required=True,
                        help="folder with diffusion_models/, text_encoders/, vae/, loras/, clip_vision/ (ComfyUI "
                             "layout)")
@@ -121,14 +122,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_load_options(story)
     convert = sub.add_parser("convert-lora",
                              help="write a StoryMem .pth LoRA as a ComfyUI LoRA (rsLoRA scale folded into alpha)")
-    convert.add_argument("source", metavar="IN.pth")
-    convert.add_argument("target", metavar="OUT.safetensors")
+    convert.add_argument("source", metavar="IN.pth", help="a StoryMem LoRA as released (peft .pth)")
+    convert.add_argument("target", metavar="OUT.safetensors",
+                         help="where the ComfyUI LoRA goes (e.g. ComfyUI/models/loras/...)")
     convert.add_argument("--strength", type=float, default=1.0, help="strength folded into the file (default 1)")
     convert.add_argument("--alpha", type=float, default=None,
                          help="the LoRA's lora_alpha (default: the file's; the rank for a peft .pth)")
     demo = sub.add_parser("demo", help="a built-in 3-shot story on tiny random models (noise pixels, CPU, < 1 min)")
-    demo.add_argument("--out", required=True)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", required=True,
+                      help="folder for the tiny models, the script and the story (created when missing)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the tiny random models and of shot 1 (default 0)")
     _add_evaluate_parser(sub)
     download = sub.add_parser("download", help="fetch the StoryMem LoRA and the aesthetic head into a models folder "
                                                "(resumable, checked); --list shows each with size and license")

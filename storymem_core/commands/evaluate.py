@@ -14,11 +14,14 @@ from tqdm import tqdm
 
 from ..evaluation import check_frames_per_shot, evaluate_story, finished_story, folder_references, folder_shot_frames
 from ..evaluation_report import (
+    PAPER_ROLES,
+    QUICK_ROLES,
     find_paper_scorers,
     load_scorers,
     paper_table,
     shot_table,
     summary_table,
+    untrained_note,
     write_comparison,
     write_paper_report,
     write_report,
@@ -39,8 +42,17 @@ def evaluate_command(args: argparse.Namespace) -> int:
     check_frames_per_shot(args.frames_per_shot)
     folders = [Path(folder) for folder in args.folders]
     stories = [finished_story(folder, args.script) for folder in folders]  # every folder checked before a model loads
-    if args.paper:
-        return _paper(args, folders, stories)
+    note = untrained_note(args.models_dir, PAPER_ROLES if args.paper else QUICK_ROLES)
+    if note is not None:
+        print(note)  # first, and again under the table
+    code = _paper(args, folders, stories) if args.paper else _quick(args, folders, stories)
+    if note is not None:
+        print(f"\n{note}")
+    return code
+
+
+def _quick(args: argparse.Namespace, folders: list[Path], stories: list[Story]) -> int:
+    """CLIP ViT-B/32 and its aesthetic head: quick scores for choosing between takes."""
     scorers = load_scorers(args.models_dir, args.open_clip_name, parse_device(args.device))
     evaluations = []
     for folder, story in zip(folders, stories):

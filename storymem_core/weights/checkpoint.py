@@ -23,7 +23,7 @@ from ..errors import CheckpointError
 from ..wan.fp8 import FP8_DTYPES
 from .classify import classify
 from .kinds import KINDS, LORA, UMT5, UNKNOWN, WAN21_VAE
-from .readers import PTH_SUFFIXES, TensorDict
+from .readers import PTH_SUFFIXES, SAFETENSORS_SUFFIXES, TensorDict
 from .renaming import PEFT_PREFIX
 from .sources import find_wan_parts, is_wan_folder, open_source
 
@@ -262,10 +262,13 @@ def detect(path: str | Path) -> CheckpointInfo:
     try:
         return Checkpoint(path).info
     except CheckpointError as error:
-        if path.name.lower().endswith(PTH_SUFFIXES):
+        name = path.name.lower()
+        if name.endswith(PTH_SUFFIXES):
             layout = "pth"
+        elif path.is_dir() or name.endswith(".index.json"):
+            layout = "sharded-safetensors"
         else:
-            layout = "sharded-safetensors" if path.is_dir() else "safetensors"
+            layout = "safetensors" if name.endswith(SAFETENSORS_SUFFIXES) else "not a model file"
         return CheckpointInfo(path=str(path), layout=layout, problems=[str(error)])
 
 

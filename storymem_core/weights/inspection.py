@@ -5,11 +5,15 @@ See docs/architecture.md.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import CheckpointError
 from .checkpoint import Checkpoint, CheckpointInfo, detect
 from .kinds import KINDS
-from .loading import described_model
+from .loading import described_model, is_test_model
 from .shapes import fit_faults, model_shapes
+
+PUBLISHED_14B_AT_LEAST = 10**9  # a Wan2.2 A14B expert holds 14.3 B parameters; even a pruned one has billions
 
 
 def _count(n: int) -> str:
@@ -76,5 +80,20 @@ def inspect_file(path: str) -> CheckpointInfo:
         part_info.problems += found
         info.problems += [f"{part}: {problem}" for problem in found]
     info.problems += fit_problems(info)
+    info.notes += name_notes(info)
     return info
+
+
+def name_notes(info: CheckpointInfo) -> list[str]:
+    """Where a file's contents contradict its name or its origin (it still loads): a "14B" file of a few parameters, an
+    "fp8" file without fp8 tensors, the pack's own tiny test models."""
+    name, notes = Path(info.path).name.lower(), []
+    if info.layout != "wan-folder" and is_test_model(info.path):
+        notes.append("a tiny random test model written by this pack (it stores its config): it loads, but makes noise.")
+    if "14b" in name and 0 < info.parameter_count < PUBLISHED_14B_AT_LEAST:
+        notes.append(f"the name says 14B but it holds {_count(info.parameter_count)} parameters: not the published "
+                     "expert (a test model, or a cut-off download: download it again).")
+    if "fp8" in name and info.dtypes and info.fp8 is None:
+        notes.append("the name says fp8 but none of its tensors is fp8: it was converted or renamed.")
+    return notes
 

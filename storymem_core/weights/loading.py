@@ -112,6 +112,19 @@ def load_model(
     return module
 
 
+def is_test_model(path: str | Path) -> bool:
+    """Whether a file is one of the pack's tiny random test models: they store their config in the safetensors
+    metadata, which no published file does."""
+    path = Path(path)
+    if not path.name.lower().endswith(SAFETENSORS_SUFFIXES):
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return CONFIG_KEY in (handle.metadata() or {})
+    except (SafetensorError, OSError):
+        return False
+
+
 def stored_config(path: str | Path, kind: str) -> dict | None:
     """The JSON config in a safetensors file's metadata, its sizes checked for a model of `kind` (a checkpoint
     kind), or None (no key, or a .pth file)."""
