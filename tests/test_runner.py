@@ -279,7 +279,10 @@ def _start_story(script: Path, models_dir: Path, out: Path) -> subprocess.Popen:
         str(out),
         *TINY,
     ]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl+C must reach the story as a user's would, even when these tests run in a shell's background job (which
+    # ignores SIGINT, and an ignored signal stays ignored in a child)
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:

@@ -95,7 +95,7 @@ def test_every_st_bench_script_parses(path):
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda p: p.stem)
 def test_examples_parse_without_warnings(path):
     story, warnings = parse_story(json.loads(path.read_text(encoding="utf-8")), str(path))
-    assert warnings == [] and len(story.shots) in (3, 5)
+    assert warnings == [] and len(story.shots) >= 3
     assert any(not shot.cut for shot in story.shots)
 
 

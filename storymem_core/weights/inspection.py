@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..choices import WeightDtype
 from ..errors import CheckpointError
 from .checkpoint import Checkpoint, CheckpointInfo, detect
 from .kinds import KINDS
@@ -93,7 +94,7 @@ def name_notes(info: CheckpointInfo) -> list[str]:
     if "14b" in name and 0 < info.parameter_count < PUBLISHED_14B_AT_LEAST:
         notes.append(f"the name says 14B but it holds {_count(info.parameter_count)} parameters: not the published "
                      "expert (a test model, or a cut-off download: download it again).")
-    if "fp8" in name and info.dtypes and info.fp8 is None:
+    if WeightDtype.FP8 in name and info.dtypes and info.fp8 is None:
         notes.append("the name says fp8 but none of its tensors is fp8: it was converted or renamed.")
     return notes
 

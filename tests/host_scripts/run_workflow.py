@@ -25,6 +25,8 @@ classes = in_host.start(
 
 from graph_runner import ui_to_api, widget_slots  # noqa: E402  (the tests' UI -> API conversion, as the frontend does it)
 
+from storymem_core.folder_lock import LOCK_FILE  # noqa: E402
+
 in_host.load_tiny_umt5()
 
 TEST_SIZE = {"width": 32, "height": 32, "length": 5, "frames": 5, "steps": 2}
@@ -59,7 +61,9 @@ def run(name: str, on: in_host.Executor) -> dict:
     if runner is not None:
         video = result["shown"][str(runner["id"])]["storymem_video"][0]
         folder = job_dir / "output" / video["subfolder"]
-        result["files"] = {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in folder.rglob("*")}
+        # the writer lock is taken by every run, finished story or not: not a file of the story
+        result["files"] = {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in folder.rglob("*")
+                           if p.name != LOCK_FILE}
     return result
 
 
