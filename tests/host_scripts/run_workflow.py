@@ -29,27 +29,7 @@ from storymem_core.folder_lock import LOCK_FILE  # noqa: E402
 
 in_host.load_tiny_umt5()
 
-TEST_SIZE = {"width": 32, "height": 32, "length": 5, "frames": 5, "steps": 2}
-
-
-def shrink(workflow: dict) -> dict:
-    """Test size: 32x32, 5 frames, 2 steps split 1 / 1 between the experts (the Native Shot's automatic switch
-    splits them so too)."""
-    for node in workflow["nodes"]:
-        if node["type"] not in classes:
-            continue
-        slots = widget_slots(classes[node["type"]])
-        for i, name in enumerate(slots):
-            if name in TEST_SIZE:
-                node["widgets_values"][i] = TEST_SIZE[name]
-            elif name == "end_at_step" and node["widgets_values"][i] < 10000:
-                node["widgets_values"][i] = 1
-            elif name == "start_at_step" and node["widgets_values"][i] > 0:
-                node["widgets_values"][i] = 1
-    return workflow
-
-
-workflow = shrink(json.loads(workflow_path.read_text(encoding="utf-8")))
+workflow = in_host.at_test_size(json.loads(workflow_path.read_text(encoding="utf-8")), classes)
 samplings = in_host.count_samplings()
 executor = in_host.Executor()
 
