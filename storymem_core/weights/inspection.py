@@ -88,6 +88,8 @@ def inspect_file(path: str) -> CheckpointInfo:
 def name_notes(info: CheckpointInfo) -> list[str]:
     """Where a file's contents contradict its name or its origin (it still loads): a "14B" file of a few parameters, an
     "fp8" file without fp8 tensors, the pack's own tiny test models."""
+    if info.problems:  # a file that cannot be read as a model is not opened again
+        return []
     name, notes = Path(info.path).name.lower(), []
     if info.layout != "wan-folder" and is_test_model(info.path):
         notes.append("a tiny random test model written by this pack (it stores its config): it loads, but makes noise.")

@@ -115,13 +115,13 @@ def load_model(
 def is_test_model(path: str | Path) -> bool:
     """Whether a file is one of the pack's tiny random test models: they store their config in the safetensors
     metadata, which no published file does."""
-    path = Path(path)
-    if not path.name.lower().endswith(SAFETENSORS_SUFFIXES):
+    if not Path(path).name.lower().endswith(SAFETENSORS_SUFFIXES):
         return False
     try:
+        path = check_file(path, "model file", CheckpointError)  # never opens a pipe or a device
         with safe_open(str(path), framework="pt") as handle:
             return CONFIG_KEY in (handle.metadata() or {})
-    except (SafetensorError, OSError):
+    except (CheckpointError, SafetensorError, OSError):
         return False
 
 
