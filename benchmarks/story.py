@@ -48,7 +48,7 @@ from storymem_core.positions import memory_frame_positions
 from storymem_core.presets import LIGHTX2V, sampler_settings
 from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.scorers import OpenClipEncoder, vision_tower
-from storymem_core.shot import encode_prompts, generate_memory_shot
+from storymem_core.shot import ShotMemory, encode_prompts, generate_memory_shot
 from storymem_core.story import load_story
 from storymem_core.story_plan import StoryInputs, plan_story
 from storymem_core.timing import PHASES, recording
@@ -208,8 +208,8 @@ def shot_runner(experts: ExpertPair, device: torch.device, memory_count: int):
         synchronize(device)
         begin = time.perf_counter()
         with torch.no_grad():
-            video = generate_memory_shot(experts, vae, context, context_null, memory, FRAMES, WIDTH * HEIGHT,
-                                         settings).video
+            video = generate_memory_shot(experts, vae, context, context_null, ShotMemory(memory), FRAMES,
+                                         WIDTH * HEIGHT, settings).video
         synchronize(device)
         assert torch.isfinite(video).all(), "the shot has non-finite pixels"
         return time.perf_counter() - begin
