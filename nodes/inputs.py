@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, Ablation, MemoryPositions, Preset, Solver
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, Ablation, MemoryPositions, NodeShotMode, Preset, Solver
 from storymem_core.limits import MAX_FRAMES, MAX_MEMORY, MAX_SEED, MAX_SHIFT, MAX_SIDE, MAX_STEPS, MIN_SHIFT
 from storymem_core.presets import SamplerValues
+from storymem_core.story_plan import StoryOptions
 
 from . import host
+
+M2V = StoryOptions().m2v  # StoryMem's memory-shot settings: the defaults of the shot and runner widgets
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +66,22 @@ def memory_positions() -> tuple:
             "upstream (default): memory at time positions -5M..-5 and the shot from 0, as the StoryMem authors' code "
             "since their fix of January 2026 (issue #17) and as the LoRA was trained. first-release: memory and shot "
             "numbered 0..M+T-1 as in the first release; only to continue a story begun with it."})
+
+
+def cut() -> tuple:
+    return ("BOOLEAN", {"default": True, "tooltip": (
+        "True: the shot starts with a cut (memory only). False: it continues the previous shot.")})
+
+
+def shot_mode() -> tuple:
+    return (NodeShotMode.names(), {"default": NodeShotMode.AUTO_MI2V, "tooltip": (
+        "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 frames), matching the StoryMem "
+        "LoRA loaded. m2v, mi2v, mm2v force a mode.")})
+
+
+def cfg(tooltip: str) -> tuple:
+    """Classifier-free guidance of memory shots, StoryMem's 3.5 by default."""
+    return ("FLOAT", {"default": M2V.guide_low, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": tooltip})
 
 
 def solver() -> tuple:

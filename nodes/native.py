@@ -28,7 +28,7 @@ import comfy.utils
 import node_helpers
 import torch
 
-from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, MOTION_FRAMES, NodeShotMode, ShotMode
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, MOTION_FRAMES, ShotMode
 from storymem_core.conditioning import VAE_STRIDE, build_conditioning, check_frame_num, check_size, latent_frame_count
 from storymem_core.errors import CheckpointError, ConditioningError
 from storymem_core.lora import load_lora
@@ -41,7 +41,7 @@ from storymem_core.shot import DEFAULT_NEGATIVE_PROMPT
 from storymem_core.video import image_batch_to_frames
 
 from . import host
-from .inputs import frames, memory_positions, model_file, node_identity, size
+from .inputs import cut, frames, memory_positions, model_file, node_identity, shot_mode, size
 from .memory_nodes import add_shot_keyframes
 from .shot_nodes import naming_node, naming_shot, node_title, resolve_mode
 from .types import BANK, KeyframeModel
@@ -176,14 +176,8 @@ class StoryMemConditioning:
                 "negative": ("CONDITIONING", {"tooltip": "The negative prompt, encoded."}),
                 "vae": ("VAE", {"tooltip": "The Wan2.1 VAE (wan_2.1_vae.safetensors) from Load VAE."}),
                 "memory": (BANK, {"tooltip": "The memory bank: keyframes of the shots before (or references)."}),
-                "cut": ("BOOLEAN",
-                        {"default": True,
-                         "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous "
-                                    "shot."}),
-                "mode": (NodeShotMode.names(),
-                         {"default": NodeShotMode.AUTO_MI2V,
-                          "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 "
-                                     "frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
+                "cut": cut(),
+                "mode": shot_mode(),
                 "width": size("width", 832),
                 "height": size("height", 480),
                 "length": frames(),

@@ -9,14 +9,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from storymem_core.pipeline import run_story
-from storymem_core.story_plan import StoryOptions, plan_story
+from storymem_core.story_plan import plan_story
 
 from . import inputs
-from .runner_node import NODE_NAMES, film_result, story_choices, story_inputs, story_shape
-from .types import BANK, KEYFRAME_ENCODER, STORY
+from .runner_node import NODE_NAMES, RUNNER_OUTPUTS, film_result, story_choices, story_inputs, story_shape
+from .types import KEYFRAME_ENCODER, STORY
 
 CATEGORY = "StoryMem/native"
-M2V = StoryOptions().m2v
 T2V_MODELS = "t2v_model_high and t2v_model_low"
 NATIVE_NAMES = replace(NODE_NAMES, no_t2v_experts=f"{T2V_MODELS} are not both connected")
 
@@ -38,10 +37,8 @@ class NativeStoryRunner:
                 "vae": ("VAE", {"tooltip": "The Wan2.1 VAE (wan_2.1_vae.safetensors) from Load VAE."}),
                 "keyframe_encoder": (KEYFRAME_ENCODER, {"tooltip": "From Load Keyframe Encoder."}),
                 **story_choices(T2V_MODELS),
-                "steps": inputs.steps(M2V.steps),
-                "cfg": ("FLOAT",
-                        {"default": M2V.guide_low, "min": 0.0, "max": 30.0, "step": 0.1,
-                         "tooltip": "Guidance of the memory shots (the T2V first shot keeps Wan2.2's 3 / 4)."}),
+                "steps": inputs.steps(inputs.M2V.steps),
+                "cfg": inputs.cfg("Guidance of the memory shots (the T2V first shot keeps Wan2.2's 3 / 4)."),
                 "sampler_name": inputs.sampler_name(),
                 "scheduler": inputs.scheduler(),
                 **story_shape(),
@@ -58,10 +55,7 @@ class NativeStoryRunner:
             },
         }
 
-    RETURN_TYPES = ("IMAGE", BANK, "STRING")
-    RETURN_NAMES = ("film", "memory", "video_path")
-    OUTPUT_TOOLTIPS = ("Every shot's frames in order (read back from the film mp4).",
-                       "The memory bank after the last shot.", "The film mp4.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = RUNNER_OUTPUTS
     FUNCTION = "run"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True

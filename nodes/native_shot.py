@@ -11,11 +11,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, MOTION_FRAMES, NodeShotMode, ShotMode
+from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, MOTION_FRAMES, ShotMode
 from storymem_core.errors import StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.run_shot import ShotRequest
-from storymem_core.story_plan import StoryOptions
 from storymem_core.video import image_batch_to_frames
 
 from . import inputs
@@ -24,8 +23,6 @@ from .native import CATEGORY, PREVIOUS_FRAMES, NativeExperts, encode_prompt, nat
 from .previews import shot_ui
 from .shot_nodes import OUTPUTS, naming_shot, resolve_mode
 from .types import BANK, KEYFRAME_ENCODER, KeyframeModel
-
-M2V = StoryOptions().m2v
 
 
 def shot_conditioning_inputs(clip, positive: list | None, negative: list | None, prompt: str,
@@ -79,18 +76,11 @@ class NativeShot:
                 "memory": (BANK, {"tooltip": "The memory bank from the previous shot (or a bank of references)."}),
                 "prompt": inputs.prompt("What the shot shows, encoded with clip; leave empty when positive is "
                                         "connected."),
-                "cut": ("BOOLEAN",
-                        {"default": True,
-                         "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous "
-                                    "shot."}),
-                "mode": (NodeShotMode.names(),
-                         {"default": NodeShotMode.AUTO_MI2V,
-                          "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 "
-                                     "frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
+                "cut": inputs.cut(),
+                "mode": inputs.shot_mode(),
                 "seed": inputs.seed(),
-                "steps": inputs.steps(M2V.steps),
-                "cfg": ("FLOAT", {"default": M2V.guide_low, "min": 0.0, "max": 30.0, "step": 0.1,
-                                  "tooltip": "Classifier-free guidance of both experts (3.5 in StoryMem)."}),
+                "steps": inputs.steps(inputs.M2V.steps),
+                "cfg": inputs.cfg("Classifier-free guidance of both experts (3.5 in StoryMem)."),
                 "sampler_name": inputs.sampler_name(),
                 "scheduler": inputs.scheduler(),
                 "width": inputs.size("width", 832),
@@ -124,7 +114,7 @@ class NativeShot:
         with naming_shot(number, shot.prompt):
             mode = resolve_mode(shot.mode, shot.cut, previous_frames is not None, PREVIOUS_FRAMES)
             positive, negative = shot_conditioning_inputs(clip, positive, negative, shot.prompt, shot.negative_prompt)
-            settings = replace(M2V, steps=shot.steps, guide_high=shot.cfg, guide_low=shot.cfg, seed=shot.seed)
+            settings = replace(inputs.M2V, steps=shot.steps, guide_high=shot.cfg, guide_low=shot.cfg, seed=shot.seed)
             request = ShotRequest(
                 shot.prompt, mode, memory, (shot.width, shot.height), shot.frames, settings, number - 1,
                 previous_frames=None if mode == ShotMode.M2V else image_batch_to_frames(previous_frames),

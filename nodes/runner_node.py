@@ -15,7 +15,7 @@ from storymem_core.choices import CONTINUATIONS, DEFAULT_MEMORY_POSITIONS, Exper
 from storymem_core.pipeline import StoryModels, run_story
 from storymem_core.presets import SamplerValues
 from storymem_core.story_folder import StoryFolder, pending_shots
-from storymem_core.story_plan import InputNames, StoryInputs, StoryOptions, StoryPlan, plan_story
+from storymem_core.story_plan import InputNames, StoryInputs, StoryPlan, plan_story
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames, read_mp4
 from storymem_core.wan.vae import WanVAE
 
@@ -25,7 +25,13 @@ from .previews import bank_ui, video_ui
 from .types import BANK, KEYFRAME_ENCODER, MODEL, STORY, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts
 
 CATEGORY = "StoryMem/story"
-M2V = StoryOptions().m2v
+# what both Story Runners give (`film_result`): types, names, tooltips
+RUNNER_OUTPUTS = (
+    ("IMAGE", BANK, "STRING"),
+    ("film", "memory", "video_path"),
+    ("Every shot's frames in order (read back from the film mp4).", "The memory bank after the last shot.",
+     "The film mp4."),
+)
 
 
 NODE_NAMES = InputNames(
@@ -86,11 +92,9 @@ class StoryRunner:
                 "vae": (VAE, {"tooltip": "From Load Wan VAE."}),
                 "keyframe_encoder": (KEYFRAME_ENCODER, {"tooltip": "From Load Keyframe Encoder."}),
                 **story_choices("t2v_model"),
-                "steps": inputs.steps(M2V.steps),
-                "cfg": ("FLOAT",
-                        {"default": M2V.guide_low, "min": 0.0, "max": 30.0, "step": 0.1,
-                         "tooltip": "Guidance of the memory shots (the T2V first shot keeps Wan2.2's 3 / 4)."}),
-                "shift": inputs.shift(M2V.shift),
+                "steps": inputs.steps(inputs.M2V.steps),
+                "cfg": inputs.cfg("Guidance of the memory shots (the T2V first shot keeps Wan2.2's 3 / 4)."),
+                "shift": inputs.shift(inputs.M2V.shift),
                 "solver": inputs.solver(),
                 **story_shape(),
             },
@@ -104,10 +108,7 @@ class StoryRunner:
             },
         }
 
-    RETURN_TYPES = ("IMAGE", BANK, "STRING")
-    RETURN_NAMES = ("film", "memory", "video_path")
-    OUTPUT_TOOLTIPS = ("Every shot's frames in order (read back from the film mp4).",
-                       "The memory bank after the last shot.", "The film mp4.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = RUNNER_OUTPUTS
     FUNCTION = "run"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True

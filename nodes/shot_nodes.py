@@ -18,7 +18,6 @@ from storymem_core.choices import (
     DEFAULT_MEMORY_POSITIONS,
     MOTION_FRAMES,
     ExpertKind,
-    NodeShotMode,
     Offload,
     Preset,
     ShotMode,
@@ -29,7 +28,6 @@ from storymem_core.memory import MemoryBank
 from storymem_core.presets import sampler_settings
 from storymem_core.run_shot import ShotModels, ShotRequest, run_shot
 from storymem_core.shot import T2V_SETTINGS
-from storymem_core.story_plan import StoryOptions
 from storymem_core.video import frames_to_image_batch, image_batch_to_frames
 from storymem_core.wan.vae import WanVAE
 
@@ -40,7 +38,6 @@ from .previews import excerpt, shot_ui
 from .types import BANK, KEYFRAME_ENCODER, MODEL, TEXT_ENCODER, VAE, KeyframeModel, TextModel, WanExperts
 
 CATEGORY = "StoryMem/shots"
-M2V = StoryOptions().m2v
 OUTPUTS = (
     ("IMAGE", BANK, "IMAGE"),
     ("frames", "memory", "last_frames"),
@@ -215,20 +212,12 @@ class MemoryShot:
             "required": {
                 **_common_inputs("Wan2.2 I2V-A14B experts with the StoryMem LoRA."),
                 "prompt": inputs.prompt(),
-                "cut": ("BOOLEAN",
-                        {"default": True,
-                         "tooltip": "True: the shot starts with a cut (memory only). False: it continues the previous "
-                                    "shot."}),
-                "mode": (NodeShotMode.names(),
-                         {"default": NodeShotMode.AUTO_MI2V,
-                          "tooltip": "auto-mi2v / auto-mm2v: M2V after a cut, else MI2V (last frame) / MM2V (last 5 "
-                                     "frames), matching the StoryMem LoRA loaded. m2v, mi2v, mm2v force a mode."}),
+                "cut": inputs.cut(),
+                "mode": inputs.shot_mode(),
                 "seed": inputs.seed(),
-                "steps": inputs.steps(M2V.steps),
-                "cfg": ("FLOAT",
-                        {"default": M2V.guide_low, "min": 0.0, "max": 30.0, "step": 0.1,
-                         "tooltip": "Classifier-free guidance of both experts (3.5 in StoryMem)."}),
-                "shift": inputs.shift(M2V.shift),
+                "steps": inputs.steps(inputs.M2V.steps),
+                "cfg": inputs.cfg("Classifier-free guidance of both experts (3.5 in StoryMem)."),
+                "shift": inputs.shift(inputs.M2V.shift),
                 "solver": inputs.solver(),
                 "width": inputs.size("width", 832),
                 "height": inputs.size("height", 480),

@@ -140,3 +140,21 @@ def count_samplings() -> list[int]:
 
     comfy.sample.sample = counted
     return calls
+
+
+def start_workflow(workflow_path: Path, job_dir: Path) -> tuple[dict[str, type], dict]:
+    """The host started for one shipped workflow in `job_dir` (ComfyUI-GGUF loaded where the workflow uses its loader,
+    the tiny umT5 in place): its node classes and the workflow at test size."""
+    text = workflow_path.read_text(encoding="utf-8")
+    classes = start(models_dir=job_dir / "models", output_dir=job_dir / "output", input_dir=job_dir / "input",
+                    core_nodes=True, other_packs=("ComfyUI-GGUF",) if "UnetLoaderGGUF" in text else ())
+    load_tiny_umt5()
+    return classes, at_test_size(json.loads(text), classes)
+
+
+def story_files(folder: Path) -> dict[str, int]:
+    """A story folder's files and their modification times; not the writer's lock, which every run takes."""
+    from storymem_core.folder_lock import LOCK_FILE
+
+    return {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))
+            if p.name != LOCK_FILE}

@@ -17,19 +17,10 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))  # tests/, for grap
 
 import in_host  # noqa: E402
 
-uses_gguf = "UnetLoaderGGUF" in workflow_path.read_text(encoding="utf-8")  # city96/ComfyUI-GGUF's loader
-classes = in_host.start(
-    models_dir=job_dir / "models", output_dir=job_dir / "output", input_dir=job_dir / "input", core_nodes=True,
-    other_packs=("ComfyUI-GGUF",) if uses_gguf else (),
-)
+classes, workflow = in_host.start_workflow(workflow_path, job_dir)
 
 from graph_runner import ui_to_api  # noqa: E402  (the tests' UI -> API conversion, as the frontend does it)
 
-from storymem_core.folder_lock import LOCK_FILE  # noqa: E402
-
-in_host.load_tiny_umt5()
-
-workflow = in_host.at_test_size(json.loads(workflow_path.read_text(encoding="utf-8")), classes)
 runner = str(next(n["id"] for n in workflow["nodes"] if n["type"] == "StoryMemNativeStoryRunner"))
 prompt = ui_to_api(workflow, classes)
 samplings = in_host.count_samplings()
@@ -46,14 +37,8 @@ video = runs["first"]["shown"][runner]["storymem_video"][0]
 folder = job_dir / "output" / video["subfolder"]
 
 
-def files() -> dict:
-    """The story folder's files and their modification times; not the writer's lock, which every run takes."""
-    return {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))
-            if p.name != LOCK_FILE}
-
-
-runs["first"]["files"] = files()
-runs["requeue"] = {**run("requeue", executor), "files": files()}
-runs["resume"] = {**run("resume", in_host.Executor()), "files": files()}
+runs["first"]["files"] = in_host.story_files(folder)
+runs["requeue"] = {**run("requeue", executor), "files": in_host.story_files(folder)}
+runs["resume"] = {**run("resume", in_host.Executor()), "files": in_host.story_files(folder)}
 (job_dir / "runs.json").write_text(json.dumps({"runner": runner, "folder": str(folder), "runs": runs}))
 print(", ".join(f"{name}: ran {len(r['executed'])} nodes, {r['samplings']} samplings" for name, r in runs.items()))

@@ -17,19 +17,10 @@ sys.path.append(
 
 import in_host  # noqa: E402
 
-uses_gguf = "UnetLoaderGGUF" in workflow_path.read_text(encoding="utf-8")  # city96/ComfyUI-GGUF's loader
-classes = in_host.start(
-    models_dir=job_dir / "models", output_dir=job_dir / "output", input_dir=job_dir / "input", core_nodes=True,
-    other_packs=("ComfyUI-GGUF",) if uses_gguf else (),
-)
+classes, workflow = in_host.start_workflow(workflow_path, job_dir)
 
 from graph_runner import ui_to_api, widget_slots  # noqa: E402  (the tests' UI -> API conversion, as the frontend does it)
 
-from storymem_core.folder_lock import LOCK_FILE  # noqa: E402
-
-in_host.load_tiny_umt5()
-
-workflow = in_host.at_test_size(json.loads(workflow_path.read_text(encoding="utf-8")), classes)
 samplings = in_host.count_samplings()
 executor = in_host.Executor()
 
@@ -41,9 +32,7 @@ def run(name: str, on: in_host.Executor) -> dict:
     if runner is not None:
         video = result["shown"][str(runner["id"])]["storymem_video"][0]
         folder = job_dir / "output" / video["subfolder"]
-        # the writer lock is taken by every run, finished story or not: not a file of the story
-        result["files"] = {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in folder.rglob("*")
-                           if p.name != LOCK_FILE}
+        result["files"] = in_host.story_files(folder)
     return result
 
 
