@@ -55,23 +55,26 @@ class SequenceShards:
         q, k, v = (self._to_heads(x) for x in (q, k, v))
         return self._to_tokens(attention(q, k, v))
 
+    def all_to_all(self, send: torch.Tensor, receive_lengths: list[int], send_lengths: list[int]) -> torch.Tensor:
+        """Rank p gets the p-th `send_lengths` slice of `send` (dim 0); returns the slices every rank sent me, in
+        rank order, `receive_lengths` long."""
+        received = send.new_empty(sum(receive_lengths), *send.shape[1:])
+        dist.all_to_all_single(received, send, output_split_sizes=receive_lengths, input_split_sizes=send_lengths,
+                               group=self.group)
+        return received
+
     def _to_heads(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L_r, N, D] (all heads of my tokens) -> [B, L, N / P, D] (my heads of all tokens)."""
         batch, local, heads, head_dim = x.shape
         # [P, L_r, B, N / P, D]: the p-th head group of my tokens goes to rank p
         send = x.reshape(batch, local, self.size, heads // self.size, head_dim).permute(2, 1, 0, 3, 4).contiguous()
-        received = send.new_empty(sum(self.lengths), batch, heads // self.size, head_dim)
-        dist.all_to_all_single(received, send.flatten(0, 1), output_split_sizes=self.lengths,
-                               input_split_sizes=[local] * self.size, group=self.group)
-        return received.transpose(0, 1)
+        return self.all_to_all(send.flatten(0, 1), self.lengths, [local] * self.size).transpose(0, 1)
 
     def _to_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, N / P, D] -> [B, L_r, N, D]: the inverse of `_to_heads`."""
         batch, _, group_heads, head_dim = x.shape
         local = self.lengths[self.rank]
-        received = x.new_empty(self.size * local, batch, group_heads, head_dim)
-        dist.all_to_all_single(received, x.transpose(0, 1).contiguous(), output_split_sizes=[local] * self.size,
-                               input_split_sizes=self.lengths, group=self.group)
+        received = self.all_to_all(x.transpose(0, 1).contiguous(), [local] * self.size, self.lengths)
         return received.view(self.size, local, batch, group_heads, head_dim).permute(2, 1, 0, 3, 4).flatten(2, 3)
 
 
@@ -79,8 +82,7 @@ class SequenceShards:
 def sharded_sequence(model: nn.Module, shards: SequenceShards | None) -> Iterator[None]:
     """Forwards of `model` (a WanDiT, or a wrapper holding one as `.dit`) inside the block split their tokens over
     `shards`' group; None (or a group of one) runs them whole."""
-    dit = getattr(model, "dit", model)
-    targets = [dit, *(block.self_attn for block in dit.blocks)]
+    targets = sequence_parallel_modules(model)
     active = shards if shards is not None and shards.size > 1 else None
     for module in targets:
         module.sequence_parallel = active
@@ -89,3 +91,10 @@ def sharded_sequence(model: nn.Module, shards: SequenceShards | None) -> Iterato
     finally:
         for module in targets:
             module.sequence_parallel = None
+
+
+def sequence_parallel_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules whose `sequence_parallel` a split forward sets: the DiT (it shards and gathers its tokens) and
+    every block's self-attention (it trades tokens for heads)."""
+    dit = getattr(model, "dit", model)
+    return [dit, *(block.self_attn for block in dit.blocks)]

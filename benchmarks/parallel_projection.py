@@ -1,0 +1,241 @@
+"""Several GPUs projected from one: a sharded forward's compute timed at its real shapes, its communication modelled.
+
+Run on one GPU from the repo root:  python -m benchmarks.parallel_projection --json $OUT/projection.json
+
+What runs: one random A14B i2v expert (fp8 linears, compiled blocks: the single-GPU preset path's settings) at
+832x480, 81 frames, M = 0 and 10. For N = 1, 2, 4, 8 the engine's own split forward runs as rank 0 of N would run it
+(`wan/ulysses.py` under `sharded_sequence`: linears, norms and cross-attention on this rank's L/N tokens,
+self-attention over all L tokens with H/N heads, the same kernels), except that each collective returns a local
+tensor of the shape it would receive instead of communicating (`ProjectedShards`). That times one rank's compute;
+the bytes each collective moves are counted in one eager forward of the same code.
+
+The communication model (stated, not measured): ranks compute in lockstep and every collective waits for its data,
+as the engine's synchronous collectives do (no overlap), so a forward takes compute + the sum over its collectives of
+(LATENCY_S + bytes one GPU sends or receives, whichever is more, / (link bandwidth one way x LINK_EFFICIENCY)).
+Collectives per forward: rank 0's broadcast of the inputs (latent, conditioning, both prompts, float32), four
+all-to-alls a block (q, k, v to heads; the output back to tokens) and the final all-gather of the output tokens.
+With CFG parallel (N even, guide not 1) two groups of N/2 run the prompt's and the negative prompt's pass at once
+and pairs exchange their predictions (one all-gather); without it the N ranks run both passes one after the other.
+
+Whole shots: the shot's time outside its forwards (encoding, decoding, solver; rank 0 alone) is measured once on
+this GPU, from a whole preset shot at M = 10 less its four forwards; projected shot = that + forwards x projected
+forward. The distilled preset (4 steps, CFG 1) has no negative pass, so CFG parallel does not apply to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks.dit_step import FRAMES, GIB, HEIGHT, WIDTH, dit_inputs, median, synchronize, timed, tokens
+from benchmarks.shot_memory import expert, random_vae
+from storymem_core.presets import LIGHTX2V, sampler_settings
+from storymem_core.sampling import ExpertPair, SamplerSettings
+from storymem_core.shot import ShotMemory, generate_memory_shot
+from storymem_core.wan.dit import DiTConfig
+from storymem_core.wan.ulysses import SequenceShards, sequence_parallel_modules
+
+RANKS = (1, 2, 4, 8)
+MEMORY = (0, 10)
+LATENCY_S = 25e-6  # per collective, NCCL within one host (assumption)
+LINK_EFFICIENCY = 0.8  # share of the published one-way bandwidth a collective reaches (assumption)
+LINKS = {  # published one-way bandwidth per GPU, bytes/s
+    "NVLink 4 (H100/H200 SXM, 900 GB/s both ways)": 450e9,
+    "PCIe 5.0 x16 (64 GB/s each way)": 64e9,
+}
+DEFAULT_STEPS = 40  # the 40-step default: two passes a step (CFG 3.5)
+
+
+class ProjectedShards(SequenceShards):
+    """Rank 0 of `size` ranks, with no process group: each collective returns a local tensor of the shape it would
+    receive (the same memory traffic for the kernels after it) and, outside compiled code, counts its bytes."""
+
+    def __init__(self, size: int):
+        self.group, self.size, self.rank, self.lengths = None, size, 0, []
+        self.collectives: list[int] = []  # bytes this rank sends or receives, whichever is more, per collective
+
+    def all_to_all(self, send: torch.Tensor, receive_lengths: list[int], send_lengths: list[int]) -> torch.Tensor:
+        row = send[0].numel() * send.element_size()
+        self._count(max(sum(send_lengths) - send_lengths[self.rank], sum(receive_lengths) - receive_lengths[self.rank])
+                    * row)
+        return _rows(send, sum(receive_lengths))
+
+    def gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        slice_bytes = max(self.lengths) * x.numel() // x.shape[dim] * x.element_size()
+        self._count((self.size - 1) * slice_bytes)  # every other rank's (padded) slice arrives
+        return _rows(x.movedim(dim, 0), sum(self.lengths)).movedim(0, dim)
+
+    def _count(self, size: int) -> None:
+        if self.size > 1 and not torch.compiler.is_compiling():
+            self.collectives.append(size)
+
+
+def _rows(x: torch.Tensor, count: int) -> torch.Tensor:
+    """`x` cut, or repeated and cut, along dim 0 to `count` rows."""
+    return x[:count] if x.shape[0] >= count else torch.cat([x] * -(-count // x.shape[0]))[:count]
+
+
+@contextlib.contextmanager
+def projected(model: nn.Module, shards: ProjectedShards) -> Iterator[None]:
+    """Forwards run split as rank 0 of `shards.size` (also a "split" of one, unlike `sharded_sequence`)."""
+    modules = sequence_parallel_modules(model)
+    for module in modules:
+        module.sequence_parallel = shards
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.sequence_parallel = None
+
+
+def collective_s(sizes: list[int], one_way: float) -> float:
+    """The model: latency plus bytes over the usable bandwidth, collective after collective."""
+    return sum(LATENCY_S + size / (one_way * LINK_EFFICIENCY) for size in sizes)
+
+
+def input_bytes(inputs: tuple) -> int:
+    """What rank 0 broadcasts for a forward: latent, conditioning and both prompts, as float32."""
+    x, _, context, y = inputs
+    return 4 * (x.numel() + (0 if y is None else y.numel()) + 2 * context.numel())
+
+
+def forward_part(model: nn.Module, device: torch.device, repeats: int, record) -> dict:
+    """Per M: the measured plain forward, and per N one rank's compute and the bytes of each collective."""
+    results = {}
+    for memory in MEMORY:
+        inputs = dit_inputs(model.config, memory, 1, device)
+        x, t, context, y = inputs
+        row = {"tokens": tokens(model.config, memory), "input_bytes": input_bytes(inputs),
+               "prediction_bytes": 4 * x.numel(), "ranks": {}}
+        for ranks in RANKS:  # bytes: one eager forward of the same code
+            shards = ProjectedShards(ranks)
+            with torch.no_grad(), projected(model, shards):
+                model(x, t, context, y)
+            row["ranks"][ranks] = {"collective_bytes": shards.collectives}
+        results[memory] = row
+    model.compile_blocks()
+    for memory in MEMORY:
+        x, t, context, y = dit_inputs(model.config, memory, 1, device)
+        row = results[memory]
+        with torch.no_grad():
+            seconds, first, _ = timed(lambda: model(x, t, context, y), device, repeats)
+            row["plain_forward_s"], row["plain_first_call_s"] = median(seconds), first
+            for ranks in RANKS:
+                with projected(model, ProjectedShards(ranks)):
+                    seconds, first, peak = timed(lambda: model(x, t, context, y), device, repeats)
+                row["ranks"][ranks].update(compute_s=median(seconds), compute_runs_s=seconds, first_call_s=first,
+                                           peak_gib=peak)
+                record(memory=memory, ranks=ranks, compute_s=median(seconds), first_call_s=first)
+    return results
+
+
+def shot_part(model: nn.Module, device: torch.device) -> dict:
+    """A whole preset shot at M = 10 on this GPU (the expert stands in for both: same shapes, same cost)."""
+    config = model.config
+    generator = torch.Generator().manual_seed(3)
+    memory = torch.randint(0, 256, (10, HEIGHT, WIDTH, 3), dtype=torch.uint8, generator=generator)
+    context, context_null = (torch.randn(config.text_len, config.text_dim, device=device) for _ in range(2))
+    experts, vae = ExpertPair(model, model, device), random_vae(device, torch.bfloat16)
+
+    def shot(settings: SamplerSettings) -> float:
+        synchronize(device)
+        begin = time.perf_counter()
+        with torch.no_grad():
+            generate_memory_shot(experts, vae, context, context_null, ShotMemory(memory), FRAMES, WIDTH * HEIGHT,
+                                 settings)
+        synchronize(device)
+        return time.perf_counter() - begin
+
+    shot(SamplerSettings(steps=1, seed=0))  # first calls of the VAE's kernels
+    preset = sampler_settings(LIGHTX2V.name, "m2v")
+    return {"preset_steps": preset.steps, "preset_shot_s": shot(preset)}
+
+
+def projection(forwards: dict, shot: dict) -> list[dict]:
+    """Projected seconds per forward, per CFG step, per shot, for every link and N; speed-up against N = 1."""
+    rows = []
+    for link, one_way in LINKS.items():
+        for memory, row in forwards.items():
+            per_rank = row["ranks"]
+            outside = shot["preset_shot_s"] - shot["preset_steps"] * row["plain_forward_s"] if memory == 10 else None
+            for cfg_parallel in (False, True):
+                for ranks in RANKS:
+                    group = ranks // 2 if cfg_parallel else ranks
+                    if cfg_parallel and ranks % 2:
+                        continue
+                    broadcast = collective_s([row["input_bytes"]], one_way) if ranks > 1 else 0.0
+                    forward = (per_rank[ranks]["compute_s"] + collective_s(per_rank[ranks]["collective_bytes"], one_way)
+                               + broadcast)
+                    half = (per_rank[group]["compute_s"] + collective_s(per_rank[group]["collective_bytes"], one_way)
+                            + broadcast)
+                    # a CFG step: both passes on all ranks, or one pass per half and the predictions exchanged
+                    step = half + collective_s([row["prediction_bytes"]], one_way) if cfg_parallel else 2 * forward
+                    rows.append({"link": link, "memory": memory, "ranks": ranks, "cfg_parallel": cfg_parallel,
+                                 "forward_s": forward, "cfg_step_s": step,
+                                 "comm_share": 1 - per_rank[ranks]["compute_s"] / forward,
+                                 "preset_shot_s": None if outside is None else outside + shot["preset_steps"] * forward,
+                                 "default_shot_s": None if outside is None else outside + DEFAULT_STEPS * step})
+    for row in rows:
+        base = next(r for r in rows if r["link"] == row["link"] and r["memory"] == row["memory"] and r["ranks"] == 1)
+        row["cfg_step_speedup"] = base["cfg_step_s"] / row["cfg_step_s"]
+        row["efficiency"] = row["cfg_step_speedup"] / row["ranks"]
+        if row["preset_shot_s"] is not None:
+            row["preset_shot_speedup"] = base["preset_shot_s"] / row["preset_shot_s"]
+            row["default_shot_speedup"] = base["default_shot_s"] / row["default_shot_s"]
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| link | M | GPUs | CFG parallel | forward s | CFG step s | step speed-up | efficiency | comm share "
+             "| preset shot s (speed-up) | default shot s (speed-up) |", "|" + "---|" * 11]
+    for r in rows:
+        shots = ("-", "-") if r["preset_shot_s"] is None else (
+            f"{r['preset_shot_s']:.1f} ({r['preset_shot_speedup']:.2f}x)",
+            f"{r['default_shot_s']:.0f} ({r['default_shot_speedup']:.2f}x)")
+        lines.append(f"| {r['link']} | {r['memory']} | {r['ranks']} | {'on' if r['cfg_parallel'] else 'off'} "
+                     f"| {r['forward_s']:.3f} | {r['cfg_step_s']:.3f} | {r['cfg_step_speedup']:.2f}x "
+                     f"| {r['efficiency']:.0%} | {r['comm_share']:.1%} | {shots[0]} | {shots[1]} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=40, help="DiT blocks (fewer: a quick smoke run)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per configuration (median)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    device = torch.device("cuda", torch.cuda.current_device())
+    torch._dynamo.config.recompile_limit = 64  # one graph per rank count and length, as N processes would each build
+    config = DiTConfig.a14b("i2v")
+    config.num_layers = args.layers
+    start = time.perf_counter()
+    model = expert(config, device, 0, True)
+    result = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "layers": args.layers,
+              "build_s": time.perf_counter() - start, "latency_s": LATENCY_S, "link_efficiency": LINK_EFFICIENCY}
+
+    def record(**values) -> None:
+        print(json.dumps(values), flush=True)
+
+    result["forwards"] = forward_part(model, device, args.repeats, record)
+    result["shot"] = shot_part(model, device)
+    result["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+    result["projection"] = projection(result["forwards"], result["shot"])
+    measured, projected_one = (result["forwards"][10]["plain_forward_s"],
+                               result["forwards"][10]["ranks"][1]["compute_s"])
+    result["n1_check"] = {"measured_forward_s": measured, "projected_forward_s": projected_one,
+                          "difference": projected_one / measured - 1}
+    print(markdown(result["projection"]))
+    print(json.dumps(result["n1_check"]))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
