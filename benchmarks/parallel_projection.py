@@ -34,11 +34,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.dit_step import FRAMES, GIB, HEIGHT, WIDTH, dit_inputs, median, synchronize, timed, tokens
-from benchmarks.shot_memory import expert, random_vae
+from benchmarks.dit_step import GIB, dit_inputs, median, timed, tokens
+from benchmarks.shot_memory import expert
+from benchmarks.story import shot_runner
 from storymem_core.presets import LIGHTX2V, sampler_settings
 from storymem_core.sampling import ExpertPair, SamplerSettings
-from storymem_core.shot import ShotMemory, generate_memory_shot
 from storymem_core.wan.dit import DiTConfig
 from storymem_core.wan.ulysses import SequenceShards, sequence_parallel_modules
 
@@ -138,21 +138,7 @@ def forward_part(model: nn.Module, device: torch.device, repeats: int, record) -
 
 def shot_part(model: nn.Module, device: torch.device) -> dict:
     """A whole preset shot at M = 10 on this GPU (the expert stands in for both: same shapes, same cost)."""
-    config = model.config
-    generator = torch.Generator().manual_seed(3)
-    memory = torch.randint(0, 256, (10, HEIGHT, WIDTH, 3), dtype=torch.uint8, generator=generator)
-    context, context_null = (torch.randn(config.text_len, config.text_dim, device=device) for _ in range(2))
-    experts, vae = ExpertPair(model, model, device), random_vae(device, torch.bfloat16)
-
-    def shot(settings: SamplerSettings) -> float:
-        synchronize(device)
-        begin = time.perf_counter()
-        with torch.no_grad():
-            generate_memory_shot(experts, vae, context, context_null, ShotMemory(memory), FRAMES, WIDTH * HEIGHT,
-                                 settings)
-        synchronize(device)
-        return time.perf_counter() - begin
-
+    shot = shot_runner(ExpertPair(model, model, device), device, 10)
     shot(SamplerSettings(steps=1, seed=0))  # first calls of the VAE's kernels
     preset = sampler_settings(LIGHTX2V.name, "m2v")
     return {"preset_steps": preset.steps, "preset_shot_s": shot(preset)}
