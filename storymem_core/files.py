@@ -205,10 +205,12 @@ def save_picture(image: Image.Image, path: str | os.PathLike, image_format: str 
 
 
 def save_image(frame: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Write one uint8 frame [H, W, 3] atomically, in the format its suffix names (.png, .jpg, ...)."""
+    """Write one uint8 frame [H, W, 3] atomically, in the format its suffix names (.png, .jpg, ...). PNGs take zlib's
+    fastest level: still lossless, a sixth of the time of PIL's default for a 832x480 frame, about a fifth larger."""
     check_frames(frame[None] if isinstance(frame, torch.Tensor) else frame, f"the image for {path}")
     path = Path(path)
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:
         raise StoryMemError(f"cannot tell the image format of {path} from its suffix: name it .png or .jpg.")
-    return save_picture(Image.fromarray(frame.cpu().numpy()), path, image_format)
+    options = {"compress_level": 1} if image_format == "PNG" else {}
+    return save_picture(Image.fromarray(frame.cpu().numpy()), path, image_format, **options)
