@@ -175,11 +175,56 @@ def read_mp4(path: str | os.PathLike) -> torch.Tensor:
 
 
 def concat_videos(paths: list[str | os.PathLike], out_path: str | os.PathLike, fps: float = 16) -> Path:
-    """Join shot videos into one film (frame count = sum), streaming: no shot is held whole in memory."""
+    """Join shot videos into one film (frame count = sum), streaming: no shot is held whole in memory.
+
+    Shots encoded alike (as `write_mp4` writes every shot of a story) are joined packet by packet: no second lossy
+    encode, and a 12-shot film in well under a second instead of a re-encode of every frame; others are re-encoded."""
     if not paths:
         raise ConditioningError(f"no shot videos to join into {out_path}: generate at least one shot first.")
+    if _encoded_alike(paths, Fraction(fps).limit_denominator(1001)):
+        return _join_packets(paths, out_path)
     with _mp4_encoder(out_path, fps) as encoder:
         for path in paths:
             for frame in _decoded_frames(path):
                 encoder.add(frame)
+    return Path(out_path)
+
+
+def _stream_form(path: str | os.PathLike) -> tuple | None:
+    """What two videos must share to be joined without decoding: one H.264 stream, its size, pixel format, frame rate
+    and codec parameters (SPS/PPS); None for anything else or a file that cannot be read."""
+    try:
+        with av.open(str(check_file(path, "video", ConditioningError))) as container:
+            if len(container.streams) != 1 or not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            context = stream.codec_context
+            return (context.name, context.width, context.height, context.pix_fmt, stream.average_rate,
+                    stream.time_base, bytes(context.extradata or b""))
+    except (av.FFmpegError, OSError):
+        return None
+
+
+def _encoded_alike(paths: list[str | os.PathLike], rate: Fraction) -> bool:
+    forms = [_stream_form(path) for path in paths]
+    return forms[0] is not None and forms[0][0] == "h264" and forms[0][4] == rate and len(set(forms)) == 1
+
+
+def _join_packets(paths: list[str | os.PathLike], out_path: str | os.PathLike) -> Path:
+    """Every shot's packets in order, each shot's timestamps moved past the end of the ones before."""
+    with atomic_write_path(out_path) as temp, av.open(str(temp), mode="w", format="mp4") as film:
+        stream, offset = None, 0
+        for path in paths:
+            with av.open(str(path)) as shot:
+                source = shot.streams.video[0]
+                stream = stream or film.add_stream_from_template(source)
+                end = offset
+                for packet in shot.demux(source):
+                    if packet.dts is None:  # the demuxer's empty packet at the end
+                        continue
+                    end = max(end, offset + packet.pts + packet.duration)
+                    packet.pts, packet.dts = packet.pts + offset, packet.dts + offset
+                    packet.stream = stream
+                    film.mux(packet)
+                offset = end
     return Path(out_path)

@@ -1,3 +1,4 @@
+import av
 import numpy as np
 import pytest
 import torch
@@ -53,6 +54,19 @@ def test_concat_frame_count_is_the_sum(tmp_path):
     film = read_mp4(concat_videos(paths, tmp_path / "film.mp4", fps=16))
     assert film.shape == (sum(counts), 32, 48, 3)
     assert (film[5:8].float() - read_mp4(paths[1]).float()).abs().mean() < 4
+
+
+def test_shots_encoded_alike_join_without_a_second_encode(tmp_path):
+    counts = [5, 3, 9]
+    paths = [write_mp4(smooth_frames(n, seed=i), tmp_path / f"shot_{i}.mp4") for i, n in enumerate(counts)]
+    film = read_mp4(concat_videos(paths, tmp_path / "film.mp4", fps=16))
+    assert torch.equal(film, torch.cat([read_mp4(path) for path in paths]))  # every frame as its shot holds it
+    with av.open(str(tmp_path / "film.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.frames == sum(counts) and float(stream.duration * stream.time_base) == sum(counts) / 16
+    # another frame rate than the shots': re-encoded at that rate
+    with av.open(str(concat_videos(paths, tmp_path / "film_24.mp4", fps=24))) as container:
+        assert container.streams.video[0].average_rate == 24 and container.streams.video[0].frames == sum(counts)
 
 
 def test_concat_rejects_shots_of_different_sizes(tmp_path):
