@@ -16,7 +16,7 @@ import pytest
 import torch
 from comfy_host import GGUF_MISSING, missing, require_host, run_in_host
 from tiny_gguf import GGUF_HIGH, GGUF_LOW, write_gguf_experts
-from twelve_shot_story import CUTS, LOADERS, SHOTS, story_banks, story_workflow
+from twelve_shot_story import CUTS, EXPERT_LOADERS, SHOTS, story_banks, story_workflow
 
 from storymem_core import tiny_models
 from storymem_core.choices import GIVEN_FRAMES
@@ -26,7 +26,7 @@ FRAMES = 5  # the host script's test size (in_host.TEST_SIZE): 32x32, 5 frames, 
 SIZE = (32, 32)
 
 
-@pytest.fixture(scope="module", params=LOADERS)
+@pytest.fixture(scope="module", params=EXPERT_LOADERS)
 def story_run(request, tmp_path_factory) -> tuple[dict, dict, Path]:
     """(the workflow run, the three runs' records, the story folder) of the 12-shot story on `loader`'s experts."""
     host = require_host()

@@ -40,7 +40,7 @@ STORY = {"story_name": "The Red Kite", "story_overview": "A girl follows her red
                     for n, (prompts, cuts) in enumerate(SCENES, start=1)]}
 CUTS = [cut for _, cuts in SCENES for cut in cuts]
 SHOTS = len(CUTS)
-LOADERS = ("core", "gguf")
+EXPERT_LOADERS = ("core", "gguf")  # story_workflow: as shipped, or by the GGUF loader
 
 
 def story_workflow(loader: str) -> dict:
