@@ -24,10 +24,12 @@ from comfy_host import GGUF_MISSING, missing
 from local_hub import LocalHub, saved
 from PIL import Image
 from tiny_gguf import write_gguf_experts
+from twelve_shot_story import CUTS, EXPERT_LOADERS, SHOTS, story_banks, story_workflow
+from twelve_shot_story import SHIPPED as NATIVE_RUNNER
 
 from storymem_core import tiny_models as tiny
 from storymem_core.downloads import known_file, partial_path
-from storymem_core.video import write_mp4
+from storymem_core.video import read_mp4, write_mp4
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((PACK_ROOT / "workflows").rglob("*.json"))
@@ -43,6 +45,8 @@ SHOT_TYPES = ("StoryMemFirstShot", "StoryMemShot")
 BANK_LINK_COLOUR = "#e0a030"
 SERVER_START_S = 180
 RUN_S = 300
+CORE_LOADABLE = "core_loadable"  # the subfolder of each model folder with the tiny models ComfyUI's own loaders read
+TEST_NODES = PACK_ROOT / "tests" / "host_nodes"  # the tiny umT5 for ComfyUI's Load CLIP (storymem_tiny_umt5.py)
 MM2V_HIGH = known_file("StoryMem/Wan2.2-MM2V-A14B/backbone_high_noise.pth")  # not among the tiny models
 MM2V_LOW = known_file("StoryMem/Wan2.2-MM2V-A14B/backbone_low_noise.pth")
 
@@ -79,8 +83,9 @@ def hub():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, hub):
-    """ComfyUI on tiny models under the shipped workflows' file names (their folder first, where downloads go), with
-    live previews on and Hugging Face files coming from the local hub."""
+    """ComfyUI on tiny models under the shipped workflows' file names (their folder first, where downloads go), the
+    tiny models ComfyUI's own loaders read under the same names in each folder's CORE_LOADABLE subfolder (the engine's
+    and core's tiny sizes differ), live previews on and Hugging Face files coming from the local hub."""
     comfyui = _comfyui_dir()
     root = tmp_path_factory.mktemp("comfyui")
     tiny.write_tiny_models(root / "models")
@@ -91,13 +96,16 @@ def server(tmp_path_factory, hub):
     if with_gguf:
         write_gguf_experts(core)
         for name in (core / "diffusion_models").glob("*.gguf"):
-            shutil.copy(name, root / "models" / "diffusion_models" / name.name)
+            name.rename(root / "models" / "diffusion_models" / name.name)  # names of their own: loaded as named
+    for folder in core.iterdir():
+        folder.rename(root / "models" / folder.name / CORE_LOADABLE)
     tiny.write_reference_images(root / "input")
     folders = "".join(
         f"  {name}: {name}\n" for name in ("diffusion_models", "loras", "text_encoders", "vae", "clip_vision")
     )
     (root / "extra_model_paths.yaml").write_text(
         f"storymem_tiny:\n  base_path: {root / 'models'}\n  is_default: true\n{folders}"
+        f"storymem_test_nodes:\n  custom_nodes: {TEST_NODES}\n"
     )
     settings = root / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
@@ -223,11 +231,20 @@ class Frontend:
         """Errors the page reported that come from the pack: its script, its nodes' files, its messages."""
         return [problem for problem in self.problems if "storymem" in problem.lower()]
 
-    def load(self, path: Path) -> None:
-        self.page.evaluate(
-            "async (workflow) => { await window.app.loadGraphData(workflow); }", json.loads(path.read_text())
-        )
+    def load(self, workflow: Path | dict) -> None:
+        """Open a workflow file, or a workflow made by the test, as dropping it on the page does."""
+        if isinstance(workflow, Path):
+            workflow = json.loads(workflow.read_text())
+        self.page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", workflow)
         self.page.wait_for_timeout(1500)
+
+    def set_widgets(self, values: dict) -> None:
+        """Set every widget named in `values` on every node, as typing into it does."""
+        self.evaluate(
+            """(values) => { for (const node of app.graph.nodes) for (const widget of node.widgets ?? [])
+                if (widget.name in values) widget.value = values[widget.name]; }""",
+            values,
+        )
 
     def evaluate(self, script: str, argument=None):
         return self.page.evaluate(script, argument)
@@ -446,11 +463,12 @@ SAMPLING_NODES = ["KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCusto
                   "StoryMemStoryRunner", "StoryMemNativeStoryRunner"]
 
 
-@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p != STORY], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p not in (STORY, NATIVE_RUNNER)], ids=lambda p: p.stem)
 def test_shipped_workflow_keeps_its_nodes_apart_when_a_run_shows_its_outputs(frontend, server, path, screenshots):
     """The frontend grows nodes for what a run shows under them (sampling previews, shot videos, memory strips, the
-    film player); grown so, no node covers another and every node stays in its group. (The 3-shot story is run for
-    real in test_story_runs_with_previews_and_its_memory_stays_after_a_reload.)"""
+    film player); grown so, no node covers another and every node stays in its group. (The 3-shot story and the Native
+    Story Runner are run for real: test_story_runs_with_previews_and_its_memory_stays_after_a_reload,
+    test_native_story_runner_makes_a_12_shot_story_queued_from_the_page.)"""
     _skip_without_gguf_loader(server, path)
     frontend.load(path)
     frontend.evaluate(SHOWN_AFTER_A_RUN, [BANK_NODES, SHOT_NODES, FILM_NODES, SAMPLING_NODES, ["StoryMemStoryScript"]])
@@ -475,27 +493,28 @@ def test_new_shot_nodes_keep_their_seed_and_memory_links_have_their_colour(front
     assert colours[0] == BANK_LINK_COLOUR and colours[0] != colours[1]
 
 
-def _shot_panels(frontend: Frontend) -> list[dict]:
-    return frontend.evaluate("""() => app.graph.nodes
-        .filter((n) => ['StoryMemFirstShot', 'StoryMemShot'].includes(n.type)).map((n) => {
+def _shot_panels(frontend: Frontend, types: tuple[str, ...] = SHOT_TYPES) -> list[dict]:
+    """What each node of `types` shows: its memory strip's keyframes (all loaded?) and its video player."""
+    return frontend.evaluate("""(types) => app.graph.nodes.filter((n) => types.includes(n.type)).map((n) => {
         const element = (name) => n.widgets.find((w) => w.name === name)?.element;
         const images = [...(element('storymem_memory')?.querySelectorAll('img') ?? [])];
         const video = element('storymem_video')?.querySelector('video');
         return { id: String(n.id), title: n.title, keyframes: images.length,
                  loaded: images.every((image) => image.complete && image.naturalWidth > 0),
                  video: video ? { src: video.src, loop: video.loop, muted: video.muted } : null };
-    })""")
+    })""", list(types))
 
 
-def _wait_for_strips(frontend: Frontend) -> None:
+def _wait_for_strips(frontend: Frontend, types: tuple[str, ...] = SHOT_TYPES) -> None:
     frontend.page.wait_for_function(
-        """() => {
-        const shots = app.graph.nodes.filter((n) => ['StoryMemFirstShot', 'StoryMemShot'].includes(n.type));
+        """(types) => {
+        const shots = app.graph.nodes.filter((n) => types.includes(n.type));
         const images = (n) =>
             n.widgets.find((w) => w.name === 'storymem_memory')?.element.querySelectorAll('img') ?? [];
         return shots.length > 0 && shots.every((n) => [...images(n)]
             .some((image) => image.complete && image.naturalWidth > 0));
     }""",
+        arg=list(types),
         timeout=60_000,
     )
 
@@ -510,11 +529,7 @@ def _film_video(frontend: Frontend) -> str | None:
 
 def test_story_runs_with_previews_and_its_memory_stays_after_a_reload(frontend, server, screenshots):
     frontend.load(STORY)
-    frontend.evaluate(
-        """(tiny) => { for (const node of app.graph.nodes)
-        for (const widget of node.widgets ?? []) if (widget.name in tiny) widget.value = tiny[widget.name]; }""",
-        tiny.TINY_SHOT,
-    )
+    frontend.set_widgets(tiny.TINY_SHOT)
     run = frontend.queue_and_wait()
     assert run["status"]["status_str"] == "success", run["status"]["messages"]
 
@@ -587,6 +602,64 @@ def test_story_runs_with_previews_and_its_memory_stays_after_a_reload(frontend, 
     frontend.page.wait_for_function(
         '() => document.body.innerText.includes("shot 3 (\'The old keeper")', timeout=30_000
     )
+    assert frontend.pack_problems() == []
+
+
+# Each loader widget set to the file of the same name in CORE_LOADABLE, as an artist picks it from the list.
+CORE_LOADABLE_FILES = """(folder) => { for (const node of app.graph.nodes) for (const widget of node.widgets ?? []) {
+    const file = `${folder}/${widget.value}`;
+    if (Array.isArray(widget.options?.values) && widget.options.values.includes(file)) widget.value = file; } }"""
+
+
+@pytest.mark.parametrize("loader", EXPERT_LOADERS)
+def test_native_story_runner_makes_a_12_shot_story_queued_from_the_page(frontend, server, loader, screenshots):
+    """Issue 23's acceptance in the browser: the shipped Native Story Runner workflow given a 12-shot script and tiny
+    models ComfyUI's own loaders read (Load Diffusion Model as shipped, or Unet Loader (GGUF) on GGUF experts), queued
+    from the page, writes the 12 shots, their banks and the film into its story folder; the memory grows to its
+    maximum; the page shows the sampling previews, the runner's last memory and the film, with no node covering
+    another; queued again, nothing runs and nothing is written."""
+    if loader == "gguf" and not server["gguf"]:
+        missing(GGUF_MISSING)
+    frontend.load(story_workflow(loader))
+    frontend.set_widgets(tiny.TINY_SHOT)
+    frontend.evaluate(CORE_LOADABLE_FILES, CORE_LOADABLE)
+    started = time.time_ns()
+    run = frontend.queue_and_wait()
+    assert run["status"]["status_str"] == "success", run["status"]["messages"]
+    prompt = run["prompt"][2]
+    assert {"gguf": "UnetLoaderGGUF", "core": "UNETLoader"}[loader] in {n["class_type"] for n in prompt.values()}
+    runner = next(key for key, node in prompt.items() if node["class_type"] == "StoryMemNativeStoryRunner")
+
+    film = run["outputs"][runner]["storymem_video"][0]
+    folder = server["root"] / "output" / film["subfolder"]
+    shots = sorted((folder / "shots").glob("*.mp4"))
+    assert [p.name for p in shots] == [f"shot_{k:03d}.mp4" for k in range(1, SHOTS + 1)]
+    assert all(p.stat().st_mtime_ns > started for p in shots), "the shots were made by this run, not found done"
+    assert film["filename"] == "film.mp4"
+    assert read_mp4(folder / "film.mp4").shape[0] == sum(read_mp4(p).shape[0] for p in shots)
+    assert [read_mp4(p).shape[0] for p in shots] == [5 if cut else 4 for cut in CUTS]  # a continuation: mi2v
+    max_memory = json.loads((folder / "memory_settings.json").read_text())["max_memory"]
+    sizes = [len(bank) for bank in story_banks(folder)]
+    assert sizes[0] == 1 and sizes[-1] == max_memory, sizes  # from the reference image up to the maximum
+    assert all(later > earlier or later == max_memory for earlier, later in zip(sizes, sizes[1:])), sizes
+
+    _wait_for_strips(frontend, ("StoryMemNativeStoryRunner",))
+    [panel] = _shot_panels(frontend, ("StoryMemNativeStoryRunner",))
+    assert panel["keyframes"] == sizes[-1] and panel["loaded"], panel  # the memory after the last shot
+    assert panel["video"] and "film.mp4" in panel["video"]["src"] and folder.name in panel["video"]["src"], panel
+    assert frontend.previews >= SHOTS, "live previews while the shots sample"
+    frontend.page.wait_for_timeout(1000)  # the film starts playing
+    frontend.page.screenshot(path=str(screenshots / f"storymem_native_story_runner_{loader}_after_run.png"))
+    layout = frontend.evaluate(LAYOUT)
+    (screenshots / f"storymem_native_story_runner_{loader}_after_run.json").write_text(json.dumps(layout, indent=1))
+    assert _overlapping_nodes(layout) == [], "nodes grown by the memory strip, previews and film cover their neighbours"
+    assert _untidy_groups(layout) == []
+
+    written = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    requeued = frontend.queue_and_wait()
+    cached = [data["nodes"] for kind, data in requeued["status"]["messages"] if kind == "execution_cached"]
+    assert cached and set(cached[0]) == set(prompt), "a re-queue of the finished story runs no node"
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == written
     assert frontend.pack_problems() == []
 
 

@@ -1,11 +1,11 @@
-"""A whole 12-shot story from ONE StoryMem Native Story Runner in a real ComfyUI on CPU (issue 23's acceptance): the
-shipped `storymem_native_story_runner.json` with its story swapped for a 12-shot script written here (4 scenes of 3
-shots, cuts and continuations), run on tiny core-loadable experts through ComfyUI's Load Diffusion Model as shipped,
-and on tiny GGUF experts through city96/ComfyUI-GGUF's Unet Loader (GGUF) in the loaders' place. Each run writes 12
-shots and a film of all their frames; the memory grows shot by shot up to its maximum and never past it; every bank
-holds only this story's keyframes (its reference, and frames of the shots they name); queueing the finished story
-again samples nothing: on the same executor (ComfyUI's cache) nothing runs, on a fresh one the runner resumes and
-writes nothing."""
+"""A whole 12-shot story from ONE StoryMem Native Story Runner in a real ComfyUI's executor on CPU (issue 23's
+acceptance; test_browser queues it from the page): the shipped `storymem_native_story_runner.json` with its story
+swapped for the 12-shot script of twelve_shot_story.py (4 scenes of 3 shots, cuts and continuations), run on tiny
+core-loadable experts through ComfyUI's Load Diffusion Model as shipped, and on tiny GGUF experts through
+city96/ComfyUI-GGUF's Unet Loader (GGUF) in the loaders' place. Each run writes 12 shots and a film of all their frames;
+the memory grows shot by shot up to its maximum and never past it; every bank holds only this story's keyframes (its
+reference, and frames of the shots they name); queueing the finished story again samples nothing: on the same executor
+(ComfyUI's cache) nothing runs, on a fresh one the runner resumes and writes nothing."""
 
 from __future__ import annotations
 
@@ -16,56 +16,17 @@ import pytest
 import torch
 from comfy_host import GGUF_MISSING, missing, require_host, run_in_host
 from tiny_gguf import GGUF_HIGH, GGUF_LOW, write_gguf_experts
+from twelve_shot_story import CUTS, EXPERT_LOADERS, SHOTS, story_banks, story_workflow
 
 from storymem_core import tiny_models
-from storymem_core.bank_files import load_bank
 from storymem_core.choices import GIVEN_FRAMES
 from storymem_core.video import read_mp4
 
-SHIPPED = Path(__file__).resolve().parent.parent / "workflows" / "native" / "storymem_native_story_runner.json"
 FRAMES = 5  # the host script's test size (in_host.TEST_SIZE): 32x32, 5 frames, 2 steps
 SIZE = (32, 32)
 
-# Our own 12-shot script: 4 scenes of 3 shots; each scene opens with a cut, the others cut or continue the shot before.
-SCENES = [
-    (["A red kite rises above a windy hill at noon, a girl in a green scarf holding its string.",
-      "The girl in the green scarf runs downhill, the red kite pulling her along the grass.",
-      "She stops at a stone wall, breathless, the red kite still dancing overhead."],
-     [True, False, False]),
-    (["A small bakery at dawn, warm light in the window, flour drifting in the air.",
-      "The girl in the green scarf pushes the bakery door open, a bell ringing above her.",
-      "Close-up of her hands taking a round loaf from the baker across the counter."],
-     [True, False, True]),
-    (["A rainy town square at dusk, umbrellas crossing under a clock tower.",
-      "The girl in the green scarf shelters under the clock tower, the loaf wrapped in paper.",
-      "She looks up as the clock strikes six, rain dripping from the arches."],
-     [True, True, False]),
-    (["Night on the windy hill, the red kite tangled in a lone oak tree under the moon.",
-      "The girl in the green scarf climbs the oak and frees the kite from its branches.",
-      "She sits on the branch with the kite in her lap, the town's lights glowing far below."],
-     [True, False, False]),
-]
-STORY = {"story_name": "The Red Kite", "story_overview": "A girl follows her red kite through a day in a small town.",
-         "scenes": [{"scene_num": n, "video_prompts": prompts, "cut": cuts}
-                    for n, (prompts, cuts) in enumerate(SCENES, start=1)]}
-CUTS = [cut for _, cuts in SCENES for cut in cuts]
-SHOTS = len(CUTS)
 
-
-def story_workflow(loader: str) -> dict:
-    """The shipped Native Story Runner workflow with the 12-shot script, its experts loaded by `loader`: "core" as
-    shipped (Load Diffusion Model), "gguf" by Unet Loader (GGUF) in each Load Diffusion Model's place."""
-    workflow = json.loads(SHIPPED.read_text(encoding="utf-8"))
-    script = next(n for n in workflow["nodes"] if n["type"] == "StoryMemStoryScript")
-    script["widgets_values"][1] = json.dumps(STORY, indent=2)
-    if loader == "gguf":
-        gguf_names = {tiny_models.I2V_HIGH: GGUF_HIGH, tiny_models.I2V_LOW: GGUF_LOW}
-        for node in (n for n in workflow["nodes"] if n["type"] == "UNETLoader"):
-            node["type"], node["widgets_values"] = "UnetLoaderGGUF", [gguf_names[node["widgets_values"][0]]]
-    return workflow
-
-
-@pytest.fixture(scope="module", params=["core", "gguf"])
+@pytest.fixture(scope="module", params=EXPERT_LOADERS)
 def story_run(request, tmp_path_factory) -> tuple[dict, dict, Path]:
     """(the workflow run, the three runs' records, the story folder) of the 12-shot story on `loader`'s experts."""
     host = require_host()
@@ -131,9 +92,8 @@ def test_host_the_memory_grows_within_its_maximum_and_holds_only_this_storys_key
     _, record, folder = story_run
     settings = json.loads((folder / "memory_settings.json").read_text())
     max_memory, fixed = settings["max_memory"], settings["fixed_memory"]
-    initial = load_bank(folder / "banks" / "initial")
-    assert [k.source for k in initial.keyframes] == ["reference"]  # MR2V: the reference image starts the memory
-    banks = [initial, *(load_bank(folder / "banks" / f"after_shot_{k:03d}") for k in range(1, SHOTS + 1))]
+    banks = story_banks(folder)
+    assert [k.source for k in banks[0].keyframes] == ["reference"]  # MR2V: the reference image starts the memory
     sizes = [len(bank) for bank in banks]
     assert all(size <= max_memory for size in sizes) and sizes[-1] == max_memory  # it fills up and stops there
     for before, after in zip(sizes, sizes[1:]):  # every shot adds keyframes until the memory is full

@@ -15,6 +15,7 @@ from pathlib import Path
 
 COMFYUI = Path(os.environ["STORYMEM_COMFYUI"]).resolve()
 PACK = Path(os.environ["STORYMEM_PACK"])  # the pack folder, named as ComfyUI users have it (ComfyUI-StoryMem)
+TINY_UMT5_NODE = Path(__file__).resolve().parent.parent / "host_nodes" / "storymem_tiny_umt5.py"
 MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras", "clip_vision")
 
 
@@ -50,18 +51,12 @@ def start(models_dir: Path | None = None, output_dir: Path | None = None, input_
 
 
 def load_tiny_umt5() -> None:
-    """ComfyUI's umT5 builder assumes the xxl sizes: give it the tiny file's through its own config override."""
-    import comfy.sd
+    """ComfyUI's umT5 builder assumes the xxl sizes: the test node tests/host_nodes/storymem_tiny_umt5.py gives it the
+    tiny file's, loaded as ComfyUI loads custom nodes (as the browser test's server loads it too)."""
+    import nodes
 
-    from storymem_core import tiny_models
-
-    load_text_encoders = comfy.sd.load_text_encoder_state_dicts
-    tiny_umt5 = {**tiny_models.CORE_T5, "num_decoder_layers": tiny_models.CORE_T5["num_layers"]}
-
-    def load_tiny_text_encoders(*args, model_options={}, **kwargs):
-        return load_text_encoders(*args, model_options={**model_options, "umt5xxl_model_config": tiny_umt5}, **kwargs)
-
-    comfy.sd.load_text_encoder_state_dicts = load_tiny_text_encoders
+    if not asyncio.run(nodes.load_custom_node(str(TINY_UMT5_NODE))):
+        raise SystemExit(f"ComfyUI could not load the test node {TINY_UMT5_NODE}")
 
 
 TEST_SIZE = {"width": 32, "height": 32, "length": 5, "frames": 5, "steps": 2}
