@@ -110,7 +110,8 @@ class _Mp4Encoder:
         self.stream.width, self.stream.height = width, height
         self.stream.pix_fmt = "yuv420p"
         if codec == "libx264":
-            self.stream.options = {"crf": "17"}
+            # crf 17 sets the quality; x264's veryfast preset reaches it in a third of the default preset's time
+            self.stream.options = {"crf": "17", "preset": "veryfast"}
         else:
             self.stream.bit_rate = 16_000_000
 
