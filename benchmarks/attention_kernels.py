@@ -1,5 +1,6 @@
 """Attention kernels at the A14B DiT's shapes (40 heads of 128, bf16): torch SDPA's kernels, each installed
-flash-attn, and what the engine's `attention` picks; time, TFLOP/s and error against float32 attention.
+flash-attn, SageAttention 1 where installed, and what the engine's `attention` picks; time, TFLOP/s and error
+against float32 attention.
 
 Run on a GPU from the repo root:  python -m benchmarks.attention_kernels --json out.json
 Shapes: self-attention over the 48,360 tokens of an 81-frame 832x480 shot with 10 memory frames, and
@@ -47,6 +48,12 @@ def kernels() -> dict:
              "torch SDPA flash (flash-attn 2 code)": sdpa(SDPBackend.FLASH_ATTENTION)}
     for kernel, func in attention_module.INSTALLED:
         found[kernel.name] = lambda q, k, v, func=func: first(func(q, k, v))
+    try:  # PyPI's SageAttention 1 (Triton, int8 scores): approximate, so measured here but never picked by the engine
+        from sageattention import sageattn
+    except ImportError:
+        pass
+    else:
+        found["SageAttention 1 (int8 q.k, approximate)"] = lambda q, k, v: sageattn(q, k, v, tensor_layout="NHD")
     found["engine attention()"] = attention_module.attention
     return found
 
