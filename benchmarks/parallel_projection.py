@@ -198,10 +198,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device("cuda", torch.cuda.current_device())
-    torch._dynamo.config.recompile_limit = 64  # a graph per rank count, as N processes would each build theirs
-    # lengths dynamic from the first call (a story's growing memory makes them so after its second shot anyway): one
-    # compile per rank count serves both M
-    torch._dynamo.config.assume_static_by_default = False
+    torch._dynamo.config.recompile_limit = 64  # one graph per rank count and length, as N processes would each build
     config = DiTConfig.a14b("i2v")
     config.num_layers = args.layers
     start = time.perf_counter()
