@@ -2,7 +2,7 @@
 
 Run on one GPU from the repo root:  python -m benchmarks.parallel_projection --json $OUT/projection.json
 
-What runs: one random A14B i2v expert (fp8 linears, compiled blocks: the single-GPU preset path's settings) at
+What runs: one random A14B i2v expert (fp8 linears, compiled blocks: the preset's settings; `--eager`: the default's) at
 832x480, 81 frames, M = 0 and 10. For N = 1, 2, 4, 8 the engine's own split forward runs as rank 0 of N would run it
 (`wan/ulysses.py` under `sharded_sequence`: linears, norms and cross-attention on this rank's L/N tokens,
 self-attention over all L tokens with H/N heads, the same kernels), except that each collective returns a local
@@ -106,7 +106,7 @@ def input_bytes(inputs: tuple) -> int:
     return 4 * (x.numel() + (0 if y is None else y.numel()) + 2 * context.numel())
 
 
-def forward_part(model: nn.Module, device: torch.device, repeats: int, record) -> dict:
+def forward_part(model: nn.Module, device: torch.device, repeats: int, compiled: bool, record) -> dict:
     """Per M: the measured plain forward, and per N one rank's compute and the bytes of each collective."""
     results = {}
     for memory in MEMORY:
@@ -120,7 +120,8 @@ def forward_part(model: nn.Module, device: torch.device, repeats: int, record) -
                 model(x, t, context, y)
             row["ranks"][ranks] = {"collective_bytes": shards.collectives}
         results[memory] = row
-    model.compile_blocks()
+    if compiled:
+        model.compile_blocks()
     for memory in MEMORY:
         x, t, context, y = dit_inputs(model.config, memory, 1, device)
         row = results[memory]
@@ -195,6 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=40, help="DiT blocks (fewer: a quick smoke run)")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per configuration (median)")
+    parser.add_argument("--eager", action="store_true", help="no compiled blocks (the default path's setting)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device("cuda", torch.cuda.current_device())
@@ -209,7 +211,8 @@ def main() -> None:
     def record(**values) -> None:
         print(json.dumps(values), flush=True)
 
-    result["forwards"] = forward_part(model, device, args.repeats, record)
+    result["compiled"] = not args.eager
+    result["forwards"] = forward_part(model, device, args.repeats, not args.eager, record)
     result["shot"] = shot_part(model, device)
     result["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
     result["projection"] = projection(result["forwards"], result["shot"])
