@@ -145,13 +145,15 @@ def shot_part(model: nn.Module, device: torch.device) -> dict:
     return {"preset_steps": preset.steps, "preset_shot_s": shot(preset)}
 
 
-def projection(forwards: dict, shot: dict) -> list[dict]:
-    """Projected seconds per forward, per CFG step, per shot, for every link and N; speed-up against N = 1."""
+def projection(forwards: dict, shot: dict | None) -> list[dict]:
+    """Projected seconds per forward, per CFG step, per shot (once measured), for every link and N; speed-up
+    against N = 1."""
     rows = []
     for link, one_way in LINKS.items():
         for memory, row in forwards.items():
             per_rank = row["ranks"]
-            outside = shot["preset_shot_s"] - shot["preset_steps"] * row["plain_forward_s"] if memory == 10 else None
+            outside = (shot["preset_shot_s"] - shot["preset_steps"] * row["plain_forward_s"]
+                       if shot is not None and memory == 10 else None)
             for cfg_parallel in (False, True):
                 for ranks in RANKS:
                     group = ranks // 2 if cfg_parallel else ranks
@@ -213,17 +215,19 @@ def main() -> None:
 
     result["compiled"] = not args.eager
     result["forwards"] = forward_part(model, device, args.repeats, not args.eager, record)
-    result["shot"] = shot_part(model, device)
-    result["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
-    result["projection"] = projection(result["forwards"], result["shot"])
     measured, projected_one = (result["forwards"][10]["plain_forward_s"],
                                result["forwards"][10]["ranks"][1]["compute_s"])
     result["n1_check"] = {"measured_forward_s": measured, "projected_forward_s": projected_one,
                           "difference": projected_one / measured - 1}
-    print(markdown(result["projection"]))
-    print(json.dumps(result["n1_check"]))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["n1_check"]), flush=True)
+    for part in ("forwards", "shot"):  # the forwards' table first, should the shot not finish
+        if part == "shot":
+            result["shot"] = shot_part(model, device)
+        result["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+        result["projection"] = projection(result["forwards"], result.get("shot"))
+        print(markdown(result["projection"]), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
