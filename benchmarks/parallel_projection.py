@@ -7,7 +7,7 @@ What runs: one random A14B i2v expert (fp8 linears, compiled blocks: the preset'
 (`wan/ulysses.py` under `sharded_sequence`: linears, norms and cross-attention on this rank's L/N tokens,
 self-attention over all L tokens with H/N heads, the same kernels), except that each collective returns a local
 tensor of the shape it would receive instead of communicating (`ProjectedShards`). That times one rank's compute;
-the bytes each collective moves are counted in one eager forward of the same code.
+the bytes each collective moves are counted by the same code run on the meta device (shapes only).
 
 The communication model (stated, not measured): ranks compute in lockstep and every collective waits for its data,
 as the engine's synchronous collectives do (no overlap), so a forward takes compute + the sum over its collectives of
@@ -39,7 +39,7 @@ from benchmarks.shot_memory import expert
 from benchmarks.story import shot_runner
 from storymem_core.presets import LIGHTX2V, sampler_settings
 from storymem_core.sampling import ExpertPair, SamplerSettings
-from storymem_core.wan.dit import DiTConfig
+from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.ulysses import SequenceShards, sequence_parallel_modules
 
 RANKS = (1, 2, 4, 8)
@@ -106,33 +106,35 @@ def input_bytes(inputs: tuple) -> int:
     return 4 * (x.numel() + (0 if y is None else y.numel()) + 2 * context.numel())
 
 
+def collective_bytes(config: DiTConfig, inputs: tuple, ranks: int) -> list[int]:
+    """The bytes of each collective of one split forward, counted on the meta device: shapes only, no GPU time."""
+    with torch.device("meta"):
+        model = WanDiT(config).cast_weights(torch.bfloat16)
+    shards = ProjectedShards(ranks)
+    with torch.no_grad(), projected(model, shards):
+        model(*(x.to("meta") for x in inputs))
+    return shards.collectives
+
+
 def forward_part(model: nn.Module, device: torch.device, repeats: int, compiled: bool, record) -> dict:
     """Per M: the measured plain forward, and per N one rank's compute and the bytes of each collective."""
+    if compiled:
+        model.compile_blocks()
     results = {}
     for memory in MEMORY:
         inputs = dit_inputs(model.config, memory, 1, device)
         x, t, context, y = inputs
-        row = {"tokens": tokens(model.config, memory), "input_bytes": input_bytes(inputs),
-               "prediction_bytes": 4 * x.numel(), "ranks": {}}
-        for ranks in RANKS:  # bytes: one eager forward of the same code
-            shards = ProjectedShards(ranks)
-            with torch.no_grad(), projected(model, shards):
-                model(x, t, context, y)
-            row["ranks"][ranks] = {"collective_bytes": shards.collectives}
-        results[memory] = row
-    if compiled:
-        model.compile_blocks()
-    for memory in MEMORY:
-        x, t, context, y = dit_inputs(model.config, memory, 1, device)
-        row = results[memory]
+        row = results[memory] = {"tokens": tokens(model.config, memory), "input_bytes": input_bytes(inputs),
+                                 "prediction_bytes": 4 * x.numel(), "ranks": {}}
         with torch.no_grad():
             seconds, first, _ = timed(lambda: model(x, t, context, y), device, repeats)
             row["plain_forward_s"], row["plain_first_call_s"] = median(seconds), first
             for ranks in RANKS:
                 with projected(model, ProjectedShards(ranks)):
                     seconds, first, peak = timed(lambda: model(x, t, context, y), device, repeats)
-                row["ranks"][ranks].update(compute_s=median(seconds), compute_runs_s=seconds, first_call_s=first,
-                                           peak_gib=peak)
+                row["ranks"][ranks] = {"compute_s": median(seconds), "compute_runs_s": seconds, "first_call_s": first,
+                                       "peak_gib": peak,
+                                       "collective_bytes": collective_bytes(model.config, inputs, ranks)}
                 record(memory=memory, ranks=ranks, compute_s=median(seconds), first_call_s=first)
     return results
 
@@ -194,13 +196,32 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def communication_table(config: DiTConfig) -> str:
+    """The modelled communication of one split forward at the real shapes, without a GPU (meta device)."""
+    lines = ["| M | tokens | GPUs | collectives | bytes each all-to-all (rank 0) | GB a forward | "
+             + " | ".join(f"{link} s" for link in LINKS) + " |", "|" + "---|" * (6 + len(LINKS))]
+    for memory in MEMORY:
+        inputs = dit_inputs(config, memory, 1, torch.device("cpu"))
+        for ranks in RANKS[1:]:
+            sizes = collective_bytes(config, inputs, ranks) + [input_bytes(inputs)]
+            seconds = " | ".join(f"{collective_s(sizes, one_way):.3f}" for one_way in LINKS.values())
+            lines.append(f"| {memory} | {tokens(config, memory)} | {ranks} | {len(sizes)} | {sizes[0] / 1e6:.1f} MB "
+                         f"| {sum(sizes) / 1e9:.2f} | {seconds} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=40, help="DiT blocks (fewer: a quick smoke run)")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per configuration (median)")
     parser.add_argument("--eager", action="store_true", help="no compiled blocks (the default path's setting)")
+    parser.add_argument("--communication-only", action="store_true",
+                        help="print the modelled communication at the real shapes and stop (no GPU needed)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.communication_only:
+        print(communication_table(DiTConfig.a14b("i2v")))
+        return
     device = torch.device("cuda", torch.cuda.current_device())
     torch._dynamo.config.recompile_limit = 64  # one graph per rank count and length, as N processes would each build
     config = DiTConfig.a14b("i2v")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmarks.dit_step import build_random_dit, dit_inputs, tiny_config
-from benchmarks.parallel_projection import ProjectedShards, collective_s, projected, projection
+from benchmarks.parallel_projection import ProjectedShards, collective_bytes, collective_s, projected, projection
 
 HEIGHT, WIDTH = 32, 48  # latent 4 x 6 patches a frame
 
@@ -41,6 +41,8 @@ def test_counted_bytes_are_what_each_rank_would_send(model, ranks):
     # the output's all-gather: every other rank's slice of float32 patch outputs arrives
     gather = (ranks - 1) * mine * config.out_dim * 4 * 4
     assert shards.collectives == [exchange] * 4 * config.num_layers + [gather]
+    # what the benchmark counts on the meta device, without running the forward
+    assert collective_bytes(config, (x, t, context, y), ranks) == shards.collectives
 
 
 def forwards(compute: dict[int, float], collective_bytes: dict[int, list[int]]) -> dict:
