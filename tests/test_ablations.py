@@ -10,7 +10,9 @@ from helpers import cli_plan, story_script
 from test_story_plan import node_plan, output_root  # noqa: F401 (output_root: a fixture)
 
 from nodes.native_runner import NativeStoryRunner
+from storymem_core import tiny_models as tiny
 from storymem_core.choices import Ablation
+from storymem_core.commands.cli import main
 from storymem_core.errors import StoryMemError
 from storymem_core.keyframes import select_keyframes
 from storymem_core.memory import MemoryBank
@@ -43,6 +45,16 @@ def test_a_folder_made_with_an_ablation_refuses_a_plain_rerun_and_continues_with
         cli_plan(tmp_path, "--out", str(out), shots=2).check_folder()
     cli_plan(tmp_path, "--out", str(out), "--no-semantic-selection", shots=2).check_folder()  # continues
     cli_plan(tmp_path, "--out", str(out), "--from-shot", "2", shots=2).check_folder()  # remakes from shot 2
+
+
+def test_a_story_without_the_quality_filter_needs_no_quality_model_file(tmp_path):
+    models = tiny.write_tiny_models(tmp_path / "models")
+    (models / "clip_vision" / tiny.AESTHETIC_FILE).unlink()
+    argv = ["story", str(story_script(tmp_path, 2)), "--models-dir", str(models), "--size", "32x32", "--frames", "5",
+            "--steps", "2", "--quality", "aesthetic"]
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 2  # the filter needs its head
+    assert main([*argv, "--out", str(tmp_path / "ablated"), "--no-aesthetic-filter"]) == 0
+    assert (tmp_path / "ablated" / "film.mp4").is_file()
 
 
 def test_a_folder_recorded_before_ablations_reads_as_none(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..choices import DEFAULT_MEMORY_POSITIONS
+from ..choices import DEFAULT_MEMORY_POSITIONS, Ablation, Quality
 from ..distributed import PAIRS, Parallel, torchrun_session
 from ..errors import StoryMemError
 from ..folder_lock import one_writer
@@ -108,7 +108,9 @@ def run_story_files(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) 
 
 def _load_and_run(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) -> Path | None:
     checked = plan.check_folder()
-    roles = required_roles(plan.options.first_shot, quality_model(load.quality, models_dir))
+    # without the quality filter (the paper's ablation) no quality model is needed, nor its file
+    quality = Quality.OFF if Ablation.NO_AESTHETIC_FILTER in plan.options.ablations else load.quality
+    roles = required_roles(plan.options.first_shot, quality_model(quality, models_dir))
     files = find_model_files(models_dir, roles + preset_roles(load.preset, plan.options.first_shot))
     if load.parallel is not None:
         load.parallel.check_heads(dit_config(files["i2v_high"])[0].num_heads)
