@@ -241,14 +241,18 @@ def main() -> None:
     result["n1_check"] = {"measured_forward_s": measured, "projected_forward_s": projected_one,
                           "difference": projected_one / measured - 1}
     print(json.dumps(result["n1_check"]), flush=True)
-    for part in ("forwards", "shot"):  # the forwards' table first, should the shot not finish
-        if part == "shot":
-            result["shot"] = shot_part(model, device)
-        result["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
-        result["projection"] = projection(result["forwards"], result.get("shot"))
-        print(markdown(result["projection"]), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=1))
+    report(result, device, args.json)  # the forwards' table first, should the shot part not finish
+    result["shot"] = shot_part(model, device)
+    report(result, device, args.json)
+
+
+def report(result: dict, device: torch.device, path: Path | None) -> None:
+    """The projection from what is measured so far: printed as a table, and the whole result to `path`."""
+    result["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+    result["projection"] = projection(result["forwards"], result.get("shot"))
+    print(markdown(result["projection"]), flush=True)
+    if path:
+        path.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
