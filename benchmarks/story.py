@@ -156,11 +156,12 @@ def story_part(args: argparse.Namespace, device: torch.device, record: Record) -
            story_peak_gib=torch.cuda.max_memory_allocated(device) / GIB)
 
 
-def timed_story(story, models: StoryModels, device: torch.device) -> dict:
+def timed_story(story, models: StoryModels, device: torch.device, size_wh: tuple[int, int] = (WIDTH, HEIGHT),
+                frames: int = FRAMES) -> dict:
     """The story planned and run as the `story` command runs it: total, seconds per phase and per shot, the memory."""
     out = Path(tempfile.mkdtemp(prefix="story_bench_"))
     plan = plan_story(StoryInputs(story=story, out=out, names=CLI_NAMES, first_shot="t2v", preset=LIGHTX2V.name,
-                                  size_wh=(WIDTH, HEIGHT), frames=FRAMES, max_memory=10, fixed_memory=3))
+                                  size_wh=size_wh, frames=frames, max_memory=10, fixed_memory=3))
     shot_start, shot_s, memory_seen = [0.0], [], []
 
     def on_shot(index: int, total: int, prompt: str) -> None:
