@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.dit_step import GIB, dit_inputs, median, timed, tokens
+from benchmarks.dit_step import GIB, HEIGHT, WIDTH, dit_inputs, median, timed, tokens
 from benchmarks.shot_memory import expert
 from benchmarks.story import shot_runner
 from storymem_core.presets import LIGHTX2V, sampler_settings
@@ -116,15 +116,16 @@ def collective_bytes(config: DiTConfig, inputs: tuple, ranks: int) -> list[int]:
     return shards.collectives
 
 
-def forward_part(model: nn.Module, device: torch.device, repeats: int, compiled: bool, record) -> dict:
+def forward_part(model: nn.Module, device: torch.device, repeats: int, compiled: bool, record,
+                 size_hw: tuple[int, int] = (HEIGHT, WIDTH)) -> dict:
     """Per M: the measured plain forward, and per N one rank's compute and the bytes of each collective."""
     if compiled:
         model.compile_blocks()
     results = {}
     for memory in MEMORY:
-        inputs = dit_inputs(model.config, memory, 1, device)
+        inputs = dit_inputs(model.config, memory, 1, device, *size_hw)
         x, t, context, y = inputs
-        row = results[memory] = {"tokens": tokens(model.config, memory), "input_bytes": input_bytes(inputs),
+        row = results[memory] = {"tokens": tokens(model.config, memory, *size_hw), "input_bytes": input_bytes(inputs),
                                  "prediction_bytes": 4 * x.numel(), "ranks": {}}
         with torch.no_grad():
             seconds, first, _ = timed(lambda: model(x, t, context, y), device, repeats)

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from benchmarks.dit_step import build_random_dit, dit_inputs, tiny_config
-from benchmarks.parallel_projection import ProjectedShards, collective_bytes, collective_s, projected, projection
+from benchmarks.parallel_projection import (
+    RANKS,
+    ProjectedShards,
+    collective_bytes,
+    collective_s,
+    forward_part,
+    markdown,
+    projected,
+    projection,
+)
 
 HEIGHT, WIDTH = 32, 48  # latent 4 x 6 patches a frame
 
@@ -68,3 +77,14 @@ def test_the_model_adds_compute_and_communication_and_halves_cfg_work_across_gro
     assert cfg_two["cfg_step_speedup"] == pytest.approx(8.0 / cfg_two["cfg_step_s"])
     pcie = next(r for r in rows if r["link"].startswith("PCIe") and r["ranks"] == 2 and not r["cfg_parallel"])
     assert pcie["forward_s"] > two["forward_s"]  # the slower link costs more
+
+
+def test_the_forward_part_times_every_split_and_projects_a_table(model):
+    """The device run's forward part, eager on the tiny model: a row per M with every N timed and counted."""
+    forwards = forward_part(model, torch.device("cpu"), 1, False, lambda **values: None, (HEIGHT, WIDTH))
+    for row in forwards.values():
+        assert row["plain_forward_s"] > 0 and sorted(row["ranks"]) == list(RANKS)
+        assert all(row["ranks"][n]["compute_s"] > 0 for n in RANKS) and row["ranks"][1]["collective_bytes"] == []
+        assert len(row["ranks"][8]["collective_bytes"]) == 4 * model.config.num_layers + 1
+    table = markdown(projection(forwards, None))
+    assert table.count("\n") == 1 + 2 * 2 * (len(RANKS) + 3)  # header, then links x M x (N off, even N on)
