@@ -35,8 +35,7 @@ import torch
 from torch import nn
 
 from benchmarks.dit_step import GIB, HEIGHT, WIDTH, dit_inputs, median, timed, tokens
-from benchmarks.shot_memory import expert
-from benchmarks.story import shot_runner
+from benchmarks.shot_memory import expert, random_vae, shot_runner
 from storymem_core.presets import LIGHTX2V, sampler_settings
 from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.wan.dit import DiTConfig, WanDiT
@@ -106,13 +105,18 @@ def input_bytes(inputs: tuple) -> int:
     return 4 * (x.numel() + (0 if y is None else y.numel()) + 2 * context.numel())
 
 
-def collective_bytes(config: DiTConfig, inputs: tuple, ranks: int) -> list[int]:
-    """The bytes of each collective of one split forward, counted on the meta device: shapes only, no GPU time."""
+def meta_twin(config: DiTConfig) -> WanDiT:
+    """The DiT of `config` on the meta device (bf16, as a forward's activations are): shapes only, no memory."""
     with torch.device("meta"):
-        model = WanDiT(config).cast_weights(torch.bfloat16)
+        return WanDiT(config).cast_weights(torch.bfloat16)
+
+
+def collective_bytes(meta: WanDiT, inputs: tuple, ranks: int) -> list[int]:
+    """The bytes of each collective of one split forward, counted by running it on `meta` (a `meta_twin`): no GPU
+    time."""
     shards = ProjectedShards(ranks)
-    with torch.no_grad(), projected(model, shards):
-        model(*(x.to("meta") for x in inputs))
+    with torch.no_grad(), projected(meta, shards):
+        meta(*(x.to("meta") for x in inputs))
     return shards.collectives
 
 
@@ -121,7 +125,7 @@ def forward_part(model: nn.Module, device: torch.device, repeats: int, compiled:
     """Per M: the measured plain forward, and per N one rank's compute and the bytes of each collective."""
     if compiled:
         model.compile_blocks()
-    results = {}
+    meta, results = meta_twin(model.config), {}
     for memory in MEMORY:
         inputs = dit_inputs(model.config, memory, 1, device, *size_hw)
         x, t, context, y = inputs
@@ -135,14 +139,14 @@ def forward_part(model: nn.Module, device: torch.device, repeats: int, compiled:
                     seconds, first, peak = timed(lambda: model(x, t, context, y), device, repeats)
                 row["ranks"][ranks] = {"compute_s": median(seconds), "compute_runs_s": seconds, "first_call_s": first,
                                        "peak_gib": peak,
-                                       "collective_bytes": collective_bytes(model.config, inputs, ranks)}
+                                       "collective_bytes": collective_bytes(meta, inputs, ranks)}
                 record(memory=memory, ranks=ranks, compute_s=median(seconds), first_call_s=first)
     return results
 
 
 def shot_part(model: nn.Module, device: torch.device) -> dict:
     """A whole preset shot at M = 10 on this GPU (the expert stands in for both: same shapes, same cost)."""
-    shot = shot_runner(ExpertPair(model, model, device), device, 10)
+    shot = shot_runner(ExpertPair(model, model, device), random_vae(device, torch.bfloat16), device, 10)
     shot(SamplerSettings(steps=1, seed=0))  # first calls of the VAE's kernels
     preset = sampler_settings(LIGHTX2V.name, "m2v")
     return {"preset_steps": preset.steps, "preset_shot_s": shot(preset)}
@@ -201,10 +205,11 @@ def communication_table(config: DiTConfig) -> str:
     """The modelled communication of one split forward at the real shapes, without a GPU (meta device)."""
     lines = ["| M | tokens | GPUs | collectives | bytes each all-to-all (rank 0) | GB a forward | "
              + " | ".join(f"{link} s" for link in LINKS) + " |", "|" + "---|" * (6 + len(LINKS))]
+    meta = meta_twin(config)
     for memory in MEMORY:
         inputs = dit_inputs(config, memory, 1, torch.device("cpu"))
         for ranks in RANKS[1:]:
-            sizes = collective_bytes(config, inputs, ranks) + [input_bytes(inputs)]
+            sizes = collective_bytes(meta, inputs, ranks) + [input_bytes(inputs)]
             seconds = " | ".join(f"{collective_s(sizes, one_way):.3f}" for one_way in LINKS.values())
             lines.append(f"| {memory} | {tokens(config, memory)} | {ranks} | {len(sizes)} | {sizes[0] / 1e6:.1f} MB "
                          f"| {sum(sizes) / 1e9:.2f} | {seconds} |")

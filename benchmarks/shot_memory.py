@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.dit_step import (
+    FRAMES,
     GIB,
     HEIGHT,
     WIDTH,
@@ -36,6 +37,7 @@ from benchmarks.dit_step import (
 )
 from storymem_core.offload import BlockSwapDiT
 from storymem_core.sampling import ExpertPair, SamplerSettings, denoise, seeded_noise
+from storymem_core.shot import ShotMemory, generate_memory_shot
 from storymem_core.wan.dit import DiTConfig
 from storymem_core.wan.fp8 import quantize_dit_to_fp8
 
@@ -108,6 +110,28 @@ def random_vae(device: torch.device, dtype: torch.dtype):
             else:
                 param.normal_(0, 0.02, generator=generator)
     return vae.to(dtype).eval()
+
+
+def shot_runner(experts: ExpertPair, vae: torch.nn.Module, device: torch.device, memory_count: int):
+    """A function timing one whole memory shot (encode, sampling, decode) with `settings`: 832x480, 81 frames, random
+    memory images and prompts."""
+    config = experts.high.config
+    generator = torch.Generator().manual_seed(3)
+    memory = torch.randint(0, 256, (memory_count, HEIGHT, WIDTH, 3), dtype=torch.uint8, generator=generator)
+    context = torch.randn(config.text_len, config.text_dim, device=device)
+    context_null = torch.randn(config.text_len, config.text_dim, device=device)
+
+    def shot(settings: SamplerSettings) -> float:
+        synchronize(device)
+        begin = time.perf_counter()
+        with torch.no_grad():
+            video = generate_memory_shot(experts, vae, context, context_null, ShotMemory(memory), FRAMES,
+                                         WIDTH * HEIGHT, settings).video
+        synchronize(device)
+        assert torch.isfinite(video).all(), "the shot has non-finite pixels"
+        return time.perf_counter() - begin
+
+    return shot
 
 
 def vae_decodes(device: torch.device, tiles: list[tuple[int, int] | None]) -> list[dict]:

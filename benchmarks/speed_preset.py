@@ -23,13 +23,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from benchmarks.dit_step import FRAMES, GIB, HEIGHT, WIDTH, synchronize, tokens
-from benchmarks.shot_memory import expert, random_vae
+from benchmarks.dit_step import GIB, synchronize, tokens
+from benchmarks.shot_memory import expert, random_vae, shot_runner
 from storymem_core.distributed import Parallel
 from storymem_core.lora import LoraModule, LoraWeights, apply_loras
 from storymem_core.presets import LIGHTX2V, sampler_settings
 from storymem_core.sampling import ExpertPair, SamplerSettings
-from storymem_core.shot import ShotMemory, generate_memory_shot
 from storymem_core.wan.dit import DiTConfig
 
 BLOCK_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
@@ -71,22 +70,8 @@ def main() -> None:
     synchronize(device)
     record(build_s=time.perf_counter() - start)
 
-    generator = torch.Generator().manual_seed(3)
-    memory = torch.randint(0, 256, (args.memory, HEIGHT, WIDTH, 3), dtype=torch.uint8, generator=generator)
-    context = torch.randn(config.text_len, config.text_dim, device=device)
-    context_null = torch.randn(config.text_len, config.text_dim, device=device)
     preset = sampler_settings(LIGHTX2V.name, "m2v")
-
-    def shot(settings: SamplerSettings) -> float:
-        synchronize(device)
-        begin = time.perf_counter()
-        with torch.no_grad():
-            video = generate_memory_shot(experts, vae, context, context_null, ShotMemory(memory), FRAMES,
-                                         WIDTH * HEIGHT, settings).video
-        synchronize(device)
-        assert torch.isfinite(video).all(), "the shot has non-finite pixels"
-        return time.perf_counter() - begin
-
+    shot = shot_runner(experts, vae, device, args.memory)
     record(warm_up_s=shot(SamplerSettings(steps=1, seed=0)))
     default_2, default_6 = shot(SamplerSettings(steps=2, seed=0)), shot(SamplerSettings(steps=6, seed=0))
     default_40 = default_6 + (default_6 - default_2) * 34 / 4

@@ -41,7 +41,7 @@ import torch
 
 from benchmarks.attention_kernels import HEAD_DIM, HEADS, kernels
 from benchmarks.dit_step import FRAMES, GIB, HEIGHT, WIDTH, median, randomize_, synchronize, timed, tokens
-from benchmarks.shot_memory import expert, random_vae
+from benchmarks.shot_memory import expert, random_vae, shot_runner
 from benchmarks.speed_preset import random_speed_lora
 from storymem_core.commands.story import CLI_NAMES
 from storymem_core.lora import apply_loras
@@ -50,7 +50,7 @@ from storymem_core.positions import memory_frame_positions
 from storymem_core.presets import LIGHTX2V, sampler_settings
 from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.scorers import OpenClipEncoder, vision_tower
-from storymem_core.shot import ShotMemory, encode_prompts, generate_memory_shot
+from storymem_core.shot import encode_prompts
 from storymem_core.story import load_story
 from storymem_core.story_plan import StoryInputs, plan_story
 from storymem_core.timing import PHASES, recording
@@ -206,28 +206,6 @@ def attention_part(device: torch.device, record: Record) -> None:
     record(attention_engine_choice=attention_module.backend_name(device))
 
 
-def shot_runner(experts: ExpertPair, device: torch.device, memory_count: int):
-    """A function timing one whole memory shot (encode, sampling, decode) with `settings`."""
-    config = experts.high.config
-    generator = torch.Generator().manual_seed(3)
-    memory = torch.randint(0, 256, (memory_count, HEIGHT, WIDTH, 3), dtype=torch.uint8, generator=generator)
-    context = torch.randn(config.text_len, config.text_dim, device=device)
-    context_null = torch.randn(config.text_len, config.text_dim, device=device)
-    vae = random_vae(device, torch.bfloat16)
-
-    def shot(settings: SamplerSettings) -> float:
-        synchronize(device)
-        begin = time.perf_counter()
-        with torch.no_grad():
-            video = generate_memory_shot(experts, vae, context, context_null, ShotMemory(memory), FRAMES,
-                                         WIDTH * HEIGHT, settings).video
-        synchronize(device)
-        assert torch.isfinite(video).all(), "the shot has non-finite pixels"
-        return time.perf_counter() - begin
-
-    return shot
-
-
 def positions_part(experts: ExpertPair, device: torch.device, record: Record) -> None:
     """One compiled forward of the high expert at M = 10, each placement, alternating (median of 3)."""
     model, config = experts.high, experts.high.config
@@ -273,7 +251,7 @@ def shot_parts(args: argparse.Namespace, device: torch.device, record: Record) -
     experts = ExpertPair(expert(config, device, 0, True), expert(config, device, 1, True), device)
     loras = [story_loras(dit, seed) for seed, dit in enumerate((experts.high, experts.low))]
     record(shot_build_s=time.perf_counter() - start)
-    shot = shot_runner(experts, device, 10)
+    shot = shot_runner(experts, random_vae(device, torch.bfloat16), device, 10)
     preset = sampler_settings(LIGHTX2V.name, "m2v")
     if "ladder" in args.parts:
         hooked = [apply_loras(dit, stack, mode="hook") for dit, stack in zip((experts.high, experts.low), loras)]

@@ -12,6 +12,7 @@ from benchmarks.parallel_projection import (
     collective_s,
     forward_part,
     markdown,
+    meta_twin,
     projected,
     projection,
 )
@@ -51,7 +52,7 @@ def test_counted_bytes_are_what_each_rank_would_send(model, ranks):
     gather = (ranks - 1) * mine * config.out_dim * 4 * 4
     assert shards.collectives == [exchange] * 4 * config.num_layers + [gather]
     # what the benchmark counts on the meta device, without running the forward
-    assert collective_bytes(config, (x, t, context, y), ranks) == shards.collectives
+    assert collective_bytes(meta_twin(config), (x, t, context, y), ranks) == shards.collectives
 
 
 def forwards(compute: dict[int, float], collective_bytes: dict[int, list[int]]) -> dict:
