@@ -15,7 +15,7 @@ import os
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import av
 import numpy as np
@@ -191,24 +191,37 @@ def concat_videos(paths: list[str | os.PathLike], out_path: str | os.PathLike, f
     return Path(out_path)
 
 
-def _stream_form(path: str | os.PathLike) -> tuple | None:
-    """What two videos must share to be joined without decoding: one H.264 stream, its size, pixel format, frame rate
-    and codec parameters (SPS/PPS); None for anything else or a file that cannot be read."""
+class _StreamForm(NamedTuple):
+    """What two videos must share to be joined without decoding: codec, size, pixel format, frame rate, time base and
+    codec parameters (SPS/PPS)."""
+
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    rate: Fraction
+    time_base: Fraction
+    extradata: bytes
+
+
+def _stream_form(path: str | os.PathLike) -> _StreamForm | None:
+    """The form of a video of one video stream; None for anything else or a file that cannot be read."""
     try:
         with av.open(str(check_file(path, "video", ConditioningError))) as container:
             if len(container.streams) != 1 or not container.streams.video:
                 return None
             stream = container.streams.video[0]
             context = stream.codec_context
-            return (context.name, context.width, context.height, context.pix_fmt, stream.average_rate,
-                    stream.time_base, bytes(context.extradata or b""))
+            return _StreamForm(context.name, context.width, context.height, context.pix_fmt, stream.average_rate,
+                               stream.time_base, bytes(context.extradata or b""))
     except (av.FFmpegError, OSError):
         return None
 
 
 def _encoded_alike(paths: list[str | os.PathLike], rate: Fraction) -> bool:
-    forms = [_stream_form(path) for path in paths]
-    return forms[0] is not None and forms[0][0] == "h264" and forms[0][4] == rate and len(set(forms)) == 1
+    forms = {_stream_form(path) for path in paths}
+    form = next(iter(forms))
+    return len(forms) == 1 and form is not None and form.codec == "h264" and form.rate == rate
 
 
 def _join_packets(paths: list[str | os.PathLike], out_path: str | os.PathLike) -> Path:
