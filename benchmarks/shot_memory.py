@@ -112,12 +112,14 @@ def random_vae(device: torch.device, dtype: torch.dtype):
     return vae.to(dtype).eval()
 
 
-def shot_runner(experts: ExpertPair, vae: torch.nn.Module, device: torch.device, memory_count: int):
-    """A function timing one whole memory shot (encode, sampling, decode) with `settings`: 832x480, 81 frames, random
-    memory images and prompts."""
+def shot_runner(experts: ExpertPair, vae: torch.nn.Module, device: torch.device, memory_count: int,
+                size_wh: tuple[int, int] = (WIDTH, HEIGHT), frames: int = FRAMES):
+    """A function timing one whole memory shot (encode, sampling, decode) with `settings`: 832x480, 81 frames unless
+    told, random memory images and prompts."""
     config = experts.high.config
     generator = torch.Generator().manual_seed(3)
-    memory = torch.randint(0, 256, (memory_count, HEIGHT, WIDTH, 3), dtype=torch.uint8, generator=generator)
+    width, height = size_wh
+    memory = torch.randint(0, 256, (memory_count, height, width, 3), dtype=torch.uint8, generator=generator)
     context = torch.randn(config.text_len, config.text_dim, device=device)
     context_null = torch.randn(config.text_len, config.text_dim, device=device)
 
@@ -125,8 +127,8 @@ def shot_runner(experts: ExpertPair, vae: torch.nn.Module, device: torch.device,
         synchronize(device)
         begin = time.perf_counter()
         with torch.no_grad():
-            video = generate_memory_shot(experts, vae, context, context_null, ShotMemory(memory), FRAMES,
-                                         WIDTH * HEIGHT, settings).video
+            video = generate_memory_shot(experts, vae, context, context_null, ShotMemory(memory), frames,
+                                         width * height, settings).video
         synchronize(device)
         assert torch.isfinite(video).all(), "the shot has non-finite pixels"
         return time.perf_counter() - begin

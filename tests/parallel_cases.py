@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ from storymem_core.wan.dit import DiTConfig, WanDiT
 from storymem_core.wan.ulysses import SequenceShards, sharded_sequence
 from storymem_core.wan.vae import VAEConfig, WanVAE
 
+ROOT = Path(__file__).resolve().parents[1]
 HEADS = 4  # divisible by every degree tested
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
@@ -26,6 +29,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def torchrun(world: int, entry: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """`entry` (a script, or -m and a module, with its arguments) on `world` CPU ranks under torchrun, in `tmp_path`."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(world),
+        "--master-port",
+        str(free_port()),
+        *entry,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
 def join(rank: int, world: int, port: int) -> None:

@@ -4,9 +4,6 @@ that fails mid-shot stops the run with its error and leaves the story folder res
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from parallel_cases import (
     shot_models,
     shot_worker,
     tiny_dit,
+    torchrun,
 )
 
 from storymem_core.bank_files import load_bank
@@ -30,8 +28,6 @@ from storymem_core.commands.cli import main
 from storymem_core.files import load_image
 from storymem_core.pipeline import StoryFolder
 from storymem_core.tiny_models import write_tiny_models
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("world, fsdp", [(2, False), (4, False), (2, True)], ids=["2", "4", "2-fsdp"])
@@ -61,21 +57,6 @@ def models_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
     write_tiny_models(root, num_heads=HEADS)
     return root
-
-
-def torchrun(world: int, entry: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(world),
-        "--master-port",
-        str(free_port()),
-        *entry,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["replicated", "fsdp"])
