@@ -162,23 +162,24 @@ def timed_story(story, models: StoryModels, device: torch.device, size_wh: tuple
     out = Path(tempfile.mkdtemp(prefix="story_bench_"))
     plan = plan_story(StoryInputs(story=story, out=out, names=CLI_NAMES, first_shot="t2v", preset=LIGHTX2V.name,
                                   size_wh=size_wh, frames=frames, max_memory=10, fixed_memory=3))
-    shot_start, shot_s, memory_seen = [0.0], [], []
+    starts, memory_seen = [], []
 
     def on_shot(index: int, total: int, prompt: str) -> None:
         synchronize(device)
-        shot_start[0] = time.perf_counter()
+        starts.append(time.perf_counter())
 
-    def on_saved(index: int, total: int, memory) -> None:
-        synchronize(device)
-        shot_s.append(time.perf_counter() - shot_start[0])
+    def on_saved(index: int, total: int, memory) -> None:  # on the writer thread, while the next shot samples
         memory_seen.append(len(memory))
-        print(json.dumps({"shot": index, "seconds": shot_s[-1], "memory": len(memory)}), flush=True)
+        print(json.dumps({"shot": index, "memory": len(memory)}), flush=True)
 
     synchronize(device)
     begin = time.perf_counter()
     with recording(device) as times:
         run_story(plan.story, models, plan.options, plan.out, None, plan.start, on_shot=on_shot, on_saved=on_saved)
     total = time.perf_counter() - begin
+    # a shot's seconds: from its start to the next shot's (its files are written behind the next one's sampling);
+    # the last shot's run to the end of the story, the film's join included
+    shot_s = [later - earlier for earlier, later in zip(starts, starts[1:] + [begin + total])]
     phases = {name: times.seconds.get(name, 0.0) for name in PHASES}
     return {"shots": len(story.shots), "total_s": total, "phase_s": phases, "phase_entries": times.entries,
             "other_s": total - sum(phases.values()), "shot_s": shot_s, "memory_after_shot": memory_seen,

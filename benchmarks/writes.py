@@ -1,9 +1,13 @@
 """What a story's writes cost on this machine's CPU: keyframe and last-frame PNGs, a shot's mp4, the film's join.
 
-Run from the repo root:  python -m benchmarks.writes [--shots 4]
+Run from the repo root:  python -m benchmarks.writes [--shots 4] [--sampling-s 3]
 Frames: 81 of 832x480, smoothed noise (seed 0), each shot shifted so no two are alike; best of 3 for the PNGs.
 "before" rows are the settings the engine used before issue 25 (PIL's default zlib level 6, x264's medium preset,
 the film re-encoded), timed here with the same libraries.
+The story loop: `run_story` with a stand-in for the models whose every shot waits `--sampling-s` seconds (as the CPU
+waits for a GPU shot) and returns these frames with one more keyframe in its bank; its files written after each shot
+(the loop before issue 25's write-behind, `InlineWrites`) against written behind the next shot's wait (the engine's
+`WriteBehind`). `story_writes_s` is what the story spent beyond its shots' waits.
 """
 
 from __future__ import annotations
@@ -14,11 +18,17 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import av
 import torch
 from PIL import Image
 
+import storymem_core.pipeline as pipeline
+from storymem_core.memory import Keyframe
+from storymem_core.pipeline import StoryOptions, run_story
+from storymem_core.run_shot import ShotOutcome, ShotRequest
+from storymem_core.story import Scene, Shot, Story
 from storymem_core.video import concat_videos, write_mp4
 
 
@@ -51,9 +61,49 @@ def mp4_s(shot: torch.Tensor, preset: str) -> float:
     return time.perf_counter() - start
 
 
+class WaitingShots:
+    """Stands in for a story's models: each shot waits `seconds` (a GPU shot, as the CPU sees it) and returns `frames`
+    shifted, with its middle frame added to the memory."""
+
+    def __init__(self, frames: torch.Tensor, seconds: float):
+        self.frames, self.seconds = frames, seconds
+
+    def with_prompts(self, batches: list[list[str]]) -> WaitingShots:
+        return self
+
+    def make_shot(self, request: ShotRequest, on_step) -> ShotOutcome:
+        time.sleep(self.seconds)
+        shot = self.frames.roll(10 * request.index, 2)
+        memory = request.memory.add([Keyframe(shot[40], shot=request.index, frame_index=40)])
+        return ShotOutcome(frames=shot, memory=memory, keyframes_added=1)
+
+
+class InlineWrites:
+    """The story loop before the write-behind: each shot's files written before the next shot starts."""
+
+    def __enter__(self) -> InlineWrites:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def submit(self, job) -> None:
+        job()
+
+
+def story_loop_s(shot: torch.Tensor, shots: int, sampling_s: float, folder: Path) -> float:
+    """Seconds of a `shots`-shot story (T2V first shot, then memory shots) whose shots wait `sampling_s` each."""
+    story = Story("writes", "", (Scene(1, tuple(Shot(i, 1, i, f"shot {i}", cut=True) for i in range(shots))),))
+    options = StoryOptions(first_shot="t2v", continuation="m2v", size_wh=(832, 480), frames=81, fps=16)
+    start = time.perf_counter()
+    run_story(story, WaitingShots(shot, sampling_s), options, folder)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shots", type=int, default=4, help="shots joined into the film")
+    parser.add_argument("--shots", type=int, default=4, help="shots joined into the film, and of the story loop")
+    parser.add_argument("--sampling-s", type=float, default=3.0, help="seconds each shot of the story loop waits")
     args = parser.parse_args()
     shot = frames()
     image = Image.fromarray(shot[0].numpy())
@@ -67,6 +117,11 @@ def main() -> None:
             start = time.perf_counter()
             concat_videos(paths, Path(folder) / f"film_{fps}.mp4", fps=fps)
             rows[name] = time.perf_counter() - start
+        with mock.patch.object(pipeline, "WriteBehind", InlineWrites):
+            rows["story_loop_before_s"] = story_loop_s(shot, args.shots, args.sampling_s, Path(folder) / "before")
+        rows["story_loop_now_s"] = story_loop_s(shot, args.shots, args.sampling_s, Path(folder) / "now")
+        for when in ("before", "now"):
+            rows[f"story_writes_{when}_s"] = rows[f"story_loop_{when}_s"] - args.shots * args.sampling_s
     print(json.dumps({"shots": args.shots, "torch_threads": torch.get_num_threads(), **rows}, indent=1))
 
 

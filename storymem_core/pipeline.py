@@ -1,6 +1,7 @@
 """The story loop: generate a shot, pick its keyframes, update the memory bank, persist, go on.
 
-Every finished shot is on disk (video, last frames, bank after it) before the next one starts; the folder's
+A shot's files (video, last frames, bank after it) are written while the next one samples, and every shot is on
+disk before the next one's files are written or the run ends, whatever stops it; the folder's
 resume contract (what counts as finished, what a re-run or `from_shot` may change) is `story_folder`'s.
 `from_shot` regenerates from a given shot on with the current options, starting from the bank as it was before
 that shot, windowed to the current max / fixed memory (from shot 1: the initial bank rebuilt from the references).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -32,6 +34,7 @@ from .story_plan import StoryOptions, check_first_memory, check_t2v_experts
 from .timing import WRITES, phase
 from .video import concat_videos, write_mp4
 from .wan.vae import WanVAE
+from .write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -110,27 +113,51 @@ def run_story(
         pending = list(pending_shots(story, out_dir, from_shot))
         # every prompt in one visit of the text encoder, which then stays off the GPU while shots sample
         models = models.with_prompts([prompt_pair(shot.prompt, options.negative_prompt) for shot in pending])
-        for shot in pending:
-            # earlier shots are finished; a bank saved under other limits takes the current ones
-            bank = initial if shot.index == 0 else _windowed(load_bank(folder.bank(shot.index - 1)), options)
-            if on_shot is not None:
-                on_shot(shot.index, len(shots), shot.prompt)
-            outcome = _make_shot(shot, bank, models, options, folder, on_step)
-            with phase(WRITES):
-                _unfinish(folder, [later.index for later in shots if later.index >= shot.index])
-                # the record first: a stop before the initial bank is saved must not leave a folder that looks
-                # unrecorded
-                state.save(folder, shot.index)  # once the banks made with other settings are gone
-                if shot.index == 0:
-                    save_bank(initial, folder.bank(-1))
-                _persist(folder, shot.index, outcome.frames, outcome.memory, options.fps)
-            if on_saved is not None:
-                on_saved(shot.index, len(shots), outcome.memory)
+        last: tuple[int, ShotOutcome] | None = None  # the shot made before, still being written
+        with WriteBehind() as writes:
+            for shot in pending:
+                if on_shot is not None:
+                    on_shot(shot.index, len(shots), shot.prompt)
+                outcome = _make_shot(shot, _bank_before(shot.index, initial, last, folder, options), models, options,
+                                     _tail_before(shot.index, last, folder), on_step)
+                writes.submit(partial(_save_shot, folder, state, shot.index, len(shots), initial, outcome, options.fps,
+                                      on_saved))
+                last = (shot.index, outcome)
         if not folder.film_is_current(shots):
             with phase(WRITES):
                 concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
                 save_picture(bank_contact_sheet(load_bank(folder.bank(shots[-1].index))), folder.contact_sheet)
         return folder.film
+
+
+def _bank_before(index: int, initial: MemoryBank, last: tuple[int, ShotOutcome] | None, folder: StoryFolder,
+                 options: StoryOptions) -> MemoryBank:
+    """The memory a shot starts from: the previous shot's bank, as this run made it or as saved (the same uint8
+    keyframes: PNGs are lossless), under the current limits."""
+    if index == 0:
+        return initial
+    bank = last[1].memory if last is not None and last[0] == index - 1 else load_bank(folder.bank(index - 1))
+    return replace(bank, max_size=options.max_memory, fixed=options.fixed_memory).window()
+
+
+def _tail_before(index: int, last: tuple[int, ShotOutcome] | None, folder: StoryFolder) -> Callable[[], torch.Tensor]:
+    """The previous shot's last frames, from this run or from its saved PNGs (read only for a shot that needs them)."""
+    if last is not None and last[0] == index - 1:
+        return lambda: last[1].frames[-MOTION_FRAMES:]
+    return lambda: _load_tail(folder, index - 1)
+
+
+def _save_shot(folder: StoryFolder, state: FolderState, index: int, total: int, initial: MemoryBank,
+               outcome: ShotOutcome, fps: int, on_saved: SavedCallback | None) -> None:
+    """Every file of a finished shot (run behind the next shot's sampling), then `on_saved`."""
+    _unfinish(folder, list(range(index, total)))
+    # the record first: a stop before the initial bank is saved must not leave a folder that looks unrecorded
+    state.save(folder, index)  # once the banks made with other settings are gone
+    if index == 0:
+        save_bank(initial, folder.bank(-1))
+    _persist(folder, index, outcome.frames, outcome.memory, fps)
+    if on_saved is not None:
+        on_saved(index, total, outcome.memory)
 
 
 def _unfinish(folder: StoryFolder, shot_indices: list[int]) -> None:
@@ -150,18 +177,14 @@ def _initial_bank(options: StoryOptions, reference_images: list[torch.Tensor] | 
     return MemoryBank(keyframes=(), max_size=options.max_memory, fixed=options.fixed_memory)
 
 
-def _windowed(bank: MemoryBank, options: StoryOptions) -> MemoryBank:
-    return replace(bank, max_size=options.max_memory, fixed=options.fixed_memory).window()
-
-
-def _make_shot(shot: Shot, bank: MemoryBank, models: ShotMaker, options: StoryOptions, folder: StoryFolder,
-               on_step: StepCallback | None) -> ShotOutcome:
-    """The story's shot, from the story's options and the previous shot's saved last frames."""
+def _make_shot(shot: Shot, bank: MemoryBank, models: ShotMaker, options: StoryOptions,
+               previous_tail: Callable[[], torch.Tensor], on_step: StepCallback | None) -> ShotOutcome:
+    """The story's shot, from the story's options and the previous shot's last frames."""
     mode = story_shot_mode(shot.index, shot.cut, options.first_shot, options.continuation)
     request = ShotRequest(
         prompt=shot.prompt, mode=mode, memory=bank, size_wh=options.size_wh, frames=options.frames,
         settings=replace(options.t2v if mode == ShotMode.T2V else options.m2v, seed=options.seed + shot.index),
-        index=shot.index, previous_frames=_load_tail(folder, shot.index - 1) if GIVEN_FRAMES.get(mode) else None,
+        index=shot.index, previous_frames=previous_tail() if GIVEN_FRAMES.get(mode) else None,
         negative_prompt=options.negative_prompt, fix_mem=options.fixed_memory if options.mark_fixed_memory else None,
         memory_positions=options.memory_positions, ablations=options.ablations,
     )

@@ -21,7 +21,7 @@ SAMPLING_HIGH = "sampling, high-noise expert"
 SAMPLING_LOW = "sampling, low-noise expert"
 DECODE = "decode"
 KEYFRAME_SELECTION = "keyframe selection"
-WRITES = "writes"  # the shot's video, last frames and bank; the film at the end
+WRITES = "writes"  # waiting for a shot's files (written behind the next shot's sampling); the film at the end
 PHASES = (TEXT_ENCODING, MEMORY_ENCODING, SAMPLING_HIGH, SAMPLING_LOW, DECODE, KEYFRAME_SELECTION, WRITES)
 
 

@@ -112,7 +112,9 @@ def uninterrupted(story, story_models, tmp_path_factory) -> Path:
 
 @dataclass
 class Saboteur:
-    """Counts DiT forward calls of a story; snapshots `out` as each shot starts and strikes at forward `at`."""
+    """Counts DiT forward calls of a story and strikes at forward `at`; snapshots `out` as each shot of the run
+    starts: at the run's first forward, then as each shot's files are saved (they are written while the next shot
+    samples, so that is the folder the next shot starts from)."""
 
     out: Path
     at: int
@@ -123,12 +125,15 @@ class Saboteur:
     shot_starts: list = field(default_factory=list)
 
     def __call__(self, module, args):
-        if self.calls % self.per_shot == 0:
-            self.shot_starts.append(files_under(self.out) if self.out.exists() else {})
+        if self.calls == 0:
+            self.snapshot()
         if self.calls == self.at:
             self.struck_at = self.calls
             self.strike()
         self.calls += 1
+
+    def snapshot(self) -> None:
+        self.shot_starts.append(files_under(self.out) if self.out.exists() else {})
 
     @property
     def after_strike(self) -> int:
@@ -136,7 +141,17 @@ class Saboteur:
         return self.calls - 1 - self.struck_at
 
 
-def watch(experts: list[torch.nn.Module], saboteur: Saboteur) -> list:
+PERSIST = pipeline._persist
+
+
+def watch(experts: list[torch.nn.Module], saboteur: Saboteur, monkeypatch) -> list:
+    """The saboteur on every expert's forward and after every shot's files are saved."""
+
+    def persist_then_snapshot(*args, **kwargs):
+        PERSIST(*args, **kwargs)
+        saboteur.snapshot()
+
+    monkeypatch.setattr(pipeline, "_persist", persist_then_snapshot)
     return [expert.register_forward_pre_hook(saboteur) for expert in experts]
 
 
@@ -167,7 +182,7 @@ def kept(before: dict, after: dict) -> bool:
 
 @pytest.mark.parametrize("at, how", CANCELS, ids=[f"{how}-at-forward-{at}-of-{STORY_FORWARDS}" for at, how in CANCELS])
 def test_story_cancelled_at_any_step_keeps_finished_shots_and_resumes_to_the_same_film(
-    story, story_models, uninterrupted, tmp_path, at, how
+    story, story_models, uninterrupted, tmp_path, monkeypatch, at, how
 ):
     out = tmp_path / "story"
     cancel_requested = []
@@ -183,7 +198,7 @@ def test_story_cancelled_at_any_step_keeps_finished_shots_and_resumes_to_the_sam
 
     saboteur = Saboteur(out, at, strike)
     experts = [story_models.t2v.high, story_models.t2v.low, story_models.m2v.high, story_models.m2v.low]
-    handles = watch(experts, saboteur)
+    handles = watch(experts, saboteur, monkeypatch)
     try:
         with pytest.raises(KeyboardInterrupt if how == "ctrl-c" else GenerationInterrupted):
             run_story(story, story_models, OPTIONS, out, on_step=on_step)
@@ -202,7 +217,7 @@ def test_story_cancelled_at_any_step_keeps_finished_shots_and_resumes_to_the_sam
     same_story(out, uninterrupted)
 
 
-def test_story_runner_node_cancelled_mid_step_keeps_finished_shots(pack):
+def test_story_runner_node_cancelled_mid_step_keeps_finished_shots(pack, monkeypatch):
     """The ComfyUI path: Cancel sets the host's flag from outside; ProgressSteps raises at the end of that step."""
     script = call("StoryMemStoryScript", script_file="(script text below)", script=json.dumps(VALID))[0][0]
     arguments = runner_arguments(pack, script, output_folder="cancelled")
@@ -210,7 +225,7 @@ def test_story_runner_node_cancelled_mid_step_keeps_finished_shots(pack):
     per_shot = SHOT["steps"] * FORWARDS_PER_STEP
     for at in sorted({per_shot + 1, random.Random(3).randrange(per_shot, SHOTS * per_shot)}):
         saboteur = Saboteur(out, at, host.current().interrupt, per_shot)
-        handles = watch([pack.t2v.high, pack.t2v.low, pack.m2v.high, pack.m2v.low], saboteur)
+        handles = watch([pack.t2v.high, pack.t2v.low, pack.m2v.high, pack.m2v.low], saboteur, monkeypatch)
         try:
             with pytest.raises(GenerationInterrupted):
                 call("StoryMemStoryRunner", **arguments)

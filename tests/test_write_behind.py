@@ -1,0 +1,142 @@
+"""A story's files are written behind its sampling: shot k's files go to disk while shot k + 1 samples, shot k + 1
+starts from exactly what is saved, a failed write stops the story before anything later is written, and a story
+stopped mid-shot still has the shot before saved whole."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from helpers import VALID
+
+import storymem_core.pipeline as pipeline
+from storymem_core.bank_files import load_bank
+from storymem_core.errors import GenerationInterrupted
+from storymem_core.files import load_image
+from storymem_core.memory import Keyframe
+from storymem_core.pipeline import StoryOptions, run_story
+from storymem_core.run_shot import ShotOutcome, ShotRequest
+from storymem_core.story import loads_story
+from storymem_core.story_folder import StoryFolder
+from storymem_core.write_behind import WriteBehind
+
+OPTIONS = StoryOptions(first_shot="t2v", continuation="mi2v", max_memory=4, fixed_memory=1, size_wh=(32, 32),
+                       frames=5, fps=8)
+SAVED_WAIT_S = 10.0
+SHOTS = 3  # VALID's
+
+
+class Maker:
+    """Makes noise shots with one keyframe each, and says when each shot starts."""
+
+    def __init__(self):
+        self.requests: list[ShotRequest] = []
+        self.started = [threading.Event() for _ in range(SHOTS)]
+
+    def with_prompts(self, batches: list[list[str]]) -> Maker:
+        return self
+
+    def make_shot(self, request: ShotRequest, on_step) -> ShotOutcome:
+        self.requests.append(request)
+        self.started[request.index].set()
+        if on_step is not None:
+            on_step(1, 1)
+        frames = torch.randint(0, 256, (OPTIONS.frames, 32, 32, 3), dtype=torch.uint8,
+                               generator=torch.Generator().manual_seed(request.index))
+        memory = request.memory.add([Keyframe(frames[2], shot=request.index, frame_index=2, scores={"clip": 0.3})])
+        return ShotOutcome(frames=frames, memory=memory, keyframes_added=1)
+
+
+def story():
+    return loads_story(json.dumps(VALID))  # cut, continuation (MI2V), cut
+
+
+def test_a_shot_is_written_while_the_next_samples_and_the_next_starts_from_what_is_saved(tmp_path, monkeypatch):
+    out = tmp_path / "story"
+    maker, persist, overlapped = Maker(), pipeline._persist, []
+
+    def persist_once_the_next_shot_started(folder, index, *args):
+        if index + 1 < SHOTS:  # written behind the next shot: it starts while this one is not yet saved
+            overlapped.append(maker.started[index + 1].wait(SAVED_WAIT_S))
+        persist(folder, index, *args)
+
+    monkeypatch.setattr(pipeline, "_persist", persist_once_the_next_shot_started)
+    saved = []
+    run_story(story(), maker, OPTIONS, out, on_saved=lambda index, total, memory: saved.append((index, len(memory))))
+    assert overlapped == [True] * (SHOTS - 1)
+    folder = StoryFolder(out)
+    assert saved == [(0, 1), (1, 2), (2, 3)] and all(folder.is_finished(i) for i in range(3))
+    for request in maker.requests[1:]:
+        before = load_bank(folder.bank(request.index - 1))
+        pairs = zip(request.memory.image_list(), before.image_list(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
+        assert [k.scores for k in request.memory.keyframes] == [k.scores for k in before.keyframes]
+    continued = maker.requests[1]  # the continuation is given the saved last frames
+    tail = torch.stack([load_image(p) for p in sorted(folder.tail(0).glob("*.png"))])
+    assert torch.equal(continued.previous_frames, tail)
+    assert folder.film.is_file()
+
+
+def test_a_failed_write_stops_the_story_before_anything_later_is_written(tmp_path, monkeypatch):
+    out = tmp_path / "story"
+    persist = pipeline._persist
+
+    def disk_error_at_shot_2(folder, index, *args):
+        if index == 1:
+            raise OSError("disk gone")
+        persist(folder, index, *args)
+
+    monkeypatch.setattr(pipeline, "_persist", disk_error_at_shot_2)
+    with pytest.raises(OSError, match="disk gone"):
+        run_story(story(), Maker(), OPTIONS, out)
+    folder = StoryFolder(out)
+    assert [folder.is_finished(i) for i in range(3)] == [True, False, False]
+    assert not folder.video(2).exists()  # shot 3 was made but not written
+
+
+def test_a_story_stopped_mid_shot_has_the_shot_before_saved_whole(tmp_path, monkeypatch):
+    out = tmp_path / "story"
+    started = threading.Event()
+    persist = pipeline._persist
+
+    def slow_persist(folder, index, *args):
+        started.set()
+        threading.Event().wait(0.3)  # still writing when the next shot stops
+        persist(folder, index, *args)
+
+    steps = []
+
+    def stop_in_shot_2(step, total):
+        steps.append(step)
+        if len(steps) == 2 and started.wait(5):  # shot 2, while shot 1 is being written
+            raise GenerationInterrupted("stopped")
+
+    monkeypatch.setattr(pipeline, "_persist", slow_persist)
+    with pytest.raises(GenerationInterrupted):
+        run_story(story(), Maker(), OPTIONS, out, on_step=stop_in_shot_2)
+    folder = StoryFolder(out)
+    assert folder.is_finished(0) and not folder.is_finished(1)
+    assert len(list(folder.tail(0).glob("*.png"))) == 5 and folder.video(0).is_file()
+
+
+def test_jobs_run_in_order_one_at_a_time_and_an_error_stops_the_next():
+    ran, overlap, busy = [], [], threading.Lock()
+
+    def job(name: str, fail: bool = False):
+        def run():
+            overlap.append(not busy.acquire(blocking=False))
+            threading.Event().wait(0.02)
+            ran.append(name)
+            busy.release()
+            if fail:
+                raise ValueError(name)
+        return run
+
+    with pytest.raises(ValueError, match="b"):
+        with WriteBehind() as writes:
+            writes.submit(job("a"))
+            writes.submit(job("b", fail=True))
+            writes.submit(job("c"))  # b's error is raised here: c never runs
+    assert ran == ["a", "b"] and overlap == [False, False]
