@@ -99,7 +99,8 @@ def run_story(
 
     `from_shot` is 0-based (the CLI converts); `on_shot(index, total, prompt)` is called before each
     generated shot, `on_step(step, steps)` after each sampling step (it may raise to interrupt) and
-    `on_saved(index, total, memory)` once the shot and the bank after it are saved.
+    `on_saved(index, total, memory)` once the shot and the bank after it are saved (on the thread that writes them,
+    while the next shot samples).
     `checked` is what `StoryOptions.check_folder` gave a caller that checked before loading its models.
     """
     options.check_story(story)
