@@ -8,7 +8,7 @@ folders (one story made with several settings, say) also get comparison.json and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -21,7 +21,6 @@ from .evaluation import (
 )
 from .evaluation_pictures import contact_sheet, heatmap, score_chart
 from .files import save_picture, write_json
-from .model_roles import find_model_files
 from .paper_evaluation import (
     OUR_DEFINITIONS,
     PAPER_COLUMNS,
@@ -46,10 +45,9 @@ PICTURES = {"heatmap": "evaluation_heatmap.png", "scores": "evaluation_scores.pn
 QUICK_ROLES = ("clip", Quality.AESTHETIC)
 
 
-def untrained_note(models_dir: str | Path, roles: Sequence[str]) -> str | None:
-    """A sentence when the scorers found for `roles` are the pack's tiny random test models (the demo's): their
-    numbers say nothing about a story, and a reader must not take them for scores."""
-    files = find_model_files(models_dir, list(roles))
+def untrained_note(files: Mapping[str, Path], models_dir: str | Path) -> str | None:
+    """A sentence when the scorer `files` (found in `models_dir`) are the pack's tiny random test models (the demo's):
+    their numbers say nothing about a story, and a reader must not take them for scores."""
     tiny = [path.name for path in files.values() if is_test_model(path)]
     if not tiny:
         return None
@@ -58,9 +56,8 @@ def untrained_note(models_dir: str | Path, roles: Sequence[str]) -> str | None:
             "(README: Model files).")
 
 
-def load_scorers(models_dir: str | Path, open_clip_name: str, device: torch.device) -> Scorers:
-    """The CLIP towers and the LAION aesthetic head, found in a models folder as the story command finds them."""
-    files = find_model_files(models_dir, list(QUICK_ROLES))
+def load_scorers(files: Mapping[str, Path], open_clip_name: str, device: torch.device) -> Scorers:
+    """The CLIP towers and the LAION aesthetic head from their files (by role: clip, the aesthetic head)."""
     image = load_keyframe_encoder(files["clip"], open_clip_name, device)
     head = load_aesthetic_head(files[Quality.AESTHETIC])
     head.check_fits(image)
@@ -124,17 +121,12 @@ PAPER_ROLES = ("viclip", "clip_l14", "aesthetic_l14")
 PAPER_HEATMAP = "evaluation_paper_heatmap.png"
 
 
-def load_paper_scorers(files: dict[str, Path], device: torch.device) -> PaperScorers:
+def load_paper_scorers(files: Mapping[str, Path], device: torch.device) -> PaperScorers:
     """ViCLIP, CLIP ViT-L/14 and its LAION head from their files (by role: viclip, clip_l14, aesthetic_l14)."""
     image = load_paper_image_encoder(files["clip_l14"], device)
     head = load_aesthetic_head(files["aesthetic_l14"], published="sa_0_4_vit_l_14_linear.pth")
     head.check_fits(image)
     return PaperScorers(load_viclip(files["viclip"], device), image, head)
-
-
-def find_paper_scorers(models_dir: str | Path, device: torch.device) -> PaperScorers:
-    """The paper's scorers found in a models folder's clip_vision/ by their published names."""
-    return load_paper_scorers(find_model_files(models_dir, list(PAPER_ROLES)), device)
 
 
 def write_paper_report(evaluation: PaperEvaluation, folder: str | Path) -> list[Path]:

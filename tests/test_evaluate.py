@@ -22,6 +22,7 @@ from storymem_core.commands.demo import run_demo
 from storymem_core.errors import CheckpointError, GenerationInterrupted, StoryMemError
 from storymem_core.evaluation import Scorers, evaluate_story, sample_indices, smoothness
 from storymem_core.evaluation_report import QUICK_ROLES, untrained_note
+from storymem_core.model_roles import find_model_files
 from storymem_core.paper_evaluation import PAPER_COLUMNS, PAPER_STORYMEM_ROW, PaperEvaluation, PaperShot
 from storymem_core.story import loads_story
 from storymem_core.weights.scorer_files import load_clip_text_encoder, load_keyframe_encoder
@@ -215,8 +216,9 @@ def test_evaluate_says_nothing_of_test_models_for_published_files(demo, tmp_path
     tensors = load_file(demo / "models-seed0" / "clip_vision" / tiny.CLIP_FILE)
     save_file(tensors, str(models / "clip_vision" / tiny.CLIP_FILE))
     shutil.copy(demo / "models-seed0" / "clip_vision" / tiny.AESTHETIC_FILE, models / "clip_vision")
-    assert untrained_note(models, QUICK_ROLES) is None
-    assert "tiny random test models" in untrained_note(demo / "models-seed0", QUICK_ROLES)
+    assert untrained_note(find_model_files(models, list(QUICK_ROLES)), models) is None
+    demo_models = demo / "models-seed0"
+    assert "tiny random test models" in untrained_note(find_model_files(demo_models, list(QUICK_ROLES)), demo_models)
 
 
 def test_evaluate_cli_compares_folders_side_by_side(demo, tmp_path, capsys):

@@ -16,7 +16,7 @@ from ..evaluation import check_frames_per_shot, evaluate_story, finished_story, 
 from ..evaluation_report import (
     PAPER_ROLES,
     QUICK_ROLES,
-    find_paper_scorers,
+    load_paper_scorers,
     load_scorers,
     paper_table,
     shot_table,
@@ -27,7 +27,7 @@ from ..evaluation_report import (
     write_report,
 )
 from ..files import write_json
-from ..model_roles import parse_device
+from ..model_roles import find_model_files, parse_device
 from ..paper_evaluation import evaluate_story_paper, set_summary
 from ..story import Story
 
@@ -42,18 +42,19 @@ def evaluate_command(args: argparse.Namespace) -> int:
     check_frames_per_shot(args.frames_per_shot)
     folders = [Path(folder) for folder in args.folders]
     stories = [finished_story(folder, args.script) for folder in folders]  # every folder checked before a model loads
-    note = untrained_note(args.models_dir, PAPER_ROLES if args.paper else QUICK_ROLES)
+    files = find_model_files(args.models_dir, list(PAPER_ROLES if args.paper else QUICK_ROLES))
+    note = untrained_note(files, args.models_dir)
     if note is not None:
         print(note)  # first, and again under the table
-    code = _paper(args, folders, stories) if args.paper else _quick(args, folders, stories)
+    code = _paper(args, files, folders, stories) if args.paper else _quick(args, files, folders, stories)
     if note is not None:
         print(f"\n{note}")
     return code
 
 
-def _quick(args: argparse.Namespace, folders: list[Path], stories: list[Story]) -> int:
+def _quick(args: argparse.Namespace, files: dict[str, Path], folders: list[Path], stories: list[Story]) -> int:
     """CLIP ViT-B/32 and its aesthetic head: quick scores for choosing between takes."""
-    scorers = load_scorers(args.models_dir, args.open_clip_name, parse_device(args.device))
+    scorers = load_scorers(files, args.open_clip_name, parse_device(args.device))
     evaluations = []
     for folder, story in zip(folders, stories):
         with tqdm(total=len(story.shots), desc=f"evaluate {folder.name}", unit="shot") as bar:
@@ -71,9 +72,9 @@ def _quick(args: argparse.Namespace, folders: list[Path], stories: list[Story]) 
     return 0
 
 
-def _paper(args: argparse.Namespace, folders: list[Path], stories: list[Story]) -> int:
+def _paper(args: argparse.Namespace, files: dict[str, Path], folders: list[Path], stories: list[Story]) -> int:
     """The paper's mode: ViCLIP and the ViT-L/14 aesthetic head, its five columns beside its StoryMem row."""
-    scorers = find_paper_scorers(args.models_dir, parse_device(args.device))
+    scorers = load_paper_scorers(files, parse_device(args.device))
     evaluations = []
     for folder, story in zip(folders, stories):
         with tqdm(total=len(story.shots), desc=f"evaluate {folder.name} (paper)", unit="shot") as bar:
