@@ -216,6 +216,18 @@ def communication_table(config: DiTConfig) -> str:
     return "\n".join(lines)
 
 
+def ideal_forwards(config: DiTConfig, plain_forward_s: dict[int, float]) -> dict:
+    """`forward_part`'s figures for a compute that splits perfectly (one rank's share = the measured single-GPU
+    forward / N) and the exact collectives: `projection` of them bounds the speed-up from above, no GPU needed."""
+    meta, forwards = meta_twin(config), {}
+    for memory, seconds in plain_forward_s.items():
+        inputs = dit_inputs(config, memory, 1, torch.device("cpu"))
+        ranks = {n: {"compute_s": seconds / n, "collective_bytes": collective_bytes(meta, inputs, n)} for n in RANKS}
+        forwards[memory] = {"plain_forward_s": seconds, "input_bytes": input_bytes(inputs),
+                            "prediction_bytes": 4 * inputs[0].numel(), "ranks": ranks}
+    return forwards
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=40, help="DiT blocks (fewer: a quick smoke run)")
@@ -223,10 +235,15 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true", help="no compiled blocks (the default path's setting)")
     parser.add_argument("--communication-only", action="store_true",
                         help="print the modelled communication at the real shapes and stop (no GPU needed)")
+    parser.add_argument("--ideal-split-of", type=float, metavar="SECONDS",
+                        help="with --communication-only: also the upper bound for a measured M = 10 forward of SECONDS "
+                             "whose compute splits perfectly")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.communication_only:
         print(communication_table(DiTConfig.a14b("i2v")))
+        if args.ideal_split_of:
+            print(markdown(projection(ideal_forwards(DiTConfig.a14b("i2v"), {10: args.ideal_split_of}), None)))
         return
     device = torch.device("cuda", torch.cuda.current_device())
     torch._dynamo.config.recompile_limit = 64  # one graph per rank count and length, as N processes would each build

@@ -11,6 +11,7 @@ from benchmarks.parallel_projection import (
     collective_bytes,
     collective_s,
     forward_part,
+    ideal_forwards,
     markdown,
     meta_twin,
     projected,
@@ -89,3 +90,14 @@ def test_the_forward_part_times_every_split_and_projects_a_table(model):
         assert len(row["ranks"][8]["collective_bytes"]) == 4 * model.config.num_layers + 1
     table = markdown(projection(forwards, None))
     assert table.count("\n") == 1 + 2 * 2 * (len(RANKS) + 3)  # header, then links x M x (N off, even N on)
+
+
+def test_an_ideal_split_bounds_the_speed_up_by_the_communication_alone(model):
+    forwards = ideal_forwards(model.config, {10: 4.0})
+    inputs = dit_inputs(model.config, 10, 1, torch.device("cpu"))  # the real 832x480 shape, on a tiny model
+    assert forwards[10]["ranks"][4]["collective_bytes"] == collective_bytes(meta_twin(model.config), inputs, 4)
+    rows = projection(forwards, None)
+    for row in rows:
+        assert row["cfg_step_speedup"] <= row["ranks"] + 1e-9
+        expected_compute = 4.0 / row["ranks"]
+        assert row["forward_s"] >= expected_compute and (row["ranks"] == 1) == (row["comm_share"] == 0)
