@@ -240,6 +240,8 @@ def main() -> None:
                              "whose compute splits perfectly")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.ideal_split_of and not args.communication_only:
+        parser.error("--ideal-split-of goes with --communication-only")
     if args.communication_only:
         print(communication_table(DiTConfig.a14b("i2v")))
         if args.ideal_split_of:

@@ -6,8 +6,9 @@ Frames: 81 of 832x480, smoothed noise (seed 0), each shot shifted so no two are 
 the film re-encoded), timed here with the same libraries.
 The story loop: `run_story` with a stand-in for the models whose every shot waits `--sampling-s` seconds (as the CPU
 waits for a GPU shot) and returns these frames with one more keyframe in its bank; its files written after each shot
-(the loop before issue 25's write-behind, `InlineWrites`) against written behind the next shot's wait (the engine's
-`WriteBehind`). `story_writes_s` is what the story spent beyond its shots' waits.
+(`InlineWrites`: the loop before the write-behind, except that the next shot still takes its bank and last frames from
+memory, not from disk, so "before" slightly understates it) against written behind the next shot's wait (the
+engine's `WriteBehind`). `story_writes_before_s` / `story_writes_now_s`: what the story spent beyond its shots' waits.
 """
 
 from __future__ import annotations

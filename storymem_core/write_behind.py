@@ -1,9 +1,9 @@
 """A story's files written behind its sampling: one shot's video, last frames and bank go to disk on a worker thread
 while the next shot samples on the GPU, instead of the GPU waiting for the CPU (about a second a shot).
 
-One job at a time, in order: `submit` first waits for the job before it and raises its error there, so a failed
-write stops the story before anything later is written; leaving the block waits for the last job, also when the
-story stops with an error, so every shot made before a stop or an interruption is saved whole.
+One job at a time, in order: a job runs only if the one before it succeeded, and `submit` raises that one's error, so
+a failed write stops the story before anything later is written; leaving the block waits for the last job, also when
+the story stops with an error or an interruption, so every shot made before the stop is saved whole.
 """
 
 from __future__ import annotations
@@ -26,16 +26,21 @@ class WriteBehind:
         self._pending: Future | None = None
 
     def submit(self, job: Callable[[], None]) -> None:
-        """Run `job` once the previous job has finished (its error is raised here, and `job` does not run)."""
-        self.wait()
-        self._pending = self._pool.submit(job)
+        """Queue `job` behind the job in flight, then wait for that one (its error is raised here, and `job` is
+        skipped). Queued first, so a stop while waiting still writes both."""
+        previous = self._pending
+        self._pending = self._pool.submit(_unless_failed, previous, job)
+        if previous is not None:
+            with phase(WRITES):
+                previous.result()
 
     def wait(self) -> None:
-        """Wait for the job in flight; the story's time spent waiting counts as its writes."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
+        """Wait for the job in flight; the story's time spent waiting counts as its writes. A job that failed stays
+        in flight, so leaving the block after its error sees (and logs) it again."""
+        if self._pending is not None:
             with phase(WRITES):
-                pending.result()
+                self._pending.result()
+            self._pending = None
 
     def __enter__(self) -> WriteBehind:
         return self
@@ -52,3 +57,9 @@ class WriteBehind:
                     log.exception("a shot's files could not be written while the story stopped")
         finally:
             self._pool.shutdown(wait=True)
+
+
+def _unless_failed(previous: Future | None, job: Callable[[], None]) -> None:
+    """`job`, unless the job before it failed (it has finished: the one worker runs jobs in order)."""
+    if previous is None or previous.exception() is None:
+        job()

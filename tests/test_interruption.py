@@ -119,7 +119,6 @@ class Saboteur:
     out: Path
     at: int
     strike: Callable[[], None]
-    per_shot: int = FORWARDS_PER_SHOT
     calls: int = 0
     struck_at: int | None = None
     shot_starts: list = field(default_factory=list)
@@ -224,7 +223,7 @@ def test_story_runner_node_cancelled_mid_step_keeps_finished_shots(pack, monkeyp
     out = host.output_dir() / "cancelled"
     per_shot = SHOT["steps"] * FORWARDS_PER_STEP
     for at in sorted({per_shot + 1, random.Random(3).randrange(per_shot, SHOTS * per_shot)}):
-        saboteur = Saboteur(out, at, host.current().interrupt, per_shot)
+        saboteur = Saboteur(out, at, host.current().interrupt)
         handles = watch([pack.t2v.high, pack.t2v.low, pack.m2v.high, pack.m2v.low], saboteur, monkeypatch)
         try:
             with pytest.raises(GenerationInterrupted):

@@ -10,7 +10,7 @@ from benchmarks.parallel_measured import side_by_side
 from benchmarks.parallel_projection import projection
 
 
-def test_the_measurement_times_forwards_cfg_steps_and_a_shot_on_every_rank_count(tmp_path):
+def test_the_measurement_times_forwards_cfg_steps_and_a_shot_over_two_ranks(tmp_path):
     out = tmp_path / "measured.json"
     run = torchrun(2, ["-m", "benchmarks.parallel_measured", "--tiny", "--eager", "--repeats", "1",
                        "--json", str(out)], tmp_path)

@@ -5,7 +5,9 @@ stopped mid-shot still has the shot before saved whole."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
+import time
 
 import pytest
 import torch
@@ -72,7 +74,9 @@ def test_a_shot_is_written_while_the_next_samples_and_the_next_starts_from_what_
         before = load_bank(folder.bank(request.index - 1))
         pairs = zip(request.memory.image_list(), before.image_list(), strict=True)
         assert all(torch.equal(a, b) for a, b in pairs)
-        assert [k.scores for k in request.memory.keyframes] == [k.scores for k in before.keyframes]
+        fields = [[(k.shot, k.frame_index, dict(k.scores), k.pinned, k.source) for k in bank.keyframes]
+                  + [bank.max_size, bank.fixed] for bank in (request.memory, before)]
+        assert fields[0] == fields[1]
     continued = maker.requests[1]  # the continuation is given the saved last frames
     tail = torch.stack([load_image(p) for p in sorted(folder.tail(0).glob("*.png"))])
     assert torch.equal(continued.previous_frames, tail)
@@ -140,3 +144,27 @@ def test_jobs_run_in_order_one_at_a_time_and_an_error_stops_the_next():
             writes.submit(job("b", fail=True))
             writes.submit(job("c"))  # b's error is raised here: c never runs
     assert ran == ["a", "b"] and overlap == [False, False]
+
+
+def test_a_stop_while_waiting_for_a_write_still_writes_the_job_queued_behind_it():
+    """Ctrl-C while a finished shot waits for the previous shot's files: both shots' files are still written."""
+    ran = []
+
+    def slow():
+        time.sleep(0.5)
+        ran.append("a")
+
+    def ctrl_c(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, ctrl_c)
+    signal.setitimer(signal.ITIMER_REAL, 0.1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with WriteBehind() as writes:
+                writes.submit(slow)
+                writes.submit(lambda: ran.append("b"))  # Ctrl-C lands while this waits for "a"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert ran == ["a", "b"]
