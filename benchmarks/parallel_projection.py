@@ -105,6 +105,12 @@ def input_bytes(inputs: tuple) -> int:
     return 4 * (x.numel() + (0 if y is None else y.numel()) + 2 * context.numel())
 
 
+def exchanged_bytes(inputs: tuple) -> dict[str, int]:
+    """Bytes outside the blocks: rank 0's broadcast of a forward's inputs, and one prediction (float32), which CFG
+    parallel's halves exchange."""
+    return {"input_bytes": input_bytes(inputs), "prediction_bytes": 4 * inputs[0].numel()}
+
+
 def meta_twin(config: DiTConfig) -> WanDiT:
     """The DiT of `config` on the meta device (bf16, as a forward's activations are): shapes only, no memory."""
     with torch.device("meta"):
@@ -129,8 +135,8 @@ def forward_part(model: nn.Module, device: torch.device, repeats: int, compiled:
     for memory in MEMORY:
         inputs = dit_inputs(model.config, memory, 1, device, *size_hw)
         x, t, context, y = inputs
-        row = results[memory] = {"tokens": tokens(model.config, memory, *size_hw), "input_bytes": input_bytes(inputs),
-                                 "prediction_bytes": 4 * x.numel(), "ranks": {}}
+        row = results[memory] = {"tokens": tokens(model.config, memory, *size_hw), **exchanged_bytes(inputs),
+                                 "ranks": {}}
         with torch.no_grad():
             seconds, first, _ = timed(lambda: model(x, t, context, y), device, repeats)
             row["plain_forward_s"], row["plain_first_call_s"] = median(seconds), first
@@ -223,8 +229,7 @@ def ideal_forwards(config: DiTConfig, plain_forward_s: dict[int, float]) -> dict
     for memory, seconds in plain_forward_s.items():
         inputs = dit_inputs(config, memory, 1, torch.device("cpu"))
         ranks = {n: {"compute_s": seconds / n, "collective_bytes": collective_bytes(meta, inputs, n)} for n in RANKS}
-        forwards[memory] = {"plain_forward_s": seconds, "input_bytes": input_bytes(inputs),
-                            "prediction_bytes": 4 * inputs[0].numel(), "ranks": ranks}
+        forwards[memory] = {"plain_forward_s": seconds, **exchanged_bytes(inputs), "ranks": ranks}
     return forwards
 
 

@@ -63,8 +63,8 @@ def mp4_s(shot: torch.Tensor, preset: str) -> float:
 
 
 class WaitingShots:
-    """Stands in for a story's models: each shot waits `seconds` (a GPU shot, as the CPU sees it) and returns `frames`
-    shifted, with its middle frame added to the memory."""
+    """Stands in for a story's models: each shot waits `seconds` (a GPU shot, as the CPU sees it), takes one step and
+    returns `frames` shifted, with its middle frame added to the memory (also the write-behind tests' stand-in)."""
 
     def __init__(self, frames: torch.Tensor, seconds: float):
         self.frames, self.seconds = frames, seconds
@@ -74,9 +74,12 @@ class WaitingShots:
 
     def make_shot(self, request: ShotRequest, on_step) -> ShotOutcome:
         time.sleep(self.seconds)
+        if on_step is not None:
+            on_step(1, 1)
         shot = self.frames.roll(10 * request.index, 2)
-        memory = request.memory.add([Keyframe(shot[40], shot=request.index, frame_index=40)])
-        return ShotOutcome(frames=shot, memory=memory, keyframes_added=1)
+        middle = len(shot) // 2
+        keyframe = Keyframe(shot[middle], shot=request.index, frame_index=middle, scores={"clip": 0.3})
+        return ShotOutcome(frames=shot, memory=request.memory.add([keyframe]), keyframes_added=1)
 
 
 class InlineWrites:

@@ -14,10 +14,10 @@ import torch
 from helpers import VALID
 
 import storymem_core.pipeline as pipeline
+from benchmarks.writes import WaitingShots
 from storymem_core.bank_files import load_bank
 from storymem_core.errors import GenerationInterrupted
 from storymem_core.files import load_image
-from storymem_core.memory import Keyframe
 from storymem_core.pipeline import StoryOptions, run_story
 from storymem_core.run_shot import ShotOutcome, ShotRequest
 from storymem_core.story import loads_story
@@ -30,25 +30,20 @@ SAVED_WAIT_S = 10.0
 SHOTS = 3  # VALID's
 
 
-class Maker:
-    """Makes noise shots with one keyframe each, and says when each shot starts."""
+class Maker(WaitingShots):
+    """Noise shots at once (`WaitingShots` waiting 0 s), each request kept and each shot's start told."""
 
     def __init__(self):
+        noise = torch.randint(0, 256, (OPTIONS.frames, 32, 32, 3), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(0))
+        super().__init__(noise, seconds=0.0)
         self.requests: list[ShotRequest] = []
         self.started = [threading.Event() for _ in range(SHOTS)]
-
-    def with_prompts(self, batches: list[list[str]]) -> Maker:
-        return self
 
     def make_shot(self, request: ShotRequest, on_step) -> ShotOutcome:
         self.requests.append(request)
         self.started[request.index].set()
-        if on_step is not None:
-            on_step(1, 1)
-        frames = torch.randint(0, 256, (OPTIONS.frames, 32, 32, 3), dtype=torch.uint8,
-                               generator=torch.Generator().manual_seed(request.index))
-        memory = request.memory.add([Keyframe(frames[2], shot=request.index, frame_index=2, scores={"clip": 0.3})])
-        return ShotOutcome(frames=frames, memory=memory, keyframes_added=1)
+        return super().make_shot(request, on_step)
 
 
 def story():
