@@ -120,7 +120,7 @@ def run_story(
                 if on_shot is not None:
                     on_shot(shot.index, len(shots), shot.prompt)
                 outcome = _make_shot(shot, _bank_before(shot.index, initial, last, folder, options), models, options,
-                                     _tail_before(shot.index, last, folder), on_step)
+                                     _tail_before(shot.index, last, folder), _checking_writes(writes, on_step))
                 writes.submit(partial(_save_shot, folder, state, shot.index, len(shots), initial, outcome, options.fps,
                                       on_saved))
                 last = (shot.index, outcome)
@@ -129,6 +129,16 @@ def run_story(
                 concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
                 save_picture(bank_contact_sheet(load_bank(folder.bank(shots[-1].index))), folder.contact_sheet)
         return folder.film
+
+
+def _checking_writes(writes: WriteBehind, on_step: StepCallback | None) -> StepCallback:
+    """`on_step` that first stops the shot if the previous shot's files failed to write (no point sampling a shot
+    that cannot be saved after it)."""
+    def step(done: int, steps: int) -> None:
+        writes.check()
+        if on_step is not None:
+            on_step(done, steps)
+    return step
 
 
 def _bank_before(index: int, initial: MemoryBank, last: tuple[int, ShotOutcome] | None, folder: StoryFolder,

@@ -2,7 +2,8 @@
 while the next shot samples on the GPU, instead of the GPU waiting for the CPU (about a second a shot).
 
 One job at a time, in order: a job runs only if the one before it succeeded, and `submit` raises that one's error, so
-a failed write stops the story before anything later is written; leaving the block waits for the last job, also when
+a failed write stops the story before anything later is written (`check`, called at every sampling step, stops it as
+soon as the write has failed rather than when the next shot ends); leaving the block waits for the last job, also when
 the story stops with an error or an interruption, so every shot made before the stop is saved whole.
 """
 
@@ -34,6 +35,11 @@ class WriteBehind:
             with phase(WRITES):
                 previous.result()
 
+    def check(self) -> None:
+        """Raise the error of a job in flight that has already failed, without waiting for one still running."""
+        if self._pending is not None and self._pending.done():
+            self._pending.result()
+
     def wait(self) -> None:
         """Wait for the job in flight; the story's time spent waiting counts as its writes. A job that failed stays
         in flight, so leaving the block after its error sees (and logs) it again."""
@@ -53,8 +59,9 @@ class WriteBehind:
             else:  # the story's own error is the one to raise; a write failing as well is logged
                 try:
                     self.wait()
-                except Exception:
-                    log.exception("a shot's files could not be written while the story stopped")
+                except Exception as failure:
+                    if failure is not error:  # not the write error `check` or `submit` already raised
+                        log.exception("a shot's files could not be written while the story stopped")
         finally:
             self._pool.shutdown(wait=True)
 

@@ -95,6 +95,38 @@ def test_a_failed_write_stops_the_story_before_anything_later_is_written(tmp_pat
     assert not folder.video(2).exists()  # shot 3 was made but not written
 
 
+def test_a_failed_write_stops_the_shot_sampling_behind_it_at_its_next_step(tmp_path, monkeypatch, caplog):
+    """Shot 2's files fail while shot 3 samples: shot 3 stops at its next step, not when it ends, and the error is
+    raised once (not logged again as a second failure)."""
+    out = tmp_path / "story"
+    failed, steps = threading.Event(), []
+    persist = pipeline._persist
+
+    def disk_error_at_shot_2(folder, index, *args):
+        if index == 1:
+            failed.set()
+            raise OSError("disk gone")
+        persist(folder, index, *args)
+
+    class ManySteps(Maker):
+        def make_shot(self, request: ShotRequest, on_step) -> ShotOutcome:
+            if request.index == 2:
+                assert failed.wait(SAVED_WAIT_S)
+                for step in range(1, 101):  # stopped within a step or two of the failure, long before step 100
+                    on_step(step, 100)
+                    steps.append(step)
+                    time.sleep(0.05)
+            return super().make_shot(request, on_step)
+
+    monkeypatch.setattr(pipeline, "_persist", disk_error_at_shot_2)
+    with pytest.raises(OSError, match="disk gone"):
+        run_story(story(), ManySteps(), OPTIONS, out)
+    assert len(steps) < 100
+    assert "could not be written" not in caplog.text
+    folder = StoryFolder(out)
+    assert [folder.is_finished(i) for i in range(3)] == [True, False, False]
+
+
 def test_a_story_stopped_mid_shot_has_the_shot_before_saved_whole(tmp_path, monkeypatch):
     out = tmp_path / "story"
     started = threading.Event()
