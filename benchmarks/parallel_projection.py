@@ -120,6 +120,8 @@ def meta_twin(config: DiTConfig) -> WanDiT:
 def collective_bytes(meta: WanDiT, inputs: tuple, ranks: int) -> list[int]:
     """The bytes of each collective of one split forward, counted by running it on `meta` (a `meta_twin`): no GPU
     time."""
+    if ranks == 1:
+        return []  # one rank exchanges nothing
     shards = ProjectedShards(ranks)
     with torch.no_grad(), projected(meta, shards):
         meta(*(x.to("meta") for x in inputs))
@@ -207,28 +209,36 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def communication_table(config: DiTConfig) -> str:
-    """The modelled communication of one split forward at the real shapes, without a GPU (meta device)."""
+def counted_collectives(config: DiTConfig, memories: tuple[int, ...] = MEMORY) -> dict[int, dict[int, list[int]]]:
+    """`collective_bytes` for each memory size and rank count, counted once for the table and the bound."""
+    meta, cpu = meta_twin(config), torch.device("cpu")
+    return {memory: {n: collective_bytes(meta, dit_inputs(config, memory, 1, cpu), n) for n in RANKS}
+            for memory in memories}
+
+
+def communication_table(config: DiTConfig, counted: dict[int, dict[int, list[int]]]) -> str:
+    """The modelled communication of one split forward at the real shapes, without a GPU (`counted_collectives`)."""
     lines = ["| M | tokens | GPUs | collectives | bytes each all-to-all (rank 0) | GB a forward | "
              + " | ".join(f"{link} s" for link in LINKS) + " |", "|" + "---|" * (6 + len(LINKS))]
-    meta = meta_twin(config)
-    for memory in MEMORY:
+    for memory, by_ranks in counted.items():
         inputs = dit_inputs(config, memory, 1, torch.device("cpu"))
         for ranks in RANKS[1:]:
-            sizes = collective_bytes(meta, inputs, ranks) + [input_bytes(inputs)]
+            sizes = by_ranks[ranks] + [input_bytes(inputs)]
             seconds = " | ".join(f"{collective_s(sizes, one_way):.3f}" for one_way in LINKS.values())
             lines.append(f"| {memory} | {tokens(config, memory)} | {ranks} | {len(sizes)} | {sizes[0] / 1e6:.1f} MB "
                          f"| {sum(sizes) / 1e9:.2f} | {seconds} |")
     return "\n".join(lines)
 
 
-def ideal_forwards(config: DiTConfig, plain_forward_s: dict[int, float]) -> dict:
+def ideal_forwards(config: DiTConfig, plain_forward_s: dict[int, float],
+                   counted: dict[int, dict[int, list[int]]]) -> dict:
     """`forward_part`'s figures for a compute that splits perfectly (one rank's share = the measured single-GPU
-    forward / N) and the exact collectives: `projection` of them bounds the speed-up from above, no GPU needed."""
-    meta, forwards = meta_twin(config), {}
+    forward / N) and the exact collectives (`counted_collectives`): `projection` of them bounds the speed-up from
+    above, no GPU needed."""
+    forwards = {}
     for memory, seconds in plain_forward_s.items():
         inputs = dit_inputs(config, memory, 1, torch.device("cpu"))
-        ranks = {n: {"compute_s": seconds / n, "collective_bytes": collective_bytes(meta, inputs, n)} for n in RANKS}
+        ranks = {n: {"compute_s": seconds / n, "collective_bytes": counted[memory][n]} for n in RANKS}
         forwards[memory] = {"plain_forward_s": seconds, **exchanged_bytes(inputs), "ranks": ranks}
     return forwards
 
@@ -248,9 +258,11 @@ def main() -> None:
     if args.ideal_split_of and not args.communication_only:
         parser.error("--ideal-split-of goes with --communication-only")
     if args.communication_only:
-        print(communication_table(DiTConfig.a14b("i2v")))
+        config = DiTConfig.a14b("i2v")
+        counted = counted_collectives(config)
+        print(communication_table(config, counted))
         if args.ideal_split_of:
-            print(markdown(projection(ideal_forwards(DiTConfig.a14b("i2v"), {10: args.ideal_split_of}), None)))
+            print(markdown(projection(ideal_forwards(config, {10: args.ideal_split_of}, counted), None)))
         return
     device = torch.device("cuda", torch.cuda.current_device())
     torch._dynamo.config.recompile_limit = 64  # one graph per rank count and length, as N processes would each build

@@ -10,6 +10,7 @@ from benchmarks.parallel_projection import (
     ProjectedShards,
     collective_bytes,
     collective_s,
+    counted_collectives,
     forward_part,
     ideal_forwards,
     markdown,
@@ -93,7 +94,7 @@ def test_the_forward_part_times_every_split_and_projects_a_table(model):
 
 
 def test_an_ideal_split_bounds_the_speed_up_by_the_communication_alone(model):
-    forwards = ideal_forwards(model.config, {10: 4.0})
+    forwards = ideal_forwards(model.config, {10: 4.0}, counted_collectives(model.config, (10,)))
     inputs = dit_inputs(model.config, 10, 1, torch.device("cpu"))  # the real 832x480 shape, on a tiny model
     assert forwards[10]["ranks"][4]["collective_bytes"] == collective_bytes(meta_twin(model.config), inputs, 4)
     rows = projection(forwards, None)
