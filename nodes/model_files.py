@@ -112,6 +112,9 @@ def _run(file: KnownFile, job: Job) -> None:
     except StoryMemError as error:
         job.state, job.error = "failed", str(error)
         log.warning("StoryMem: %s", error)
+    except Exception as error:  # on its own thread: anything left unhandled would leave the panel at "running"
+        job.state, job.error = "failed", f"the download of {file.filename} failed ({error}); see ComfyUI's log."
+        log.exception("StoryMem: the download of %s failed", file.filename)
     else:
         job.state = "done"
         log.info("StoryMem: downloaded %s", path)

@@ -122,6 +122,9 @@ def download(file: KnownFile, folder: Path, on_progress: Progress | None = None)
     destination = folder / file.name
     if destination.is_file():
         return destination
+    if destination.exists():  # before gigabytes arrive that could not be put in place
+        raise DownloadError(f"{destination} exists but is not a file: move it away, then download {file.filename} "
+                            "again.")
     partial = partial_path(destination)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -129,8 +132,13 @@ def download(file: KnownFile, folder: Path, on_progress: Progress | None = None)
     except (OSError, http.client.HTTPException) as error:  # refused, timed out, cut off: all resumable
         raise DownloadError(f"{file.filename} could not be downloaded from {file.source_url()} ({error}); what "
                             f"arrived is kept in {partial}: run the download again to continue.") from None
-    _check(file, partial, total)
-    os.replace(partial, destination)
+    try:
+        _check(file, partial, total)
+        os.replace(partial, destination)
+    except OSError as error:  # unreadable, or the name cannot be written: what arrived stays for the next try
+        raise DownloadError(f"{file.filename} arrived but could not be checked and put in place as {destination} "
+                            f"({error}): make that folder writable, then run the download again (it keeps "
+                            f"{partial}).") from None
     return destination
 
 

@@ -153,11 +153,9 @@ def test_the_panels_download_runs_in_the_background_and_names_the_raw_lora_it_br
     try:
         entry = model_files.start({"name": LORA.name})
         assert entry["license"] == LORA.license and not entry["exact_size"] and entry["job"]["state"] == "running"
-        deadline = time.monotonic() + 30
-        while model_files.listing()["files"][0]["job"]["state"] == "running" and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert _finished_job()["state"] == "done"
         shown = model_files.listing()
-        assert shown["files"][0]["present"] and shown["files"][0]["job"]["state"] == "done"
+        assert shown["files"][0]["present"]
         assert shown["raw_storymem_loras"] == [LORA.name]  # a core LoRA loader would apply nothing from it
         with pytest.raises(DownloadError, match="not a file this pack downloads"):
             model_files.start({"name": "../../etc/passwd"})
@@ -177,3 +175,46 @@ def test_a_gguf_expert_is_put_in_place_only_when_it_reads_as_gguf(hub, tmp_path)
     assert not (tmp_path / "diffusion_models" / expert.name).exists()
     hub.files[path] = b"GGUF" + bytes(60)
     assert download(expert, tmp_path / "diffusion_models").read_bytes()[:4] == b"GGUF"
+
+
+def test_a_folder_in_the_way_of_the_file_is_named_before_anything_is_fetched(hub, tmp_path):
+    (tmp_path / "loras" / LORA.name).mkdir(parents=True)
+    with pytest.raises(DownloadError, match="exists but is not a file: move it away"):
+        download(LORA, tmp_path / "loras")
+    assert not partial_path(tmp_path / "loras" / LORA.name).exists()
+
+
+def test_a_file_that_cannot_be_put_in_place_is_kept_for_the_next_try(hub, tmp_path, monkeypatch):
+    def read_only(*args):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr("storymem_core.downloads.os.replace", read_only)
+    with pytest.raises(DownloadError, match="could not be checked and put in place"):
+        download(LORA, tmp_path / "loras")
+    assert partial_path(tmp_path / "loras" / LORA.name).read_bytes() == LORA_BYTES
+
+
+def test_the_panel_shows_a_download_that_broke_unexpectedly_as_failed_and_it_can_start_again(hub, tmp_path,
+                                                                                             monkeypatch):
+    def broken(*args):
+        raise RuntimeError("something no one foresaw")
+
+    previous = host.use(host.StandaloneHost(tmp_path))
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(model_files, "download", broken)
+            model_files.start({"name": LORA.name})
+            job = _finished_job()
+        assert job["state"] == "failed" and "something no one foresaw" in job["error"]
+        assert model_files.start({"name": LORA.name})["job"]["state"] == "running"  # not refused as still running
+        assert _finished_job()["state"] == "done"
+    finally:
+        host.use(previous)
+
+
+def _finished_job() -> dict:
+    """The panel's first file's job once it is no longer running (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while model_files.listing()["files"][0]["job"]["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return model_files.listing()["files"][0]["job"]
