@@ -223,6 +223,17 @@ def test_keyframe_aesthetic_head_errors_name_the_problem(tmp_path):
         load_aesthetic_head(path).score(None, torch.zeros(2, 32))
 
 
+def test_keyframe_hpsv3_is_never_read_from_a_pickled_file(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "HPSv3.pth"
+    checkpoint.write_bytes(b"not opened")
+    loaded = []
+    monkeypatch.setitem(__import__("sys").modules, "hpsv3", type("hpsv3", (), {
+        "HPSv3RewardInferencer": lambda **kwargs: loaded.append(kwargs)}))
+    with pytest.raises(CheckpointError, match="HPSv3.pth is not a .safetensors file"):
+        load_hpsv3(checkpoint, device="cpu")
+    assert loaded == []
+
+
 def test_keyframe_hpsv3_without_package_says_how_to_install(tmp_path, monkeypatch):
     checkpoint = tmp_path / "HPSv3.safetensors"
     checkpoint.write_bytes(b"")

@@ -133,10 +133,14 @@ def load_aesthetic_head(path: str | os.PathLike, threshold: float = AESTHETIC_TH
 
 def load_hpsv3(path: str | os.PathLike, device: torch.device | str = "cuda", threshold: float = HPSV3_THRESHOLD,
                batch_size: int = 8) -> HPSv3Scorer:
-    """The HPSv3 reward model from a local checkpoint, through the `hpsv3` package."""
+    """The HPSv3 reward model from a local checkpoint, through the `hpsv3` package (a .safetensors file only: the
+    package unpickles any other file whole, code included, which the pack never lets a model file do)."""
     path = _require_file(path, "HPSv3 checkpoint",
                          "download HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3) into a models folder and pass its "
                          "path")
+    if not path.name.lower().endswith(SAFETENSORS_SUFFIXES):
+        raise CheckpointError(f"{path.name} is not a .safetensors file, and HPSv3's own loader would run any code a "
+                              "pickled file holds: use HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3).")
     try:
         from hpsv3 import HPSv3RewardInferencer
     except ImportError:
