@@ -60,9 +60,14 @@ def check_file(path: str | os.PathLike, kind: str, error: type[StoryMemError], w
                         "point the link at the real file.") from None
         if failure.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
             return path  # missing: the caller names what belongs there
-        raise error(f"{what} {path} cannot be opened ({failure.strerror}): check its permissions.") from None
+        raise unopenable(error, what, path, failure) from None
     _check_stat(info, path, kind, error, what)
     return path
+
+
+def unopenable(error: type[StoryMemError], what: str, path: Path, failure: OSError) -> StoryMemError:
+    """The one sentence for a file that is there but cannot be opened (permissions, most often)."""
+    return error(f"{what} {path} cannot be opened ({failure.strerror or failure}): check its permissions.")
 
 
 def read_bytes(path: str | os.PathLike, kind: str, error: type[StoryMemError], what: str | None = None) -> bytes:
@@ -70,7 +75,10 @@ def read_bytes(path: str | os.PathLike, kind: str, error: type[StoryMemError], w
 
     A missing file raises FileNotFoundError and a folder IsADirectoryError, for the caller to put in its words."""
     path = check_file(path, kind, error, what)
-    descriptor = os.open(path, os.O_RDONLY | _O_NONBLOCK)  # a pipe swapped in after the check still cannot block
+    try:
+        descriptor = os.open(path, os.O_RDONLY | _O_NONBLOCK)  # a pipe swapped in after the check still cannot block
+    except PermissionError as failure:
+        raise unopenable(error, what or kind, path, failure) from None
     with os.fdopen(descriptor, "rb") as handle:
         info = os.fstat(handle.fileno())
         if stat.S_ISDIR(info.st_mode):

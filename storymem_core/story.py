@@ -224,8 +224,6 @@ def _read_text(path: str | os.PathLike) -> str:
         raise _fail(str(path), "no story script file is there", "check the path") from None
     except UnicodeDecodeError:
         raise _fail(str(path), "the file is not UTF-8 text", "save it as UTF-8") from None
-    except PermissionError:
-        raise _fail(str(path), "the file cannot be read (permission denied)", "make it readable") from None
 
 
 def loads_story(text: str, source: str = "<text>") -> Story:

@@ -24,6 +24,7 @@ from .errors import StoryMemError
 from .files import writable_folder_check, write_json
 from .folder_lock import LOCK_FILE
 from .memory import MemoryBank
+from .safe_files import unopenable
 from .story import Shot, Story
 
 
@@ -225,6 +226,8 @@ def _read_json(path: Path) -> dict | None:
         return None
     try:
         fields = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as failure:
+        raise unopenable(StoryMemError, "record file", path, failure) from None
     except (ValueError, UnicodeDecodeError) as error:
         raise _unreadable(path, error) from None
     if not isinstance(fields, dict):

@@ -30,9 +30,14 @@ from nodes.host import StandaloneHost
 from storymem_core import tiny_models as tiny
 from storymem_core.commands import story as story_command
 from storymem_core.commands.cli import main
+from storymem_core.errors import StoryMemError
 from storymem_core.model_roles import find_model_files, required_roles
 from storymem_core.pipeline import StoryFolder
+from storymem_core.story import load_story
+from storymem_core.story_folder import StoryRecord
+from storymem_core.wan.tokenizer import UMT5Tokenizer
 from storymem_core.weights.configs import CONFIG_KEY
+from storymem_core.weights.readers import read_pth
 
 TIMEOUT_S = 120
 PROGRESS_BAR = re.compile(r"\|\s*\d+/\d+ \[")  # tqdm: "story:   0%|          | 0/2 [00:00<?, ?shot/s]"
@@ -429,3 +434,46 @@ def test_models_in_symlinked_subfolders_are_found_as_comfyui_finds_them(tmp_path
     assert files["t2v_low"].read_bytes() == (models / "diffusion_models" / tiny.T2V_LOW).read_bytes()
     listed = StandaloneHost(linked).filenames("diffusion_models")
     assert f"wan/{tiny.I2V_HIGH}" in listed and len(listed) == len(set(listed)) == 4
+
+
+def _refuse_opening(monkeypatch, target: Path) -> None:
+    """Opening `target` fails as a file without read permission does (tests may run as root, which ignores modes)."""
+    real_os_open, real_open = os.open, io.open
+
+    def refuse(path):
+        if Path(path) == target:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    def os_open(path, *args, **kwargs):
+        refuse(path)
+        return real_os_open(path, *args, **kwargs)
+
+    def builtin_open(path, *args, **kwargs):
+        refuse(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(io, "open", builtin_open)
+    monkeypatch.setattr("builtins.open", builtin_open)
+
+
+def _record_of(folder: Path) -> Path:
+    StoryFolder(folder).record.write_text("{}")
+    return StoryFolder(folder).record
+
+
+@pytest.mark.parametrize("make, read, fragment", [
+    (lambda d: d / "story.json", lambda p: load_story(p), "story script"),
+    (lambda d: d / "lora.pth", lambda p: read_pth(p), "model file"),
+    (lambda d: d / "spiece.model", lambda p: UMT5Tokenizer.from_path(p), "tokenizer"),
+    (_record_of, lambda p: StoryRecord.load(StoryFolder(p.parent)), "record file"),
+], ids=["story", "pth", "tokenizer", "record"])
+def test_a_file_that_cannot_be_opened_is_named_with_the_fix(tmp_path, monkeypatch, make, read, fragment):
+    path = make(tmp_path)
+    if not path.exists():
+        path.write_bytes(b"PK\x03\x04 unread")
+    _refuse_opening(monkeypatch, path)
+    with pytest.raises(StoryMemError) as raised:
+        read(path)
+    assert str(raised.value).startswith(f"{fragment} {path} cannot be opened")
+    assert str(raised.value).endswith("check its permissions.")

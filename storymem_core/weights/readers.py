@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError
-from ..safe_files import check_file, read_bytes
+from ..safe_files import check_file, read_bytes, unopenable
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -99,7 +99,10 @@ def read_pth(path: Path) -> Mapping[str, torch.Tensor]:
     """A .pth / .bin / .ckpt state dict, tensors only: a file holding other Python objects is refused, never
     unpickled."""
     check_file(path, "model file", CheckpointError)
-    file_format = _pth_format(path)
+    try:
+        file_format = _pth_format(path)
+    except OSError as failure:
+        raise unopenable(CheckpointError, "model file", path, failure) from None
     if file_format not in ("zip", "pickle"):
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint ({file_format}, not a zip archive or a pickle stream); "
