@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from storymem_core.choices import EvaluationMode
-from storymem_core.errors import StoryMemError
+from storymem_core.errors import SettingsError, StoryFolderError
 from storymem_core.evaluation import (
     FRAMES_PER_SHOT,
     Scorers,
@@ -70,7 +70,7 @@ def resolve_story_folder(text: str) -> Path:
     output = host.output_dir().resolve()
     path = (given if given.is_absolute() else output / given).resolve()
     if not path.is_relative_to(output):
-        raise StoryMemError(
+        raise StoryFolderError(
             f"story_folder '{text}' is outside the output folder {output}: give a folder inside it, such as "
             "storymem/stories/<story>, or connect Story Runner's video_path."
         )
@@ -82,12 +82,12 @@ def _check_connected(story: Story, numbers: list[int]) -> None:
     count = len(story.shots)
     if numbers != list(range(1, len(numbers) + 1)):
         missing = min(set(range(1, max(numbers) + 1)) - set(numbers))
-        raise StoryMemError(
+        raise SettingsError(
             f"shot_{missing} is not connected but later shots are: connect the shots in story order from shot_1."
         )
     if len(numbers) != count:
         more = " or give story_folder" if count > SHOT_INPUTS else ""
-        raise StoryMemError(
+        raise SettingsError(
             f"{len(numbers)} shot(s) are connected but '{story.name}' has {count}: connect one per shot{more}."
         )
 
@@ -151,7 +151,7 @@ class EvaluateStory:
         if folder is not None:
             check_finished(folder, story, "the connected story", "connect the story this folder was made from")
         elif not connected:
-            raise StoryMemError("Evaluate Story has no shots: connect shot_1 ... in story order, or give story_folder.")
+            raise SettingsError("Evaluate Story has no shots: connect shot_1 ... in story order, or give story_folder.")
         else:
             _check_connected(story, [number for number, _ in connected])
         progress = host.ProgressSteps(len(story.shots), f"evaluate '{story.name}'")

@@ -241,17 +241,15 @@ def storymem_names() -> list[str]:
     return _host.filenames(STORYMEM_FOLDER)
 
 
-def storymem_path(relative: str) -> Path:
-    """An existing file or folder under one of the storymem folders."""
+def storymem_path(relative: str, error: type[StoryMemError]) -> Path:
+    """An existing file or folder under one of the storymem folders; one that is not there raises `error`."""
     if Path(relative).is_absolute() or ".." in Path(relative).parts:
-        raise CheckpointError(f"'{relative}' must be a name inside the storymem folders, not a path: pick one from the "
-                              "list.")
+        raise error(f"'{relative}' must be a name inside the storymem folders, not a path: pick one from the list.")
     for root in _host.folders(STORYMEM_FOLDER):
         if (root / relative).exists():
             return root / relative
     searched = ", ".join(str(root) for root in _host.folders(STORYMEM_FOLDER))
-    raise CheckpointError(f"'{relative}' is not in the storymem folders ({searched}): save it there first or pick "
-                          "another.")
+    raise error(f"'{relative}' is not in the storymem folders ({searched}): save it there first or pick another.")
 
 
 def input_dir() -> Path | None:

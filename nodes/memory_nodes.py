@@ -118,7 +118,7 @@ class LoadBank:
 
     @classmethod
     def IS_CHANGED(cls, bank: str):
-        manifest = host.storymem_path(f"{bank}/{BANK_FILE}")
+        manifest = host.storymem_path(f"{bank}/{BANK_FILE}", MemoryBankError)
         return f"{manifest}:{manifest.stat().st_mtime_ns}"
 
     def load(self, bank: str) -> dict:

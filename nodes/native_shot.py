@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, MOTION_FRAMES, ShotMode
-from storymem_core.errors import StoryMemError
+from storymem_core.errors import SettingsError
 from storymem_core.memory import MemoryBank
 from storymem_core.run_shot import ShotRequest
 from storymem_core.video import image_batch_to_frames
@@ -30,15 +30,15 @@ def shot_conditioning_inputs(clip, positive: list | None, negative: list | None,
     """The shot's CONDITIONING: as connected, or the prompt (and negative prompt) encoded with `clip`; one of the two
     ways for each, never both, so what the shot shows is never a silent choice."""
     if positive is not None and prompt.strip():
-        raise StoryMemError("both positive and prompt are given: disconnect positive to use the prompt, or empty the "
+        raise SettingsError("both positive and prompt are given: disconnect positive to use the prompt, or empty the "
                             "prompt to use positive.")
     if positive is None and not prompt.strip():
-        raise StoryMemError("the shot has no prompt: write one (with clip connected), or connect positive.")
+        raise SettingsError("the shot has no prompt: write one (with clip connected), or connect positive.")
     if negative is not None and negative_prompt.strip():
-        raise StoryMemError("both negative and negative_prompt are given: disconnect negative, or empty "
+        raise SettingsError("both negative and negative_prompt are given: disconnect negative, or empty "
                             "negative_prompt.")
     if clip is None and (positive is None or negative is None):
-        raise StoryMemError("clip is not connected: connect the umT5 from Load CLIP (type wan) to encode the prompts, "
+        raise SettingsError("clip is not connected: connect the umT5 from Load CLIP (type wan) to encode the prompts, "
                             "or connect both positive and negative.")
     if positive is None:
         positive = encode_prompt(clip, prompt)

@@ -23,7 +23,7 @@ from storymem_core.choices import (
     ShotMode,
 )
 from storymem_core.conditioning import check_size
-from storymem_core.errors import ConditioningError, GenerationInterrupted, StoryMemError
+from storymem_core.errors import ConditioningError, GenerationInterrupted, SettingsError, StoryMemError
 from storymem_core.memory import MemoryBank
 from storymem_core.presets import sampler_settings
 from storymem_core.run_shot import ShotModels, ShotRequest, run_shot
@@ -81,7 +81,7 @@ def _optional_inputs() -> dict:
 
 def _check_prompt(prompt: str) -> None:
     if not prompt.strip():
-        raise StoryMemError("prompt is empty: describe the shot, or connect the prompt output of Story Shot.")
+        raise SettingsError("prompt is empty: describe the shot, or connect the prompt output of Story Shot.")
 
 
 def _make_room(model: WanExperts, device: torch.device) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from storymem_core.choices import ExpertKind, Noise, Offload
-from storymem_core.errors import StoryMemError
+from storymem_core.errors import SettingsError
 from storymem_core.lora import LoraWeights, apply_loras
 from storymem_core.sampling import ExpertPair
 from storymem_core.scorers import AestheticScorer, ImageEncoder
@@ -71,7 +71,7 @@ class WanExperts:
         if self.kind != kind:
             wanted = {ExpertKind.T2V: "the Wan2.2 T2V-A14B experts (wan2.2_t2v_*)",
                       ExpertKind.I2V: "the Wan2.2 I2V-A14B experts (wan2.2_i2v_*) with the StoryMem LoRA"}
-            raise StoryMemError(f"{node} needs {wanted[kind]}, but {self.name} are {self.kind.upper()} experts: load "
+            raise SettingsError(f"{node} needs {wanted[kind]}, but {self.name} are {self.kind.upper()} experts: load "
                                 "the other pair.")
 
     @contextlib.contextmanager

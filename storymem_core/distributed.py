@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .choices import ShotMode
-from .errors import StoryMemError
+from .errors import SettingsError, StoryMemError
 from .sampling import ExpertPair
 from .wan.ulysses import SequenceShards, sharded_sequence
 
@@ -79,7 +79,7 @@ class Parallel:
         """Refuse, before any shot, a rank count whose splits do not divide the attention heads."""
         if heads % self.world:
             divisors = ", ".join(str(n) for n in range(2, heads + 1) if heads % n == 0)
-            raise StoryMemError(f"torchrun --nproc-per-node {self.world} splits the experts' {heads} attention heads "
+            raise SettingsError(f"torchrun --nproc-per-node {self.world} splits the experts' {heads} attention heads "
                                 f"unevenly: use a process count that divides {heads} ({divisors}).")
 
     def run(self, pairs: dict[str, ExpertPair | None], fsdp: bool, story: Callable[[], T]) -> T | None:

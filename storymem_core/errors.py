@@ -45,3 +45,13 @@ class DownloadError(StoryMemError):
 
 class FolderBusy(StoryMemError):
     """Another story run is writing the story folder; the message says who and since when."""
+
+
+class StoryFolderError(StoryMemError):
+    """A story's output folder cannot take this run: another story or other settings made it, a shot's files are
+    missing, or the path cannot hold a story."""
+
+
+class SettingsError(StoryMemError):
+    """A run's or a node's setting is invalid or conflicts with another (modes, size, frames, memory, seed, device,
+    preset, connected inputs); the message names the setting and a value that works."""

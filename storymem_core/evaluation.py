@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .bank_files import load_bank
-from .errors import StoryMemError
+from .errors import SettingsError, StoryFolderError
 from .files import check_frames
 from .memory import MemoryBankError
 from .pipeline import StoryFolder
@@ -137,7 +137,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 def check_frames_per_shot(per_shot: int) -> None:
     if per_shot < 1:
-        raise StoryMemError(
+        raise SettingsError(
             f"frames per shot = {per_shot} samples nothing: use at least 1 (default {FRAMES_PER_SHOT})."
         )
 
@@ -221,16 +221,16 @@ def find_script(folder: str | os.PathLike, script: str | os.PathLike | None = No
     for candidate in (folder / SCRIPT_NAME, folder.parent / SCRIPT_NAME):
         if candidate.is_file():
             return candidate
-    raise StoryMemError(
+    raise StoryFolderError(
         f"{folder} has no {SCRIPT_NAME} in it or beside it: pass the script the story was made from with --script."
     )
 
 
 def _check_is_story_folder(root: Path) -> None:
     if not root.is_dir():
-        raise StoryMemError(f"story folder {root} does not exist: give the story command's --out folder.")
+        raise StoryFolderError(f"story folder {root} does not exist: give the story command's --out folder.")
     if not (root / "shots").is_dir():
-        raise StoryMemError(
+        raise StoryFolderError(
             f"{root} is not a story folder (it has no shots/ folder): give the folder passed as --out to the story "
             "command (or the one Story Runner wrote)."
         )
@@ -246,17 +246,17 @@ def check_finished(
     shots = story.shots
     extra = layout.video(len(shots))
     if extra.is_file():
-        raise StoryMemError(f"{root} holds {extra.name} but {source} has only {len(shots)} shot(s): {fix}.")
+        raise StoryFolderError(f"{root} holds {extra.name} but {source} has only {len(shots)} shot(s): {fix}.")
     unfinished = [shot.index for shot in shots if not layout.is_finished(shot.index)]
     if not unfinished:
         return
     first = unfinished[0]
     if any(layout.is_finished(index) for index in range(first + 1, len(shots))):
-        raise StoryMemError(
+        raise StoryFolderError(
             f"shot {first + 1} of {root} is missing ({layout.video(first).relative_to(root)} or its bank) while later "
             f"shots are there: regenerate it with the story command's --from-shot {first + 1}, then evaluate."
         )
-    raise StoryMemError(
+    raise StoryFolderError(
         f"the story in {root} is unfinished ({first} of {len(shots)} shots done): run the story command again with "
         "the same --out to finish it, then evaluate."
     )
@@ -286,7 +286,7 @@ def folder_references(folder: str | os.PathLike) -> list[torch.Tensor]:
     try:
         return load_bank(initial).image_list()
     except MemoryBankError as error:
-        raise StoryMemError(
+        raise MemoryBankError(
             f"the initial memory of {folder} cannot be read ({error}): regenerate the story with --from-shot 1."
         ) from None
 

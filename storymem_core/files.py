@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import ConditioningError, MemoryBankError, StoryMemError, WriteError
+from .errors import ConditioningError, MemoryBankError, SettingsError, StoryMemError, WriteError
 from .safe_files import check_file
 
 # PIL's own decompression-bomb limit at its default (about 13,000 x 13,000 pixels), whatever a host set it to
@@ -211,6 +211,6 @@ def save_image(frame: torch.Tensor, path: str | os.PathLike) -> Path:
     path = Path(path)
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:
-        raise StoryMemError(f"cannot tell the image format of {path} from its suffix: name it .png or .jpg.")
+        raise SettingsError(f"cannot tell the image format of {path} from its suffix: name it .png or .jpg.")
     options = {"compress_level": 1} if image_format == "PNG" else {}
     return save_picture(Image.fromarray(frame.cpu().numpy()), path, image_format, **options)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import StoryMemError
+from .errors import SettingsError
 
 MAX_SIDE = 2048  # pixels per side; Wan2.2 A14B is trained up to 1280x720
 MAX_FRAMES = 481  # 30 s at 16 fps, six times StoryMem's 81
@@ -24,13 +24,13 @@ MAX_SEED = 2**64 - 1  # the range torch.Generator.manual_seed takes (and ComfyUI
 def check_number(value: float, name: str, low: float, high: float, fix: str) -> None:
     """`value` finite and in [low, high], else one sentence naming `name`, the range and `fix`."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise StoryMemError(f"{name} {value} is not a number a sampler can use: {fix}.")
+        raise SettingsError(f"{name} {value} is not a number a sampler can use: {fix}.")
     if not low <= value <= high:
-        raise StoryMemError(f"{name} {value} is outside {low:g} to {high:g}: {fix}.")
+        raise SettingsError(f"{name} {value} is outside {low:g} to {high:g}: {fix}.")
 
 
 def check_seed(seed: int, shots: int, name: str = "seed") -> None:
     """Shot k of a story samples with seed + k - 1, so the last shot's seed must still fit the generator."""
     if not 0 <= seed <= MAX_SEED - max(shots - 1, 0):
-        raise StoryMemError(f"{name} {seed} is outside 0 to {MAX_SEED - max(shots - 1, 0)} (each shot adds 1): use a "
+        raise SettingsError(f"{name} {seed} is outside 0 to {MAX_SEED - max(shots - 1, 0)} (each shot adds 1): use a "
                             "smaller seed.")

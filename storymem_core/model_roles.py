@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .choices import FirstShot, Quality
-from .errors import CheckpointError, StoryMemError
+from .errors import CheckpointError, SettingsError
 from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE
 from .safe_files import files_under
 from .weights.kinds import LEGACY_FOLDERS
@@ -135,12 +135,12 @@ def parse_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise StoryMemError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N.") from None
+        raise SettingsError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise StoryMemError(f"--device {name} needs a CUDA GPU but none is visible: use --device cpu (or auto).")
+        raise SettingsError(f"--device {name} needs a CUDA GPU but none is visible: use --device cpu (or auto).")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise StoryMemError(f"--device {name} does not exist: this machine has cuda:0 to "
+        raise SettingsError(f"--device {name} does not exist: this machine has cuda:0 to "
                             f"cuda:{torch.cuda.device_count() - 1}.")
     if device.type not in ("cpu", "cuda"):
-        raise StoryMemError(f"--device {name} is not supported: use auto, cpu, cuda or cuda:N.")
+        raise SettingsError(f"--device {name} is not supported: use auto, cpu, cuda or cuda:N.")
     return device

@@ -20,7 +20,7 @@ import torch
 
 from .bank_files import bank_contact_sheet, discard_bank, load_bank, save_bank
 from .choices import GIVEN_FRAMES, MOTION_FRAMES, FirstShot, ShotMode
-from .errors import StoryMemError
+from .errors import StoryFolderError
 from .files import fit_image, load_image, save_image, save_picture
 from .folder_lock import one_writer
 from .memory import MemoryBank
@@ -216,6 +216,6 @@ def _persist(folder: StoryFolder, shot_index: int, frames: torch.Tensor, bank: M
 def _load_tail(folder: StoryFolder, shot_index: int) -> torch.Tensor:
     paths = sorted(folder.tail(shot_index).glob("*.png"))
     if not paths:
-        raise StoryMemError(f"the last frames of shot {shot_index + 1} are missing in {folder.tail(shot_index)}: "
-                            f"regenerate it with --from-shot {shot_index + 1}.")
+        raise StoryFolderError(f"the last frames of shot {shot_index + 1} are missing in {folder.tail(shot_index)}: "
+                               f"regenerate it with --from-shot {shot_index + 1}.")
     return torch.stack([load_image(p) for p in paths])

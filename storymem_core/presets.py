@@ -16,7 +16,7 @@ from pathlib import PurePath
 from typing import Iterable
 
 from .choices import ExpertKind, FirstShot, Noise, Preset, ShotMode, Solver
-from .errors import StoryMemError
+from .errors import CheckpointError, SettingsError
 from .sampling import SamplerSettings
 from .shot import T2V_SETTINGS
 
@@ -74,7 +74,7 @@ def preset(name: str) -> SpeedPreset | None:
     if name == Preset.NONE:
         return None
     if name not in PRESETS:
-        raise StoryMemError(f"preset '{name}' is unknown: use one of {', '.join(Preset.names())}.")
+        raise SettingsError(f"preset '{name}' is unknown: use one of {', '.join(Preset.names())}.")
     return PRESETS[name]
 
 
@@ -136,7 +136,7 @@ def find_lora_names(names: Iterable[str], loras: tuple[LoraFile, LoraFile]) -> t
     found = [next((name for name in names if matches(name, lora)), None) for lora in loras]
     missing = [lora.usual_name for lora, name in zip(loras, found) if name is None]
     if missing:
-        raise StoryMemError(missing_message(missing))
+        raise CheckpointError(missing_message(missing))
     return found[0], found[1]
 
 

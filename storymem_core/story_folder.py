@@ -20,7 +20,7 @@ import torch
 
 from .bank_files import load_bank
 from .choices import DEFAULT_MEMORY_POSITIONS, MemoryPositions
-from .errors import StoryMemError
+from .errors import StoryFolderError
 from .files import writable_folder_check, write_json
 from .folder_lock import LOCK_FILE
 from .memory import MemoryBank
@@ -84,23 +84,25 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     try:
         _check_writable_folder(path, flag)
     except OSError as error:  # a name too long, a component not searchable, ...
-        raise StoryMemError(f"{flag} {path} cannot be used ({error.strerror}): choose another folder path.") from None
+        raise StoryFolderError(f"{flag} {path} cannot be used ({error.strerror}): choose another folder "
+                               "path.") from None
     return path
 
 
 def _check_writable_folder(path: Path, flag: str) -> None:
     if os.path.lexists(path) and not path.exists():
-        raise StoryMemError(f"{flag} {path} is a broken link (or a link loop): point it at a folder, or remove the "
-                            "link.")
+        raise StoryFolderError(f"{flag} {path} is a broken link (or a link loop): point it at a folder, or remove the "
+                               "link.")
     if path.exists() and not path.is_dir():
-        raise StoryMemError(f"{flag} {path} is a file, not a folder: give a folder path (it is created when missing).")
+        raise StoryFolderError(f"{flag} {path} is a file, not a folder: give a folder path (it is created when "
+                               "missing).")
     existing = path if path.exists() else next(parent for parent in path.parents if parent.exists())
     if not existing.is_dir():
-        raise StoryMemError(f"{flag} {path} lies under {existing}, which is a file: choose a folder path.")
+        raise StoryFolderError(f"{flag} {path} lies under {existing}, which is a file: choose a folder path.")
     try:  # the only honest test of writability (root ignores modes; /proc and read-only mounts refuse)
         writable_folder_check(existing)
     except OSError as error:
-        raise StoryMemError(
+        raise StoryFolderError(
             f"{flag} {path} cannot be written ({error.strerror}): choose a folder you can write to.") from None
 
 
@@ -227,7 +229,7 @@ def _read_json(path: Path) -> dict | None:
     try:
         fields = json.loads(path.read_text(encoding="utf-8"))
     except OSError as failure:
-        raise unopenable(StoryMemError, "record file", path, failure) from None
+        raise unopenable(StoryFolderError, "record file", path, failure) from None
     except (ValueError, UnicodeDecodeError) as error:
         raise _unreadable(path, error) from None
     if not isinstance(fields, dict):
@@ -235,9 +237,9 @@ def _read_json(path: Path) -> dict | None:
     return fields
 
 
-def _unreadable(path: Path, error: object) -> StoryMemError:
-    return StoryMemError(f"{path} is not a valid record file ({error}): delete it and re-run with the options the "
-                         "story was started with.")
+def _unreadable(path: Path, error: object) -> StoryFolderError:
+    return StoryFolderError(f"{path} is not a valid record file ({error}): delete it and re-run with the options the "
+                            "story was started with.")
 
 
 @dataclass(frozen=True)
@@ -276,8 +278,8 @@ def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[
     if not folder.root.is_dir():
         return state
     if not folder.is_ours():
-        raise StoryMemError(f"--out {folder.root} holds files that are not a StoryMem story: choose a new or empty "
-                            "folder (a story is never written over other files).")
+        raise StoryFolderError(f"--out {folder.root} holds files that are not a StoryMem story: choose a new or empty "
+                               "folder (a story is never written over other files).")
     where = f"the story in {folder.root}"
     _check_record(folder, state.record, where, from_shot)
     _check_placement(folder, memory_positions, where, from_shot)
@@ -295,31 +297,31 @@ def _check_record(folder: StoryFolder, current: StoryRecord, where: str, from_sh
     made = next((i for i in range(len(recorded.shot_sha256)) if not folder.is_finished(i)), len(recorded.shot_sha256))
     kept = made if from_shot is None else min(from_shot, made)
     if len(current.shot_sha256) < kept:
-        raise StoryMemError(f"the script has {len(current.shot_sha256)} shot(s) but {where} has {made} made from "
-                            "another one: pass the script it was made from, or a new --out folder.")
+        raise StoryFolderError(f"the script has {len(current.shot_sha256)} shot(s) but {where} has {made} made from "
+                               "another one: pass the script it was made from, or a new --out folder.")
     changed = next((i for i in range(kept) if recorded.shot_sha256[i] != current.shot_sha256[i]), None)
     if changed is not None:
-        raise StoryMemError(f"the script differs from the one {where} was made from, from shot {changed + 1} on: pass "
-                            f"that script to continue it, --from-shot {changed + 1} to remake shot {changed + 1} and "
-                            "after from this one, or a new --out folder.")
+        raise StoryFolderError(f"the script differs from the one {where} was made from, from shot {changed + 1} on: "
+                               f"pass that script to continue it, --from-shot {changed + 1} to remake shot "
+                               f"{changed + 1} and after from this one, or a new --out folder.")
     if recorded.size_wh != current.size_wh and from_shot != 0:
         old, new = ("x".join(map(str, wh)) for wh in (recorded.size_wh, current.size_wh))
-        raise StoryMemError(f"--size {new} differs from the {old} {where} was made at, and a film never mixes sizes: "
-                            f"pass --size {old} to continue it, --from-shot 1 to remake every shot at the new size, or "
-                            "a new --out folder.")
+        raise StoryFolderError(f"--size {new} differs from the {old} {where} was made at, and a film never mixes "
+                               f"sizes: pass --size {old} to continue it, --from-shot 1 to remake every shot at the "
+                               "new size, or a new --out folder.")
     if recorded.frames != current.frames and from_shot is None:
-        raise StoryMemError(f"--frames {current.frames} differs from the {recorded.frames} {where} was made with: pass "
-                            f"--frames {recorded.frames} to continue it, --from-shot N to remake shot N and after, or "
-                            "a new --out folder.")
+        raise StoryFolderError(f"--frames {current.frames} differs from the {recorded.frames} {where} was made with: "
+                               f"pass --frames {recorded.frames} to continue it, --from-shot N to remake shot N and "
+                               "after, or a new --out folder.")
 
 
 def _check_placement(folder: StoryFolder, current: str, where: str, from_shot: int | None) -> None:
     recorded = story_placement(folder.root)
     if recorded is None or recorded == current or from_shot == 0:
         return
-    raise StoryMemError(f"--memory-positions {current} differs from the {recorded} {where} was made with, and a film "
-                        f"never mixes placements: pass --memory-positions {recorded} to continue it, --from-shot 1 to "
-                        f"remake every shot with {current}, or a new --out folder.")
+    raise StoryFolderError(f"--memory-positions {current} differs from the {recorded} {where} was made with, and a "
+                           f"film never mixes placements: pass --memory-positions {recorded} to continue it, "
+                           f"--from-shot 1 to remake every shot with {current}, or a new --out folder.")
 
 
 def _check_memory(folder: StoryFolder, current: MemorySettings, max_memory: int, fixed_memory: int,
@@ -332,21 +334,23 @@ def _check_memory(folder: StoryFolder, current: MemorySettings, max_memory: int,
     if recorded is None or recorded == current:
         return
     if recorded.reference_sha256 != current.reference_sha256 and from_shot != 0:
-        raise StoryMemError(f"the --reference images differ from those {where} was started with: pass the same ones to "
-                            "continue it, --from-shot 1 to remake it from the new ones, or a new --out folder.")
+        raise StoryFolderError(f"the --reference images differ from those {where} was started with: pass the same "
+                               f"ones to "
+                               "continue it, --from-shot 1 to remake it from the new ones, or a new --out folder.")
     if from_shot is not None:
         return  # --from-shot remakes its shots with the new memory options
     if recorded.ablations != current.ablations:
         old, new = (" ".join(f"--{a}" for a in flags) or "no ablation flag" for flags in (recorded.ablations,
                                                                                           current.ablations))
-        raise StoryMemError(f"the ablations ({new}) differ from those {where} was made with ({old}): pass the same to "
-                            "continue it, --from-shot N to remake shot N and after, or a new --out folder.")
+        raise StoryFolderError(f"the ablations ({new}) differ from those {where} was made with ({old}): pass the same "
+                               f"to "
+                               "continue it, --from-shot N to remake shot N and after, or a new --out folder.")
     for flag, old, new in (("--max-memory", recorded.max_memory, current.max_memory),
                            ("--fixed-memory", recorded.fixed_memory, current.fixed_memory)):
         if old != new:
-            raise StoryMemError(f"{flag} {new} differs from the {old} {where} was made with: pass {flag} {old} to "
-                                f"continue it, --from-shot N to remake shot N and after with {new}, or a new --out "
-                                "folder.")
+            raise StoryFolderError(f"{flag} {new} differs from the {old} {where} was made with: pass {flag} {old} to "
+                                   f"continue it, --from-shot N to remake shot N and after with {new}, or a new --out "
+                                   "folder.")
 
 
 def pending_shots(story: Story, out_dir: str | os.PathLike, from_shot: int | None = None) -> tuple[Shot, ...]:

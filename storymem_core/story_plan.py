@@ -16,7 +16,7 @@ import torch
 
 from .choices import CONTINUATIONS, DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, Ablation, FirstShot, Preset, ShotMode
 from .conditioning import check_frame_num, check_size
-from .errors import StoryMemError
+from .errors import SettingsError
 from .files import load_image
 from .limits import MAX_FRAMES, MAX_MEMORY, MAX_SIDE, check_number, check_seed
 from .positions import check_placement
@@ -54,10 +54,10 @@ class StoryOptions:
     def check(self) -> None:
         """Every value in its range, before anything loads: a typo must not allocate memory or run a model."""
         if self.first_shot not in FirstShot.names():
-            raise StoryMemError(f"first shot mode '{self.first_shot}' is unknown: use one of "
+            raise SettingsError(f"first shot mode '{self.first_shot}' is unknown: use one of "
                                 f"{', '.join(FirstShot.names())}.")
         if self.continuation not in CONTINUATIONS:
-            raise StoryMemError(f"continuation '{self.continuation}' is unknown: use one of "
+            raise SettingsError(f"continuation '{self.continuation}' is unknown: use one of "
                                 f"{', '.join(CONTINUATIONS)}.")
         width, height = self.size_wh
         check_number(max(width, height), "size (its longer side)", 16, MAX_SIDE, "use e.g. 832x480 or 1280x720")
@@ -66,12 +66,12 @@ class StoryOptions:
         check_frame_num(self.frames)
         check_number(self.max_memory, "max memory", 1, MAX_MEMORY, "StoryMem keeps 10 keyframes")
         if not 0 <= self.fixed_memory <= self.max_memory:
-            raise StoryMemError(f"fixed memory {self.fixed_memory} must be between 0 and max memory {self.max_memory}.")
+            raise SettingsError(f"fixed memory {self.fixed_memory} must be between 0 and max memory {self.max_memory}.")
         check_number(self.fps, "fps", 1, 120, "StoryMem's videos are 16 fps")
         check_seed(self.seed, 1)
         check_placement(self.memory_positions)
         if unknown := [a for a in self.ablations if a not in Ablation.names()]:
-            raise StoryMemError(f"ablation '{unknown[0]}' is unknown: use {', '.join(Ablation.names())}.")
+            raise SettingsError(f"ablation '{unknown[0]}' is unknown: use {', '.join(Ablation.names())}.")
         self.m2v.check()
         self.t2v.check()
 
@@ -82,7 +82,7 @@ class StoryOptions:
         given = GIVEN_FRAMES[self.continuation]
         continuing = next((s for s in story.shots[1:] if not s.cut), None)
         if continuing is not None and self.frames <= given:
-            raise StoryMemError(f"shot {continuing.index + 1} continues the previous one ({self.continuation.upper()}, "
+            raise SettingsError(f"shot {continuing.index + 1} continues the previous one ({self.continuation.upper()}, "
                                 f"{given} given frame(s)) but --frames {self.frames} leaves no new frame: use --frames "
                                 f"{given + 4 - (given - 1) % 4} or more, or the M2V continuation (no --mi2v / --mm2v).")
 
@@ -204,7 +204,7 @@ def _start(from_shot: int | None, story: Story, names: InputNames) -> int | None
     if from_shot is None:
         return None
     if not 1 <= from_shot <= len(story.shots):
-        raise StoryMemError(f"{names.from_shot} {from_shot} is not a shot of '{story.name}' (it has shots 1 to "
+        raise SettingsError(f"{names.from_shot} {from_shot} is not a shot of '{story.name}' (it has shots 1 to "
                             f"{len(story.shots)}): {names.continue_story} to continue where it stopped, or give one "
                             "of those.")
     return from_shot - 1
@@ -213,15 +213,15 @@ def _start(from_shot: int | None, story: Story, names: InputNames) -> int | None
 def check_first_memory(first_shot: str, has_references: bool, names: InputNames = ENGINE_NAMES) -> None:
     """An MR2V story starts from reference images and a T2V one from text: refuse references that would go unused."""
     if first_shot == FirstShot.MR2V and not has_references:
-        raise StoryMemError(f"the first shot is MR2V (from reference images) but {names.no_references}: "
+        raise SettingsError(f"the first shot is MR2V (from reference images) but {names.no_references}: "
                             f"{names.give_references}, or {names.choose_t2v} to start from text.")
     if first_shot == FirstShot.T2V and has_references:
-        raise StoryMemError(f"reference images are given but the first shot is T2V: {names.choose_mr2v} to start "
+        raise SettingsError(f"reference images are given but the first shot is T2V: {names.choose_mr2v} to start "
                             "from them (MR2V), or leave them out.")
 
 
 def check_t2v_experts(first_shot: str, given: bool, names: InputNames = ENGINE_NAMES) -> None:
     """A T2V first shot is sampled by the Wan2.2 T2V experts, which only such a story needs."""
     if first_shot == FirstShot.T2V and not given:
-        raise StoryMemError(f"the first shot is T2V but {names.no_t2v_experts}: load the Wan2.2 T2V-A14B experts, or "
+        raise SettingsError(f"the first shot is T2V but {names.no_t2v_experts}: load the Wan2.2 T2V-A14B experts, or "
                             f"{names.choose_mr2v} to start from reference images.")

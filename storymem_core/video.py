@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .choices import GIVEN_FRAMES
-from .errors import ConditioningError, StoryMemError
+from .errors import ConditioningError, SettingsError, WriteError
 from .files import atomic_write_path, check_frames
 from .safe_files import check_file
 
@@ -83,7 +83,7 @@ def _video_codec() -> str:
             return name
         except Exception:  # PyAV raises different types per version for a missing codec
             continue
-    raise StoryMemError("this PyAV build has neither the libx264 nor the mpeg4 encoder: install PyAV from PyPI (pip "
+    raise WriteError("this PyAV build has neither the libx264 nor the mpeg4 encoder: install PyAV from PyPI (pip "
                         "install av).")
 
 
@@ -98,7 +98,7 @@ class _Mp4Encoder:
 
     def __init__(self, container: av.container.OutputContainer, fps: float):
         if fps <= 0:
-            raise StoryMemError(f"fps = {fps} must be positive: use e.g. 16 (Wan2.2's frame rate).")
+            raise SettingsError(f"fps = {fps} must be positive: use e.g. 16 (Wan2.2's frame rate).")
         self.container = container
         self.rate = Fraction(fps).limit_denominator(1001)
         self.stream = None

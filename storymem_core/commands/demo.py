@@ -17,7 +17,7 @@ import torch
 
 from ..bank_files import load_bank
 from ..choices import FirstShot, ShotMode
-from ..errors import StoryMemError
+from ..errors import StoryFolderError
 from ..files import atomic_write_path, staging_folder
 from ..memory import MemoryBank
 from ..presets import SamplerValues
@@ -79,8 +79,8 @@ def run_demo(out: str | Path, seed: int = 0) -> int:
     script = out / "story.json"
     story_text = json.dumps(DEMO_STORY, indent=2, ensure_ascii=False)
     if os.path.lexists(script) and not _holds(script, story_text.encode()):
-        raise StoryMemError(f"--out {out} holds a story.json that is not the demo's: choose a new or empty folder for "
-                            "the demo.")
+        raise StoryFolderError(f"--out {out} holds a story.json that is not the demo's: choose a new or empty folder "
+                               "for the demo.")
     models_dir = out / f"models-seed{seed}"
     if not models_dir.is_dir():  # written aside and renamed in: an interrupted first run leaves no half folder
         out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ..choices import DEFAULT_MEMORY_POSITIONS, Ablation, Quality
 from ..distributed import PAIRS, Parallel, torchrun_session
-from ..errors import StoryMemError
+from ..errors import SettingsError
 from ..folder_lock import one_writer
 from ..memory import MemoryBank
 from ..model_roles import find_model_files, parse_device, quality_model, required_roles
@@ -77,7 +77,7 @@ def story_inputs(args: argparse.Namespace) -> StoryInputs:
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
-        raise StoryMemError(f"--size {args.size!r} is not WIDTHxHEIGHT: write e.g. --size 832x480.") from None
+        raise SettingsError(f"--size {args.size!r} is not WIDTHxHEIGHT: write e.g. --size 832x480.") from None
     sampler = SamplerValues(steps=args.steps, shift=args.shift, solver=args.solver, guide_low=args.guide,
                             guide_high=args.guide)
     return StoryInputs(
