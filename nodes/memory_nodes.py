@@ -122,7 +122,7 @@ class LoadBank:
         return f"{manifest}:{manifest.stat().st_mtime_ns}"
 
     def load(self, bank: str) -> dict:
-        loaded = load_bank(host.storymem_path(bank))
+        loaded = load_bank(host.storymem_path(bank, MemoryBankError))
         return with_bank_ui(loaded, loaded)
 
 

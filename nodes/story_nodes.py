@@ -69,11 +69,14 @@ class StoryScript:
     def IS_CHANGED(cls, script_file: str, script: str):
         if script_file == SCRIPT_TEXT:
             return script
-        path = host.storymem_path(script_file)
+        path = host.storymem_path(script_file, StoryScriptError)
         return f"{path}:{path.stat().st_mtime_ns}"
 
     def read(self, script_file: str, script: str) -> dict:
-        story = loads_story(script) if script_file == SCRIPT_TEXT else load_story(host.storymem_path(script_file))
+        if script_file == SCRIPT_TEXT:
+            story = loads_story(script)
+        else:
+            story = load_story(host.storymem_path(script_file, StoryScriptError))
         return {"ui": {"storymem_shots": _shot_list(story)}, "result": (story, len(story.shots), story.overview)}
 
 
