@@ -65,6 +65,7 @@ class LoadWanExperts:
         high, low, placement = load_expert_pair(
             host.model_path("diffusion_models", high_noise_model), host.model_path("diffusion_models", low_noise_model),
             weight_dtype, offload, compile, device, host.free_memory(device), PLANNED_TOKENS,
+            on_progress=host.ProgressSteps(100, "loading the Wan experts"),
         )
         name = f"{high_noise_model} + {low_noise_model}"
         return (WanExperts(high, low, high.config.model_type, name, placement),)

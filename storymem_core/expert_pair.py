@@ -5,7 +5,7 @@ GPU placement. This is policy on top of loading (storymem_core/weights loads one
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,9 +17,11 @@ from .errors import CheckpointError
 from .lora import apply_loras, load_lora
 from .offload import BlockSwapDiT, resolve_offload
 from .wan.attention import backend_name
-from .weights.loading import load_dit
+from .weights.loading import TensorProgress, load_dit
 
 log = logging.getLogger(__name__)
+
+LoadProgress = Callable[[int, int], None]  # (percent done, 100) of loading a pair; may raise to stop it
 
 DTYPES = {WeightDtype.BF16: torch.bfloat16, WeightDtype.FP16: torch.float16, WeightDtype.FP32: torch.float32}
 
@@ -47,24 +49,27 @@ class ExpertLoras(NamedTuple):
 
 def load_expert_pair(
     high: Path, low: Path, weights: str, offload: str, compile_blocks: bool, device: torch.device, free_bytes: int,
-    tokens: int, loras: Sequence[ExpertLoras] = (),
+    tokens: int, loras: Sequence[ExpertLoras] = (), on_progress: LoadProgress | None = None,
 ) -> tuple[nn.Module, nn.Module, str]:
     """(high, low, placement): a Wan2.2 expert pair as a story runs it, for the nodes and the CLI alike.
 
     Dtype from `weights` (`WeightDtype`); placement from `offload` ('auto' plans from `free_bytes` for `tokens`);
     `loras` are merged in order (their strengths are fixed; fp8 layers re-quantised, computed on `device`): a forward
     costs what the bare expert's does; blocks compiled on a GPU when asked; 'blocks' wraps in BlockSwapDiT.
+    `on_progress` follows the reading of each expert and each merge, as one bar.
     """
     dtype, keep_fp8 = expert_weights(weights, device)
-    pair = [load_dit(high, dtype, keep_fp8), load_dit(low, dtype, keep_fp8)]
+    stages = _Stages(2 + 2 * len(loras), on_progress)
+    pair = [load_dit(path, dtype, keep_fp8, stages.part(index)) for index, path in enumerate((high, low))]
     if pair[0].config.model_type != pair[1].config.model_type:
         kinds = [dit.config.model_type.upper() for dit in pair]
         raise CheckpointError(
             f"{high.name} is a {kinds[0]} expert but {low.name} is {kinds[1]}: load two experts of one pair."
         )
-    for lora in loras:
-        for dit, path in zip(pair, (lora.high, lora.low)):
-            apply_loras(dit, [load_lora(path)], mode="merge", strict=lora.strict, work_device=device)
+    merges = [(dit, path, lora.strict) for lora in loras for dit, path in zip(pair, (lora.high, lora.low))]
+    for stage, (dit, path, strict) in enumerate(merges, start=len(pair)):
+        apply_loras(dit, [load_lora(path)], mode="merge", strict=strict, work_device=device)
+        stages.report(stage + 1)
     placement = resolve_offload(offload, pair[0], device, free_bytes, tokens)
     if compile_blocks and device.type == "cuda":
         pair = [dit.compile_blocks() for dit in pair]
@@ -74,3 +79,17 @@ def load_expert_pair(
              ", compiled blocks" if compile_blocks and device.type == "cuda" else "")
     return pair[0], pair[1], placement
 
+
+class _Stages:
+    """Equal stages of one load (an expert's tensors, a LoRA merge) reported as one percentage."""
+
+    def __init__(self, count: int, on_progress: LoadProgress | None):
+        self.count, self.on_progress = count, on_progress
+
+    def part(self, index: int) -> TensorProgress:
+        """The `on_tensor` of stage `index`: the share of its tensors read moves the whole on by up to one stage."""
+        return lambda done, total: self.report(index + done / max(total, 1))
+
+    def report(self, stages_done: float) -> None:
+        if self.on_progress is not None:
+            self.on_progress(int(100 * stages_done / self.count), 100)

@@ -4,6 +4,7 @@ encoder and quality scorer (see docs/architecture.md)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from .choices import ExpertKind, FirstShot, Offload, Preset, Quality, WeightDtype
 from .distributed import Parallel
-from .expert_pair import ExpertLoras, auto_dtype, load_expert_pair
+from .expert_pair import ExpertLoras, LoadProgress, auto_dtype, load_expert_pair
 from .pipeline import StoryModels
 from .presets import compiles_blocks, lora_roles
 from .sampling import ExpertPair
@@ -44,18 +45,20 @@ class LoadOptions:
 
 
 def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int,
-             loras: list[ExpertLoras]) -> ExpertPair:
+             loras: list[ExpertLoras], on_progress: LoadProgress | None) -> ExpertPair:
     free = torch.cuda.mem_get_info(load.device)[0] if load.device.type == "cuda" else 0
     compiled = load.compile_blocks or compiles_blocks(load.preset)
     high_expert, low_expert, placement = load_expert_pair(
-        files[high], files[low], load.weights, load.offload, compiled, load.device, free, tokens, loras,
+        files[high], files[low], load.weights, load.offload, compiled, load.device, free, tokens, loras, on_progress,
     )
     log.info("experts %s + %s: %s offload", files[high].name, files[low].name, placement)
     return ExpertPair(high_expert, low_expert, device=load.device, offload=placement == Offload.EXPERTS)
 
 
-def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadOptions) -> StoryModels:
-    """Every model of a story, on the CPU until a shot needs it on `load.device`."""
+def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadOptions,
+                      on_load: Callable[[str], LoadProgress | None] = lambda what: None) -> StoryModels:
+    """Every model of a story, on the CPU until a shot needs it on `load.device`. `on_load(what)` gives the progress
+    callback of loading one expert pair (what: "I2V experts" or "T2V experts")."""
     width, height = options.size_wh
     tokens = shot_tokens(options.max_memory, options.frames, width * height)
     scorer = _quality_scorer(files, load.device)  # first: HPSv3 takes GPU memory the experts' offload plan must see
@@ -65,10 +68,12 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
     # LoRAs are merged for the whole story: the StoryMem LoRA, then a preset's speed LoRAs on top
     storymem = ExpertLoras(files["lora_high"], files["lora_low"])
     speed = _speed_loras(files, load.preset, ExpertKind.I2V)
-    m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, [storymem, *speed])
+    m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, [storymem, *speed],
+                   on_load("I2V experts"))
     t2v = None
     if options.first_shot == FirstShot.T2V:
-        t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, _speed_loras(files, load.preset, ExpertKind.T2V))
+        t2v = _experts(files, "t2v_high", "t2v_low", load, tokens, _speed_loras(files, load.preset, ExpertKind.T2V),
+                       on_load("T2V experts"))
     text = load_text_encoder(files["text_encoder"], auto_dtype(load.device))
     text_encoder = ParkedTextEncoder(TextEncoder(text.tokenizer, text.encoder, m2v.high.config.text_len),
                                      torch.device("cpu"))

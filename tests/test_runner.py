@@ -68,6 +68,8 @@ def test_demo_writes_every_artefact_and_a_film_of_the_summed_frames(tmp_path, ca
     captured = capsys.readouterr()
     assert "pixels are noise" in captured.out
     assert story_bar(captured.err)[-1] == f"{DEMO_SHOTS}/{DEMO_SHOTS}"
+    loading = [part for part in re.split(r"[\r\n]", captured.err) if part.startswith("loading I2V experts")]
+    assert loading and "100/100" in loading[-1]  # the experts' reading had a bar of its own, run to its end
 
 
 def test_demo_memory_grows_and_the_demo_says_so(tmp_path, capsys):

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..choices import DEFAULT_MEMORY_POSITIONS, Ablation, Quality
 from ..distributed import PAIRS, Parallel, torchrun_session
 from ..errors import SettingsError
+from ..expert_pair import LoadProgress
 from ..folder_lock import one_writer
 from ..memory import MemoryBank
 from ..model_roles import find_model_files, parse_device, quality_model, required_roles
@@ -56,6 +57,18 @@ class StoryProgress:
         for bar in (self.steps, self.shots):
             if bar is not None:
                 bar.close()
+
+
+def loading_bar(what: str) -> LoadProgress:
+    """A tqdm bar in percent for loading `what` (tens of GB read from disk), closed once whole."""
+    bar = tqdm(total=100, desc=f"loading {what}", unit="%")
+
+    def update(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+    return update
 
 
 def memory_line(index: int, total: int, memory: MemoryBank) -> str:
@@ -114,7 +127,8 @@ def _load_and_run(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) ->
     files = find_model_files(models_dir, roles + preset_roles(load.preset, plan.options.first_shot))
     if load.parallel is not None:
         load.parallel.check_heads(dit_config(files["i2v_high"])[0].num_heads)
-    models = load_story_models(files, plan.options, load)
+    leader = load.parallel is None or load.parallel.is_leader  # one bar, not one a rank
+    models = load_story_models(files, plan.options, load, loading_bar if leader else lambda what: None)
 
     def run() -> Path:
         progress = StoryProgress(plan.story)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -30,6 +30,8 @@ from .readers import SAFETENSORS_SUFFIXES
 from .shapes import fit_faults, model_shapes
 
 log = logging.getLogger(__name__)
+
+TensorProgress = Callable[[int, int], None]  # (tensors read, tensors in the file); may raise to stop the load
 
 
 def load_state_dict(
@@ -85,13 +87,15 @@ def load_model(
     keep_fp8: bool = False,
     device: torch.device | str = "cpu",
     dequantize_to: torch.dtype = DEQUANTIZED_DTYPE,
+    on_tensor: TensorProgress | None = None,
 ) -> nn.Module:
     """Load weights into `module`, checking kind, names and shapes from the header before assigning anything.
 
     Tensors stream one at a time into the module's own tensors (cast to their dtype); a module built on the
     meta device takes the file's tensors on `device` instead, fp8 weights dequantised to `dequantize_to` (one
     rounding of weight x scale into the dtype the caller will run in). `keep_fp8=True` turns layers with fp8
-    weights into Fp8Linear layers.
+    weights into Fp8Linear layers. `on_tensor` follows the reading (a 14B expert is over a thousand tensors and
+    tens of GB) and may raise to stop it.
     """
     expected = model_shapes(module)
     kind = classify(expected)[0]
@@ -100,16 +104,34 @@ def load_model(
     _check_fit(expected, checkpoint.shapes(), checkpoint.info.path, strict)
     if keep_fp8:
         on_meta = any(t.is_meta for t in module.state_dict().values())
-        tensors = dict(checkpoint.tensors(device=device, keep_fp8=True))
+        read = checkpoint.tensors(device=device, keep_fp8=True)
+        tensors = dict(_reported(read, len(checkpoint.shapes()), on_tensor, skip=_is_fp8_scale))
         return load_fp8_weights(module, tensors, strict=strict, assign=on_meta)
     targets = module.state_dict(keep_vars=True)
-    for name in checkpoint.shapes().keys() & targets.keys():
+    names = checkpoint.shapes().keys() & targets.keys()
+    for name, _ in _reported(((name, None) for name in names), len(names), on_tensor):
         target = targets[name]
         on_meta = target.is_meta
         dtype, at = (None, device) if on_meta else (target.dtype, target.device)
         tensor = checkpoint.read(name, dtype=dtype, device=at, dequantize_to=dequantize_to)
         _assign(module, name, tensor)
     return module
+
+
+def _reported(items: Iterable[tuple[str, object]], total: int, on_tensor: TensorProgress | None,
+              skip: Callable[[str], bool] = lambda name: False) -> Iterator[tuple[str, object]]:
+    """`items`, with `on_tensor(done, total)` after each one that is a file entry (`skip` marks those that are not)."""
+    done = 0
+    for name, item in items:
+        yield name, item
+        if on_tensor is not None and not skip(name):
+            done += 1
+            on_tensor(done, total)
+
+
+def _is_fp8_scale(name: str) -> bool:
+    """The scale `Checkpoint.tensors` yields after an fp8 weight: part of that weight's entry."""
+    return name.endswith(".scale_weight")
 
 
 def is_test_model(path: str | Path) -> bool:
@@ -171,11 +193,12 @@ def dit_config(path: str | Path) -> tuple[DiTConfig, Checkpoint]:
     return dit_config_from_shapes(checkpoint.shapes(), path.name), checkpoint
 
 
-def load_dit(path: str | Path, dtype: torch.dtype, keep_fp8: bool | None = False) -> WanDiT:
+def load_dit(path: str | Path, dtype: torch.dtype, keep_fp8: bool | None = False,
+             on_tensor: TensorProgress | None = None) -> WanDiT:
     """Build the expert at the file's size on the meta device and take the file's tensors (no second copy).
 
     `keep_fp8`: fp8 layers stay fp8 (True), are dequantised to `dtype` (False), or stay fp8 when the file has them
-    (None).
+    (None). `on_tensor` as for `load_model`.
     """
     config, checkpoint = dit_config(path)
     if keep_fp8 is None:
@@ -186,7 +209,7 @@ def load_dit(path: str | Path, dtype: torch.dtype, keep_fp8: bool | None = False
         )
     with torch.device("meta"):
         dit = WanDiT(config)
-    load_model(dit, path, keep_fp8=keep_fp8, dequantize_to=dtype)
+    load_model(dit, path, keep_fp8=keep_fp8, dequantize_to=dtype, on_tensor=on_tensor)
     return dit.cast_weights(torch.bfloat16 if keep_fp8 else dtype).eval().requires_grad_(False)
 
 
