@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .choices import FirstShot, Quality
+from .choices import FirstShot, Quality, ShotMode
 from .errors import CheckpointError, SettingsError
 from .presets import LORA_FOLDER, PRESET_LORA_ROLES, SOURCE
 from .safe_files import files_under
@@ -33,6 +33,16 @@ class ModelRole:
     patterns: tuple[str, ...]
     usual_name: str
     other_folders: tuple[str, ...] = ()  # also searched, e.g. where the nodes list the same file
+    variant: str | None = None  # a StoryMem LoRA pair's (mi2v, mm2v): a file whose path says the other is not it
+
+
+STORYMEM_VARIANTS = (ShotMode.MI2V, ShotMode.MM2V)  # the published LoRA pairs: Wan2.2-MI2V-A14B/, Wan2.2-MM2V-A14B/
+
+
+def _storymem_lora(noise: str, variant: str) -> ModelRole:
+    return ModelRole("loras", (f"backbone_{noise}_noise*",),
+                     f"StoryMem/Wan2.2-{variant.upper()}-A14B/backbone_{noise}_noise.pth (Hugging Face "
+                     "Kevin-thu/StoryMem)", variant=variant)
 
 
 ROLES = {
@@ -42,10 +52,10 @@ ROLES = {
     "t2v_high": ModelRole("diffusion_models", ("*t2v*high_noise*",),
                           "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
     "t2v_low": ModelRole("diffusion_models", ("*t2v*low_noise*",), "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
-    "lora_high": ModelRole("loras", ("backbone_high_noise*",),
-                           "StoryMem/backbone_high_noise.pth (Hugging Face Kevin-thu/StoryMem)"),
-    "lora_low": ModelRole("loras", ("backbone_low_noise*",),
-                          "StoryMem/backbone_low_noise.pth (Hugging Face Kevin-thu/StoryMem)"),
+    "lora_high": _storymem_lora("high", ShotMode.MI2V),  # M2V and MI2V shots: the authors' default pair
+    "lora_low": _storymem_lora("low", ShotMode.MI2V),
+    "mm2v_lora_high": _storymem_lora("high", ShotMode.MM2V),  # --mm2v stories
+    "mm2v_lora_low": _storymem_lora("low", ShotMode.MM2V),
     "text_encoder": ModelRole("text_encoders", ("umt5*", "models_t5_umt5*"), "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
     "vae": ModelRole("vae", ("wan_2.1_vae*", "wan2.1_vae*"), "wan_2.1_vae.safetensors"),
     "clip": ModelRole("clip_vision", ("open_clip*", "*vit*b*32*clip*", "*clip*vit*b*32*"),
@@ -78,9 +88,31 @@ def _find(root: Path, role: str) -> Path | None:
     folders = [root / name for name in (spec.folder, *LEGACY_FOLDERS.get(spec.folder, ()), *spec.other_folders)]
     candidates = sorted(p for folder in folders for p in files_under(folder) if p.is_file()
                         and _matches(p, spec.patterns))
+    if spec.variant is not None:
+        candidates = _of_variant(candidates, spec.variant)
     if len(candidates) > 1:
-        log.info("%s: using %s of %d matching files", role, candidates[0].name, len(candidates))
+        log.info("%s: using %s of %d matching files", role, candidates[0], len(candidates))
     return candidates[0] if candidates else None
+
+
+def _of_variant(paths: list[Path], variant: str) -> list[Path]:
+    """A StoryMem LoRA pair's files: those whose name or folder says `variant` first, then those that say no variant
+    (a layout of the user's own), never the other pair's: the MI2V and MM2V files share their names."""
+    def says(path: Path, name: str) -> bool:
+        return name in f"{path.parent.name}/{path.name}".lower()
+
+    own = [path for path in paths if says(path, variant)]
+    unnamed = [path for path in paths if not any(says(path, other) for other in STORYMEM_VARIANTS)]
+    if not own and unnamed and variant == ShotMode.MM2V:
+        log.warning("using %s as the MM2V LoRA, though neither its name nor its folder says MM2V: if it is the MI2V "
+                    "pair, put the MM2V pair in loras/StoryMem/Wan2.2-MM2V-A14B/", unnamed[0])
+    return own + unnamed
+
+
+def storymem_lora_roles(continuation: str) -> tuple[str, str]:
+    """The (high, low) roles of the StoryMem LoRA pair a story runs with: the MM2V pair for --mm2v stories, else
+    the MI2V pair (which also makes M2V shots), as the authors' pipeline chooses."""
+    return ("mm2v_lora_high", "mm2v_lora_low") if continuation == ShotMode.MM2V else ("lora_high", "lora_low")
 
 
 def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path]:
@@ -97,7 +129,8 @@ def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path
             missing.append(f"{ROLES[role].folder}/{ROLES[role].usual_name}")
     if missing:
         raise CheckpointError(f"{len(missing)} model file(s) missing under {root}: {'; '.join(missing)}; download them "
-                              "into those folders.")
+                              "into those folders (the README's Model files table links each; `python -m storymem_core "
+                              "download --list` fetches the StoryMem LoRAs and the aesthetic head).")
     return found
 
 
@@ -122,9 +155,11 @@ def quality_model(quality: str, models_dir: str | Path) -> str | None:
     return quality
 
 
-def required_roles(first_shot: str, quality: str | None = Quality.AESTHETIC) -> list[str]:
-    """The files a story needs: T2V experts only for a T2V first shot, the quality model unless the filter is off."""
-    roles = ["i2v_high", "i2v_low", "lora_high", "lora_low", "text_encoder", "vae", "clip"]
+def required_roles(first_shot: str, quality: str | None = Quality.AESTHETIC,
+                   continuation: str = ShotMode.M2V) -> list[str]:
+    """The files a story needs: T2V experts only for a T2V first shot, the quality model unless the filter is off,
+    the StoryMem LoRA pair of the continuation (`storymem_lora_roles`)."""
+    roles = ["i2v_high", "i2v_low", *storymem_lora_roles(continuation), "text_encoder", "vae", "clip"]
     return roles + ([quality] if quality else []) + (["t2v_high", "t2v_low"] if first_shot == FirstShot.T2V else [])
 
 

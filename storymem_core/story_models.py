@@ -13,6 +13,7 @@ import torch
 from .choices import ExpertKind, FirstShot, Offload, Preset, Quality, WeightDtype
 from .distributed import Parallel
 from .expert_pair import ExpertLoras, LoadProgress, auto_dtype, load_expert_pair
+from .model_roles import storymem_lora_roles
 from .pipeline import StoryModels
 from .presets import compiles_blocks, lora_roles
 from .sampling import ExpertPair
@@ -66,7 +67,7 @@ def load_story_models(files: dict[str, Path], options: StoryOptions, load: LoadO
     if isinstance(scorer, AestheticHead):
         scorer.check_fits(keyframe_encoder)  # before the experts load, not after the first shot
     # LoRAs are merged for the whole story: the StoryMem LoRA, then a preset's speed LoRAs on top
-    storymem = ExpertLoras(files["lora_high"], files["lora_low"])
+    storymem = ExpertLoras(*(files[role] for role in storymem_lora_roles(options.continuation)))
     speed = _speed_loras(files, load.preset, ExpertKind.I2V)
     m2v = _experts(files, "i2v_high", "i2v_low", load, tokens, [storymem, *speed],
                    on_load("I2V experts"))

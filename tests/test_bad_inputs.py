@@ -125,7 +125,7 @@ STORY_ROWS = [
     Row(
         "story-node-file-outside-folder",
         lambda pack: (node("StoryMemStoryScript"), dict(script_file="../models/x.json", script="")),
-        CheckpointError,
+        StoryScriptError,
         "not a path",
     ),
     Row(
@@ -365,7 +365,7 @@ PATH_ROWS = [
     Row(
         "load-bank-name-dotdot",
         lambda pack: (node("StoryMemLoadBank"), dict(bank="../models")),
-        CheckpointError,
+        MemoryBankError,
         "not a path",
     ),
 ]

@@ -123,7 +123,7 @@ def _load_and_run(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) ->
     checked = plan.check_folder()
     # without the quality filter (the paper's ablation) no quality model is needed, nor its file
     quality = Quality.OFF if Ablation.NO_AESTHETIC_FILTER in plan.options.ablations else load.quality
-    roles = required_roles(plan.options.first_shot, quality_model(quality, models_dir))
+    roles = required_roles(plan.options.first_shot, quality_model(quality, models_dir), plan.options.continuation)
     files = find_model_files(models_dir, roles + preset_roles(load.preset, plan.options.first_shot))
     if load.parallel is not None:
         load.parallel.check_heads(dit_config(files["i2v_high"])[0].num_heads)
