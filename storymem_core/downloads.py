@@ -91,9 +91,10 @@ KNOWN_FILES: tuple[KnownFile, ...] = (
 
 
 def known_file(name: str) -> KnownFile:
-    """The known file called `name` (its path in the folder, or that path without the `StoryMem/` folder)."""
+    """The known file called `name`: its path in its folder, as `download --list` shows it (with the folder), or
+    without the `StoryMem/` folder."""
     for file in KNOWN_FILES:
-        if name in (file.name, file.name.removeprefix("StoryMem/")):
+        if name in (file.name, file.name.removeprefix("StoryMem/"), f"{file.folder}/{file.name}"):
             return file
     names = ", ".join(file.name for file in KNOWN_FILES)
     raise DownloadError(f"'{name}' is not a file this pack downloads: name one of {names}.")
@@ -130,8 +131,9 @@ def download(file: KnownFile, folder: Path, on_progress: Progress | None = None)
         destination.parent.mkdir(parents=True, exist_ok=True)
         total = _fetch(file, partial, on_progress or (lambda done, total: None))
     except (OSError, http.client.HTTPException) as error:  # refused, timed out, cut off: all resumable
-        raise DownloadError(f"{file.filename} could not be downloaded from {file.source_url()} ({error}); what "
-                            f"arrived is kept in {partial}: run the download again to continue.") from None
+        kept = f"what arrived is kept in {partial}: " if partial.is_file() else ""
+        raise DownloadError(f"{file.filename} could not be downloaded from {file.source_url()} ({error}); {kept}run "
+                            "the download again to continue.") from None
     try:
         _check(file, partial, total)
         os.replace(partial, destination)

@@ -146,6 +146,16 @@ def test_download_command_lists_size_and_license_then_fetches(hub, tmp_path, cap
     assert (tmp_path / "loras" / LORA.name).read_bytes() == LORA_BYTES
     assert main(["download", "--models-dir", str(tmp_path), "backbone.pth"]) == 2
     assert "'backbone.pth' is not a file this pack downloads" in capsys.readouterr().err
+    listed_name = f"loras/{known_file('Wan2.2-MM2V-A14B/backbone_low_noise.pth').name}"
+    assert known_file(listed_name).name.endswith("Wan2.2-MM2V-A14B/backbone_low_noise.pth")  # as --list shows it
+
+
+def test_listing_a_models_folder_not_made_yet_says_a_download_makes_it(tmp_path, capsys):
+    assert main(["download", "--list", "--models-dir", str(tmp_path / "models")]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0] == f"{tmp_path / 'models'} does not exist yet: a download creates it."
+    assert listed[1].split() == ["state", "folder/name", "(give", "it", "to", "download", "as", "shown)", "size,",
+                                 "license,", "page"]
 
 
 def test_the_panels_download_runs_in_the_background_and_names_the_raw_lora_it_brought(hub, tmp_path):

@@ -19,6 +19,9 @@ def _about(file: KnownFile) -> str:
 def download_command(args: argparse.Namespace) -> int:
     models = Path(args.models_dir)
     if args.list or not args.names:
+        if not models.is_dir():
+            print(f"{models} does not exist yet: a download creates it.")
+        print(f"{'state':>17}  folder/name (give it to download as shown)  size, license, page")
         for file in KNOWN_FILES:
             there = (models / file.folder / file.name).is_file()
             started = partial_path(models / file.folder / file.name).is_file()
