@@ -32,6 +32,7 @@ from .memory import MemoryBankError
 from .pipeline import StoryFolder
 from .scorers import AestheticScorer, ImageEncoder, embed_images
 from .story import Shot, Story, load_story
+from .story_folder import first_shot_made_otherwise
 from .video import read_mp4
 
 FRAMES_PER_SHOT = 8
@@ -214,15 +215,17 @@ def evaluate_story(
 
 
 def find_script(folder: str | os.PathLike, script: str | os.PathLike | None = None) -> Path:
-    """A story folder's script: `script` when given, else story.json in the folder or beside it (the demo's)."""
+    """A story folder's script: `script` when given, else the copy a run keeps in the folder (`StoryFolder.script`),
+    else story.json in the folder or beside it (the demo's, or a folder made before runs kept a copy)."""
     if script is not None:
         return Path(script)
     folder = Path(folder)
-    for candidate in (folder / SCRIPT_NAME, folder.parent / SCRIPT_NAME):
+    for candidate in (StoryFolder(folder).script, folder / SCRIPT_NAME, folder.parent / SCRIPT_NAME):
         if candidate.is_file():
             return candidate
     raise StoryFolderError(
-        f"{folder} has no {SCRIPT_NAME} in it or beside it: pass the script the story was made from with --script."
+        f"{folder} has no {StoryFolder(folder).script.name} or {SCRIPT_NAME} in it, nor {SCRIPT_NAME} beside it: pass "
+        "the script the story was made from with --script."
     )
 
 
@@ -268,6 +271,13 @@ def finished_story(folder: str | os.PathLike, script: str | os.PathLike | None =
     script_path = find_script(folder, script)
     story = load_story(script_path)
     check_finished(folder, story, f"the script {script_path}", "pass the script this story was made from with --script")
+    layout = StoryFolder(Path(folder))
+    changed = first_shot_made_otherwise(layout, story)
+    if changed is not None:
+        fix = "leave --script out to use the copy the folder keeps" if layout.script.is_file() else \
+            "pass the script it was made from with --script"
+        raise StoryFolderError(f"the script {script_path} is not the one the story in {folder} was made from (shot "
+                               f"{changed + 1} differs): {fix}.")
     return story
 
 

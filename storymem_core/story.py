@@ -160,6 +160,18 @@ def _parse_scene(raw: Any, position: int, first_index: int, source: str) -> tupl
     return Scene(scene_num, tuple(shots)), _unknown_keys(scene, SCENE_KEYS, where)
 
 
+def story_json(story: Story) -> dict:
+    """`story` as a script (the inverse of `parse_story`): what a story folder keeps of the script it was made from."""
+    scenes = []
+    for scene in story.scenes:
+        fields = {"scene_num": scene.scene_num, "video_prompts": [shot.prompt for shot in scene.shots],
+                  "cut": [shot.cut for shot in scene.shots]}
+        if any(shot.first_frame_prompt is not None for shot in scene.shots):
+            fields["first_frame_prompt"] = [shot.first_frame_prompt or "" for shot in scene.shots]
+        scenes.append(fields)
+    return {"story_name": story.name, "story_overview": story.overview, "scenes": scenes}
+
+
 def parse_story(data: dict, source: str = "<text>") -> tuple[Story, list[str]]:
     """Validate decoded JSON into a `Story`; returns it with warnings (unknown keys), which are also logged.
 

@@ -25,7 +25,7 @@ from .files import writable_folder_check, write_json
 from .folder_lock import LOCK_FILE
 from .memory import MemoryBank
 from .safe_files import unopenable
-from .story import Shot, Story
+from .story import Shot, Story, story_json
 
 
 @dataclass
@@ -59,6 +59,12 @@ class StoryFolder:
     @property
     def record(self) -> Path:
         return self.root / "story_record.json"
+
+    @property
+    def script(self) -> Path:
+        """The script the made shots come from, kept with the record (`evaluate` reads it); not story.json, which may
+        be the user's own script kept in the folder."""
+        return self.root / "script.json"
 
     def is_finished(self, shot: int) -> bool:
         return self.bank(shot).is_dir() and self.video(shot).is_file()
@@ -183,6 +189,17 @@ class StoryRecord:
             self.shot_sha256[:shots] == recorded.shot_sha256[:shots] and len(recorded.shot_sha256) >= shots
 
 
+def first_shot_made_otherwise(folder: StoryFolder, story: Story) -> int | None:
+    """The first finished shot of `folder` that its record says was made from another prompt or cut than `story`'s;
+    None where they all agree (or the folder keeps no record)."""
+    recorded = StoryRecord.load(folder)
+    if recorded is None:
+        return None
+    digests = shot_digests(story)
+    made = (i for i in range(min(len(digests), len(recorded.shot_sha256))) if folder.is_finished(i))
+    return next((i for i in made if digests[i] != recorded.shot_sha256[i]), None)
+
+
 def story_placement(out_dir: str | os.PathLike) -> str | None:
     """The memory positions the story in `out_dir` was made with; None where no shot is made yet (a new story)."""
     folder = StoryFolder(Path(out_dir))
@@ -249,12 +266,14 @@ class FolderState:
 
     memory: MemorySettings
     record: StoryRecord
+    story: Story
 
     def save(self, folder: StoryFolder, shot_index: int) -> None:
-        """Before shot `shot_index` is saved. The record is kept while it describes every shot up to this one, so shots
-        added to the script, or a run that fails while saving, leave it as it was."""
+        """Before shot `shot_index` is saved. The record (and the script beside it) is kept while it describes every
+        shot up to this one, so shots added to the script, or a run that fails while saving, leave it as it was."""
         old_record = StoryRecord.load(folder)
-        if old_record is None or not self.record.continues(old_record, shot_index + 1):
+        if old_record is None or not self.record.continues(old_record, shot_index + 1) or not folder.script.is_file():
+            write_json(story_json(self.story), folder.script)  # first: the record then vouches for it
             write_json(asdict(self.record), folder.record)
         if MemorySettings.load(folder) != self.memory:
             write_json(asdict(self.memory), folder.memory_settings)
@@ -274,7 +293,7 @@ def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[
     """
     folder = StoryFolder(check_output_folder(out_dir))
     state = FolderState(MemorySettings.of(max_memory, fixed_memory, references, ablations),
-                        StoryRecord(shot_digests(story), size_wh, frames, memory_positions))
+                        StoryRecord(shot_digests(story), size_wh, frames, memory_positions), story)
     if not folder.root.is_dir():
         return state
     if not folder.is_ours():

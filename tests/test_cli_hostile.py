@@ -211,6 +211,8 @@ def test_a_script_with_shots_added_continues_the_story(demo, tmp_path, capsys):
     after = files_under(story_dir)
     assert all(after[name] == entry for name, entry in before.items() if name.startswith(("banks/", "shots/")))
     assert "shots/shot_004.mp4" in after and after["film.mp4"] != before["film.mp4"]
+    kept = json.loads((story_dir / "script.json").read_text())  # the script the folder keeps now has the new shot
+    assert kept["scenes"][-1]["video_prompts"] == ["The kite lands."]
 
 
 # ------------------------------------------------------------------ numbers

@@ -249,12 +249,27 @@ def broken_copy(demo: Path, tmp_path: Path, damage: str) -> Path:
         shutil.copy(folder / "shots" / "shot_003.mp4", folder / "shots" / "shot_004.mp4")
     elif damage == "not a story folder":
         shutil.rmtree(folder / "shots")
-    elif damage == "no script":
+    elif damage == "no script":  # a folder made before runs kept their script
         (folder / "story.json").unlink()
+        (folder / "script.json").unlink()
         folder = tmp_path / "deeper" / "story"
         folder.parent.mkdir()
         shutil.move(tmp_path / damage.replace(" ", "_"), folder)
     return folder
+
+
+def test_a_story_folder_keeps_its_script_and_evaluate_refuses_another(demo, tmp_path, capsys):
+    folder = tmp_path / "story"
+    shutil.copytree(demo / "story", folder, ignore=shutil.ignore_patterns("evaluation*"))
+    kept = loads_story((folder / "script.json").read_text())
+    assert kept == loads_story((demo / "story.json").read_text())  # the run's own script, every field
+    assert evaluate_cli(folder, "--models-dir", demo / "models-seed0") == 0  # found without --script
+    other = json.loads((demo / "story.json").read_text())
+    other["scenes"][0]["video_prompts"][1] = "Another shot entirely."
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert evaluate_cli(folder, "--models-dir", demo / "models-seed0", "--script", tmp_path / "other.json") == 2
+    assert re.search(r"other.json is not the one the story in .* was made from \(shot 2 differs\): leave --script "
+                     "out to use the copy the folder keeps", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("damage,expected", [
@@ -262,7 +277,7 @@ def broken_copy(demo: Path, tmp_path: Path, damage: str) -> Path:
     ("unfinished story", r"is unfinished \(2 of 3 shots done\): run the story command again with the same --out"),
     ("extra shot", "holds shot_004.mp4 but the script .* has only 3 shot"),
     ("not a story folder", "is not a story folder .* no shots/ folder"),
-    ("no script", "has no story.json in it or beside it: pass the script .* with --script"),
+    ("no script", "has no script.json or story.json in it, nor story.json beside it: pass the script .* with --script"),
 ])
 def test_evaluate_cli_refuses_bad_folders_in_one_sentence(demo, tmp_path, capsys, damage, expected):
     folder = broken_copy(demo, tmp_path, damage)
