@@ -21,6 +21,7 @@ from storymem_core.commands.cli import _parser, main
 from storymem_core.commands.demo import DEMO_FRAMES, DEMO_SIZE_WH, DEMO_STEPS, DEMO_STORY
 from storymem_core.commands.story import StoryProgress
 from storymem_core.limits import MAX_SEED
+from storymem_core.story_folder import StoryFolder
 
 DEMO_FLAGS = [
     "--size",
@@ -192,10 +193,22 @@ def test_a_run_that_would_not_continue_a_finished_story_is_refused_before_models
     assert files_under(demo) == before
 
 
-def test_a_no_op_rerun_leaves_every_file_and_the_film_as_they_were(demo, capsys):
+def test_a_no_op_rerun_leaves_every_file_and_the_film_as_they_were(demo, capsys, monkeypatch):
     before = files_under(demo)
-    assert main(story_argv(demo, demo / "story", *DEMO_FLAGS)) == 0
+
+    def no_loading(*args):
+        raise AssertionError("models loaded for a story with nothing to make")
+
+    monkeypatch.setattr(story_command, "load_story_models", no_loading)
+    assert main(story_argv(demo, demo / "story", *DEMO_FLAGS, "--seed", "7")) == 0
     assert files_under(demo) == before
+    assert "all 3 shots are already made in" in capsys.readouterr().out  # so --seed 7 changed nothing, and says so
+
+
+def test_from_shot_past_the_first_unmade_shot_says_where_the_story_starts(demo, tmp_path, capsys):
+    assert main(story_argv(demo, tmp_path / "new", *DEMO_FLAGS, "--from-shot", "2")) == 0
+    assert "--from-shot 2: shot 1 is not made yet, so the story starts there." in capsys.readouterr().out
+    assert StoryFolder(tmp_path / "new").is_finished(0)
 
 
 def test_a_script_with_shots_added_continues_the_story(demo, tmp_path, capsys):

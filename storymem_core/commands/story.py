@@ -21,6 +21,7 @@ from ..model_roles import find_model_files, parse_device, quality_model, require
 from ..pipeline import run_story
 from ..presets import SamplerValues, preset_roles
 from ..story import Story, load_story, shown_text
+from ..story_folder import StoryFolder, pending_shots
 from ..story_models import LoadOptions, load_story_models
 from ..story_plan import InputNames, StoryInputs, StoryPlan, plan_story
 from ..weights.loading import dit_config
@@ -121,13 +122,21 @@ def run_story_files(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) 
 
 def _load_and_run(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) -> Path | None:
     checked = plan.check_folder()
+    pending = pending_shots(plan.story, plan.out, plan.start)
+    leader = load.parallel is None or load.parallel.is_leader  # says it once, not once a rank
+    if not pending and StoryFolder(plan.out).film_is_current(plan.story.shots):
+        if leader:
+            print(f"all {len(plan.story.shots)} shots are already made in {plan.out}: nothing to generate (settings "
+                  "such as --seed or --steps apply to the shots a run makes; --from-shot N remakes shot N and after).")
+        return StoryFolder(plan.out).film if leader else None
+    if leader and plan.start is not None and pending[0].index < plan.start:
+        print(f"--from-shot {plan.start + 1}: shot {pending[0].index + 1} is not made yet, so the story starts there.")
     # without the quality filter (the paper's ablation) no quality model is needed, nor its file
     quality = Quality.OFF if Ablation.NO_AESTHETIC_FILTER in plan.options.ablations else load.quality
     roles = required_roles(plan.options.first_shot, quality_model(quality, models_dir), plan.options.continuation)
     files = find_model_files(models_dir, roles + preset_roles(load.preset, plan.options.first_shot))
     if load.parallel is not None:
         load.parallel.check_heads(dit_config(files["i2v_high"])[0].num_heads)
-    leader = load.parallel is None or load.parallel.is_leader  # one bar, not one a rank
     models = load_story_models(files, plan.options, load, loading_bar if leader else lambda what: None)
 
     def run() -> Path:
