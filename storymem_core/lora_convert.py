@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .errors import CheckpointError
 from .files import atomic_write_path
 from .lora import LoraWeights, load_lora
 
@@ -37,6 +38,10 @@ def convert_lora(source: str | Path, target: str | Path, strength: float = 1.0, 
 
     `alpha` overrides the file's (a peft .pth stores none: StoryMem trains with alpha = rank).
     """
+    if not str(target).lower().endswith(".safetensors"):  # checked before the LoRA is read
+        raise CheckpointError(f"the converted LoRA {target} is written as safetensors: name it "
+                              f"{Path(target).with_suffix('.safetensors').name}, so ComfyUI and the pack read it as "
+                              "one.")
     tensors = comfy_lora_tensors(load_lora(source, strength, alpha))
     with atomic_write_path(target) as temp:
         save_file(tensors, str(temp), metadata={"format": "pt", "storymem_source": Path(source).name})

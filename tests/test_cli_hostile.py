@@ -331,3 +331,11 @@ def test_every_command_line_argument_says_what_it_is():
         return found
 
     assert bare(_parser(), "python -m storymem_core") == []
+
+
+def test_convert_lora_refuses_a_target_not_named_safetensors(demo, tmp_path, capsys):
+    source = next((demo / "models-seed0" / "loras").rglob("backbone_high_noise.pth"))
+    assert main(["convert-lora", str(source), str(tmp_path / "converted.pth")]) == 2
+    assert "name it converted.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "converted.pth").exists()
+    assert main(["convert-lora", str(source), str(tmp_path / "converted.safetensors")]) == 0
