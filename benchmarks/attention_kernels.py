@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.dit_step import median, relative_error, timed
+from benchmarks.results import keep
 from storymem_core.wan import attention as attention_module
 
 HEADS, HEAD_DIM = 40, 128
@@ -84,9 +85,7 @@ def main() -> None:
             except RuntimeError as error:  # a kernel that rejects these inputs
                 row = {"shape": shape_name, "kernel": name, "error": str(error).splitlines()[0]}
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.json:
-                args.json.write_text(json.dumps(rows, indent=1))
+            keep(row, rows, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ FLOPs of one forward (multiply-add = 2), per layer, L video tokens, Lc = text_le
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend
 
+from benchmarks.results import keep, save_text
 from storymem_core.wan import attention as attention_module
 from storymem_core.wan import dit as dit_module
 from storymem_core.wan import fp8 as fp8_module
@@ -193,9 +193,7 @@ class Bench:
 
     def record(self, row: dict) -> None:
         self.rows.append(row)
-        print(json.dumps(row), flush=True)
-        if self.json_path:
-            self.json_path.write_text(json.dumps(self.rows, indent=1))
+        keep(row, self.rows, self.json_path)
 
     def forward(self, variant: str, memory_frames: int, batch: int = 1, calls: int = 1,
                 keep_output: bool = False, **extra):
@@ -393,7 +391,7 @@ def main() -> None:
     table = markdown(bench.rows)
     print(table)
     if args.markdown:
-        args.markdown.write_text(table + "\n")
+        save_text(table, args.markdown)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ runs first (it compiles the blocks in the compiled modes); its time is reported 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.dit_step import FRAMES, GIB, HEIGHT, WIDTH, synchronize, tokens
+from benchmarks.results import keep
 from benchmarks.shot_memory import MODES, SHOT_STEPS, expert, random_vae
 from storymem_core.offload import BlockSwapDiT
 from storymem_core.sampling import ExpertPair, SamplerSettings
@@ -44,9 +44,7 @@ def main() -> None:
 
     def record(**values) -> None:
         row.update(values)
-        print(json.dumps(values), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(row, indent=1))
+        keep(values, row, args.json)
 
     start = time.perf_counter()
     high, low = expert(config, device, 0, fp8), expert(config, device, 1, fp8)

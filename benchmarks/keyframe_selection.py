@@ -26,6 +26,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from benchmarks.results import save_text
 from storymem_core.keyframes import (
     DEDUP_THRESHOLD,
     MAX_KEYFRAMES,
@@ -219,8 +220,7 @@ def main() -> None:
     text = "\n".join(golden_fast_pan() + [""] + synthetic_fast_pan(args))
     print(text)
     if args.markdown:
-        with open(args.markdown, "w") as out:
-            out.write(text + "\n")
+        save_text(text, args.markdown)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from benchmarks.dit_step import HEIGHT, WIDTH, dit_inputs, median, timed, tiny_config
 from benchmarks.parallel_projection import MEMORY
+from benchmarks.results import keep
 from benchmarks.shot_memory import expert, random_vae, shot_runner
 from storymem_core.distributed import Parallel
 from storymem_core.presets import LIGHTX2V, sampler_settings
@@ -99,9 +100,7 @@ def main() -> None:
 
         def record(memory: int, **values) -> None:
             result["memory"].setdefault(memory, {}).update(values)
-            print(json.dumps({"memory": memory, **values}), flush=True)
-            if args.json:
-                args.json.write_text(json.dumps(result, indent=1))
+            keep({"memory": memory, **values}, result, args.json)
 
         size_hw, frames = (TINY_SIZE_HW, 5) if args.tiny else ((HEIGHT, WIDTH), 81)
         pair = ExpertPair(model, model, device)  # `run` sends rank 0's forwards of it to every rank

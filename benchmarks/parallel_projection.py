@@ -36,6 +36,7 @@ from torch import nn
 
 from benchmarks.dit_step import GIB, HEIGHT, WIDTH, dit_inputs, median, timed, tokens
 from benchmarks.shot_memory import expert, random_vae, shot_runner
+from storymem_core.files import write_json
 from storymem_core.presets import LIGHTX2V, sampler_settings
 from storymem_core.sampling import ExpertPair, SamplerSettings
 from storymem_core.wan.dit import DiTConfig, WanDiT
@@ -294,7 +295,7 @@ def report(result: dict, device: torch.device, path: Path | None) -> None:
     result["projection"] = projection(result["forwards"], result.get("shot"))
     print(markdown(result["projection"]), flush=True)
     if path:
-        path.write_text(json.dumps(result, indent=1))
+        write_json(result, path)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -35,6 +34,7 @@ from benchmarks.dit_step import (
     timed,
     tokens,
 )
+from benchmarks.results import keep, save_text
 from storymem_core.offload import BlockSwapDiT
 from storymem_core.sampling import ExpertPair, SamplerSettings, denoise, seeded_noise
 from storymem_core.shot import ShotMemory, generate_memory_shot
@@ -185,9 +185,7 @@ def main() -> None:
 
     def record(row: dict) -> None:
         rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(rows, indent=1))
+        keep(row, rows, args.json)
 
     record({"mode": "host->device copy", "pinned_gbps": host_to_device_gbps(device),
             "gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "total_gib": total_gib,
@@ -256,7 +254,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.markdown:
-        args.markdown.write_text(table + "\n")
+        save_text(table, args.markdown)
 
 
 if __name__ == "__main__":

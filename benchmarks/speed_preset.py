@@ -15,7 +15,6 @@ A warm-up shot of one step runs first. Text encoding is not included (random 512
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from benchmarks.dit_step import GIB, synchronize, tokens
+from benchmarks.results import keep
 from benchmarks.shot_memory import expert, random_vae, shot_runner
 from storymem_core.distributed import Parallel
 from storymem_core.lora import LoraModule, LoraWeights, apply_loras
@@ -60,9 +60,7 @@ def main() -> None:
 
     def record(**values) -> None:
         row.update(values)
-        print(json.dumps(values), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(row, indent=1))
+        keep(values, row, args.json)
 
     start = time.perf_counter()
     experts = ExpertPair(expert(config, device, 0, True), expert(config, device, 1, True), device)

@@ -41,6 +41,7 @@ import torch
 
 from benchmarks.attention_kernels import HEAD_DIM, HEADS, kernels
 from benchmarks.dit_step import FRAMES, GIB, HEIGHT, WIDTH, median, randomize_, synchronize, timed, tokens
+from benchmarks.results import keep
 from benchmarks.shot_memory import expert, random_vae, shot_runner
 from benchmarks.speed_preset import random_speed_lora
 from storymem_core.commands.story import CLI_NAMES
@@ -74,9 +75,7 @@ class Record:
 
     def __call__(self, **values) -> None:
         self.row.update(values)
-        print(json.dumps(values), flush=True)
-        if self.path:
-            self.path.write_text(json.dumps(self.row, indent=1))
+        keep(values, self.row, self.path)
 
 
 def story_loras(dit: torch.nn.Module, seed: int) -> list:

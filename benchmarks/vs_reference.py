@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.dit_step import HEIGHT, WIDTH, Bench, CompiledBlocks, dit_inputs, randomize_, relative_error
+from benchmarks.results import save_text
 from storymem_core.wan import attention as attention_module
 from storymem_core.wan.dit import DiTConfig, WanDiT
 
@@ -131,7 +132,7 @@ def profile_forward(forward, config: DiTConfig, memory_frames: int, device: torc
         lines.append(f"  {event.self_device_time_total / 1e6:8.3f} {event.count:6d}  {event.key[:140]}")
     text = "\n".join(lines)
     print(text, flush=True)
-    path.write_text(text + "\n")
+    save_text(text, path)
 
 
 def main() -> None:

@@ -115,6 +115,7 @@ def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
         raise _write_error(path, error) from error
     try:
         yield Path(temp)
+        ordinary_permissions(temp)  # again: a writer that makes the file anew (safetensors) leaves it 0600
         os.replace(temp, path)
     except WriteError:
         raise
@@ -125,7 +126,7 @@ def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
             os.remove(temp)
 
 
-def write_json(data: dict, path: str | os.PathLike) -> Path:
+def write_json(data: dict | list, path: str | os.PathLike) -> Path:
     """`data` as indented JSON (UTF-8, not escaped), written atomically."""
     with atomic_write_path(path) as temp:
         temp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")

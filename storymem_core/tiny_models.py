@@ -17,7 +17,7 @@ import sentencepiece
 import torch
 from safetensors.torch import save_file
 
-from .files import ordinary_permissions, save_image
+from .files import atomic_write_path, save_image
 from .presets import PRESET_LORA_ROLES
 from .viclip import ViCLIP, ViCLIPConfig
 from .wan.dit import I2V_IN_DIM, T2V_IN_DIM, DiTConfig, WanDiT, expert_kind
@@ -78,10 +78,21 @@ WORDS = ("a fox runs through snow near the old lighthouse while waves crash on r
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path, config: dict | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = None if config is None else {CONFIG_KEY: json.dumps(config)}
-    save_file({name: t.detach().contiguous() for name, t in tensors.items()}, str(path), metadata=metadata)
-    ordinary_permissions(path)  # safetensors writes 0600
+    with atomic_write_path(path) as temp:
+        save_file({name: t.detach().contiguous() for name, t in tensors.items()}, str(temp), metadata=metadata)
+
+
+def _save_pth(state: dict, path: Path) -> None:
+    """A .pth as torch.save writes one (the released LoRAs and aesthetic heads are such files)."""
+    with atomic_write_path(path) as temp:
+        torch.save(state, temp)
+
+
+def _aesthetic_head(seed: int, width: int) -> dict[str, torch.Tensor]:
+    """A LAION-style linear head whose scores sit near 5, above the 4.0 quality threshold, as real frames' do."""
+    weight = torch.randn(1, width, generator=torch.Generator().manual_seed(seed)) * 0.1
+    return {"weight": weight, "bias": torch.tensor([5.0])}
 
 
 def _dit(in_dim: int, seed: int, sizes: dict = DIT) -> tuple[dict[str, torch.Tensor], dict]:
@@ -200,9 +211,7 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0, num_heads: int = DI
         tensors, config = _dit(in_dim, seed + offset, {**DIT, "num_heads": num_heads})
         _save(tensors, root / "diffusion_models" / name, config)
     for name, offset in ((STORYMEM_LORA_HIGH, 5), (STORYMEM_LORA_LOW, 6)):
-        path = root / "loras" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(_peft_lora(seed + offset), path)
+        _save_pth(_peft_lora(seed + offset), root / "loras" / name)
     _save(_comfy_lora(seed + 7), root / "loras" / EXTRA_LORA)
 
     torch.manual_seed(seed + 8)
@@ -213,9 +222,7 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0, num_heads: int = DI
     torch.manual_seed(seed + 9)
     _save(WanVAE(VAEConfig.from_dict(VAE)).state_dict(), root / "vae" / VAE_FILE, VAE)
     _save(_clip(seed + 10), root / "clip_vision" / CLIP_FILE, CLIP)
-    generator = torch.Generator().manual_seed(seed + 11)  # scores near 5, above the 4.0 quality threshold
-    torch.save({"weight": torch.randn(1, CLIP["embed_dim"], generator=generator) * 0.1, "bias": torch.tensor([5.0])},
-               root / "clip_vision" / AESTHETIC_FILE)
+    _save_pth(_aesthetic_head(seed + 11, CLIP["embed_dim"]), root / "clip_vision" / AESTHETIC_FILE)
     write_paper_scorers(root, seed + 30)
     return root
 
@@ -232,13 +239,10 @@ def write_paper_scorers(models_dir: str | Path, seed: int = 0) -> Path:
     for parameter in viclip.parameters():  # its zero-initialised embeddings and projections must carry something
         if parameter.ndim > 1:
             torch.nn.init.normal_(parameter, std=0.02)
-    torch.save({"model": viclip.state_dict()}, folder / VICLIP_FILE)
-    ordinary_permissions(folder / VICLIP_FILE)
+    _save_pth({"model": viclip.state_dict()}, folder / VICLIP_FILE)
     visual = open_clip.model._build_vision_tower(PAPER_CLIP["embed_dim"], PAPER_CLIP["vision_cfg"], True)
     _save({f"visual.{name}": t for name, t in visual.state_dict().items()}, folder / PAPER_CLIP_FILE, PAPER_CLIP)
-    generator = torch.Generator().manual_seed(seed + 1)  # scores near 5, as real frames score
-    torch.save({"weight": torch.randn(1, PAPER_CLIP["embed_dim"], generator=generator) * 0.1,
-                "bias": torch.tensor([5.0])}, folder / PAPER_AESTHETIC_FILE)
+    _save_pth(_aesthetic_head(seed + 1, PAPER_CLIP["embed_dim"]), folder / PAPER_AESTHETIC_FILE)
     return folder
 
 
@@ -291,16 +295,12 @@ def write_core_models(models_dir: str | Path, seed: int = 0) -> Path:
         tensors, config = _dit(36, seed + offset, CORE_DIT)
         _save(tensors, root / "diffusion_models" / name, config)
     for name, offset in ((STORYMEM_LORA_HIGH, 5), (STORYMEM_LORA_LOW, 6)):
-        path = root / "loras" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(_peft_lora(seed + offset, CORE_DIT), path)
+        _save_pth(_peft_lora(seed + offset, CORE_DIT), root / "loras" / name)
     for name, offset in ((LIGHTX2V_HIGH, 12), (LIGHTX2V_LOW, 13)):
         _save(_comfy_lora(seed + offset, CORE_DIT), root / "loras" / name)
     _save(_core_umt5(seed + 8), root / "text_encoders" / TEXT_ENCODER)
     torch.manual_seed(seed + 9)
     _save(WanVAE(VAEConfig.from_dict(CORE_VAE)).state_dict(), root / "vae" / VAE_FILE, CORE_VAE)
     _save(_clip(seed + 10), root / "clip_vision" / CLIP_FILE, CLIP)
-    generator = torch.Generator().manual_seed(seed + 11)
-    torch.save({"weight": torch.randn(1, CLIP["embed_dim"], generator=generator) * 0.1, "bias": torch.tensor([5.0])},
-               root / "clip_vision" / AESTHETIC_FILE)
+    _save_pth(_aesthetic_head(seed + 11, CLIP["embed_dim"]), root / "clip_vision" / AESTHETIC_FILE)
     return root

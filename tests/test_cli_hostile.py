@@ -339,3 +339,4 @@ def test_convert_lora_refuses_a_target_not_named_safetensors(demo, tmp_path, cap
     assert "name it converted.safetensors" in capsys.readouterr().err
     assert not (tmp_path / "converted.pth").exists()
     assert main(["convert-lora", str(source), str(tmp_path / "converted.safetensors")]) == 0
+    assert stat.S_IMODE((tmp_path / "converted.safetensors").stat().st_mode) == 0o644  # safetensors alone makes 0600
