@@ -91,7 +91,7 @@ class StoryEvaluation:
         """Mean similarity of shot `index` to every other shot (of its scene only, with `in_scene`); None if none."""
         scene = self.shots[index].shot.scene_num
         others = [j for j, s in enumerate(self.shots) if j != index and (not in_scene or s.shot.scene_num == scene)]
-        return _mean(self.similarity[index, others].tolist()) if others else None
+        return mean_of_present(self.similarity[index, others].tolist()) if others else None
 
     def shot_reference_consistency(self, index: int) -> float | None:
         return None if self.reference_similarity is None else _mean_of(self.reference_similarity[index])
@@ -102,12 +102,12 @@ class StoryEvaluation:
         pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
         in_scene = [(i, j) for i, j in pairs if self.shots[i].shot.scene_num == self.shots[j].shot.scene_num]
         return {
-            "aesthetic": _mean([s.aesthetic for s in self.shots]),
-            "prompt_following": _mean([s.prompt_following for s in self.shots]),
-            "consistency": _mean([self.similarity[i, j].item() for i, j in pairs]),
-            "consistency_in_scene": _mean([self.similarity[i, j].item() for i, j in in_scene]),
+            "aesthetic": mean_of_present([s.aesthetic for s in self.shots]),
+            "prompt_following": mean_of_present([s.prompt_following for s in self.shots]),
+            "consistency": mean_of_present([self.similarity[i, j].item() for i, j in pairs]),
+            "consistency_in_scene": mean_of_present([self.similarity[i, j].item() for i, j in in_scene]),
             "consistency_to_references": _mean_of(self.reference_similarity),
-            "smoothness": _mean([s.smoothness for s in self.shots]),
+            "smoothness": mean_of_present([s.smoothness for s in self.shots]),
         }
 
     def to_json(self) -> dict:
@@ -131,7 +131,8 @@ def _mean_of(similarity: torch.Tensor | None) -> float | None:
     return None if similarity is None else similarity.mean().item()
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
+def mean_of_present(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not None; None when there are none."""
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
 

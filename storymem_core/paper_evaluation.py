@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .evaluation import mean_of_present
 from .files import check_frames
 from .scorers import AestheticHead, VBenchClipEncoder, vbench_frame_indices, vbench_pixels
 from .story import Shot, Story
@@ -95,11 +96,11 @@ class PaperEvaluation:
         count = len(self.shots)
         pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
         return {
-            "aesthetic": _mean(s.aesthetic for s in self.shots),
-            "prompt_following_global": _mean(s.story_following for s in self.shots),
-            "prompt_following_shot": _mean(s.prompt_following for s in self.shots),
-            "consistency_all": _mean(self.similarity[pair].item() for pair in pairs),
-            "consistency_top10": _mean(self.similarity[pair].item() for pair in self.top_pairs()),
+            "aesthetic": mean_of_present(s.aesthetic for s in self.shots),
+            "prompt_following_global": mean_of_present(s.story_following for s in self.shots),
+            "prompt_following_shot": mean_of_present(s.prompt_following for s in self.shots),
+            "consistency_all": mean_of_present(self.similarity[pair].item() for pair in pairs),
+            "consistency_top10": mean_of_present(self.similarity[pair].item() for pair in self.top_pairs()),
         }
 
     def to_json(self) -> dict:
@@ -112,11 +113,6 @@ class PaperEvaluation:
             "top_pairs": [[i + 1, j + 1] for i, j in self.top_pairs()],
             "similarity": self.similarity.tolist(), "prompt_similarity": self.prompt_similarity.tolist(),
         }
-
-
-def _mean(values: Iterable[float]) -> float | None:
-    values = list(values)
-    return sum(values) / len(values) if values else None
 
 
 def evaluate_story_paper(story: Story, shot_frames: Iterable[torch.Tensor], scorers: PaperScorers,
@@ -143,5 +139,5 @@ def evaluate_story_paper(story: Story, shot_frames: Iterable[torch.Tensor], scor
 def set_summary(evaluations: Sequence[PaperEvaluation]) -> dict[str, float | None]:
     """The five columns over a set of stories: each story's value, averaged with every story weighing the same."""
     summaries = [e.summary() for e in evaluations]
-    return {key: _mean(s[key] for s in summaries if s[key] is not None) for key in PAPER_COLUMNS}
+    return {key: mean_of_present(s[key] for s in summaries if s[key] is not None) for key in PAPER_COLUMNS}
 

@@ -8,7 +8,7 @@ cases (tests/test_paper_scorers.py). Frames are prepared by `scorers.vbench_pixe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
+from .wan.config_dicts import config_fields
+from .weights.shapes import count_blocks
 
 HEAD_WIDTH = 64  # ViCLIP-L/14's vision (1024 / 16) and text (768 / 12) heads: the count is not in the weights
 
@@ -39,25 +41,22 @@ class ViCLIPConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping) -> ViCLIPConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: int(v) for k, v in config.items() if k in names})
+        return cls(**{k: int(v) for k, v in config_fields(cls, config).items()})
 
     @classmethod
     def from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> ViCLIPConfig:
         """The sizes a state dict's shapes say (heads of 64 channels, as ViCLIP-L/14's)."""
-        def blocks(prefix: str) -> int:
-            return len({name[len(prefix):].split(".")[0] for name in shapes if name.startswith(prefix)})
-
         vision_width, _, _, patch, _ = shapes["vision_encoder.conv1.weight"]
         positions = shapes["vision_encoder.positional_embedding"][0] - 1
         vocab_size, text_width = shapes["text_encoder.token_embedding.weight"]
         return cls(
-            vision_width=vision_width, vision_layers=blocks("vision_encoder.transformer.resblocks."),
+            vision_width=vision_width, vision_layers=count_blocks(shapes, "vision_encoder.transformer.resblocks."),
             vision_heads=max(1, vision_width // HEAD_WIDTH), patch_size=patch,
             image_size=round(positions**0.5) * patch,
             num_frames=shapes["vision_encoder.temporal_positional_embedding"][1],
             embed_dim=shapes["vision_encoder.proj"][1], text_width=text_width,
-            text_layers=blocks("text_encoder.transformer.resblocks."), text_heads=max(1, text_width // HEAD_WIDTH),
+            text_layers=count_blocks(shapes, "text_encoder.transformer.resblocks."),
+            text_heads=max(1, text_width // HEAD_WIDTH),
             context_length=shapes["text_encoder.positional_embedding"][0], vocab_size=vocab_size,
         )
 

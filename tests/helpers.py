@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import socket
 from pathlib import Path
 
 import torch
@@ -328,3 +329,21 @@ def keyframes(count: int, start: int = 0) -> list[Keyframe]:
 
 def indices(bank: MemoryBank) -> list[int]:
     return [k.frame_index for k in bank.keyframes]
+
+
+def boxes_overlap(a, b) -> bool:
+    """Whether two [x, y, width, height] boxes (workflow nodes and groups) overlap."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def box_inside(inner, outer) -> bool:
+    """Whether the [x, y, width, height] box `inner` lies wholly inside `outer`."""
+    return (outer[0] <= inner[0] and outer[1] <= inner[1] and inner[0] + inner[2] <= outer[0] + outer[2]
+            and inner[1] + inner[3] <= outer[1] + outer[3])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (for a test server or a process group)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from helpers import free_port
 
 from storymem_core.distributed import shard_weights, torchrun_session
 from storymem_core.sampling import ExpertPair, SamplerSettings
@@ -23,12 +23,6 @@ from storymem_core.wan.vae import VAEConfig, WanVAE
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = 4  # divisible by every degree tested
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def torchrun(world: int, entry: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

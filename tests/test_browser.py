@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from comfy_host import GGUF_MISSING, missing
+from helpers import box_inside, boxes_overlap, free_port
 from local_hub import LocalHub, saved
 from PIL import Image
 from tiny_gguf import write_gguf_experts
@@ -60,12 +60,6 @@ def _comfyui_dir() -> Path:
     if not linked.exists() or linked.resolve() != PACK_ROOT:
         missing(f"needs this checkout in the ComfyUI: link it as {linked} (README: Test)")
     return Path(root)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _get_json(url: str):
@@ -110,7 +104,7 @@ def server(tmp_path_factory, hub):
     settings = root / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))  # no template browser over the canvas
-    port = _free_port()
+    port = free_port()
     log = (root / "server.log").open("w")
     process = subprocess.Popen(
         [
@@ -289,19 +283,11 @@ LAYOUT = """() => {
 }"""
 
 
-def _overlap(a, b) -> bool:
-    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
-
-
-def _inside(inner, outer) -> bool:
-    return (outer[0] <= inner[0] and outer[1] <= inner[1] and inner[0] + inner[2] <= outer[0] + outer[2]
-            and inner[1] + inner[3] <= outer[1] + outer[3])
-
-
 def _overlapping_nodes(layout: dict) -> list[tuple[str, str]]:
     nodes = layout["nodes"]
     return [
-        (a["title"], b["title"]) for i, a in enumerate(nodes) for b in nodes[i + 1 :] if _overlap(a["rect"], b["rect"])
+        (a["title"], b["title"]) for i, a in enumerate(nodes) for b in nodes[i + 1 :]
+        if boxes_overlap(a["rect"], b["rect"])
     ]
 
 
@@ -309,10 +295,10 @@ def _untidy_groups(layout: dict) -> list[str]:
     """Groups that overlap, have no title, or leave a node outside every group (or inside two)."""
     groups = layout["groups"]
     problems = [f"{a['title']} overlaps {b['title']}" for i, a in enumerate(groups) for b in groups[i + 1 :]
-                if _overlap(a["rect"], b["rect"])]
+                if boxes_overlap(a["rect"], b["rect"])]
     problems += ["a group without a title" for group in groups if not group["title"].strip()]
     for node in layout["nodes"]:
-        holding = [group["title"] for group in groups if _inside(node["rect"], group["rect"])]
+        holding = [group["title"] for group in groups if box_inside(node["rect"], group["rect"])]
         if len(holding) != 1:
             problems.append(f"{node['title'] or node['type']} is in {holding or 'no group'}")
     return problems
@@ -340,11 +326,12 @@ def _hidden_by_the_page(layout: dict, must_see: list[dict], whole_nodes: bool = 
     hidden = []
     for item in must_see:
         shown = _on_screen(layout, item["rect"])
-        if not _inside(shown, canvas) or any(_overlap(shown, panel) for panel in panels):
+        if not box_inside(shown, canvas) or any(boxes_overlap(shown, panel) for panel in panels):
             hidden.append(f"the title of group {item['title']}")
     for node in layout["nodes"] if whole_nodes else ():
         shown = _on_screen(layout, node["rect"])
-        if _inside(shown, window) and (not _inside(shown, canvas) or any(_overlap(shown, p) for p in panels)):
+        covered = any(boxes_overlap(shown, panel) for panel in panels)
+        if box_inside(shown, window) and (not box_inside(shown, canvas) or covered):
             hidden.append(node["title"] or node["type"])
     return hidden
 

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import files_under, story_script
+from helpers import files_under, free_port, story_script
 from parallel_cases import (
     HEADS,
     TOLERANCE,
     dit_inputs,
     dit_worker,
-    free_port,
     memory_shot,
     shot_models,
     shot_worker,
@@ -36,7 +35,7 @@ def test_dit_output_split_over_ranks_equals_one_process(tmp_path, world, fsdp):
     with torch.no_grad():
         alone = tiny_dit(0)(*dit_inputs())
     for rank in range(world):  # every rank ends with the whole output
-        torch.testing.assert_close(torch.load(tmp_path / f"rank{rank}.pt"), alone, **TOLERANCE)
+        torch.testing.assert_close(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), alone, **TOLERANCE)
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -44,7 +43,7 @@ def test_shot_over_ranks_with_cfg_parallel_equals_one_process(tmp_path, world):
     mp.spawn(shot_worker, args=(world, free_port(), tmp_path), nprocs=world)
     with torch.no_grad():
         alone = memory_shot(*shot_models())
-    torch.testing.assert_close(torch.load(tmp_path / "video.pt"), alone, **TOLERANCE)
+    torch.testing.assert_close(torch.load(tmp_path / "video.pt", weights_only=True), alone, **TOLERANCE)
 
 
 # ------------------------------------------------------------------ the CLI under torchrun

@@ -290,7 +290,11 @@ def write_pth(data: bytes | Callable[[bytes], bytes]) -> Callable[[Path], None]:
 
 
 def with_alpha(alpha: torch.Tensor) -> Callable[[Path], None]:
-    return lambda path: torch.save({**torch.load(path), "base_model.model.blocks.0.self_attn.q.alpha": alpha}, path)
+    def write(path: Path) -> None:
+        state = torch.load(path, weights_only=True)
+        torch.save({**state, "base_model.model.blocks.0.self_attn.q.alpha": alpha}, path)
+
+    return write
 
 
 DIT = f"diffusion_models/{tiny.I2V_HIGH}"

@@ -20,6 +20,7 @@ from graph_runner import (
     validate,
     widget_slots,
 )
+from helpers import box_inside, boxes_overlap
 from PIL import Image
 
 import nodes
@@ -197,28 +198,19 @@ def _rect(node: dict) -> list[float]:
     return [node["pos"][0], node["pos"][1] - NODE_TITLE_HEIGHT, node["size"][0], node["size"][1] + NODE_TITLE_HEIGHT]
 
 
-def _overlap(a, b) -> bool:
-    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
-
-
-def _inside(inner, outer) -> bool:
-    return (outer[0] <= inner[0] and outer[1] <= inner[1] and inner[0] + inner[2] <= outer[0] + outer[2]
-            and inner[1] + inner[3] <= outer[1] + outer[3])
-
-
 @pytest.mark.parametrize("path", ALL_WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_opens_readable_in_titled_groups_without_overlaps(path):
     workflow = load(path)
     assert workflow["extra"]["ds"]["scale"] >= LOW_QUALITY_ZOOM, "opens below the zoom where ComfyUI draws text"
     nodes, groups = workflow["nodes"], workflow["groups"]
     overlapping = [(a["id"], b["id"]) for i, a in enumerate(nodes) for b in nodes[i + 1:]
-                   if _overlap(_rect(a), _rect(b))]
+                   if boxes_overlap(_rect(a), _rect(b))]
     assert overlapping == []
     assert groups and all(group["title"].strip() for group in groups)
     assert [(a["title"], b["title"]) for i, a in enumerate(groups) for b in groups[i + 1:]
-            if _overlap(a["bounding"], b["bounding"])] == []
+            if boxes_overlap(a["bounding"], b["bounding"])] == []
     for node in nodes:
-        holding = [group["title"] for group in groups if _inside(_rect(node), group["bounding"])]
+        holding = [group["title"] for group in groups if box_inside(_rect(node), group["bounding"])]
         assert len(holding) == 1, (node.get("title") or node["type"], holding)
 
 

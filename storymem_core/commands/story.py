@@ -60,16 +60,25 @@ class StoryProgress:
                 bar.close()
 
 
-def loading_bar(what: str) -> LoadProgress:
-    """A tqdm bar in percent for loading `what` (tens of GB read from disk), closed once whole."""
-    bar = tqdm(total=100, desc=f"loading {what}", unit="%")
+class LoadingBars:
+    """tqdm bars in percent, one for each expert pair loaded (tens of GB read from disk); `close` ends them all, also
+    after a failed load, so its error starts on a line of its own."""
 
-    def update(done: int, total: int) -> None:
-        bar.n = done
-        bar.refresh()
-        if done >= total:
+    def __init__(self):
+        self.bars: list[tqdm] = []
+
+    def __call__(self, what: str) -> LoadProgress:
+        bar = tqdm(total=100, desc=f"loading {what}", unit="%")
+        self.bars.append(bar)
+
+        def update(done: int, total: int) -> None:
+            bar.n = done
+            bar.refresh()
+        return update
+
+    def close(self) -> None:
+        for bar in self.bars:
             bar.close()
-    return update
 
 
 def memory_line(index: int, total: int, memory: MemoryBank) -> str:
@@ -137,7 +146,11 @@ def _load_and_run(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) ->
     files = find_model_files(models_dir, roles + preset_roles(load.preset, plan.options.first_shot))
     if load.parallel is not None:
         load.parallel.check_heads(dit_config(files["i2v_high"])[0].num_heads)
-    models = load_story_models(files, plan.options, load, loading_bar if leader else lambda what: None)
+    bars = LoadingBars()
+    try:
+        models = load_story_models(files, plan.options, load, bars if leader else lambda what: None)
+    finally:
+        bars.close()
 
     def run() -> Path:
         progress = StoryProgress(plan.story)

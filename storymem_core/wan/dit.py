@@ -8,7 +8,7 @@ weights only change the matmuls.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 from ..choices import ExpertKind
 from ..errors import ConditioningError
 from .attention import attention
+from .config_dicts import config_fields
 from .rope import apply_rope, device_rope_tables
 
 if TYPE_CHECKING:
@@ -52,8 +53,7 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "DiTConfig":
-        known = {f.name for f in fields(cls)}
-        config = cls(**{k: v for k, v in values.items() if k in known})
+        config = cls(**config_fields(cls, values))
         config.patch_size = tuple(config.patch_size)
         config.window_size = tuple(config.window_size)
         return config

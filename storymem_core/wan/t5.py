@@ -8,12 +8,13 @@ Everything runs in the weights' dtype (bf16 in Wan); norms and softmax reduce in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config_dicts import config_fields
 from .dit import RMSNorm
 
 NORM_EPS = 1e-6
@@ -39,8 +40,7 @@ class T5Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> "T5Config":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**config_fields(cls, values))
 
     @classmethod
     def umt5_xxl(cls) -> "T5Config":

@@ -8,13 +8,14 @@ that lives for one call only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConditioningError
+from .config_dicts import config_fields
 
 CACHE_FRAMES = 2  # a temporal kernel of 3 needs the 2 frames before each chunk
 MIN_TILE = 8
@@ -43,8 +44,7 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "VAEConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**config_fields(cls, values))
 
     @classmethod
     def wan21(cls) -> "VAEConfig":
