@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import comfy.hooks
@@ -24,9 +25,11 @@ import comfy.model_management
 import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
+import comfy.sd
 import comfy.utils
 import node_helpers
 import torch
+from comfy.model_patcher import ModelPatcher
 
 from storymem_core.choices import DEFAULT_MEMORY_POSITIONS, GIVEN_FRAMES, MOTION_FRAMES, ShotMode
 from storymem_core.conditioning import VAE_STRIDE, build_conditioning, check_frame_num, check_size, latent_frame_count
@@ -55,7 +58,7 @@ class ComfyVideoEncoder:
     """The engine's video encoder over ComfyUI's VAE: [B, 3, T, H, W] in [-1, 1] -> raw latents, each
     of the B clips encoded on its own (so a memory keyframe is one 1-frame video)."""
 
-    def __init__(self, vae):
+    def __init__(self, vae: comfy.sd.VAE):
         self.vae = vae
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -63,7 +66,7 @@ class ComfyVideoEncoder:
         return torch.cat([self.vae.encode(clip) for clip in clips])
 
 
-def memory_positions_wrapper(memory_latents: int, placement: str):
+def memory_positions_wrapper(memory_latents: int, placement: str) -> Callable[..., torch.Tensor]:
     """A DIFFUSION_MODEL wrapper giving Wan's RoPE the memory frames' time positions (see storymem_core.positions).
 
     ComfyUI's WanModel numbers the latent frames 0..T-1 in `rope_encode`. For the duration of one call the
@@ -85,11 +88,15 @@ def memory_positions_wrapper(memory_latents: int, placement: str):
                                              torch.arange(columns, dtype=torch.float32), indexing="ij"), dim=-1)
             return model.rope_embedder(ids.reshape(1, -1, 3).to(device, dtype)).movedim(1, 2)
 
+        shadowed = model.__dict__.get("rope_encode")  # another pack's own patch, if any, comes back afterwards
         model.rope_encode = rope_encode
         try:
             return executor(x, *args, **kwargs)
         finally:
-            del model.rope_encode  # the class's method again
+            if shadowed is None:
+                del model.rope_encode  # the class's method again
+            else:
+                model.rope_encode = shadowed
 
     return forward
 
@@ -111,8 +118,8 @@ def with_memory_positions(positive: list, negative: list, memory_latents: int, p
             comfy.hooks.set_hooks_for_conditioning(negative, hooks))
 
 
-def storymem_conditioning(positive: list, negative: list, vae, memory: MemoryBank, mode: str, width: int, height: int,
-                          length: int, batch_size: int, previous: torch.Tensor | None = None,
+def storymem_conditioning(positive: list, negative: list, vae: comfy.sd.VAE, memory: MemoryBank, mode: str,
+                          width: int, height: int, length: int, batch_size: int, previous: torch.Tensor | None = None,
                           fix_mem: int | None = None,
                           placement: str = DEFAULT_MEMORY_POSITIONS) -> tuple[list, list, dict, int, int]:
     """(positive, negative, empty latent, memory latent frames, given frames) for one shot in `mode`.
@@ -208,7 +215,7 @@ class StoryMemConditioning:
     FUNCTION = "condition"
     CATEGORY = CATEGORY
 
-    def condition(self, positive: list, negative: list, vae, memory: MemoryBank,
+    def condition(self, positive: list, negative: list, vae: comfy.sd.VAE, memory: MemoryBank,
                   previous_frames: torch.Tensor | None = None, unique_id: str | None = None, prompt: dict | None = None,
                   **widgets) -> tuple:
         """`unique_id` and `prompt` are ComfyUI's hidden inputs (the node's title names it in errors)."""
@@ -256,7 +263,7 @@ def drop_given_frames(images: torch.Tensor, given_frames: int) -> torch.Tensor:
     return images[given_frames:]
 
 
-def add_storymem_lora(model, path, strength: float, alpha: float | None = None):
+def add_storymem_lora(model: ModelPatcher, path: Path, strength: float, alpha: float | None = None) -> ModelPatcher:
     """A clone of a ComfyUI MODEL with the LoRA at `path` (StoryMem .pth or any Wan LoRA file) as weight patches.
 
     The LoRA goes through the same conversion as `convert-lora` (rsLoRA scale in alpha), then ComfyUI's
@@ -311,12 +318,12 @@ class StoryMemLora:
 
 
 
-def encode_prompt(clip, text: str) -> list:
+def encode_prompt(clip: comfy.sd.CLIP, text: str) -> list:
     """`text` as CONDITIONING, encoded as ComfyUI's CLIP Text Encode does."""
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
-def negative_conditioning(clip, negative_prompt: str) -> list:
+def negative_conditioning(clip: comfy.sd.CLIP, negative_prompt: str) -> list:
     """A shot's negative prompt encoded; empty: Wan2.2's standard one, as the engine's shots use."""
     return encode_prompt(clip, negative_prompt.strip() or DEFAULT_NEGATIVE_PROMPT)
 
@@ -372,7 +379,7 @@ def _stepper(progress: host.ShotProgress, start: int):
     return callback
 
 
-def native_shot(request: ShotRequest, positive: list, negative: list, experts: NativeExperts, vae,
+def native_shot(request: ShotRequest, positive: list, negative: list, experts: NativeExperts, vae: comfy.sd.VAE,
                 keyframe_model: KeyframeModel) -> tuple[torch.Tensor, MemoryBank]:
     """The shot `request` asks for on ComfyUI's models, as the expanded native chain makes it (StoryMem Conditioning,
     two KSamplerAdvanced, TrimVideoLatent, VAE Decode, Trim Frames, Select Keyframes; a T2V shot from an empty latent):
@@ -435,7 +442,7 @@ def story_sources(models: NativeStoryModels, sampling: tuple) -> list[str]:
             models.keyframe_model.name, *t2v, *map(str, sampling)]
 
 
-def fingerprint(patcher) -> str:
+def fingerprint(patcher: ModelPatcher) -> str:
     """What tells one ComfyUI model (a ModelPatcher: MODEL, or CLIP's `.patcher`) from another, cheaply: a byte sample
     of its weights, its patches (LoRAs and their strengths) and its sampling schedule (the shift). It names the
     Native Story Runner's folders, as file names do the engine runner's."""

@@ -101,6 +101,7 @@ def test_host_dit_comfyui_wan_sampled_with_storymem_conditioning_matches_referen
     torch.testing.assert_close(host_results[f"{path.stem}.sampled"], tensors["out"], **TOLERANCE)
     assert int(host_results[f"{path.stem}.sampled.calls"]) >= 1  # a wrapper on the MODEL still runs
     assert bool(host_results[f"{path.stem}.rope_encode_restored"])  # the model is ComfyUI's own after sampling
+    assert bool(host_results[f"{path.stem}.others_rope_patch_kept"])  # and another pack's patch of it stays
 
 
 @pytest.mark.parametrize("path", memory_cases("dit_"))

@@ -103,6 +103,16 @@ for job in sorted(job_dir.glob("*.json")):
             results[f"{job.stem}.{name}"], results[f"{job.stem}.{name}.calls"] = out, torch.tensor(calls)
         restored = "rope_encode" not in vars(base.model.diffusion_model)  # ComfyUI's own model again after the calls
         results[f"{job.stem}.rope_encode_restored"] = torch.tensor(restored)
+        dit = base.model.diffusion_model
+        own = dit.rope_encode
+
+        def others_patch(*args, **kwargs):  # another pack's patch on the same model instance
+            return own(*args, **kwargs)
+
+        dit.rope_encode = others_patch
+        sampled_output(base, tensors, settings["config"]["text_len"], settings["memory_size"], settings["placement"])
+        results[f"{job.stem}.others_rope_patch_kept"] = torch.tensor(vars(dit).get("rope_encode") is others_patch)
+        del dit.rope_encode
         continue
     lora_node, stacker = classes["StoryMemLoraModel"](), classes["LoraLoaderModelOnly"]()
     with_pth = lora_node.load(base, settings["pth"], 1.0, settings["alpha"])[0]
