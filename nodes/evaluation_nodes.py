@@ -192,7 +192,6 @@ class EvaluateStory:
         images = (_as_image_batch(pictures["heatmap"]), _as_image_batch(pictures["scores"]))
         return {"ui": ui, "result": (summary, *images)}
 
-
     @staticmethod
     def _paper_result(evaluation: PaperEvaluation) -> dict:
         picture = heatmap([evaluation], [f"{evaluation.name} (ViCLIP)"])

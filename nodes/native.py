@@ -317,7 +317,6 @@ class StoryMemLora:
             return (add_storymem_lora(model, host.model_path("loras", lora_name), strength, alpha or None),)
 
 
-
 def encode_prompt(clip: comfy.sd.CLIP, text: str) -> list:
     """`text` as CONDITIONING, encoded as ComfyUI's CLIP Text Encode does."""
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
@@ -461,6 +460,7 @@ def fingerprint(patcher: ModelPatcher) -> str:
     if hasattr(patcher.model, "model_sampling"):  # a MODEL (CLIP has none): its sigmas, after ModelSamplingSD3's shift
         digest.update(patcher.get_model_object("model_sampling").sigmas.float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
+
 
 NODE_CLASS_MAPPINGS = {
     "StoryMemConditioning": StoryMemConditioning,

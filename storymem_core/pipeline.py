@@ -39,7 +39,6 @@ from .write_behind import WriteBehind
 log = logging.getLogger(__name__)
 
 
-
 ShotCallback = Callable[[int, int, str], None]
 StepCallback = Callable[[int, int], None]
 SavedCallback = Callable[[int, int, MemoryBank], None]

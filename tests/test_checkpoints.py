@@ -32,6 +32,7 @@ FP8_RELATIVE_ERROR = 0.01
 # against a largest |out| of 3.4. Exactness is checked against the dequantised weights instead.
 FP8_T5_RELATIVE_ERROR = 2**-4
 
+
 @pytest.fixture(scope="module")
 def dit_case():
     """The first i2v DiT case of the golden folder (the layout tests need a y input and 36 channels)."""

@@ -14,6 +14,7 @@ from storymem_core.story import Shot, load_story, loads_story, parse_story
 ST_BENCH = Path(__file__).parents[2] / "shared" / "st-bench"
 EXAMPLES = Path(__file__).parents[1] / "examples" / "stories"
 
+
 @pytest.mark.parametrize("text,fragment", BAD_SCRIPTS.values(), ids=BAD_SCRIPTS.keys())
 def test_bad_script_raises_one_sentence_naming_the_fault(text, fragment):
     with pytest.raises(StoryScriptError) as caught:

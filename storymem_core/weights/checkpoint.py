@@ -69,6 +69,7 @@ class CheckpointInfo:
     def usable(self) -> bool:
         return not self.problems
 
+
 @dataclass(frozen=True)
 class _Entry:
     key: str  # name in the file
