@@ -220,15 +220,25 @@ def model_names(folder: str) -> list[str]:
 
 def model_path(folder: str, name: str) -> Path:
     """The file behind a COMBO choice; a missing one names the folders searched."""
-    relative = Path(name)
-    if relative.is_absolute() or ".." in relative.parts:
-        raise CheckpointError(f"model name '{name}' must be a file inside the {folder} folder, not a path: pick one "
-                              "from the list.")
-    for root in _host.folders(folder):
-        if (root / relative).is_file():
-            return root / relative
+    relative = _inside(name, CheckpointError, f"model name '{name}' must be a file inside the {folder} folder, not a "
+                       "path: pick one from the list.")
+    if (found := _first_in(_host.folders(folder), relative, Path.is_file)) is not None:
+        return found
     searched = ", ".join(str(root) for root in _host.folders(folder)) or "no folder"
     raise CheckpointError(f"'{name}' is not in the {folder} folder ({searched}): put the file there or pick another.")
+
+
+def _inside(name: str, error: type[StoryMemError], refusal: str) -> Path:
+    """`name` as a path relative to a folder; an absolute one, or one climbing out with '..', raises `refusal`."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise error(refusal)
+    return relative
+
+
+def _first_in(roots: list[Path], relative: Path, there: Callable[[Path], bool]) -> Path | None:
+    """`relative` under the first of `roots` where `there` holds for it."""
+    return next((root / relative for root in roots if there(root / relative)), None)
 
 
 def model_folders(folder: str) -> list[Path]:
@@ -243,11 +253,10 @@ def storymem_names() -> list[str]:
 
 def storymem_path(relative: str, error: type[StoryMemError]) -> Path:
     """An existing file or folder under one of the storymem folders; one that is not there raises `error`."""
-    if Path(relative).is_absolute() or ".." in Path(relative).parts:
-        raise error(f"'{relative}' must be a name inside the storymem folders, not a path: pick one from the list.")
-    for root in _host.folders(STORYMEM_FOLDER):
-        if (root / relative).exists():
-            return root / relative
+    inside = _inside(relative, error, f"'{relative}' must be a name inside the storymem folders, not a path: pick "
+                     "one from the list.")
+    if (found := _first_in(_host.folders(STORYMEM_FOLDER), inside, Path.exists)) is not None:
+        return found
     searched = ", ".join(str(root) for root in _host.folders(STORYMEM_FOLDER))
     raise error(f"'{relative}' is not in the storymem folders ({searched}): save it there first or pick another.")
 
@@ -269,11 +278,8 @@ def output_dir() -> Path:
 def output_name(name: str, input_name: str, example: str, error: type[StoryMemError] = StoryMemError) -> Path:
     """A save node's path input as a relative path; one that would leave the output folder (absolute, '..') raises
     `error`."""
-    relative = Path(name.strip())
-    if relative.is_absolute() or ".." in relative.parts:
-        raise error(f"{input_name} '{name}' must be a relative folder name inside the output folder, such as "
-                    f"{example}.")
-    return relative
+    return _inside(name.strip(), error, f"{input_name} '{name}' must be a relative folder name inside the output "
+                   f"folder, such as {example}.")
 
 
 def temp_dir() -> Path:
