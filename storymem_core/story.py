@@ -232,7 +232,9 @@ def _decode(text: str, source: str) -> Any:
 def _read_text(path: str | os.PathLike) -> str:
     try:
         return read_bytes(path, "story script", StoryScriptError).decode("utf-8")
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+    except IsADirectoryError:
+        raise _fail(str(path), "it is a folder holding no story script (.json)", "give a script's path") from None
+    except (FileNotFoundError, NotADirectoryError):
         raise _fail(str(path), "no story script file is there", "check the path") from None
     except UnicodeDecodeError:
         raise _fail(str(path), "the file is not UTF-8 text", "save it as UTF-8") from None

@@ -340,3 +340,11 @@ def test_convert_lora_refuses_a_target_not_named_safetensors(demo, tmp_path, cap
     assert not (tmp_path / "converted.pth").exists()
     assert main(["convert-lora", str(source), str(tmp_path / "converted.safetensors")]) == 0
     assert stat.S_IMODE((tmp_path / "converted.safetensors").stat().st_mode) == 0o644  # safetensors alone makes 0600
+
+
+def test_validate_takes_folders_of_scripts_as_st_bench_ships_them(tmp_path, capsys):
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    assert main(["validate", str(examples)]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert [line.split(":")[0] for line in listed] == sorted(str(p) for p in examples.rglob("*.json"))
+    refused(capsys, ["validate", str(tmp_path)], "it is a folder holding no story script (.json); give a script's path")

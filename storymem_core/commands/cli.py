@@ -112,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("files", nargs="+", metavar="FILE",
                          help="model files (.safetensors, .pth), shard indexes or Wan-AI model folders")
     validate = sub.add_parser("validate", help="check story scripts")
-    validate.add_argument("scripts", nargs="+", metavar="SCRIPT", help="story scripts (ST-Bench JSON)")
+    validate.add_argument("scripts", nargs="+", metavar="SCRIPT",
+                          help="story scripts (ST-Bench JSON), or folders of them")
     story = sub.add_parser("story", help="generate a whole story")
     story.add_argument("script", help="the story script (ST-Bench JSON; check it with validate)")
     story.add_argument("--models-dir", required=True,
