@@ -25,6 +25,7 @@ from helpers import files_under as snapshot
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
 
 from nodes.host import StandaloneHost
 from storymem_core import tiny_models as tiny
@@ -481,3 +482,10 @@ def test_a_file_that_cannot_be_opened_is_named_with_the_fix(tmp_path, monkeypatc
         read(path)
     assert str(raised.value).startswith(f"{fragment} {path} cannot be opened")
     assert str(raised.value).endswith("check its permissions.")
+
+
+def test_a_safetensors_file_under_a_pth_name_is_named_for_what_it_is(tmp_path, capsys):
+    path = tmp_path / "backbone_high_noise.pth"
+    path.write_bytes(safetensors_bytes({"x": torch.zeros(2)}))
+    code, out, err = cli(["inspect", str(path)], capsys)
+    assert code == 2 and "is a safetensors file under a PyTorch name: rename it backbone_high_noise.safetensors" in out

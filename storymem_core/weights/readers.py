@@ -80,9 +80,13 @@ TensorReader = SafetensorsFiles | TensorDict
 
 
 def _pth_format(path: Path) -> str:
-    """'zip' (torch.save since 1.6), 'pickle' (the older single stream), or what else the file holds."""
+    """'zip' (torch.save since 1.6), 'pickle' (the older single stream), 'safetensors' (renamed), or what else the
+    file holds."""
     with open(path, "rb") as handle:
-        start = handle.read(4)
+        opening = handle.read(10)
+    start = opening[:4]
+    if opening[8:] == b'{"':  # an 8-byte header length, then the JSON header
+        return "safetensors"
     if start in (_ZIP_MAGIC, _EMPTY_ZIP_MAGIC):
         return "zip"
     if start[:1] == _PICKLE_PROTOCOL:
@@ -103,6 +107,9 @@ def read_pth(path: Path) -> Mapping[str, torch.Tensor]:
         file_format = _pth_format(path)
     except OSError as failure:
         raise unopenable(CheckpointError, "model file", path, failure) from None
+    if file_format == "safetensors":
+        raise CheckpointError(f"{path} is a safetensors file under a PyTorch name: rename it "
+                              f"{path.with_suffix('.safetensors').name}.")
     if file_format not in ("zip", "pickle"):
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint ({file_format}, not a zip archive or a pickle stream); "
