@@ -65,7 +65,7 @@ def _add_story_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_load_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--device", default="auto", help="auto (default: cuda when available), cuda, cuda:1, cpu")
     parser.add_argument("--weights", default=WeightDtype.AUTO, choices=WeightDtype.names(),
                         help="expert weights: auto keeps fp8 files fp8 on a GPU (default)")
     parser.add_argument("--offload", default=Offload.AUTO, choices=Offload.names(),
@@ -99,7 +99,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                                "scales) and print its StoryMem row beside ours; needs ViClip-InternVid-10M-FLT.pth, "
                                "vit_large_patch14_clip_224.openai.safetensors and sa_0_4_vit_l_14_linear.pth in "
                                "clip_vision/ (docs/evaluation.md)")
-    evaluate.add_argument("--device", default="auto", help="cuda, cuda:1, cpu (default: cuda when available)")
+    evaluate.add_argument("--device", default="auto", help="auto (default: cuda when available), cuda, cuda:1, cpu")
     evaluate.add_argument("--out", default="storymem_comparison",
                           help="where the comparison of several folders goes (default ./storymem_comparison)")
 
