@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from storymem_core.files import save_picture
+from storymem_core.files import save_picture, thumbnail
 from storymem_core.memory import MemoryBank
 from storymem_core.video import write_mp4
 
@@ -43,9 +42,7 @@ def _thumbnail(pixels) -> str:
     name = _content_name("keyframe", array, ".jpg")
     path = host.temp_dir() / SUBFOLDER / name
     if not path.exists():
-        image = Image.fromarray(array)
-        image = image.resize((max(1, round(image.width * THUMB_HEIGHT / image.height)), THUMB_HEIGHT), Image.BILINEAR)
-        save_picture(image, path, "JPEG", quality=88)
+        save_picture(thumbnail(pixels, THUMB_HEIGHT), path, "JPEG", quality=88)
     return name
 
 

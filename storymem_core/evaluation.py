@@ -27,7 +27,7 @@ from PIL import Image
 
 from .bank_files import load_bank
 from .errors import SettingsError, StoryFolderError
-from .files import check_frames
+from .files import check_frames, thumbnail
 from .memory import MemoryBankError
 from .pipeline import StoryFolder
 from .scorers import AestheticScorer, ImageEncoder, embed_images
@@ -162,11 +162,6 @@ def smoothness(frames: torch.Tensor) -> float | None:
     return 1 - change / (len(frames) - 1) / 255
 
 
-def _thumbnail(frame: torch.Tensor) -> Image.Image:
-    image = Image.fromarray(frame.numpy())
-    return image.resize((max(1, round(image.width * THUMB_HEIGHT / image.height)), THUMB_HEIGHT), Image.BILINEAR)
-
-
 def score_shot(shot: Shot, frames: torch.Tensor, scorers: Scorers, frames_per_shot: int = FRAMES_PER_SHOT,
                prompt_embedding: torch.Tensor | None = None) -> ShotScores:
     """The scores of one shot's frames (uint8 [T, H, W, 3]); its sampled frames are embedded once."""
@@ -182,7 +177,7 @@ def score_shot(shot: Shot, frames: torch.Tensor, scorers: Scorers, frames_per_sh
     return ShotScores(
         shot=shot, frame_indices=tuple(indices), embedding=F.normalize(embeddings.mean(0), dim=0), aesthetic=aesthetic,
         prompt_following=(embeddings @ prompt_embedding.float()).mean().item(), smoothness=smoothness(frames),
-        thumbnails=tuple(_thumbnail(frame) for frame in sampled),
+        thumbnails=tuple(thumbnail(frame, THUMB_HEIGHT) for frame in sampled),
     )
 
 

@@ -198,6 +198,12 @@ def fit_image(image: torch.Tensor, size_wh: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.asarray(fitted).copy())
 
 
+def thumbnail(frame: torch.Tensor, height: int) -> Image.Image:
+    """A uint8 frame [H, W, 3] scaled to `height` pixels, its aspect kept (previews, contact sheets)."""
+    image = Image.fromarray(frame.numpy())
+    return image.resize((max(1, round(image.width * height / image.height)), height), Image.BILINEAR)
+
+
 def save_picture(image: Image.Image, path: str | os.PathLike, image_format: str = "PNG", **options) -> Path:
     """Write a PIL image atomically in `image_format` (PIL's name), with PIL's save `options` (e.g. quality)."""
     with atomic_write_path(path) as temp:
