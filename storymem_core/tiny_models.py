@@ -52,6 +52,8 @@ T2V_HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
 T2V_LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
 STORYMEM_LORA_HIGH = "StoryMem/Wan2.2-MI2V-A14B/backbone_high_noise.pth"
 STORYMEM_LORA_LOW = "StoryMem/Wan2.2-MI2V-A14B/backbone_low_noise.pth"
+MM2V_LORA_HIGH = "StoryMem/Wan2.2-MM2V-A14B/backbone_high_noise.pth"  # the pair --mm2v stories take
+MM2V_LORA_LOW = "StoryMem/Wan2.2-MM2V-A14B/backbone_low_noise.pth"
 EXTRA_LORA = "wan2.2_style_lora.safetensors"
 LIGHTX2V_HIGH = "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors"  # Comfy-Org's names of the 4-step pair
 LIGHTX2V_LOW = "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors"
@@ -210,7 +212,7 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0, num_heads: int = DI
     for offset, (name, in_dim) in enumerate(experts, start=1):
         tensors, config = _dit(in_dim, seed + offset, {**DIT, "num_heads": num_heads})
         _save(tensors, root / "diffusion_models" / name, config)
-    for name, offset in ((STORYMEM_LORA_HIGH, 5), (STORYMEM_LORA_LOW, 6)):
+    for name, offset in ((STORYMEM_LORA_HIGH, 5), (STORYMEM_LORA_LOW, 6), (MM2V_LORA_HIGH, 14), (MM2V_LORA_LOW, 15)):
         _save_pth(_peft_lora(seed + offset), root / "loras" / name)
     _save(_comfy_lora(seed + 7), root / "loras" / EXTRA_LORA)
 

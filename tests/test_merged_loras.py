@@ -11,7 +11,7 @@ from helpers import cli_plan
 
 from storymem_core.files import load_image
 from storymem_core.lora import apply_loras, load_lora
-from storymem_core.model_roles import find_model_files, required_roles
+from storymem_core.model_roles import find_model_files, required_roles, storymem_lora_roles
 from storymem_core.pipeline import StoryFolder, run_story
 from storymem_core.presets import preset_roles
 from storymem_core.sampling import ExpertPair
@@ -24,7 +24,7 @@ from storymem_core.weights.loading import load_dit
 # the weights' own precision (float32: none to speak of; bf16: 8 mantissa bits; fp8: 3, with a new scale)
 # (measured on these tiny models: 8e-5, 1.4e-3 and 2.0e-3)
 PRESET_TOLERANCE = {"fp32": 1e-3, "bf16": 1e-2, "fp8": 1e-2}
-EXPERTS = {"m2v": ("i2v", ["lora", "lightx2v_i2v"]), "t2v": ("t2v", ["lightx2v_t2v"])}
+EXPERTS = {"m2v": ("i2v", ["mm2v_lora", "lightx2v_i2v"]), "t2v": ("t2v", ["lightx2v_t2v"])}  # an --mm2v story
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def speed_files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     write_tiny_models(root)
     write_speed_loras(root)
-    return find_model_files(root, required_roles("t2v", None) + preset_roles("lightx2v", "t2v"))
+    both_pairs = required_roles("t2v", None) + list(storymem_lora_roles("mm2v"))
+    return find_model_files(root, both_pairs + preset_roles("lightx2v", "t2v"))
 
 
 def experts(files: dict[str, Path], kind: str, weights: str, mode: str) -> ExpertPair:

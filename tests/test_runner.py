@@ -390,17 +390,8 @@ def test_files_are_found_by_their_published_names(tmp_path, models_dir):
     assert os.path.basename(files["lora_low"]) == "backbone_low_noise.pth"
 
 
-def _with_mm2v_pair(models: Path, to: Path) -> Path:
-    """`models` with the MM2V LoRA pair beside the MI2V one, where `download` puts both (the same bytes: the pair is
-    told apart by its folder, as the published files are)."""
-    shutil.copytree(models, to)
-    mi2v = to / "loras" / "StoryMem" / "Wan2.2-MI2V-A14B"
-    shutil.copytree(mi2v, mi2v.with_name("Wan2.2-MM2V-A14B"))
-    return to
-
-
 def test_each_continuation_finds_its_own_storymem_lora_pair(tmp_path, models_dir):
-    models = _with_mm2v_pair(models_dir, tmp_path / "models")
+    models = shutil.copytree(models_dir, tmp_path / "models")  # both pairs, where `download` puts them
     for continuation, variant in (("m2v", "MI2V"), ("mi2v", "MI2V"), ("mm2v", "MM2V")):
         files = find_model_files(models, required_roles("mr2v", None, continuation))
         pair = [path for role, path in files.items() if "lora" in role]
@@ -413,8 +404,7 @@ def test_each_continuation_finds_its_own_storymem_lora_pair(tmp_path, models_dir
 def test_an_mm2v_story_merges_the_mm2v_pair(tmp_path, models_dir, monkeypatch):
     from storymem_core import story_models
 
-    models, merged = _with_mm2v_pair(models_dir, tmp_path / "models"), []
-    load_pair = story_models.load_expert_pair
+    merged, load_pair = [], story_models.load_expert_pair
 
     def watched(high, low, *args, **kwargs):
         merged.append([(lora.high.parent.name, lora.low.parent.name) for lora in args[6]])
@@ -422,7 +412,7 @@ def test_an_mm2v_story_merges_the_mm2v_pair(tmp_path, models_dir, monkeypatch):
 
     monkeypatch.setattr(story_models, "load_expert_pair", watched)
     script = story_script(tmp_path, 1)
-    argv = ["story", str(script), "--models-dir", str(models), "--out", str(tmp_path / "out"), "--mm2v", *TINY]
+    argv = ["story", str(script), "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), "--mm2v", *TINY]
     assert main(argv) == 0
     assert merged[0] == [("Wan2.2-MM2V-A14B", "Wan2.2-MM2V-A14B")]
 
