@@ -69,7 +69,7 @@ ROLES = {
                           "huggingface.co/timm/vit_large_patch14_clip_224.openai, renamed)"),
     "aesthetic_l14": ModelRole("clip_vision", ("sa_0_4_vit_l_14_linear*",),
                                "sa_0_4_vit_l_14_linear.pth (github.com/LAION-AI/aesthetic-predictor)"),
-    Quality.HPSV3: ModelRole("hpsv3", ("hpsv3*",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)",
+    Quality.HPSV3: ModelRole("hpsv3", ("hpsv3*.safetensors",), "HPSv3.safetensors (huggingface.co/MizzenAI/HPSv3)",
                              ("clip_vision",)),
 }
 ROLES.update({
@@ -89,17 +89,18 @@ def _find(root: Path, role: str) -> Path | None:
     candidates = sorted(p for folder in folders for p in files_under(folder) if p.is_file()
                         and _matches(p, spec.patterns))
     if spec.variant is not None:
-        candidates = _of_variant(candidates, spec.variant)
+        candidates = _of_variant(candidates, spec.variant, folders)
     if len(candidates) > 1:
         log.info("%s: using %s of %d matching files", role, candidates[0], len(candidates))
     return candidates[0] if candidates else None
 
 
-def _of_variant(paths: list[Path], variant: str) -> list[Path]:
-    """A StoryMem LoRA pair's files: those whose name or folder says `variant` first, then those that say no variant
-    (a layout of the user's own), never the other pair's: the MI2V and MM2V files share their names."""
+def _of_variant(paths: list[Path], variant: str, folders: list[Path]) -> list[Path]:
+    """A StoryMem LoRA pair's files: those whose path below the LoRA folder says `variant` first, then those that say
+    no variant (a layout of the user's own), never the other pair's: the MI2V and MM2V files share their names."""
     def says(path: Path, name: str) -> bool:
-        return name in f"{path.parent.name}/{path.name}".lower()
+        below = next(path.relative_to(folder) for folder in folders if path.is_relative_to(folder))
+        return name in below.as_posix().lower()
 
     own = [path for path in paths if says(path, variant)]
     unnamed = [path for path in paths if not any(says(path, other) for other in STORYMEM_VARIANTS)]
@@ -130,7 +131,8 @@ def find_model_files(models_dir: str | Path, roles: list[str]) -> dict[str, Path
     if missing:
         raise CheckpointError(f"{len(missing)} model file(s) missing under {root}: {'; '.join(missing)}; download them "
                               "into those folders (the README's Model files table links each; `python -m storymem_core "
-                              "download --list` fetches the StoryMem LoRAs and the aesthetic head).")
+                              "download NAME` fetches the StoryMem LoRAs and the aesthetic head, `download --list` "
+                              "lists them).")
     return found
 
 

@@ -123,11 +123,17 @@ def run_story(
                 writes.submit(partial(_save_shot, folder, state, shot.index, len(shots), initial, outcome, options.fps,
                                       on_saved))
                 last = (shot.index, outcome)
-        if not folder.film_is_current(shots):
-            with phase(WRITES):
-                concat_videos([folder.video(s.index) for s in shots], folder.film, options.fps)
-                save_picture(bank_contact_sheet(load_bank(folder.bank(shots[-1].index))), folder.contact_sheet)
-        return folder.film
+        return join_film(folder, shots, options.fps)
+
+
+def join_film(folder: StoryFolder, shots: tuple[Shot, ...], fps: int) -> Path:
+    """The film of `shots` (every one made) and the memory's contact sheet, written unless the film is newer than every
+    shot; needs no model, so a story with nothing left to make still gets its film."""
+    if not folder.film_is_current(shots):
+        with phase(WRITES):
+            concat_videos([folder.video(s.index) for s in shots], folder.film, fps)
+            save_picture(bank_contact_sheet(load_bank(folder.bank(shots[-1].index))), folder.contact_sheet)
+    return folder.film
 
 
 def _checking_writes(writes: WriteBehind, on_step: StepCallback | None) -> StepCallback:

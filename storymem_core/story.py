@@ -233,7 +233,8 @@ def _read_text(path: str | os.PathLike) -> str:
     try:
         return read_bytes(path, "story script", StoryScriptError).decode("utf-8")
     except IsADirectoryError:
-        raise _fail(str(path), "it is a folder holding no story script (.json)", "give a script's path") from None
+        raise _fail(str(path), "it is a folder, not a story script", "give one script's path (validate also takes "
+                    "folders)") from None
     except (FileNotFoundError, NotADirectoryError):
         raise _fail(str(path), "no story script file is there", "check the path") from None
     except UnicodeDecodeError:

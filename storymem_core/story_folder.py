@@ -269,12 +269,19 @@ class FolderState:
     story: Story
 
     def save(self, folder: StoryFolder, shot_index: int) -> None:
-        """Before shot `shot_index` is saved. The record (and the script beside it) is kept while it describes every
-        shot up to this one, so shots added to the script, or a run that fails while saving, leave it as it was."""
+        """Before shot `shot_index` is saved. The record is kept while it describes every shot up to this one, so shots
+        added to the script, or a run that fails while saving, leave it as it was; the script beside it is this run's
+        (its made shots agree with the record, and the shots it has yet to make are the ones it will make)."""
         old_record = StoryRecord.load(folder)
-        if old_record is None or not self.record.continues(old_record, shot_index + 1) or not folder.script.is_file():
-            write_json(story_json(self.story), folder.script)  # first: the record then vouches for it
-            write_json(asdict(self.record), folder.record)
+        if old_record is None or not self.record.continues(old_record, shot_index + 1):
+            write_json(asdict(self.record), folder.record)  # first: a folder with a record is a story folder
+        script = story_json(self.story)
+        try:
+            kept = _read_json(folder.script)
+        except StoryFolderError:  # damaged: this run's script replaces it
+            kept = None
+        if kept != script:
+            write_json(script, folder.script)
         if MemorySettings.load(folder) != self.memory:
             write_json(asdict(self.memory), folder.memory_settings)
 

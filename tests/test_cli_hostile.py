@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -205,6 +206,19 @@ def test_a_no_op_rerun_leaves_every_file_and_the_film_as_they_were(demo, capsys,
     assert "all 3 shots are already made in" in capsys.readouterr().out  # so --seed 7 changed nothing, and says so
 
 
+def test_a_finished_story_without_its_film_gets_it_back_without_loading_a_model(demo, tmp_path, monkeypatch):
+    story_dir = shutil.copytree(demo / "story", tmp_path / "story")
+    film = (story_dir / "film.mp4").read_bytes()
+    (story_dir / "film.mp4").unlink()
+
+    def no_loading(*args):
+        raise AssertionError("models loaded to join a film")
+
+    monkeypatch.setattr(story_command, "load_story_models", no_loading)
+    assert main(story_argv(demo, story_dir, *DEMO_FLAGS)) == 0
+    assert len((story_dir / "film.mp4").read_bytes()) == len(film)
+
+
 def test_from_shot_past_the_first_unmade_shot_says_where_the_story_starts(demo, tmp_path, capsys):
     assert main(story_argv(demo, tmp_path / "new", *DEMO_FLAGS, "--from-shot", "2")) == 0
     assert "--from-shot 2: shot 1 is not made yet, so the story starts there." in capsys.readouterr().out
@@ -347,4 +361,12 @@ def test_validate_takes_folders_of_scripts_as_st_bench_ships_them(tmp_path, caps
     assert main(["validate", str(examples)]) == 0
     listed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
     assert [line.split(":")[0] for line in listed] == sorted(str(p) for p in examples.rglob("*.json"))
-    refused(capsys, ["validate", str(tmp_path)], "it is a folder holding no story script (.json); give a script's path")
+    refused(capsys, ["validate", str(tmp_path)], "it is a folder, not a story script; give one script's path")
+
+
+def test_the_demo_with_another_seed_makes_a_story_of_its_own_beside_the_first(demo, tmp_path):
+    out = shutil.copytree(demo, tmp_path / "demo")
+    before = files_under(out / "story")
+    assert main(["demo", "--out", str(out), "--seed", "1"]) == 0
+    assert StoryFolder(out / "story-seed1").is_finished(2) and (out / "models-seed1").is_dir()
+    assert files_under(out / "story") == before

@@ -471,10 +471,11 @@ def test_t2v_experts_leave_the_device_after_the_first_shot(tmp_path, models_dir,
 @pytest.mark.parametrize(
     "package,checkpoint,expected",
     [
-        (True, "hpsv3", "hpsv3"),
-        (True, "clip_vision", "hpsv3"),
+        (True, "hpsv3/HPSv3.safetensors", "hpsv3"),
+        (True, "clip_vision/HPSv3.safetensors", "hpsv3"),
         (True, None, "aesthetic"),
-        (False, "hpsv3", "aesthetic"),
+        (False, "hpsv3/HPSv3.safetensors", "aesthetic"),
+        (True, "hpsv3/HPSv3.pth", "aesthetic"),  # a pickled file HPSv3's loader would unpickle whole is not taken
     ],
 )
 def test_auto_quality_takes_hpsv3_only_with_its_package_and_checkpoint(
@@ -483,8 +484,8 @@ def test_auto_quality_takes_hpsv3_only_with_its_package_and_checkpoint(
     from storymem_core import model_roles
 
     if checkpoint:  # hpsv3/ as the CLI's own folder, clip_vision/ where the nodes list it
-        (tmp_path / checkpoint).mkdir()
-        (tmp_path / checkpoint / "HPSv3.safetensors").write_bytes(b"")
+        (tmp_path / checkpoint).parent.mkdir()
+        (tmp_path / checkpoint).write_bytes(b"")
     find_spec = model_roles.importlib.util.find_spec
     monkeypatch.setattr(
         model_roles.importlib.util,
@@ -571,3 +572,44 @@ def test_memory_shots_default_to_storymem_m2v_sampling(tmp_path):
     command without sampler flags and a bare SamplerSettings() (generate_memory_shot's default) both do."""
     reference = SamplerSettings(steps=40, shift=4.0, solver="unipc", boundary=0.9, guide_low=3.5, guide_high=3.5)
     assert cli_plan(tmp_path).options.m2v == SamplerSettings() == reference
+
+
+def test_a_pair_in_a_deeper_variant_folder_is_never_the_other_pair(tmp_path, models_dir):
+    models = shutil.copytree(models_dir, tmp_path / "models")
+    mm2v = models / "loras" / "StoryMem" / "Wan2.2-MM2V-A14B"
+    shutil.copytree(mm2v, mm2v / "v1")  # a user's versions below the variant's folder
+    shutil.rmtree(models / "loras" / "StoryMem" / "Wan2.2-MI2V-A14B")
+    for path in mm2v.glob("*.pth"):
+        path.unlink()
+    files = find_model_files(models, required_roles("mr2v", None, "mm2v"))
+    assert files["mm2v_lora_low"].parent.name == "v1"
+    with pytest.raises(CheckpointError, match="Wan2.2-MI2V-A14B/backbone_high_noise.pth"):
+        find_model_files(models, required_roles("mr2v", None, "mi2v"))
+
+
+def test_a_pair_whose_path_says_no_variant_serves_either_and_mm2v_says_so(tmp_path, models_dir, caplog):
+    models = shutil.copytree(models_dir, tmp_path / "models")
+    storymem = models / "loras" / "StoryMem"
+    for path in (storymem / "Wan2.2-MI2V-A14B").glob("*.pth"):
+        path.rename(storymem / path.name)  # the flat layout of a pair downloaded by hand
+    for folder in ("Wan2.2-MI2V-A14B", "Wan2.2-MM2V-A14B"):
+        shutil.rmtree(storymem / folder)
+    assert find_model_files(models, required_roles("mr2v", None, "mi2v"))["lora_high"].parent == storymem
+    assert "MM2V" not in caplog.text
+    assert find_model_files(models, required_roles("mr2v", None, "mm2v"))["mm2v_lora_high"].parent == storymem
+    assert "neither its name nor its folder says MM2V" in caplog.text
+
+
+def test_the_kept_script_follows_the_script_a_run_makes_its_shots_from(tmp_path):
+    from storymem_core.story import loads_story, story_json
+    from storymem_core.story_folder import check_story_folder
+
+    five = loads_story(story_script(tmp_path, 5).read_text())
+    four = loads_story(json.dumps({**story_json(five), "scenes": [
+        {**scene, "video_prompts": scene["video_prompts"][:4], "cut": scene["cut"][:4]}
+        for scene in story_json(five)["scenes"]]}))
+    out, folder = tmp_path / "out", StoryFolder(tmp_path / "out")
+    check_story_folder(out, five, (32, 32), 5, 3, 1, []).save(folder, 0)
+    assert loads_story(folder.script.read_text()) == five and folder.record.is_file()
+    check_story_folder(out, four, (32, 32), 5, 3, 1, []).save(folder, 1)  # the record still continues: it is kept
+    assert loads_story(folder.script.read_text()) == four  # the script is the one the folder is finished with

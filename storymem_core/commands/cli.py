@@ -132,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a built-in 3-shot story on tiny random models (noise pixels, CPU, < 1 min)")
     demo.add_argument("--out", required=True,
                       help="folder for the tiny models, the script and the story (created when missing)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the tiny random models and of shot 1 (default 0)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the tiny random models and of shot 1 (default 0; another makes OUT/story-seedN)")
     _add_evaluate_parser(sub)
     download = sub.add_parser("download", help="fetch the StoryMem LoRA and the aesthetic head into a models folder "
                                                "(resumable, checked); --list shows each with size and license")

@@ -58,11 +58,17 @@ DEMO_STEPS = 4
 DEMO_SHOTS = sum(len(scene["video_prompts"]) for scene in DEMO_STORY["scenes"])
 
 
+def demo_folder_name(seed: int) -> str:
+    """The demo story's folder: `story` for seed 0, `story-seed<N>` for another, which makes a story of its own from
+    its own models (as `models-seed<N>`) rather than finding seed 0's shots already made."""
+    return "story" if seed == 0 else f"story-seed{seed}"
+
+
 def demo_inputs(out: Path, seed: int) -> StoryInputs:
     """StoryMem's settings at a size tiny models run in seconds: T2V first shot, MI2V for shots without a cut."""
     steps = SamplerValues(steps=DEMO_STEPS)
     return StoryInputs(
-        story=loads_story(json.dumps(DEMO_STORY), "the demo story"), out=out / "story", names=CLI_NAMES,
+        story=loads_story(json.dumps(DEMO_STORY), "the demo story"), out=out / demo_folder_name(seed), names=CLI_NAMES,
         first_shot=FirstShot.T2V, continuation=ShotMode.MI2V, seed=seed, m2v=steps, t2v=steps, size_wh=DEMO_SIZE_WH,
         frames=DEMO_FRAMES,
     )

@@ -18,7 +18,7 @@ from ..expert_pair import LoadProgress
 from ..folder_lock import one_writer
 from ..memory import MemoryBank
 from ..model_roles import find_model_files, parse_device, quality_model, required_roles
-from ..pipeline import run_story
+from ..pipeline import join_film, run_story
 from ..presets import SamplerValues, preset_roles
 from ..story import Story, load_story, shown_text
 from ..story_folder import StoryFolder, pending_shots
@@ -133,11 +133,12 @@ def _load_and_run(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) ->
     checked = plan.check_folder()
     pending = pending_shots(plan.story, plan.out, plan.start)
     leader = load.parallel is None or load.parallel.is_leader  # says it once, not once a rank
-    if not pending and StoryFolder(plan.out).film_is_current(plan.story.shots):
-        if leader:
-            print(f"all {len(plan.story.shots)} shots are already made in {plan.out}: nothing to generate (settings "
-                  "such as --seed or --steps apply to the shots a run makes; --from-shot N remakes shot N and after).")
-        return StoryFolder(plan.out).film if leader else None
+    if not pending:  # no model is loaded to make nothing: the film is joined if it is missing or older than a shot
+        if not leader:
+            return None
+        print(f"all {len(plan.story.shots)} shots are already made in {plan.out}: nothing to generate (a run's "
+              "settings apply to the shots it makes).")
+        return join_film(StoryFolder(plan.out), plan.story.shots, plan.options.fps)
     if leader and plan.start is not None and pending[0].index < plan.start:
         print(f"--from-shot {plan.start + 1}: shot {pending[0].index + 1} is not made yet, so the story starts there.")
     # without the quality filter (the paper's ablation) no quality model is needed, nor its file
