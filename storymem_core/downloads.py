@@ -96,7 +96,7 @@ def known_file(name: str) -> KnownFile:
     for file in KNOWN_FILES:
         if name in (file.name, file.name.removeprefix("StoryMem/"), f"{file.folder}/{file.name}"):
             return file
-    names = ", ".join(file.name for file in KNOWN_FILES)
+    names = ", ".join(f"{file.folder}/{file.name}" for file in KNOWN_FILES)
     raise DownloadError(f"'{name}' is not a file this pack downloads: name one of {names}.")
 
 

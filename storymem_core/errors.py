@@ -55,3 +55,7 @@ class StoryFolderError(StoryMemError):
 class SettingsError(StoryMemError):
     """A run's or a node's setting is invalid or conflicts with another (modes, size, frames, memory, seed, device,
     preset, connected inputs); the message names the setting and a value that works."""
+
+
+class MissingPackage(StoryMemError):
+    """A package the pack needs is not installed, or its build lacks what is needed; the message names the install."""

@@ -139,5 +139,5 @@ def evaluate_story_paper(story: Story, shot_frames: Iterable[torch.Tensor], scor
 def set_summary(evaluations: Sequence[PaperEvaluation]) -> dict[str, float | None]:
     """The five columns over a set of stories: each story's value, averaged with every story weighing the same."""
     summaries = [e.summary() for e in evaluations]
-    return {key: mean_of_present(s[key] for s in summaries if s[key] is not None) for key in PAPER_COLUMNS}
+    return {key: mean_of_present(s[key] for s in summaries) for key in PAPER_COLUMNS}
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .choices import GIVEN_FRAMES
-from .errors import ConditioningError, SettingsError, WriteError
+from .errors import ConditioningError, MissingPackage, SettingsError
 from .files import atomic_write_path, check_frames
 from .safe_files import check_file
 
@@ -83,8 +83,8 @@ def _video_codec() -> str:
             return name
         except Exception:  # PyAV raises different types per version for a missing codec
             continue
-    raise WriteError("this PyAV build has neither the libx264 nor the mpeg4 encoder: install PyAV from PyPI (pip "
-                        "install av).")
+    raise MissingPackage("this PyAV build has neither the libx264 nor the mpeg4 encoder: install PyAV from PyPI "
+                         "(pip install av).")
 
 
 def _even(frame: np.ndarray) -> np.ndarray:
