@@ -96,10 +96,13 @@ def scratch_folder(purpose: str) -> Path:
     return folder
 
 
+WRITE_CHECK_PREFIX = ".storymem-write-check-"  # the probe below, seen for an instant by whoever lists the folder
+
+
 def writable_folder_check(folder: Path) -> None:
     """Create and remove a folder in `folder`: the only honest test of writability (root ignores modes; /proc and
     read-only mounts refuse). Raises OSError."""
-    os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".storymem-write-check-"))
+    os.rmdir(tempfile.mkdtemp(dir=folder, prefix=WRITE_CHECK_PREFIX))
 
 
 @contextlib.contextmanager

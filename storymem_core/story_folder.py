@@ -21,7 +21,7 @@ import torch
 from .bank_files import load_bank
 from .choices import DEFAULT_MEMORY_POSITIONS, MemoryPositions
 from .errors import StoryFolderError
-from .files import writable_folder_check, write_json
+from .files import WRITE_CHECK_PREFIX, writable_folder_check, write_json
 from .folder_lock import LOCK_FILE
 from .memory import MemoryBank
 from .safe_files import unopenable
@@ -70,10 +70,10 @@ class StoryFolder:
         return self.bank(shot).is_dir() and self.video(shot).is_file()
 
     def is_ours(self) -> bool:
-        """Empty (but for a writer's lock), or started by a story run (every run records its settings before its
-        first shot's files)."""
-        return not any(p.name != LOCK_FILE for p in self.root.iterdir()) or any(
-            p.exists() for p in (self.record, self.memory_settings, self.bank(-1)))
+        """Empty (but for a writer's lock and its writability probe, which another rank under torchrun may list),
+        or started by a story run (every run records its settings before its first shot's files)."""
+        return not any(p.name != LOCK_FILE and not p.name.startswith(WRITE_CHECK_PREFIX) for p in self.root.iterdir()) \
+            or any(p.exists() for p in (self.record, self.memory_settings, self.bank(-1)))
 
     def film_is_current(self, shots: tuple[Shot, ...]) -> bool:
         """The film exists and is newer than every shot in it, so a run that made no shot need not rewrite it."""

@@ -613,3 +613,15 @@ def test_the_kept_script_follows_the_script_a_run_makes_its_shots_from(tmp_path)
     assert loads_story(folder.script.read_text()) == five and folder.record.is_file()
     check_story_folder(out, four, (32, 32), 5, 3, 1, []).save(folder, 1)  # the record still continues: it is kept
     assert loads_story(folder.script.read_text()) == four  # the script is the one the folder is finished with
+
+
+def test_a_folder_holding_only_a_writers_lock_and_its_probe_is_free_for_a_story(tmp_path):
+    """Under torchrun another rank lists the folder while rank 0 probes it for writing (that race failed a run)."""
+    from storymem_core.files import WRITE_CHECK_PREFIX
+    from storymem_core.folder_lock import LOCK_FILE
+
+    (tmp_path / LOCK_FILE).write_text("{}")
+    (tmp_path / f"{WRITE_CHECK_PREFIX}x1y2").mkdir()
+    assert StoryFolder(tmp_path).is_ours()
+    (tmp_path / "notes.txt").write_text("mine")
+    assert not StoryFolder(tmp_path).is_ours()
