@@ -47,7 +47,7 @@ SERVER_START_S = 180
 RUN_S = 300
 CORE_LOADABLE = "core_loadable"  # the subfolder of each model folder with the tiny models ComfyUI's own loaders read
 TEST_NODES = PACK_ROOT / "tests" / "host_nodes"  # the tiny umT5 for ComfyUI's Load CLIP (storymem_tiny_umt5.py)
-MM2V_HIGH = known_file("StoryMem/Wan2.2-MM2V-A14B/backbone_high_noise.pth")  # not among the tiny models
+MM2V_HIGH = known_file("StoryMem/Wan2.2-MM2V-A14B/backbone_high_noise.pth")  # removed from the tiny models
 MM2V_LOW = known_file("StoryMem/Wan2.2-MM2V-A14B/backbone_low_noise.pth")
 
 
@@ -652,6 +652,9 @@ def test_native_story_runner_makes_a_12_shot_story_queued_from_the_page(frontend
 
 def test_missing_storymem_files_are_offered_with_size_and_license_and_download_into_place(frontend, server,
                                                                                           screenshots):
+    loras = server["root"] / "models" / "loras"
+    for file in (MM2V_HIGH, MM2V_LOW):  # the tiny models carry both pairs: here the MM2V pair must be missing
+        (loras / file.name).unlink(missing_ok=True)
     frontend.load(STORY)
     raw = tiny.STORYMEM_LORA_HIGH
     frontend.evaluate(
@@ -689,7 +692,6 @@ def test_missing_storymem_files_are_offered_with_size_and_license_and_download_i
         """(name) => document.querySelector(`#storymem-model-files tr[data-name='${name}']`)?.innerText
         .includes('HTTP 404')""", arg=MM2V_LOW.name, timeout=60_000,
     )
-    loras = server["root"] / "models" / "loras"
     assert (loras / MM2V_HIGH.name).is_file() and not partial_path(loras / MM2V_HIGH.name).exists()
     assert not (loras / MM2V_LOW.name).exists()
     listed = frontend.evaluate("async () => (await (await fetch('/object_info/LoraLoaderModelOnly')).json())"
