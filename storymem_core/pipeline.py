@@ -29,7 +29,7 @@ from .sampling import ExpertPair
 from .scorers import AestheticScorer, ImageEncoder
 from .shot import EncodedPrompts, PromptEncoder, prompt_pair
 from .story import Shot, Story
-from .story_folder import FolderState, StoryFolder, check_output_folder, pending_shots
+from .story_folder import FolderState, StoryFolder, check_output_folder, keep_script, pending_shots
 from .story_plan import StoryOptions, check_first_memory, check_t2v_experts
 from .timing import WRITES, phase
 from .video import concat_videos, write_mp4
@@ -123,12 +123,15 @@ def run_story(
                 writes.submit(partial(_save_shot, folder, state, shot.index, len(shots), initial, outcome, options.fps,
                                       on_saved))
                 last = (shot.index, outcome)
-        return join_film(folder, shots, options.fps)
+        return join_film(folder, story, options.fps)
 
 
-def join_film(folder: StoryFolder, shots: tuple[Shot, ...], fps: int) -> Path:
-    """The film of `shots` (every one made) and the memory's contact sheet, written unless the film is newer than every
-    shot; needs no model, so a story with nothing left to make still gets its film."""
+def join_film(folder: StoryFolder, story: Story, fps: int) -> Path:
+    """The film of `story` (every shot made) and the memory's contact sheet, written unless the film is newer than
+    every shot, and the script kept beside them; needs no model, so a story with nothing left to make still gets its
+    film."""
+    shots = story.shots
+    keep_script(folder, story)
     if not folder.film_is_current(shots):
         with phase(WRITES):
             concat_videos([folder.video(s.index) for s in shots], folder.film, fps)

@@ -189,6 +189,18 @@ class StoryRecord:
             self.shot_sha256[:shots] == recorded.shot_sha256[:shots] and len(recorded.shot_sha256) >= shots
 
 
+def keep_script(folder: StoryFolder, story: Story) -> None:
+    """Keep `story` as the script of a folder whose every shot it made (`evaluate` reads it), unless it is kept
+    already: written only once the story is whole, so a run that stops leaves the script of the last whole story."""
+    script = story_json(story)
+    try:
+        kept = _read_json(folder.script)
+    except StoryFolderError:  # damaged: replaced
+        kept = None
+    if kept != script:
+        write_json(script, folder.script)
+
+
 def first_shot_made_otherwise(folder: StoryFolder, story: Story) -> int | None:
     """The first finished shot of `folder` that its record says was made from another prompt or cut than `story`'s;
     None where they all agree (or the folder keeps no record)."""
@@ -266,22 +278,13 @@ class FolderState:
 
     memory: MemorySettings
     record: StoryRecord
-    story: Story
 
     def save(self, folder: StoryFolder, shot_index: int) -> None:
         """Before shot `shot_index` is saved. The record is kept while it describes every shot up to this one, so shots
-        added to the script, or a run that fails while saving, leave it as it was; the script beside it is this run's
-        (its made shots agree with the record, and the shots it has yet to make are the ones it will make)."""
+        added to the script, or a run that fails while saving, leave it as it was."""
         old_record = StoryRecord.load(folder)
         if old_record is None or not self.record.continues(old_record, shot_index + 1):
-            write_json(asdict(self.record), folder.record)  # first: a folder with a record is a story folder
-        script = story_json(self.story)
-        try:
-            kept = _read_json(folder.script)
-        except StoryFolderError:  # damaged: this run's script replaces it
-            kept = None
-        if kept != script:
-            write_json(script, folder.script)
+            write_json(asdict(self.record), folder.record)
         if MemorySettings.load(folder) != self.memory:
             write_json(asdict(self.memory), folder.memory_settings)
 
@@ -300,7 +303,7 @@ def check_story_folder(out_dir: str | os.PathLike, story: Story, size_wh: tuple[
     """
     folder = StoryFolder(check_output_folder(out_dir))
     state = FolderState(MemorySettings.of(max_memory, fixed_memory, references, ablations),
-                        StoryRecord(shot_digests(story), size_wh, frames, memory_positions), story)
+                        StoryRecord(shot_digests(story), size_wh, frames, memory_positions))
     if not folder.root.is_dir():
         return state
     if not folder.is_ours():

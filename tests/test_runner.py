@@ -600,19 +600,23 @@ def test_a_pair_whose_path_says_no_variant_serves_either_and_mm2v_says_so(tmp_pa
     assert "neither its name nor its folder says MM2V" in caplog.text
 
 
-def test_the_kept_script_follows_the_script_a_run_makes_its_shots_from(tmp_path):
+def test_the_kept_script_is_the_one_the_whole_story_was_made_from(tmp_path):
+    """A story finished with a trimmed script keeps the trimmed one (evaluate reads it), and an unchanged one is not
+    written again."""
     from storymem_core.story import loads_story, story_json
-    from storymem_core.story_folder import check_story_folder
+    from storymem_core.story_folder import keep_script
 
     five = loads_story(story_script(tmp_path, 5).read_text())
+    shots = story_json(five)["scenes"][0]
     four = loads_story(json.dumps({**story_json(five), "scenes": [
-        {**scene, "video_prompts": scene["video_prompts"][:4], "cut": scene["cut"][:4]}
-        for scene in story_json(five)["scenes"]]}))
-    out, folder = tmp_path / "out", StoryFolder(tmp_path / "out")
-    check_story_folder(out, five, (32, 32), 5, 3, 1, []).save(folder, 0)
-    assert loads_story(folder.script.read_text()) == five and folder.record.is_file()
-    check_story_folder(out, four, (32, 32), 5, 3, 1, []).save(folder, 1)  # the record still continues: it is kept
-    assert loads_story(folder.script.read_text()) == four  # the script is the one the folder is finished with
+        {**shots, "video_prompts": shots["video_prompts"][:4], "cut": shots["cut"][:4]}]}))
+    folder = StoryFolder(tmp_path / "out")
+    keep_script(folder, five)
+    keep_script(folder, four)
+    assert loads_story(folder.script.read_text()) == four and len(four.shots) == 4
+    written = folder.script.stat().st_mtime_ns
+    keep_script(folder, four)
+    assert folder.script.stat().st_mtime_ns == written
 
 
 def test_a_folder_holding_only_a_writers_lock_and_its_probe_is_free_for_a_story(tmp_path):

@@ -138,7 +138,7 @@ def _load_and_run(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) ->
             return None
         print(f"all {len(plan.story.shots)} shots are already made in {plan.out}: nothing to generate (a run's "
               "settings apply to the shots it makes).")
-        return join_film(StoryFolder(plan.out), plan.story.shots, plan.options.fps)
+        return join_film(StoryFolder(plan.out), plan.story, plan.options.fps)
     if leader and plan.start is not None and pending[0].index < plan.start:
         print(f"--from-shot {plan.start + 1}: shot {pending[0].index + 1} is not made yet, so the story starts there.")
     # without the quality filter (the paper's ablation) no quality model is needed, nor its file
