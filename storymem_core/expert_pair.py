@@ -17,6 +17,8 @@ from .errors import CheckpointError
 from .lora import apply_loras, load_lora
 from .offload import BlockSwapDiT, resolve_offload
 from .wan.attention import backend_name
+from .weights.checkpoint import Checkpoint
+from .weights.kinds import LORA
 from .weights.loading import TensorProgress, load_dit
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ def load_expert_pair(
     costs what the bare expert's does; blocks compiled on a GPU when asked; 'blocks' wraps in BlockSwapDiT.
     `on_progress` follows the reading of each expert and each merge, as one bar.
     """
+    for lora in loras:  # a damaged LoRA file is refused before tens of GB of experts are read, not after
+        for path in (lora.high, lora.low):
+            Checkpoint(path, kind=LORA).raise_problems()
     dtype, keep_fp8 = expert_weights(weights, device)
     stages = _Stages(2 + 2 * len(loras), on_progress)
     pair = [load_dit(path, dtype, keep_fp8, stages.part(index)) for index, path in enumerate((high, low))]

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from nodes import host
 from storymem_core import tiny_models as tiny
-from storymem_core.errors import GenerationInterrupted
+from storymem_core.errors import CheckpointError, GenerationInterrupted
 from storymem_core.expert_pair import ExpertLoras, load_expert_pair
 from storymem_core.wan.fp8 import quantize_dit_to_fp8
 from storymem_core.weights.checkpoint import Checkpoint
@@ -93,3 +93,14 @@ def test_the_experts_node_shows_loading_on_a_bar_and_cancel_stops_it(models, tmp
                  weight_dtype="auto", offload="none")
     finally:
         host.use(previous)
+
+
+def test_a_damaged_lora_is_refused_before_any_expert_tensor_is_read(models, tmp_path):
+    damaged = tmp_path / "backbone_low_noise.pth"
+    damaged.write_bytes((models / "loras" / tiny.STORYMEM_LORA_LOW).read_bytes()[:1000])  # a cut-off download
+    experts, read = models / "diffusion_models", []
+    with pytest.raises(CheckpointError, match="backbone_low_noise.pth"):
+        load_expert_pair(experts / tiny.I2V_HIGH, experts / tiny.I2V_LOW, "auto", "none", False, CPU, 0, 1000,
+                         [ExpertLoras(models / "loras" / tiny.STORYMEM_LORA_HIGH, damaged)],
+                         lambda done, total: read.append(done))
+    assert read == []
