@@ -216,12 +216,13 @@ def find_script(folder: str | os.PathLike, script: str | os.PathLike | None = No
     if script is not None:
         return Path(script)
     folder = Path(folder)
-    for candidate in (StoryFolder(folder).script, folder / SCRIPT_NAME, folder.parent / SCRIPT_NAME):
+    kept = StoryFolder(folder).script
+    for candidate in (kept, folder / SCRIPT_NAME, folder.parent / SCRIPT_NAME):
         if candidate.is_file():
             return candidate
     raise StoryFolderError(
-        f"{folder} has no {StoryFolder(folder).script.name} or {SCRIPT_NAME} in it, nor {SCRIPT_NAME} beside it: pass "
-        "the script the story was made from with --script."
+        f"{folder} has no {kept.name} or {SCRIPT_NAME} in it, nor {SCRIPT_NAME} beside it: pass the script the story "
+        "was made from with --script."
     )
 
 

@@ -98,12 +98,13 @@ def _find(root: Path, role: str) -> Path | None:
 def _of_variant(paths: list[Path], variant: str, folders: list[Path]) -> list[Path]:
     """A StoryMem LoRA pair's files: those whose path below the LoRA folder says `variant` first, then those that say
     no variant (a layout of the user's own), never the other pair's: the MI2V and MM2V files share their names."""
-    def says(path: Path, name: str) -> bool:
-        below = next(path.relative_to(folder) for folder in folders if path.is_relative_to(folder))
-        return name in below.as_posix().lower()
+    def said(path: Path) -> set[str]:
+        below = next(path.relative_to(folder) for folder in folders if path.is_relative_to(folder)).as_posix().lower()
+        return {name for name in STORYMEM_VARIANTS if name in below}
 
-    own = [path for path in paths if says(path, variant)]
-    unnamed = [path for path in paths if not any(says(path, other) for other in STORYMEM_VARIANTS)]
+    variants = {path: said(path) for path in paths}
+    own = [path for path in paths if variant in variants[path]]
+    unnamed = [path for path in paths if not variants[path]]
     if not own and unnamed and variant == ShotMode.MM2V:
         log.warning("using %s as the MM2V LoRA, though neither its name nor its folder says MM2V: if it is the MI2V "
                     "pair, put the MM2V pair in loras/StoryMem/Wan2.2-MM2V-A14B/", unnamed[0])

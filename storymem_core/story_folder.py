@@ -364,16 +364,15 @@ def _check_memory(folder: StoryFolder, current: MemorySettings, max_memory: int,
         return
     if recorded.reference_sha256 != current.reference_sha256 and from_shot != 0:
         raise StoryFolderError(f"the --reference images differ from those {where} was started with: pass the same "
-                               f"ones to "
-                               "continue it, --from-shot 1 to remake it from the new ones, or a new --out folder.")
+                               "ones to continue it, --from-shot 1 to remake it from the new ones, or a new --out "
+                               "folder.")
     if from_shot is not None:
         return  # --from-shot remakes its shots with the new memory options
     if recorded.ablations != current.ablations:
         old, new = (" ".join(f"--{a}" for a in flags) or "no ablation flag" for flags in (recorded.ablations,
                                                                                           current.ablations))
         raise StoryFolderError(f"the ablations ({new}) differ from those {where} was made with ({old}): pass the same "
-                               f"to "
-                               "continue it, --from-shot N to remake shot N and after, or a new --out folder.")
+                               "to continue it, --from-shot N to remake shot N and after, or a new --out folder.")
     for flag, old, new in (("--max-memory", recorded.max_memory, current.max_memory),
                            ("--fixed-memory", recorded.fixed_memory, current.fixed_memory)):
         if old != new:

@@ -44,6 +44,11 @@ class LoadOptions:
     parallel: Parallel | None = None  # under torchrun: this rank's place (storymem_core/distributed.py)
     fsdp: bool = False  # under torchrun: shard each expert's weights over the ranks
 
+    @property
+    def leads(self) -> bool:
+        """This process writes the story and reports to the user: no torchrun, or its rank 0."""
+        return self.parallel is None or self.parallel.is_leader
+
 
 def _experts(files: dict[str, Path], high: str, low: str, load: LoadOptions, tokens: int,
              loras: list[ExpertLoras], on_progress: LoadProgress | None) -> ExpertPair:

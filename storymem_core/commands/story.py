@@ -124,22 +124,20 @@ def run_story_files(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) 
     """Hold the story folder, check it, load the models, run the story; returns the film's path (None on the ranks
     under torchrun that only serve rank 0's forwards). Another run writing the folder is refused before any model
     loads."""
-    writes = load.parallel is None or load.parallel.is_leader
-    with one_writer(plan.out) if writes else contextlib.nullcontext():
+    with one_writer(plan.out) if load.leads else contextlib.nullcontext():
         return _load_and_run(plan, models_dir, load)
 
 
 def _load_and_run(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) -> Path | None:
     checked = plan.check_folder()
     pending = pending_shots(plan.story, plan.out, plan.start)
-    leader = load.parallel is None or load.parallel.is_leader  # says it once, not once a rank
     if not pending:  # no model is loaded to make nothing: the film is joined if it is missing or older than a shot
-        if not leader:
+        if not load.leads:
             return None
         print(f"all {len(plan.story.shots)} shots are already made in {plan.out}: nothing to generate (a run's "
               "settings apply to the shots it makes).")
         return join_film(StoryFolder(plan.out), plan.story, plan.options.fps)
-    if leader and plan.start is not None and pending[0].index < plan.start:
+    if load.leads and plan.start is not None and pending[0].index < plan.start:
         print(f"--from-shot {plan.start + 1}: shot {pending[0].index + 1} is not made yet, so the story starts there.")
     # without the quality filter (the paper's ablation) no quality model is needed, nor its file
     quality = Quality.OFF if Ablation.NO_AESTHETIC_FILTER in plan.options.ablations else load.quality
@@ -149,7 +147,7 @@ def _load_and_run(plan: StoryPlan, models_dir: str | Path, load: LoadOptions) ->
         load.parallel.check_heads(dit_config(files["i2v_high"])[0].num_heads)
     bars = LoadingBars()
     try:
-        models = load_story_models(files, plan.options, load, bars if leader else lambda what: None)
+        models = load_story_models(files, plan.options, load, bars if load.leads else lambda what: None)
     finally:
         bars.close()
 

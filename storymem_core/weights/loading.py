@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -30,6 +31,8 @@ from .readers import SAFETENSORS_SUFFIXES
 from .shapes import fit_faults, model_shapes
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TensorProgress = Callable[[int, int], None]  # (tensors read, tensors in the file); may raise to stop the load
 
@@ -105,11 +108,11 @@ def load_model(
     if keep_fp8:
         on_meta = any(t.is_meta for t in module.state_dict().values())
         read = checkpoint.tensors(device=device, keep_fp8=True)
-        tensors = dict(_reported(read, len(checkpoint.shapes()), on_tensor, skip=_is_fp8_scale))
+        tensors = dict(_reported(read, len(checkpoint.shapes()), on_tensor, counts=_is_file_entry))
         return load_fp8_weights(module, tensors, strict=strict, assign=on_meta)
     targets = module.state_dict(keep_vars=True)
     names = checkpoint.shapes().keys() & targets.keys()
-    for name, _ in _reported(((name, None) for name in names), len(names), on_tensor):
+    for name in _reported(names, len(names), on_tensor):
         target = targets[name]
         on_meta = target.is_meta
         dtype, at = (None, device) if on_meta else (target.dtype, target.device)
@@ -118,20 +121,20 @@ def load_model(
     return module
 
 
-def _reported(items: Iterable[tuple[str, object]], total: int, on_tensor: TensorProgress | None,
-              skip: Callable[[str], bool] = lambda name: False) -> Iterator[tuple[str, object]]:
-    """`items`, with `on_tensor(done, total)` after each one that is a file entry (`skip` marks those that are not)."""
+def _reported(items: Iterable[T], total: int, on_tensor: TensorProgress | None,
+              counts: Callable[[T], bool] = lambda item: True) -> Iterator[T]:
+    """`items`, with `on_tensor(done, total)` after each one `counts` (a file entry: not an fp8 weight's scale)."""
     done = 0
-    for name, item in items:
-        yield name, item
-        if on_tensor is not None and not skip(name):
+    for item in items:
+        yield item
+        if on_tensor is not None and counts(item):
             done += 1
             on_tensor(done, total)
 
 
-def _is_fp8_scale(name: str) -> bool:
-    """The scale `Checkpoint.tensors` yields after an fp8 weight: part of that weight's entry."""
-    return name.endswith(".scale_weight")
+def _is_file_entry(named_tensor: tuple[str, torch.Tensor]) -> bool:
+    """Not the scale `Checkpoint.tensors` yields after an fp8 weight, which is part of that weight's entry."""
+    return not named_tensor[0].endswith(".scale_weight")
 
 
 def is_test_model(path: str | Path) -> bool:
